@@ -1,0 +1,56 @@
+# Every target bootstraps its own virtual environment (.venv) with uv.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.tidal-installed
+TORCH_VERSION ?= 2.13.0
+TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-$(TORCH_VERSION)+cpu-*.whl))
+EXTRAS ?= dev
+
+.PHONY: install demo test test-all test-ray check lint fmt types clean
+
+$(STAMP): pyproject.toml
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@test -x $(PY) || uv venv --quiet --python 3.11 $(VENV) || uv venv --quiet $(VENV)
+	@# CPU torch first: the local wheel when this machine has one, else PyTorch's CPU index.
+	@# (A bare `torch` requirement resolved by uv would download a multi-GB CUDA build.)
+	@if [ -n "$(TORCH_WHEEL)" ]; then \
+	  uv pip install --quiet --python $(PY) "$(TORCH_WHEEL)"; \
+	else \
+	  uv pip install --quiet --python $(PY) "torch==$(TORCH_VERSION)" --index-url https://download.pytorch.org/whl/cpu \
+	  || uv pip install --quiet --python $(PY) torch --index-url https://download.pytorch.org/whl/cpu; \
+	fi
+	uv pip install --quiet --python $(PY) -e ".[$(EXTRAS)]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tidal demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not ray" tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+types: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: lint types test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache
+
+# Ray is an optional extra (heavy); CI installs it and runs the tests marked `ray`.
+test-ray: $(STAMP)
+	uv pip install --quiet --python $(PY) -e ".[dev,ray]"
+	$(PY) -m pytest -q -m ray tests

@@ -1,0 +1,140 @@
+"""The Planner protocol, its input (PlanContext) and the registry of policies by name.
+
+Contract: a planner is a pure function of its context. ``plan(ctx) -> (Plan, new_state)``;
+no I/O, no clock reads, no randomness except from ``ctx``. The same code drives the live
+controller, the Ray substrate and the simulator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tidal.core.errors import TidalError
+from tidal.core.plan import Plan
+from tidal.core.profile import VariantProfile
+
+
+@dataclass(frozen=True)
+class StageCandidates:
+    """A stage and the variants it may run, with their profiles (smallest/fastest first)."""
+
+    stage: str
+    variants: tuple[VariantProfile, ...]
+
+
+@dataclass(frozen=True)
+class StageObservation:
+    """What the monitor saw on one stage over the planner's metric window.
+
+    `cpu_utilization` is busy time / allocated core-time in [0, 1+] (HPA, VPA input);
+    `ongoing` is the mean number of requests queued or in flight per replica (Ray Serve input);
+    `cpu_usage_cores` is the mean cores actually used (VPA's histogram sample).
+    """
+
+    stage: str
+    arrival_rate: float = 0.0
+    queue_len: int = 0
+    ongoing: float = 0.0
+    cpu_utilization: float = 0.0
+    cpu_usage_cores: float = 0.0
+    p99_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Changes still in progress: replicas starting (per stage) and resizes not yet applied."""
+
+    starting_replicas: dict[str, int] = field(default_factory=dict)
+    resizing_stages: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The cluster: `nodes` nodes of `cores_per_node` cores each."""
+
+    nodes: int = 1
+    cores_per_node: float = 2.0
+
+    @property
+    def total_cores(self) -> float:
+        return self.nodes * self.cores_per_node
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """Everything a planner may look at.
+
+    - `now`: clock seconds. `rate_history`: observed arrival rate (req/s) of the pipeline's
+      entry, one value per second, oldest first.
+    - `forecast`: predicted rate (req/s) for the planner's horizon, or None (use history).
+    - `stages`: candidate variants per stage, in pipeline order.
+    - `current`: the plan in force (None before the first decision); `pending`: what is still
+      changing.
+    - `slo_ms`: end-to-end SLO; `budgets_ms`: remaining budgets (ms) of the requests queued at
+      the entry stage, in EDF order (Sponge's dynamic SLOs).
+    - `observations`: per-stage metrics; `capacity`: nodes x cores; `state`: planner's own.
+    """
+
+    now: float
+    rate_history: tuple[float, ...]
+    forecast: float | None
+    stages: tuple[StageCandidates, ...]
+    current: Plan | None
+    slo_ms: float
+    capacity: Capacity = Capacity()
+    pending: Pending = Pending()
+    budgets_ms: tuple[float, ...] = ()
+    observations: tuple[StageObservation, ...] = ()
+    state: Any = None
+
+    @property
+    def load(self) -> float:
+        """The rate to plan for: the forecast if given, else the last observed rate, else 0."""
+        if self.forecast is not None:
+            return max(0.0, self.forecast)
+        return max(0.0, self.rate_history[-1]) if self.rate_history else 0.0
+
+
+class Planner(Protocol):
+    """A pure autoscaling policy."""
+
+    name: str
+    interval_s: float
+
+    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+        """Decide the plan for `ctx`. Never raises for infeasible inputs: returns a
+        best-effort plan with ``feasible=False`` and a reason instead."""
+        ...
+
+
+_REGISTRY: dict[str, Callable[..., Planner]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Planner]], Callable[..., Planner]]:
+    """Class/factory decorator adding a planner to the registry under `name`."""
+
+    def deco(factory: Callable[..., Planner]) -> Callable[..., Planner]:
+        if name in _REGISTRY:
+            raise ValueError(f"planner {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def available() -> list[str]:
+    """Names of all registered planners, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **kwargs: Any) -> Planner:
+    """Instantiate the planner `name`; TidalError listing the valid names if unknown."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise TidalError(
+            f"unknown policy {name!r}; valid policies: {', '.join(available())}"
+        ) from None
+    return factory(**kwargs)
