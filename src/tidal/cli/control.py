@@ -1,7 +1,33 @@
-"""CLI commands of the control area (being built: see the open issue)."""
+"""CLI commands of the control area: `demo`, `loadgen`, `validate`.
+
+`demo` is Tidal's main job (`make demo`). Until the live closed loop lands it is an honest
+interim: it prints the model catalog when available and says the live run is not built yet.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 import typer
+from rich.console import Console
+
+
+def _interim_demo(console: Console) -> None:
+    console.print("[bold]Tidal demo[/] (interim): the live autoscaled run is not built yet.")
+    try:
+        catalog = importlib.import_module("tidal.models.catalog")
+    except ImportError:
+        console.print("The model catalog is not available yet either (tidal.models.catalog).")
+        return
+    names = getattr(catalog, "names", None)
+    if callable(names):
+        console.print("Model variants: " + ", ".join(str(n) for n in names()))
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add this area's commands to `app` and its benchmarks to `bench`."""
+
+    @app.command()
+    def demo() -> None:
+        """Tidal's main job: the two-stage pipeline under a surge, hpa vs themis, live."""
+        _interim_demo(Console())
