@@ -1,0 +1,131 @@
+"""The open-loop load generator against a small real HTTP server (aiohttp.web)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from tidal.core.errors import TidalError
+from tidal.workload.loadgen import (
+    LoadGenerator,
+    Schedule,
+    classify,
+    poisson_schedule,
+    v2_body_from_metadata,
+    write_outcomes,
+)
+
+
+async def _serve(delay_s: float, seen: list[dict]) -> tuple[web.AppRunner, str]:
+    async def infer(request: web.Request) -> web.Response:
+        body = await request.json()
+        seen.append({"body": body, "header": request.headers.get("x-tidal-slo-ms")})
+        slo = (body.get("parameters") or {}).get("slo_ms")
+        if slo is not None and slo < 1:
+            return web.json_response({"error": "refused"}, status=503)
+        await asyncio.sleep(delay_s)
+        return web.json_response({"outputs": [], "parameters": {"variant": "v1"}})
+
+    app = web.Application()
+    app.router.add_post("/v2/models/m/infer", infer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"http://127.0.0.1:{port}/v2/models/m/infer"
+
+
+def test_poisson_schedule_is_seeded_and_compressed() -> None:
+    a = poisson_schedule([50, 50, 50, 50], seed=3)
+    b = poisson_schedule([50, 50, 50, 50], seed=3)
+    c = poisson_schedule([50, 50, 50, 50], seed=3, compression=2.0)
+    assert a == b
+    assert 120 < len(a.offsets) < 280
+    assert c.offsets == tuple(x / 2 for x in a.offsets)
+    assert a.duration_s <= 4.0 and c.duration_s <= 2.0
+
+
+def test_bad_schedules_name_the_problem() -> None:
+    with pytest.raises(TidalError, match="compression"):
+        poisson_schedule([1.0], compression=0)
+    with pytest.raises(TidalError, match="sorted"):
+        Schedule((1.0, 0.5))
+    with pytest.raises(TidalError, match="budgets"):
+        Schedule((0.0, 1.0), (5.0,))
+
+
+@pytest.mark.parametrize(
+    ("status", "lat", "budget", "expected"),
+    [
+        (200, 10.0, None, "ok"),
+        (200, 10.0, 20.0, "ok"),
+        (200, 30.0, 20.0, "late"),
+        (503, 1.0, 20.0, "refused"),
+        (504, 1.0, 20.0, "expired"),
+        (500, 1.0, 20.0, "error"),
+        (0, 1.0, None, "error"),
+    ],
+)
+def test_classify(status: int, lat: float, budget: float | None, expected: str) -> None:
+    assert classify(status, lat, budget) == expected
+
+
+def test_body_from_metadata() -> None:
+    body = v2_body_from_metadata(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}, batch=1
+    )
+    assert body == {
+        "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4}]
+    }
+
+
+def test_replay_records_every_outcome(tmp_path: Path) -> None:
+    seen: list[dict] = []
+    offsets = tuple(i * 0.01 for i in range(40))
+    budgets = tuple(0.5 if i % 10 == 0 else (2.0 if i % 10 == 1 else 1000.0) for i in range(40))
+
+    async def main() -> tuple:
+        runner, url = await _serve(0.005, seen)
+        try:
+            gen = LoadGenerator(url, {"inputs": []})
+            return await gen.run(Schedule(offsets, budgets))
+        finally:
+            await runner.cleanup()
+
+    outcomes, report = asyncio.run(main())
+    assert len(seen) == 40 and report.requests == 40
+    assert report.counts["refused"] == 4  # budgets of 0.5 ms
+    assert report.counts["late"] == 4  # 2 ms budget < 5 ms service
+    assert report.counts["ok"] == 32
+    assert report.violation_rate == pytest.approx(8 / 40)
+    assert report.kept_up, report.reason
+    assert {o.variant for o in outcomes if o.outcome == "ok"} == {"v1"}
+    assert all(s["header"] is not None for s in seen)
+    out = tmp_path / "o.csv"
+    write_outcomes(out, outcomes)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 40 and rows[0]["outcome"] == "refused"
+    json.loads(report.to_json())
+
+
+def test_reports_when_it_cannot_keep_up() -> None:
+    seen: list[dict] = []
+
+    async def main() -> tuple:
+        runner, url = await _serve(0.2, seen)
+        try:
+            gen = LoadGenerator(url, {"inputs": []}, max_in_flight=1)
+            return await gen.run(Schedule(tuple(i * 0.001 for i in range(10))))
+        finally:
+            await runner.cleanup()
+
+    outcomes, report = asyncio.run(main())
+    assert len(outcomes) == 10
+    assert not report.kept_up
+    assert "connection cap" in report.reason
