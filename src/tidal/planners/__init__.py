@@ -1,6 +1,13 @@
-"""Pure autoscaling policies. See tidal.planners.base for the protocol and registry."""
+"""Pure autoscaling policies. See tidal.planners.base for the protocol and registry.
+
+Importing this package registers every policy: ``tidal.planners.create(name, **kwargs)``
+builds one, ``tidal.planners.Governed(planner, bounds=Bounds(...))`` wraps it with bounds,
+decision interval, cool-downs and stabilization windows (docs/planners.md).
+"""
 
 from tidal.planners.base import (
+    RESIZE_IN_PLACE,
+    RESIZE_RECREATE,
     Capacity,
     Pending,
     PlanContext,
@@ -10,10 +17,22 @@ from tidal.planners.base import (
     available,
     create,
     register,
+    resize_mode,
 )
 
+# Registration side effects: one module per policy.
+from tidal.planners.baselines import hpa as _hpa  # noqa: F401
+from tidal.planners.baselines import static as _static  # noqa: F401
+from tidal.planners.wrapper import Bounds, Governance, Governed, GovernedState
+
 __all__ = [
+    "RESIZE_IN_PLACE",
+    "RESIZE_RECREATE",
+    "Bounds",
     "Capacity",
+    "Governance",
+    "Governed",
+    "GovernedState",
     "Pending",
     "PlanContext",
     "Planner",
@@ -22,4 +41,5 @@ __all__ = [
     "available",
     "create",
     "register",
+    "resize_mode",
 ]

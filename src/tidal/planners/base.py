@@ -30,7 +30,10 @@ class StageObservation:
 
     `cpu_utilization` is busy time / allocated core-time in [0, 1+] (HPA, VPA input);
     `ongoing` is the mean number of requests queued or in flight per replica (Ray Serve input);
-    `cpu_usage_cores` is the mean cores actually used (VPA's histogram sample).
+    `cpu_usage_cores` is the mean cores actually used by the whole stage (all replicas; VPA
+    divides by the replica count for its per-replica histogram sample);
+    `usage_samples` (optional) are per-second samples of that stage-wide usage since the last
+    decision; VPA adds each one to its histogram (it falls back to `cpu_usage_cores`).
     """
 
     stage: str
@@ -40,6 +43,7 @@ class StageObservation:
     cpu_utilization: float = 0.0
     cpu_usage_cores: float = 0.0
     p99_ms: float = 0.0
+    usage_samples: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,20 @@ class PlanContext:
         if self.forecast is not None:
             return max(0.0, self.forecast)
         return max(0.0, self.rate_history[-1]) if self.rate_history else 0.0
+
+
+RESIZE_IN_PLACE = "in_place"
+"""Cores per replica change in place (cgroup quota): no restart, no cold start."""
+RESIZE_RECREATE = "recreate"
+"""A change of cores per replica restarts the replica: it pays the variant's load_time_s."""
+
+
+def resize_mode(planner: object) -> str:
+    """How `planner`'s changes of cores per replica must be applied: RESIZE_IN_PLACE or
+    RESIZE_RECREATE (VPA's Recreate mode). Planners without a `resize_mode` attribute resize
+    in place. Substrates (simulator, live actuator) read this once per planner."""
+    mode = getattr(planner, "resize_mode", RESIZE_IN_PLACE)
+    return str(mode)
 
 
 class Planner(Protocol):

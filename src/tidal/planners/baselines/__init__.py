@@ -1,0 +1,1 @@
+"""Baseline policies the research planners are compared with (one module each)."""
