@@ -1,0 +1,243 @@
+"""The control loop: monitor -> forecast -> plan -> actuate, once per tick.
+
+Contract:
+- ``tick()`` samples the monitor every call (the tick period, 1 s by default) and asks the
+  planner for a decision when the planner's ``interval_s`` has elapsed since the last one.
+  The planner is called through the planners' wrapper (bounds, cool-downs, stabilization)
+  when the caller passes a wrapped planner; the controller itself adds nothing to the policy.
+- A plan flagged ``feasible=False``, a plan the actuator refuses, or a planner exception
+  leaves the plan in force unchanged (the last feasible one) and the reason is logged, unless
+  ``apply_best_effort`` is set, in which case a flagged-infeasible plan that the actuator
+  accepts is applied (and still logged as infeasible).
+- The controller holds no serving state: the data plane keeps serving the last applied plan
+  if the controller stops or crashes, and a new controller starts from ``actuator.current()``.
+- Every decision goes to the DecisionLog with its inputs, output, decision time and, once the
+  actuator reports it, the time the plan took to take effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tidal.control.actuator import Actuation, Actuator
+from tidal.control.decisions import Decision, DecisionLog, plan_summary
+from tidal.control.monitor import Monitor
+from tidal.core.clock import Clock
+from tidal.core.plan import Plan
+from tidal.planners.base import PlanContext, Planner, StageCandidates
+
+log = logging.getLogger("tidal.control")
+
+Forecaster = Callable[[Sequence[float]], float | None]
+"""Predicts the load (req/s) for the planner's horizon from the per-second rate history."""
+
+
+@dataclass
+class ForecastPoint:
+    t: float
+    value: float | None
+
+
+def same_allocation(a: Plan | None, b: Plan | None) -> bool:
+    """True when two plans allocate the same (flags and reasons ignored)."""
+    if a is None or b is None:
+        return a is b
+    return a.stages == b.stages
+
+
+class Controller:
+    """One closed loop for one pipeline. Not thread-safe: drive it from one task."""
+
+    def __init__(
+        self,
+        planner: Planner,
+        actuator: Actuator,
+        monitor: Monitor,
+        stages: tuple[StageCandidates, ...],
+        slo_ms: float,
+        clock: Clock,
+        *,
+        forecaster: Forecaster | None = None,
+        decisions: DecisionLog | None = None,
+        window_s: float | None = None,
+        apply_best_effort: bool = False,
+        policy: str | None = None,
+    ) -> None:
+        if slo_ms <= 0:
+            raise ValueError(f"slo_ms must be > 0, got {slo_ms}")
+        self.planner = planner
+        self.actuator = actuator
+        self.monitor = monitor
+        self.stages = stages
+        self.slo_ms = slo_ms
+        self.clock = clock
+        self.forecaster = forecaster
+        self.decisions = decisions or DecisionLog()
+        self.window_s = window_s
+        self.apply_best_effort = apply_best_effort
+        self.policy: str = policy or str(getattr(planner, "name", type(planner).__name__))
+        self.state: Any = None
+        self.last_decision_t: float | None = None
+        self.last_feasible: Plan | None = actuator.current()
+        self.forecasts: list[ForecastPoint] = []
+        self._unsettled: list[tuple[Decision, Actuation]] = []
+
+    @property
+    def interval_s(self) -> float:
+        return float(getattr(self.planner, "interval_s", 1.0))
+
+    def due(self, now: float) -> bool:
+        return self.last_decision_t is None or now - self.last_decision_t >= self.interval_s - 1e-6
+
+    def tick(self) -> Decision | None:
+        """One loop turn: sample, settle finished actuations, decide if due. Never raises for
+        planner or actuator faults (they are logged as decisions)."""
+        self.monitor.sample()
+        now = self.clock.now()
+        self._settle()
+        if not self.due(now):
+            return None
+        self.last_decision_t = now
+        return self.decide(now)
+
+    def context(self, now: float) -> PlanContext:
+        history = self.monitor.rate_history()
+        forecast = None
+        if self.forecaster is not None and history:
+            forecast = self.forecaster(history)
+        self.forecasts.append(ForecastPoint(now, forecast))
+        del self.forecasts[:-900]
+        window = self.window_s if self.window_s is not None else max(self.interval_s, 1.0)
+        return PlanContext(
+            now=now,
+            rate_history=history,
+            forecast=forecast,
+            stages=self.stages,
+            current=self.actuator.current(),
+            slo_ms=self.slo_ms,
+            capacity=self.actuator.capacity(),
+            pending=self.actuator.pending(),
+            budgets_ms=self.monitor.budgets_ms,
+            observations=self.monitor.observations(window),
+            state=self.state,
+        )
+
+    def decide(self, now: float) -> Decision:
+        ctx = self.context(now)
+        inputs = _inputs(ctx)
+        t0 = self.clock.now()
+        try:
+            plan, new_state = self.planner.plan(ctx)
+        except Exception as e:  # a planner bug must not stop serving: keep the plan in force
+            log.exception("planner %s failed", self.policy)
+            return self._record(now, inputs, None, False, f"planner raised {e!r}", "error", t0)
+        decision_ms = (self.clock.now() - t0) * 1000.0
+        self.state = new_state
+        if not plan.feasible and not self.apply_best_effort:
+            reason = plan.reason or "planner flagged the plan infeasible"
+            return self._record(
+                now, inputs, plan, False, reason, "kept-last-feasible", t0, decision_ms
+            )
+        if same_allocation(plan, ctx.current):
+            return self._record(
+                now, inputs, plan, plan.feasible, plan.reason, "unchanged", t0, decision_ms
+            )
+        try:
+            act = self.actuator.apply(plan)
+        except Exception as e:
+            log.exception("actuator %s failed", self.actuator.name)
+            return self._record(
+                now, inputs, plan, plan.feasible, f"actuator raised {e!r}", "error", t0, decision_ms
+            )
+        if not act.accepted:
+            return self._record(
+                now, inputs, plan, False, act.reason, "kept-last-feasible", t0, decision_ms
+            )
+        if plan.feasible:
+            self.last_feasible = plan
+        d = self._record(now, inputs, plan, plan.feasible, plan.reason, "applied", t0, decision_ms)
+        self._unsettled.append((d, act))
+        self._settle()
+        return d
+
+    def _record(
+        self,
+        now: float,
+        inputs: dict[str, Any],
+        plan: Plan | None,
+        feasible: bool,
+        reason: str,
+        action: str,
+        t0: float,
+        decision_ms: float | None = None,
+    ) -> Decision:
+        if decision_ms is None:
+            decision_ms = (self.clock.now() - t0) * 1000.0
+        d = Decision(
+            seq=self.decisions.next_seq(),
+            t=now,
+            policy=self.policy,
+            inputs=inputs,
+            output=plan_summary(plan),
+            feasible=feasible,
+            reason=reason,
+            action=action,
+            decision_ms=round(decision_ms, 3),
+        )
+        if action in ("kept-last-feasible", "error"):
+            log.warning("decision %d (%s): %s: %s", d.seq, self.policy, action, reason)
+        self.decisions.add(d)
+        return d
+
+    def _settle(self) -> None:
+        keep = []
+        for d, act in self._unsettled:
+            if act.settled_at is not None and act.time_to_effect_s is not None:
+                self.decisions.settle(d, round(act.time_to_effect_s, 3))
+            elif not act.superseded:
+                keep.append((d, act))
+        self._unsettled = keep
+
+    async def run(self, tick_s: float = 1.0, stop: asyncio.Event | None = None) -> None:
+        """Tick every `tick_s` seconds until `stop` is set or the task is cancelled."""
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # never let a monitoring bug kill the loop silently
+                log.exception("controller tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=tick_s)
+
+
+def _inputs(ctx: PlanContext) -> dict[str, Any]:
+    def r(x: float) -> float | None:
+        return None if x is None or math.isnan(x) else round(x, 3)
+
+    return {
+        "rate": r(ctx.rate_history[-1]) if ctx.rate_history else 0.0,
+        "forecast": None if ctx.forecast is None else r(ctx.forecast),
+        "queued": len(ctx.budgets_ms),
+        "min_budget_ms": r(min(ctx.budgets_ms)) if ctx.budgets_ms else None,
+        "pending": {
+            "starting": dict(ctx.pending.starting_replicas),
+            "resizing": sorted(ctx.pending.resizing_stages),
+        },
+        "stages": [
+            {
+                "stage": o.stage,
+                "rate": r(o.arrival_rate),
+                "queue": o.queue_len,
+                "util": r(o.cpu_utilization),
+                "p99_ms": r(o.p99_ms),
+            }
+            for o in ctx.observations
+        ],
+        "current": plan_summary(ctx.current),
+    }

@@ -1,0 +1,186 @@
+"""The control loop with a simulated clock, a scripted metrics source and an in-memory
+actuator: decisions at the planner's interval, infeasible plans kept out, faults logged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tidal.control.actuator import Actuation, Actuator
+from tidal.control.controller import Controller
+from tidal.control.decisions import DecisionLog, read_log
+from tidal.control.monitor import Monitor, StageCounters
+from tidal.core.clock import SimClock
+from tidal.core.plan import Plan
+from tidal.core.profile import LatencyFit, VariantProfile
+from tidal.planners import Governed, create
+from tidal.planners.base import Capacity, Pending, PlanContext, StageCandidates
+
+
+class Source:
+    """Counters advanced by the test: `rate` req/s arrive, `util` of allocated cores busy."""
+
+    def __init__(self, clock: SimClock, act: MemActuator) -> None:
+        self.clock, self.act = clock, act
+        self.arrivals = 0.0
+        self.busy = 0.0
+        self.rate = 10.0
+        self.util = 0.5
+        self.last = clock.now()
+
+    def read(self) -> list[StageCounters]:
+        dt = self.clock.now() - self.last
+        self.last = self.clock.now()
+        plan = self.act.current()
+        assert plan is not None
+        sp = plan.stages[0]
+        self.arrivals += self.rate * dt
+        self.busy += self.util * sp.total_cores * dt
+        return [
+            StageCounters(
+                stage="s",
+                arrivals=int(self.arrivals),
+                completions=int(self.arrivals),
+                busy_core_s=self.busy,
+                cores=sp.cores,
+                replicas=sp.replicas,
+                new_latencies_ms=(10.0, 20.0),
+                budgets_ms=(100.0, 200.0),
+            )
+        ]
+
+
+class MemActuator:
+    name = "memory"
+
+    def __init__(self, clock: SimClock, plan: Plan, refuse: bool = False) -> None:
+        self.clock, self.plan, self.refuse = clock, plan, refuse
+        self.applied: list[Plan] = []
+
+    def apply(self, plan: Plan) -> Actuation:
+        a = Actuation(plan=plan, requested_at=self.clock.now())
+        if self.refuse:
+            a.accepted, a.reason = False, "does not fit: 99 cores > 2"
+            return a
+        self.plan = plan
+        self.applied.append(plan)
+        a.settled_at = self.clock.now() + 0.5
+        return a
+
+    def current(self) -> Plan | None:
+        return self.plan
+
+    def pending(self) -> Pending:
+        return Pending()
+
+    def capacity(self) -> Capacity:
+        return Capacity(nodes=1, cores_per_node=8)
+
+
+PROFILE = VariantProfile(
+    name="v", task="t", accuracy=0.9, fit=LatencyFit(gamma=5, delta=1, epsilon=2, eta=1)
+)
+STAGES = (StageCandidates("s", (PROFILE,)),)
+START = Plan.single("s", "v", replicas=1, cores=1.0, batch=1)
+
+
+def _controller(planner: Any, clock: SimClock, act: MemActuator, **kw: Any) -> Controller:
+    src = Source(clock, act)
+    return Controller(planner, act, Monitor(src, clock), STAGES, 500.0, clock, **kw)
+
+
+def test_memory_actuator_conforms() -> None:
+    assert isinstance(MemActuator(SimClock(), START), Actuator)
+
+
+def test_hpa_scales_out_at_its_interval(tmp_path: Any) -> None:
+    clock = SimClock()
+    act = MemActuator(clock, START)
+    log = DecisionLog(tmp_path / "d.jsonl")
+    c = _controller(Governed(create("hpa")), clock, act, decisions=log)
+    c.monitor.source.util = 1.4  # type: ignore[attr-defined]
+    decisions = []
+    for _ in range(40):
+        d = c.tick()
+        if d is not None:
+            decisions.append(d)
+        clock.advance(1.0)
+    # hpa decides every 15 s: at t=0, 15, 30.
+    assert [d.t for d in decisions] == [0.0, 15.0, 30.0]
+    # 1.4 / 0.7 = 2x: 1 -> 2 -> 4 replicas.
+    assert [p.stages[0].replicas for p in act.applied] == [2, 4]
+    assert decisions[1].action == "applied" and decisions[1].time_to_effect_s == 0.5
+    rows = read_log(tmp_path / "d.jsonl")
+    assert [r["action"] for r in rows] == [d.action for d in decisions]
+    assert rows[1]["settled"] and rows[1]["inputs"]["stages"][0]["util"] == pytest.approx(1.4)
+    assert rows[1]["inputs"]["queued"] == 2
+
+
+class Infeasible:
+    name = "bad"
+    interval_s = 1.0
+
+    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+        p = Plan.single("s", "v", replicas=50, cores=2.0, batch=1)
+        return p.model_copy(update={"feasible": False, "reason": "load 900 req/s > capacity"}), 0
+
+
+class Raises:
+    name = "raises"
+    interval_s = 1.0
+
+    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+        raise RuntimeError("boom")
+
+
+def test_infeasible_plan_keeps_last_feasible_and_logs_reason() -> None:
+    clock = SimClock()
+    act = MemActuator(clock, START)
+    c = _controller(Infeasible(), clock, act)
+    d = c.tick()
+    assert d is not None and d.action == "kept-last-feasible"
+    assert "900 req/s" in d.reason
+    assert act.current() == START and not act.applied
+
+
+def test_best_effort_applies_flagged_plan() -> None:
+    clock = SimClock()
+    act = MemActuator(clock, START)
+    c = _controller(Infeasible(), clock, act, apply_best_effort=True)
+    d = c.tick()
+    assert d is not None and d.action == "applied" and not d.feasible
+    assert act.current() is not None and act.current().stages[0].replicas == 50  # type: ignore[union-attr]
+
+
+def test_refused_plan_keeps_plan_in_force() -> None:
+    clock = SimClock()
+    act = MemActuator(clock, START, refuse=True)
+    c = _controller(Governed(create("static", replicas=3)), clock, act)
+    d = c.tick()
+    assert d is not None and d.action == "kept-last-feasible" and "does not fit" in d.reason
+    assert act.current() == START
+
+
+def test_planner_exception_is_logged_and_serving_plan_stays() -> None:
+    clock = SimClock()
+    act = MemActuator(clock, START)
+    c = _controller(Raises(), clock, act)
+    d = c.tick()
+    assert d is not None and d.action == "error" and "boom" in d.reason
+    assert act.current() == START
+
+
+def test_restarted_controller_starts_from_plan_in_force() -> None:
+    clock = SimClock()
+    act = MemActuator(clock, START)
+    c1 = _controller(Governed(create("static", replicas=2)), clock, act)
+    c1.tick()
+    in_force = act.current()
+    assert in_force is not None and in_force.stages[0].replicas == 2
+    c2 = _controller(Governed(create("static", replicas=2)), clock, act)
+    assert c2.last_feasible == in_force
+    clock.advance(1.0)
+    d = c2.tick()
+    assert d is not None and d.action == "unchanged"
+    assert len(act.applied) == 1
