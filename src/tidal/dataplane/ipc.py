@@ -1,0 +1,137 @@
+"""Fixed binary framing of tensors between the gateway and worker processes (never pickle).
+
+A frame is a 32-byte header, then `ndim` little-endian uint64 dimensions, then `nbytes` bytes:
+
+    magic u16 (0x7D1A) | kind u8 | dtype code u8 | ndim u8 | 3 pad | request id u64 |
+    nbytes u64 | aux u64
+
+Kinds: REQUEST (parent -> worker: a batch), RESULT (worker -> parent: the output tensor; aux is
+the worker's compute time in ns), ERROR (UTF-8 message, the worker keeps serving), READY (worker
+-> parent once: a UTF-8 JSON object, produced by our own worker), SHUTDOWN (parent -> worker).
+Data bytes are C-contiguous, native little-endian. Contract: `decode_header` raises
+FramingError on a bad magic, kind, dtype code or ndim; nothing here executes received data.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import numpy as np
+
+MAGIC = 0x7D1A
+HEADER = struct.Struct("<HBBB3xQQQ")
+HEADER_SIZE = HEADER.size  # 32
+MAX_NDIM = 8
+
+REQUEST, RESULT, ERROR, READY, SHUTDOWN = 1, 2, 3, 4, 5
+KINDS = frozenset((REQUEST, RESULT, ERROR, READY, SHUTDOWN))
+
+DTYPE_CODES: dict[np.dtype, int] = {
+    np.dtype("float32"): 1,
+    np.dtype("float64"): 2,
+    np.dtype("int64"): 3,
+    np.dtype("int32"): 4,
+    np.dtype("uint8"): 5,
+    np.dtype("float16"): 6,
+    np.dtype("bool"): 7,
+}
+CODE_DTYPES: dict[int, np.dtype] = {v: k for k, v in DTYPE_CODES.items()}
+NO_DTYPE = 0
+_SMALL = 1 << 16  # frames below 64 KiB are concatenated and sent with one syscall
+
+
+class FramingError(Exception):
+    """A malformed frame (the stream cannot be trusted any more)."""
+
+
+def dtype_code(dtype: np.dtype) -> int:
+    """The wire code of `dtype`; FramingError for dtypes the protocol does not carry."""
+    try:
+        return DTYPE_CODES[np.dtype(dtype)]
+    except KeyError:
+        raise FramingError(
+            f"dtype {np.dtype(dtype)} cannot be sent; supported: "
+            f"{', '.join(str(d) for d in DTYPE_CODES)}"
+        ) from None
+
+
+def encode_tensor(
+    kind: int, req_id: int, arr: np.ndarray, aux: int = 0
+) -> list[bytes | memoryview]:
+    """Buffers forming one tensor frame (the header+shape, then the data when it is large)."""
+    if arr.ndim > MAX_NDIM:
+        raise FramingError(f"ndim {arr.ndim} exceeds {MAX_NDIM}")
+    a = np.ascontiguousarray(arr)
+    code = dtype_code(a.dtype)
+    head = HEADER.pack(MAGIC, kind, code, a.ndim, req_id, a.nbytes, aux) + struct.pack(
+        f"<{a.ndim}Q", *a.shape
+    )
+    data = memoryview(a.reshape(-1).view(np.uint8)) if a.nbytes else memoryview(b"")  # type: ignore[arg-type]
+    if a.nbytes < _SMALL:
+        return [head + data.tobytes()]
+    return [head, data]
+
+
+def encode_bytes(kind: int, req_id: int, payload: bytes, aux: int = 0) -> bytes:
+    """One frame carrying raw bytes (ERROR message, READY JSON, empty SHUTDOWN)."""
+    return HEADER.pack(MAGIC, kind, NO_DTYPE, 0, req_id, len(payload), aux) + payload
+
+
+def decode_header(buf: bytes | bytearray | memoryview) -> tuple[int, int, int, int, int, int]:
+    """(kind, dtype code, ndim, req_id, nbytes, aux) of a 32-byte header; FramingError if bad."""
+    magic, kind, code, ndim, req_id, nbytes, aux = HEADER.unpack_from(buf)
+    if magic != MAGIC or kind not in KINDS or ndim > MAX_NDIM:
+        raise FramingError(f"bad frame header (magic {magic:#x}, kind {kind}, ndim {ndim})")
+    if code != NO_DTYPE and code not in CODE_DTYPES:
+        raise FramingError(f"unknown dtype code {code}")
+    return kind, code, ndim, req_id, nbytes, aux
+
+
+def decode_shape(
+    buf: bytes | bytearray | memoryview, ndim: int, offset: int = 0
+) -> tuple[int, ...]:
+    return struct.unpack_from(f"<{ndim}Q", buf, offset) if ndim else ()
+
+
+def send_frame(sock: socket.socket, buffers: list[bytes | memoryview] | bytes) -> None:
+    """Blocking send of a whole frame."""
+    if isinstance(buffers, bytes):
+        sock.sendall(buffers)
+        return
+    for b in buffers:
+        sock.sendall(b)
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytearray:
+    """Blocking read of exactly `n` bytes; EOFError if the peer closed first."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise EOFError("peer closed the connection")
+        got += k
+    return buf
+
+
+def read_frame(
+    sock: socket.socket,
+) -> tuple[int, int, int, int, tuple[int, ...], bytearray]:
+    """Blocking read of one frame: (kind, dtype code, req_id, aux, shape, payload bytes)."""
+    kind, code, ndim, req_id, nbytes, aux = decode_header(recv_exactly(sock, HEADER_SIZE))
+    shape = decode_shape(recv_exactly(sock, 8 * ndim), ndim) if ndim else ()
+    payload = recv_exactly(sock, nbytes) if nbytes else bytearray()
+    return kind, code, req_id, aux, shape, payload
+
+
+def to_array(code: int, shape: tuple[int, ...], payload: bytearray) -> np.ndarray:
+    """The (writable) array a tensor frame carries; FramingError if the sizes disagree."""
+    dt = CODE_DTYPES.get(code)
+    if dt is None:
+        raise FramingError(f"frame carries no tensor (dtype code {code})")
+    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize if shape else dt.itemsize
+    if expected != len(payload):
+        raise FramingError(f"shape {shape} of {dt} needs {expected} bytes, got {len(payload)}")
+    return np.frombuffer(payload, dtype=dt).reshape(shape)
