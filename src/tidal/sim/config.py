@@ -1,0 +1,57 @@
+"""Simulation settings (validated) and the per-request outcome codes.
+
+Time inside the simulator is integer microseconds (``*_us``); the reference mode hands the
+dataplane objects seconds (``us / 1e6``) through a ``SimClock``, and both modes quantize every
+event time to the microsecond the same way, so they agree request by request.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+US = 1_000_000
+
+# Outcome codes (per request).
+OK = 0
+LATE = 1  # completed after its deadline
+REFUSED = 2  # refused by admission control at a stage
+EXPIRED = 3  # deadline passed while it waited in a queue
+UNFINISHED = 4  # still in the system when the simulation ended (counted as a violation)
+CAUSES = ("ok", "late", "refused", "expired", "unfinished")
+
+
+class SimConfig(BaseModel):
+    """Knobs of one simulation run. Every field has a bound; errors name the field."""
+
+    model_config = ConfigDict(frozen=True)
+
+    nodes: int = Field(default=1, ge=1, le=100_000, description="Nodes in the cluster.")
+    cores_per_node: float = Field(default=16.0, gt=0, le=4096, description="Cores per node.")
+    slo_ms: float = Field(default=750.0, gt=0, le=3_600_000, description="End-to-end SLO.")
+    dynamic_slo: bool = Field(
+        default=False, description="Per-request budgets from the LTE log (Sponge)."
+    )
+    seed: int = Field(default=0, ge=0, description="Seeds arrivals, SLOs and latency noise.")
+    noise: bool = Field(
+        default=True, description="Latency noise: lognormal, median l(b,c), p99 = p99_ratio x."
+    )
+    admission: bool = Field(
+        default=True, description="Refuse at once a request whose deadline cannot be met."
+    )
+    resize_s: float | None = Field(
+        default=None, ge=0, description="In-place resize delay; None = the profile's resize_s."
+    )
+    warm_start: bool = Field(
+        default=True, description="The first plan's replicas are ready at t=0 (no cold start)."
+    )
+    history_s: int = Field(default=1200, ge=10, description="Rate history kept for planners.")
+    drain_s: float = Field(
+        default=30.0, ge=0, description="Simulated time after the trace ends to let queues drain."
+    )
+    mode: Literal["auto", "reference", "fast"] = Field(
+        default="auto",
+        description="reference: the dataplane's EDFQueue/batcher/admission objects; fast: the "
+        "compiled kernel (one stage, one variant, fixed SLO); auto: fast when it applies.",
+    )

@@ -1,0 +1,394 @@
+"""The simulation loop: arrivals -> data plane (reference or fast) -> outcomes, with the
+policy's control loop (monitor -> forecast -> plan -> actuate) at its own interval.
+
+Contract of `simulate`:
+- Arrivals are generated from `rates` (Poisson within each second, `tidal.workload`), chunk by
+  chunk; deadlines are ``arrival + slo`` or per-request LTE budgets (``dynamic_slo``).
+- The planner (wrapped in the planners' `Governed`) is called at t = 0 and every
+  ``interval_s``. At t = 0 it sees a rate history of 60 s at the trace's first rate (the
+  service was already running) and its replicas are ready at once (``warm_start``).
+- Control events happen at planner ticks, replica readiness, resize completion and plot
+  samples; the data plane runs every event up to each of them (events at the same time: data
+  plane first, then control, then a dispatch retry on every lane).
+- Each planner's observations are taken over its own metric window (``window_s`` attribute of
+  the inner planner, else its interval).
+- After the trace ends the system drains for ``drain_s``; what is left is `unfinished`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tidal.core.clock import MonotonicClock
+from tidal.core.errors import TidalError
+from tidal.core.pipeline import PipelineSpec
+from tidal.core.plan import Plan
+from tidal.core.profile import ProfileSet, VariantProfile
+from tidal.planners.base import (
+    Capacity,
+    PlanContext,
+    Planner,
+    StageCandidates,
+    StageObservation,
+    create,
+)
+from tidal.sim.actuator import SimActuator
+from tidal.sim.config import CAUSES, LATE, OK, US, SimConfig
+from tidal.sim.latency import VariantLatency, noise_table
+from tidal.sim.outcomes import OutcomeSink
+from tidal.sim.reference import INF, NEED_INPUT, ReferenceDataPlane
+from tidal.workload import arrival_chunks, dynamic_slos, to_us
+
+Forecaster = Callable[[Sequence[float]], float]
+
+
+@dataclass
+class SimResult:
+    """Aggregates of one run (per-request rows went to the CSV, if asked)."""
+
+    policy: str
+    mode: str
+    requests: int
+    counts: dict[str, int]
+    p50_ms: float
+    p99_ms: float
+    core_seconds: float
+    duration_s: float
+    mean_accuracy: float
+    replica_starts: int
+    resizes: int
+    recreates: int
+    decisions: int
+    decision_ms_mean: float
+    infeasible_plans: int
+    series: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def violations(self) -> int:
+        return self.requests - self.counts["ok"]
+
+    @property
+    def slo_violation_rate(self) -> float:
+        return self.violations / self.requests if self.requests else 0.0
+
+    @property
+    def mean_cores(self) -> float:
+        return self.core_seconds / self.duration_s if self.duration_s else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON row of `tidal simulate --json`."""
+
+        def r(x: float, k: int = 6) -> float | None:
+            return None if x is None or math.isnan(x) else round(float(x), k)
+
+        return {
+            "policy": self.policy,
+            "slo_violation_rate": r(self.slo_violation_rate),
+            "core_seconds": r(self.core_seconds, 3),
+            "mean_accuracy": r(self.mean_accuracy),
+            "p99_ms": r(self.p99_ms, 3),
+            "requests": self.requests,
+            "p50_ms": r(self.p50_ms, 3),
+            "mean_cores": r(self.mean_cores, 4),
+            "violations": {c: self.counts[c] for c in CAUSES if c != "ok"},
+            "replica_starts": self.replica_starts,
+            "resizes": self.resizes,
+            "recreates": self.recreates,
+            "decision_ms_mean": r(self.decision_ms_mean, 4),
+            "mode": self.mode,
+        }
+
+
+def _profiles_for(pipeline: PipelineSpec, profiles: ProfileSet) -> list[list[VariantProfile]]:
+    return [[profiles.get(v) for v in st.variants] for st in pipeline.stages]
+
+
+def _planner(policy: str | Planner, **kwargs: Any) -> Planner:
+    from tidal.planners import Governed  # the planners' one wrapper
+
+    p = create(policy, **kwargs) if isinstance(policy, str) else policy
+    return p if isinstance(p, Governed) else Governed(p)
+
+
+def fast_applies(pipeline: PipelineSpec, config: SimConfig) -> str:
+    """'' when the fast kernel can run this case, else why not."""
+    if len(pipeline.stages) != 1:
+        return "the fast mode runs one-stage pipelines"
+    if len(pipeline.stages[0].variants) != 1:
+        return "the fast mode runs one variant per stage"
+    if config.dynamic_slo:
+        return "the fast mode runs a fixed SLO (FIFO = EDF)"
+    return ""
+
+
+def simulate(
+    pipeline: PipelineSpec,
+    profiles: ProfileSet,
+    rates: np.ndarray,
+    policy: str | Planner,
+    config: SimConfig | None = None,
+    csv_path: Path | None = None,
+    forecaster: Forecaster | None = None,
+    policy_kwargs: dict[str, Any] | None = None,
+    n_bins: int = 600,
+) -> SimResult:
+    """Replay `rates` (requests per second) through `pipeline` under `policy`."""
+    cfg = config or SimConfig()
+    rates = np.asarray(rates, dtype=np.float64)
+    if len(rates) == 0:
+        raise TidalError("the trace is empty")
+    stage_profiles = _profiles_for(pipeline, profiles)
+    planner = _planner(policy, **(policy_kwargs or {}))
+    pname = planner.name
+    why_not = fast_applies(pipeline, cfg)
+    mode = cfg.mode
+    if mode == "auto":
+        mode = "reference" if why_not else "fast"
+    if mode == "fast" and why_not:
+        raise TidalError(f"--mode fast is not available here: {why_not}; use --mode reference")
+    lanes = [[(VariantLatency(v), v.accuracy) for v in st] for st in stage_profiles]
+    sigmas = [lat.sigma for st in lanes for lat, _ in st]
+    eps = noise_table(sigmas, cfg.seed, cfg.noise)
+    dp: Any
+    if mode == "fast":
+        from tidal.sim.fast import FastDataPlane
+
+        dp = FastDataPlane(lanes[0][0][0], lanes[0][0][1], eps[0], cfg.admission)
+    else:
+        dp = ReferenceDataPlane(lanes, eps, cfg.admission, pipeline.accuracy_combine)
+    cap = Capacity(nodes=cfg.nodes, cores_per_node=cfg.cores_per_node)
+    recreate = "recreate" in str(getattr(planner, "resize_mode", "")).lower()
+    act = SimActuator(
+        dp,
+        [(st.name, vs) for st, vs in zip(pipeline.stages, stage_profiles, strict=True)],
+        cap,
+        pname,
+        recreate,
+        cfg.resize_s,
+    )
+    candidates = tuple(
+        StageCandidates(st.name, tuple(vs))
+        for st, vs in zip(pipeline.stages, stage_profiles, strict=True)
+    )
+    variant_names = [v.name for vs in stage_profiles[-1:] for v in vs]
+    dur_s = len(rates)
+    end_us = int((dur_s + cfg.drain_s) * US)
+    bin_s = max(1.0, math.ceil((dur_s + cfg.drain_s) / n_bins))
+    nb = int(math.ceil((dur_s + cfg.drain_s) / bin_s))
+    sink = OutcomeSink(bin_s, nb, variant_names, csv_path)
+    counts_s = np.zeros(dur_s + 1, dtype=np.int64)  # entry arrivals per second (monitor)
+
+    # Arrival chunks -> microseconds + deadlines.
+    slo_us = int(round(cfg.slo_ms * 1000))
+    chunks = arrival_chunks(rates, cfg.seed)
+    fed_until = [0]
+
+    def feed() -> bool:
+        try:
+            t = next(chunks)
+        except StopIteration:
+            dp.feed(np.zeros(0, np.int64), np.zeros(0, np.int64), INF)
+            return False
+        a = to_us(t)
+        if cfg.dynamic_slo:
+            d = a + np.round(dynamic_slos(t, cfg.slo_ms, cfg.seed) * 1000).astype(np.int64)
+        else:
+            d = a + slo_us
+        np.add.at(counts_s, np.minimum(a // US, dur_s), 1)
+        from tidal.workload.arrivals import CHUNK_S
+
+        fed_until[0] = min(dur_s, fed_until[0] + CHUNK_S)
+        horizon = fed_until[0] * US if fed_until[0] < dur_s else INF
+        dp.feed(a, d, horizon)
+        return True
+
+    feed()
+
+    # Monitor state.
+    n_st = len(pipeline.stages)
+    alloc_us = np.zeros(n_st)  # integral of ready cores per stage (core-us)
+    snaps: deque[tuple[int, list[tuple[int, int, float]], np.ndarray]] = deque(maxlen=4096)
+    recent: deque[tuple[np.ndarray, np.ndarray]] = deque()
+    inner = getattr(planner, "inner", planner)
+    window_us = int(float(getattr(inner, "window_s", planner.interval_s) or 1) * US)
+    interval_us = max(1, int(round(planner.interval_s * US)))
+    timer = MonotonicClock()
+    dec_s: list[float] = []
+    infeasible = 0
+    state: Any = None
+    core_us = 0.0
+    series_t: list[float] = []
+    series_cores: list[float] = []
+    series_reps: list[int] = []
+
+    def snapshot(now: int) -> None:
+        snaps.append(
+            (
+                now,
+                [(c.arrivals, c.completions, c.busy_core_us) for c in dp.counters],
+                alloc_us.copy(),
+            )
+        )
+
+    def observations(now: int) -> tuple[StageObservation, ...]:
+        t0 = now - window_us
+        base = snaps[0]
+        for sn in snaps:
+            if sn[0] <= t0:
+                base = sn
+            else:
+                break
+        dt = max(1e-9, (now - base[0]) / US)
+        lat = [x[1] for x in recent if len(x[1])]
+        p99 = float(np.percentile(np.concatenate(lat), 99)) if lat else 0.0
+        out = []
+        for s, st in enumerate(pipeline.stages):
+            c = dp.counters[s]
+            a0, _, b0 = base[1][s]
+            busy = c.busy_core_us - b0
+            alloc = alloc_us[s] - base[2][s]
+            n_ready = act.ready_count(s)
+            q = dp.queue_len(s)
+            out.append(
+                StageObservation(
+                    stage=st.name,
+                    arrival_rate=(c.arrivals - a0) / dt,
+                    queue_len=q,
+                    ongoing=(q + dp.inflight(s)) / n_ready if n_ready else float(q),
+                    cpu_utilization=busy / alloc if alloc > 0 else 0.0,
+                    cpu_usage_cores=busy / (dt * US),
+                    p99_ms=p99,
+                )
+            )
+        return tuple(out)
+
+    def tick(now: int) -> None:
+        nonlocal state, infeasible
+        sec = now // US
+        if now == 0:
+            hist = tuple([float(rates[0])] * 60)
+        else:
+            lo = max(0, sec - cfg.history_s)
+            hist = tuple(float(x) for x in counts_s[lo:sec])
+        fc = forecaster(hist) if forecaster is not None and hist else None
+        ctx = PlanContext(
+            now=now / US,
+            rate_history=hist,
+            forecast=fc,
+            stages=candidates,
+            current=act.current(),
+            slo_ms=cfg.slo_ms,
+            capacity=cap,
+            pending=act.pending(),
+            budgets_ms=dp.entry_budgets_ms(now),
+            observations=observations(now) if now > 0 else (),
+            state=state,
+        )
+        t0 = timer.now()
+        plan, state = planner.plan(ctx)
+        dec_s.append(timer.now() - t0)
+        if not plan.feasible:
+            infeasible += 1
+        assert isinstance(plan, Plan)
+        act.apply(plan, warm=(now == 0 and cfg.warm_start))
+
+    def drain_outcomes(now: int) -> None:
+        rows = dp.drain()
+        if isinstance(rows, list):
+            if not rows:
+                return
+            arr = np.array(rows, dtype=np.float64)
+            ids = arr[:, 0].astype(np.int64)
+            a = arr[:, 1].astype(np.int64)
+            d = arr[:, 2].astype(np.int64)
+            e = arr[:, 3].astype(np.int64)
+            cause = arr[:, 4].astype(np.int64)
+            acc = arr[:, 5]
+            var = arr[:, 6].astype(np.int64)
+        else:
+            ids, a, d, e, cause, acc, var = rows
+            if len(ids) == 0:
+                return
+        sink.add(ids, a, d, e, cause, acc, var)
+        served = (cause == OK) | (cause == LATE)
+        recent.append((e[served], (e[served] - a[served]) / 1000.0))
+        while recent and len(recent[0][0]) and recent[0][0][-1] < now - window_us:
+            recent.popleft()
+        while len(recent) > 1 and len(recent[0][0]) == 0:
+            recent.popleft()
+
+    tick(0)
+    snapshot(0)
+    dp.kick(0)
+    now = 0
+    next_tick = interval_us
+    sample_us = int(bin_s * US)
+    next_sample = 0
+    while True:
+        cands = [next_tick, next_sample, end_us]
+        ne = act.next_event()
+        if ne >= 0:
+            cands.append(max(ne, now))
+        t = min(cands)
+        while dp.run_until(t) == NEED_INPUT:
+            feed()
+        drain_outcomes(t)
+        cores, _ = act.allocated()
+        core_us += cores * (t - now)
+        for s in range(n_st):
+            alloc_us[s] += act.ready_cores(s) * (t - now)
+        now = t
+        act.advance(t)
+        if t == next_sample:
+            c, n = act.allocated()
+            series_t.append(t / US)
+            series_cores.append(c)
+            series_reps.append(n)
+            next_sample += sample_us
+        if t == next_tick and t < end_us:
+            tick(t)
+            snapshot(t)
+            next_tick += interval_us
+        dp.kick(t)
+        if t >= end_us:
+            break
+    dp.finish()
+    drain_outcomes(end_us)
+    sink.close()
+    n_total = sink.requests
+    served = sink.served
+    edges = np.arange(nb) * bin_s
+    series = {
+        "t": edges,
+        "load": sink.arrivals_t / bin_s,
+        "violations": sink.viol_t / np.maximum(1, sink.arrivals_t),
+        "p99_ms": sink.p99_series_ms(),
+        "sample_t": np.array(series_t),
+        "cores": np.array(series_cores),
+        "replicas": np.array(series_reps),
+    }
+    return SimResult(
+        policy=pname,
+        mode=mode,
+        requests=n_total,
+        counts={c: int(sink.counts[i]) for i, c in enumerate(CAUSES)},
+        p50_ms=sink.percentile_ms(50),
+        p99_ms=sink.percentile_ms(99),
+        core_seconds=core_us / US,
+        duration_s=end_us / US,
+        mean_accuracy=sink.acc_sum / served if served else float("nan"),
+        replica_starts=act.stats.starts,
+        resizes=act.stats.resizes,
+        recreates=act.stats.recreates,
+        decisions=len(dec_s),
+        decision_ms_mean=1000.0 * float(np.mean(dec_s)) if dec_s else 0.0,
+        infeasible_plans=infeasible,
+        series=series,
+    )
