@@ -6,11 +6,16 @@ interim: it prints the model catalog when available and says the live run is not
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from tidal.core.errors import TidalError
 
 
 def _interim_demo(console: Console) -> None:
@@ -29,8 +34,102 @@ def _interim_demo(console: Console) -> None:
     console.print(table)
 
 
+def _loadgen(
+    url: str,
+    model: str,
+    trace: str,
+    damping: int | None,
+    compress: int,
+    seed: int,
+    slo_ms: float | None,
+    lte: bool,
+    duration_s: float | None,
+    out: Path,
+    as_json: bool,
+) -> None:
+    from rich.progress import Progress
+
+    from tidal.workload.loadgen import (
+        LoadGenerator,
+        fetch_metadata,
+        schedule_from_trace,
+        v2_body_from_metadata,
+        write_outcomes,
+    )
+
+    console = Console(stderr=as_json)
+    schedule = schedule_from_trace(
+        trace,
+        damping=damping,
+        compress=compress,
+        seed=seed,
+        slo_ms=slo_ms,
+        lte=lte,
+        duration_s=duration_s,
+    )
+    if not schedule.offsets:
+        raise TidalError(
+            f"trace {trace!r} gives no requests (damping {damping}, duration {duration_s})"
+        )
+    console.print(
+        f"replaying {trace} ({len(schedule.offsets)} requests over {schedule.duration_s:.0f} s, "
+        f"compress x{compress}, damping {damping or 'paper default'}) against {url} model {model!r}"
+    )
+
+    async def main() -> tuple[Any, Any]:
+        meta = await fetch_metadata(url, model)
+        body = v2_body_from_metadata(meta)
+        with Progress(console=console, transient=as_json) as prog:
+            task = prog.add_task("replay", total=len(schedule.offsets))
+            gen = LoadGenerator(
+                f"{url.rstrip('/')}/v2/models/{model}/infer",
+                body,
+                on_progress=lambda done, total: prog.update(task, completed=done),
+            )
+            return await gen.run(schedule)
+
+    outcomes, report = asyncio.run(main())
+    write_outcomes(out, outcomes)
+    report.outcomes_file = str(out)
+    if as_json:
+        print(report.to_json())
+        return
+    console.print(
+        f"{report.requests} requests, target {report.target_rps:.1f} req/s, sent "
+        f"{report.achieved_rps:.1f} req/s; violations {report.violation_rate:.2%} {report.counts}; "
+        f"p50 {report.p50_ms:.1f} ms, p99 {report.p99_ms:.1f} ms; outcomes in {out}"
+    )
+    if not report.kept_up:
+        console.print(f"[bold yellow]the load generator did not keep up:[/] {report.reason}")
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add this area's commands to `app` and its benchmarks to `bench`."""
+
+    @app.command()
+    def loadgen(
+        url: str = typer.Option("http://127.0.0.1:8000", help="Base URL of an OIP v2 server."),
+        model: str = typer.Option(..., help="Model (or pipeline) name to infer."),
+        trace: str = typer.Option(
+            "twitter:bursty", help="Trace: twitter:NAME, twitter:START-END, synthetic:SHAPE..."
+        ),
+        damping: int | None = typer.Option(
+            None, help="Integer divisor of the per-second counts (default: the paper's)."
+        ),
+        compress: int = typer.Option(1, min=1, help="Time compression: play k x faster."),
+        seed: int = typer.Option(0),
+        slo_ms: float | None = typer.Option(None, help="Per-request budget (ms)."),
+        lte: bool = typer.Option(
+            False, help="Per-request budgets = slo_ms - LTE transfer time (Sponge)."
+        ),
+        duration: float | None = typer.Option(None, help="Stop after this many seconds."),
+        out: Path = typer.Option(Path("loadgen-outcomes.csv"), help="Per-request outcomes CSV."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ) -> None:
+        """Replay a trace open-loop against any Open Inference Protocol v2 endpoint."""
+        if slo_ms is not None and slo_ms <= 0:
+            raise TidalError(f"--slo-ms must be > 0, got {slo_ms}")
+        _loadgen(url, model, trace, damping, compress, seed, slo_ms, lte, duration, out, as_json)
 
     @app.command()
     def demo() -> None:

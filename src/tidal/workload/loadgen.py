@@ -3,8 +3,8 @@
 Open loop: request i is sent at its scheduled time whatever happened to earlier requests
 (a closed-loop client would slow down with the server and hide its overload). The schedule
 (arrival offsets in seconds, optional per-request budgets in ms) comes from a trace replay
-(`tidal.workload` loaders: Poisson within each second, damping, time compression) or from
-:func:`poisson_schedule`.
+(`tidal.workload` loaders: Poisson within each second, damping, time compression): see
+:func:`schedule_from_trace`.
 
 Every request's outcome is recorded (CSV, one row per request). The generator checks that it
 kept up: the dispatch lag (actual send time - scheduled time) and the in-flight cap are
@@ -29,6 +29,7 @@ import numpy as np
 
 from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
+from tidal.workload import arrivals, dynamic_slos, load_trace
 
 # A request counts as dispatched late when it leaves more than this after its schedule.
 LAG_TOLERANCE_S = 0.010
@@ -71,31 +72,46 @@ class Schedule:
         return self.offsets[-1] if self.offsets else 0.0
 
 
-def poisson_schedule(
-    rates: Sequence[float],
+def schedule_from_rates(
+    rates: Sequence[float] | np.ndarray,
     *,
     seed: int = 0,
-    compression: float = 1.0,
-    budgets_ms: Callable[[np.ndarray], Sequence[float | None]] | None = None,
+    slo_ms: float | None = None,
+    lte: bool = False,
+    duration_s: float | None = None,
 ) -> Schedule:
-    """Poisson arrivals: second k of `rates` (req/s) gets Poisson(rate) arrivals, uniform in
-    the second; the whole timeline is divided by `compression` (rates are NOT multiplied:
-    compression shortens the replay, damping is applied to `rates` by the caller).
-
-    `budgets_ms`, if given, maps the arrival offsets (seconds, after compression) to budgets.
-    """
-    if compression <= 0:
-        raise TidalError(f"compression must be > 0, got {compression}")
-    if any(r < 0 or math.isnan(r) for r in rates):
-        raise TidalError("rates must be >= 0")
-    rng = np.random.default_rng(seed)
-    counts = rng.poisson(np.asarray(rates, dtype=float))
-    parts = [k + np.sort(rng.random(n)) for k, n in enumerate(counts) if n]
-    offsets = (np.concatenate(parts) if parts else np.zeros(0)) / compression
+    """Arrivals for per-second `rates` (the simulator's generator, `tidal.workload.arrivals`:
+    the trace's exact count per second when rates are integers, else Poisson; uniform within
+    the second), cut at `duration_s`. Budgets: Sponge's LTE dynamic SLOs when `lte` (needs
+    ../shared), else the fixed `slo_ms`, else none (the server's default)."""
+    r = np.asarray(rates, dtype=float)
+    if duration_s is not None:
+        r = r[: max(0, math.ceil(duration_s))]
+    t = arrivals(r, seed=seed)
+    if duration_s is not None:
+        t = t[t < duration_s]
     budgets: tuple[float | None, ...] = ()
-    if budgets_ms is not None:
-        budgets = tuple(budgets_ms(offsets))
-    return Schedule(tuple(float(x) for x in offsets), budgets)
+    if lte:
+        budgets = tuple(float(b) for b in dynamic_slos(t, slo_ms or 1000.0, seed=seed))
+    elif slo_ms is not None:
+        budgets = (float(slo_ms),) * len(t)
+    return Schedule(tuple(float(x) for x in t), budgets)
+
+
+def schedule_from_trace(
+    spec: str,
+    *,
+    damping: int | None = None,
+    compress: int = 1,
+    seed: int = 0,
+    slo_ms: float | None = None,
+    lte: bool = False,
+    duration_s: float | None = None,
+) -> Schedule:
+    """A Schedule replaying trace `spec` (`tidal.workload.load_trace`: twitter windows,
+    synthetic shapes) with integer `damping` and time compression `compress`."""
+    rates = load_trace(spec, damping=damping, compress=compress, seed=seed)
+    return schedule_from_rates(rates, seed=seed, slo_ms=slo_ms, lte=lte, duration_s=duration_s)
 
 
 @dataclass

@@ -15,7 +15,8 @@ from tidal.workload.loadgen import (
     LoadGenerator,
     Schedule,
     classify,
-    poisson_schedule,
+    schedule_from_rates,
+    schedule_from_trace,
     v2_body_from_metadata,
     write_outcomes,
 )
@@ -41,19 +42,32 @@ async def _serve(delay_s: float, seen: list[dict]) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}/v2/models/m/infer"
 
 
-def test_poisson_schedule_is_seeded_and_compressed() -> None:
-    a = poisson_schedule([50, 50, 50, 50], seed=3)
-    b = poisson_schedule([50, 50, 50, 50], seed=3)
-    c = poisson_schedule([50, 50, 50, 50], seed=3, compression=2.0)
+def test_schedule_from_trace_is_seeded_and_compressed() -> None:
+    a = schedule_from_trace("synthetic:constant:8:0:50", seed=3)
+    b = schedule_from_trace("synthetic:constant:8:0:50", seed=3)
+    c = schedule_from_trace("synthetic:constant:8:0:50", seed=3, compress=2)
     assert a == b
-    assert 120 < len(a.offsets) < 280
-    assert c.offsets == tuple(x / 2 for x in a.offsets)
-    assert a.duration_s <= 4.0 and c.duration_s <= 2.0
+    assert len(a.offsets) == len(c.offsets)  # compression keeps every request
+    assert a.duration_s <= 8.0 and c.duration_s <= 4.0 and c.duration_s > 3.0
+    d = schedule_from_trace("synthetic:constant:8:0:50", seed=3, slo_ms=200, duration_s=2)
+    assert d.offsets == tuple(x for x in a.offsets if x < 2)
+    assert set(d.budgets_ms) == {200.0}
+
+
+def test_lte_budgets_when_shared_data_exists() -> None:
+    from tidal.core.shared import shared_path
+
+    if shared_path("traces", "lte_bandwidth_report_bus_0001.log") is None:
+        pytest.skip("no ../shared LTE log on this machine")
+    s = schedule_from_rates([20] * 5, seed=1, slo_ms=1000, lte=True)
+    assert len(s.budgets_ms) == 100
+    assert all(b is not None and 0 <= b <= 1000 for b in s.budgets_ms)
+    assert len(set(s.budgets_ms)) > 1
 
 
 def test_bad_schedules_name_the_problem() -> None:
-    with pytest.raises(TidalError, match="compression"):
-        poisson_schedule([1.0], compression=0)
+    with pytest.raises(TidalError, match="compress"):
+        schedule_from_trace("synthetic:step", compress=0)
     with pytest.raises(TidalError, match="sorted"):
         Schedule((1.0, 0.5))
     with pytest.raises(TidalError, match="budgets"):
