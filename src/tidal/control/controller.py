@@ -113,7 +113,10 @@ class Controller:
             forecast = self.forecaster(history)
         self.forecasts.append(ForecastPoint(now, forecast))
         del self.forecasts[:-900]
-        window = self.window_s if self.window_s is not None else max(self.interval_s, 1.0)
+        window = self.window_s
+        if window is None:  # the planner's own metric window, as the simulator does
+            inner = getattr(self.planner, "inner", self.planner)
+            window = max(1.0, float(getattr(inner, "window_s", None) or self.interval_s))
         return PlanContext(
             now=now,
             rate_history=history,
