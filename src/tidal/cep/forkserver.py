@@ -1,0 +1,79 @@
+"""A fork server for Python operators: imports once, forks each operator in milliseconds.
+
+Run as ``python -m tidal.cep.forkserver``. It imports `PRELOAD` (numpy, redis, httpx, the
+runtime), then reads one JSON object per line on stdin, ``{"env": {...}}``, forks a child
+that runs the operator runtime with that environment, and writes ``{"pid": n}``. When a child
+ends it writes ``{"exit": pid, "code": c}``. It exits when stdin closes, terminating its
+children. The protocol carries only JSON from the parent process (never network input).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import select
+import signal
+import sys
+
+PRELOAD = ["numpy", "redis", "httpx", "tidal.cep.sdk.python.runtime", "tidal.cep.sockstore"]
+
+
+def _child(env: dict[str, str]) -> int:
+    os.environ.update(env)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    from tidal.cep.sdk.python.runtime import main
+
+    try:
+        return main(env)
+    except Exception as e:  # the operator's failure ends the process, as a crash would
+        print(f"tidal-cep operator failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+
+
+def serve() -> None:
+    for m in PRELOAD:
+        importlib.import_module(m)
+    out = sys.stdout
+    inp = sys.stdin.buffer
+    children: set[int] = set()
+    buf = b""
+    out.write(json.dumps({"ready": True}) + "\n")
+    out.flush()
+    while True:
+        r, _, _ = select.select([inp], [], [], 0.005)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            children.discard(pid)
+            out.write(json.dumps({"exit": pid, "code": os.waitstatus_to_exitcode(status)}) + "\n")
+            out.flush()
+        if not r:
+            continue
+        chunk = os.read(inp.fileno(), 1 << 16)
+        if not chunk:
+            break
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            req = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                os.close(inp.fileno())
+                os.dup2(2, 1)  # the child's stdout goes to stderr, not into our protocol
+                os._exit(_child({str(k): str(v) for k, v in req["env"].items()}))
+            children.add(pid)
+            out.write(json.dumps({"pid": pid}) + "\n")
+            out.flush()
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,284 @@
+"""The node manager: requests, versions, hot updates and supervision of operators.
+
+One `NodeManager` per host. It owns the registry and one deployment per operator name:
+the running instance (a process), its in/out queue keys and counters. `request` starts an
+operator if needed and returns its addresses at once: the host may push events before the
+process is up, they wait in the in queue. A supervisor thread restarts a crashed instance;
+the restarted one re-reads the uncommitted head of the in queue (redelivery).
+
+`update` is make-before-break: start the new version in standby (forked warm from the
+preloaded fork server), wait for its readiness signal (a push on ``cep:<inst>:ready``, not a
+sleep), push a barrier into the in queue, and let the old instance hand over at that batch
+boundary (state snapshot + go in its last commit), then drain and reap it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from tidal.cep import procs
+from tidal.cep.codec import handover_frame
+from tidal.cep.registry import Registry, VersionInfo, VersionSpec
+from tidal.cep.sdk.python.runtime import RuntimeConfig, inst_keys, keys
+from tidal.cep.store import Store, open_store
+from tidal.core.clock import Clock, MonotonicClock
+from tidal.core.errors import TidalError
+
+NODE_RUNNER = Path(__file__).parent / "sdk" / "node" / "run.js"
+
+
+class DeployDefaults(BaseModel):
+    """Queue parameters given to every operator (the CEPless environment contract)."""
+
+    batch: int = Field(default=1000, ge=1, le=100_000, description="B: events per pop.")
+    flush_ms: float = Field(default=1.0, gt=0, le=10_000, description="F: host flush period.")
+    backoff_ms: float = Field(default=0.1, gt=0, description="Linear back-off step.")
+    backoff_max_ms: float = Field(default=2.0, gt=0, description="Back-off ceiling.")
+    mode: str = Field(default="blob", pattern="^(faithful|blob)$")
+    codec: str = Field(default="json", pattern="^(json|packed)$")
+    max_failures: int = Field(default=3, ge=1, description="N: failures before parking.")
+    ready_timeout_s: float = Field(default=30.0, gt=0)
+
+
+@dataclass
+class Deployment:
+    name: str
+    version: int
+    instance: str
+    proc: procs.OperatorProcess
+    in_key: str
+    out_key: str
+    restarts: int = 0
+    stopped: bool = False
+    draining: list[procs.OperatorProcess] = field(default_factory=list)
+    updates: list[dict[str, Any]] = field(default_factory=list)
+
+
+class NodeManager:
+    """Operator registry + deployments on one host (see module docstring)."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        store_url: str,
+        defaults: DeployDefaults | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.registry = Registry(Path(root) / "registry")
+        self.store_url = store_url
+        self.store: Store = open_store(store_url)
+        self.defaults = defaults or DeployDefaults()
+        self.clock = clock or MonotonicClock()
+        self.deployments: dict[str, Deployment] = {}
+        self._lock = threading.RLock()
+        self._ids = itertools.count(1)
+        self._stop = threading.Event()
+        self._forks = procs.ForkServer()
+        self._sup = threading.Thread(target=self._supervise, name="cep-supervisor", daemon=True)
+        self._sup.start()
+
+    # -- processes ----------------------------------------------------------------------
+    def _spawn(self, info: VersionInfo, instance: str, standby: bool) -> procs.OperatorProcess:
+        d = self.defaults
+        cfg = RuntimeConfig(
+            store=self.store_url,
+            in_key=f"cep:{info.name}:in",
+            out_key=f"cep:{info.name}:out",
+            operator=info.name,
+            instance=instance,
+            batch=d.batch,
+            flush_ms=d.flush_ms,
+            backoff_ms=d.backoff_ms,
+            backoff_max_ms=d.backoff_max_ms,
+            mode=d.mode,
+            codec=d.codec,
+            max_failures=d.max_failures,
+            standby=standby,
+            source=str(info.source_file or ""),
+        )
+        env = cfg.to_env()
+        env.update(info.spec.env)
+        if info.spec.empty_state:
+            env["TIDAL_CEP_EMPTY_STATE"] = "1"
+        if info.spec.language == "python":
+            return procs.ForkedPython(self._forks, env)
+        if info.spec.language == "node":
+            return procs.Command(["node", str(NODE_RUNNER), str(info.source_file)], env, info.path)
+        assert info.spec.command is not None
+        return procs.Command(info.spec.command, env, info.path)
+
+    def _new_instance(self, name: str, version: int) -> str:
+        return f"{name}-v{version}-{next(self._ids)}-{os.getpid()}"
+
+    def _wait_ready(self, instance: str, proc: procs.OperatorProcess) -> None:
+        key = inst_keys(instance)["ready"]
+        deadline = self.clock.now() + self.defaults.ready_timeout_s
+        while self.clock.now() < deadline:
+            if self.store.blpop(key, 0.05) is not None:
+                return
+            code = proc.exitcode()
+            if code is not None:
+                raise TidalError(
+                    f"operator instance {instance} exited with code {code} before it was ready"
+                )
+        raise TidalError(
+            f"operator instance {instance} not ready after {self.defaults.ready_timeout_s} s"
+        )
+
+    # -- API ----------------------------------------------------------------------------
+    def register(self, name: str, spec: VersionSpec) -> int:
+        return self.registry.register(name, spec).version
+
+    def request(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """Addresses of operator `name`, started (without waiting) if not running."""
+        with self._lock:
+            dep = self.deployments.get(name)
+            if dep is None or dep.stopped:
+                info = self.registry.get(name, version)
+                inst = self._new_instance(name, info.version)
+                proc = self._spawn(info, inst, standby=False)
+                dep = Deployment(
+                    name, info.version, inst, proc, f"cep:{name}:in", f"cep:{name}:out"
+                )
+                self.deployments[name] = dep
+            return self.describe(dep)
+
+    def describe(self, dep: Deployment) -> dict[str, Any]:
+        d = self.defaults
+        return {
+            "name": dep.name,
+            "version": dep.version,
+            "instance": dep.instance,
+            "store": self.store_url,
+            "in": dep.in_key,
+            "out": dep.out_key,
+            "batch": d.batch,
+            "flush_ms": d.flush_ms,
+            "mode": d.mode,
+            "codec": d.codec,
+            "restarts": dep.restarts,
+            "running": not dep.stopped,
+            "parked": int(self.store.execute([("llen", keys(dep.name)["parked"])])[0]),
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            out = []
+            for name in self.registry.names():
+                dep = self.deployments.get(name)
+                row = {"name": name, "versions": self.registry.versions(name)}
+                if dep is not None:
+                    row.update(self.describe(dep))
+                out.append(row)
+            return out
+
+    def update(self, name: str, version: int) -> dict[str, Any]:
+        """Hot update to `version` (make-before-break); returns timings in ms."""
+        with self._lock:
+            dep = self.deployments.get(name)
+            if dep is None or dep.stopped:
+                raise TidalError(f"operator {name!r} is not running; request it first")
+            info = self.registry.get(name, version)
+            t0 = self.clock.now()
+            inst = self._new_instance(name, info.version)
+            proc = self._spawn(info, inst, standby=True)
+            try:
+                self._wait_ready(inst, proc)
+            except TidalError:
+                proc.kill()
+                raise
+            t_ready = self.clock.now()
+            old = dep.proc
+            dep.draining.append(old)
+            dep.proc, dep.instance, dep.version = proc, inst, info.version
+            self.store.push(dep.in_key, [handover_frame(inst)])
+        code = old.wait(self.defaults.ready_timeout_s)
+        t_done = self.clock.now()
+        ik = inst_keys(inst)
+        at = self.store.execute([("get", ik["handover_at"])])[0]
+        if at is None:  # the old instance died before the barrier: the new one starts empty
+            self.store.push(ik["go"], [b"empty"])
+        report = {
+            "name": name,
+            "version": info.version,
+            "instance": inst,
+            "start_ms": (t_ready - t0) * 1e3,
+            "update_ms": (t_done - t0) * 1e3,
+            "handover_wait_ms": (float(at) - t_ready) * 1e3 if at else None,
+            "old_exit": code,
+            "empty_state": info.spec.empty_state,
+        }
+        dep.updates.append(report)
+        return report
+
+    def update_gap_ms(self, name: str) -> float | None:
+        """Last output of the old version to first output of the new, for the last update."""
+        dep = self.deployments.get(name)
+        if dep is None:
+            raise TidalError(f"operator {name!r} is not running")
+        ik = inst_keys(dep.instance)
+        first, prev = self.store.execute(
+            [("get", ik["first_output"]), ("get", ik["prev_last_output"])]
+        )
+        if first is None or prev is None:
+            return None
+        return (float(first) - float(prev)) * 1e3
+
+    def parked(self, name: str) -> list[bytes]:
+        k = keys(name)["parked"]
+        return list(self.store.execute([("lrange", k, 0, -1)])[0])
+
+    def stop(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            dep = self.deployments.get(name)
+            if dep is None or dep.stopped:
+                raise TidalError(f"operator {name!r} is not running")
+            dep.stopped = True
+            dep.proc.terminate()
+        if dep.proc.wait(5) is None:
+            dep.proc.kill()
+        return {"name": name, "stopped": True}
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            for dep in self.deployments.values():
+                dep.stopped = True
+                for p in [dep.proc, *dep.draining]:
+                    p.terminate()
+            for dep in self.deployments.values():
+                for p in [dep.proc, *dep.draining]:
+                    if p.wait(3) is None:
+                        p.kill()
+                        p.wait(3)
+        self._sup.join(timeout=2)
+        self._forks.close()
+
+    # -- supervision --------------------------------------------------------------------
+    def _supervise(self) -> None:
+        while not self._stop.wait(0.02):
+            with self._lock:
+                for dep in self.deployments.values():
+                    dep.draining = [p for p in dep.draining if p.exitcode() is None]
+                    if dep.stopped or dep.proc.exitcode() is None:
+                        continue
+                    code = dep.proc.exitcode()
+                    with contextlib.suppress(TidalError):
+                        info = self.registry.get(dep.name, dep.version)
+                        inst = self._new_instance(dep.name, dep.version)
+                        dep.proc = self._spawn(info, inst, standby=False)
+                        dep.instance = inst
+                        dep.restarts += 1
+                        print(
+                            f"tidal-cep: {dep.name} exited with code {code}; restarted as "
+                            f"{inst} (restart {dep.restarts})",
+                            flush=True,
+                        )

@@ -1,0 +1,1 @@
+"""Operator SDKs: Python (`tidal.cep.sdk.python`) and Node.js (`sdk/node/`)."""
