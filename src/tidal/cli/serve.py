@@ -1,7 +1,150 @@
-"""CLI commands of the serve area (being built: see the open issue)."""
+"""`tidal serve CONFIG.yaml` and `tidal bench dataplane`.
+
+Composable for other areas (the closed-loop controller wires itself in through these):
+
+    app, gateway = build_app(config)           # ASGI app + in-process Gateway, not started
+    run(config, on_start=callback)             # uvicorn; callback(gateway) once warm, on the
+                                               # gateway's event loop (may return a coroutine)
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
+from tidal.config.serve import ServeConfig, load_serve_config
+
+OnStart = Callable[[Any], Any]
+
+
+def build_app(config: ServeConfig) -> tuple[Any, Any]:
+    """The ASGI app (OIP v2 + admin + metrics) and its Gateway. Startup happens in the ASGI
+    lifespan (uvicorn) or by awaiting `gateway.start()` yourself."""
+    from tidal.dataplane.gateway import Gateway
+    from tidal.dataplane.http import OIPApp
+
+    gateway = Gateway(config)
+    return OIPApp(gateway), gateway
+
+
+def run(config: ServeConfig, on_start: OnStart | None = None, log_level: str = "warning") -> None:
+    """Serve `config` with uvicorn (uvloop + httptools) until interrupted."""
+    import uvicorn
+
+    app, gateway = build_app(config)
+
+    async def lifespan_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan" or on_start is None:
+            await app(scope, receive, send)
+            return
+
+        async def recv() -> Any:
+            return await receive()
+
+        async def snd(msg: dict[str, Any]) -> None:
+            if msg["type"] == "lifespan.startup.complete":
+                out = on_start(gateway)
+                if inspect.isawaitable(out):
+                    await out
+            await send(msg)
+
+        await app(scope, recv, snd)
+
+    uvicorn.run(
+        lifespan_app,
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+    )
+
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
-    """Add this area's commands to `app` and its benchmarks to `bench`."""
+    """Add `serve` to `app` and `dataplane` to `bench`."""
+
+    @app.command("serve")
+    def serve(
+        config: str = typer.Argument(..., help="Serving config YAML (see examples/*.yaml)."),
+        host: str | None = typer.Option(None, help="Override the config's host."),
+        port: int | None = typer.Option(None, help="Override the config's port."),
+        policy: str | None = typer.Option(
+            None,
+            help="Autoscaling policy: controller added by the closed-loop issue "
+            "(this option is a hook; without a controller the plan stays as configured).",
+        ),
+        verbose: bool = typer.Option(False, "--verbose", "-v", help="Log data-plane events."),
+    ) -> None:
+        """Serve models and pipelines over the Open Inference Protocol v2."""
+        cfg = load_serve_config(config)
+        updates: dict[str, Any] = {}
+        if host is not None:
+            updates["host"] = host
+        if port is not None:
+            updates["port"] = port
+        if updates:
+            cfg = cfg.model_copy(update=updates)
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+        on_start: OnStart | None = None
+        if policy is not None:
+            on_start = _policy_hook(policy)
+
+        def announce(gw: Any) -> None:
+            typer.echo(
+                f"tidal: serving {sorted(gw.models)} on http://{cfg.host}:{cfg.port} "
+                f"(plan: {gw.current_plan().model_dump_json() if gw.current_plan() else None})"
+            )
+
+        def both(gw: Any) -> Any:
+            announce(gw)
+            return on_start(gw) if on_start is not None else None
+
+        run(cfg, on_start=both, log_level="info" if verbose else "warning")
+
+    @bench.command("dataplane")
+    def bench_dataplane(
+        json_out: bool = typer.Option(False, "--json", help="Print JSON only."),
+        duration: float = typer.Option(8.0, help="Seconds of load per measurement."),
+        connections: int = typer.Option(16, help="wrk connections for throughput runs."),
+        skip_ray: bool = typer.Option(False, help="Do not run Ray Serve."),
+        workloads: str = typer.Option("noop,resnet18", help="Comma-separated workloads."),
+    ) -> None:
+        """Tidal vs Ray Serve vs a bare ASGI app under the same wrk load (figures, JSON)."""
+        from tidal.dataplane.bench import run_bench
+
+        out = run_bench(
+            duration=duration,
+            connections=connections,
+            ray=not skip_ray,
+            workloads=[w.strip() for w in workloads.split(",") if w.strip()],
+            echo=None if json_out else typer.echo,
+        )
+        import json
+
+        typer.echo(json.dumps(out, indent=2))
+
+
+def _policy_hook(policy: str) -> OnStart:
+    """Start the closed-loop controller when the control area provides one."""
+    try:
+        from tidal.control import serve_hook  # type: ignore[attr-defined]
+    except ImportError:
+        from tidal.core.errors import TidalError
+
+        raise TidalError(
+            f"--policy {policy!r}: no controller available (added by the closed-loop issue)"
+        ) from None
+
+    def hook(gw: Any) -> Any:
+        return serve_hook.start(gw, policy)
+
+    return hook
+
+
+__all__ = ["build_app", "register", "run"]

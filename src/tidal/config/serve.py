@@ -1,0 +1,185 @@
+"""The serving config: one YAML file for `tidal serve` (models, pipelines, SLO, plan, HTTP).
+
+Validated with pydantic; `load_serve_config(path)` raises TidalError naming the field and the
+bad value. A single model is a one-stage pipeline whose stage is named after the model.
+Stage names are global (the Plan addresses stages by name), so they must be unique across all
+served models and pipelines.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tidal.core.errors import TidalError
+from tidal.core.plan import Plan, StagePlan, VariantWeight
+
+
+class ModelConfig(BaseModel):
+    """A model served alone under `name` (a one-stage pipeline with stage `name`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$", description="Model name.")
+    variants: list[str] = Field(min_length=1, description="Catalog variants that may serve it.")
+
+
+class StageConfig(BaseModel):
+    """One stage of a pipeline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    variants: list[str] = Field(min_length=1)
+
+
+class PipelineConfig(BaseModel):
+    """A linear pipeline served under its own model name `name`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    stages: list[StageConfig] = Field(min_length=1)
+
+
+class ServeConfig(BaseModel):
+    """Everything `tidal serve` needs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(default="127.0.0.1", description="Bind address (loopback by default).")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free port).")
+    token: str | None = Field(
+        default=None,
+        description="Bearer token for /admin/*; env TIDAL_TOKEN when unset. No token: admin "
+        "endpoints refuse every call.",
+    )
+    default_slo_ms: float = Field(default=200.0, gt=0, le=600_000)
+    max_slo_ms: float = Field(default=600_000.0, gt=0, description="slo_ms above this is a 400.")
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="413 above this.")
+    serve_late: bool = Field(
+        default=False,
+        description="True: never refuse or expire; late answers count as `late` violations.",
+    )
+    admission_margin: float = Field(
+        default=1.0, gt=0, le=10, description="Predicted latencies are multiplied by this."
+    )
+    max_retries: int = Field(default=2, ge=0, le=10, description="Retries after a worker dies.")
+    profile: str | None = Field(
+        default=None,
+        description="Profile JSON (ProfileSet); default: the reference profile, else calibrate "
+        "each variant on its first replica.",
+    )
+    models: list[ModelConfig] = Field(default_factory=list)
+    pipelines: list[PipelineConfig] = Field(default_factory=list)
+    plan: Plan | None = Field(
+        default=None, description="Initial plan; default 1 replica x 1 core x batch 8 per stage."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeConfig:
+        from tidal.models.catalog import get_variant
+
+        if not self.models and not self.pipelines:
+            raise ValueError("no models and no pipelines: nothing to serve")
+        names = [m.name for m in self.models] + [p.name for p in self.pipelines]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate model/pipeline names {dup}")
+        stages = self.stages()
+        snames = [s for s, _ in stages]
+        dup = sorted({n for n in snames if snames.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate stage names {dup} (stage names are global)")
+        for stage, variants in stages:
+            specs = []
+            for v in variants:
+                try:
+                    specs.append(get_variant(v))
+                except TidalError as e:
+                    raise ValueError(f"stage {stage!r}: {e}") from None
+            shapes = {(s.input_shape, s.input.dtype) for s in specs}
+            if len(shapes) > 1:
+                raise ValueError(f"stage {stage!r}: variants {variants} take different inputs")
+        if self.plan is not None:
+            known = dict(stages)
+            for sp in self.plan.stages:
+                if sp.stage not in known:
+                    raise ValueError(f"plan: unknown stage {sp.stage!r}; stages: {snames}")
+                for vw in sp.variants:
+                    if vw.name not in known[sp.stage]:
+                        raise ValueError(
+                            f"plan: stage {sp.stage!r} cannot run variant {vw.name!r}; "
+                            f"allowed: {known[sp.stage]}"
+                        )
+        return self
+
+    def stages(self) -> list[tuple[str, list[str]]]:
+        """(stage name, allowed variants) for every stage of every model and pipeline."""
+        out = [(m.name, list(m.variants)) for m in self.models]
+        for p in self.pipelines:
+            out += [(s.name, list(s.variants)) for s in p.stages]
+        return out
+
+    def routes(self) -> dict[str, list[str]]:
+        """Model name -> its stage names in order."""
+        out = {m.name: [m.name] for m in self.models}
+        out.update({p.name: [s.name for s in p.stages] for p in self.pipelines})
+        return out
+
+    def initial_plan(self) -> Plan:
+        """The configured plan, completed with 1 replica x 1 core x batch 8 of the first variant
+        for every stage the plan does not name."""
+        given = {s.stage: s for s in self.plan.stages} if self.plan else {}
+        out = []
+        for stage, variants in self.stages():
+            out.append(
+                given.get(stage)
+                or StagePlan(
+                    stage=stage,
+                    variants=(VariantWeight(name=variants[0]),),
+                    replicas=1,
+                    cores=1.0,
+                    batch=8,
+                )
+            )
+        return Plan(stages=tuple(out))
+
+    def admin_token(self) -> str | None:
+        """The admin bearer token: the config's, else env TIDAL_TOKEN, else None (refuse all)."""
+        return self.token or os.environ.get("TIDAL_TOKEN") or None
+
+
+def _first_error(e: ValidationError) -> str:
+    first = e.errors()[0]
+    loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
+    msg = str(first["msg"]).removeprefix("Value error, ")
+    inp = first.get("input")
+    shown = "" if isinstance(inp, dict | list) else f" (got {inp!r})"
+    return f"{loc}: {msg}{shown}"
+
+
+def parse_serve_config(raw: Any, source: str = "config") -> ServeConfig:
+    """Validate a parsed YAML/JSON object; TidalError naming the field and value."""
+    if not isinstance(raw, dict):
+        raise TidalError(f"{source}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return ServeConfig.model_validate(raw)
+    except ValidationError as e:
+        raise TidalError(f"{source}: {_first_error(e)}") from None
+
+
+def load_serve_config(path: str | Path) -> ServeConfig:
+    """Read and validate a serving YAML file; TidalError naming the file, field and value."""
+    p = Path(path)
+    if not p.is_file():
+        raise TidalError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise TidalError(f"config file {p} is not valid YAML: {e}") from None
+    return parse_serve_config(raw, str(p))

@@ -1,0 +1,287 @@
+"""The in-process data plane: models and pipelines over live stages, plans, metrics.
+
+This is the Python API the HTTP layer (`tidal.dataplane.http`) and the controller use:
+
+    gw = Gateway(config)                      # ServeConfig; nothing started yet
+    await gw.start()                          # apply config.initial_plan(), wait until warm
+    res = await gw.infer("digits", x, slo_ms=50)     # x: (n, *input) ndarray
+    await gw.apply_plan(plan)                 # idempotent; never drops an accepted request
+    gw.current_plan()                         # the Plan in force (all stages)
+    gw.metrics_snapshot()                     # {stage: StageSnapshot}, see metrics.py
+    await gw.stop()
+
+All methods run on the gateway's event loop; from another thread use
+`apply_plan_threadsafe(plan)` and `snapshot_threadsafe()`.
+The deadline is fixed at arrival (arrival + slo) and carried through every stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from tidal.config.serve import ServeConfig
+from tidal.core.clock import Clock, MonotonicClock
+from tidal.core.errors import TidalError
+from tidal.core.plan import Plan, StagePlan
+from tidal.core.profile import LatencyFit, ProfileSet
+from tidal.dataplane.metrics import DataplaneCollector, StageCounters, StageSnapshot
+from tidal.dataplane.replica import ExecutorFactory, Refused
+from tidal.dataplane.stage import Stage
+
+log = logging.getLogger("tidal.dataplane")
+
+
+@dataclass(slots=True)
+class InferResult:
+    """The answer of a model or pipeline: output rows and how they were served."""
+
+    output: np.ndarray
+    variants: list[str]
+    batch_sizes: list[int]
+    queue_ms: float
+    total_ms: float
+    late: bool
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `GET /v2/models/{name}` reports."""
+
+    name: str
+    stages: list[str]
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    output_shape: tuple[int, ...]
+    versions: list[str]
+
+
+_EXPORT_LOCK = threading.Lock()
+
+
+def default_factory(variant: str, cores: float) -> object:
+    """Start a real worker process (blocking until warm). The ONNX export (first use of a
+    variant) is serialized: torch's exporter is not thread-safe."""
+    from tidal.dataplane.worker import WorkerHandle
+    from tidal.models.onnx_cache import onnx_path
+
+    with _EXPORT_LOCK:
+        onnx_path(variant)
+    return WorkerHandle.start(variant, cores)
+
+
+def _profile_fits(config: ServeConfig) -> dict[str, LatencyFit]:
+    """Latency fits from the configured profile, else the reference profile, else none."""
+    ps: ProfileSet | None = None
+    if config.profile:
+        ps = ProfileSet.load(config.profile)
+    else:
+        try:
+            from tidal.profiling import load_reference  # type: ignore[attr-defined]
+
+            ps = load_reference()
+        except Exception:  # no reference profile on this machine: calibrate on start
+            ps = None
+    return {n: v.fit for n, v in ps.variants.items()} if ps is not None else {}
+
+
+class Gateway:
+    """Models and pipelines served by live stages (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        clock: Clock | None = None,
+        factory: ExecutorFactory | None = None,
+        fits: dict[str, LatencyFit] | None = None,
+    ) -> None:
+        from tidal.models.catalog import get_variant
+
+        self.config = config
+        self.clock: Clock = clock or MonotonicClock()
+        fac: ExecutorFactory = factory or default_factory  # type: ignore[assignment]
+        fits = _profile_fits(config) if fits is None else fits
+        self.stages: dict[str, Stage] = {}
+        for name, variants in config.stages():
+            self.stages[name] = Stage(
+                name,
+                variants,
+                clock=self.clock,
+                factory=fac,
+                fits=fits,
+                serve_late=config.serve_late,
+                max_retries=config.max_retries,
+                margin=config.admission_margin,
+            )
+        self.routes = config.routes()
+        self.models: dict[str, ModelInfo] = {}
+        for model, snames in self.routes.items():
+            first = get_variant(self.stages[snames[0]].allowed[0])
+            last = get_variant(self.stages[snames[-1]].allowed[0])
+            out_shape = last.input_shape if last.name == "noop" else (last.num_outputs,)
+            self.models[model] = ModelInfo(
+                model,
+                snames,
+                first.input_shape,
+                first.input.dtype,
+                out_shape,
+                sorted({v for s in snames for v in self.stages[s].allowed}),
+            )
+            for i, s in enumerate(snames):
+                later = [self.stages[x] for x in snames[i + 1 :]]
+                self.stages[s].downstream_s = _downstream(later)
+        self._ids = itertools.count(1)
+        self._plan: Plan | None = None
+        self._plan_lock: asyncio.Lock | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ready = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, wait: bool = True) -> None:
+        """Apply the config's initial plan (and wait for the replicas to be warm)."""
+        self.loop = asyncio.get_running_loop()
+        plan = await self.apply_plan(self.config.initial_plan(), wait=wait)
+        if wait:
+            for sp in plan.stages:
+                if sp.total_replicas > 0 and not any(
+                    r.state == "ready" for r in self.stages[sp.stage].replicas()
+                ):
+                    await self.stop()
+                    raise TidalError(
+                        f"stage {sp.stage!r}: no replica of {[v.name for v in sp.variants]} "
+                        "could start (see the log)"
+                    )
+        self.ready = True
+
+    async def stop(self) -> None:
+        """Stop every replica (queued requests are answered 503)."""
+        self.ready = False
+        await asyncio.gather(*(s.close() for s in self.stages.values()))
+
+    # ------------------------------------------------------------------ plans
+    async def apply_plan(self, plan: Plan, wait: bool = True) -> Plan:
+        """Reconcile the stages named in `plan` (others keep their allocation).
+
+        Idempotent; accepted requests are never dropped (retired replicas finish their batch).
+        `wait=True` returns once every replica being started is warm. TidalError names an
+        unknown stage or a variant the stage may not run. Returns the plan now in force.
+        """
+        for sp in plan.stages:
+            stage = self.stages.get(sp.stage)
+            if stage is None:
+                raise TidalError(f"plan: unknown stage {sp.stage!r}; stages: {list(self.stages)}")
+            for v in sp.variants:
+                if v.name not in stage.allowed:
+                    raise TidalError(
+                        f"plan: stage {sp.stage!r} cannot run variant {v.name!r}; "
+                        f"allowed: {stage.allowed}"
+                    )
+        if self._plan_lock is None:
+            self._plan_lock = asyncio.Lock()
+        async with self._plan_lock:
+            tasks: list[asyncio.Task[None]] = []
+            for sp in plan.stages:
+                tasks += self.stages[sp.stage].apply(sp)
+            merged = {s.stage: s for s in (self._plan.stages if self._plan else ())}
+            merged.update({s.stage: s for s in plan.stages})
+            self._plan = Plan(
+                stages=tuple(merged[n] for n in self.stages if n in merged),
+                feasible=plan.feasible,
+                reason=plan.reason,
+            )
+        if wait and tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return self._plan
+
+    def current_plan(self) -> Plan | None:
+        """The plan in force (every stage applied so far), or None before `start`."""
+        return self._plan
+
+    def apply_plan_threadsafe(self, plan: Plan, wait: bool = True) -> Future[Plan]:
+        """`apply_plan` from another thread; returns a concurrent Future."""
+        if self.loop is None:
+            raise RuntimeError("gateway not started")
+        return asyncio.run_coroutine_threadsafe(self.apply_plan(plan, wait), self.loop)
+
+    # ------------------------------------------------------------------ requests
+    async def infer(self, model: str, x: np.ndarray, slo_ms: float | None = None) -> InferResult:
+        """Serve `x` (shape (n, *input)) through `model`'s stages within `slo_ms`.
+
+        Raises KeyError for an unknown model and `Refused` when a stage refuses, expires or
+        fails the request. The deadline is arrival + slo and is the same at every stage.
+        """
+        snames = self.routes[model]
+        arrival = self.clock.now()
+        budget = (slo_ms if slo_ms is not None else self.config.default_slo_ms) * 1e-3
+        deadline = arrival + budget
+        rid = next(self._ids)
+        variants: list[str] = []
+        batches: list[int] = []
+        queue_s = 0.0
+        cur = x
+        now = arrival
+        for s in snames:
+            res = await self.stages[s].submit(rid, cur, arrival, deadline, now)
+            variants.append(res.variant)
+            batches.append(res.batch_size)
+            queue_s += res.queue_s
+            cur = res.output
+            now = res.finish
+        end = self.clock.now()
+        return InferResult(
+            cur, variants, batches, queue_s * 1e3, (end - arrival) * 1e3, end > deadline
+        )
+
+    # ------------------------------------------------------------------ metrics
+    def metrics_snapshot(self) -> dict[str, StageSnapshot]:
+        """Per-stage in-process metrics (see `StageSnapshot` for the field contract)."""
+        now = self.clock.now()
+        return {name: s.snapshot(now) for name, s in self.stages.items()}
+
+    def snapshot_threadsafe(self) -> dict[str, StageSnapshot]:
+        """`metrics_snapshot` from another thread (runs it on the gateway's loop)."""
+        if self.loop is None:
+            return self.metrics_snapshot()
+
+        async def _snap() -> dict[str, StageSnapshot]:
+            return self.metrics_snapshot()
+
+        return asyncio.run_coroutine_threadsafe(_snap(), self.loop).result(timeout=10)
+
+    def collector(self) -> DataplaneCollector:
+        """A Prometheus collector over this gateway's stages."""
+
+        def data() -> dict[str, tuple[StageSnapshot, StageCounters]]:
+            snaps = self.metrics_snapshot()
+            return {n: (snaps[n], self.stages[n].counters) for n in snaps}
+
+        return DataplaneCollector(data)
+
+    def stage_plan(self, stage: str) -> StagePlan | None:
+        return self.stages[stage].plan
+
+
+def _downstream(later: list[Stage]) -> Callable[[], float]:
+    """Sum over later stages of the batch-1 latency of their first planned variant."""
+
+    def f() -> float:
+        total = 0.0
+        for st in later:
+            if st.plan is None:
+                continue
+            v = st.plan.variants[0].name
+            total += st.latency_s(v)(1, st.plan.cores_of(v))
+        return total
+
+    return f
+
+
+__all__ = ["Gateway", "InferResult", "ModelInfo", "Refused"]

@@ -1,0 +1,82 @@
+"""An in-process executor with the worker's contract, for fast unit tests of the data plane.
+
+It is NOT used by integration tests (those start real worker processes). Latency is simulated
+with `asyncio.sleep(base + per_item * b / cores)`; `kill()` makes the in-flight and later
+batches fail with the real `WorkerDied`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import numpy as np
+
+from tidal.dataplane.worker import WorkerDied
+
+_pids = itertools.count(10_000)
+
+
+class FakeExecutor:
+    def __init__(self, variant: str, cores: float, base: float = 0.002, per_item: float = 0.001):
+        self.variant = variant
+        self.cores = cores
+        self.pid = next(_pids)
+        self.cold_start_s = 0.0
+        self.base = base
+        self.per_item = per_item
+        self.batches: list[int] = []
+        self.resizes: list[float] = []
+        self._dead = False
+        self._stopped = False
+        self._inflight: asyncio.Future[None] | None = None
+
+    async def infer_async(self, batch: np.ndarray) -> np.ndarray:
+        if self._dead or self._stopped:
+            raise WorkerDied(f"fake worker {self.pid} is gone")
+        self.batches.append(int(batch.shape[0]))
+        loop = asyncio.get_running_loop()
+        self._inflight = loop.create_future()
+        delay = self.base + self.per_item * batch.shape[0] / self.cores
+        handle = loop.call_later(delay, lambda f=self._inflight: f.done() or f.set_result(None))
+        try:
+            await self._inflight
+        finally:
+            handle.cancel()
+        if self._dead:
+            raise WorkerDied(f"fake worker {self.pid} was killed mid-batch")
+        return batch.astype(np.float32) * 2.0
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return batch.astype(np.float32) * 2.0
+
+    def kill(self) -> None:
+        self._dead = True
+        if self._inflight is not None and not self._inflight.done():
+            self._inflight.set_result(None)
+
+    def resize(self, cores: float) -> float:
+        if self._dead:
+            raise WorkerDied("dead")
+        self.cores = cores
+        self.resizes.append(cores)
+        return 0.0
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def alive(self) -> bool:
+        return not (self._dead or self._stopped)
+
+
+class FakeFactory:
+    """Records every executor it started."""
+
+    def __init__(self, **kw: float) -> None:
+        self.kw = kw
+        self.started: list[FakeExecutor] = []
+
+    def __call__(self, variant: str, cores: float) -> FakeExecutor:
+        ex = FakeExecutor(variant, cores, **self.kw)
+        self.started.append(ex)
+        return ex
