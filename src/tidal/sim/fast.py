@@ -1,0 +1,597 @@
+"""Fast data plane: the reference semantics (`tidal.sim.reference`) for one stage, one variant
+and a fixed SLO, as a numba-compiled loop over parallel arrays in integer microseconds.
+
+With a fixed SLO, deadlines follow arrival order, so the EDF queue is a FIFO ring of request
+slots; admission's "requests ahead" is the queue length. Everything else (expiry, the
+batcher's rules, admission's batch-by-batch replica simulation, replica choice, timers, event
+order, noise draws) is the same arithmetic on the same floats as `tidal.dataplane.batcher`,
+`tidal.dataplane.admission` and `tidal.sim.reference`; tests/unit/sim/test_sim_fast.py checks
+that both modes give every request the same outcome and end time. Without numba the same
+functions run as plain Python (slowly).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tidal.sim.config import EXPIRED, LATE, OK, REFUSED, UNFINISHED, US
+from tidal.sim.latency import NOISE_LEN, VariantLatency
+from tidal.sim.reference import INF, NEED_INPUT, REACHED
+
+try:  # pragma: no cover - exercised when numba is installed (the default)
+    from numba import njit
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    HAVE_NUMBA = False
+
+    def njit(*args: Any, **kwargs: Any) -> Any:
+        def deco(f: Any) -> Any:
+            return f
+
+        return deco
+
+
+# int state slots
+PTR, NIN, HORIZON, QHEAD, QTAIL, TIMER_T, TIMER_SEQ, SEQ, BATCHES, NEXT_ID = range(10)
+CUR_SEC, CUR_COUNT, PREV_COUNT, ARRIVALS, COMPLETIONS, OUT_N, B, ADMIT, NOW, RING_LOW = range(
+    10, 20
+)
+NI = 20
+OUT_FULL, RING_FULL = 2, 3
+_MASKN = NOISE_LEN - 1
+
+
+@njit(cache=True)
+def _lat_ms(p: np.ndarray, b: int, c: float) -> float:
+    c2 = min(c, p[4])
+    return p[0] * b / c2 + p[1] * b + p[2] / c2 + p[3]
+
+
+@njit(cache=True)
+def _emit(ist, o_id, o_a, o_d, o_e, o_c, rid, a, d, e, cause):  # type: ignore[no-untyped-def]
+    k = ist[OUT_N]
+    o_id[k], o_a[k], o_d[k], o_e[k], o_c[k] = rid, a, d, e, cause
+    ist[OUT_N] = k + 1
+
+
+@njit(cache=True)
+def _expire(ist, now, r_id, r_a, r_d, o_id, o_a, o_d, o_e, o_c):  # type: ignore[no-untyped-def]
+    mask = len(r_id) - 1
+    while ist[QHEAD] < ist[QTAIL]:
+        j = ist[QHEAD] & mask
+        if r_d[j] > now:
+            break
+        _emit(ist, o_id, o_a, o_d, o_e, o_c, r_id[j], r_a[j], r_d[j], now, EXPIRED)
+        ist[QHEAD] += 1
+
+
+@njit(cache=True)
+def _rate(ist, now, st):  # type: ignore[no-untyped-def]
+    sec = now // 1000000
+    if sec == ist[CUR_SEC]:
+        c = ist[PREV_COUNT]
+    elif sec == ist[CUR_SEC] + 1:
+        c = ist[CUR_COUNT]
+    else:
+        c = 0
+    n = 0
+    for i in range(len(st)):
+        if st[i] == 1:
+            n += 1
+    return c / n if n > 0 else 0.0
+
+
+@njit(cache=True)
+def _dispatch(  # type: ignore[no-untyped-def]
+    ist,
+    fst,
+    now,
+    p,
+    eps,
+    r_id,
+    r_a,
+    r_d,
+    st,
+    busy,
+    until,
+    rseq,
+    bstart,
+    blen,
+    rrid,
+    cores,
+    o_id,
+    o_a,
+    o_d,
+    o_e,
+    o_c,
+):
+    mask = len(r_id) - 1
+    t = now / 1e6
+    bmax = ist[B]
+    while ist[QTAIL] > ist[QHEAD]:
+        best = -1
+        for i in range(len(st)):
+            if (
+                st[i] == 1
+                and busy[i] == 0
+                and (
+                    best < 0
+                    or cores[i] > cores[best]
+                    or (cores[i] == cores[best] and rrid[i] < rrid[best])
+                )
+            ):
+                best = i
+        if best < 0:
+            return
+        _expire(ist, now, r_id, r_a, r_d, o_id, o_a, o_d, o_e, o_c)
+        n = ist[QTAIL] - ist[QHEAD]
+        if n == 0:
+            return
+        c = cores[best]
+        d0 = r_d[ist[QHEAD] & mask] / 1e6
+        rate = _rate(ist, now, st)
+        size = n
+        wait_until = -1.0
+        if n >= bmax:
+            size = bmax
+        else:
+            t_latest = d0 - _lat_ms(p, bmax, c) / 1000.0
+            if (
+                t_latest <= t
+                or rate <= 0.0
+                or n / max(_lat_ms(p, n, c) / 1000.0, 1e-9) >= rate
+                or rate * (t_latest - t) < 1.0
+            ):
+                pass
+            else:
+                fill_at = t + (bmax - n) / rate
+                wait_until = min(fill_at, t_latest)
+        if wait_until > t:
+            ist[TIMER_T] = max(now + 1, math.ceil(wait_until * 1000000))
+            ist[TIMER_SEQ] = ist[SEQ]
+            ist[SEQ] += 1
+            return
+        k = ist[BATCHES]
+        ist[BATCHES] = k + 1
+        dur = max(1, math.floor(_lat_ms(p, size, c) * 1000.0 * eps[k & _MASKN] + 0.5))
+        busy[best] = 1
+        until[best] = now + dur
+        rseq[best] = ist[SEQ]
+        ist[SEQ] += 1
+        bstart[best] = ist[QHEAD]
+        blen[best] = size
+        ist[QHEAD] += size
+        fst[0] += dur * c
+
+
+@njit(cache=True)
+def _admit(ist, now, d_us, p, st, until, rrid, cores, tmp_t, tmp_c):  # type: ignore[no-untyped-def]
+    # Ready replicas in id order (admission's replica index order).
+    m = 0
+    for i in range(len(st)):
+        if st[i] == 1:
+            m += 1
+    if m == 0:
+        return False
+    idx = np.empty(m, np.int64)
+    m = 0
+    for i in range(len(st)):
+        if st[i] == 1:
+            idx[m] = i
+            m += 1
+    order = np.argsort(rrid[idx], kind="mergesort")
+    t = now / 1e6
+    deadline = d_us / 1e6
+    budget = deadline - t
+    best_alone = 1e300
+    for q in range(m):
+        i = idx[order[q]]
+        tmp_c[q] = cores[i]
+        tmp_t[q] = max(t, until[i] / 1e6)
+        best_alone = min(best_alone, _lat_ms(p, 1, cores[i]) / 1000.0)
+    if best_alone > budget:
+        return False
+    bmax = ist[B]
+    queued = ist[QTAIL] - ist[QHEAD]
+    j = queued // bmax
+    size = min(bmax, queued + 1 - j * bmax)
+    for _ in range(j):
+        k = 0
+        for q in range(1, m):
+            if tmp_t[q] < tmp_t[k]:
+                k = q
+        tmp_t[k] = tmp_t[k] + _lat_ms(p, bmax, tmp_c[k]) / 1000.0
+    k = 0
+    for q in range(1, m):
+        if tmp_t[q] < tmp_t[k]:
+            k = q
+    finish = tmp_t[k] + _lat_ms(p, size, tmp_c[k]) / 1000.0
+    return finish <= deadline
+
+
+@njit(cache=True)
+def _run(  # type: ignore[no-untyped-def]
+    t_stop,
+    ist,
+    fst,
+    p,
+    eps,
+    arr,
+    dl,
+    r_id,
+    r_a,
+    r_d,
+    st,
+    busy,
+    until,
+    rseq,
+    bstart,
+    blen,
+    rrid,
+    cores,
+    o_id,
+    o_a,
+    o_d,
+    o_e,
+    o_c,
+):
+    big = 1 << 62
+    mask = len(r_id) - 1
+    cap = len(r_id)
+    ocap = len(o_id)
+    tmp_t = np.empty(len(st), np.float64)
+    tmp_c = np.empty(len(st), np.float64)
+    while True:
+        ta = arr[ist[PTR]] if ist[PTR] < ist[NIN] else ist[HORIZON]
+        th = big
+        hs = big
+        hk = -1
+        for i in range(len(st)):
+            if busy[i] == 1 and (until[i] < th or (until[i] == th and rseq[i] < hs)):
+                th, hs, hk = until[i], rseq[i], i
+        if ist[TIMER_T] >= 0 and (
+            ist[TIMER_T] < th or (ist[TIMER_T] == th and ist[TIMER_SEQ] < hs)
+        ):
+            th, hs, hk = ist[TIMER_T], ist[TIMER_SEQ], -2
+        if ocap - ist[OUT_N] < (ist[QTAIL] - ist[QHEAD]) + 1100:
+            return OUT_FULL
+        if th <= ta:
+            if th > t_stop:
+                break
+            now = th
+            ist[NOW] = now
+            if hk == -2:
+                ist[TIMER_T] = -1
+                ist[TIMER_SEQ] = -1
+            else:
+                b0 = bstart[hk]
+                for q in range(b0, b0 + blen[hk]):
+                    j = q & mask
+                    _emit(
+                        ist,
+                        o_id,
+                        o_a,
+                        o_d,
+                        o_e,
+                        o_c,
+                        r_id[j],
+                        r_a[j],
+                        r_d[j],
+                        now,
+                        LATE if now > r_d[j] else OK,
+                    )
+                ist[COMPLETIONS] += blen[hk]
+                busy[hk] = 0
+                blen[hk] = 0
+                if st[hk] == 2:
+                    st[hk] = 0
+                    continue
+            _dispatch(
+                ist,
+                fst,
+                now,
+                p,
+                eps,
+                r_id,
+                r_a,
+                r_d,
+                st,
+                busy,
+                until,
+                rseq,
+                bstart,
+                blen,
+                rrid,
+                cores,
+                o_id,
+                o_a,
+                o_d,
+                o_e,
+                o_c,
+            )
+        else:
+            if ta > t_stop:
+                break
+            if ist[PTR] >= ist[NIN]:
+                return NEED_INPUT
+            # Ring room: live entries span [oldest in-flight batch start, qtail).
+            if ist[QTAIL] - ist[RING_LOW] >= cap - 1:
+                low = ist[QHEAD]
+                for i in range(len(st)):
+                    if busy[i] == 1 and bstart[i] < low:
+                        low = bstart[i]
+                ist[RING_LOW] = low
+                if ist[QTAIL] - low >= cap - 1:
+                    return RING_FULL
+            now = ta
+            ist[NOW] = now
+            d = dl[ist[PTR]]
+            rid = ist[NEXT_ID]
+            ist[NEXT_ID] += 1
+            ist[PTR] += 1
+            ist[ARRIVALS] += 1
+            sec = now // 1000000
+            if sec != ist[CUR_SEC]:
+                ist[PREV_COUNT] = ist[CUR_COUNT] if sec == ist[CUR_SEC] + 1 else 0
+                ist[CUR_SEC] = sec
+                ist[CUR_COUNT] = 0
+            ist[CUR_COUNT] += 1
+            _expire(ist, now, r_id, r_a, r_d, o_id, o_a, o_d, o_e, o_c)
+            if ist[ADMIT] == 1 and not _admit(ist, now, d, p, st, until, rrid, cores, tmp_t, tmp_c):
+                _emit(ist, o_id, o_a, o_d, o_e, o_c, rid, now, d, now, REFUSED)
+                continue
+            j = ist[QTAIL] & mask
+            r_id[j], r_a[j], r_d[j] = rid, now, d
+            ist[QTAIL] += 1
+            _dispatch(
+                ist,
+                fst,
+                now,
+                p,
+                eps,
+                r_id,
+                r_a,
+                r_d,
+                st,
+                busy,
+                until,
+                rseq,
+                bstart,
+                blen,
+                rrid,
+                cores,
+                o_id,
+                o_a,
+                o_d,
+                o_e,
+                o_c,
+            )
+    ist[NOW] = max(ist[NOW], t_stop)
+    return REACHED
+
+
+@dataclass
+class _Counters:
+    dp: FastDataPlane
+
+    @property
+    def arrivals(self) -> int:
+        return int(self.dp.ist[ARRIVALS])
+
+    @property
+    def completions(self) -> int:
+        return int(self.dp.ist[COMPLETIONS])
+
+    @property
+    def busy_core_us(self) -> float:
+        return float(self.dp.fst[0])
+
+
+class FastDataPlane:
+    """Same interface as `ReferenceDataPlane`, for one stage with one variant."""
+
+    def __init__(
+        self, lat: VariantLatency, accuracy: float, eps: np.ndarray, admission_on: bool = True
+    ) -> None:
+        self.p = lat.params()
+        self.accuracy = accuracy
+        self.eps = np.ascontiguousarray(eps, dtype=np.float64)
+        self.ist = np.zeros(NI, dtype=np.int64)
+        self.ist[[TIMER_T, TIMER_SEQ, CUR_SEC]] = -1
+        self.ist[B] = 1
+        self.ist[ADMIT] = 1 if admission_on else 0
+        self.fst = np.zeros(1)
+        self.pending_out: list[tuple[np.ndarray, ...]] = []
+        self.arr = np.zeros(0, np.int64)
+        self.dl = np.zeros(0, np.int64)
+        self._ring(1 << 16)
+        self._reps(64)
+        self._out(1 << 18)
+        self.slot: dict[int, int] = {}
+        self.counters = [_Counters(self)]
+
+    def _ring(self, n: int) -> None:
+        self.r_id = np.zeros(n, np.int64)
+        self.r_a = np.zeros(n, np.int64)
+        self.r_d = np.zeros(n, np.int64)
+
+    def _reps(self, n: int) -> None:
+        self.st = np.zeros(n, np.int64)
+        self.busy = np.zeros(n, np.int64)
+        self.until = np.zeros(n, np.int64)
+        self.rseq = np.zeros(n, np.int64)
+        self.bstart = np.zeros(n, np.int64)
+        self.blen = np.zeros(n, np.int64)
+        self.rrid = np.zeros(n, np.int64)
+        self.cores = np.zeros(n, np.float64)
+
+    def _out(self, n: int) -> None:
+        self.o_id = np.zeros(n, np.int64)
+        self.o_a = np.zeros(n, np.int64)
+        self.o_d = np.zeros(n, np.int64)
+        self.o_e = np.zeros(n, np.int64)
+        self.o_c = np.zeros(n, np.int64)
+
+    # ---- inputs and control hooks --------------------------------------------------------
+    def feed(self, arr_us: np.ndarray, dl_us: np.ndarray, horizon_us: int) -> None:
+        ptr = int(self.ist[PTR])
+        self.arr = np.concatenate([self.arr[ptr:], arr_us]).astype(np.int64)
+        self.dl = np.concatenate([self.dl[ptr:], dl_us]).astype(np.int64)
+        self.ist[PTR] = 0
+        self.ist[NIN] = len(self.arr)
+        self.ist[HORIZON] = horizon_us
+
+    def set_lane(self, stage: int, lane: int, batch: int, weight: float) -> None:
+        self.ist[B] = batch
+
+    def add_replica(self, rid: int, stage: int, lane: int, cores: float) -> None:
+        free = np.nonzero((self.st == 0) & (self.busy == 0))[0]
+        if len(free) == 0:
+            self._grow_reps()
+            free = np.nonzero((self.st == 0) & (self.busy == 0))[0]
+        i = int(free[0])
+        self.st[i], self.busy[i], self.until[i], self.blen[i] = 1, 0, 0, 0
+        self.rrid[i], self.cores[i] = rid, cores
+        self.slot[rid] = i
+
+    def _grow_reps(self) -> None:
+        old = [self.st, self.busy, self.until, self.rseq, self.bstart, self.blen, self.rrid]
+        oc = self.cores
+        self._reps(2 * len(oc))
+        for new, o in zip(
+            [self.st, self.busy, self.until, self.rseq, self.bstart, self.blen, self.rrid],
+            old,
+            strict=True,
+        ):
+            new[: len(o)] = o
+        self.cores[: len(oc)] = oc
+
+    def remove_replica(self, rid: int) -> None:
+        i = self.slot.pop(rid)
+        self.st[i] = 2 if self.busy[i] else 0
+
+    def resize_replica(self, rid: int, cores: float) -> None:
+        self.cores[self.slot[rid]] = cores
+
+    def kick(self, now: int) -> None:
+        self._call(now, kick=True)
+
+    # ---- running ------------------------------------------------------------------------
+    def _args(self) -> tuple[Any, ...]:
+        return (
+            self.ist, self.fst, self.p, self.eps, self.arr, self.dl, self.r_id, self.r_a,
+            self.r_d, self.st, self.busy, self.until, self.rseq, self.bstart, self.blen,
+            self.rrid, self.cores, self.o_id, self.o_a, self.o_d, self.o_e, self.o_c,
+        )  # fmt: skip
+
+    def _call(self, t_stop: int, kick: bool = False) -> int:
+        while True:
+            if kick:
+                if len(self.o_id) - self.ist[OUT_N] < (self.ist[QTAIL] - self.ist[QHEAD]) + 1100:
+                    self._flush_out()
+                    continue
+                a = self._args()
+                _dispatch(a[0], a[1], t_stop, *a[2:4], *a[6:])
+                return REACHED
+            status = int(_run(t_stop, *self._args()))
+            if status == OUT_FULL:
+                self._flush_out()
+            elif status == RING_FULL:
+                self._grow_ring()
+            else:
+                return status
+
+    def _flush_out(self) -> None:
+        n = int(self.ist[OUT_N])
+        if n == 0 and len(self.o_id) < (self.ist[QTAIL] - self.ist[QHEAD]) + 2200:
+            self._out(2 * len(self.o_id) + int(self.ist[QTAIL] - self.ist[QHEAD]))
+            return
+        self.pending_out.append(
+            (
+                self.o_id[:n].copy(),
+                self.o_a[:n].copy(),
+                self.o_d[:n].copy(),
+                self.o_e[:n].copy(),
+                self.o_c[:n].copy(),
+            )
+        )
+        self.ist[OUT_N] = 0
+
+    def _grow_ring(self) -> None:
+        lo = int(self.ist[RING_LOW])
+        hi = int(self.ist[QTAIL])
+        old = (self.r_id, self.r_a, self.r_d)
+        mask = len(self.r_id) - 1
+        self._ring(2 * len(self.r_id))
+        nm = len(self.r_id) - 1
+        q = np.arange(lo, hi)
+        for new, o in zip((self.r_id, self.r_a, self.r_d), old, strict=True):
+            new[q & nm] = o[q & mask]
+
+    def run_until(self, t_stop: int) -> int:
+        return self._call(t_stop)
+
+    # ---- observation --------------------------------------------------------------------
+    def queue_len(self, stage: int) -> int:
+        return int(self.ist[QTAIL] - self.ist[QHEAD])
+
+    def inflight(self, stage: int) -> int:
+        return int(self.blen[self.busy == 1].sum())
+
+    def _queued_d(self) -> np.ndarray:
+        q = np.arange(int(self.ist[QHEAD]), int(self.ist[QTAIL]))
+        return self.r_d[q & (len(self.r_d) - 1)]
+
+    def entry_budgets_ms(self, now: int) -> tuple[float, ...]:
+        t = now / US
+        return tuple(((self._queued_d() / US - t) * 1000.0).tolist())
+
+    def drain(self) -> tuple[np.ndarray, ...]:
+        self._flush_out()
+        parts = self.pending_out
+        self.pending_out = []
+        if not parts:
+            z = np.zeros(0, np.int64)
+            return z, z, z, z, z, np.zeros(0), z
+        ids, a, d, e, c = (np.concatenate(x) for x in zip(*parts, strict=True))
+        served = (c == OK) | (c == LATE)
+        acc = np.where(served, self.accuracy, 0.0)
+        var = np.where(served | (c == EXPIRED) | (c == REFUSED), 0, -1).astype(np.int64)
+        return ids, a, d, e, c, acc, var
+
+    def finish(self) -> None:
+        """End of run: queued -> expired/unfinished, in flight and unarrived -> unfinished."""
+        now = int(self.ist[NOW])
+        rows: list[tuple[int, int, int, int, int]] = []
+        mask = len(self.r_id) - 1
+        for q in range(int(self.ist[QHEAD]), int(self.ist[QTAIL])):
+            j = q & mask
+            d = int(self.r_d[j])
+            rows.append(
+                (int(self.r_id[j]), int(self.r_a[j]), d, now, EXPIRED if d <= now else UNFINISHED)
+            )
+        self.ist[QHEAD] = self.ist[QTAIL]
+        for i in np.nonzero(self.busy == 1)[0]:
+            for q in range(int(self.bstart[i]), int(self.bstart[i] + self.blen[i])):
+                j = q & mask
+                rows.append(
+                    (int(self.r_id[j]), int(self.r_a[j]), int(self.r_d[j]), now, UNFINISHED)
+                )
+            self.busy[i] = 0
+        for k in range(int(self.ist[PTR]), int(self.ist[NIN])):
+            rid = int(self.ist[NEXT_ID])
+            self.ist[NEXT_ID] += 1
+            rows.append((rid, int(self.arr[k]), int(self.dl[k]), now, UNFINISHED))
+        self.ist[PTR] = self.ist[NIN]
+        if rows:
+            arr = np.array(rows, dtype=np.int64)
+            self._flush_out()
+            self.pending_out.append(tuple(arr[:, i].copy() for i in range(5)))
+
+
+__all__ = ["INF", "FastDataPlane", "HAVE_NUMBA"]
