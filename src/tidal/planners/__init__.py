@@ -5,6 +5,11 @@ builds one, ``tidal.planners.Governed(planner, bounds=Bounds(...))`` wraps it wi
 decision interval, cool-downs and stabilization windows (docs/planners.md).
 """
 
+# Registration side effects: one module per policy.
+from tidal.planners import infadapter as _infadapter  # noqa: F401
+from tidal.planners import ipa as _ipa  # noqa: F401
+from tidal.planners import sponge as _sponge  # noqa: F401
+from tidal.planners import themis as _themis  # noqa: F401
 from tidal.planners.base import (
     RESIZE_IN_PLACE,
     RESIZE_RECREATE,
@@ -19,10 +24,13 @@ from tidal.planners.base import (
     register,
     resize_mode,
 )
-
-# Registration side effects: one module per policy.
+from tidal.planners.baselines import fa2 as _fa2  # noqa: F401
 from tidal.planners.baselines import hpa as _hpa  # noqa: F401
+from tidal.planners.baselines import msp as _msp  # noqa: F401
+from tidal.planners.baselines import rayserve as _rayserve  # noqa: F401
+from tidal.planners.baselines import rim as _rim  # noqa: F401
 from tidal.planners.baselines import static as _static  # noqa: F401
+from tidal.planners.baselines import vpa as _vpa  # noqa: F401
 from tidal.planners.wrapper import Bounds, Governance, Governed, GovernedState
 
 __all__ = [

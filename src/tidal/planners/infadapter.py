@@ -1,0 +1,265 @@
+"""`infadapter`: a set of variants served at once (InfAdapter, arXiv 2304.10892).
+
+Per stage, every variant m gets n_m cores in {0} U [min_cores, max_cores] (paper: [2, 20]) and a
+traffic quota. Capacity of m on n cores at batch 1: ``cap_m(n) = 0.8 * (a_m*n + b_m)``, the
+linear fit of the profile's measured capacity points (highest rps with p99 within the SLA).
+MILP (HiGHS)::
+
+    max  sum_m (load_m/lambda)*acc_m - 0.05*sum_m n_m/budget - 0.001*LC/max_load_time
+    s.t. sum_m load_m = lambda;  load_m <= cap_m(n_m);  sum n_m <= budget;
+         LC >= load_time_m for every variant switched on that is not running now
+
+The optimal load split fills the most accurate variants first (as the paper's dispatcher).
+Faithful: the objective and its weights, the core range, the 0.8 capacity factor, the
+forecast +10% margin, interval 30 s, and scale-down only after 4 lower forecasts in a row.
+Reconstructed: the prototype enumerates configurations; here one MILP. LC counts only variants
+newly switched on (the load-time transition penalty). Without measured capacity points the
+line is fitted on the latency profile's ``h(1, n)`` at the sizes where ``l99(1, n) <= SLA``
+(`capacity="measured"` makes missing points an error). Each variant's n cores become
+ceil(n/node) replicas (a replica cannot span nodes). Multi-stage pipelines: one MILP, shared
+budget, the accuracy terms summed over stages and the SLO split equally. At zero load: the most
+accurate variant at the fewest cores. `max_variants=1` gives MSP (`tidal.planners.baselines.msp`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tidal.core.errors import TidalError
+from tidal.core.plan import Plan, StagePlan, VariantWeight
+from tidal.core.profile import VariantProfile
+from tidal.planners.base import PlanContext, register
+from tidal.planners.common import check_context, current_stage
+from tidal.planners.solver import Model
+
+
+def capacity_line(
+    v: VariantProfile, cores: list[int], sla_ms: float, source: str = "auto"
+) -> tuple[float, float] | None:
+    """(a, b) of ``cap(n) = 0.8*(a*n + b)`` req/s, or None when the variant cannot meet the
+    SLA at any size. Fit on the measured capacity points at the largest SLA <= `sla_ms`; else
+    (source "auto"/"model") on the latency model's ``h(1, n)`` at the sizes where
+    ``l99(1, n) <= sla_ms``."""
+    pts = [p for p in v.capacity if p.sla_ms <= sla_ms + 1e-9]
+    if pts:
+        sla = max(p.sla_ms for p in pts)
+        pts = [p for p in pts if p.sla_ms == sla]
+    if source == "measured" and len(pts) < 2:
+        raise TidalError(
+            f"variant {v.name!r}: profile needs >= 2 capacity points at an SLA <= {sla_ms:g} ms "
+            f"for infadapter (has {len(pts)})"
+        )
+    if len(pts) >= 2 and source != "model":
+        x = np.array([p.cores for p in pts], dtype=np.float64)
+        y = np.array([p.rps for p in pts], dtype=np.float64)
+    else:
+        ok = [n for n in cores if v.p99_ms(1, n) <= sla_ms]
+        x = np.array(ok, dtype=np.float64)
+        y = np.array([v.throughput(1, n) for n in ok], dtype=np.float64)
+    if len(x) == 0:
+        return None
+    if len(x) == 1 or np.ptp(x) == 0:
+        return float(y.mean() / x.mean()), 0.0
+    a, b = np.polyfit(x, y, 1)
+    return float(a), float(b)
+
+
+def cap(line: tuple[float, float] | None, n: float, factor: float = 0.8) -> float:
+    """InfAdapter's capacity of `n` cores (may be negative: that size is then unusable)."""
+    if line is None:
+        return -1.0
+    return factor * (line[0] * n + line[1])
+
+
+@dataclass(frozen=True)
+class InfAdapterState:
+    """Forecast bookkeeping for the scale-down rule."""
+
+    planned_load: float = 0.0
+    lower_count: int = 0
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Cores and load of each variant of one stage."""
+
+    cores: dict[str, int]
+    load: dict[str, float]
+
+
+def infadapter_objective(
+    choices: list[Choice],
+    stages_variants: list[tuple[VariantProfile, ...]],
+    lam: float,
+    budget: float,
+    running: set[tuple[int, str]],
+) -> float:
+    """The objective of a configuration (shared with the brute-force tests)."""
+    all_lt = [v.load_time_s for vs in stages_variants for v in vs]
+    max_lt = max(all_lt) if all_lt and max(all_lt) > 0 else 1.0
+    acc = cost = lc = 0.0
+    for s, (ch, vs) in enumerate(zip(choices, stages_variants, strict=True)):
+        for v in vs:
+            n = ch.cores.get(v.name, 0)
+            if lam > 0:
+                acc += ch.load.get(v.name, 0.0) / lam * v.accuracy
+            cost += n
+            if n > 0 and (s, v.name) not in running:
+                lc = max(lc, v.load_time_s)
+    return acc - 0.05 * cost / budget - 0.001 * lc / max_lt
+
+
+@register("infadapter")
+class InfAdapter:
+    """InfAdapter's variant-set planner."""
+
+    name = "infadapter"
+    interval_s = 30.0
+
+    def __init__(
+        self,
+        min_cores: int = 2,
+        max_cores: int = 20,
+        budget: float | None = None,
+        margin: float = 0.10,
+        scale_down_after: int = 4,
+        capacity: str = "auto",
+        max_variants: int | None = None,
+        time_limit_s: float = 2.0,
+    ) -> None:
+        if not 1 <= min_cores <= max_cores:
+            raise TidalError(
+                f"infadapter: need 1 <= min_cores ({min_cores}) <= max_cores ({max_cores})"
+            )
+        if capacity not in ("auto", "measured", "model"):
+            raise TidalError(f"infadapter: capacity must be auto|measured|model, got {capacity!r}")
+        self.min_cores, self.max_cores, self.budget = min_cores, max_cores, budget
+        self.margin, self.scale_down_after, self.capacity = margin, scale_down_after, capacity
+        self.max_variants, self.time_limit_s = max_variants, time_limit_s
+
+    def core_options(self, budget: float) -> list[int]:
+        return list(range(self.min_cores, int(min(self.max_cores, budget + 1e-9)) + 1))
+
+    def solve(self, ctx: PlanContext, lam: float) -> tuple[list[Choice] | None, str]:
+        """The MILP for load `lam` (already with margin): per variant an on/off binary, an
+        integer core count in {0} U [min_cores, max_cores] and a continuous load."""
+        budget = self.budget if self.budget is not None else ctx.capacity.total_cores
+        ks = self.core_options(budget)
+        if not ks:
+            return None, f"budget {budget:g} cores is below min_cores {self.min_cores}"
+        sla = ctx.slo_ms / len(ctx.stages)
+        running = self.running(ctx)
+        max_lt = max((v.load_time_s for st in ctx.stages for v in st.variants), default=1.0) or 1.0
+        m = Model("infadapter", sense="max")
+        lc = m.var("LC", lb=0.0, obj=-0.001 / max_lt)
+        var: dict[tuple[int, str], tuple[int, int, int]] = {}
+        budget_row: dict[int, float] = {}
+        for s, st in enumerate(ctx.stages):
+            serve: dict[int, float] = {}
+            pick: dict[int, float] = {}
+            for v in st.variants:
+                line = capacity_line(v, ks, sla, self.capacity)
+                acc_w = v.accuracy / lam if lam > 0 else 0.0
+                # at zero load: prefer accurate variants (tiny tie-break; no load term then)
+                tie = 1e-4 * v.accuracy if lam <= 0 else 0.0
+                on = m.var(f"on[{s},{v.name}]", binary=True, obj=tie)
+                n = m.var(f"n[{s},{v.name}]", lb=0, ub=ks[-1], integer=True, obj=-0.05 / budget)
+                ld = m.var(f"load[{s},{v.name}]", lb=0.0, ub=max(lam, 0.0), obj=acc_w)
+                var[(s, v.name)] = (on, n, ld)
+                m.constrain({n: 1.0, on: -float(ks[0])}, lb=0.0, name=f"n>=min*on {v.name}@{s}")
+                m.constrain({n: 1.0, on: -float(ks[-1])}, ub=0.0, name=f"n<=max*on {v.name}@{s}")
+                if line is None:
+                    m.constrain({on: 1.0}, ub=0.0, name=f"{v.name}@{s} misses the SLA")
+                else:  # load <= 0.8*(a*n + b*on)
+                    a, b = line
+                    m.constrain(
+                        {ld: 1.0, n: -0.8 * a, on: -0.8 * b}, ub=0.0, name=f"cap {v.name}@{s}"
+                    )
+                if (s, v.name) not in running:
+                    m.constrain({lc: 1.0, on: -v.load_time_s}, lb=0.0, name="LC")
+                budget_row[n] = 1.0
+                serve[ld] = 1.0
+                pick[on] = 1.0
+            m.constrain(serve, eq=max(lam, 0.0), name=f"serve all of stage {s}")
+            m.constrain(pick, lb=1.0, ub=self.max_variants or math.inf, name=f"variants@{s}")
+        m.constrain(budget_row, ub=budget, name="core budget")
+        sol = m.solve(self.time_limit_s)
+        if not sol.ok:
+            return None, (
+                f"no variant set carries {lam:g} req/s within {budget:g} cores ({sol.message})"
+            )
+        out = []
+        for s, st in enumerate(ctx.stages):
+            cores, load = {}, {}
+            for v in st.variants:
+                on, n, ld = var[(s, v.name)]
+                if sol.on(on):
+                    cores[v.name] = int(round(sol[n]))
+                    load[v.name] = max(0.0, sol[ld])
+            out.append(Choice(cores, load))
+        return out, ""
+
+    @staticmethod
+    def running(ctx: PlanContext) -> set[tuple[int, str]]:
+        out = set()
+        for s, st in enumerate(ctx.stages):
+            sp = current_stage(ctx, st.stage)
+            if sp is not None:
+                out |= {(s, v.name) for v in sp.variants if sp.replicas_of(v.name) > 0}
+        return out
+
+    def to_plan(
+        self, ctx: PlanContext, choices: list[Choice], lam: float, reason: str = ""
+    ) -> Plan:
+        cpn = ctx.capacity.cores_per_node
+        stages = []
+        for st, ch in zip(ctx.stages, choices, strict=True):
+            names = [v.name for v in st.variants if ch.cores.get(v.name, 0) > 0]
+            total = sum(ch.load.get(n, 0.0) for n in names)
+            ws = [ch.load.get(n, 0.0) / total if total > 0 else 1.0 / len(names) for n in names]
+            ws[-1] = 1.0 - sum(ws[:-1])
+            vws = []
+            for n, w in zip(names, ws, strict=True):
+                k = ch.cores[n]
+                r = max(1, math.ceil(k / cpn - 1e-9))
+                vws.append(
+                    VariantWeight(name=n, weight=min(1.0, max(0.0, w)), replicas=r, cores=k / r)
+                )
+            stages.append(
+                StagePlan(
+                    stage=st.stage,
+                    variants=tuple(vws),
+                    replicas=1,
+                    cores=vws[0].cores or 1.0,
+                    batch=1,
+                )
+            )
+        return Plan(stages=tuple(stages), feasible=not reason, reason=reason)
+
+    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+        check_context(ctx)
+        st = ctx.state if isinstance(ctx.state, InfAdapterState) else InfAdapterState()
+        lam = ctx.load * (1.0 + self.margin)
+        if ctx.current is not None and lam < st.planned_load - 1e-9:
+            count = st.lower_count + 1
+            if count < self.scale_down_after:
+                return ctx.current, InfAdapterState(st.planned_load, count)
+        choices, reason = self.solve(ctx, lam)
+        if choices is None:
+            return self.best_effort(ctx, lam, reason), InfAdapterState(lam, 0)
+        return self.to_plan(ctx, choices, lam), InfAdapterState(lam, 0)
+
+    def best_effort(self, ctx: PlanContext, lam: float, reason: str) -> Plan:
+        """The whole budget on the variant with the highest capacity, per stage."""
+        budget = self.budget if self.budget is not None else ctx.capacity.total_cores
+        k = max(1, int(min(self.max_cores, budget // len(ctx.stages))))
+        sla = ctx.slo_ms / len(ctx.stages)
+        choices = []
+        for st in ctx.stages:
+            best = max(st.variants, key=lambda v: cap(capacity_line(v, [k], sla, "auto"), k))
+            choices.append(Choice({best.name: k}, {best.name: lam}))
+        return self.to_plan(ctx, choices, lam, reason)

@@ -1,0 +1,219 @@
+"""`ipa`: accuracy/cost trade-off over model variants of a pipeline (IPA, arXiv 2308.12871).
+
+Per stage s choose one variant m and one batch beta (powers of two <= 16); replicas follow:
+``n = ceil(lambda / h_{s,m,beta})``. MILP (HiGHS via `tidal.planners.solver`)::
+
+    max  alpha*Acc - beta_c * sum_s n_s*cores(s,m) - gamma * sum_s beta_s
+    s.t. one (m, beta) per stage;  sum_s (l99_{s,m,beta} + 1000*(beta-1)/lambda) <= SLA;
+         sum_s n_s*cores <= cluster cores;  n_s <= max_replicas
+
+Faithful: variables, objective and its defaults (alpha=2, beta_c=1, gamma=1e-6), the SLA
+constraint, powers-of-two batches, interval 10 s, LSTM predictor (IPA setting of
+`tidal.forecast`, max-of-window until enough history: the controller's job).
+Fixed: the queue term uses beta, ``(beta-1)/lambda`` (the prototype multiplies by the binary
+indicator instead). Replicas are precomputed per (s, m, beta) as the fewest that carry lambda
+rather than being a free integer: the objective penalizes cores, so the optimum is the same and
+the model has binaries only.
+Accuracy: stage accuracies normalized by the stage's best candidate; ``Acc`` is their sum or
+their product. The product is linearized exactly (not via logs, which would change the
+trade-off with cost): ``P_1 = sum_k a_1k x_1k``, ``P_s = sum_k a_sk z_sk`` with
+``z_sk = P_{s-1} * x_sk`` by the exact binary-times-bounded-continuous constraints
+``z <= x, z <= P, z >= P - (1 - x)``.
+Reconstructed: cores per replica are fixed per variant (`cores_per_replica`, 1 by default;
+IPA sizes each variant's container once). Infeasible: the fastest option per stage, flagged.
+`fixed_replicas` turns this into RIM (IPA's baseline, `tidal.planners.baselines.rim`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tidal.core.errors import TidalError
+from tidal.core.plan import Plan
+from tidal.core.profile import VariantProfile
+from tidal.planners.base import PlanContext, StageCandidates, register
+from tidal.planners.common import (
+    BATCHES,
+    check_context,
+    replicas_needed,
+    stage_latency_ms,
+    stage_plan,
+)
+from tidal.planners.solver import Model
+
+
+@dataclass(frozen=True)
+class IpaOption:
+    """One (variant, batch) of one stage with its replicas, cores, latency and accuracy."""
+
+    variant: VariantProfile
+    batch: int
+    replicas: int
+    cores: float
+    latency_ms: float
+    acc_norm: float
+
+    @property
+    def total_cores(self) -> float:
+        return self.replicas * self.cores
+
+
+def ipa_objective(
+    options: list[IpaOption], alpha: float, beta_c: float, gamma: float, combine: str
+) -> float:
+    """The objective of one option per stage (also used by the brute-force tests)."""
+    accs = [o.acc_norm for o in options]
+    acc = sum(accs) if combine == "sum" else math.prod(accs)
+    return (
+        alpha * acc
+        - beta_c * sum(o.total_cores for o in options)
+        - gamma * sum(o.batch for o in options)
+    )
+
+
+@register("ipa")
+class IPA:
+    """IPA's MILP planner."""
+
+    name = "ipa"
+    interval_s = 10.0
+
+    def __init__(
+        self,
+        alpha: float = 2.0,
+        beta_c: float = 1.0,
+        gamma: float = 1e-6,
+        accuracy: str = "product",
+        cores_per_replica: float = 1.0,
+        max_replicas: int = 64,
+        batches: tuple[int, ...] = BATCHES,
+        fixed_replicas: int | None = None,
+        time_limit_s: float = 2.0,
+    ) -> None:
+        if accuracy not in ("sum", "product"):
+            raise TidalError(f"ipa: accuracy must be 'sum' or 'product', got {accuracy!r}")
+        if cores_per_replica <= 0:
+            raise TidalError(f"ipa: cores_per_replica must be > 0, got {cores_per_replica}")
+        self.alpha, self.beta_c, self.gamma, self.accuracy = alpha, beta_c, gamma, accuracy
+        self.cores, self.max_replicas, self.batches = cores_per_replica, max_replicas, batches
+        self.fixed_replicas, self.time_limit_s = fixed_replicas, time_limit_s
+
+    def options(self, st: StageCandidates, ctx: PlanContext) -> list[IpaOption]:
+        """Every (variant, batch) of the stage that carries the load within the bounds."""
+        lam = ctx.load
+        c = min(self.cores, ctx.capacity.cores_per_node)
+        slots = ctx.capacity.nodes * int(ctx.capacity.cores_per_node // c + 1e-9)
+        best = max(v.accuracy for v in st.variants) or 1.0
+        out = []
+        for v in st.variants:
+            for b in self.batches:
+                n = replicas_needed(v, b, c, lam)
+                if self.fixed_replicas is not None:
+                    if n > self.fixed_replicas:
+                        continue
+                    n = self.fixed_replicas
+                lat = stage_latency_ms(v, b, c, lam)
+                if n <= min(self.max_replicas, slots) and math.isfinite(lat):
+                    out.append(IpaOption(v, b, n, c, lat, v.accuracy / best))
+        return out
+
+    def build(self, opts: list[list[IpaOption]], ctx: PlanContext) -> tuple[Model, list[list[int]]]:
+        """The MILP; returns it and the x variable of every option."""
+        m = Model("ipa", sense="max")
+        xs: list[list[int]] = []
+        for s, so in enumerate(opts):
+            row = [
+                m.var(
+                    f"x[{s},{o.variant.name},b{o.batch}]",
+                    binary=True,
+                    obj=-self.beta_c * o.total_cores
+                    - self.gamma * o.batch
+                    + (self.alpha * o.acc_norm if self.accuracy == "sum" else 0.0),
+                )
+                for o in so
+            ]
+            m.constrain({x: 1.0 for x in row}, eq=1.0, name=f"one option at stage {s}")
+            xs.append(row)
+        lat = {
+            x: o.latency_ms
+            for row, so in zip(xs, opts, strict=True)
+            for x, o in zip(row, so, strict=True)
+        }
+        m.constrain(lat, ub=ctx.slo_ms, name="end-to-end SLA")
+        cores = {
+            x: o.total_cores
+            for row, so in zip(xs, opts, strict=True)
+            for x, o in zip(row, so, strict=True)
+        }
+        m.constrain(cores, ub=ctx.capacity.total_cores, name="cluster cores")
+        if self.accuracy == "product":
+            p_prev = m.var("P[0]", lb=0.0, ub=1.0, obj=self.alpha if len(opts) == 1 else 0.0)
+            m.constrain(
+                {p_prev: -1.0, **{x: o.acc_norm for x, o in zip(xs[0], opts[0], strict=True)}},
+                eq=0.0,
+                name="P[0]",
+            )
+            for s in range(1, len(opts)):
+                last = s == len(opts) - 1
+                p = m.var(f"P[{s}]", lb=0.0, ub=1.0, obj=self.alpha if last else 0.0)
+                link: dict[int, float] = {p: -1.0}
+                for x, o in zip(xs[s], opts[s], strict=True):
+                    z = m.var(f"z[{s},{m.names[x]}]", lb=0.0, ub=1.0)
+                    m.constrain({z: 1.0, x: -1.0}, ub=0.0, name="z<=x")
+                    m.constrain({z: 1.0, p_prev: -1.0}, ub=0.0, name="z<=P")
+                    m.constrain({z: 1.0, p_prev: -1.0, x: -1.0}, lb=-1.0, name="z>=P-(1-x)")
+                    link[z] = o.acc_norm
+                m.constrain(link, eq=0.0, name=f"P[{s}]")
+                p_prev = p
+        return m, xs
+
+    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+        check_context(ctx)
+        opts = [self.options(st, ctx) for st in ctx.stages]
+        if all(opts):
+            model, xs = self.build(opts, ctx)
+            sol = model.solve(self.time_limit_s)
+            if sol.ok:
+                picked = [
+                    next(o for x, o in zip(row, so, strict=True) if sol.on(x))
+                    for row, so in zip(xs, opts, strict=True)
+                ]
+                return self._plan(ctx, picked), ctx.state
+            reason = (
+                f"no variant/batch per stage meets the {ctx.slo_ms:g} ms SLA at "
+                f"{ctx.load:g} req/s ({sol.message})"
+            )
+        else:
+            empty = [st.stage for st, so in zip(ctx.stages, opts, strict=True) if not so]
+            reason = (
+                f"stages {empty} cannot carry {ctx.load:g} req/s within "
+                f"{self.max_replicas} replicas"
+            )
+        return self._best_effort(ctx, opts, reason), ctx.state
+
+    def _plan(self, ctx: PlanContext, picked: list[IpaOption], reason: str = "") -> Plan:
+        return Plan(
+            stages=tuple(
+                stage_plan(st.stage, o.variant.name, o.replicas, o.cores, o.batch)
+                for st, o in zip(ctx.stages, picked, strict=True)
+            ),
+            feasible=not reason,
+            reason=reason,
+        )
+
+    def _best_effort(self, ctx: PlanContext, opts: list[list[IpaOption]], reason: str) -> Plan:
+        picked = []
+        c = min(self.cores, ctx.capacity.cores_per_node)
+        for st, so in zip(ctx.stages, opts, strict=True):
+            if so:
+                picked.append(min(so, key=lambda o: (o.latency_ms, o.total_cores)))
+            else:
+                v = st.variants[0]
+                n = self.fixed_replicas or max(
+                    1,
+                    min(self.max_replicas, int(ctx.capacity.total_cores // (c * len(ctx.stages)))),
+                )
+                picked.append(IpaOption(v, 1, n, c, stage_latency_ms(v, 1, c, ctx.load), 0.0))
+        return self._plan(ctx, picked, reason)
