@@ -1,0 +1,45 @@
+"""The hooks `tidal serve` calls (tidal.cli.serve): mount the dashboard, start the controller.
+
+- ``wrap(oip_app, gateway)`` returns the ASGI app to serve: the data plane's app plus
+  ``/dashboard`` and ``/dashboard/data.json`` (a :class:`ClosedLoop` with no controller yet).
+- ``start(gateway, policy, **options)`` starts the controller on the gateway's event loop once
+  the gateway is warm (``run(config, on_start=...)``).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from tidal.control.closedloop import ClosedLoop, LoopOptions
+from tidal.control.decisions import DecisionLog
+
+_LOOPS: weakref.WeakKeyDictionary[Any, ClosedLoop] = weakref.WeakKeyDictionary()
+
+
+def wrap(oip_app: Any, gateway: Any) -> ClosedLoop:
+    """The data plane's ASGI app with the dashboard mounted; remembered per gateway."""
+    cl = ClosedLoop(gateway, oip_app, gateway.config.default_slo_ms, LoopOptions())
+    _LOOPS[gateway] = cl
+    return cl
+
+
+def loop_for(gateway: Any) -> ClosedLoop | None:
+    """The ClosedLoop wrapping `gateway`, if any."""
+    return _LOOPS.get(gateway)
+
+
+def start(gateway: Any, policy: str, **options: Any) -> ClosedLoop:
+    """Start the controller with `policy` (options: LoopOptions fields) on the running loop."""
+    cl = _LOOPS.get(gateway)
+    if cl is None:
+        raise RuntimeError("serve_hook.start: the gateway's app was not built with wrap()")
+    for k, v in options.items():
+        if not hasattr(cl.options, k):
+            raise TypeError(f"unknown controller option {k!r}")
+        setattr(cl.options, k, v)
+    cl.options.policy = policy
+    if cl.options.decisions_path is not None:
+        cl.decisions = DecisionLog(cl.options.decisions_path)
+    cl.start_controller(policy)
+    return cl
