@@ -27,8 +27,10 @@ def build_app(config: ServeConfig) -> tuple[Any, Any]:
     from tidal.dataplane.gateway import Gateway
     from tidal.dataplane.http import OIPApp
 
+    from tidal.control.serve_hook import wrap  # mounts /dashboard (closed-loop issue)
+
     gateway = Gateway(config)
-    return OIPApp(gateway), gateway
+    return wrap(OIPApp(gateway), gateway), gateway
 
 
 def run(config: ServeConfig, on_start: OnStart | None = None, log_level: str = "warning") -> None:
