@@ -57,7 +57,10 @@ class OperatorClient:
         self._buffered = 0
         self._cv = threading.Condition()
         self._inbox: deque[Batch] = deque()
+        self._recv_lock = threading.Lock()
+        self._push_lock = threading.Lock()
         self._closed = False
+        self._inflight = False
         self.sent = 0
         self.received = 0
         self.rejected: list[str] = []
@@ -113,6 +116,16 @@ class OperatorClient:
             evs.extend(self.codec.to_dicts(b))
         return evs
 
+    def drained(self) -> bool:
+        """True when every submitted event was consumed by the operator and every result
+        is in the inbox (exact with the default commit-mode operators)."""
+        with self._cv:
+            if self._buffered or self._inflight:
+                return False
+        with self._recv_lock:
+            n_in, n_out = self.store.execute([("llen", self.in_key), ("llen", self.out_key)])
+            return int(n_in) == 0 and int(n_out) == 0 and not self._inflight
+
     def flush(self) -> None:
         """Push everything buffered now (synchronously)."""
         self._flush_once()
@@ -130,9 +143,15 @@ class OperatorClient:
     def _take(self) -> list[Batch]:
         with self._cv:
             buf, self._buf, self._buffered = self._buf, [], 0
+            if buf:
+                self._inflight = True
         return buf
 
     def _flush_once(self) -> None:
+        with self._push_lock:  # one pusher at a time keeps frames in submission order
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         buf = self._take()
         if not buf:
             return
@@ -149,6 +168,7 @@ class OperatorClient:
             n = len(evs)
         self.store.push(self.in_key, frames)
         self.sent += n
+        self._inflight = False
 
     def _flush_loop(self) -> None:
         while not self._closed:
@@ -162,9 +182,14 @@ class OperatorClient:
         empties = 0
         b = self.batch
         while not self._closed or empties == 0:
-            frames, _ = self.store.execute(
-                [("lrange", self.out_key, 0, b - 1), ("ltrim", self.out_key, b, -1)]
-            )
+            with self._recv_lock:
+                frames, _ = self.store.execute(
+                    [("lrange", self.out_key, 0, b - 1), ("ltrim", self.out_key, b, -1)]
+                )
+                if frames:
+                    batch = self.codec.decode(frames)
+                    self.received += len(batch)
+                    self._inbox.append(batch)
             if not frames:
                 if self._closed:
                     return
@@ -172,6 +197,3 @@ class OperatorClient:
                 self.sleep(min(self.backoff_s * empties, self.backoff_max_s))
                 continue
             empties = 0
-            batch = self.codec.decode(frames)
-            self.received += len(batch)
-            self._inbox.append(batch)
