@@ -1,7 +1,160 @@
-"""CLI commands of the models area (being built: see the open issue)."""
+"""CLI of the models area: `tidal models list`, `tidal profile`, `tidal bench resize`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from tidal.core.errors import TidalError
+
+DEFAULT_VARIANTS = ("resnet18", "resnet34", "resnet50")
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise TidalError(f"{what} {text!r} must be a comma-separated list of numbers") from None
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    vals = _floats(text, what)
+    if any(v != int(v) for v in vals):
+        raise TidalError(f"{what} {text!r} must be integers")
+    return tuple(int(v) for v in vals)
+
+
+def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Print the model catalog: families, accuracy (and where it comes from), parameters."""
+    from tidal.models.catalog import list_variants
+
+    vs = list_variants()
+    if as_json:
+        rows = [
+            {
+                "name": v.name,
+                "task": v.task,
+                "family": v.family,
+                "accuracy": v.accuracy,
+                "accuracy_source": v.accuracy_source,
+                "params": v.params,
+                "input_shape": list(v.input_shape),
+                "input_dtype": v.input.dtype,
+                "label": v.label,
+            }
+            for v in vs
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    t = Table(title="Tidal model zoo")
+    for col in ("variant", "task", "params", "accuracy", "label", "input", "accuracy source"):
+        t.add_column(col, overflow="fold")
+    for v in vs:
+        t.add_row(
+            v.name,
+            v.task,
+            f"{v.params / 1e6:.2f}M" if v.params >= 1e5 else str(v.params),
+            f"{v.accuracy:.4f}",
+            v.label,
+            f"{v.input.dtype}{list(v.input_shape)}",
+            v.accuracy_source,
+        )
+    Console().print(t)
+
+
+def profile(
+    variants: list[str] = typer.Argument(None, help="Variants (default: resnet18 34 50)."),
+    quick: bool = typer.Option(False, "--quick", help="Small grid (batch 1,4 x cores 0.5,1)."),
+    batches: str = typer.Option("", help="Batch sizes, e.g. 1,2,4,8,16."),
+    cores: str = typer.Option("", help="Core counts, e.g. 0.5,1,1.5,2."),
+    point_budget_s: float = typer.Option(0.0, help="Seconds per grid point (0: default)."),
+    max_point_ms: float = typer.Option(0.0, help="Stop a core count's series past this p50."),
+    out: Path = typer.Option(Path("tidal-profile.json"), "--out", "-o", help="Profile file."),
+    import_sponge: Path = typer.Option(None, help="Import Sponge's latency grid CSV."),
+    import_infadapter: Path = typer.Option(None, help="Import InfAdapter's capacity CSV."),
+) -> None:
+    """Measure p50/p99 latency over (batch, cores) in one worker resized in place, fit Sponge's
+    model, write a profile file; or import a published profile (--import-sponge/-infadapter)."""
+    from dataclasses import replace
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from tidal.profiling import importers
+    from tidal.profiling.profiler import (
+        FULL_BATCHES,
+        FULL_CORES,
+        QUICK_BATCHES,
+        QUICK_BUDGET,
+        QUICK_CORES,
+        Budget,
+        Grid,
+        profile_variants,
+    )
+
+    console = Console()
+    if import_sponge is not None or import_infadapter is not None:
+        if import_sponge is not None:
+            ps = importers.import_sponge(import_sponge)
+        else:
+            ps = importers.import_infadapter(import_infadapter)
+        ps.save(out)
+        print_profile(ps, console)
+        console.print(f"wrote {out}")
+        return
+    names = list(variants) if variants else list(DEFAULT_VARIANTS)
+    grid = Grid(
+        _ints(batches, "batches") if batches else (QUICK_BATCHES if quick else FULL_BATCHES),
+        _floats(cores, "cores") if cores else (QUICK_CORES if quick else FULL_CORES),
+    )
+    budget = QUICK_BUDGET if quick else Budget()
+    if point_budget_s > 0:
+        budget = replace(budget, point_budget_s=point_budget_s)
+    if max_point_ms > 0:
+        budget = replace(budget, max_point_ms=max_point_ms)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("profiling", total=grid.size * len(names))
+
+        def step(v: str, b: int, c: float) -> None:
+            bar.update(task, advance=1, description=f"{v} b={b} c={c:g}")
+
+        ps = profile_variants(names, grid, budget, progress=step, save_to=out)
+    print_profile(ps, console)
+    console.print(f"wrote {out}")
+
+
+def print_profile(ps: object, console: Console) -> None:
+    """A table of each variant's fit, R^2 and cold start."""
+    from tidal.core.profile import ProfileSet
+
+    assert isinstance(ps, ProfileSet)
+    t = Table(title=f"profile ({ps.source})")
+    for col in ("variant", "points", "gamma", "delta", "epsilon", "eta", "R^2", "worst rel",
+                "p99/p50", "cold start s", "l(1,1) ms", "l(8,2) ms"):  # fmt: skip
+        t.add_column(col)
+    for v in ps.variants.values():
+        f = v.fit
+        t.add_row(
+            v.name, str(len(v.points)), f"{f.gamma:.3g}", f"{f.delta:.3g}", f"{f.epsilon:.3g}",
+            f"{f.eta:.3g}", f"{f.r2:.3f}", f"{f.max_rel_residual:.3f}", f"{f.p99_ratio:.2f}",
+            f"{v.load_time_s:.2f}", f"{v.latency_ms(1, 1):.1f}", f"{v.latency_ms(8, 2):.1f}",
+        )  # fmt: skip
+    console.print(t)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add this area's commands to `app` and its benchmarks to `bench`."""
+    models = typer.Typer(help="The model zoo.", no_args_is_help=True)
+    models.command("list")(models_list)
+    app.add_typer(models, name="models")
+    app.command("profile")(profile)

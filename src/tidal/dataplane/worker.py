@@ -186,10 +186,13 @@ class WorkerHandle:
         max_threads: int | None = None,
         cpus: tuple[int, ...] | None = None,
         clock: Clock | None = None,
+        cpu_weight: int | None = None,
     ) -> WorkerHandle:
         """Spawn a worker for `variant` with `cores` cores; block until loaded and warmed up.
 
         `cpus` pins the CPU set (default: ceil(cores) CPUs, round-robin across workers).
+        `cpu_weight` (profiler only) raises the worker's CPU weight in a separate cgroup group
+        `tidal-profile`, so other jobs on a shared machine disturb the measurement less.
         Raises TidalError (unknown variant, bad cores) or WorkerDied (the process failed).
         """
         from tidal.models.catalog import get_variant
@@ -241,7 +244,10 @@ class WorkerHandle:
         a_parent.setblocking(False)
         self._finalizer = weakref.finalize(self, _reap, self._proc, None, [s_parent, a_parent])
         # Cgroup + affinity before the model loads: ORT's threads inherit both.
-        self._cpu = CpuController(self.pid)
+        if cpu_weight is None:
+            self._cpu = CpuController(self.pid)
+        else:
+            self._cpu = CpuController(self.pid, group="tidal-profile", weight=cpu_weight)
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _reap, self._proc, self._cpu, [s_parent, a_parent])
         self.mechanism = self._cpu.mechanism
@@ -387,27 +393,34 @@ class WorkerHandle:
         fut: asyncio.Future[np.ndarray] = loop.create_future()
         ch.pending[req_id] = fut
         try:
+            sent = 0
             if len(frame) == 1 and not ch.send_lock.locked():  # type: ignore[union-attr]
-                # Fast path: small frame, nobody mid-send: try one non-blocking send.
-                data = frame[0]
-                try:
-                    sent = ch.sock.send(data)
-                except BlockingIOError:
-                    sent = 0
-                if sent < len(data):
-                    async with ch.send_lock:  # type: ignore[union-attr]
-                        await loop.sock_sendall(ch.sock, memoryview(data)[sent:])
-            else:
-                async with ch.send_lock:  # type: ignore[union-attr]
-                    for part in frame:
-                        await loop.sock_sendall(ch.sock, part)
+                # Fast path: small frame, nobody mid-send: one non-blocking send.
+                with contextlib.suppress(BlockingIOError):
+                    sent = ch.sock.send(frame[0])
+                frame = [] if sent == len(frame[0]) else [memoryview(frame[0])[sent:]]
+            if frame:
+                # Slow path, shielded: a caller cancelled mid-frame must not leave half a frame
+                # on the stream (the worker would misread everything after it).
+                send = asyncio.ensure_future(self._send_locked(loop, frame))
+                send.add_done_callback(_consume_exception)
+                await asyncio.shield(send)
         except OSError:
             ch.pending.pop(req_id, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # mark retrieved: the caller gets WorkerDied below
             self._on_async_dead()
             raise self._died() from None
         out = await fut
         self._note_batch_done(0)
         return out
+
+    async def _send_locked(
+        self, loop: asyncio.AbstractEventLoop, parts: list[bytes | memoryview]
+    ) -> None:
+        async with self._async.send_lock:  # type: ignore[union-attr]
+            for part in parts:
+                await loop.sock_sendall(self._async.sock, part)
 
     def _stderr_tail(self) -> str:
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -423,6 +436,12 @@ class WorkerHandle:
             f"WorkerHandle(variant={self.variant!r}, pid={self.pid}, cores={self.cores:g}, "
             f"mechanism={self.mechanism!r}, alive={self.alive()})"
         )
+
+
+def _consume_exception(task: asyncio.Future[None]) -> None:
+    """Mark a background send's exception as retrieved (its caller already got WorkerDied)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _reap(

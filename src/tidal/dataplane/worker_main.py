@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from tidal.dataplane import ipc  # noqa: E402
 
-MAX_BATCH = 4096
+MAX_BATCH = 1 << 16
 
 
 def _session(path: str, threads: int):  # type: ignore[no-untyped-def]

@@ -1,0 +1,1 @@
+"""Package data: committed profile files (reference.json, measured with `tidal profile`)."""
