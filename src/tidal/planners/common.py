@@ -29,7 +29,7 @@ def queue_ms(batch: int, lam: float) -> float:
     """Time (ms) to fill a batch of `batch` at `lam` req/s; 0 for batch 1, inf at zero load."""
     if batch <= 1:
         return 0.0
-    if lam <= 0:
+    if lam <= 1e-9:  # (near) zero load: a batch of more than one never fills
         return math.inf
     return 1000.0 * (batch - 1) / lam
 

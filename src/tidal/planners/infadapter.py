@@ -85,16 +85,15 @@ class InfAdapterState:
 
 @dataclass(frozen=True)
 class Choice:
-    """Cores and load of each variant of one stage."""
+    """Cores and traffic share (load_m / lambda, summing to 1) of each variant of one stage."""
 
     cores: dict[str, int]
-    load: dict[str, float]
+    share: dict[str, float]
 
 
 def infadapter_objective(
     choices: list[Choice],
     stages_variants: list[tuple[VariantProfile, ...]],
-    lam: float,
     budget: float,
     running: set[tuple[int, str]],
 ) -> float:
@@ -105,8 +104,7 @@ def infadapter_objective(
     for s, (ch, vs) in enumerate(zip(choices, stages_variants, strict=True)):
         for v in vs:
             n = ch.cores.get(v.name, 0)
-            if lam > 0:
-                acc += ch.load.get(v.name, 0.0) / lam * v.accuracy
+            acc += ch.share.get(v.name, 0.0) * v.accuracy
             cost += n
             if n > 0 and (s, v.name) not in running:
                 lc = max(lc, v.load_time_s)
@@ -146,7 +144,9 @@ class InfAdapter:
 
     def solve(self, ctx: PlanContext, lam: float) -> tuple[list[Choice] | None, str]:
         """The MILP for load `lam` (already with margin): per variant an on/off binary, an
-        integer core count in {0} U [min_cores, max_cores] and a continuous load."""
+        integer core count in {0} U [min_cores, max_cores] and its traffic share
+        ``f_m = load_m / lambda`` (well scaled at any load; at zero load the shares still sum
+        to 1, so the most accurate variant at the fewest cores wins)."""
         budget = self.budget if self.budget is not None else ctx.capacity.total_cores
         ks = self.core_options(budget)
         if not ks:
@@ -163,28 +163,28 @@ class InfAdapter:
             pick: dict[int, float] = {}
             for v in st.variants:
                 line = capacity_line(v, ks, sla, self.capacity)
-                acc_w = v.accuracy / lam if lam > 0 else 0.0
-                # at zero load: prefer accurate variants (tiny tie-break; no load term then)
-                tie = 1e-4 * v.accuracy if lam <= 0 else 0.0
-                on = m.var(f"on[{s},{v.name}]", binary=True, obj=tie)
+                on = m.var(f"on[{s},{v.name}]", binary=True)
                 n = m.var(f"n[{s},{v.name}]", lb=0, ub=ks[-1], integer=True, obj=-0.05 / budget)
-                ld = m.var(f"load[{s},{v.name}]", lb=0.0, ub=max(lam, 0.0), obj=acc_w)
+                ld = m.var(f"share[{s},{v.name}]", lb=0.0, ub=1.0, obj=v.accuracy)
                 var[(s, v.name)] = (on, n, ld)
                 m.constrain({n: 1.0, on: -float(ks[0])}, lb=0.0, name=f"n>=min*on {v.name}@{s}")
                 m.constrain({n: 1.0, on: -float(ks[-1])}, ub=0.0, name=f"n<=max*on {v.name}@{s}")
                 if line is None:
                     m.constrain({on: 1.0}, ub=0.0, name=f"{v.name}@{s} misses the SLA")
-                else:  # load <= 0.8*(a*n + b*on)
+                else:  # lambda*share <= 0.8*(a*n + b*on); share <= on
                     a, b = line
                     m.constrain(
-                        {ld: 1.0, n: -0.8 * a, on: -0.8 * b}, ub=0.0, name=f"cap {v.name}@{s}"
+                        {ld: max(lam, 0.0), n: -0.8 * a, on: -0.8 * b},
+                        ub=0.0,
+                        name=f"cap {v.name}@{s}",
                     )
+                m.constrain({ld: 1.0, on: -1.0}, ub=0.0, name=f"share<=on {v.name}@{s}")
                 if (s, v.name) not in running:
                     m.constrain({lc: 1.0, on: -v.load_time_s}, lb=0.0, name="LC")
                 budget_row[n] = 1.0
                 serve[ld] = 1.0
                 pick[on] = 1.0
-            m.constrain(serve, eq=max(lam, 0.0), name=f"serve all of stage {s}")
+            m.constrain(serve, eq=1.0, name=f"serve all of stage {s}")
             m.constrain(pick, lb=1.0, ub=self.max_variants or math.inf, name=f"variants@{s}")
         m.constrain(budget_row, ub=budget, name="core budget")
         sol = m.solve(self.time_limit_s)
@@ -194,13 +194,13 @@ class InfAdapter:
             )
         out = []
         for s, st in enumerate(ctx.stages):
-            cores, load = {}, {}
+            cores, share = {}, {}
             for v in st.variants:
                 on, n, ld = var[(s, v.name)]
                 if sol.on(on):
                     cores[v.name] = int(round(sol[n]))
-                    load[v.name] = max(0.0, sol[ld])
-            out.append(Choice(cores, load))
+                    share[v.name] = max(0.0, sol[ld])
+            out.append(Choice(cores, share))
         return out, ""
 
     @staticmethod
@@ -219,8 +219,8 @@ class InfAdapter:
         stages = []
         for st, ch in zip(ctx.stages, choices, strict=True):
             names = [v.name for v in st.variants if ch.cores.get(v.name, 0) > 0]
-            total = sum(ch.load.get(n, 0.0) for n in names)
-            ws = [ch.load.get(n, 0.0) / total if total > 0 else 1.0 / len(names) for n in names]
+            total = sum(ch.share.get(n, 0.0) for n in names)
+            ws = [ch.share.get(n, 0.0) / total if total > 0 else 1.0 / len(names) for n in names]
             ws[-1] = 1.0 - sum(ws[:-1])
             vws = []
             for n, w in zip(names, ws, strict=True):
@@ -261,5 +261,5 @@ class InfAdapter:
         choices = []
         for st in ctx.stages:
             best = max(st.variants, key=lambda v: cap(capacity_line(v, [k], sla, "auto"), k))
-            choices.append(Choice({best.name: k}, {best.name: lam}))
+            choices.append(Choice({best.name: k}, {best.name: 1.0}))
         return self.to_plan(ctx, choices, lam, reason)

@@ -115,7 +115,8 @@ class IPA:
                         continue
                     n = self.fixed_replicas
                 lat = stage_latency_ms(v, b, c, lam)
-                if n <= min(self.max_replicas, slots) and math.isfinite(lat):
+                # an option slower than the whole SLA alone can never be chosen
+                if n <= min(self.max_replicas, slots) and lat <= ctx.slo_ms:
                     out.append(IpaOption(v, b, n, c, lat, v.accuracy / best))
         return out
 

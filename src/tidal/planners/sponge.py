@@ -111,7 +111,9 @@ class Sponge:
         for x, ok in zip(xs, finite, strict=True):
             if not ok:
                 m.constrain({x: 1.0}, ub=0.0, name=f"{m.names[x]} never fills")
-        fin = np.where(np.isfinite(finish), finish, 0.0)
+        # Any finish time above its limit is equally infeasible: clip huge coefficients so the
+        # model stays well scaled for HiGHS.
+        fin = np.where(np.isfinite(finish), np.minimum(finish, 2.0 * limit[:, None] + 1.0), 0.0)
         m.constrain_block(xs, fin, ub=limit, name="deadlines (EDF)")
         sol = m.solve(self.time_limit_s)
         if sol.ok:

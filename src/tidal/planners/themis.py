@@ -228,6 +228,14 @@ class Themis:
                 chosen,
                 f"no configuration meets the {ctx.slo_ms:g} ms SLO at {ctx.load:g} req/s",
             ), ThemisState()
+        if not fits(target, ctx.capacity):
+            return target.model_copy(
+                update={
+                    "feasible": False,
+                    "reason": f"the cheapest plan ({target.total_cores:g} cores) does not fit "
+                    f"{ctx.capacity.nodes} x {ctx.capacity.cores_per_node:g} cores",
+                }
+            ), ThemisState()
         if ctx.current is None:
             return target, ThemisState()
         grow = False
