@@ -187,7 +187,7 @@ def test_ipa_matches_brute_force(data, n_stages, n_var, lam, slo, combine, total
         return
     assert plan.feasible, plan.reason
     picked = []
-    for sp, vs, opts in zip(plan.stages, stages, per_stage, strict=True):
+    for sp, opts in zip(plan.stages, per_stage, strict=True):
         o = next(o for o in opts if o.variant.name == sp.variants[0].name and o.batch == sp.batch)
         assert sp.replicas == o.replicas
         picked.append(o)
