@@ -49,12 +49,17 @@ class LoopOptions:
 
 
 def load_profiles(path: str | None = None) -> ProfileSet:
-    """`path`'s ProfileSet, else the reference profile of this machine."""
+    """`path`'s ProfileSet, else the reference profile of this machine, else an empty set
+    (variants then fall back to the gateway's calibration; see `stage_candidates`)."""
     if path:
         return ProfileSet.load(path)
-    from tidal.profiling import load_reference
+    try:
+        from tidal.profiling import load_reference
 
-    return load_reference()
+        return load_reference()
+    except (ImportError, TidalError) as e:
+        log.warning("no reference profile (%s); using the gateway's calibration", e)
+        return ProfileSet()
 
 
 def stage_candidates(gateway: Any, profiles: ProfileSet) -> tuple[StageCandidates, ...]:
@@ -134,19 +139,22 @@ class ClosedLoop:
         )
 
     # ------------------------------------------------------------------ controller
-    def start_controller(self, policy: str | None = None, **kwargs: Any) -> Controller:
+    def start_controller(
+        self, policy: str | None = None, planner: Planner | None = None, **kwargs: Any
+    ) -> Controller:
         """Start (or restart) the controller task on the running loop; returns it. It starts
-        from the plan in force. Call from the gateway's event loop."""
+        from the plan in force. `planner` overrides the registry lookup of `policy` (it is
+        used as given: wrap it in `Governed` yourself). Call from the gateway's event loop."""
         if self._task is not None and not self._task.done():
             raise TidalError("a controller is already running; stop it first")
-        name = policy or self.options.policy
+        name = policy or (planner.name if planner else None) or self.options.policy
         if not name:
             raise TidalError("no policy given: pass --policy NAME")
         kw = {**self.options.policy_kwargs, **kwargs}
         profiles = self.options.profile or load_profiles(self.gateway.config.profile)
         actuator = LocalActuator(self.gateway, self.options.capacity)
         ctl = Controller(
-            make_planner(name, **kw),
+            planner if planner is not None else make_planner(name, **kw),
             actuator,
             self.monitor,
             stage_candidates(self.gateway, profiles),
