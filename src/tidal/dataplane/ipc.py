@@ -135,3 +135,54 @@ def to_array(code: int, shape: tuple[int, ...], payload: bytearray) -> np.ndarra
     if expected != len(payload):
         raise FramingError(f"shape {shape} of {dt} needs {expected} bytes, got {len(payload)}")
     return np.frombuffer(payload, dtype=dt).reshape(shape)
+
+
+class FrameReader:
+    """Buffered blocking reader of frames from one socket: one recv() per small frame.
+
+    Large payloads (> 1 MiB still missing) are received straight into their own buffer. A
+    caller multiplexing several sockets must drain `buffered()` frames before select()ing:
+    a recv can pull in more than one frame.
+    """
+
+    _DIRECT = 1 << 20
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def buffered(self) -> bool:
+        """True when at least one byte of a next frame is already buffered."""
+        return bool(self.buf)
+
+    def _fill(self, n: int) -> None:
+        while len(self.buf) < n:
+            chunk = self.sock.recv(max(1 << 16, n - len(self.buf)))
+            if not chunk:
+                raise EOFError("peer closed the connection")
+            self.buf += chunk
+
+    def read(self) -> tuple[int, int, int, int, tuple[int, ...], bytearray]:
+        """One frame: (kind, dtype code, req_id, aux, shape, payload). EOFError on close."""
+        self._fill(HEADER_SIZE)
+        kind, code, ndim, req_id, nbytes, aux = decode_header(self.buf)
+        head = HEADER_SIZE + 8 * ndim
+        self._fill(head)
+        shape = decode_shape(self.buf, ndim, HEADER_SIZE)
+        need = head + nbytes
+        if need - len(self.buf) > self._DIRECT:
+            payload = bytearray(nbytes)
+            have = len(self.buf) - head
+            payload[:have] = self.buf[head:]
+            self.buf.clear()
+            view = memoryview(payload)
+            while have < nbytes:
+                k = self.sock.recv_into(view[have:], nbytes - have)
+                if k == 0:
+                    raise EOFError("peer closed the connection")
+                have += k
+            return kind, code, req_id, aux, shape, payload
+        self._fill(need)
+        payload = self.buf[head:need]
+        del self.buf[:need]
+        return kind, code, req_id, aux, shape, payload

@@ -158,6 +158,7 @@ class WorkerHandle:
     _cpu: CpuController
     _proc: subprocess.Popen[bytes]
     _sync: socket.socket
+    _reader: ipc.FrameReader
     _async: _AsyncChannel
     _stderr: IO[bytes]
     _finalizer: weakref.finalize
@@ -226,6 +227,8 @@ class WorkerHandle:
             "--shape", json.dumps(list(spec.input_shape)), "--dtype", spec.input.dtype,
             "--sync-fd", str(s_child.fileno()), "--async-fd", str(a_child.fileno()),
         ]  # fmt: skip
+        if variant == "noop":
+            cmd.append("--echo")  # identity: measures the data plane, not ONNX Runtime
         t_spawn = clk.now()
         self._proc = subprocess.Popen(
             cmd,
@@ -240,6 +243,7 @@ class WorkerHandle:
         a_child.close()
         self.pid = self._proc.pid
         self._sync = s_parent
+        self._reader = ipc.FrameReader(s_parent)
         self._async = _AsyncChannel(a_parent, self._on_async_dead)
         a_parent.setblocking(False)
         self._finalizer = weakref.finalize(self, _reap, self._proc, None, [s_parent, a_parent])
@@ -255,7 +259,7 @@ class WorkerHandle:
         try:
             self._cpu.apply(cores, self.cpus)
             s_parent.settimeout(START_TIMEOUT_S)
-            kind, _c, _r, _a, _s, payload = ipc.read_frame(s_parent)
+            kind, _c, _r, _a, _s, payload = self._reader.read()
             s_parent.settimeout(None)
             if kind != ipc.READY:
                 raise ipc.FramingError(f"expected READY, got frame kind {kind}")
@@ -373,7 +377,7 @@ class WorkerHandle:
             frame = self._encode(batch, req_id)
             try:
                 ipc.send_frame(self._sync, frame)
-                kind, code, rid, aux, shape, payload = ipc.read_frame(self._sync)
+                kind, code, rid, aux, shape, payload = self._reader.read()
             except (OSError, EOFError, ipc.FramingError):
                 raise self._died() from None
         if kind == ipc.ERROR:

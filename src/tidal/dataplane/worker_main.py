@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", required=True)
     ap.add_argument("--sync-fd", type=int, required=True)
     ap.add_argument("--async-fd", type=int, required=True)
+    ap.add_argument("--echo", action="store_true", help="identity without ORT (noop variant)")
     args = ap.parse_args(argv)
     sync = socket.socket(fileno=args.sync_fd)
     asock = socket.socket(fileno=args.async_fd)
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     want_dtype = np.dtype(args.dtype)
     want_code = ipc.dtype_code(want_dtype)
 
+    echo = bool(args.echo)
     t_import = time.monotonic()
     sess = _session(args.onnx, args.threads)
     in_name = sess.get_inputs()[0].name
@@ -93,16 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     }
     ipc.send_frame(sync, ipc.encode_bytes(ipc.READY, 0, json.dumps(ready).encode()))
 
+    readers = {sync: ipc.FrameReader(sync), asock: ipc.FrameReader(asock)}
     sel = selectors.DefaultSelector()
-    sel.register(sync, selectors.EVENT_READ)
-    sel.register(asock, selectors.EVENT_READ)
+    sel.register(sync, selectors.EVENT_READ, sync)
+    sel.register(asock, selectors.EVENT_READ, asock)
     clock = time.perf_counter_ns
     while True:
-        for key, _ in sel.select():
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
+        # Frames already buffered first (a recv may have pulled in several), then select.
+        todo: list[socket.socket] = [s for s, r in readers.items() if r.buffered()]
+        if not todo:
+            todo = [key.data for key, _ in sel.select()]
+        for sock in todo:
             try:
-                kind, code, req_id, _aux, shape, payload = ipc.read_frame(sock)
+                kind, code, req_id, _aux, shape, payload = readers[sock].read()
             except (EOFError, ConnectionError):
                 return 0
             except ipc.FramingError as e:
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             x = ipc.to_array(code, shape, payload)
             t0 = clock()
             try:
-                y = sess.run(None, {in_name: x})[0]
+                y = x if echo else sess.run(None, {in_name: x})[0]
             except Exception as e:  # a model error answers this request only
                 ipc.send_frame(sock, ipc.encode_bytes(ipc.ERROR, req_id, str(e).encode()))
                 continue
