@@ -168,7 +168,7 @@ class Model:
             constraints=cons,
             integrality=np.array(self.integer, dtype=np.int8),
             bounds=Bounds(np.array(self.lb), np.array(self.ub)),
-            options={"time_limit": float(time_limit_s), "presolve": True, "mip_rel_gap": 1e-9},
+            options={"time_limit": float(time_limit_s), "presolve": True, "mip_rel_gap": 1e-6},
         )
         ok = res.x is not None and res.status in (0, 1)
         x = np.asarray(res.x) if res.x is not None else np.full(n, np.nan)

@@ -12,6 +12,7 @@ binaries ``x[b,c]`` (exactly one chosen), throughput ``sum x*h >= lambda`` and o
 queued request ``sum x[b,c] * finish_i(b,c) <= margin*budget_i`` with
 ``finish_i = (i // b + 1) * l99(b, c)``; objective ``sum x[b,c] * (c*(b_max+1) + b)``
 (lexicographic). A fresh request (budget = SLO) must also fit: ``(b-1)/lambda + l99(b,c)``.
+Rows over a single pair (throughput, the fresh request) are presolved away before the model.
 The prototype enumerates; the tests check the IP against that enumeration.
 Extended: for a multi-stage pipeline each stage gets an equal share of the SLO and of every
 budget (Sponge serves one model). Fixed: none needed.
@@ -84,49 +85,45 @@ class Sponge:
         """Solve the IP for one stage (budgets in EDF order, ms)."""
         cores = list(range(1, c_max + 1))
         batches = list(range(1, self.max_batch + 1))
-        pairs = [(b, c) for c in cores for b in batches]
+        all_pairs = [(b, c) for c in cores for b in batches]
         budgets = np.sort(np.asarray(budgets_ms, dtype=np.float64))
-        # rows: each queued request, then a fresh request arriving now with the full SLO
-        finish = np.array(
-            [
-                np.append(
-                    finish_times_ms(profile, len(budgets), b, c),
-                    queue_ms(b, lam) + profile.p99_ms(b, c),
-                )
+        limit = self.margin * budgets
+        # Presolve: rows that depend on one pair only (throughput, a fresh request with the
+        # full SLO) remove infeasible pairs before the model is built.
+        fresh = np.array([queue_ms(b, lam) + profile.p99_ms(b, c) for b, c in all_pairs])
+        thr_all = np.array([profile.throughput(b, c) for b, c in all_pairs])
+        keep = (thr_all >= lam - 1e-9) & (fresh <= self.margin * slo_ms + 1e-9)
+        pairs = [p for p, k in zip(all_pairs, keep, strict=True) if k]
+        sol_pair: tuple[int, int] | None = None
+        if pairs:
+            m = Model(f"sponge[{profile.name}]", sense="min")
+            xs = [
+                m.var(f"x[b={b},c={c}]", binary=True, obj=c * (self.max_batch + 1) + b)
                 for b, c in pairs
             ]
-        ).T
-        limit = self.margin * np.append(budgets, slo_ms)
-        thr = np.array([profile.throughput(b, c) for b, c in pairs])
-        m = Model(f"sponge[{profile.name}]", sense="min")
-        xs = [
-            m.var(f"x[b={b},c={c}]", binary=True, obj=c * (self.max_batch + 1) + b)
-            for b, c in pairs
-        ]
-        m.constrain({x: 1.0 for x in xs}, eq=1.0, name="one (b, c)")
-        if lam > 0:
-            m.constrain({x: float(h) for x, h in zip(xs, thr, strict=True)}, lb=lam, name="h>=lam")
-        # An infinite coefficient (batch that never fills at zero load) -> forbid that pair.
-        finite = np.isfinite(finish).all(axis=0)
-        for x, ok in zip(xs, finite, strict=True):
-            if not ok:
-                m.constrain({x: 1.0}, ub=0.0, name=f"{m.names[x]} never fills")
-        # Any finish time above its limit is equally infeasible: clip huge coefficients so the
-        # model stays well scaled for HiGHS.
-        fin = np.where(np.isfinite(finish), np.minimum(finish, 2.0 * limit[:, None] + 1.0), 0.0)
-        m.constrain_block(xs, fin, ub=limit, name="deadlines (EDF)")
-        sol = m.solve(self.time_limit_s)
-        if sol.ok:
-            k = next(i for i, x in enumerate(xs) if sol.on(x))
-            b, c = pairs[k]
+            m.constrain({x: 1.0 for x in xs}, eq=1.0, name="one (b, c)")
+            if len(budgets):
+                finish = np.array(
+                    [finish_times_ms(profile, len(budgets), b, c) for b, c in pairs]
+                ).T
+                # Any finish time above its limit is equally infeasible: clip huge values so the
+                # model stays well scaled for HiGHS.
+                fin = np.minimum(finish, 2.0 * limit[:, None] + 1.0)
+                m.constrain_block(xs, fin, ub=limit, name="deadlines (EDF)")
+            sol = m.solve(self.time_limit_s)
+            if sol.ok:
+                sol_pair = next(p for p, x in zip(pairs, xs, strict=True) if sol.on(x))
+        if sol_pair is not None:
+            b, c = sol_pair
             return SpongeChoice(c, b, True, 0)
         # Best effort: most cores; batch with fewest violated deadlines, then most throughput.
         best: tuple[int, float, int] | None = None
-        for k, (b, c) in enumerate(pairs):
+        for k, (b, c) in enumerate(all_pairs):
             if c != c_max:
                 continue
-            viol = int(np.sum(finish[:, k] > limit)) + int(thr[k] < lam)
-            key = (viol, -thr[k], b)
+            done = finish_times_ms(profile, len(budgets), b, c)
+            viol = int(np.sum(done > limit)) + int(thr_all[k] < lam) + int(not keep[k])
+            key = (viol, -thr_all[k], b)
             if best is None or key < best:
                 best = key
         assert best is not None
