@@ -1,7 +1,174 @@
-"""CLI commands of the innet area (being built: see the open issue)."""
+"""CLI commands of the innet area: train, evaluate, map, p4, bench innet."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
 
 import typer
+
+innet = typer.Typer(help="In-network inference (NetNN): quantized DNN on switches.")
+
+
+def _budget(stages: int, header_bits: int, register_bytes: int, ops: int, strict: bool) -> Any:
+    from pydantic import ValidationError
+
+    from tidal.core.errors import TidalError
+    from tidal.innet.mapper import Budget
+
+    try:
+        return Budget(
+            stages=stages,
+            header_bits=header_bits,
+            register_bytes=register_bytes,
+            ops_per_action=ops,
+            strict_asic=strict,
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise TidalError(f"budget {err['loc'][0]}={err.get('input')!r}: {err['msg']}") from e
+
+
+@innet.command()
+def train(
+    features: str = typer.Option("both", help="both | bytes | timing"),
+    unmasked: bool = typer.Option(False, help="train on unmasked bytes (shortcut study)"),
+    epochs: int = typer.Option(8),
+    max_seconds: float = typer.Option(240.0),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(None, help="model file (default: the package's weights dir)"),
+) -> None:
+    """Train the QAT model on the training split of the shared captures."""
+    from tidal.innet import dataset
+    from tidal.innet.evaluate import WEIGHTS, save_model
+    from tidal.innet.train import TrainConfig, train_model
+
+    cfg = TrainConfig(
+        features=features,  # type: ignore[arg-type]
+        masked=not unmasked,
+        epochs=epochs,
+        max_seconds=max_seconds,
+        seed=seed,
+    )
+    cov, ben = dataset.default_dirs()
+    ps = dataset.load(cov, ben)
+    tr = ps.subset_flows(dataset.split(ps)["train"])
+    model = train_model(tr, cfg)
+    suffix = "" if not unmasked else "_unmasked"
+    path = out or WEIGHTS / f"netnn_{features}{suffix}.pt"
+    save_model(model, path)
+    model.to_int().save(path.with_suffix(".npz"))
+    typer.echo(json.dumps({"model": str(path), "train_flows": len(tr.flows), "packets": len(tr)}))
+
+
+@innet.command()
+def evaluate(
+    covert: list[Path] = typer.Option(None, help="directory of covert captures (repeatable)"),
+    benign: list[Path] = typer.Option(None, help="directory of benign captures (repeatable)"),
+    model: Path = typer.Option(None, help="model file (default: committed)"),
+    split: str = typer.Option("test", help="test | train | all"),
+    unmasked: bool = typer.Option(False, help="evaluate on unmasked bytes"),
+    first_n: int = typer.Option(0, help="flow verdict from the first N packets (0 = all)"),
+    synthetic: int = typer.Option(0, help="add this many scapy-generated benign flows"),
+    stages: int = typer.Option(12),
+    header_bits: int = typer.Option(2048),
+    register_bytes: int = typer.Option(65536),
+    ops_per_action: int = typer.Option(32),
+    strict: bool = typer.Option(True, "--strict/--no-strict", help="strict ASIC mode"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Evaluate the committed model on captures through the switch emulator."""
+    from tidal.core.errors import TidalError
+    from tidal.innet import evaluate as ev
+
+    if split not in ("test", "train", "all"):
+        raise TidalError(f"split must be test, train or all, got {split!r}")
+    res = ev.evaluate(
+        covert=covert or None,
+        benign=benign or None,
+        model_path=model or ev.DEFAULT_MODEL,
+        split=split,  # type: ignore[arg-type]
+        budget=_budget(stages, header_bits, register_bytes, ops_per_action, strict),
+        first_n=first_n or None,
+        masked=not unmasked,
+        synthetic=synthetic,
+    )
+    for issue in res["capture_issues"]:
+        print(f"warning: {issue}", file=sys.stderr)
+    keys = [
+        "packet_accuracy", "flow_accuracy", "covert_recall", "benign_false_positive_rate",
+        "f1", "bit_exact", "switches", "max_stages_per_switch", "header_bits",
+        "register_bytes", "flows", "packets", "synthetic_benign",
+    ]
+    if as_json:
+        typer.echo(json.dumps({k: res[k] for k in keys}))
+    else:
+        for k, v in res.items():
+            if k != "capture_issues":
+                typer.echo(f"{k}: {v}")
+
+
+def _load_mapping(model: Path | None, stages: int, header_bits: int, register_bytes: int,
+                  ops: int, strict: bool) -> Any:
+    from tidal.innet import evaluate as ev
+    from tidal.innet.mapper import map_network
+
+    net = ev.load_model(model or ev.DEFAULT_MODEL).to_int()
+    return map_network(net, _budget(stages, header_bits, register_bytes, ops, strict))
+
+
+@innet.command("map")
+def map_cmd(
+    model: Path = typer.Option(None),
+    stages: int = typer.Option(12),
+    header_bits: int = typer.Option(2048),
+    register_bytes: int = typer.Option(65536),
+    ops_per_action: int = typer.Option(32),
+    strict: bool = typer.Option(True, "--strict/--no-strict"),
+    out: Path = typer.Option(None, help="write per-switch programs (JSON) here"),
+) -> None:
+    """Map the model onto switches under a budget; print the summary."""
+    m = _load_mapping(model, stages, header_bits, register_bytes, ops_per_action, strict)
+    if out:
+        m.save(out)
+    typer.echo(json.dumps(m.summary(), indent=1))
+
+
+@innet.command()
+def p4(
+    out: Path = typer.Option(Path("innet-p4"), help="output directory"),
+    model: Path = typer.Option(None),
+    stages: int = typer.Option(12),
+    strict: bool = typer.Option(True, "--strict/--no-strict"),
+) -> None:
+    """Emit P4_16 (v1model) source for each switch (not compiled here: no P4 compiler)."""
+    from tidal.innet.p4 import write_p4
+
+    m = _load_mapping(model, stages, 2048, 65536, 32, strict)
+    for path in write_p4(m, out):
+        typer.echo(str(path))
+
+
+def _bench(kind: Literal["ablation", "latency"]) -> None:
+    import runpy
+
+    from tidal.core.shared import repo_root
+
+    runpy.run_path(str(repo_root() / "benchmarks" / f"bench_innet_{kind}.py"), run_name="__main__")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add this area's commands to `app` and its benchmarks to `bench`."""
+    app.add_typer(innet, name="innet")
+
+    @bench.command("innet-ablation")
+    def bench_ablation() -> None:
+        """Ablations (bytes / timing / both, masked / unmasked, cross-technique)."""
+        _bench("ablation")
+
+    @bench.command("innet-latency")
+    def bench_latency() -> None:
+        """Per-packet decision latency: modeled switch path vs the CPU path."""
+        _bench("latency")
