@@ -67,8 +67,110 @@ def _print_rows(rows: list[dict[str, object]], as_json: bool) -> None:
     Console().print(t)
 
 
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    out = {}
+    for it in items:
+        key, sep, value = it.partition("=")
+        if not sep or not key:
+            raise TidalError(f"{what} must look like KEY=VALUE, got {it!r}")
+        out[key] = value
+    return out
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add this area's commands to `app` and its benchmarks to `bench`."""
+
+    @app.command("plan")
+    def plan_cmd(
+        policy: str = typer.Option(..., help="Planner name (see docs/planners.md)."),
+        pipeline: Path = typer.Option(..., help="Pipeline YAML (examples/pipelines/*.yaml)."),
+        rps: float = typer.Option(..., help="Arrival rate to plan for (req/s, >= 0)."),
+        slo_ms: float = typer.Option(..., "--slo-ms", help="End-to-end SLO (ms, > 0)."),
+        profile: str | None = typer.Option(
+            None,
+            help="ProfileSet JSON; 'synthetic' for labelled synthetic profiles; "
+            "default: the reference profile (tidal.profiling.load_reference()).",
+        ),
+        nodes: int = typer.Option(1, help="Nodes in the cluster."),
+        cores_per_node: float = typer.Option(
+            0.0, help="Cores per node (default: this machine's CPU count)."
+        ),
+        variant: list[str] = typer.Option(
+            [], help="STAGE=VARIANT: fix a stage's variant (fixed-variant policies)."
+        ),
+        option: list[str] = typer.Option(
+            [], help="KEY=VALUE planner option (YAML value), e.g. accuracy=sum."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+    ) -> None:
+        """One planning decision for a steady rate: variants, replicas, cores, batch."""
+        import os
+
+        import yaml
+
+        from tidal.planners import Capacity
+        from tidal.planners.oneshot import decide
+
+        if nodes < 1:
+            raise TidalError(f"--nodes must be >= 1, got {nodes}")
+        cpn = cores_per_node or float(os.cpu_count() or 1)
+        if cpn <= 0:
+            raise TidalError(f"--cores-per-node must be > 0, got {cores_per_node}")
+        opts = {k: yaml.safe_load(v) for k, v in _pairs(option, "--option").items()}
+        out = decide(
+            policy,
+            pipeline,
+            rps,
+            slo_ms,
+            profile=profile,
+            capacity=Capacity(nodes, cpn),
+            options=opts,
+            variants=_pairs(variant, "--variant") or None,
+        )
+        if as_json:
+            typer.echo(json.dumps(out, indent=2))
+            return
+        status = "feasible" if out["feasible"] else f"INFEASIBLE: {out['reason']}"
+        typer.echo(f"{policy}: {status} (decided in {out['decision_ms']:.1f} ms)")
+        for st in out["stages"]:
+            vs = ", ".join(f"{v['name']}:{v['weight']:.2f}" for v in st["variants"])
+            typer.echo(
+                f"  {st['stage']}: [{vs}] replicas={st['replicas']} cores={st['cores']:g} "
+                f"batch={st['batch']}"
+            )
+        p = out["predicted"]
+        typer.echo(
+            f"  predicted: latency {p['latency_ms']:.1f} ms, {p['cores']:g} cores, "
+            f"accuracy {p['accuracy']:.4f}"
+        )
+
+    @bench.command("planners")
+    def bench_planners(
+        repeat: int = typer.Option(5, min=1, help="Decisions per (policy, pipeline)."),
+        rps: float = typer.Option(50.0, min=0.0),
+        policy: list[str] = typer.Option([], help="Only these policies (default: all)."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Median decision time per policy for 1-, 3- and 10-stage pipelines (5 variants each,
+        synthetic profiles). Goals: <= 50 ms at 3 stages, <= 1 s at 10 stages."""
+        from tidal.planners import available
+        from tidal.planners.oneshot import bench as run_bench
+
+        for p in policy:
+            if p not in available():
+                raise TidalError(f"unknown policy {p!r}; valid policies: {', '.join(available())}")
+        res = run_bench(repeat=repeat, rps=rps, policies=policy or None)
+        if as_json:
+            typer.echo(json.dumps(res, indent=2))
+            return
+        t = Table(title=f"median decision time (ms), {res['variants_per_stage']} variants/stage")
+        t.add_column("policy")
+        for s in ("1", "3", "10"):
+            t.add_column(f"{s} stage(s)")
+        for name, row in res["median_ms"].items():
+            t.add_row(name, *(f"{row[s]:.2f}" for s in ("1", "3", "10")))
+        Console().print(t)
+
     forecast = typer.Typer(help="Load predictors: train the LSTM, compare all predictors.")
     app.add_typer(forecast, name="forecast")
 
