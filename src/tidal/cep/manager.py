@@ -205,7 +205,7 @@ class NodeManager:
         ik = inst_keys(inst)
         at = self.store.execute([("get", ik["handover_at"])])[0]
         if at is None:  # the old instance died before the barrier: the new one starts empty
-            self.store.push(ik["go"], [b"empty"])
+            self.store.push(ik["go"], [b"E"])
         report = {
             "name": name,
             "version": info.version,
@@ -221,16 +221,29 @@ class NodeManager:
 
     def update_gap_ms(self, name: str) -> float | None:
         """Last output of the old version to first output of the new, for the last update."""
+        parts = self.update_gap_parts(name)
+        return None if parts is None else parts["old_ms"] + parts["new_ms"]
+
+    def update_gap_parts(self, name: str) -> dict[str, float] | None:
+        """The gap split at the hand-over commit: old last output -> hand-over (old_ms),
+        hand-over -> new first output (new_ms)."""
         dep = self.deployments.get(name)
         if dep is None:
             raise TidalError(f"operator {name!r} is not running")
         ik = inst_keys(dep.instance)
-        first, prev = self.store.execute(
-            [("get", ik["first_output"]), ("get", ik["prev_last_output"])]
+        first, prev, at = self.store.execute(
+            [
+                ("get", ik["first_output"]),
+                ("get", ik["prev_last_output"]),
+                ("get", ik["handover_at"]),
+            ]
         )
-        if first is None or prev is None:
+        if first is None or prev is None or at is None:
             return None
-        return (float(first) - float(prev)) * 1e3
+        return {
+            "old_ms": (float(at) - float(prev)) * 1e3,
+            "new_ms": (float(first) - float(at)) * 1e3,
+        }
 
     def parked(self, name: str) -> list[bytes]:
         k = keys(name)["parked"]

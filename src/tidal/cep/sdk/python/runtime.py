@@ -23,9 +23,10 @@ A redelivered batch (tries > 1) is replayed one event at a time; an event that f
 times is parked in ``cep:<op>:parked`` with the reason, and the stream goes on.
 
 Hand-over (hot update): the manager pushes a barrier frame naming the new instance into the
-in queue. The operator processes the events before it and, in the same commit, stores its
-state snapshot for the new instance and pushes the "go" signal; then it exits. The new
-instance, started earlier and ready (it pushed ``cep:<inst>:ready``), restores and consumes.
+in queue. The operator processes the events before it and, in the same commit, pushes the
+"go" signal carrying its state snapshot (``S`` + bytes) to the new instance; then it exits.
+The new instance, started earlier and ready (it pushed ``cep:<inst>:ready``), blocked on
+``cep:<inst>:go``; it restores (unless its version declares empty state) and consumes.
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ class OperatorRuntime:
         self.processed = 0
         self._last_output_t: float | None = None
         self._first_output_done = False
+        self._tracing = os.environ.get("TIDAL_CEP_TRACE") == "1"
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -193,12 +195,20 @@ class OperatorRuntime:
             go = self.store.blpop(self.ik["go"], 0.5)
             if go is None:
                 continue
-            if go == b"state" and not self.op.empty_state:
-                data = self.store.execute([("get", self.ik["state"]), ("del", self.ik["state"])])
-                self.op.restore(data[0] or b"")
-            else:
-                self.store.execute([("del", self.ik["state"])])
+            # the go signal carries the snapshot: b"S" + state, or b"E" (start empty)
+            self._trace("go")
+            if go[:1] == b"S" and not self.op.empty_state:
+                self.op.restore(go[1:])
+            self._trace("restored")
             return
+
+    def _trace(self, what: str) -> None:
+        if self._tracing:
+            print(
+                f"tidal-cep {self.cfg.instance} {what} t={self.clock.now():.6f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def run(self) -> None:
         """The main loop; returns on stop or after handing over."""
@@ -248,6 +258,7 @@ class OperatorRuntime:
         target = ctrl[len(HANDOVER) :].decode() if ctrl and ctrl.startswith(HANDOVER) else None
         if target is not None and target != self.cfg.instance:
             ops += self._handover_ops(target)
+            self._trace("handover")
         self.store.execute(ops)
         self.processed += sum(self.codec.count(f) for f in data)
         if target is not None and target != self.cfg.instance:
@@ -290,6 +301,7 @@ class OperatorRuntime:
             self._last_output_t = now
             ops.append(("set", self.k["last_output"], repr(now).encode()))
             if not self._first_output_done:
+                self._trace("first output")
                 self._first_output_done = True
                 ops.append(("set", self.ik["first_output"], repr(now).encode()))
         return ops
@@ -300,8 +312,7 @@ class OperatorRuntime:
         if self._last_output_t is not None:
             ops.append(("set", nk["prev_last_output"], repr(self._last_output_t).encode()))
         ops.append(("set", nk["handover_at"], repr(self.clock.now()).encode()))
-        ops.append(("set", nk["state"], self.op.snapshot()))
-        ops.append(("rpush", nk["go"], [b"state"]))
+        ops.append(("rpush", nk["go"], [b"S" + self.op.snapshot()]))
         return ops
 
     def _replay_head(self, head: bytes, tries: int, isolate: int) -> None:

@@ -1,0 +1,284 @@
+"""`tidal cep bench`: throughput, latency, hot-update gap and loss checks per backend.
+
+For each backend it runs (1) a saturating stream of N packed transactions through the
+`forward` operator (events/s), (2) a stream paced at `rate` events/s (p50/p99 latency from
+submit to result, stamped in the event's `ts`), and (3) a stream through the stateful
+`card_count` operator with `state_cards` cards of keyed state (8 bytes each: 131072 = 1 MB)
+during which the operator is hot-updated to a second version (update_ms, update_gap_ms).
+Lost and duplicated events are counted from sequence numbers and a checksum over all runs,
+and the per-card counts must read 1..n after the update (state carried, order kept).
+`native` runs the same operator code in the host process without any transport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from tidal.cep import operators, workload
+from tidal.cep.client import OperatorClient
+from tidal.cep.codec import Codec
+from tidal.cep.manager import DeployDefaults, NodeManager
+from tidal.cep.registry import VersionSpec
+from tidal.cep.sdk.python.operator import load_operator
+from tidal.cep.sockstore import SocketStoreServer
+from tidal.cep.store import MemoryStore, open_store
+from tidal.core.clock import Clock, MonotonicClock
+
+
+def _check(sent: np.ndarray, got: np.ndarray) -> tuple[int, int]:
+    """(lost, duplicated) by sequence numbers; the checksum must agree when both are 0."""
+    seqs = got["seq"]
+    uniq = np.unique(seqs)
+    dup = len(seqs) - len(uniq)
+    lost = len(np.setdiff1d(sent["seq"], uniq, assume_unique=False))
+    if (
+        lost == 0
+        and dup == 0
+        and workload.checksum(sent) != workload.checksum(got[np.argsort(got["seq"])])
+    ):
+        lost = -1  # same sequence numbers but altered records: flag it
+    return lost, dup
+
+
+def _stream(
+    cl: OperatorClient, arr: np.ndarray, clock: Clock, rate: float | None, window: int = 200_000
+) -> tuple[np.ndarray, float, list[float]]:
+    """Send `arr` (paced at `rate` ev/s when given), collect all results; returns
+    (results, seconds, latencies_ms). The `ts` field carries the submit time."""
+    chunk = 20_000 if rate is None else max(1, int(rate / 1000))  # 1 ms of events when paced
+    got: list[np.ndarray] = []
+    n_got = 0
+    lat: list[np.ndarray] = []
+    t0 = clock.now()
+    i = 0
+    while i < len(arr) or n_got < len(arr):
+        if i < len(arr) and (i - n_got) < window:
+            if rate is not None:
+                due = t0 + i / rate
+                now = clock.now()
+                if now < due:
+                    time.sleep(min(due - now, 0.001))
+            part = arr[i : i + chunk].copy()
+            part["ts"] = clock.now()
+            cl.submit(part)
+            i += len(part)
+        else:
+            time.sleep(0.0002)
+        for b in cl.poll():
+            now = clock.now()
+            got.append(b)
+            n_got += len(b)
+            lat.append((now - b["ts"]) * 1e3)
+        if clock.now() - t0 > 300:
+            break
+    dt = clock.now() - t0
+    res = np.concatenate(got) if got else arr[:0]
+    return res, dt, (np.concatenate(lat).tolist() if lat else [])
+
+
+def _native(n: int, batch: int, clock: Clock) -> dict[str, Any]:
+    op = load_operator(operators.path("forward"))
+    arr = workload.transactions(n, seed=1)
+    t0 = clock.now()
+    outs = [op.process(arr[i : i + batch]) for i in range(0, n, batch)]
+    dt = clock.now() - t0
+    res = np.concatenate(outs)  # type: ignore[arg-type]
+    lost, dup = _check(arr, res)
+    cc = load_operator(operators.path("card_count"))
+    t1 = clock.now()
+    for i in range(0, n, batch):
+        cc.process(arr[i : i + batch])
+    return {
+        "backend": "native",
+        "events_per_s": n / dt,
+        "p50_ms": 0.0,
+        "p99_ms": 0.0,
+        "stateful_events_per_s": n / (clock.now() - t1),
+        "update_gap_ms": None,
+        "update_ms": None,
+        "lost_events": lost,
+        "duplicated_events": dup,
+        "note": "the same operator code called in the host process, no transport",
+    }
+
+
+@contextlib.contextmanager
+def _backend(kind: str, root: str, mode: str, batch: int) -> Iterator[NodeManager]:
+    srv: Any = None
+    rs: Any = None
+    if kind == "embedded":
+        srv = SocketStoreServer(MemoryStore("bench"), f"{root}/store.sock")
+        url = srv.url
+    else:
+        from tidal.cep.redis_server import RedisServer
+
+        rs = RedisServer()
+        url = rs.url
+    m = NodeManager(root, url, DeployDefaults(codec="packed", mode=mode, batch=batch))
+    try:
+        yield m
+    finally:
+        m.close()
+        if srv is not None:
+            srv.close()
+        if rs is not None:
+            rs.stop()
+
+
+def run_backend(
+    kind: str,
+    mode: str,
+    n: int,
+    batch: int,
+    rate: float,
+    paced_n: int,
+    state_cards: int,
+    clock: Clock,
+) -> dict[str, Any]:
+    """All three measurements for one backend (see module docstring)."""
+    with (
+        tempfile.TemporaryDirectory(prefix="tidal-cep-bench-") as root,
+        _backend(kind, root, mode, batch) as m,
+    ):
+        m.register("forward", VersionSpec(source=operators.path("forward").read_text()))
+        env = {"TIDAL_CEP_STATE_CARDS": str(state_cards)}
+        src = operators.path("card_count").read_text()
+        m.register("card_count", VersionSpec(source=src, env=env))
+        m.register("card_count", VersionSpec(source=src, env=env))
+        a = m.request("forward")
+        cl = OperatorClient(
+            open_store(a["store"]),
+            a["in"],
+            a["out"],
+            Codec("packed"),
+            mode=mode,
+            batch=batch,
+            clock=clock,
+        )  # type: ignore[arg-type]
+        arr = workload.transactions(n, seed=2)
+        res, dt, _ = _stream(cl, arr, clock, None)
+        lost, dup = _check(arr, res)
+        paced = workload.transactions(paced_n, seed=3)
+        res2, _, lat = _stream(cl, paced, clock, rate)
+        l2, d2 = _check(paced, res2)
+        cl.close()
+        # hot update with keyed state
+        a = m.request("card_count")
+        cl = OperatorClient(
+            open_store(a["store"]),
+            a["in"],
+            a["out"],
+            Codec("packed"),
+            mode=mode,
+            batch=batch,
+            clock=clock,
+        )  # type: ignore[arg-type]
+        upd = workload.transactions(max(20_000, n // 5), seed=4, cards=state_cards)
+        half = len(upd) // 2
+        r1, _, _ = _stream(cl, upd[:half], clock, None)
+        import threading
+
+        report: dict[str, Any] = {}
+        th = threading.Thread(target=lambda: report.update(m.update("card_count", 2)))
+        th.start()
+        r2, _, _ = _stream(cl, upd[half:], clock, rate * 5)
+        th.join()
+        gap = m.update_gap_ms("card_count")
+        parts = m.update_gap_parts("card_count") or {}
+        cl.close()
+        both = np.concatenate([r1, r2])
+        l3, d3 = _check(upd, both)
+        order_ok = _counts_ok(both)
+        return {
+            "backend": f"{kind}-{mode}",
+            "events_per_s": n / dt,
+            "p50_ms": float(np.percentile(lat, 50)) if lat else None,
+            "p99_ms": float(np.percentile(lat, 99)) if lat else None,
+            "paced_events_per_s": rate,
+            "update_gap_ms": gap,
+            "update_ms": report.get("update_ms"),
+            "update_gap_parts_ms": parts,
+            "update_start_ms": report.get("start_ms"),
+            "state_bytes": state_cards * 8,
+            "lost_events": lost + l2 + l3,
+            "duplicated_events": dup + d2 + d3,
+            "per_key_counts_ok": order_ok,
+            "batch": batch,
+        }
+
+
+def _counts_ok(res: np.ndarray) -> bool:
+    """Every card's flags, in output order, read 1, 2, ..., n (state carried, order kept)."""
+    order = np.argsort(res["card"], kind="stable")
+    c, f = res["card"][order], res["flag"][order]
+    starts = np.r_[0, np.flatnonzero(c[1:] != c[:-1]) + 1]
+    rank = np.arange(len(c)) - np.repeat(starts, np.diff(np.r_[starts, len(c)]))
+    return bool(np.all(f == rank + 1))
+
+
+def run(
+    backends: list[str],
+    n: int = 500_000,
+    batch: int = 1000,
+    rate: float = 10_000,
+    paced_n: int = 20_000,
+    state_cards: int = 131_072,
+    clock: Clock | None = None,
+) -> list[dict[str, Any]]:
+    """The benchmark rows for `backends` (native, embedded, redis, redis-faithful)."""
+    clock = clock or MonotonicClock()
+    # Host threads (flusher, receiver, main) hand the GIL over every 0.5 ms, not 5 ms.
+    old_switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        return _run(backends, n, batch, rate, paced_n, state_cards, clock)
+    finally:
+        sys.setswitchinterval(old_switch)
+
+
+def _run(
+    backends: list[str],
+    n: int,
+    batch: int,
+    rate: float,
+    paced_n: int,
+    state_cards: int,
+    clock: Clock,
+) -> list[dict[str, Any]]:
+    rows = []
+    for b in backends:
+        if b == "native":
+            rows.append(_native(n, batch, clock))
+        elif b == "embedded":
+            rows.append(
+                run_backend("embedded", "blob", n, batch, rate, paced_n, state_cards, clock)
+            )
+        elif b == "redis":
+            rows.append(run_backend("redis", "blob", n, batch, rate, paced_n, state_cards, clock))
+        elif b == "redis-faithful":
+            rows.append(
+                run_backend(
+                    "redis",
+                    "faithful",
+                    max(n // 5, 20_000),
+                    batch,
+                    rate,
+                    paced_n,
+                    state_cards,
+                    clock,
+                )
+            )
+        else:
+            from tidal.core.errors import TidalError
+
+            raise TidalError(
+                f"unknown backend {b!r}; choose native, embedded, redis, redis-faithful"
+            )
+    return rows
