@@ -204,8 +204,9 @@ class _Apply:
         hist = tuple((t, r) for t, r in self.recs.get(name, ()) if now - t <= window + 1e-9)
         hist += ((now, rec),)
         self.recs[name] = hist
-        up_rec = min(r for t, r in hist if now - t <= g.scale_up_stabilization_s + 1e-9)
-        down_rec = max(r for t, r in hist if now - t <= g.scale_down_stabilization_s + 1e-9)
+        # Kubernetes keeps recommendations strictly newer than now - window (plus this one).
+        up_rec = min(r for t, r in hist if t == now or now - t < g.scale_up_stabilization_s)
+        down_rec = max(r for t, r in hist if t == now or now - t < g.scale_down_stabilization_s)
         desired = cur
         if cur < up_rec:
             desired = up_rec
