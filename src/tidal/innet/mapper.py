@@ -336,6 +336,8 @@ def _build_switch(
     emit = Emit(cur, out_len, stream, replica, width, min(frag, out_len), [])
     per_slot = 4 * size + 8  # the input vector (32-bit cells) + frame counter + sample index
     slots = min(budget.slots, budget.register_bytes // per_slot)
+    if slots >= 1:  # a power of two: the slot is `index & (slots - 1)` on the data plane
+        slots = 1 << (slots.bit_length() - 1)
     if slots < 1:
         raise TidalError(
             f"layer {parts[0].layer.name}: the window of {size} elements needs {per_slot} "
