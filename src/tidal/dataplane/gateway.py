@@ -233,7 +233,7 @@ class Gateway:
             variants.append(res.variant)
             batches.append(res.batch_size)
             queue_s += res.queue_s
-            cur = res.output
+            cur = _chain(res.output, s, snames, self.stages)  # adapt tensors between stages
             now = res.finish
         end = self.clock.now()
         return InferResult(
@@ -267,6 +267,30 @@ class Gateway:
 
     def stage_plan(self, stage: str) -> StagePlan | None:
         return self.stages[stage].plan
+
+
+def _chain(out: np.ndarray, stage: str, route: list[str], stages: dict[str, Stage]) -> np.ndarray:
+    """Stage output -> next stage input when their tensors differ (added by the closed-loop
+    issue so that pipelines of different families chain, e.g. resnet -> bert): identity when
+    the next stage takes this shape and dtype; int64 token ids = the top-scoring output
+    indices (a deterministic "label as text" stand-in, ids in [1, 30521]); floats are tiled."""
+    i = route.index(stage)
+    if i + 1 >= len(route) or out.ndim < 1:
+        return out
+    from tidal.models.catalog import get_variant
+
+    spec = get_variant(stages[route[i + 1]].allowed[0]).input
+    n = out.shape[0]
+    if tuple(out.shape[1:]) == tuple(spec.shape) and out.dtype == spec.np_dtype:
+        return out
+    size = int(np.prod(spec.shape))
+    flat = out.reshape(n, -1)
+    if spec.np_dtype.kind in "iu":
+        top = np.argsort(-flat, axis=1, kind="stable")[:, :size]
+        ids = np.resize(top, (n, size)) % 30521 + 1
+        return ids.astype(spec.np_dtype).reshape(n, *spec.shape)
+    rows = [np.resize(r, size) for r in flat]
+    return np.stack(rows).astype(spec.np_dtype).reshape(n, *spec.shape)
 
 
 def _downstream(later: list[Stage]) -> Callable[[], float]:
