@@ -215,7 +215,10 @@ class Themis:
                     return vert, st
             return self._joint(ctx, chosen, st)
         if self.stable(ctx):
-            return self._joint(ctx, chosen, st)
+            target = self.solve(ctx, chosen)
+            # move only for a strictly cheaper plan: a tie is not worth a cold start
+            if target is not None and target.total_cores < ctx.current.total_cores - 1e-9:
+                return self._joint(ctx, chosen, st)
         return ctx.current, st
 
     def _joint(
