@@ -4,7 +4,8 @@ Each batch becomes one request ``POST {url}/v2/models/{model}/infer`` with a FP3
 ``[N, 64]`` of features derived from the transaction (amount, hour, card and merchant
 hashed into 64 slots); the argmax of the model's first output goes into `flag`.
 Environment: ``TIDAL_CEP_OIP_URL`` (default http://127.0.0.1:8000),
-``TIDAL_CEP_OIP_MODEL`` (default digits-mlp), ``TIDAL_CEP_OIP_TIMEOUT_S`` (default 10).
+``TIDAL_CEP_OIP_MODEL`` (default digits-mlp), ``TIDAL_CEP_OIP_TIMEOUT_S`` (default 10),
+``TIDAL_CEP_OIP_INPUT`` (default: the first input named in the model's metadata).
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ class OipModel(Operator):
         self.model = os.environ.get("TIDAL_CEP_OIP_MODEL", "digits-mlp")
         self.url = f"{base}/v2/models/{self.model}/infer"
         self.http = httpx.Client(timeout=float(os.environ.get("TIDAL_CEP_OIP_TIMEOUT_S", "10")))
+        self.input_name = os.environ.get("TIDAL_CEP_OIP_INPUT") or self._input_name(base)
+
+    def _input_name(self, base: str) -> str:
+        """The model's first input name from its OIP metadata (``input-0`` if unknown)."""
+        try:
+            r = self.http.get(f"{base}/v2/models/{self.model}")
+            if r.status_code == 200:
+                return str(r.json()["inputs"][0]["name"])
+        except (httpx.HTTPError, KeyError, IndexError, ValueError):
+            pass
+        return "input-0"
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         body = {

@@ -1,0 +1,170 @@
+"""The node manager's HTTP API (real uvicorn, bearer token) and the operator that calls a
+served model over the Open Inference Protocol v2 (the real `tidal serve` gateway)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from tidal.cep import operators, workload
+from tidal.cep.api import ApiHub, make_app
+from tidal.cep.manager import DeployDefaults, NodeManager
+from tidal.cep.sockstore import SocketStoreServer
+from tidal.cep.store import MemoryStore
+from tidal.cep.stream import connect
+from tidal.core.errors import TidalError
+from tidal.core.shared import repo_root
+
+TOKEN = "t" * 24
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[tuple[str, NodeManager]]:
+    srv = SocketStoreServer(MemoryStore(f"api-{tmp_path.name}"), str(tmp_path / "s.sock"))
+    m = NodeManager(tmp_path, srv.url, DeployDefaults(codec="json"))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(m, TOKEN), host="127.0.0.1", port=port, log_level="error")
+    )
+    th = threading.Thread(target=server.run, daemon=True)
+    th.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(500):
+        try:
+            if httpx.get(f"{url}/healthz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.01)
+    yield url, m
+    server.should_exit = True
+    th.join(5)
+    m.close()
+    srv.close()
+
+
+def test_api_register_request_update_list_stop(api) -> None:
+    url, m = api
+    src = operators.path("fraud_flag").read_text()
+    r = httpx.post(f"{url}/v1/operators/ff/versions", json={"source": src})
+    assert r.status_code == 401 and "token" in r.json()["error"]  # registration without token
+    r = httpx.post(
+        f"{url}/v1/operators/ff/versions",
+        json={"source": src},
+        headers={"Authorization": "Bearer wrong-token-xxxxxxxxx"},
+    )
+    assert r.status_code == 401
+    hub = ApiHub(url, TOKEN)
+    assert hub.register("ff", source=src) == 1
+    assert hub.register("ff", source=src) == 2
+    with pytest.raises(TidalError, match=r"unknown operator 'nope'.*HTTP 404"):
+        hub.request("nope")
+    with pytest.raises(TidalError, match="exactly one of 'source' or 'command'"):
+        hub.register("ff")
+    with pytest.raises(TidalError, match="bad operator name"):
+        hub.register("Bad Name", source=src)
+    cl = connect(hub, "ff")
+    cl.submit([{"card": 1, "amount": 5000.0}, {"card": 2, "amount": 5.0}])
+    rep = hub.update("ff", 2)
+    assert rep["version"] == 2 and rep["old_exit"] == 0
+    got: list[dict] = []
+    t = time.monotonic()
+    while len(got) < 2 and time.monotonic() - t < 10:
+        got += cl.results()
+        time.sleep(0.005)
+    cl.close()
+    assert [g["flag"] for g in got] == [1, 0]
+    rows = {r["name"]: r for r in hub.list()}
+    assert rows["ff"]["versions"] == [1, 2] and rows["ff"]["version"] == 2
+    assert hub.stop("ff")["stopped"]
+    with pytest.raises(TidalError, match="not running"):
+        hub.stop("ff")
+    hub.close()
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[str]:
+    cfg = repo_root() / "examples" / "single-model.yaml"
+    if not cfg.is_file() or shutil.which("tidal", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("the inference gateway (tidal serve examples/single-model.yaml) is absent")
+    port = free_port()
+    p = subprocess.Popen(
+        [str(Path(sys.executable).parent / "tidal"), "serve", str(cfg), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert p.poll() is None, "tidal serve exited"
+            time.sleep(0.1)
+        yield url
+    finally:
+        p.terminate()
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def test_operator_calls_served_model_over_oip_v2(tmp_path, gateway) -> None:
+    from tidal.cep.operators.oip_model import features
+    from tidal.cep.registry import VersionSpec
+
+    srv = SocketStoreServer(MemoryStore("oip"), str(tmp_path / "s.sock"))
+    m = NodeManager(tmp_path, srv.url, DeployDefaults(codec="packed", batch=16))
+    try:
+        env = {"TIDAL_CEP_OIP_URL": gateway, "TIDAL_CEP_OIP_MODEL": "digits"}
+        m.register("model", VersionSpec(source=operators.path("oip_model").read_text(), env=env))
+        cl = connect(m, "model")
+        arr = workload.transactions(40, seed=9)
+        cl.submit(arr)
+        got: list[np.ndarray] = []
+        t = time.monotonic()
+        while sum(len(b) for b in got) < 40 and time.monotonic() - t < 60:
+            got += cl.poll()  # type: ignore[arg-type]
+            time.sleep(0.01)
+        cl.close()
+        out = np.concatenate(got)
+        x = features(arr["card"], arr["amount"], arr["ts"], arr["merchant"])
+        r = httpx.post(
+            f"{gateway}/v2/models/digits/infer",
+            json={
+                "inputs": [
+                    {
+                        "name": "input-0",
+                        "shape": list(x.shape),
+                        "datatype": "FP32",
+                        "data": x.ravel().tolist(),
+                    }
+                ]
+            },
+            timeout=30,
+        )
+        y = np.asarray(r.json()["outputs"][0]["data"]).reshape(40, 10).argmax(axis=1)
+        assert out["seq"].tolist() == list(range(40))
+        assert out["flag"].tolist() == y.tolist()
+    finally:
+        m.close()
+        srv.close()
