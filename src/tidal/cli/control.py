@@ -7,6 +7,7 @@ interim: it prints the model catalog when available and says the live run is not
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,78 @@ def _loadgen(
         console.print(f"[bold yellow]the load generator did not keep up:[/] {report.reason}")
 
 
+def _advance(prog: Any, task: Any, done: int, total: int) -> None:
+    prog.update(task, completed=done)
+
+
+def _demo(
+    out: Path,
+    compress: int,
+    peak_load: float,
+    slo_ms: float | None,
+    duration: float | None,
+    policies: str,
+    seed: int,
+) -> None:
+    import tempfile
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tidal.control.demo import make_setup, run_policy
+    from tidal.control.report import print_summary, verdict, write_report
+
+    console = Console()
+    setup = make_setup(
+        slo_ms=slo_ms, compress=compress, peak_load=peak_load, seed=seed, duration_s=duration
+    )
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    console.print(
+        f"[bold]Tidal demo[/]: pipeline {setup.pipeline_file} "
+        f"({' -> '.join(f'{st.name} [{st.variants[0]}]' for st in setup.pipeline.stages)}), "
+        f"SLO {setup.slo_ms:g} ms, {setup.cores:g} cores, policies {', '.join(names)}"
+    )
+    console.print(f"trace: {setup.trace_desc}")
+    if setup.synthetic:
+        console.print("[yellow]../shared is missing: the surge is SYNTHETIC.[/]")
+    console.print(
+        f"{len(setup.schedule.offsets)} requests over {setup.schedule.duration_s:.0f} s per policy"
+    )
+    results = []
+    with tempfile.TemporaryDirectory(prefix="tidal-demo-") as tmp:
+        for name in names:
+            work = Path(tmp) / name
+            work.mkdir()
+            console.print(f"[bold]{name}[/]: starting Tidal (gateway + controller)...")
+            with Progress(
+                TextColumn(f"{name} replay"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} requests"),
+                TimeRemainingColumn(),
+                console=console,
+            ) as prog:
+                task = prog.add_task(name, total=len(setup.schedule.offsets))
+                res = run_policy(
+                    setup,
+                    name,
+                    work,
+                    on_ready=lambda url: prog.console.print(f"dashboard: [link]{url}[/link]"),
+                    on_progress=functools.partial(_advance, prog, task),
+                )
+            results.append(res)
+            row = res.row()
+            console.print(
+                f"{name}: violations {row['slo_violation_rate']:.2%}, p99 {row['p99_ms']} ms, "
+                f"{row['core_seconds']} core-s"
+            )
+    print_summary(console, results)
+    v, notes = verdict(results)
+    index = write_report(setup, results, out, v, notes)
+    console.print(v)
+    for n in notes:
+        console.print(f"  {n}")
+    console.print(f"report: {index}")
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add this area's commands to `app` and its benchmarks to `bench`."""
 
@@ -132,6 +205,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         _loadgen(url, model, trace, damping, compress, seed, slo_ms, lte, duration, out, as_json)
 
     @app.command()
-    def demo() -> None:
+    def demo(
+        out: Path = typer.Option(Path("demo-report"), help="Report directory (HTML + PNG)."),
+        compress: int = typer.Option(8, min=1, help="Time compression of the 20-min window."),
+        peak_load: float = typer.Option(
+            0.9, min=0.05, max=3.0, help="Surge peak as a fraction of the machine's capacity."
+        ),
+        slo_ms: float | None = typer.Option(None, help="End-to-end SLO (default: from profile)."),
+        duration: float | None = typer.Option(None, help="Cut the replay (seconds)."),
+        policies: str = typer.Option("hpa,themis", help="Comma-separated policies to run."),
+        seed: int = typer.Option(0),
+    ) -> None:
         """Tidal's main job: the two-stage pipeline under a surge, hpa vs themis, live."""
-        _interim_demo(Console())
+        _demo(out, compress, peak_load, slo_ms, duration, policies, seed)

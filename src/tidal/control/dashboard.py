@@ -97,6 +97,7 @@ class DashboardFeed:
                         "queue": last.queue_len,
                         "weights": last.variant_weights,
                     },
+                    "totals": _totals(self.monitor, name),
                     "violations_total": {
                         c: sum(s.violations.get(c, 0) for s in samples) for c in CAUSES
                     },
@@ -123,6 +124,19 @@ class DashboardFeed:
             "forecast": forecast,
             "decisions": decisions,
         }
+
+
+def _totals(monitor: Monitor, stage: str) -> dict[str, Any]:
+    """Cumulative counters of `stage` since the gateway started (for reports)."""
+    c = monitor.last.get(stage)
+    if c is None:
+        return {}
+    return {
+        "arrivals": c.arrivals,
+        "completions": c.completions,
+        "violations": dict(c.violations),
+        "core_s": round(c.alloc_core_s, 3),
+    }
 
 
 def _allowed(request: Request, token: str | None) -> bool:

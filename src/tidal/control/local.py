@@ -70,6 +70,7 @@ class GatewayMetrics:
                     new_latencies_ms=tuple(lat),
                     budgets_ms=tuple(s.budgets_ms),
                     variant_weights=weights.get(name, {}),
+                    alloc_core_s=s.core_s,
                 )
             )
         return out

@@ -52,6 +52,7 @@ class StageCounters:
     new_latencies_ms: tuple[float, ...] = ()
     budgets_ms: tuple[float, ...] = ()
     variant_weights: dict[str, float] = field(default_factory=dict)
+    alloc_core_s: float = 0.0
 
 
 class MetricsSource(Protocol):
@@ -102,6 +103,7 @@ class Monitor:
         self.samples: dict[str, deque[StageSample]] = {}
         self.stage_order: list[str] = []
         self.budgets_ms: tuple[float, ...] = ()
+        self.last: dict[str, StageCounters] = {}
         # Latencies of the last samples, kept for window percentiles.
         self._lat: dict[str, deque[tuple[float, tuple[float, ...]]]] = {}
 
@@ -148,6 +150,7 @@ class Monitor:
             for c in counters:
                 self.samples.setdefault(c.stage, deque(maxlen=self.history))
         self._prev = {c.stage: c for c in counters}
+        self.last = dict(self._prev)
         self._prev_t = now
         return out
 

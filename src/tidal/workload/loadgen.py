@@ -116,7 +116,8 @@ def schedule_from_trace(
 
 @dataclass
 class Outcome:
-    """One request's fate. `outcome` is ok | late | refused | expired | error."""
+    """One request's fate. `outcome` is ok | late | refused | expired | error; `variant` is
+    the variant that served it (pipelines: one per stage, joined by "+")."""
 
     id: int
     scheduled_s: float
@@ -171,10 +172,7 @@ def v2_body_from_metadata(meta: dict[str, Any], batch: int = 1) -> dict[str, Any
     """
     inputs = []
     for spec in meta.get("inputs", []):
-        shape = [
-            (batch if i == 0 else 1) if int(d) < 0 else int(d)
-            for i, d in enumerate(spec.get("shape", [1]))
-        ]
+        shape = _shape(spec, batch)
         dtype = str(spec.get("datatype", "FP32"))
         n = int(np.prod(shape)) if shape else 1
         zero: float | int | bool = 0.0 if dtype.startswith("FP") else 0
@@ -186,19 +184,60 @@ def v2_body_from_metadata(meta: dict[str, Any], batch: int = 1) -> dict[str, Any
     return {"inputs": inputs}
 
 
+_NP = {"FP32": "<f4", "FP64": "<f8", "FP16": "<f2", "INT64": "<i8", "INT32": "<i4", "UINT8": "u1"}
+
+
+def _shape(spec: dict[str, Any], batch: int) -> list[int]:
+    return [
+        (batch if i == 0 else 1) if int(d) < 0 else int(d)
+        for i, d in enumerate(spec.get("shape", [1]))
+    ]
+
+
+def v2_binary_body_from_metadata(meta: dict[str, Any], batch: int = 1) -> tuple[bytes, int]:
+    """The same request with the OIP binary tensor extension: (body, JSON header length) for
+    the `Inference-Header-Content-Length` header. Integer inputs get id 1 (a valid token)."""
+    header_inputs = []
+    blobs = []
+    for spec in meta.get("inputs", []):
+        shape = _shape(spec, batch)
+        dtype = str(spec.get("datatype", "FP32"))
+        if dtype not in _NP:
+            raise TidalError(f"binary body: unsupported datatype {dtype!r}")
+        arr = np.zeros(shape, dtype=_NP[dtype])
+        if arr.dtype.kind in "iu":
+            arr += 1
+        blob = arr.tobytes()
+        blobs.append(blob)
+        header_inputs.append(
+            {
+                "name": spec["name"],
+                "shape": shape,
+                "datatype": dtype,
+                "parameters": {"binary_data_size": len(blob)},
+            }
+        )
+    if not header_inputs:
+        raise TidalError(f"model metadata has no inputs: {meta}")
+    head = json.dumps({"inputs": header_inputs}).encode()
+    return head + b"".join(blobs), len(head)
+
+
 class LoadGenerator:
     """Replays a Schedule open-loop against `url` (`.../v2/models/{name}/infer`).
 
-    `body` is the JSON request body (the same for every request); each request adds its own
-    budget as the `slo_ms` parameter and the `x-tidal-slo-ms` header when it has one.
+    `body` is the JSON request body (the same for every request, serialized once), or raw
+    bytes with `header_length` for the binary tensor extension. Each request carries its own
+    budget in the `x-tidal-slo-ms` header, and for a JSON body also as the `slo_ms` parameter.
     `on_progress(sent, total)` is called about every 0.25 s of replay.
     """
 
     def __init__(
         self,
         url: str,
-        body: dict[str, Any],
+        body: dict[str, Any] | bytes,
         *,
+        header_length: int | None = None,
         max_in_flight: int = 2000,
         timeout_s: float = 30.0,
         clock: Clock | None = None,
@@ -208,6 +247,15 @@ class LoadGenerator:
             raise TidalError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.url = url
         self.body = body
+        self.header_length = header_length
+        if isinstance(body, bytes):
+            self._raw = body
+            self._split: tuple[bytes, bytes] | None = None
+        else:
+            self._raw = json.dumps(body).encode()
+            # `{"parameters": {...}, ` is spliced in front of the rest of the object.
+            rest = json.dumps({k: v for k, v in body.items() if k != "parameters"}).encode()
+            self._split = (b"{", rest[1:]) if "parameters" not in body else None
         self.max_in_flight = max_in_flight
         self.timeout_s = timeout_s
         self.clock = clock or MonotonicClock()
@@ -219,25 +267,38 @@ class LoadGenerator:
     async def _one(
         self, session: aiohttp.ClientSession, i: int, t0: float, budget: float | None, o: Outcome
     ) -> None:
-        body = dict(self.body)
-        headers = {}
+        data = self._raw
+        headers = {"content-type": "application/json"}
+        if self.header_length is not None:
+            headers = {
+                "content-type": "application/octet-stream",
+                "inference-header-content-length": str(self.header_length),
+            }
         if budget is not None:
-            body["parameters"] = {**body.get("parameters", {}), "slo_ms": float(budget)}
             headers["x-tidal-slo-ms"] = f"{budget:.3f}"
+            if self._split is not None:
+                head, rest = self._split
+                sep = b", " if rest.strip() != b"}" else b""
+                data = head + b'"parameters": {"slo_ms": %.3f}' % budget + sep + rest
         o.budget_ms = budget
         o.sent_s = self.clock.now() - t0
         self._in_flight += 1
         self._peak = max(self._peak, self._in_flight)
         start = self.clock.now()
         try:
-            async with session.post(self.url, json=body, headers=headers) as resp:
+            async with session.post(self.url, data=data, headers=headers) as resp:
                 raw = await resp.read()
                 o.status = resp.status
                 o.latency_ms = (self.clock.now() - start) * 1000.0
                 if resp.status == 200:
                     try:
                         params = json.loads(raw).get("parameters") or {}
-                        o.variant = str(params.get("variant", ""))
+                        vs = params.get("variants")
+                        o.variant = (
+                            "+".join(str(v) for v in vs)
+                            if isinstance(vs, list)
+                            else str(params.get("variant", ""))
+                        )
                     except (ValueError, AttributeError):
                         o.variant = ""
                 else:

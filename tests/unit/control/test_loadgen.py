@@ -7,6 +7,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from aiohttp import web
 
@@ -17,6 +18,7 @@ from tidal.workload.loadgen import (
     classify,
     schedule_from_rates,
     schedule_from_trace,
+    v2_binary_body_from_metadata,
     v2_body_from_metadata,
     write_outcomes,
 )
@@ -143,3 +145,11 @@ def test_reports_when_it_cannot_keep_up() -> None:
     assert len(outcomes) == 10
     assert not report.kept_up
     assert "connection cap" in report.reason
+
+
+def test_binary_body_from_metadata() -> None:
+    meta = {"inputs": [{"name": "x", "datatype": "INT64", "shape": [-1, 3]}]}
+    body, n = v2_binary_body_from_metadata(meta)
+    head = json.loads(body[:n])
+    assert head["inputs"][0]["parameters"]["binary_data_size"] == 24
+    assert list(np.frombuffer(body[n:], dtype="<i8")) == [1, 1, 1]
