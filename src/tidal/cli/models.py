@@ -76,6 +76,7 @@ def profile(
     out: Path = typer.Option(Path("tidal-profile.json"), "--out", "-o", help="Profile file."),
     import_sponge: Path = typer.Option(None, help="Import Sponge's latency grid CSV."),
     import_infadapter: Path = typer.Option(None, help="Import InfAdapter's capacity CSV."),
+    show: Path = typer.Option(None, help="Print an existing profile file and exit."),
 ) -> None:
     """Measure p50/p99 latency over (batch, cores) in one worker resized in place, fit Sponge's
     model, write a profile file; or import a published profile (--import-sponge/-infadapter)."""
@@ -96,6 +97,11 @@ def profile(
     )
 
     console = Console()
+    if show is not None:
+        from tidal.core.profile import ProfileSet
+
+        print_profile(ProfileSet.load(show), console)
+        return
     if import_sponge is not None or import_infadapter is not None:
         if import_sponge is not None:
             ps = importers.import_sponge(import_sponge)
@@ -152,9 +158,40 @@ def print_profile(ps: object, console: Console) -> None:
     console.print(t)
 
 
+def bench_resize_cmd(
+    variant: str = typer.Option("resnet18", help="Variant to serve."),
+    sizes: str = typer.Option("1,0.5,2", help="Core counts, in order."),
+    batch: int = typer.Option(1, min=1, help="Batch size."),
+    samples: int = typer.Option(30, min=1, help="Batches per size."),
+    priority: bool = typer.Option(False, help="High CPU weight (shared machines)."),
+) -> None:
+    """One worker resized in place through SIZES; latency at each size (JSON)."""
+    from tidal.models.catalog import get_variant
+    from tidal.profiling.bench import bench_resize
+    from tidal.profiling.profiler import Grid
+
+    get_variant(variant)
+    cs = _floats(sizes, "sizes")
+    Grid((batch,), cs)  # validates the core counts against this machine
+    out = bench_resize(variant, cs, batch, samples, cpu_weight=262144 if priority else None)
+    typer.echo(json.dumps(out, indent=2))
+
+
+def bench_ipc_cmd(
+    workers: int = typer.Option(4, min=1, max=64, help="No-op workers driven concurrently."),
+    calls: int = typer.Option(2000, min=10, help="Round trips per measurement."),
+) -> None:
+    """No-op worker round trips: sync, async, async over several workers (JSON)."""
+    from tidal.profiling.bench import bench_ipc
+
+    typer.echo(json.dumps(bench_ipc(workers, calls), indent=2))
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add this area's commands to `app` and its benchmarks to `bench`."""
     models = typer.Typer(help="The model zoo.", no_args_is_help=True)
     models.command("list")(models_list)
     app.add_typer(models, name="models")
     app.command("profile")(profile)
+    bench.command("resize")(bench_resize_cmd)
+    bench.command("worker-ipc")(bench_ipc_cmd)
