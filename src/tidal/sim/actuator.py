@@ -14,14 +14,15 @@ Implements the `tidal.control.actuator.Actuator` contract (apply/current/pending
   profile's), if the node has room for the growth (else it waits, as a deferred in-place
   resize); with a planner whose ``resize_mode`` is Recreate (VPA's default) the replica is
   deleted and a new one started (cold start).
-- A plan that can never fit (a replica larger than a node, or more cores than the cluster)
-  raises TidalError naming the policy, the stage and the figures.
+- A plan that can never fit (a replica larger than a node) raises TidalError naming the policy,
+  the variant and the figures. A plan asking more cores than the cluster has is applied: the
+  replicas that do not fit stay pending (counted in ``stats.over_capacity``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from tidal.control.actuator import Actuation
 from tidal.core.errors import TidalError
@@ -61,6 +62,7 @@ class ActuatorStats:
     starts: int = 0
     resizes: int = 0
     recreates: int = 0
+    over_capacity: int = 0  # plans asking more cores than the cluster has
     notes: list[str] = field(default_factory=list)
 
 
@@ -91,6 +93,8 @@ class SimActuator:
         self.now = 0
         self.plan: Plan | None = None
         self.stats = ActuatorStats()
+        self._cache: dict[str, Any] | None = None
+        self._need_place = True  # cores freed or replicas added since the last placement
 
     # ---- Actuator contract --------------------------------------------------------------
     def current(self) -> Plan | None:
@@ -117,6 +121,7 @@ class SimActuator:
         act = Actuation(plan=plan, requested_at=self.now / US, changed=changed)
         if not changed:
             return act
+        self._cache = None
         for s, (sname, variants) in enumerate(self.stages):
             sp = plan.stage(sname) if sname in {x.stage for x in plan.stages} else None
             for li, vp in enumerate(variants):
@@ -130,6 +135,7 @@ class SimActuator:
                 self._converge(s, li, n, c, vp, warm)
         self.plan = plan
         self._place()
+        self._cache = None
         return act
 
     # ---- internals ----------------------------------------------------------------------
@@ -155,11 +161,8 @@ class SimActuator:
                         f"{self.cap.cores_per_node} cores"
                     )
         if plan.total_cores > self.cap.total_cores + EPS:
-            raise TidalError(
-                f"plan can never fit: policy {self.policy!r} wants {plan.total_cores:g} cores "
-                f"but the cluster has {self.cap.nodes} x {self.cap.cores_per_node:g} = "
-                f"{self.cap.total_cores:g}"
-            )
+            # Kubernetes semantics: the replicas that do not fit stay pending.
+            self.stats.over_capacity += 1
 
     def _lane_reps(self, s: int, li: int) -> list[SimReplica]:
         return [r for r in self.reps.values() if r.stage == s and r.lane == li]
@@ -202,12 +205,13 @@ class SimActuator:
                 self._remove(r)
 
     def _unreserve(self, r: SimReplica) -> None:
+        self._need_place = True
         if r.reserved and r.node >= 0:
             self.free[r.node] += r.reserved
         r.reserved = 0.0
 
     def _remove(self, r: SimReplica) -> None:
-        self._unreserve(r)
+        self._unreserve(r)  # also flags a placement pass
         if r.node >= 0:
             self.free[r.node] += r.cores
         if r.state == "ready":
@@ -216,6 +220,7 @@ class SimActuator:
         self.order.remove(r.rid)
 
     def _place(self) -> None:
+        self._need_place = False
         for rid in self.order:
             r = self.reps[rid]
             if r.state != "pending":
@@ -245,13 +250,7 @@ class SimActuator:
 
     def next_event(self) -> int:
         """The next time (us) a replica becomes ready or a resize takes effect (or -1)."""
-        ts = [r.ready_at for r in self.reps.values() if r.state == "starting"]
-        ts += [
-            r.resize_at
-            for r in self.reps.values()
-            if r.resize_to is not None and r.state == "ready" and self._resize_ok(r)
-        ]
-        return min(ts) if ts else -1
+        return int(self._summary()["due"])
 
     def _resize_ok(self, r: SimReplica) -> bool:
         assert r.resize_to is not None
@@ -261,6 +260,10 @@ class SimActuator:
         """Apply what is due at `now` (readiness, resizes, placements); True if anything
         changed."""
         self.now = now
+        summ = self._summary()
+        if not summ["busy"] and (summ["due"] < 0 or summ["due"] > now):
+            return False
+        self._cache = None
         changed = False
         for r in list(self.reps.values()):
             if r.state == "starting" and r.ready_at <= now:
@@ -277,19 +280,57 @@ class SimActuator:
                 self.dp.resize_replica(r.rid, r.cores)
                 self.stats.resizes += 1
                 changed = True
-        before = sum(1 for r in self.reps.values() if r.state == "pending")
-        self._place()
-        after = sum(1 for r in self.reps.values() if r.state == "pending")
-        return changed or before != after
+        if self._need_place or changed:
+            before = sum(1 for r in self.reps.values() if r.state == "pending")
+            self._place()
+            after = sum(1 for r in self.reps.values() if r.state == "pending")
+            changed = changed or before != after
+        return changed
+
+    def _summary(self) -> dict[str, Any]:
+        if self._cache is None:
+            n_st = len(self.stages)
+            rc = [0.0] * n_st
+            rn = [0] * n_st
+            cores = 0.0
+            placed = 0
+            due = -1
+            busy = False
+            for r in self.reps.values():
+                if r.state != "pending":
+                    cores += r.cores + r.reserved
+                    placed += 1
+                else:
+                    busy = True
+                if r.state == "ready":
+                    rc[r.stage] += r.cores
+                    rn[r.stage] += 1
+                t = -1
+                if r.state == "starting":
+                    t = r.ready_at
+                elif r.resize_to is not None:
+                    busy = True
+                    if r.state == "ready" and self._resize_ok(r):
+                        t = r.resize_at
+                if t >= 0 and (due < 0 or t < due):
+                    due = t
+            self._cache = {
+                "rc": rc,
+                "rn": rn,
+                "cores": cores,
+                "placed": placed,
+                "due": due,
+                "busy": busy,
+            }
+        return self._cache
 
     def allocated(self) -> tuple[float, int]:
         """Cores held (starting + ready replicas, incl. reserved growth) and replicas placed."""
-        cores = sum(r.cores + r.reserved for r in self.reps.values() if r.state != "pending")
-        n = sum(1 for r in self.reps.values() if r.state != "pending")
-        return cores, n
+        c = self._summary()
+        return c["cores"], c["placed"]
 
     def ready_cores(self, stage: int) -> float:
-        return sum(r.cores for r in self.reps.values() if r.state == "ready" and r.stage == stage)
+        return float(self._summary()["rc"][stage])
 
     def ready_count(self, stage: int) -> int:
-        return sum(1 for r in self.reps.values() if r.state == "ready" and r.stage == stage)
+        return int(self._summary()["rn"][stage])

@@ -214,7 +214,7 @@ def simulate(
     # Monitor state.
     n_st = len(pipeline.stages)
     alloc_us = np.zeros(n_st)  # integral of ready cores per stage (core-us)
-    snaps: deque[tuple[int, list[tuple[int, int, float]], np.ndarray]] = deque(maxlen=4096)
+    snaps: deque[tuple[int, list[tuple[int, int, float]], np.ndarray]] = deque()
     recent: deque[tuple[np.ndarray, np.ndarray]] = deque()
     inner = getattr(planner, "inner", planner)
     window_us = int(float(getattr(inner, "window_s", planner.interval_s) or 1) * US)
@@ -239,12 +239,9 @@ def simulate(
 
     def observations(now: int) -> tuple[StageObservation, ...]:
         t0 = now - window_us
+        while len(snaps) > 1 and snaps[1][0] <= t0:
+            snaps.popleft()  # keep the last snapshot at or before the window start
         base = snaps[0]
-        for sn in snaps:
-            if sn[0] <= t0:
-                base = sn
-            else:
-                break
         dt = max(1e-9, (now - base[0]) / US)
         lat = [x[1] for x in recent if len(x[1])]
         p99 = float(np.percentile(np.concatenate(lat), 99)) if lat else 0.0
@@ -276,7 +273,7 @@ def simulate(
             hist = tuple([float(rates[0])] * 60)
         else:
             lo = max(0, sec - cfg.history_s)
-            hist = tuple(float(x) for x in counts_s[lo:sec])
+            hist = tuple(counts_s[lo:sec].astype(np.float64).tolist())
         fc = forecaster(hist) if forecaster is not None and hist else None
         ctx = PlanContext(
             now=now / US,

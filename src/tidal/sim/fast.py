@@ -41,7 +41,8 @@ PTR, NIN, HORIZON, QHEAD, QTAIL, TIMER_T, TIMER_SEQ, SEQ, BATCHES, NEXT_ID = ran
 CUR_SEC, CUR_COUNT, PREV_COUNT, ARRIVALS, COMPLETIONS, OUT_N, B, ADMIT, NOW, RING_LOW = range(
     10, 20
 )
-NI = 20
+NSLOT, NREADY = 20, 21  # slots in use (upper bound), ready replicas (listed in `ready`)
+NI = 22
 OUT_FULL, RING_FULL = 2, 3
 _MASKN = NOISE_LEN - 1
 
@@ -79,10 +80,7 @@ def _rate(ist, now, st):  # type: ignore[no-untyped-def]
         c = ist[CUR_COUNT]
     else:
         c = 0
-    n = 0
-    for i in range(len(st)):
-        if st[i] == 1:
-            n += 1
+    n = ist[NREADY]
     return c / n if n > 0 else 0.0
 
 
@@ -115,7 +113,7 @@ def _dispatch(  # type: ignore[no-untyped-def]
     bmax = ist[B]
     while ist[QTAIL] > ist[QHEAD]:
         best = -1
-        for i in range(len(st)):
+        for i in range(ist[NSLOT]):
             if (
                 st[i] == 1
                 and busy[i] == 0
@@ -170,27 +168,17 @@ def _dispatch(  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _admit(ist, now, d_us, p, st, until, rrid, cores, tmp_t, tmp_c):  # type: ignore[no-untyped-def]
-    # Ready replicas in id order (admission's replica index order).
-    m = 0
-    for i in range(len(st)):
-        if st[i] == 1:
-            m += 1
+def _admit(ist, now, d_us, p, ready, until, cores, tmp_t, tmp_c):  # type: ignore[no-untyped-def]
+    """`admission.admit` for a FIFO queue; `ready[:NREADY]` = ready slots in replica-id order."""
+    m = ist[NREADY]
     if m == 0:
         return False
-    idx = np.empty(m, np.int64)
-    m = 0
-    for i in range(len(st)):
-        if st[i] == 1:
-            idx[m] = i
-            m += 1
-    order = np.argsort(rrid[idx], kind="mergesort")
     t = now / 1e6
     deadline = d_us / 1e6
     budget = deadline - t
     best_alone = 1e300
     for q in range(m):
-        i = idx[order[q]]
+        i = ready[q]
         tmp_c[q] = cores[i]
         tmp_t[q] = max(t, until[i] / 1e6)
         best_alone = min(best_alone, _lat_ms(p, 1, cores[i]) / 1000.0)
@@ -217,6 +205,7 @@ def _admit(ist, now, d_us, p, st, until, rrid, cores, tmp_t, tmp_c):  # type: ig
 @njit(cache=True)
 def _run(  # type: ignore[no-untyped-def]
     t_stop,
+    ready,
     ist,
     fst,
     p,
@@ -251,7 +240,7 @@ def _run(  # type: ignore[no-untyped-def]
         th = big
         hs = big
         hk = -1
-        for i in range(len(st)):
+        for i in range(ist[NSLOT]):
             if busy[i] == 1 and (until[i] < th or (until[i] == th and rseq[i] < hs)):
                 th, hs, hk = until[i], rseq[i], i
         if ist[TIMER_T] >= 0 and (
@@ -342,7 +331,7 @@ def _run(  # type: ignore[no-untyped-def]
                 ist[CUR_COUNT] = 0
             ist[CUR_COUNT] += 1
             _expire(ist, now, r_id, r_a, r_d, o_id, o_a, o_d, o_e, o_c)
-            if ist[ADMIT] == 1 and not _admit(ist, now, d, p, st, until, rrid, cores, tmp_t, tmp_c):
+            if ist[ADMIT] == 1 and not _admit(ist, now, d, p, ready, until, cores, tmp_t, tmp_c):
                 _emit(ist, o_id, o_a, o_d, o_e, o_c, rid, now, d, now, REFUSED)
                 continue
             j = ist[QTAIL] & mask
@@ -413,6 +402,7 @@ class FastDataPlane:
         self._reps(64)
         self._out(1 << 18)
         self.slot: dict[int, int] = {}
+        self.ready = np.zeros(1, np.int64)
         self.counters = [_Counters(self)]
 
     def _ring(self, n: int) -> None:
@@ -458,6 +448,15 @@ class FastDataPlane:
         self.st[i], self.busy[i], self.until[i], self.blen[i] = 1, 0, 0, 0
         self.rrid[i], self.cores[i] = rid, cores
         self.slot[rid] = i
+        self._reindex()
+
+    def _reindex(self) -> None:
+        """Ready slots in replica-id order (admission's order) and the slot bound."""
+        order = sorted(self.slot.items())
+        self.ready = np.array([i for _, i in order] + [0], dtype=np.int64)
+        self.ist[NREADY] = len(order)
+        used = np.nonzero((self.st != 0) | (self.busy != 0))[0]
+        self.ist[NSLOT] = int(used.max()) + 1 if len(used) else 0
 
     def _grow_reps(self) -> None:
         old = [self.st, self.busy, self.until, self.rseq, self.bstart, self.blen, self.rrid]
@@ -474,6 +473,7 @@ class FastDataPlane:
     def remove_replica(self, rid: int) -> None:
         i = self.slot.pop(rid)
         self.st[i] = 2 if self.busy[i] else 0
+        self._reindex()
 
     def resize_replica(self, rid: int, cores: float) -> None:
         self.cores[self.slot[rid]] = cores
@@ -498,7 +498,7 @@ class FastDataPlane:
                 a = self._args()
                 _dispatch(a[0], a[1], t_stop, *a[2:4], *a[6:])
                 return REACHED
-            status = int(_run(t_stop, *self._args()))
+            status = int(_run(t_stop, self.ready, *self._args()))
             if status == OUT_FULL:
                 self._flush_out()
             elif status == RING_FULL:

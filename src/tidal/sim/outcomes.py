@@ -67,19 +67,17 @@ class OutcomeSink:
         served = (cause == OK) | (cause == LATE)
         lat_ms = (end - arr) / 1000.0
         ls = lat_ms[served]
-        self.hist += np.bincount(
-            np.minimum((ls / HIST_BIN_MS).astype(np.int64), _NB - 1), minlength=_NB
-        )
+        hb = np.minimum((ls / HIST_BIN_MS).astype(np.int64), _NB - 1)
+        self.hist[: int(hb.max()) + 1 if len(hb) else 0] += np.bincount(hb)
         self.acc_sum += float(acc[served].sum())
         self.served += int(served.sum())
         ab = np.minimum(arr // self.bin_us, self.n_bins - 1)
         self.arrivals_t += np.bincount(ab, minlength=self.n_bins)
-        self.viol_t += np.bincount(ab, weights=(cause != OK), minlength=self.n_bins).astype(
-            np.int64
-        )
+        self.viol_t += np.bincount(ab[cause != OK], minlength=self.n_bins)
         eb = np.minimum(end[served] // self.bin_us, self.n_bins - 1)
         lb = np.searchsorted(_LOG_EDGES, ls)
-        np.add.at(self.lat_t, (eb, lb), 1)
+        w = self.lat_t.shape[1]
+        self.lat_t += np.bincount(eb * w + lb, minlength=self.lat_t.size).reshape(self.lat_t.shape)
         if self._w is not None:
             names = np.array(self.variants + [""], dtype=object)
             cn = np.array(CAUSES, dtype=object)
