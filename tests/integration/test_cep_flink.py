@@ -16,9 +16,9 @@ from tidal.cep.flink import HAVE_PYFLINK, TidalOperatorFunction
 
 def test_adapter_imports_without_pyflink() -> None:
     f = TidalOperatorFunction("fraud_flag", "http://127.0.0.1:1", "x" * 16)
-    assert f.name == "fraud_flag" and (
-        importlib.util.find_spec("pyflink") is not None
-    ) == HAVE_PYFLINK
+    assert (
+        f.name == "fraud_flag" and (importlib.util.find_spec("pyflink") is not None) == HAVE_PYFLINK
+    )
 
 
 @pytest.mark.skipif(

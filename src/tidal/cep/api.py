@@ -31,6 +31,8 @@ from tidal.cep.manager import NodeManager
 from tidal.cep.registry import VersionSpec
 from tidal.core.errors import TidalError
 
+JsonList = list[dict[str, Any]]
+JsonStrs = list[str]
 MAX_BODY = 2 * 1024 * 1024
 
 
@@ -104,11 +106,10 @@ def make_app(manager: NodeManager, token: str) -> Starlette:
         return {"operators": manager.list()}
 
     async def parked(req: Request) -> Any:
-        return {
-            "parked": [
-                p.decode("utf-8", "replace") for p in manager.parked(req.path_params["name"])
-            ]
-        }
+        return {"parked": [p.decode("utf-8", "replace") for p in _parked(req.path_params["name"])]}
+
+    def _parked(name: str) -> list[bytes]:
+        return manager.parked(name)
 
     async def health(req: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
@@ -159,10 +160,10 @@ class ApiHub:
     def stop(self, name: str) -> dict[str, Any]:
         return dict(self._call("POST", f"/v1/operators/{name}/stop", {}))
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> JsonList:
         return list(self._call("GET", "/v1/operators")["operators"])
 
-    def parked(self, name: str) -> list[str]:
+    def parked(self, name: str) -> JsonStrs:
         return list(self._call("GET", f"/v1/operators/{name}/parked")["parked"])
 
     def close(self) -> None:

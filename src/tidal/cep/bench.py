@@ -17,13 +17,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from tidal.cep import operators, workload
 from tidal.cep.client import OperatorClient
-from tidal.cep.codec import Codec
+from tidal.cep.codec import Codec, Mode
 from tidal.cep.manager import DeployDefaults, NodeManager
 from tidal.cep.registry import VersionSpec
 from tidal.cep.sdk.python.operator import load_operator
@@ -53,7 +53,7 @@ def _stream(
     """Send `arr` (paced at `rate` ev/s when given), collect all results; returns
     (results, seconds, latencies_ms). The `ts` field carries the submit time."""
     chunk = 20_000 if rate is None else max(1, int(rate / 1000))  # 1 ms of events when paced
-    got: list[np.ndarray] = []
+    got: list[Any] = []
     n_got = 0
     lat: list[np.ndarray] = []
     t0 = clock.now()
@@ -71,7 +71,8 @@ def _stream(
             i += len(part)
         else:
             time.sleep(0.0002)
-        for b in cl.poll():
+        for b0 in cl.poll():
+            b = cast(np.ndarray, b0)
             now = clock.now()
             got.append(b)
             n_got += len(b)
@@ -87,9 +88,9 @@ def _native(n: int, batch: int, clock: Clock) -> dict[str, Any]:
     op = load_operator(operators.path("forward"))
     arr = workload.transactions(n, seed=1)
     t0 = clock.now()
-    outs = [op.process(arr[i : i + batch]) for i in range(0, n, batch)]
+    outs: list[Any] = [op.process(arr[i : i + batch]) for i in range(0, n, batch)]
     dt = clock.now() - t0
-    res = np.concatenate(outs)  # type: ignore[arg-type]
+    res: np.ndarray = np.concatenate(outs)
     lost, dup = _check(arr, res)
     cc = load_operator(operators.path("card_count"))
     t1 = clock.now()
@@ -158,10 +159,10 @@ def run_backend(
             a["in"],
             a["out"],
             Codec("packed"),
-            mode=mode,
+            mode=cast(Mode, mode),
             batch=batch,
             clock=clock,
-        )  # type: ignore[arg-type]
+        )
         arr = workload.transactions(n, seed=2)
         res, dt, _ = _stream(cl, arr, clock, None)
         lost, dup = _check(arr, res)
@@ -176,10 +177,10 @@ def run_backend(
             a["in"],
             a["out"],
             Codec("packed"),
-            mode=mode,
+            mode=cast(Mode, mode),
             batch=batch,
             clock=clock,
-        )  # type: ignore[arg-type]
+        )
         upd = workload.transactions(max(20_000, n // 5), seed=4, cards=state_cards)
         half = len(upd) // 2
         r1, _, _ = _stream(cl, upd[:half], clock, None)

@@ -32,6 +32,8 @@ from tidal.cep.store import Store, open_store
 from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
 
+JsonList = list[dict[str, Any]]
+ByteList = list[bytes]
 NODE_RUNNER = Path(__file__).parent / "sdk" / "node" / "run.js"
 
 
@@ -169,7 +171,7 @@ class NodeManager:
             "parked": int(self.store.execute([("llen", keys(dep.name)["parked"])])[0]),
         }
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self) -> JsonList:
         with self._lock:
             out = []
             for name in self.registry.names():
@@ -245,7 +247,7 @@ class NodeManager:
             "new_ms": (float(first) - float(at)) * 1e3,
         }
 
-    def parked(self, name: str) -> list[bytes]:
+    def parked(self, name: str) -> ByteList:
         k = keys(name)["parked"]
         return list(self.store.execute([("lrange", k, 0, -1)])[0])
 

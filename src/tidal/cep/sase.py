@@ -147,7 +147,7 @@ class _Compiler:
             elif d == "where_clause":
                 where = ch.children[0]
             elif d == "within_clause":
-                window = float(ch.children[0]) * _UNITS[str(ch.children[1]).lower()]
+                window = float(str(ch.children[0])) * _UNITS[str(ch.children[1]).lower()]
             elif d == "strategy_clause":
                 strategy = str(ch.children[0]).lower()
             elif d == "return_clause":

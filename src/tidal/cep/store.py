@@ -79,9 +79,10 @@ class MemoryStore:
             d.extendleft(op[2])
             return len(d)
         if cmd == "lrange":
-            d = self._lists.get(key)
-            if not d:
+            d0 = self._lists.get(key)
+            if not d0:
                 return []
+            d = d0
             start, stop = int(op[2]), int(op[3])
             n = len(d)
             stop = n - 1 if stop < 0 else min(stop, n - 1)
@@ -89,9 +90,10 @@ class MemoryStore:
                 return list(d)
             return [d[i] for i in range(start, stop + 1)]
         if cmd == "ltrim":
-            d = self._lists.get(key)
-            if d is None:
+            d1 = self._lists.get(key)
+            if d1 is None:
                 return True
+            d = d1
             start, stop = int(op[2]), int(op[3])
             if stop != -1 or start < 0:
                 raise TidalError(f"MemoryStore supports only LTRIM key n -1, got {op!r}")
@@ -180,7 +182,10 @@ class RedisStore:
 
     def blpop(self, key: str, timeout: float) -> bytes | None:
         r = self._r.blpop([key], timeout=max(timeout, 0.01))
-        return None if r is None else bytes(r[1])
+        if r is None:
+            return None
+        v = r[1]
+        return v if isinstance(v, bytes) else str(v).encode()
 
     def close(self) -> None:
         self._r.close()

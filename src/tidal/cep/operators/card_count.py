@@ -24,24 +24,27 @@ class CardCount(Operator):
         self.keyed = DenseKeyedState(cards, {"count": "i8"})
 
     def process(self, batch: Batch) -> Batch:
-        if not isinstance(batch, np.ndarray):
-            out = []
-            for ev in batch:
-                c = int(ev["card"])
-                self.keyed.ensure(c)
-                self.keyed.cols["count"][c] += 1
-                out.append({**ev, "flag": int(self.keyed.cols["count"][c])})
-            return out
-        if len(batch) == 0:
-            return batch
-        card = batch["card"]
+        if isinstance(batch, np.ndarray):
+            return self._vector(batch)
+        out = []
+        for ev in batch:
+            c = int(ev["card"])
+            self.keyed.ensure(c)
+            self.keyed.cols["count"][c] += 1
+            out.append({**ev, "flag": int(self.keyed.cols["count"][c])})
+        return out
+
+    def _vector(self, arr: np.ndarray) -> np.ndarray:
+        if len(arr) == 0:
+            return arr
+        card = arr["card"]
         self.keyed.ensure(int(card.max()))
         cnt = self.keyed.cols["count"]
         order = np.argsort(card, kind="stable")
         c = card[order]
         starts = np.r_[0, np.flatnonzero(c[1:] != c[:-1]) + 1]
         rank = np.arange(len(c)) - np.repeat(starts, np.diff(np.r_[starts, len(c)]))
-        out = batch.copy()
+        out = arr.copy()
         out["flag"][order] = cnt[c] + rank + 1
         np.add.at(cnt, card, 1)
         return out

@@ -79,7 +79,7 @@ class DenseKeyedState:
 
     def snapshot(self) -> bytes:
         buf = io.BytesIO()
-        np.savez(buf, **self.cols)
+        np.savez(buf, **self.cols)  # type: ignore[arg-type]
         return buf.getvalue()
 
     def restore(self, data: bytes) -> None:
