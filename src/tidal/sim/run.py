@@ -1,0 +1,123 @@
+"""Running comparisons: resolve pipeline, profile, trace and forecasters, then simulate each
+policy on the same arrivals (same seed). Used by `tidal simulate` and `tidal reproduce`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tidal.core.errors import TidalError
+from tidal.core.pipeline import PipelineSpec, StageSpec
+from tidal.core.profile import ProfileSet
+from tidal.core.shared import repo_root
+from tidal.sim.config import SimConfig
+from tidal.sim.engine import SimResult, simulate
+
+# The predictor each paper's planner uses (REFERENCE.md); others plan on observed rates.
+PAPER_FORECAST: dict[str, tuple[str, str]] = {
+    "themis": ("lstm", "ipa"),
+    "ipa": ("lstm", "ipa"),
+    "infadapter": ("lstm", "infadapter"),
+}
+BUILTIN_PIPELINES = ("one-stage", "two-stage", "three-stage")
+
+
+def load_profiles(name: str) -> ProfileSet:
+    """`reference` (measured here), `sponge` / `infadapter` (imported from ../shared), or a
+    profile file path."""
+    from tidal.profiling import load_imported, load_reference
+
+    if name == "reference":
+        return load_reference()
+    if name in ("sponge", "infadapter"):
+        return load_imported(name)
+    p = Path(name)
+    if p.suffix == ".json" or p.exists():
+        return ProfileSet.load(p)
+    raise TidalError(
+        f"unknown profile {name!r}; valid: reference, sponge, infadapter or a profile .json path"
+    )
+
+
+def load_pipeline(spec: str | None, profiles: ProfileSet) -> PipelineSpec:
+    """A pipeline file, a built-in name (examples/pipelines/NAME.yaml), or None: one stage
+    whose candidates are every variant of the profile (imported profiles)."""
+    if spec is None:
+        names = list(profiles.variants)
+        return PipelineSpec(
+            name="profile", stages=[StageSpec(name="model", task="model", variants=names)]
+        )
+    if spec in BUILTIN_PIPELINES:
+        return PipelineSpec.load(repo_root() / "examples" / "pipelines" / f"{spec}.yaml")
+    return PipelineSpec.load(spec)
+
+
+def forecaster_for(
+    policy: str, choice: str
+) -> tuple[Callable[[Sequence[float]], float] | None, str]:
+    """The forecaster for `policy`: `paper` = the paper's predictor (LSTM for themis, ipa,
+    infadapter; none otherwise), `none`, or a predictor name (last, max, ewma, lstm) in the IPA
+    setting. Returns (callable or None, description)."""
+    if choice == "none":
+        return None, "none"
+    if choice == "paper":
+        if policy not in PAPER_FORECAST:
+            return None, "none (observed rate)"
+        name, setting = PAPER_FORECAST[policy]
+    else:
+        name, setting = choice, "ipa"
+    from tidal.forecast import create
+
+    pred = create(name, setting)
+
+    def f(hist: Sequence[float]) -> float:
+        return float(pred.predict(np.asarray(hist, dtype=np.float64)))
+
+    return f, f"{name} ({setting} setting)"
+
+
+@dataclass
+class Comparison:
+    """Results of several policies on one workload."""
+
+    results: list[SimResult]
+    forecasts: dict[str, str]
+    trace: str
+    requests_per_policy: int
+
+
+def compare(
+    pipeline: PipelineSpec,
+    profiles: ProfileSet,
+    rates: np.ndarray,
+    policies: Sequence[str],
+    config: SimConfig,
+    out_dir: Path | None = None,
+    forecast: str = "paper",
+    policy_kwargs: dict[str, dict[str, Any]] | None = None,
+    trace_name: str = "",
+    progress: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Simulate each policy on `rates`; per-request CSVs go to `out_dir/<policy>.csv`."""
+    from tidal.planners import available
+
+    bad = [p for p in policies if p not in available()]
+    if bad:
+        raise TidalError(f"unknown policy {bad[0]!r}; valid policies: {', '.join(available())}")
+    results: list[SimResult] = []
+    fdesc: dict[str, str] = {}
+    for pol in policies:
+        if progress:
+            progress(pol)
+        fc, desc = forecaster_for(pol, forecast)
+        fdesc[pol] = desc
+        csv_path = out_dir / f"{pol}.csv" if out_dir is not None else None
+        kw = (policy_kwargs or {}).get(pol, {})
+        results.append(
+            simulate(pipeline, profiles, rates, pol, config, csv_path, fc, policy_kwargs=kw)
+        )
+    return Comparison(results, fdesc, trace_name, results[0].requests if results else 0)
