@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any, cast
@@ -30,6 +31,7 @@ from tidal.cep.sdk.python.operator import load_operator
 from tidal.cep.sockstore import SocketStoreServer
 from tidal.cep.store import MemoryStore, open_store
 from tidal.core.clock import Clock, MonotonicClock
+from tidal.core.errors import TidalError
 
 
 def _check(sent: np.ndarray, got: np.ndarray) -> tuple[int, int]:
@@ -142,6 +144,7 @@ def run_backend(
     paced_n: int,
     state_cards: int,
     clock: Clock,
+    updates: int = 5,
 ) -> dict[str, Any]:
     """All three measurements for one backend (see module docstring)."""
     with (
@@ -151,8 +154,8 @@ def run_backend(
         m.register("forward", VersionSpec(source=operators.path("forward").read_text()))
         env = {"TIDAL_CEP_STATE_CARDS": str(state_cards)}
         src = operators.path("card_count").read_text()
-        m.register("card_count", VersionSpec(source=src, env=env))
-        m.register("card_count", VersionSpec(source=src, env=env))
+        for _ in range(updates + 1):
+            m.register("card_count", VersionSpec(source=src, env=env))
         a = m.request("forward")
         cl = OperatorClient(
             open_store(a["store"]),
@@ -181,38 +184,63 @@ def run_backend(
             batch=batch,
             clock=clock,
         )
-        upd = workload.transactions(max(20_000, n // 5), seed=4, cards=state_cards)
-        half = len(upd) // 2
-        r1, _, _ = _stream(cl, upd[:half], clock, None)
-        import threading
-
-        report: dict[str, Any] = {}
-        th = threading.Thread(target=lambda: report.update(m.update("card_count", 2)))
+        # k hot updates (versions 2..k+1) while events flow at `update_rate` events/s
+        update_rate = rate * 5
+        upd = workload.transactions(
+            int(update_rate * (1.5 * updates + 1)), seed=4, cards=state_cards
+        )
+        first = min(len(upd) // 10, 50_000)
+        r1, _, _ = _stream(cl, upd[:first], clock, None)
+        reports: list[dict[str, Any]] = []
+        th = threading.Thread(target=_updates, args=(m, updates, reports, clock), daemon=True)
         th.start()
-        r2, _, _ = _stream(cl, upd[half:], clock, rate * 5)
-        th.join()
-        gap = m.update_gap_ms("card_count")
-        parts = m.update_gap_parts("card_count") or {}
+        r2, _, _ = _stream(cl, upd[first:], clock, update_rate)
+        th.join(60)
         cl.close()
         both = np.concatenate([r1, r2])
         l3, d3 = _check(upd, both)
         order_ok = _counts_ok(both)
+        gaps = [r["gap_ms"] for r in reports if r.get("gap_ms") is not None]
+        ums = [r["update_ms"] for r in reports]
         return {
             "backend": f"{kind}-{mode}",
             "events_per_s": n / dt,
             "p50_ms": float(np.percentile(lat, 50)) if lat else None,
             "p99_ms": float(np.percentile(lat, 99)) if lat else None,
             "paced_events_per_s": rate,
-            "update_gap_ms": gap,
-            "update_ms": report.get("update_ms"),
-            "update_gap_parts_ms": parts,
-            "update_start_ms": report.get("start_ms"),
+            "update_gap_ms": float(np.median(gaps)) if gaps else None,
+            "update_gap_max_ms": max(gaps) if gaps else None,
+            "update_gaps_ms": [round(g, 2) for g in gaps],
+            "update_gap_parts_ms": [r.get("parts") for r in reports],
+            "update_ms": float(np.median(ums)) if ums else None,
+            "update_start_ms": float(np.median([r["start_ms"] for r in reports]))
+            if reports
+            else None,
+            "updates": len(reports),
             "state_bytes": state_cards * 8,
             "lost_events": lost + l2 + l3,
             "duplicated_events": dup + d2 + d3,
             "per_key_counts_ok": order_ok,
             "batch": batch,
         }
+
+
+def _updates(m: NodeManager, k: int, out: list[dict[str, Any]], clock: Clock) -> None:
+    """Hot-update card_count to versions 2..k+1; after each, wait for the new version's
+    first output and record the gap (old's last output -> new's first output)."""
+    for v in range(2, k + 2):
+        rep = m.update("card_count", v)
+        deadline = clock.now() + 5.0
+        parts = None
+        while clock.now() < deadline:
+            parts = m.update_gap_parts("card_count")
+            if parts is not None:
+                break
+            time.sleep(0.01)
+        rep["parts"] = parts
+        rep["gap_ms"] = None if parts is None else parts["old_ms"] + parts["new_ms"]
+        out.append(rep)
+        time.sleep(0.2)
 
 
 def _counts_ok(res: np.ndarray) -> bool:
@@ -231,55 +259,30 @@ def run(
     rate: float = 10_000,
     paced_n: int = 20_000,
     state_cards: int = 131_072,
+    updates: int = 5,
     clock: Clock | None = None,
 ) -> list[dict[str, Any]]:
     """The benchmark rows for `backends` (native, embedded, redis, redis-faithful)."""
     clock = clock or MonotonicClock()
+    known = ("native", "embedded", "redis", "redis-faithful")
+    for b in backends:
+        if b not in known:
+            raise TidalError(f"unknown backend {b!r}; choose from {list(known)}")
     # Host threads (flusher, receiver, main) hand the GIL over every 0.5 ms, not 5 ms.
     old_switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     try:
-        return _run(backends, n, batch, rate, paced_n, state_cards, clock)
+        rows = []
+        for b in backends:
+            if b == "native":
+                rows.append(_native(n, batch, clock))
+                continue
+            kind = "embedded" if b == "embedded" else "redis"
+            mode = "faithful" if b == "redis-faithful" else "blob"
+            nn = max(n // 5, 20_000) if mode == "faithful" else n
+            rows.append(
+                run_backend(kind, mode, nn, batch, rate, paced_n, state_cards, clock, updates)
+            )
+        return rows
     finally:
         sys.setswitchinterval(old_switch)
-
-
-def _run(
-    backends: list[str],
-    n: int,
-    batch: int,
-    rate: float,
-    paced_n: int,
-    state_cards: int,
-    clock: Clock,
-) -> list[dict[str, Any]]:
-    rows = []
-    for b in backends:
-        if b == "native":
-            rows.append(_native(n, batch, clock))
-        elif b == "embedded":
-            rows.append(
-                run_backend("embedded", "blob", n, batch, rate, paced_n, state_cards, clock)
-            )
-        elif b == "redis":
-            rows.append(run_backend("redis", "blob", n, batch, rate, paced_n, state_cards, clock))
-        elif b == "redis-faithful":
-            rows.append(
-                run_backend(
-                    "redis",
-                    "faithful",
-                    max(n // 5, 20_000),
-                    batch,
-                    rate,
-                    paced_n,
-                    state_cards,
-                    clock,
-                )
-            )
-        else:
-            from tidal.core.errors import TidalError
-
-            raise TidalError(
-                f"unknown backend {b!r}; choose native, embedded, redis, redis-faithful"
-            )
-    return rows

@@ -86,6 +86,7 @@ def bench_cmd(
     rate: float = typer.Option(10_000, help="Paced rate (events/s) for latency."),
     paced_events: int = typer.Option(20_000, help="Events of the paced run."),
     state_cards: int = typer.Option(131_072, help="Keyed state cards (8 bytes each)."),
+    updates: int = typer.Option(5, help="Hot updates during the stateful run."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Throughput, latency, hot-update gap, lost/duplicated events per backend."""
@@ -98,6 +99,7 @@ def bench_cmd(
         rate=rate,
         paced_n=paced_events,
         state_cards=state_cards,
+        updates=updates,
     )
     if as_json:
         typer.echo(json.dumps(rows, indent=1))

@@ -233,6 +233,8 @@ class OperatorRuntime:
                 tries_op = ("set", self.k["tries"], b"1")
                 self.sleep(min(cfg.backoff_ms * empties, cfg.backoff_max_ms) / 1000.0)
                 continue
+            if self._tracing and not self._first_output_done:
+                self._trace(f"pop {len(frames)} frames after {empties} empty polls")
             empties = 0
             tries_op = ("incr", self.k["tries"])
             if cfg.pop == "commit" and (tries > 1 or isolate > 0):
