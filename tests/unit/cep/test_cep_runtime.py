@@ -116,11 +116,12 @@ def test_batches_never_exceed_b_and_events_before_deployment_wait() -> None:
     assert [e["i"] for e in got] == list(range(95))
 
 
-def test_handover_carries_state_at_batch_boundary() -> None:
+@pytest.mark.parametrize("pop", ["commit", "pop"])
+def test_handover_carries_state_at_batch_boundary(pop: str) -> None:
     store = MemoryStore()
     old, new = Recorder(), Recorder()
-    rt_old = OperatorRuntime(cfg(instance="old"), old, store)
-    rt_new = OperatorRuntime(cfg(instance="new", standby=True), new, store)
+    rt_old = OperatorRuntime(cfg(instance="old", pop=pop), old, store)
+    rt_new = OperatorRuntime(cfg(instance="new", standby=True, pop=pop), new, store)
     import threading
 
     th_new = threading.Thread(target=rt_new.run, daemon=True)
@@ -217,3 +218,15 @@ def test_workload_is_seeded() -> None:
     assert a.tobytes() == b.tobytes() and a.dtype == TXN_DTYPE
     assert workload.checksum(a) != workload.checksum(a[:-1])
     assert workload.checksum(a) == workload.checksum(a[::-1].copy())
+
+
+def test_go_signal_moves_big_state_through_a_file() -> None:
+    from tidal.cep.sdk.python.runtime import decode_go, encode_go
+
+    big, small = bytes(range(256)) * 1024, b"{}"
+    g = encode_go(big, "inst", [b"J{}"])
+    assert len(g) < 1000  # a path, not 256 KB
+    assert decode_go(g) == (big, [b"J{}"])
+    assert decode_go(encode_go(small, "inst", [])) == (small, [])
+    assert decode_go(b'S{"a":1}') == (b'{"a":1}', [])
+    assert decode_go(b"E") == (None, [])

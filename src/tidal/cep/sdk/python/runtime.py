@@ -35,6 +35,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -45,6 +46,7 @@ import numpy as np
 
 from tidal.cep.codec import HANDOVER, Codec, is_control
 from tidal.cep.sdk.python.operator import Operator, load_operator
+from tidal.cep.sockstore import decode, encode
 from tidal.cep.store import Op, Store, open_store
 from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
@@ -153,6 +155,48 @@ class RuntimeConfig:
             raise TidalError(f"bad operator environment: {e}") from None
 
 
+SHM_MIN_BYTES = 64 * 1024
+
+
+def encode_go(state: bytes, new_inst: str, after: list[bytes]) -> bytes:
+    """The go signal: ``T`` + tagged [kind, state or path, frames after the barrier].
+
+    A snapshot over `SHM_MIN_BYTES` goes through a file in /dev/shm (old and new instances
+    run on the same host as their node manager), so the queue store moves a path, not MBs.
+    The frames after the barrier let the new instance start without a pop round trip; they
+    stay at the head of the in queue until it commits them.
+    """
+    out = bytearray(b"T")
+    if len(state) > SHM_MIN_BYTES:
+        d = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+        fd, path = tempfile.mkstemp(prefix=f"tidal-cep-{new_inst}-", suffix=".state", dir=d)
+        with os.fdopen(fd, "wb") as f:
+            f.write(state)
+        encode(["F", path, after], out)
+    else:
+        encode(["S", state, after], out)
+    return bytes(out)
+
+
+def decode_go(go: bytes) -> tuple[bytes | None, list[bytes]]:
+    """(state or None for empty, prefetched frames) from a go signal (see `encode_go`);
+    also accepts the Node SDK's ``S`` + JSON and ``E`` (empty)."""
+    if go[:1] == b"S":
+        return go[1:], []
+    if go[:1] != b"T":
+        return None, []
+    kind, val, after = decode(go, 1)[0]
+    if kind == "F":
+        path = str(val)
+        if not os.path.basename(path).startswith("tidal-cep-"):
+            raise TidalError(f"refusing state file {path!r}")
+        with open(path, "rb") as f:
+            state = f.read()
+        os.unlink(path)
+        return state, [bytes(x) for x in after]
+    return bytes(val), [bytes(x) for x in after]
+
+
 def _split(codec: Codec, frame: bytes) -> list[bytes]:
     """Split one data frame into single-event frames (for replay one event at a time)."""
     batch = codec.decode([frame])
@@ -184,6 +228,7 @@ class OperatorRuntime:
         self._last_output_t: float | None = None
         self._first_output_done = False
         self._tracing = os.environ.get("TIDAL_CEP_TRACE") == "1"
+        self._prefetch: list[bytes] = []
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -195,10 +240,10 @@ class OperatorRuntime:
             go = self.store.blpop(self.ik["go"], 0.5)
             if go is None:
                 continue
-            # the go signal carries the snapshot: b"S" + state, or b"E" (start empty)
             self._trace("go")
-            if go[:1] == b"S" and not self.op.empty_state:
-                self.op.restore(go[1:])
+            state, self._prefetch = decode_go(go)
+            if state is not None and not self.op.empty_state:
+                self.op.restore(state)
             self._trace("restored")
             return
 
@@ -217,6 +262,12 @@ class OperatorRuntime:
         empties = 0
         tries_op: Op = ("incr", self.k["tries"])
         while not self.stop.is_set():
+            if self._prefetch:  # the frames after the barrier, handed over with the state
+                frames, self._prefetch = self._prefetch, []
+                self._batch(frames)
+                if self.handed_over:
+                    return
+                continue
             if cfg.pop == "pop":
                 frames, _ = self.store.execute(
                     [("lrange", cfg.in_key, 0, cfg.batch - 1), ("ltrim", cfg.in_key, cfg.batch, -1)]
@@ -259,7 +310,11 @@ class OperatorRuntime:
         # A barrier naming this very instance is stale (its old owner died): just consume it.
         target = ctrl[len(HANDOVER) :].decode() if ctrl and ctrl.startswith(HANDOVER) else None
         if target is not None and target != self.cfg.instance:
-            ops += self._handover_ops(target)
+            after = frames[consumed:]
+            if self.cfg.pop == "pop":  # popped past the barrier: put them back at the head
+                ops.append(("lpush", self.cfg.in_key, list(reversed(after))))
+                after = []
+            ops += self._handover_ops(target, after)
             self._trace("handover")
         self.store.execute(ops)
         self.processed += sum(self.codec.count(f) for f in data)
@@ -308,13 +363,13 @@ class OperatorRuntime:
                 ops.append(("set", self.ik["first_output"], repr(now).encode()))
         return ops
 
-    def _handover_ops(self, new_inst: str) -> list[Op]:
+    def _handover_ops(self, new_inst: str, after: list[bytes]) -> list[Op]:
         nk = inst_keys(new_inst)
         ops: list[Op] = []
         if self._last_output_t is not None:
             ops.append(("set", nk["prev_last_output"], repr(self._last_output_t).encode()))
         ops.append(("set", nk["handover_at"], repr(self.clock.now()).encode()))
-        ops.append(("rpush", nk["go"], [b"S" + self.op.snapshot()]))
+        ops.append(("rpush", nk["go"], [encode_go(self.op.snapshot(), new_inst, after)]))
         return ops
 
     def _replay_head(self, head: bytes, tries: int, isolate: int) -> None:
