@@ -73,6 +73,30 @@ def ipa_objective(
     )
 
 
+def prune(options: list[IpaOption]) -> list[IpaOption]:
+    """Drop options dominated within their stage (no faster, cheaper, smaller-batch and at
+    least as accurate alternative exists). Exact for sum and product: accuracies are >= 0."""
+
+    def dominates(p: IpaOption, o: IpaOption) -> bool:
+        return (
+            p.latency_ms <= o.latency_ms
+            and p.total_cores <= o.total_cores
+            and p.batch <= o.batch
+            and p.acc_norm >= o.acc_norm
+        )
+
+    kept: list[IpaOption] = []
+    for i, o in enumerate(options):
+        # dominated by a different option (ties: the earlier one is kept)
+        if not any(
+            dominates(p, o) and (not dominates(o, p) or j < i)
+            for j, p in enumerate(options)
+            if j != i
+        ):
+            kept.append(o)
+    return kept
+
+
 @register("ipa")
 class IPA:
     """IPA's MILP planner."""
@@ -118,7 +142,7 @@ class IPA:
                 # an option slower than the whole SLA alone can never be chosen
                 if n <= min(self.max_replicas, slots) and lat <= ctx.slo_ms:
                     out.append(IpaOption(v, b, n, c, lat, v.accuracy / best))
-        return out
+        return prune(out)
 
     def build(self, opts: list[list[IpaOption]], ctx: PlanContext) -> tuple[Model, list[list[int]]]:
         """The MILP; returns it and the x variable of every option."""
@@ -167,6 +191,10 @@ class IPA:
                     m.constrain({z: 1.0, p_prev: -1.0, x: -1.0}, lb=-1.0, name="z>=P-(1-x)")
                     link[z] = o.acc_norm
                 m.constrain(link, eq=0.0, name=f"P[{s}]")
+                # valid since exactly one x is 1 (sum_k z = P_{s-1}); tightens the relaxation
+                m.constrain(
+                    {p_prev: -1.0, **{z: 1.0 for z in link if z != p}}, eq=0.0, name="sum z"
+                )
                 p_prev = p
         return m, xs
 

@@ -12,7 +12,8 @@ binaries ``x[b,c]`` (exactly one chosen), throughput ``sum x*h >= lambda`` and o
 queued request ``sum x[b,c] * finish_i(b,c) <= margin*budget_i`` with
 ``finish_i = (i // b + 1) * l99(b, c)``; objective ``sum x[b,c] * (c*(b_max+1) + b)``
 (lexicographic). A fresh request (budget = SLO) must also fit: ``(b-1)/lambda + l99(b,c)``.
-Rows over a single pair (throughput, the fresh request) are presolved away before the model.
+Rows over a single pair (throughput, the fresh request) are presolved away before the model;
+with an empty queue the IP is then a minimum over the remaining pairs (no solver call).
 The prototype enumerates; the tests check the IP against that enumeration.
 Extended: for a multi-stage pipeline each stage gets an equal share of the SLO and of every
 budget (Sponge serves one model). Fixed: none needed.
@@ -95,7 +96,10 @@ class Sponge:
         keep = (thr_all >= lam - 1e-9) & (fresh <= self.margin * slo_ms + 1e-9)
         pairs = [p for p, k in zip(all_pairs, keep, strict=True) if k]
         sol_pair: tuple[int, int] | None = None
-        if pairs:
+        if pairs and not len(budgets):
+            # No queued request: the IP is a minimum over the presolved pairs.
+            sol_pair = min(pairs, key=lambda p: (p[1], p[0]))
+        elif pairs:
             m = Model(f"sponge[{profile.name}]", sense="min")
             xs = [
                 m.var(f"x[b={b},c={c}]", binary=True, obj=c * (self.max_batch + 1) + b)
