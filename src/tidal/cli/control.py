@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tidal.core.errors import TidalError
@@ -129,10 +130,10 @@ def _demo(
         slo_ms=slo_ms, compress=compress, peak_load=peak_load, seed=seed, duration_s=duration
     )
     names = [p.strip() for p in policies.split(",") if p.strip()]
+    chain = " -> ".join(f"{st.name} [{st.variants[0]}]" for st in setup.pipeline.stages)
     console.print(
-        f"[bold]Tidal demo[/]: pipeline {setup.pipeline_file} "
-        f"({' -> '.join(f'{st.name} [{st.variants[0]}]' for st in setup.pipeline.stages)}), "
-        f"SLO {setup.slo_ms:g} ms, {setup.cores:g} cores, policies {', '.join(names)}"
+        f"[bold]Tidal demo[/]: pipeline {setup.pipeline_file} ({escape(chain)}), "
+        f"SLO {setup.slo_ms:g} ms, {setup.cores:g} worker cores, policies {', '.join(names)}"
     )
     console.print(f"trace: {setup.trace_desc}")
     if setup.synthetic:
@@ -209,7 +210,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Path = typer.Option(Path("demo-report"), help="Report directory (HTML + PNG)."),
         compress: int = typer.Option(8, min=1, help="Time compression of the 20-min window."),
         peak_load: float = typer.Option(
-            0.9, min=0.05, max=3.0, help="Surge peak as a fraction of the machine's capacity."
+            0.8, min=0.05, max=3.0, help="Surge peak as a fraction of the machine's capacity."
         ),
         slo_ms: float | None = typer.Option(None, help="End-to-end SLO (default: from profile)."),
         duration: float | None = typer.Option(None, help="Cut the replay (seconds)."),

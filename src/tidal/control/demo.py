@@ -44,7 +44,7 @@ POLICY_KWARGS: dict[str, dict[str, Any]] = {
     "hpa": {"cores": 0.5, "batch": 1},
     "themis": {},
 }
-FORECAST = {"hpa": None, "themis": "lstm"}
+FORECAST = {"hpa": None, "themis": "lstm"}  # Themis: the paper's LSTM (IPA setting)
 
 
 @dataclass
@@ -150,10 +150,11 @@ def pipeline_capacity(
 def make_setup(
     slo_ms: float | None = None,
     compress: int = 8,
-    peak_load: float = 0.9,
+    peak_load: float = 0.8,
     seed: int = 0,
     duration_s: float | None = None,
     profiles: ProfileSet | None = None,
+    reserve: float = 0.5,
 ) -> DemoSetup:
     """Pipeline, profile, SLO and the damped, compressed surge schedule."""
     from tidal.control.closedloop import load_profiles
@@ -167,11 +168,13 @@ def make_setup(
             f"profile has {sorted(ps.variants)}; run `tidal profile`"
         )
     first = [ps.get(st.variants[0]) for st in spec.stages]
-    cores = float(os.cpu_count() or 2)
+    machine = float(os.cpu_count() or 2)
+    # Workers get the machine minus `reserve` cores: the gateway and the load generator
+    # run here too (a planner that gives every core to workers starves them).
+    cores = max(0.5, machine - reserve)
     if slo_ms is None:
-        # 4x the batch-1 latency of the pipeline at one core per stage: room for batching.
-        slo_ms = round(4 * sum(p.p99_ms(1, min(1.0, cores / len(first))) for p in first), -1)
-        slo_ms = max(slo_ms, 50.0)
+        # 3x the pipeline's p99 at the initial plan (0.5 cores per stage, batch 1).
+        slo_ms = max(50.0, round(3 * sum(p.p99_ms(1, 0.5) for p in first) / 50) * 50)
     cap = pipeline_capacity(first, cores, slo_ms)
     if cap <= 0:
         raise TidalError(f"the pipeline cannot meet a {slo_ms} ms SLO on {cores:g} cores")
@@ -190,7 +193,8 @@ def make_setup(
     desc += (
         f", damped x{factor:.3f} and compressed x{compress}: {len(rates)} s, "
         f"{rates[:30].mean():.0f} -> {np.max(np.convolve(rates, np.ones(8) / 8, mode='valid')):.0f}"
-        f" req/s; pipeline capacity on {cores:g} cores ~{cap:.0f} req/s (profile)"
+        f" req/s; the pipeline's capacity on {cores:g} worker cores is ~{cap:.0f} req/s "
+        f"(profile; {machine - cores:g} of {machine:g} cores left to the gateway and loadgen)"
     )
     init = {
         "stages": [
@@ -228,7 +232,14 @@ def _compress(rates: np.ndarray, k: int) -> np.ndarray:
 class Server:
     """A closed loop in a child process (`python -m tidal.control.server_main`)."""
 
-    def __init__(self, config: Path, policy: str, workdir: Path, profile: Path | None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        policy: str,
+        workdir: Path,
+        profile: Path | None,
+        cores: float | None = None,
+    ) -> None:
         self.decisions = workdir / f"decisions-{policy}.jsonl"
         args = [
             sys.executable,
@@ -246,6 +257,8 @@ class Server:
             args += ["--forecast", str(FORECAST[policy])]
         if profile is not None:
             args += ["--profile", str(profile)]
+        if cores is not None:
+            args += ["--cores-per-node", f"{cores:g}"]
         self.log = (workdir / f"server-{policy}.log").open("w")
         self.proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True
@@ -332,7 +345,7 @@ def run_policy(
     cfg.write_text(yaml.safe_dump(setup.serve_config, sort_keys=False))
     prof = workdir / "profile.json"
     setup.profiles.save(prof)
-    server = Server(cfg, policy, workdir, prof)
+    server = Server(cfg, policy, workdir, prof, setup.cores)
     try:
         port = server.wait_ready()
         base = f"http://127.0.0.1:{port}"
@@ -361,7 +374,14 @@ async def _replay(
     sampler = asyncio.create_task(_sample(base, series, stop))
     await asyncio.sleep(1.5)  # a first sample before the load starts
     start = series[-1]["data"] if series else None
-    gen = LoadGenerator(url, body, header_length=hlen, on_progress=on_progress, timeout_s=30.0)
+    gen = LoadGenerator(
+        url,
+        body,
+        header_length=hlen,
+        on_progress=on_progress,
+        timeout_s=30.0,
+        lag_tolerance_s=max(0.010, setup.slo_ms / 1000 / 20),
+    )
     outcomes, report = await gen.run(setup.schedule)
     await asyncio.sleep(1.2)
     stop.set()

@@ -242,10 +242,12 @@ class LoadGenerator:
         timeout_s: float = 30.0,
         clock: Clock | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        lag_tolerance_s: float = LAG_TOLERANCE_S,
     ) -> None:
         if max_in_flight < 1:
             raise TidalError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.url = url
+        self.lag_tolerance_s = lag_tolerance_s
         self.body = body
         self.header_length = header_length
         if isinstance(body, bytes):
@@ -333,7 +335,7 @@ class LoadGenerator:
                 while i < n and t0 + schedule.offsets[i] <= self.clock.now():
                     lag = self.clock.now() - (t0 + schedule.offsets[i])
                     max_lag = max(max_lag, lag)
-                    if lag > LAG_TOLERANCE_S:
+                    if lag > self.lag_tolerance_s:
                         late += 1
                     if self._in_flight >= self.max_in_flight:
                         self._capped += 1
@@ -372,7 +374,7 @@ class LoadGenerator:
         reasons = []
         if late_frac > LATE_DISPATCH_MAX_FRACTION:
             reasons.append(
-                f"{late_frac:.1%} of requests left more than {LAG_TOLERANCE_S * 1000:.0f} ms "
+                f"{late_frac:.1%} of requests left more than {self.lag_tolerance_s * 1000:.0f} ms "
                 f"after their scheduled time (max lag {max_lag * 1000:.0f} ms)"
             )
         if self._capped:
