@@ -343,16 +343,16 @@ def simulate(
             alloc_us[s] += act.ready_cores(s) * (t - now)
         now = t
         act.advance(t)
+        if t == next_tick and t < end_us:
+            tick(t)
+            snapshot(t)
+            next_tick += interval_us
         if t == next_sample:
             c, n = act.allocated()
             series_t.append(t / US)
             series_cores.append(c)
             series_reps.append(n)
             next_sample += sample_us
-        if t == next_tick and t < end_us:
-            tick(t)
-            snapshot(t)
-            next_tick += interval_us
         dp.kick(t)
         if t >= end_us:
             break

@@ -32,7 +32,7 @@ from tidal.core.clock import SimClock
 from tidal.core.request import Request
 from tidal.dataplane import admission, batcher
 from tidal.dataplane.edf import EDFQueue
-from tidal.sim.config import EXPIRED, LATE, OK, REFUSED, UNFINISHED, US
+from tidal.sim.config import CAUSES, EXPIRED, LATE, OK, REFUSED, UNFINISHED, US
 from tidal.sim.latency import NOISE_LEN, VariantLatency, service_us
 
 NEED_INPUT = 1
@@ -134,6 +134,8 @@ class ReferenceDataPlane:
         self.horizon = 0
         self.next_id = 0
         self.out: list[tuple[int, int, int, int, int, float, int]] = []
+        self.events: list[tuple[str, int, tuple[int, ...]]] | None = None
+        """Set to [] to log (event, time_us, request ids) for exact-trace tests."""
 
     # ---- inputs -------------------------------------------------------------------------
     def feed(self, arr_us: np.ndarray, dl_us: np.ndarray, horizon_us: int) -> None:
@@ -249,12 +251,18 @@ class ReferenceDataPlane:
         lanes[pick].swrr -= total
         return pick
 
+    def _log(self, ev: str, t: int, reqs: list[Request]) -> None:
+        if self.events is not None:
+            self.events.append((ev, t, tuple(r.id for r in reqs)))
+
     def _record(self, req: Request, end: int, cause: int, lane: int) -> None:
         m = req.meta
+        self._log(CAUSES[cause], end, [req])
         self.out.append((req.id, m["a"], m["d"], end, cause, float(req.payload), lane))
 
     def _arrive(self, req: Request, s: int, now: int) -> None:
         req.stage_index = s
+        self._log(f"arrive@{s}", now, [req])
         self.counters[s].arrivals += 1
         li = self._route(s)
         ln = self.stages[s][li]
@@ -300,11 +308,13 @@ class ReferenceDataPlane:
                 return
             if dec.dispatch_at > t:
                 ln.timer = max(now + 1, math.ceil(dec.dispatch_at * US))
+                self._log(f"wait@{s}", ln.timer, [])
                 ln.timer_seq = self.seq
                 heapq.heappush(self.heap, (ln.timer, self.seq, _TIMER, (s, li, self.seq)))
                 self.seq += 1
                 return
             batch = ln.queue.pop_batch(dec.size)
+            self._log(f"dispatch@{s}/r{rep.rid}", now, batch)
             k = self.batches
             self.batches += 1
             eps = float(self.eps[self.vindex[s][li], k % NOISE_LEN])

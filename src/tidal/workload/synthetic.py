@@ -36,7 +36,7 @@ def synthetic_rates(
     if shape == "step":
         r = np.where(t < duration_s / 2, low, high)
     elif shape == "spike":
-        a, b = 0.45 * duration_s, 0.55 * duration_s
+        a, b = int(0.45 * duration_s), int(0.55 * duration_s)
         r = np.where((t >= a) & (t < b), high, low)
     elif shape == "ramp":
         r = low + (high - low) * t / max(1, duration_s - 1)
