@@ -12,6 +12,7 @@ import itertools
 
 import numpy as np
 
+from tidal.core.profile import LatencyFit
 from tidal.dataplane.worker import WorkerDied
 
 _pids = itertools.count(10_000)
@@ -27,6 +28,7 @@ class FakeExecutor:
         self.per_item = per_item
         self.batches: list[int] = []
         self.resizes: list[float] = []
+        self.seen: list[np.ndarray] = []
         self._dead = False
         self._stopped = False
         self._inflight: asyncio.Future[None] | None = None
@@ -35,6 +37,7 @@ class FakeExecutor:
         if self._dead or self._stopped:
             raise WorkerDied(f"fake worker {self.pid} is gone")
         self.batches.append(int(batch.shape[0]))
+        self.seen.append(batch.copy())
         loop = asyncio.get_running_loop()
         self._inflight = loop.create_future()
         delay = self.base + self.per_item * batch.shape[0] / self.cores
@@ -70,13 +73,17 @@ class FakeExecutor:
 
 
 class FakeFactory:
-    """Records every executor it started."""
+    """Records every executor it started. `fit()` is the matching latency profile."""
 
-    def __init__(self, **kw: float) -> None:
-        self.kw = kw
+    def __init__(self, base: float = 0.002, per_item: float = 0.001) -> None:
+        self.base = base
+        self.per_item = per_item
         self.started: list[FakeExecutor] = []
 
     def __call__(self, variant: str, cores: float) -> FakeExecutor:
-        ex = FakeExecutor(variant, cores, **self.kw)
+        ex = FakeExecutor(variant, cores, self.base, self.per_item)
         self.started.append(ex)
         return ex
+
+    def fit(self) -> LatencyFit:
+        return LatencyFit(gamma=self.per_item * 1e3, delta=0.0, epsilon=0.0, eta=self.base * 1e3)
