@@ -44,6 +44,7 @@ def _eval(settings: list[str], weights_dir: Path | None) -> list[dict[str, objec
                     "mape_pct": round(sc.mape_pct, 3),
                     "rmse": round(sc.rmse, 3),
                     "samples": sc.samples,
+                    "under_pct": round(sc.under_pct, 2),
                 }
             )
     return rows
@@ -54,7 +55,7 @@ def _print_rows(rows: list[dict[str, object]], as_json: bool) -> None:
         typer.echo(json.dumps(rows, indent=2))
         return
     t = Table(title="Twitter trace, last 7 days (zeros removed)")
-    for col in ("setting", "predictor", "MAPE %", "RMSE req/s", "samples"):
+    for col in ("setting", "predictor", "MAPE %", "RMSE req/s", "under-predicted %", "samples"):
         t.add_column(col)
     for r in rows:
         t.add_row(
@@ -62,6 +63,7 @@ def _print_rows(rows: list[dict[str, object]], as_json: bool) -> None:
             str(r["predictor"]),
             f"{r['mape_pct']:.2f}",
             f"{r['rmse']:.2f}",
+            f"{r['under_pct']:.1f}",
             str(r["samples"]),
         )
     Console().print(t)

@@ -25,6 +25,7 @@ class Score:
     mape_pct: float
     rmse: float
     samples: int
+    under_pct: float = 0.0  # predictions below the actual maximum (under-provisioning risk)
 
 
 def load_twitter() -> np.ndarray:
@@ -48,5 +49,6 @@ def evaluate(predictors: list[Predictor], test: np.ndarray, s: Setting) -> list[
     out = []
     for p in predictors:
         yhat = p.predict_features(x)
-        out.append(Score(p.name, s.name, mape(y, yhat), rmse(y, yhat), len(y)))
+        under = float(100.0 * np.mean(yhat < y)) if len(y) else float("nan")
+        out.append(Score(p.name, s.name, mape(y, yhat), rmse(y, yhat), len(y), under))
     return out
