@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import math
+from collections.abc import MutableMapping
 from typing import Any
 
 import numpy as np
@@ -27,7 +28,7 @@ from tidal.core.plan import Plan
 from tidal.dataplane.gateway import Gateway, ModelInfo
 from tidal.dataplane.replica import Refused
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 DATATYPES = {
     "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
     "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",

@@ -39,11 +39,12 @@ class FakeExecutor:
         self.batches.append(int(batch.shape[0]))
         self.seen.append(batch.copy())
         loop = asyncio.get_running_loop()
-        self._inflight = loop.create_future()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._inflight = fut
         delay = self.base + self.per_item * batch.shape[0] / self.cores
-        handle = loop.call_later(delay, lambda f=self._inflight: f.done() or f.set_result(None))
+        handle = loop.call_later(delay, _settle, fut)
         try:
-            await self._inflight
+            await fut
         finally:
             handle.cancel()
         if self._dead:
@@ -70,6 +71,11 @@ class FakeExecutor:
 
     def alive(self) -> bool:
         return not (self._dead or self._stopped)
+
+
+def _settle(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class FakeFactory:
