@@ -98,9 +98,19 @@ def evaluate(
     for issue in res["capture_issues"]:
         print(f"warning: {issue}", file=sys.stderr)
     keys = [
-        "packet_accuracy", "flow_accuracy", "covert_recall", "benign_false_positive_rate",
-        "f1", "bit_exact", "switches", "max_stages_per_switch", "header_bits",
-        "register_bytes", "flows", "packets", "synthetic_benign",
+        "packet_accuracy",
+        "flow_accuracy",
+        "covert_recall",
+        "benign_false_positive_rate",
+        "f1",
+        "bit_exact",
+        "switches",
+        "max_stages_per_switch",
+        "header_bits",
+        "register_bytes",
+        "flows",
+        "packets",
+        "synthetic_benign",
     ]
     if as_json:
         typer.echo(json.dumps({k: res[k] for k in keys}))
@@ -110,8 +120,9 @@ def evaluate(
                 typer.echo(f"{k}: {v}")
 
 
-def _load_mapping(model: Path | None, stages: int, header_bits: int, register_bytes: int,
-                  ops: int, strict: bool) -> Any:
+def _load_mapping(
+    model: Path | None, stages: int, header_bits: int, register_bytes: int, ops: int, strict: bool
+) -> Any:
     from tidal.innet import evaluate as ev
     from tidal.innet.mapper import map_network
 

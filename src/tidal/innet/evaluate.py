@@ -18,7 +18,6 @@ import torch
 from tidal.core.errors import TidalError
 from tidal.innet import dataset, metrics
 from tidal.innet.fabric import Fabric
-from tidal.innet.intref import IntNet
 from tidal.innet.mapper import Budget, map_network
 from tidal.innet.qmodel import NetNN, torch_predict
 

@@ -2,7 +2,8 @@
 
 Contract: `Fabric.run_batch(x, iat)` pushes every sample through the emulated switches in
 vectorized batches (at most `min(slots)` samples in flight, so no register slot is reused
-before its window completed) and returns the verdicts and logits the last switch emitted. `Fabric.run_frames`
+before its window completed) and returns the verdicts and logits the last switch
+emitted. `Fabric.run_frames`
 does the same one sample at a time with real encoded Ethernet frames (the same bytes the
 namespace transport puts on veth links). Both raise RuntimeError if a sample gets no verdict.
 """
@@ -18,12 +19,16 @@ from tidal.innet.program import HOST, STREAM_BYTES, STREAM_IAT, Mapping
 from tidal.innet.switch import FrameBatch, Switch
 
 
-def input_frames(index: int, x: np.ndarray, iat: int) -> dict[int, Frame]:
-    """The feeder's two frames for one packet: its 68 bytes and its quantized IAT."""
-    return {
-        STREAM_BYTES: Frame(STREAM_BYTES, index, 0, 0, 1, 1, 0, np.asarray(x, dtype=np.int64)),
-        STREAM_IAT: Frame(STREAM_IAT, index, 0, 0, 1, 1, 0, np.array([int(iat)])),
-    }
+def input_frames(index: int, x: np.ndarray, iat: int, frag: int = 68) -> list[Frame]:
+    """The feeder's frames for one packet: its 68 bytes (in fragments of `frag`) and its IAT."""
+    xs = np.asarray(x, dtype=np.int64)
+    nfrag = -(-len(xs) // frag)
+    out = [
+        Frame(STREAM_BYTES, index, 0, k, nfrag, 1, k * frag, xs[k * frag : (k + 1) * frag])
+        for k in range(nfrag)
+    ]
+    out.append(Frame(STREAM_IAT, index, 0, 0, 1, 1, 0, np.array([int(iat)])))
+    return out
 
 
 class Fabric:
@@ -44,14 +49,26 @@ class Fabric:
         for start in range(0, n, chunk):
             idx = np.arange(start, min(n, start + chunk), dtype=np.int64)
             q: deque[tuple[int, FrameBatch]] = deque()
-            feeds = {
-                STREAM_BYTES: FrameBatch(STREAM_BYTES, 0, 0, 1, 1, 0, idx,
-                                         x[idx].astype(np.int64)),
-                STREAM_IAT: FrameBatch(STREAM_IAT, 0, 0, 1, 1, 0, idx,
-                                       iat[idx].astype(np.int64)[:, None]),
-            }
-            for stream, fb in feeds.items():
-                for sw in self.mapping.entry.get(stream, []):
+            fr = self.mapping.input_frag
+            nfrag = -(-x.shape[1] // fr)
+            feeds = [
+                FrameBatch(
+                    STREAM_BYTES,
+                    0,
+                    k,
+                    nfrag,
+                    1,
+                    k * fr,
+                    idx,
+                    x[idx, k * fr : (k + 1) * fr].astype(np.int64),
+                )
+                for k in range(nfrag)
+            ]
+            feeds.append(
+                FrameBatch(STREAM_IAT, 0, 0, 1, 1, 0, idx, iat[idx].astype(np.int64)[:, None])
+            )
+            for fb in feeds:
+                for sw in self.mapping.entry.get(fb.stream, []):
                     q.append((sw, fb))
             while q:
                 sw, fb = q.popleft()
@@ -72,9 +89,10 @@ class Fabric:
         out = np.full(len(x), -1, dtype=np.int64)
         for k in range(len(x)):
             q: deque[tuple[int, bytes]] = deque()
-            for stream, f in input_frames(first_index + k, x[k], int(iat[k])).items():
+            frames = input_frames(first_index + k, x[k], int(iat[k]), self.mapping.input_frag)
+            for f in frames:
                 raw = encode(f)
-                for sw in self.mapping.entry.get(stream, []):
+                for sw in self.mapping.entry.get(f.stream, []):
                     q.append((sw, raw))
             while q:
                 sw, raw = q.popleft()

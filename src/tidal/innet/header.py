@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scapy.fields import ByteField, IntField, ShortField, StrLenField
@@ -23,7 +24,7 @@ from scapy.packet import Packet, bind_layers
 ETHERTYPE = 0x88B5
 VERSION = 1
 _FIXED = struct.Struct(">BBIBBBBHH")
-_DTYPES = {1: np.dtype(">u1"), 2: np.dtype(">i2"), 4: np.dtype(">i4")}
+_DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype(">u1"), 2: np.dtype(">i2"), 4: np.dtype(">i4")}
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 
 

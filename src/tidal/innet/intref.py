@@ -87,7 +87,7 @@ class IntNet:
     def save(self, path: Path, **meta: object) -> None:
         arrays = {f.name: np.asarray(getattr(self, f.name)) for f in fields(self)}
         meta_arr = {f"meta_{k}": np.asarray(v) for k, v in meta.items()}
-        np.savez_compressed(path, **arrays, **meta_arr)
+        np.savez_compressed(path, **{**arrays, **meta_arr})  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: Path) -> IntNet:
@@ -98,7 +98,9 @@ class IntNet:
         kw: dict[str, object] = {}
         for f in fields(cls):
             v = z[f.name]
-            kw[f.name] = int(v) if f.name.startswith("s") else (
-                bool(v) if f.name == "use_bytes" else v.astype(np.int64)
+            kw[f.name] = (
+                int(v)
+                if f.name.startswith("s")
+                else (bool(v) if f.name == "use_bytes" else v.astype(np.int64))
             )
         return cls(**kw)  # type: ignore[arg-type]

@@ -4,9 +4,9 @@ Contract: `map_network(net, budget)` returns a `Mapping` whose every program res
 budget (stages, header bits, register bytes, ops per action, tables per stage), or raises
 `TidalError` naming the layer that does not fit and by how much. Layers are packed greedily
 onto a switch; a layer too big for one switch is split across R parallel switches either by
-output (channel / neuron: each replica emits its slice of activations) or by input (each
-replica emits partial sums for all outputs; the downstream switch sums them in its window
-registers and finishes the layer). R grows until every replica fits.
+output (channel / neuron: each replica emits its slice of activations) or by input x output
+(replica (i, j) emits partial sums of output slice j over input slice i; the downstream switch
+sums them in its window registers and finishes the layer). R grows until every replica fits.
 
 Resource model (documented in docs/innet.md): stage 0 parses and accumulates the window in
 registers; each further stage holds at most `tables_per_stage` tables, each action at most
@@ -43,14 +43,18 @@ HEADER_FIXED_BITS = 112  # version, stream, index, replica, fragment, nfrag, wid
 class Budget(BaseModel):
     """Per-switch resources (defaults: a Tofino-like ASIC)."""
 
-    stages: int = Field(12, ge=2, le=64, description="match-action stages per switch")
-    header_bits: int = Field(2048, ge=HEADER_FIXED_BITS + 8, description="custom header size")
-    register_bytes: int = Field(65536, ge=16, description="register memory per switch")
-    ops_per_action: int = Field(32, ge=1, le=4096, description="element ops per action")
-    tables_per_stage: int = Field(16, ge=1, le=256, description="tables per stage")
-    strict_asic: bool = Field(True, description="no variable x variable multiplication")
-    slots: int = Field(64, ge=1, le=65536, description="samples in flight per switch window")
-    max_parallel: int = Field(16, ge=1, le=256, description="largest split of one layer")
+    stages: int = Field(default=12, ge=2, le=64, description="match-action stages per switch")
+    header_bits: int = Field(
+        default=2048, ge=HEADER_FIXED_BITS + 8, description="custom header size"
+    )
+    register_bytes: int = Field(default=65536, ge=16, description="register memory per switch")
+    ops_per_action: int = Field(default=32, ge=1, le=4096, description="element ops per action")
+    tables_per_stage: int = Field(default=16, ge=1, le=256, description="tables per stage")
+    strict_asic: bool = Field(default=True, description="no variable x variable multiplication")
+    slots: int = Field(
+        default=64, ge=1, le=65536, description="samples in flight per switch window"
+    )
+    max_parallel: int = Field(default=16, ge=1, le=256, description="largest split of one layer")
 
 
 @dataclass
@@ -177,9 +181,7 @@ class _Builder:
             # verdict = [decision, logit 0, logit 1]
             self.fields["verdict"] = n + 1
             self.elementwise("bias", "verdict", src, n, src_idx, dst_off=1, bias=bias)
-            self.phase(
-                [Table(self._name("verdict"), "verdict", "verdict", [0], "verdict", [1, 2])]
-            )
+            self.phase([Table(self._name("verdict"), "verdict", "verdict", [0], "verdict", [1, 2])])
             return "verdict"
         a = f"a_{layer.name}"
         self.fields[a] = n
@@ -221,29 +223,41 @@ class _Builder:
             if nz.size:
                 specs.append((-1, nz, emb))
         tables: list[tuple[int, Table]] = []
-        for key, nz, emb in specs:
+        for key, nz, rows in specs:
             for ch in self.chunks(len(nz)):
                 loc = nz[list(ch)]
-                if emb is not None:
+                if rows is not None:
                     t = Table("", "lut", "", loc.tolist(), "in", key=embed_key, lo=0)
-                    t.entries = emb[:, loc].tolist()
+                    t.entries = rows[:, loc]
                 elif b.strict_asic:
                     vals = np.arange(layer.lo, layer.hi + 1, dtype=np.int64)
                     prods = vals[:, None] * layer.w[outs[loc], key][None, :]
                     t = Table("", "lut", "", loc.tolist(), src, key=key, lo=layer.lo)
-                    t.entries = prods.tolist()
+                    t.entries = prods
                 else:
                     t = Table("", "mac", "", loc.tolist(), src, key=key)
                     t.weights = layer.w[outs[loc], key].tolist()
                 tables.append((len(tables), t))
-        n_lanes = max(1, min(b.tables_per_stage, len(tables)))
+        # Stage j // T holds tables j..; within a stage a table takes the first lane none of
+        # whose elements it writes is already written there (sparse convolutions need few).
+        t_per = b.tables_per_stage
+        lane_of: list[int] = []
+        for s0 in range(0, len(tables), t_per):
+            used: list[set[int]] = []
+            for _j, t in tables[s0 : s0 + t_per]:
+                dst = set(t.dst_idx)
+                k = next((k for k, u in enumerate(used) if not (u & dst)), len(used))
+                if k == len(used):
+                    used.append(set())
+                used[k] |= dst
+                lane_of.append(k)
+        n_lanes = max(lane_of, default=0) + 1
         lanes = [f"acc_{layer.name}_{k}" for k in range(n_lanes)]
         touched: list[set[int]] = [set() for _ in range(n_lanes)]
         for lane in lanes:
             self.fields[lane] = n_out
         mac_tables = []
-        for j, t in tables:
-            k = j % n_lanes
+        for (_j, t), k in zip(tables, lane_of, strict=True):
             t.name = self._name("lut" if t.kind == "lut" else "mac")
             t.dst = lanes[k]
             touched[k].update(t.dst_idx)
@@ -318,10 +332,7 @@ def _build_switch(
         cur = b.post(lay, "in", np.arange(lay.n_out), local=False)
     for part in parts:
         acc = b.mac(part, cur, embed_key)
-        if part.partial:
-            cur = acc
-        else:
-            cur = b.post(part.layer, acc, part.out_idx, local=True)
+        cur = acc if part.partial else b.post(part.layer, acc, part.out_idx, local=True)
     _check_hazards(b.stages)
     out_len = b.fields[cur]
     last = parts[-1]
@@ -377,23 +388,36 @@ def map_network(net: IntNet, budget: Budget | None = None) -> Mapping:
     """Map the integer network onto switches (see module contract)."""
     budget = budget or Budget()
     layers = layer_specs(net)
-    up = _Upstream([Accept(STREAM_BYTES, 0, 0, 68, "concat", 1, 1)], 68, None, [])
+    in_frag = min(68, (budget.header_bits - HEADER_FIXED_BITS) // 8)
+    up = _Upstream(
+        [Accept(STREAM_BYTES, 0, 0, 68, "concat", 1, math.ceil(68 / in_frag))], 68, None, []
+    )
     entry: dict[int, list[int]] = {STREAM_BYTES: [], STREAM_IAT: []}
     programs: list[SwitchProgram] = []
     stream = 2
     i = 0
     while i < len(layers):
         sw_id = len(programs)
-        whole = [Part(layers[i], np.arange(layers[i].n_in), np.arange(layers[i].n_out), False,
-                      layers[i].embed is not None)]
+        whole = [
+            Part(
+                layers[i],
+                np.arange(layers[i].n_in),
+                np.arange(layers[i].n_out),
+                False,
+                layers[i].embed is not None,
+            )
+        ]
         prog = _build_switch(sw_id, whole, up, budget, stream, 0)
         if _fits(prog, budget):
             parts = whole
             # Greedily add the following layers to this switch while it still fits.
             while i + 1 < len(layers):
                 nxt = layers[i + 1]
-                cand = parts + [Part(nxt, np.arange(nxt.n_in), np.arange(nxt.n_out), False,
-                                     nxt.embed is not None)]
+                cand = parts + [
+                    Part(
+                        nxt, np.arange(nxt.n_in), np.arange(nxt.n_out), False, nxt.embed is not None
+                    )
+                ]
                 p2 = _build_switch(sw_id, cand, up, budget, stream, 0)
                 if not _fits(p2, budget):
                     break
@@ -401,8 +425,15 @@ def map_network(net: IntNet, budget: Budget | None = None) -> Mapping:
             group = [prog]
             nxt_up = _Upstream([], 0, None, [sw_id])
             nxt_up.accepts = [
-                Accept(stream, 0, 0, prog.emit.length, "concat", prog.emit.width,
-                       math.ceil(prog.emit.length / prog.emit.frag_elems))
+                Accept(
+                    stream,
+                    0,
+                    0,
+                    prog.emit.length,
+                    "concat",
+                    prog.emit.width,
+                    math.ceil(prog.emit.length / prog.emit.frag_elems),
+                )
             ]
             nxt_up.size = prog.emit.length
         else:
@@ -420,11 +451,15 @@ def map_network(net: IntNet, budget: Budget | None = None) -> Mapping:
     for src in up.producers:
         programs[src].emit.next_hops.append(HOST)
         programs[src].emit.stream = STREAM_VERDICT
-    return Mapping(programs, entry, budget.strict_asic)
+    return Mapping(programs, entry, budget.strict_asic, in_frag)
 
 
 def _split_layer(
-    layer: LayerSpec, up: _Upstream, budget: Budget, sw_id: int, stream: int,
+    layer: LayerSpec,
+    up: _Upstream,
+    budget: Budget,
+    sw_id: int,
+    stream: int,
     whole: SwitchProgram,
 ) -> tuple[list[SwitchProgram], _Upstream]:
     final = layer.shift is None
@@ -434,32 +469,61 @@ def _split_layer(
             unit = 2 if layer.pool else 1
             outs = _split(layer.n_out, r, unit)
             group = [
-                _build_switch(sw_id + k, [Part(layer, np.arange(layer.n_in), o, False,
-                                               layer.embed is not None)], up, budget, stream, k)
+                _build_switch(
+                    sw_id + k,
+                    [Part(layer, np.arange(layer.n_in), o, False, layer.embed is not None)],
+                    up,
+                    budget,
+                    stream,
+                    k,
+                )
                 for k, o in enumerate(outs)
             ]
             if all(_fits(p, budget) for p in group):
                 accepts, off = [], 0
                 for k, p in enumerate(group):
-                    accepts.append(Accept(stream, k, off, p.emit.length, "concat", p.emit.width,
-                                          math.ceil(p.emit.length / p.emit.frag_elems)))
+                    accepts.append(
+                        Accept(
+                            stream,
+                            k,
+                            off,
+                            p.emit.length,
+                            "concat",
+                            p.emit.width,
+                            math.ceil(p.emit.length / p.emit.frag_elems),
+                        )
+                    )
                     off += p.emit.length
                 return group, _Upstream(accepts, off, None, [p.switch_id for p in group])
-        # By input: replicas emit partial sums of every output; the consumer adds them.
-        ins = _split(layer.n_in, r, 1)
-        group = [
-            _build_switch(sw_id + k, [Part(layer, ix, np.arange(layer.n_out), True,
-                                           k == 0 and layer.embed is not None)],
-                          up, budget, stream, k)
-            for k, ix in enumerate(ins)
-        ]
-        if not final and all(_fits(p, budget) for p in group):
-            accepts = [
-                Accept(stream, k, 0, layer.n_out, "sum", 4,
-                       math.ceil(layer.n_out / p.emit.frag_elems))
-                for k, p in enumerate(group)
-            ]
-            return group, _Upstream(accepts, layer.n_out, layer, [p.switch_id for p in group])
+        # By input (and output): replica (i, j) emits partial sums of output slice j over
+        # input slice i; the consumer adds the partials of each slice in its window registers.
+        for ri in range(r, 1, -1):
+            if r % ri:
+                continue
+            ro = r // ri
+            ins, outs = _split(layer.n_in, ri, 1), _split(layer.n_out, ro, 1)
+            if len(ins) != ri or len(outs) != ro:
+                continue
+            group, accepts = [], []
+            for o in outs:
+                for i, ix in enumerate(ins):
+                    k = len(group)
+                    part = Part(layer, ix, o, True, i == 0 and layer.embed is not None)
+                    p = _build_switch(sw_id + k, [part], up, budget, stream, k)
+                    group.append(p)
+                    accepts.append(
+                        Accept(
+                            stream,
+                            k,
+                            int(o[0]),
+                            len(o),
+                            "sum",
+                            4,
+                            math.ceil(len(o) / p.emit.frag_elems),
+                        )
+                    )
+            if not final and all(_fits(p, budget) for p in group):
+                return group, _Upstream(accepts, layer.n_out, layer, [p.switch_id for p in group])
     over = whole.n_stages - budget.stages
     raise TidalError(
         f"layer {layer.name} does not fit: it needs {whole.n_stages} stages on one switch "

@@ -94,9 +94,7 @@ class NamespaceFabric:
     def _setup(self) -> None:
         progs = {p.switch_id: p for p in self.mapping.programs}
         entries = {s for v in self.mapping.entry.values() for s in v}
-        ports: dict[int, dict[str, Any]] = {
-            s: {"listen": [], "next_hop": {}} for s in progs
-        }
+        ports: dict[int, dict[str, Any]] = {s: {"listen": [], "next_hop": {}} for s in progs}
         for s in progs:
             self.namespaces.append(self.ns(s))
             _ip("netns", "add", self.ns(s))
@@ -106,8 +104,20 @@ class NamespaceFabric:
                 if hop == HOST:
                     continue
                 a, b = f"p{hop}", f"p{s}"
-                _ip("link", "add", a, "netns", self.ns(s), "type", "veth", "peer", "name", b,
-                    "netns", self.ns(hop))
+                _ip(
+                    "link",
+                    "add",
+                    a,
+                    "netns",
+                    self.ns(s),
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    b,
+                    "netns",
+                    self.ns(hop),
+                )
                 ports[s]["listen"].append(a)
                 ports[s]["next_hop"][str(hop)] = a
                 ports[hop]["listen"].append(b)
@@ -127,15 +137,25 @@ class NamespaceFabric:
             prog_f, port_f = self.tmp / f"prog{s}.json", self.tmp / f"ports{s}.json"
             prog_f.write_text(json.dumps(p.to_json()))
             port_f.write_text(json.dumps(ports[s]))
-            cmd = ["ip", "netns", "exec", self.ns(s), sys.executable, "-m",
-                   "tidal.innet.switchd", str(prog_f), str(port_f), str(self.tmp / f"stats{s}.json")]
+            cmd = [
+                "ip",
+                "netns",
+                "exec",
+                self.ns(s),
+                sys.executable,
+                "-m",
+                "tidal.innet.switchd",
+                str(prog_f),
+                str(port_f),
+                str(self.tmp / f"stats{s}.json"),
+            ]
             self.procs[s] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         for s, proc in self.procs.items():
             assert proc.stdout is not None
             line = proc.stdout.readline().strip()
             if line != "ready":
                 raise TidalError(f"switch {s} process did not start (said {line!r})")
-        for stream, sws in self.mapping.entry.items():
+        for sws in self.mapping.entry.values():
             for s in sws:
                 self.feed.setdefault(s, open_port(self.host_if(s)))
         for s, p in progs.items():
@@ -149,9 +169,9 @@ class NamespaceFabric:
         out = np.full(len(x), -1, dtype=np.int64)
         for k in range(len(x)):
             idx = first_index + k
-            for stream, f in input_frames(idx, x[k], int(iat[k])).items():
+            for f in input_frames(idx, x[k], int(iat[k]), self.mapping.input_frag):
                 raw = encode(f)
-                for s in self.mapping.entry.get(stream, []):
+                for s in self.mapping.entry.get(f.stream, []):
                     self.feed[s].send(raw)
             deadline = time.monotonic() + self.timeout
             while out[k] < 0 and time.monotonic() < deadline:

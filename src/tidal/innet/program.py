@@ -43,7 +43,7 @@ class Table:
     src2_idx: list[int] = field(default_factory=list)
     key: int = -1  # element of `src` used as the key (lut) or multiplicand (mac)
     lo: int = 0
-    entries: list[list[int]] = field(default_factory=list)  # lut rows
+    entries: Any = field(default_factory=list)  # lut rows: (domain, G) ints (list or ndarray)
     weights: list[int] = field(default_factory=list)  # mac constants
     bias: list[int] = field(default_factory=list)
     shift: int = 0
@@ -109,7 +109,12 @@ class SwitchProgram:
         return sum(a.frags for a in self.accepts)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for st in d["stages"]:
+            for t in st:
+                if isinstance(t["entries"], np.ndarray):
+                    t["entries"] = t["entries"].tolist()
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SwitchProgram:
@@ -138,6 +143,7 @@ class Mapping:
     programs: list[SwitchProgram]
     entry: dict[int, list[int]]  # input stream -> switch ids that accept it
     strict_asic: bool
+    input_frag: int = 68  # packet bytes per feeder frame (the header-bit budget)
 
     @property
     def max_stages(self) -> int:
@@ -182,7 +188,11 @@ class Mapping:
             path = directory / f"switch{p.switch_id:02d}.json"
             path.write_text(json.dumps(p.to_json(), separators=(",", ":")))
             paths.append(path)
-        meta = {"entry": {str(k): v for k, v in self.entry.items()}, "strict_asic": self.strict_asic}
+        meta = {
+            "entry": {str(k): v for k, v in self.entry.items()},
+            "strict_asic": self.strict_asic,
+            "input_frag": self.input_frag,
+        }
         (directory / "mapping.json").write_text(json.dumps(meta, indent=1))
         return paths
 
@@ -194,7 +204,7 @@ class Mapping:
             for p in sorted(directory.glob("switch*.json"))
         ]
         entry = {int(k): list(v) for k, v in meta["entry"].items()}
-        return cls(progs, entry, bool(meta["strict_asic"]))
+        return cls(progs, entry, bool(meta["strict_asic"]), int(meta.get("input_frag", 68)))
 
 
 def as_array(rows: list[list[int]]) -> np.ndarray:

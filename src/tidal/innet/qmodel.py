@@ -42,6 +42,11 @@ def _ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return x + (q - x).detach()
 
 
+def _b(t: torch.Tensor | None) -> torch.Tensor:
+    assert t is not None, "layers are built with bias=True"
+    return t
+
+
 def fq_weight(w: torch.Tensor, e: int) -> torch.Tensor:
     s = 2.0**e
     return _ste(w, torch.clamp(torch.floor(w * s + 0.5), -W_MAX, W_MAX) / s)
@@ -98,14 +103,14 @@ class NetNN(nn.Module):
             x0 = (x.to(dt) / 2.0**IN_EXP).unsqueeze(1)
             e1 = IN_EXP + e["conv1"]
             h1 = nn.functional.conv1d(
-                x0, fq_weight(self.conv1.weight, e["conv1"]), fq_int(self.conv1.bias, e1, 32)
+                x0, fq_weight(self.conv1.weight, e["conv1"]), fq_int(_b(self.conv1.bias), e1, 32)
             )
             a1 = nn.functional.max_pool1d(fq_act(h1), 2)
             e2 = ACT_EXP + e["conv2"]
             h2 = nn.functional.conv1d(
                 a1,
                 fq_weight(self.conv2.weight, e["conv2"]),
-                fq_int(self.conv2.bias, e2, 32),
+                fq_int(_b(self.conv2.bias), e2, 32),
                 stride=2,
             )
             a2 = fq_act(h2).reshape(b, -1)
@@ -141,10 +146,10 @@ class NetNN(nn.Module):
         zero_w1 = not self.use_bytes
         return IntNet(
             w1=q(self.conv1.weight, e["conv1"], -W_MAX, W_MAX)[:, 0, :] * (0 if zero_w1 else 1),
-            b1=q(self.conv1.bias, e1, *i32),
+            b1=q(_b(self.conv1.bias), e1, *i32),
             s1=e1 - ACT_EXP,
             w2=q(self.conv2.weight, e["conv2"], -W_MAX, W_MAX),
-            b2=q(self.conv2.bias, e2, *i32),
+            b2=q(_b(self.conv2.bias), e2, *i32),
             s2=e2 - ACT_EXP,
             w3=q(self.fc1.weight, e["fc1"], -W_MAX, W_MAX),
             b3=q(self.fc1.bias, e3, *i32),
@@ -165,9 +170,10 @@ def torch_predict(model: NetNN, x: np.ndarray, iat: np.ndarray, batch: int = 819
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            lg = m(torch.from_numpy(x[i : i + batch].astype(np.float64)), torch.from_numpy(
-                iat[i : i + batch].astype(np.int64)
-            ))
+            lg = m(
+                torch.from_numpy(x[i : i + batch].astype(np.float64)),
+                torch.from_numpy(iat[i : i + batch].astype(np.int64)),
+            )
             out.append((lg[:, 1] > lg[:, 0]).numpy().astype(np.int64))
     model.float()
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

@@ -37,22 +37,39 @@ class FrameBatch:
 
     def frames(self) -> list[Frame]:
         return [
-            Frame(self.stream, int(i), self.replica, self.fragment, self.nfrag, self.width,
-                  self.offset, self.vector[k])
+            Frame(
+                self.stream,
+                int(i),
+                self.replica,
+                self.fragment,
+                self.nfrag,
+                self.width,
+                self.offset,
+                self.vector[k],
+            )
             for k, i in enumerate(self.index)
         ]
 
     @classmethod
     def of(cls, f: Frame) -> FrameBatch:
-        return cls(f.stream, f.replica, f.fragment, f.nfrag, f.width, f.offset,
-                   np.array([f.index], dtype=np.int64), f.vector[None, :])
+        return cls(
+            f.stream,
+            f.replica,
+            f.fragment,
+            f.nfrag,
+            f.width,
+            f.offset,
+            np.array([f.index], dtype=np.int64),
+            f.vector[None, :],
+        )
 
 
 _LIMITS = {1: (0, 255), 2: (-(2**15), 2**15 - 1), 4: (-(2**31), 2**31 - 1)}
 
 
-def run_tables(stages: list[list[Table]], fields: dict[str, int], x: np.ndarray,
-               luts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_tables(
+    stages: list[list[Table]], fields: dict[str, int], x: np.ndarray, luts: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Execute the staged tables on the input vectors x (B, n); returns the PHV."""
     b = x.shape[0]
     phv = {name: np.zeros((b, n), dtype=np.int64) for name, n in fields.items()}
@@ -179,7 +196,15 @@ class Switch:
         e = p.emit
         nfrag = -(-e.length // e.frag_elems)
         return [
-            FrameBatch(e.stream, e.replica, k, nfrag, e.width, k * e.frag_elems, idx,
-                       out[:, k * e.frag_elems : (k + 1) * e.frag_elems])
+            FrameBatch(
+                e.stream,
+                e.replica,
+                k,
+                nfrag,
+                e.width,
+                k * e.frag_elems,
+                idx,
+                out[:, k * e.frag_elems : (k + 1) * e.frag_elems],
+            )
             for k in range(nfrag)
         ]

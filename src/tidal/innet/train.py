@@ -24,17 +24,19 @@ Features = Literal["both", "bytes", "timing"]
 class TrainConfig(BaseModel):
     """Training hyperparameters (validated)."""
 
-    epochs: int = Field(8, ge=1, le=200, description="passes over the capped training set")
-    max_seconds: float = Field(240.0, gt=0, description="stop after this much training time")
-    batch: int = Field(256, ge=8, le=65536, description="minibatch size")
-    lr: float = Field(3e-3, gt=0, le=1.0, description="Adam learning rate")
-    cap_per_flow: int = Field(1500, ge=1, description="packets sampled per flow at most")
-    seed: int = Field(0, description="torch and numpy seed")
+    epochs: int = Field(default=8, ge=1, le=200, description="passes over the capped training set")
+    max_seconds: float = Field(
+        default=240.0, gt=0, description="stop after this much training time"
+    )
+    batch: int = Field(default=256, ge=8, le=65536, description="minibatch size")
+    lr: float = Field(default=3e-3, gt=0, le=1.0, description="Adam learning rate")
+    cap_per_flow: int = Field(default=1500, ge=1, description="packets sampled per flow at most")
+    seed: int = Field(default=0, description="torch and numpy seed")
     features: Features = Field("both", description="ablation: bytes, timing or both")
-    masked: bool = Field(True, description="train on masked bytes (the default)")
-    c1: int = Field(4, ge=1, le=64)
-    c2: int = Field(8, ge=1, le=64)
-    hidden: int = Field(16, ge=2, le=256)
+    masked: bool = Field(default=True, description="train on masked bytes (the default)")
+    c1: int = Field(default=4, ge=1, le=64)
+    c2: int = Field(default=8, ge=1, le=64)
+    hidden: int = Field(default=16, ge=2, le=256)
 
 
 def capped_indices(flow: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
@@ -88,5 +90,3 @@ def train_model(ps: PacketSet, cfg: TrainConfig, clock: Clock | None = None) -> 
         if clock.now() - start > cfg.max_seconds:
             break
     return model.eval()
-
-

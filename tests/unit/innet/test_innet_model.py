@@ -1,0 +1,45 @@
+import numpy as np
+import torch
+
+from tidal.innet.intref import IntNet, requant
+from tidal.innet.qmodel import NetNN, torch_predict
+
+
+def test_requant_rounds_half_up_and_clamps() -> None:
+    acc = np.array([-100, 7, 8, 23, 24, 10**6])
+    assert requant(acc, 4).tolist() == [0, 0, 1, 1, 2, 127]
+
+
+def test_committed_model_is_bit_exact_with_integer_reference(
+    model: NetNN, net: IntNet, samples: tuple[np.ndarray, np.ndarray]
+) -> None:
+    x, iat = samples
+    logits_int = net.forward(x, iat)
+    m = model.double()
+    with torch.no_grad():
+        lt = m(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(iat.astype(np.int64)))
+    model.float()
+    scale = 2.0 ** (4 + model.exponents()["fc2"])
+    assert np.array_equal(lt.numpy() * scale, logits_int.astype(np.float64))
+    assert np.array_equal(torch_predict(model, x, iat), net.predict(x, iat))
+
+
+def test_fresh_random_models_are_bit_exact_too() -> None:
+    torch.manual_seed(3)
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (64, 68)).astype(np.uint8)
+    iat = rng.integers(0, 256, 64).astype(np.uint8)
+    for feats in ((True, True), (True, False), (False, True)):
+        m = NetNN(use_bytes=feats[0], use_timing=feats[1])
+        with torch.no_grad():
+            for p in m.parameters():
+                p.mul_(5.0)  # large weights exercise clamping and saturation
+        assert np.array_equal(torch_predict(m, x, iat), m.to_int().predict(x, iat))
+
+
+def test_save_and_load_roundtrip(net: IntNet, tmp_path, samples) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "n.npz"
+    net.save(path)
+    back = IntNet.load(path)
+    x, iat = samples
+    assert np.array_equal(back.forward(x, iat), net.forward(x, iat))
