@@ -96,3 +96,29 @@ def test_cold_start_is_reported(noop: WorkerHandle) -> None:
     assert set(b) == {"spawn_s", "import_s", "load_s", "warmup_s", "total_s"}
     assert b["import_s"] + b["load_s"] + b["warmup_s"] <= noop.cold_start_s + 1e-6
     assert noop.input_shape == (64,) and noop.input_dtype == np.float32
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "int32", "uint8", "bool"])
+def test_framing_round_trip(dtype: str) -> None:
+    import socket
+
+    from tidal.dataplane import ipc
+
+    a, b = socket.socketpair()
+    try:
+        arr = (np.arange(2 * 3 * 5) % 7).astype(dtype).reshape(2, 3, 5)
+        big = np.ones((300, 1000), dtype)  # > 64 KiB: header and data sent separately
+        for x, rid in ((arr, 7), (big, 8)):
+            frame = ipc.encode_tensor(ipc.REQUEST, rid, x, aux=42)
+            sender = threading.Thread(target=ipc.send_frame, args=(a, frame))
+            sender.start()  # the big frame exceeds the socket buffer: send while reading
+            kind, code, req_id, aux, shape, payload = ipc.FrameReader(b).read()
+            sender.join(timeout=10)
+            assert (kind, req_id, aux, shape) == (ipc.REQUEST, rid, 42, x.shape)
+            np.testing.assert_array_equal(ipc.to_array(code, shape, payload), x)
+        a.sendall(b"\x00" * ipc.HEADER_SIZE)
+        with pytest.raises(ipc.FramingError, match="bad frame header"):
+            ipc.FrameReader(b).read()
+    finally:
+        a.close()
+        b.close()

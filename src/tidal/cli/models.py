@@ -63,7 +63,14 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
             f"{v.input.dtype}{list(v.input_shape)}",
             v.accuracy_source,
         )
-    Console().print(t)
+    _console().print(t)
+
+
+def _console() -> Console:
+    """Rich wraps at 80 columns without a terminal: give piped output room for the tables."""
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def profile(
@@ -77,6 +84,7 @@ def profile(
     import_sponge: Path = typer.Option(None, help="Import Sponge's latency grid CSV."),
     import_infadapter: Path = typer.Option(None, help="Import InfAdapter's capacity CSV."),
     show: Path = typer.Option(None, help="Print an existing profile file and exit."),
+    merge: bool = typer.Option(False, help="Merge the new variants into an existing --out."),
 ) -> None:
     """Measure p50/p99 latency over (batch, cores) in one worker resized in place, fit Sponge's
     model, write a profile file; or import a published profile (--import-sponge/-infadapter)."""
@@ -96,7 +104,7 @@ def profile(
         profile_variants,
     )
 
-    console = Console()
+    console = _console()
     if show is not None:
         from tidal.core.profile import ProfileSet
 
@@ -134,7 +142,17 @@ def profile(
         def step(v: str, b: int, c: float) -> None:
             bar.update(task, advance=1, description=f"{v} b={b} c={c:g}")
 
-        ps = profile_variants(names, grid, budget, progress=step, save_to=out)
+        base = None
+        if merge and out.exists():
+            from tidal.core.profile import ProfileSet
+
+            base = ProfileSet.load(out)  # fail before measuring if it is corrupt
+        ps = profile_variants(names, grid, budget, progress=step, save_to=None if base else out)
+    if base is not None:
+        from tidal.profiling.profiler import merge_profiles
+
+        ps = merge_profiles(base, ps)
+        ps.save(out)
     print_profile(ps, console)
     console.print(f"wrote {out}")
 
@@ -146,13 +164,17 @@ def print_profile(ps: object, console: Console) -> None:
     assert isinstance(ps, ProfileSet)
     t = Table(title=f"profile ({ps.source})")
     for col in ("variant", "points", "gamma", "delta", "epsilon", "eta", "R^2", "worst rel",
-                "p99/p50", "cold start s", "l(1,1) ms", "l(8,2) ms"):  # fmt: skip
+                "p99/p50", "cold s", "l(1,1) ms", "l(8,2) ms"):  # fmt: skip
         t.add_column(col)
+
+    def g(x: float) -> str:
+        return f"{x:.3g}" if abs(x) >= 1e-6 else "0"
+
     for v in ps.variants.values():
         f = v.fit
         t.add_row(
-            v.name, str(len(v.points)), f"{f.gamma:.3g}", f"{f.delta:.3g}", f"{f.epsilon:.3g}",
-            f"{f.eta:.3g}", f"{f.r2:.3f}", f"{f.max_rel_residual:.3f}", f"{f.p99_ratio:.2f}",
+            v.name, str(len(v.points)), g(f.gamma), g(f.delta), g(f.epsilon),
+            g(f.eta), f"{f.r2:.3f}", f"{f.max_rel_residual:.3f}", f"{f.p99_ratio:.2f}",
             f"{v.load_time_s:.2f}", f"{v.latency_ms(1, 1):.1f}", f"{v.latency_ms(8, 2):.1f}",
         )  # fmt: skip
     console.print(t)

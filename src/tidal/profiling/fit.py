@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import OptimizeWarning, curve_fit
+from scipy.optimize import OptimizeWarning, curve_fit, nnls
 
 from tidal.core.errors import TidalError
 from tidal.core.profile import LatencyFit, ProfilePoint
@@ -53,7 +53,11 @@ def fit_sponge(points: Sequence[ProfilePoint], *, relative: bool = False) -> Lat
         )
     y = np.array([p.p50_ms for p in points], dtype=float)
     sigma = y if relative else None
-    p0 = [max(y.min(), 1e-3), 0.1, 1.0, 0.1]
+    # The model is linear in its coefficients: non-negative least squares gives the global
+    # optimum as a starting point, and curve_fit (trust-region, bounded) refines it.
+    w = 1.0 / y if relative else np.ones_like(y)
+    design = np.vstack([b / c, b, 1.0 / c, np.ones_like(b)]).T * w[:, None]
+    p0 = nnls(design, y * w)[0] + 1e-9
     with warnings.catch_warnings():
         # The covariance is not used (exactly determined fits cannot estimate it).
         warnings.simplefilter("ignore", OptimizeWarning)
@@ -74,3 +78,14 @@ def fit_sponge(points: Sequence[ProfilePoint], *, relative: bool = False) -> Lat
     )
     r2, worst = fit_quality(fit, points)
     return fit.model_copy(update={"r2": r2, "max_rel_residual": worst})
+
+
+def fit_measured(points: Sequence[ProfilePoint], min_r2: float = 0.9) -> LatencyFit:
+    """The fit used for profiles measured here: relative least squares (it bounds the error at
+    small batches, where latencies are 50x smaller than at batch 16) unless its R^2 falls below
+    `min_r2` while plain least squares reaches it; then plain least squares."""
+    rel = fit_sponge(points, relative=True)
+    if rel.r2 >= min_r2:
+        return rel
+    plain = fit_sponge(points)
+    return plain if plain.r2 > rel.r2 else rel

@@ -30,7 +30,7 @@ from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
 from tidal.core.profile import ProfilePoint, ProfileSet, VariantProfile
 from tidal.models.catalog import get_variant
-from tidal.profiling.fit import fit_sponge
+from tidal.profiling.fit import fit_measured
 from tidal.profiling.machine import machine_info
 
 FULL_BATCHES = (1, 2, 4, 8, 16)
@@ -175,7 +175,7 @@ def measure_variant(
 def to_profile(run: VariantRun) -> VariantProfile:
     """Fit the run's points and wrap them with the catalog's metadata."""
     spec = get_variant(run.name)
-    fit = fit_sponge(run.points)
+    fit = fit_measured(run.points)
     resize = float(np.median(run.resize_apply_s)) if run.resize_apply_s else 0.0
     return VariantProfile(
         name=spec.name,
@@ -208,6 +208,10 @@ def profile_variants(
     info: dict[str, Any] = machine_info()
     info["grid"] = {"batches": list(grid.batches), "cores": list(grid.cores)}
     info["budget"] = budget.__dict__.copy()
+    info["fit_method"] = (
+        "scipy curve_fit of l = gamma*b/c + delta*b + epsilon/c + eta on p50 (coefficients >= 0),"
+        " relative least squares unless its R^2 < 0.9 (then plain): tidal.profiling.fit"
+    )
     variants: dict[str, VariantProfile] = {}
     details: dict[str, Any] = {}
     if budget.cpu_weight is not None:
@@ -235,3 +239,17 @@ def profile_variants(
         if save_to is not None:
             ps.save(save_to)
     return ps
+
+
+def merge_profiles(base: ProfileSet, new: ProfileSet) -> ProfileSet:
+    """`base` with `new`'s variants added or replaced; per-variant details and grids kept."""
+    info = dict(base.machine)
+    details = dict(info.get("details", {}))
+    details.update(new.machine.get("details", {}))
+    info["details"] = details
+    grids = dict(info.get("grid_overrides", {}))
+    for n in new.variants:
+        grids[n] = new.machine.get("grid")
+    info["grid_overrides"] = grids
+    info["load_avg_end"] = new.machine.get("load_avg_end", info.get("load_avg_end"))
+    return base.merged(new).model_copy(update={"machine": info})
