@@ -46,6 +46,8 @@ class LoopOptions:
     capacity: Capacity | None = None
     best_effort: bool = False
     profile: ProfileSet | None = None
+    substrate: str = "local"
+    address: str | None = None
 
 
 def load_profiles(path: str | None = None) -> ProfileSet:
@@ -123,8 +125,16 @@ def make_forecaster(name: str | None, setting: str = "ipa") -> Forecaster | None
 class ClosedLoop:
     """Owns the gateway's controller task and the dashboard feed."""
 
-    def __init__(self, gateway: Any, oip_app: Any, slo_ms: float, options: LoopOptions) -> None:
+    def __init__(
+        self,
+        gateway: Any,
+        oip_app: Any,
+        slo_ms: float,
+        options: LoopOptions,
+        ray_factory: Any = None,
+    ) -> None:
         self.gateway = gateway
+        self.ray_factory = ray_factory
         self.oip_app = oip_app
         self.options = options
         self.slo_ms = slo_ms
@@ -152,7 +162,13 @@ class ClosedLoop:
             raise TidalError("no policy given: pass --policy NAME")
         kw = {**self.options.policy_kwargs, **kwargs}
         profiles = self.options.profile or load_profiles(self.gateway.config.profile)
-        actuator = LocalActuator(self.gateway, self.options.capacity)
+        actuator: LocalActuator
+        if self.ray_factory is not None:
+            from tidal.control.ray_substrate import RayActuator
+
+            actuator = RayActuator(self.gateway, self.ray_factory)
+        else:
+            actuator = LocalActuator(self.gateway, self.options.capacity)
         ctl = Controller(
             planner if planner is not None else make_planner(name, **kw),
             actuator,
@@ -226,9 +242,23 @@ def _token(gateway: Any) -> str | None:
 
 
 def build_closed_loop(config: Any, options: LoopOptions) -> ClosedLoop:
-    """The composed ASGI app (OIP v2 + admin + metrics + dashboard) with its controller."""
+    """The composed ASGI app (OIP v2 + admin + metrics + dashboard) with its controller, on
+    the local substrate (worker processes here) or on Ray (`options.substrate == "ray"`)."""
     from tidal.dataplane.gateway import Gateway
     from tidal.dataplane.http import OIPApp
 
-    gateway = Gateway(config)
-    return ClosedLoop(gateway, OIPApp(gateway), config.default_slo_ms, options)
+    factory = ray_factory(options)
+    gateway = Gateway(config, factory=factory) if factory is not None else Gateway(config)
+    return ClosedLoop(gateway, OIPApp(gateway), config.default_slo_ms, options, factory)
+
+
+def ray_factory(options: LoopOptions) -> Any:
+    """The Ray executor factory for `options`, or None for the local substrate."""
+    if options.substrate == "local":
+        return None
+    if options.substrate != "ray":
+        raise TidalError(f"unknown substrate {options.substrate!r}; valid: local, ray")
+    from tidal.control.ray_substrate import RayFactory
+
+    cpn = options.capacity.cores_per_node if options.capacity else None
+    return RayFactory(options.address, cpn)

@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cores-per-node", type=float, default=None)
     ap.add_argument("--profile", default=None)
     ap.add_argument("--best-effort", action="store_true")
+    ap.add_argument("--substrate", default="local", choices=["local", "ray"])
+    ap.add_argument("--address", default=None, help="Ray cluster address (substrate ray)")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     cfg = load_serve_config(a.config)
@@ -45,6 +47,8 @@ def main(argv: list[str] | None = None) -> None:
         capacity=cap,
         best_effort=a.best_effort,
         profile=load_profiles(a.profile) if a.profile else None,
+        substrate=a.substrate,
+        address=a.address,
     )
     cl = build_closed_loop(cfg, opts)
     server = uvicorn.Server(
