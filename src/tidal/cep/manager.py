@@ -43,7 +43,7 @@ class DeployDefaults(BaseModel):
     batch: int = Field(default=1000, ge=1, le=100_000, description="B: events per pop.")
     flush_ms: float = Field(default=1.0, gt=0, le=10_000, description="F: host flush period.")
     backoff_ms: float = Field(default=0.1, gt=0, description="Linear back-off step.")
-    backoff_max_ms: float = Field(default=2.0, gt=0, description="Back-off ceiling.")
+    backoff_max_ms: float = Field(default=1.0, gt=0, description="Back-off ceiling.")
     mode: str = Field(default="blob", pattern="^(faithful|blob)$")
     codec: str = Field(default="json", pattern="^(json|packed)$")
     max_failures: int = Field(default=3, ge=1, description="N: failures before parking.")

@@ -11,7 +11,6 @@ update (bytes, never pickle). A version that sets `empty_state = True` starts fr
 from __future__ import annotations
 
 import importlib.util
-import io
 import json
 import sys
 from pathlib import Path
@@ -50,8 +49,8 @@ class Operator:
 class DenseKeyedState:
     """Keyed state for integer keys 0..n-1 as numpy columns: vectorized get/put.
 
-    Snapshot format: ``np.savez`` (``allow_pickle=False`` on load), so it is safe to move
-    between processes. Grows when a key >= capacity is written.
+    Snapshot format: a JSON header and the raw columns (no pickle), so it is safe to move
+    between processes and restores with one copy. Grows when a key >= capacity is written.
     """
 
     def __init__(
@@ -78,13 +77,33 @@ class DenseKeyedState:
         return sum(c.nbytes for c in self.cols.values())
 
     def snapshot(self) -> bytes:
-        buf = io.BytesIO()
-        np.savez(buf, **self.cols)  # type: ignore[arg-type]
-        return buf.getvalue()
+        """``TDKS1`` + u32 header length + JSON header + raw little-endian columns."""
+        header = [[k, c.dtype.str, c.nbytes] for k, c in self.cols.items()]
+        h = json.dumps({"cols": header, "fill": self.fill}).encode()
+        return b"".join(
+            [_MAGIC, len(h).to_bytes(4, "little"), h, *(c.tobytes() for c in self.cols.values())]
+        )
 
     def restore(self, data: bytes) -> None:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            self.cols = {k: np.array(z[k]) for k in z.files}
+        if data[: len(_MAGIC)] != _MAGIC:
+            raise TidalError("state snapshot is not a DenseKeyedState snapshot")
+        n = int.from_bytes(data[5:9], "little")
+        meta = json.loads(data[9 : 9 + n])
+        pos = 9 + n
+        cols = {}
+        for name, dt, nbytes in meta["cols"]:
+            dtype = np.dtype(dt)
+            if dtype.hasobject:
+                raise TidalError(f"state column {name!r} has an object dtype")
+            cols[str(name)] = np.frombuffer(
+                data, dtype=dtype, count=nbytes // dtype.itemsize, offset=pos
+            ).copy()
+            pos += nbytes
+        self.cols = cols
+        self.fill = dict(meta.get("fill", {}))
+
+
+_MAGIC = b"TDKS1"
 
 
 def load_operator(path: str | Path) -> Operator:

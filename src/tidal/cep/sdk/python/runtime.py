@@ -233,6 +233,9 @@ class OperatorRuntime:
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
         """Readiness signal, then (standby) wait for the hand-over and restore state."""
+        if self.cfg.standby:
+            # warm the restore path (lazy imports, allocations) on the still-empty state
+            self.op.restore(self.op.snapshot())
         self.store.push(self.ik["ready"], [b"1"])
         if not self.cfg.standby:
             return
