@@ -10,8 +10,8 @@ Contract of `simulate`:
 - Control events happen at planner ticks, replica readiness, resize completion and plot
   samples; the data plane runs every event up to each of them (events at the same time: data
   plane first, then control, then a dispatch retry on every lane).
-- Each planner's observations are taken over its own metric window (``window_s`` attribute of
-  the inner planner, else its interval).
+- Each planner's observations are taken over its own metric window (``window_s`` or
+  ``look_back`` attribute of the inner planner, e.g. Ray Serve's 30 s, else its interval).
 - After the trace ends the system drains for ``drain_s``; what is left is `unfinished`.
 """
 
@@ -217,7 +217,8 @@ def simulate(
     snaps: deque[tuple[int, list[tuple[int, int, float]], np.ndarray]] = deque()
     recent: deque[tuple[np.ndarray, np.ndarray]] = deque()
     inner = getattr(planner, "inner", planner)
-    window_us = int(float(getattr(inner, "window_s", planner.interval_s) or 1) * US)
+    window_s = getattr(inner, "window_s", None) or getattr(inner, "look_back", None)
+    window_us = int(float(window_s or planner.interval_s or 1) * US)
     interval_us = max(1, int(round(planner.interval_s * US)))
     timer = MonotonicClock()
     dec_s: list[float] = []

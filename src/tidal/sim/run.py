@@ -94,30 +94,30 @@ def compare(
     pipeline: PipelineSpec,
     profiles: ProfileSet,
     rates: np.ndarray,
-    policies: Sequence[str],
+    policies: Sequence[str | tuple[str, str, dict[str, Any]]],
     config: SimConfig,
     out_dir: Path | None = None,
     forecast: str = "paper",
-    policy_kwargs: dict[str, dict[str, Any]] | None = None,
     trace_name: str = "",
     progress: Callable[[str], None] | None = None,
 ) -> Comparison:
-    """Simulate each policy on `rates`; per-request CSVs go to `out_dir/<policy>.csv`."""
+    """Simulate each policy on `rates` (same arrivals: same seed). A policy is a name or
+    (label, name, constructor kwargs); per-request CSVs go to `out_dir/<label>.csv`."""
     from tidal.planners import available
 
-    bad = [p for p in policies if p not in available()]
+    entries = [(p, p, {}) if isinstance(p, str) else p for p in policies]
+    bad = [name for _, name, _ in entries if name not in available()]
     if bad:
         raise TidalError(f"unknown policy {bad[0]!r}; valid policies: {', '.join(available())}")
     results: list[SimResult] = []
     fdesc: dict[str, str] = {}
-    for pol in policies:
+    for label, name, kw in entries:
         if progress:
-            progress(pol)
-        fc, desc = forecaster_for(pol, forecast)
-        fdesc[pol] = desc
-        csv_path = out_dir / f"{pol}.csv" if out_dir is not None else None
-        kw = (policy_kwargs or {}).get(pol, {})
-        results.append(
-            simulate(pipeline, profiles, rates, pol, config, csv_path, fc, policy_kwargs=kw)
-        )
+            progress(label)
+        fc, desc = forecaster_for(name, forecast)
+        fdesc[label] = desc
+        csv_path = out_dir / f"{label}.csv" if out_dir is not None else None
+        r = simulate(pipeline, profiles, rates, name, config, csv_path, fc, policy_kwargs=kw)
+        r.policy = label
+        results.append(r)
     return Comparison(results, fdesc, trace_name, results[0].requests if results else 0)
