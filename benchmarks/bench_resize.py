@@ -27,7 +27,7 @@ def main() -> None:
         a.variant, sizes, a.batch, a.samples, cpu_weight=262144 if a.priority else None
     )
     if a.ipc:
-        out["ipc"] = bench_ipc()
+        out["ipc"] = bench_ipc(cpu_weight=262144 if a.priority else None)
     print(json.dumps(out, indent=2))
 
 

@@ -202,11 +202,13 @@ def bench_resize_cmd(
 def bench_ipc_cmd(
     workers: int = typer.Option(4, min=1, max=64, help="No-op workers driven concurrently."),
     calls: int = typer.Option(2000, min=10, help="Round trips per measurement."),
+    priority: bool = typer.Option(False, help="High CPU weight (shared machines)."),
 ) -> None:
     """No-op worker round trips: sync, async, async over several workers (JSON)."""
     from tidal.profiling.bench import bench_ipc
 
-    typer.echo(json.dumps(bench_ipc(workers, calls), indent=2))
+    out = bench_ipc(workers, calls, cpu_weight=262144 if priority else None)
+    typer.echo(json.dumps(out, indent=2))
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:

@@ -80,12 +80,21 @@ def bench_resize(
     return out
 
 
-def bench_ipc(workers: int = 4, calls: int = 2000) -> dict[str, Any]:
-    """No-op round trips: one worker sync and async, then `workers` workers concurrently."""
+def bench_ipc(workers: int = 4, calls: int = 2000, cpu_weight: int | None = None) -> dict[str, Any]:
+    """No-op round trips: one worker sync and async, then `workers` workers concurrently.
+
+    With `cpu_weight` (shared machines) the workers get that CPU weight and this process nice
+    -10 when permitted, so other jobs disturb the measurement less."""
+    import contextlib
+    import os
+
     from tidal.dataplane.worker import WorkerHandle
 
+    if cpu_weight is not None:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, 0, -10)
     clk = MonotonicClock()
-    ws = [WorkerHandle.start("noop", 1.0) for _ in range(workers)]
+    ws = [WorkerHandle.start("noop", 1.0, cpu_weight=cpu_weight) for _ in range(workers)]
     try:
         x = np.zeros((1, 64), np.float32)
         w = ws[0]
