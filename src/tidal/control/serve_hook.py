@@ -11,17 +11,24 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from tidal.control.closedloop import ClosedLoop, LoopOptions
+from tidal.control.closedloop import ClosedLoop, LoopOptions, ray_factory
 from tidal.control.decisions import DecisionLog
 
 _LOOPS: weakref.WeakKeyDictionary[Any, ClosedLoop] = weakref.WeakKeyDictionary()
 
 
-def wrap(oip_app: Any, gateway: Any) -> ClosedLoop:
-    """The data plane's ASGI app with the dashboard mounted; remembered per gateway."""
-    cl = ClosedLoop(gateway, oip_app, gateway.config.default_slo_ms, LoopOptions())
+def wrap(oip_app: Any, gateway: Any, factory: Any = None) -> ClosedLoop:
+    """The data plane's ASGI app with the dashboard mounted; remembered per gateway.
+    `factory` is the Ray executor factory when the gateway runs on Ray (else None)."""
+    opts = LoopOptions(substrate="ray" if factory is not None else "local")
+    cl = ClosedLoop(gateway, oip_app, gateway.config.default_slo_ms, opts, factory)
     _LOOPS[gateway] = cl
     return cl
+
+
+def substrate_factory(substrate: str, address: str | None) -> Any:
+    """The gateway's executor factory for `substrate` (None = local worker processes)."""
+    return ray_factory(LoopOptions(substrate=substrate, address=address))
 
 
 def loop_for(gateway: Any) -> ClosedLoop | None:
@@ -35,6 +42,8 @@ def start(gateway: Any, policy: str, **options: Any) -> ClosedLoop:
     if cl is None:
         raise RuntimeError("serve_hook.start: the gateway's app was not built with wrap()")
     for k, v in options.items():
+        if v is None:
+            continue
         if not hasattr(cl.options, k):
             raise TypeError(f"unknown controller option {k!r}")
         setattr(cl.options, k, v)
