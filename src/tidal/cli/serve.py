@@ -21,23 +21,27 @@ from tidal.config.serve import ServeConfig, load_serve_config
 OnStart = Callable[[Any], Any]
 
 
-def build_app(config: ServeConfig) -> tuple[Any, Any]:
+def build_app(config: ServeConfig, factory: Any = None) -> tuple[Any, Any]:
     """The ASGI app (OIP v2 + admin + metrics) and its Gateway. Startup happens in the ASGI
     lifespan (uvicorn) or by awaiting `gateway.start()` yourself."""
+    from tidal.control.serve_hook import wrap  # mounts /dashboard (closed-loop issue)
     from tidal.dataplane.gateway import Gateway
     from tidal.dataplane.http import OIPApp
 
-    from tidal.control.serve_hook import wrap  # mounts /dashboard (closed-loop issue)
-
-    gateway = Gateway(config)
-    return wrap(OIPApp(gateway), gateway), gateway
+    gateway = Gateway(config, factory=factory) if factory is not None else Gateway(config)
+    return wrap(OIPApp(gateway), gateway, factory), gateway
 
 
-def run(config: ServeConfig, on_start: OnStart | None = None, log_level: str = "warning") -> None:
+def run(
+    config: ServeConfig,
+    on_start: OnStart | None = None,
+    log_level: str = "warning",
+    factory: Any = None,
+) -> None:
     """Serve `config` with uvicorn (uvloop + httptools) until interrupted."""
     import uvicorn
 
-    app, gateway = build_app(config)
+    app, gateway = build_app(config, factory)
 
     async def lifespan_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan" or on_start is None:
@@ -82,6 +86,14 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             "(this option is a hook; without a controller the plan stays as configured).",
         ),
         verbose: bool = typer.Option(False, "--verbose", "-v", help="Log data-plane events."),
+        substrate: str = typer.Option(
+            "local", help="Where replicas run: local (worker processes) or ray (Ray actors)."
+        ),
+        address: str | None = typer.Option(None, help="Ray cluster address (--substrate ray)."),
+        forecast: str | None = typer.Option(
+            None, help="Load predictor for the policy: last, max, ewma, lstm (tidal.forecast)."
+        ),
+        decisions: str | None = typer.Option(None, help="Append planner decisions (JSON lines)."),
     ) -> None:
         """Serve models and pipelines over the Open Inference Protocol v2."""
         cfg = load_serve_config(config)
@@ -95,7 +107,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
         on_start: OnStart | None = None
         if policy is not None:
-            on_start = _policy_hook(policy)
+            on_start = _policy_hook(policy, forecast=forecast, decisions_path=decisions)
+        from tidal.control.serve_hook import substrate_factory  # closed-loop issue
+
+        factory = substrate_factory(substrate, address)
 
         def announce(gw: Any) -> None:
             typer.echo(
@@ -107,7 +122,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             announce(gw)
             return on_start(gw) if on_start is not None else None
 
-        run(cfg, on_start=both, log_level="info" if verbose else "warning")
+        run(cfg, on_start=both, log_level="info" if verbose else "warning", factory=factory)
 
     @bench.command("dataplane")
     def bench_dataplane(
@@ -132,7 +147,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         typer.echo(json.dumps(out, indent=2))
 
 
-def _policy_hook(policy: str) -> OnStart:
+def _policy_hook(policy: str, **options: Any) -> OnStart:
     """Start the closed-loop controller when the control area provides one."""
     try:
         from tidal.control import serve_hook  # type: ignore[attr-defined]
@@ -144,7 +159,7 @@ def _policy_hook(policy: str) -> OnStart:
         ) from None
 
     def hook(gw: Any) -> Any:
-        return serve_hook.start(gw, policy)
+        return serve_hook.start(gw, policy, **options)
 
     return hook
 
