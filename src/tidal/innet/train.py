@@ -8,11 +8,12 @@ very long covert flows do not drown the many short benign ones; the loss is clas
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
+from torch import nn
 
 from tidal.core.clock import Clock, MonotonicClock
 from tidal.innet.dataset import PacketSet
@@ -50,8 +51,10 @@ def capped_indices(flow: np.ndarray, cap: int, rng: np.random.Generator) -> np.n
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
-def train_model(ps: PacketSet, cfg: TrainConfig, clock: Clock | None = None) -> NetNN:
-    """Train a NetNN on `ps` (see module contract) and return it in eval mode."""
+def train_model(
+    ps: PacketSet, cfg: TrainConfig, clock: Clock | None = None, model: nn.Module | None = None
+) -> Any:
+    """Train a NetNN (or the given model, e.g. the binarized one) on `ps`; eval mode."""
     clock = clock or MonotonicClock()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(1)
@@ -63,7 +66,7 @@ def train_model(ps: PacketSet, cfg: TrainConfig, clock: Clock | None = None) -> 
     y = torch.from_numpy(ps.y[rows])
     counts = np.bincount(ps.y[rows], minlength=2).astype(np.float64)
     weight = torch.tensor(counts.sum() / (2.0 * np.maximum(counts, 1.0)), dtype=torch.float32)
-    model = NetNN(
+    model = model or NetNN(
         cfg.c1,
         cfg.c2,
         cfg.hidden,
