@@ -211,7 +211,8 @@ class IPA:
                 ]
                 return self._plan(ctx, picked), ctx.state
             reason = (
-                f"no variant/batch per stage meets the {ctx.slo_ms:g} ms SLA at "
+                f"no variant/batch per stage meets the {ctx.slo_ms:g} ms SLA within "
+                f"{ctx.capacity.total_cores:g} cluster cores at "
                 f"{ctx.load:g} req/s ({sol.message})"
             )
         else:

@@ -122,6 +122,8 @@ def decide(
         raise TidalError(f"unknown policy {policy!r}; valid policies: {', '.join(available())}")
     pipeline = PipelineSpec.load(pipeline_path)
     kwargs = dict(options or {})
+    if policy in ("ipa", "rim"):  # the pipeline says how stage accuracies combine
+        kwargs.setdefault("accuracy", pipeline.accuracy_combine)
     if variants:
         for stage, name in variants.items():
             spec = pipeline.stage(stage)
