@@ -14,6 +14,7 @@ FramingError on a bad magic, kind, dtype code or ndim; nothing here executes rec
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
 
@@ -23,6 +24,7 @@ MAGIC = 0x7D1A
 HEADER = struct.Struct("<HBBB3xQQQ")
 HEADER_SIZE = HEADER.size  # 32
 MAX_NDIM = 8
+_SHAPES = [struct.Struct(f"<{n}Q") for n in range(MAX_NDIM + 1)]
 
 REQUEST, RESULT, ERROR, READY, SHUTDOWN = 1, 2, 3, 4, 5
 KINDS = frozenset((REQUEST, RESULT, ERROR, READY, SHUTDOWN))
@@ -64,8 +66,8 @@ def encode_tensor(
         raise FramingError(f"ndim {arr.ndim} exceeds {MAX_NDIM}")
     a = np.ascontiguousarray(arr)
     code = dtype_code(a.dtype)
-    head = HEADER.pack(MAGIC, kind, code, a.ndim, req_id, a.nbytes, aux) + struct.pack(
-        f"<{a.ndim}Q", *a.shape
+    head = HEADER.pack(MAGIC, kind, code, a.ndim, req_id, a.nbytes, aux) + _SHAPES[a.ndim].pack(
+        *a.shape
     )
     data = memoryview(a.reshape(-1).view(np.uint8)) if a.nbytes else memoryview(b"")  # type: ignore[arg-type]
     if a.nbytes < _SMALL:
@@ -78,9 +80,11 @@ def encode_bytes(kind: int, req_id: int, payload: bytes, aux: int = 0) -> bytes:
     return HEADER.pack(MAGIC, kind, NO_DTYPE, 0, req_id, len(payload), aux) + payload
 
 
-def decode_header(buf: bytes | bytearray | memoryview) -> tuple[int, int, int, int, int, int]:
+def decode_header(
+    buf: bytes | bytearray | memoryview, offset: int = 0
+) -> tuple[int, int, int, int, int, int]:
     """(kind, dtype code, ndim, req_id, nbytes, aux) of a 32-byte header; FramingError if bad."""
-    magic, kind, code, ndim, req_id, nbytes, aux = HEADER.unpack_from(buf)
+    magic, kind, code, ndim, req_id, nbytes, aux = HEADER.unpack_from(buf, offset)
     if magic != MAGIC or kind not in KINDS or ndim > MAX_NDIM:
         raise FramingError(f"bad frame header (magic {magic:#x}, kind {kind}, ndim {ndim})")
     if code != NO_DTYPE and code not in CODE_DTYPES:
@@ -91,7 +95,7 @@ def decode_header(buf: bytes | bytearray | memoryview) -> tuple[int, int, int, i
 def decode_shape(
     buf: bytes | bytearray | memoryview, ndim: int, offset: int = 0
 ) -> tuple[int, ...]:
-    return struct.unpack_from(f"<{ndim}Q", buf, offset) if ndim else ()
+    return _SHAPES[ndim].unpack_from(buf, offset) if ndim else ()
 
 
 def send_frame(sock: socket.socket, buffers: list[bytes | memoryview] | bytes) -> None:
@@ -131,7 +135,7 @@ def to_array(code: int, shape: tuple[int, ...], payload: bytearray) -> np.ndarra
     dt = CODE_DTYPES.get(code)
     if dt is None:
         raise FramingError(f"frame carries no tensor (dtype code {code})")
-    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize if shape else dt.itemsize
+    expected = math.prod(shape) * dt.itemsize
     if expected != len(payload):
         raise FramingError(f"shape {shape} of {dt} needs {expected} bytes, got {len(payload)}")
     return np.frombuffer(payload, dtype=dt).reshape(shape)

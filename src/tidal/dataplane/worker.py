@@ -113,14 +113,12 @@ class _AsyncChannel:
         pos = 0
         n = len(buf)
         while n - pos >= ipc.HEADER_SIZE:
-            kind, code, ndim, req_id, nbytes, _aux = ipc.decode_header(
-                memoryview(buf)[pos : pos + ipc.HEADER_SIZE]
-            )
+            kind, code, ndim, req_id, nbytes, _aux = ipc.decode_header(buf, pos)
             end = pos + ipc.HEADER_SIZE + 8 * ndim + nbytes
             if end > n:
                 break
             shape = ipc.decode_shape(buf, ndim, pos + ipc.HEADER_SIZE)
-            payload = bytearray(buf[end - nbytes : end])
+            payload = buf[end - nbytes : end]  # a bytearray slice is already a copy
             pos = end
             fut = self.pending.pop(req_id, None)
             if fut is None or fut.done():
