@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
+import sys
 from pathlib import Path
 
 import typer
@@ -65,6 +67,9 @@ def serve(
         f"tidal cep: node manager on http://{host}:{port}, store {url}, token in {tok_file}",
         err=True,
     )
+    # uvicorn re-raises SIGTERM after its graceful shutdown: turn it into SystemExit so the
+    # operators, the fork server and a private redis-server are stopped below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(make_app(m, token), host=host, port=port, log_level="warning")
     finally:
@@ -130,6 +135,74 @@ def query_cmd(
     for r in rows[:limit]:
         typer.echo(json.dumps(r, default=str))
     typer.echo(f"{len(rows)} matches", err=True)
+
+
+def _hub(url: str, token_file: Path | None):  # type: ignore[no-untyped-def]
+    from tidal.cep.api import ApiHub
+
+    token = os.environ.get("TIDAL_CEP_TOKEN")
+    if token_file is not None:
+        if not token_file.is_file():
+            raise TidalError(f"token file not found: {token_file}")
+        token = token_file.read_text().strip()
+    if not token:
+        raise TidalError("no token: set $TIDAL_CEP_TOKEN or pass --token-file")
+    return ApiHub(url, token)
+
+
+URL = typer.Option("http://127.0.0.1:8470", "--url", help="Node manager URL.")
+TOKEN_FILE = typer.Option(None, "--token-file", help="File holding the bearer token.")
+
+
+@cep.command("register")
+def register_cmd(
+    name: str = typer.Argument(..., help="Operator name."),
+    source: Path = typer.Argument(..., help="Operator source (.py or .js)."),
+    empty_state: bool = typer.Option(False, help="This version starts from empty state."),
+    url: str = URL,
+    token_file: Path | None = TOKEN_FILE,
+) -> None:
+    """Register a new version of an operator from a source file; prints the version."""
+    if not source.is_file():
+        raise TidalError(f"operator source not found: {source}")
+    lang = "node" if source.suffix == ".js" else "python"
+    v = _hub(url, token_file).register(
+        name, language=lang, source=source.read_text(), empty_state=empty_state
+    )
+    typer.echo(json.dumps({"name": name, "version": v}))
+
+
+@cep.command("request")
+def request_cmd(
+    name: str = typer.Argument(...), url: str = URL, token_file: Path | None = TOKEN_FILE
+) -> None:
+    """Start (if needed) and print an operator's queue addresses."""
+    typer.echo(json.dumps(_hub(url, token_file).request(name)))
+
+
+@cep.command("update")
+def update_cmd(
+    name: str = typer.Argument(...),
+    version: int = typer.Argument(...),
+    url: str = URL,
+    token_file: Path | None = TOKEN_FILE,
+) -> None:
+    """Hot-update a running operator to `version`; prints the timings."""
+    typer.echo(json.dumps(_hub(url, token_file).update(name, version)))
+
+
+@cep.command("list")
+def list_cmd(url: str = URL, token_file: Path | None = TOKEN_FILE) -> None:
+    """List operators, versions and running instances."""
+    typer.echo(json.dumps(_hub(url, token_file).list(), indent=1))
+
+
+@cep.command("stop")
+def stop_cmd(
+    name: str = typer.Argument(...), url: str = URL, token_file: Path | None = TOKEN_FILE
+) -> None:
+    """Stop a running operator."""
+    typer.echo(json.dumps(_hub(url, token_file).stop(name)))
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
