@@ -45,13 +45,15 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
                 "input_shape": list(v.input_shape),
                 "input_dtype": v.input.dtype,
                 "label": v.label,
+                "load_time_s": v.load_time_s,
             }
             for v in vs
         ]
         typer.echo(json.dumps(rows, indent=2))
         return
     t = Table(title="Tidal model zoo")
-    for col in ("variant", "task", "params", "accuracy", "label", "input", "accuracy source"):
+    for col in ("variant", "task", "params", "accuracy", "label", "input", "cold start s",
+                "accuracy source"):  # fmt: skip
         t.add_column(col, overflow="fold")
     for v in vs:
         t.add_row(
@@ -61,6 +63,7 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
             f"{v.accuracy:.4f}",
             v.label,
             f"{v.input.dtype}{list(v.input_shape)}",
+            f"{v.load_time_s:.2f}" if v.load_time_s is not None else "-",
             v.accuracy_source,
         )
     _console().print(t)

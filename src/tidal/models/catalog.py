@@ -67,6 +67,12 @@ class VariantSpec:
     def input_dtype(self) -> np.dtype:
         return self.input.np_dtype
 
+    @property
+    def load_time_s(self) -> float | None:
+        """Cold start (spawn + load + warm-up) measured at profiling on this machine: the
+        committed reference profile's value, or None if the variant was not profiled."""
+        return _reference_load_times().get(self.name)
+
 
 _RESNET_ACC = {18: 0.6976, 34: 0.7331, 50: 0.7613, 101: 0.7737, 152: 0.7831}
 _RESNET_PARAMS = {18: 11689512, 34: 21797672, 50: 25557032, 101: 44549160, 152: 60192808}
@@ -164,6 +170,20 @@ def _build_catalog() -> dict[str, VariantSpec]:
 
 
 _CATALOG: dict[str, VariantSpec] | None = None
+_REFERENCE = Path(__file__).resolve().parent.parent / "profiles" / "reference.json"
+_LOAD_TIMES: dict[str, float] | None = None
+
+
+def _reference_load_times() -> dict[str, float]:
+    """Variant -> load_time_s from the reference profile (plain JSON: no profiling import)."""
+    global _LOAD_TIMES
+    if _LOAD_TIMES is None:
+        try:
+            raw = json.loads(_REFERENCE.read_text())
+            _LOAD_TIMES = {n: float(v["load_time_s"]) for n, v in raw.get("variants", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            _LOAD_TIMES = {}
+    return _LOAD_TIMES
 
 
 def _catalog() -> dict[str, VariantSpec]:

@@ -44,6 +44,14 @@ def test_input_specs() -> None:
     assert x.shape == (3, get_variant("bert-mini").input_shape[0]) and x.min() >= 1
 
 
+def test_load_time_comes_from_the_reference_profile() -> None:
+    from tidal.profiling import load_reference
+
+    ref = load_reference()
+    for name in ("resnet18", "resnet50", "digits-cnn"):
+        assert get_variant(name).load_time_s == ref.get(name).load_time_s > 0
+
+
 def test_unknown_variant_lists_valid_names() -> None:
     with pytest.raises(TidalError, match=r"unknown variant 'resnet9'.*resnet18.*digits-cnn"):
         get_variant("resnet9")
