@@ -177,8 +177,90 @@ def _demo(
     console.print(f"report: {index}")
 
 
+def _validate(
+    trace: str,
+    policy: str,
+    pipeline: str | None,
+    slo_ms: float,
+    damping: int | None,
+    compress: int,
+    duration: float,
+    seed: int,
+    as_json: bool,
+) -> None:
+    import json
+
+    from rich.progress import Progress
+
+    from tidal.control.validate import TARGET_CORE_S_REL, TARGET_VIOLATION_PP, validate
+
+    console = Console(stderr=as_json)
+    console.print(f"validate: {policy} on {trace} ({duration:g} s), live then simulated")
+    with Progress(console=console, transient=True) as prog:
+        task = prog.add_task("live replay", total=None)
+        cmp = validate(
+            trace,
+            policy,
+            pipeline=pipeline,
+            slo_ms=slo_ms,
+            damping=damping,
+            compress=compress,
+            duration_s=duration,
+            seed=seed,
+            on_progress=lambda d, t: prog.update(task, completed=d, total=t),
+            on_ready=lambda url: prog.console.print(f"dashboard: {url}"),
+        )
+    if as_json:
+        print(json.dumps(cmp.to_dict(), indent=2))
+        return
+    t = Table(title=f"{policy}: live vs simulator")
+    for c in ("run", "requests", "SLO violations", "p99 (ms)", "core-seconds"):
+        t.add_column(c, justify="right")
+    for name, r in (("live", cmp.live), ("simulator", cmp.sim)):
+        t.add_row(
+            name,
+            str(r["requests"]),
+            f"{r['slo_violation_rate']:.2%}",
+            str(r["p99_ms"]),
+            str(r["core_seconds"]),
+        )
+    console.print(t)
+    d = cmp.to_dict()["diff"]
+    console.print(
+        f"difference (live - sim): violations {d['violation_rate_pp']:+.2f} pp, "
+        f"p99 {d['p99_rel']:+.1%}, core-seconds {d['core_seconds_rel']:+.1%}"
+        if d["p99_rel"] is not None
+        else f"difference (live - sim): violations {d['violation_rate_pp']:+.2f} pp, "
+        f"core-seconds {d['core_seconds_rel']:+.1%}"
+    )
+    verdict = "AGREE" if cmp.agrees else "DO NOT AGREE"
+    console.print(
+        f"agreement target: violations within {TARGET_VIOLATION_PP:g} pp and core-seconds within "
+        f"{TARGET_CORE_S_REL:.0%}: simulator and live {verdict}"
+    )
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add this area's commands to `app` and its benchmarks to `bench`."""
+
+    @app.command("validate")
+    def validate_cmd(
+        trace: str = typer.Option("twitter:bursty", help="Trace spec (tidal.workload)."),
+        policy: str = typer.Option("themis", help="Policy (registry name)."),
+        pipeline: str | None = typer.Option(
+            None, help="Pipeline YAML (default examples/pipelines/two-stage.yaml)."
+        ),
+        slo_ms: float = typer.Option(1000.0, help="End-to-end SLO (ms)."),
+        damping: int | None = typer.Option(None, help="Integer damping of the trace."),
+        compress: int = typer.Option(1, min=1, help="Time compression."),
+        duration: float = typer.Option(60.0, min=5, help="Seconds of trace to replay."),
+        seed: int = typer.Option(0),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Run the same short trace and policy live and in the simulator; compare them."""
+        if slo_ms <= 0:
+            raise TidalError(f"--slo-ms must be > 0, got {slo_ms}")
+        _validate(trace, policy, pipeline, slo_ms, damping, compress, duration, seed, as_json)
 
     @app.command()
     def loadgen(

@@ -96,8 +96,11 @@ def _r(x: float, k: int = 1) -> float | None:
 
 
 # ---------------------------------------------------------------------------- setup
-def find_pipeline() -> tuple[PipelineSpec, str]:
-    """The planners' two-stage pipeline, else the data plane's two-stage example."""
+def find_pipeline(path: str | None = None) -> tuple[PipelineSpec, str]:
+    """`path`, else the planners' two-stage pipeline, else the data plane's two-stage
+    example."""
+    if path:
+        return PipelineSpec.load(path), path
     root = repo_root()
     p = root / "examples" / "pipelines" / "two-stage.yaml"
     if p.is_file():
@@ -196,6 +199,13 @@ def make_setup(
         f" req/s; the pipeline's capacity on {cores:g} worker cores is ~{cap:.0f} req/s "
         f"(profile; {machine - cores:g} of {machine:g} cores left to the gateway and loadgen)"
     )
+    serve = serve_config(spec, slo_ms)
+    return DemoSetup(spec, pfile, ps, slo_ms, cores, sched, rates, desc, synthetic, serve)
+
+
+def serve_config(spec: PipelineSpec, slo_ms: float) -> dict[str, Any]:
+    """A `tidal serve` config for `spec`: every stage starts at 1 replica x 0.5 cores,
+    batch 1, of its first variant (both policies start from this same plan)."""
     init = {
         "stages": [
             {
@@ -208,7 +218,7 @@ def make_setup(
             for st in spec.stages
         ]
     }
-    serve = {
+    return {
         "host": "127.0.0.1",
         "port": 0,
         "default_slo_ms": slo_ms,
@@ -220,7 +230,6 @@ def make_setup(
         ],
         "plan": init,
     }
-    return DemoSetup(spec, pfile, ps, slo_ms, cores, sched, rates, desc, synthetic, serve)
 
 
 def _compress(rates: np.ndarray, k: int) -> np.ndarray:

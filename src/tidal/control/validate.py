@@ -1,0 +1,186 @@
+"""`tidal validate`: the same short trace and policy, live and in the simulator.
+
+The live run is the demo's (`tidal.control.demo.run_policy`: a fresh gateway + controller in a
+child process, open-loop replay from this process). The simulator run (`tidal.sim.simulate`)
+gets the same per-second rates (hence the same arrival times: both use
+`tidal.workload.arrivals` with the same seed), the same SLO, the same policy and arguments,
+the same forecaster, the live machine's profile (the reference profile measured here) and the
+same capacity (worker cores). Differences are reported for violation rate (percentage
+points), p99 (relative) and core-seconds (relative), against a stated agreement target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tidal.control.demo import (
+    FORECAST,
+    POLICY_KWARGS,
+    DemoSetup,
+    RunResult,
+    find_pipeline,
+    run_policy,
+    serve_config,
+)
+from tidal.core.errors import TidalError
+from tidal.workload import load_trace
+from tidal.workload.loadgen import schedule_from_rates
+
+# The agreement the issue asks for: violation rate within 2 percentage points, core-seconds
+# within 10%.
+TARGET_VIOLATION_PP = 2.0
+TARGET_CORE_S_REL = 0.10
+
+
+@dataclass
+class Comparison:
+    live: dict[str, Any]
+    sim: dict[str, Any]
+    violation_pp: float
+    p99_rel: float
+    core_s_rel: float
+
+    @property
+    def agrees(self) -> bool:
+        return (
+            abs(self.violation_pp) <= TARGET_VIOLATION_PP
+            and abs(self.core_s_rel) <= TARGET_CORE_S_REL
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "live": self.live,
+            "sim": self.sim,
+            "diff": {
+                "violation_rate_pp": round(self.violation_pp, 2),
+                "p99_rel": None if math.isnan(self.p99_rel) else round(self.p99_rel, 3),
+                "core_seconds_rel": round(self.core_s_rel, 3),
+            },
+            "target": {
+                "violation_rate_pp": TARGET_VIOLATION_PP,
+                "core_seconds_rel": TARGET_CORE_S_REL,
+            },
+            "agrees": self.agrees,
+        }
+
+
+def make_validate_setup(
+    trace: str,
+    pipeline: str | None,
+    slo_ms: float,
+    damping: int | None,
+    compress: int,
+    duration_s: float,
+    seed: int,
+    reserve: float = 0.5,
+) -> DemoSetup:
+    import os
+
+    from tidal.control.closedloop import load_profiles
+
+    spec, pfile = find_pipeline(pipeline)
+    ps = load_profiles()
+    missing = [v for st in spec.stages for v in st.variants if v not in ps.variants]
+    if missing:
+        raise TidalError(f"the reference profile has no entry for {missing}; run `tidal profile`")
+    rates = load_trace(trace, damping=damping, compress=compress, seed=seed)
+    rates = np.asarray(rates[: max(1, math.ceil(duration_s))], dtype=float)
+    sched = schedule_from_rates(rates, seed=seed, slo_ms=slo_ms)
+    if not sched.offsets:
+        raise TidalError(f"trace {trace!r} gives no request in {duration_s:g} s")
+    cores = max(0.5, float(os.cpu_count() or 2) - reserve)
+    desc = f"{trace} (damping {damping}, compress x{compress}), {len(rates)} s"
+    return DemoSetup(
+        spec, pfile, ps, slo_ms, cores, sched, rates, desc, False, serve_config(spec, slo_ms)
+    )
+
+
+def simulate_same(setup: DemoSetup, policy: str, seed: int) -> dict[str, Any]:
+    """The simulator's result for the live run's inputs (summary dict of `tidal simulate`)."""
+    from tidal.control.closedloop import make_forecaster
+    from tidal.sim.config import SimConfig
+    from tidal.sim.engine import simulate
+
+    cfg = SimConfig(
+        nodes=1,
+        cores_per_node=setup.cores,
+        slo_ms=setup.slo_ms,
+        seed=seed,
+        drain_s=2.0,
+        mode="reference",
+    )
+    fc = make_forecaster(FORECAST.get(policy))
+
+    def forecaster(history: Any) -> float:
+        v = fc(history) if fc is not None else None
+        return float(v) if v is not None else float(history[-1]) if len(history) else 0.0
+
+    res = simulate(
+        setup.pipeline,
+        setup.profiles,
+        setup.rates,
+        policy,
+        cfg,
+        forecaster=forecaster if fc is not None else None,
+        policy_kwargs=POLICY_KWARGS.get(policy, {}),
+    )
+    out: dict[str, Any] = res.summary()
+    return out
+
+
+def live_summary(r: RunResult) -> dict[str, Any]:
+    row = r.row()
+    return {
+        "policy": r.policy,
+        "requests": row["requests"],
+        "slo_violation_rate": row["slo_violation_rate"],
+        "violations": row["violations"],
+        "p99_ms": row["p99_ms"],
+        "core_seconds": row["core_seconds"],
+        "loadgen_kept_up": row["loadgen_kept_up"],
+    }
+
+
+def compare(live: dict[str, Any], sim: dict[str, Any]) -> Comparison:
+    def rel(a: float | None, b: float | None) -> float:
+        if a is None or b is None or not b:
+            return math.nan
+        return (a - b) / b
+
+    return Comparison(
+        live,
+        sim,
+        violation_pp=100.0 * (live["slo_violation_rate"] - sim["slo_violation_rate"]),
+        p99_rel=rel(live["p99_ms"], sim["p99_ms"]),
+        core_s_rel=rel(live["core_seconds"], sim["core_seconds"]),
+    )
+
+
+def validate(
+    trace: str,
+    policy: str,
+    pipeline: str | None = None,
+    slo_ms: float = 1000.0,
+    damping: int | None = None,
+    compress: int = 1,
+    duration_s: float = 60.0,
+    seed: int = 0,
+    workdir: Path | None = None,
+    on_progress: Any = None,
+    on_ready: Any = None,
+) -> Comparison:
+    """Run `policy` on `trace` live and simulated; compare."""
+    import tempfile
+
+    setup = make_validate_setup(trace, pipeline, slo_ms, damping, compress, duration_s, seed)
+    sim = simulate_same(setup, policy, seed)
+    with tempfile.TemporaryDirectory(prefix="tidal-validate-") as tmp:
+        work = workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        live = run_policy(setup, policy, work, on_ready=on_ready, on_progress=on_progress)
+    return compare(live_summary(live), sim)
