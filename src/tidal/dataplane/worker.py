@@ -285,8 +285,17 @@ class WorkerHandle:
         if self._stopped:
             return
         self._stopped = True
-        with contextlib.suppress(OSError):
-            ipc.send_frame(self._sync, ipc.encode_bytes(ipc.SHUTDOWN, 0, b""))
+        # SHUTDOWN must not interleave with a frame another thread is sending: take the sync
+        # lock briefly; if a blocking call holds it, terminate instead (the call gets WorkerDied).
+        if self._sync_lock.acquire(timeout=0.2):
+            try:
+                with contextlib.suppress(OSError):
+                    ipc.send_frame(self._sync, ipc.encode_bytes(ipc.SHUTDOWN, 0, b""))
+            finally:
+                self._sync_lock.release()
+        else:
+            with contextlib.suppress(OSError):
+                self._proc.terminate()
         try:
             self._proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -338,18 +347,22 @@ class WorkerHandle:
         return self._cpu.throttled()
 
     # ----------------------------------------------------------------- inference
-    def _died(self) -> WorkerDied:
+    def _died(self, wait_s: float = 0.5) -> WorkerDied:
+        """The WorkerDied of this worker (the exit code, once the process can be reaped)."""
         if self._dead_exc is None:
             code = self._proc.poll()
             if code is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
-                    code = self._proc.wait(timeout=0.5)
+                    code = self._proc.wait(timeout=wait_s)
             what = "was stopped" if self._stopped else f"died (exit code {code})"
-            self._dead_exc = WorkerDied(f"worker {self.pid} ({self.variant}) {what}")
+            exc = WorkerDied(f"worker {self.pid} ({self.variant}) {what}")
+            if code is None and not self._stopped:
+                return exc  # not reaped yet: a later call may report the exit code
+            self._dead_exc = exc
         return self._dead_exc
 
     def _on_async_dead(self) -> None:
-        self._async.dead = self._died()
+        self._async.dead = self._died(wait_s=0.05)  # called in the event loop: barely block
         self._async.fail_all(self._async.dead)
 
     def _encode(self, batch: np.ndarray, req_id: int) -> list[bytes | memoryview]:
