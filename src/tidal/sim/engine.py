@@ -10,6 +10,8 @@ Contract of `simulate`:
 - Control events happen at planner ticks, replica readiness, resize completion and plot
   samples; the data plane runs every event up to each of them (events at the same time: data
   plane first, then control, then a dispatch retry on every lane).
+- The forecaster (if any) is called at ticks, at most once per its ``refresh_s`` (the
+  predictor's bucket: 10 s for IPA's setting), and its value is held in between.
 - Each planner's observations are taken over its own metric window (``window_s`` or
   ``look_back`` attribute of the inner planner, e.g. Ray Serve's 30 s, else its interval).
 - After the trace ends the system drains for ``drain_s``; what is left is `unfinished`.
@@ -267,6 +269,8 @@ def simulate(
             )
         return tuple(out)
 
+    last_fc: list[Any] = [None, None]  # time (us) and value of the last forecast
+
     def tick(now: int) -> None:
         nonlocal state, infeasible
         sec = now // US
@@ -275,7 +279,12 @@ def simulate(
         else:
             lo = max(0, sec - cfg.history_s)
             hist = tuple(counts_s[lo:sec].astype(np.float64).tolist())
-        fc = forecaster(hist) if forecaster is not None and hist else None
+        fc = None
+        if forecaster is not None and hist:
+            refresh_us = int(float(getattr(forecaster, "refresh_s", 0.0)) * US)
+            if last_fc[0] is None or now - last_fc[0] >= refresh_us:
+                last_fc[0], last_fc[1] = now, forecaster(hist)
+            fc = last_fc[1]
         ctx = PlanContext(
             now=now / US,
             rate_history=hist,

@@ -71,13 +71,20 @@ def forecaster_for(
     else:
         name, setting = choice, "ipa"
     from tidal.forecast import create
+    from tidal.forecast import setting as get_setting
 
     pred = create(name, setting)
+    if name == "lstm":
+        import torch
+
+        torch.set_num_threads(1)  # one small LSTM call; threads only contend on 2 cores
 
     def f(hist: Sequence[float]) -> float:
         return float(pred.predict(np.asarray(hist, dtype=np.float64)))
 
-    return f, f"{name} ({setting} setting)"
+    # The predictor's features are maxima of `bucket_s` buckets: refresh once per bucket.
+    f.refresh_s = float(get_setting(setting).bucket_s)  # type: ignore[attr-defined]
+    return f, f"{name} ({setting} setting, refreshed every {f.refresh_s:g} s)"  # type: ignore[attr-defined]
 
 
 @dataclass
