@@ -123,6 +123,10 @@ def profile(
         console.print(f"wrote {out}")
         return
     names = list(variants) if variants else list(DEFAULT_VARIANTS)
+    from tidal.models.catalog import get_variant
+
+    for n in names:
+        get_variant(n)  # an unknown name fails before the progress bar starts
     grid = Grid(
         _ints(batches, "batches") if batches else (QUICK_BATCHES if quick else FULL_BATCHES),
         _floats(cores, "cores") if cores else (QUICK_CORES if quick else FULL_CORES),

@@ -83,7 +83,10 @@ def import_sponge(path: str | Path) -> ProfileSet:
     )
     return ProfileSet(
         source=f"imported: Sponge ({Path(path).name})",
-        machine={"note": "Sponge prototype measurements (saeid93/sponge), CPU, up to 32 cores"},
+        machine={
+            "note": "Sponge prototype measurements (saeid93/sponge), CPU, up to 32 cores; the "
+            "trace has no load time: load_time_s is the default 1.0 s"
+        },
         variants={vp.name: vp},
     )
 
