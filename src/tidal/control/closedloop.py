@@ -48,6 +48,7 @@ class LoopOptions:
     profile: ProfileSet | None = None
     substrate: str = "local"
     address: str | None = None
+    calibrate: bool = True
 
 
 def load_profiles(path: str | None = None) -> ProfileSet:
@@ -180,6 +181,7 @@ class ClosedLoop:
             decisions=self.decisions,
             apply_best_effort=self.options.best_effort,
             policy=name,
+            calibrate=self.options.calibrate,
         )
         self.controller = ctl
         self.feed.attach(ctl)

@@ -13,6 +13,12 @@ Contract:
   if the controller stops or crashes, and a new controller starts from ``actuator.current()``.
 - Every decision goes to the DecisionLog with its inputs, output, decision time and, once the
   actuator reports it, the time the plan took to take effect.
+- Live calibration (``calibrate=True``): the profile the planner sees is scaled, per stage, by
+  the ratio of the observed mean batch service time (replica busy time / batches, over the
+  planner's window) to the profile's ``l(b, c)`` at the observed mean batch and the cores in
+  force (smoothed, clamped to [0.5, 10], after at least `MIN_BATCHES` batches). On a machine
+  shared with other work the profile measured on idle cores is optimistic; this keeps the
+  planner's model true to the machine as it is. The factors are logged with each decision.
 """
 
 from __future__ import annotations
@@ -30,9 +36,14 @@ from tidal.control.decisions import Decision, DecisionLog, plan_summary
 from tidal.control.monitor import Monitor
 from tidal.core.clock import Clock
 from tidal.core.plan import Plan
+from tidal.core.profile import VariantProfile
 from tidal.planners.base import PlanContext, Planner, StageCandidates
 
 log = logging.getLogger("tidal.control")
+
+MIN_BATCHES = 5
+SLOWDOWN_BOUNDS = (0.5, 10.0)
+SLOWDOWN_SMOOTHING = 0.3
 
 Forecaster = Callable[[Sequence[float]], float | None]
 """Predicts the load (req/s) for the planner's horizon from the per-second rate history."""
@@ -68,6 +79,7 @@ class Controller:
         window_s: float | None = None,
         apply_best_effort: bool = False,
         policy: str | None = None,
+        calibrate: bool = False,
     ) -> None:
         if slo_ms <= 0:
             raise ValueError(f"slo_ms must be > 0, got {slo_ms}")
@@ -86,6 +98,8 @@ class Controller:
         self.last_decision_t: float | None = None
         self.last_feasible: Plan | None = actuator.current()
         self.forecasts: list[ForecastPoint] = []
+        self.calibrate = calibrate
+        self.slowdown: dict[str, float] = {}
         self._unsettled: list[tuple[Decision, Actuation]] = []
 
     @property
@@ -117,12 +131,14 @@ class Controller:
         if window is None:  # the planner's own metric window, as the simulator does
             inner = getattr(self.planner, "inner", self.planner)
             window = max(1.0, float(getattr(inner, "window_s", None) or self.interval_s))
+        current = self.actuator.current()
+        stages = self._calibrated(current, window) if self.calibrate else self.stages
         return PlanContext(
             now=now,
             rate_history=history,
             forecast=forecast,
-            stages=self.stages,
-            current=self.actuator.current(),
+            stages=stages,
+            current=current,
             slo_ms=self.slo_ms,
             capacity=self.actuator.capacity(),
             pending=self.actuator.pending(),
@@ -131,9 +147,39 @@ class Controller:
             state=self.state,
         )
 
+    def _calibrated(self, current: Plan | None, window: float) -> tuple[StageCandidates, ...]:
+        """The candidates with each stage's profiles scaled by its observed slowdown."""
+        out = []
+        for st in self.stages:
+            sp = (
+                None
+                if current is None
+                else next((x for x in current.stages if x.stage == st.stage), None)
+            )
+            ms, b, n = self.monitor.service(st.stage, window)
+            prof = None
+            if sp is not None:
+                prof = next((v for v in st.variants if v.name == sp.variants[0].name), None)
+            if prof is not None and sp is not None and n >= MIN_BATCHES and ms > 0:
+                pred = prof.latency_ms(max(1.0, b), sp.cores_of(prof.name))
+                if pred > 0:
+                    lo, hi = SLOWDOWN_BOUNDS
+                    r = min(hi, max(lo, ms / pred))
+                    old = self.slowdown.get(st.stage, r)
+                    self.slowdown[st.stage] = old + SLOWDOWN_SMOOTHING * (r - old)
+            f = self.slowdown.get(st.stage, 1.0)
+            if abs(f - 1.0) < 0.05:
+                out.append(st)
+                continue
+            scaled = tuple(_scaled(v, f) for v in st.variants)
+            out.append(StageCandidates(st.stage, scaled))
+        return tuple(out)
+
     def decide(self, now: float) -> Decision:
         ctx = self.context(now)
         inputs = _inputs(ctx)
+        if self.calibrate:
+            inputs["slowdown"] = {k: round(v, 3) for k, v in self.slowdown.items()}
         t0 = self.clock.now()
         try:
             plan, new_state = self.planner.plan(ctx)
@@ -217,6 +263,18 @@ class Controller:
                 log.exception("controller tick failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=tick_s)
+
+
+def _scaled(v: VariantProfile, f: float) -> VariantProfile:
+    fit = v.fit.model_copy(
+        update={
+            "gamma": v.fit.gamma * f,
+            "delta": v.fit.delta * f,
+            "epsilon": v.fit.epsilon * f,
+            "eta": v.fit.eta * f,
+        }
+    )
+    return v.model_copy(update={"fit": fit})
 
 
 def _inputs(ctx: PlanContext) -> dict[str, Any]:

@@ -56,6 +56,9 @@ class GatewayMetrics:
             if prev is None or done > len(s.latency_ms):
                 lat = s.latency_ms
             self._prev[name] = s
+            hist = getattr(getattr(self.gateway.stages.get(name), "counters", None), "batch", None)
+            batches = int(getattr(hist, "n", 0))
+            items = int(getattr(hist, "sum", 0))
             out.append(
                 StageCounters(
                     stage=name,
@@ -71,6 +74,9 @@ class GatewayMetrics:
                     budgets_ms=tuple(s.budgets_ms),
                     variant_weights=weights.get(name, {}),
                     alloc_core_s=s.core_s,
+                    busy_s=s.busy_s,
+                    batches=batches,
+                    batch_items=items,
                 )
             )
         return out

@@ -53,6 +53,9 @@ class StageCounters:
     budgets_ms: tuple[float, ...] = ()
     variant_weights: dict[str, float] = field(default_factory=dict)
     alloc_core_s: float = 0.0
+    busy_s: float = 0.0
+    batches: int = 0
+    batch_items: int = 0
 
 
 class MetricsSource(Protocol):
@@ -81,6 +84,9 @@ class StageSample:
     utilization: float
     usage_cores: float
     variant_weights: dict[str, float]
+    busy_s: float = 0.0
+    batches: int = 0
+    batch_items: int = 0
 
     @property
     def total_cores(self) -> float:
@@ -140,6 +146,9 @@ class Monitor:
                     utilization=busy / alloc if alloc > 0 else 0.0,
                     usage_cores=busy / dt,
                     variant_weights=dict(c.variant_weights),
+                    busy_s=max(0.0, c.busy_s - p.busy_s),
+                    batches=max(0, c.batches - p.batches),
+                    batch_items=max(0, c.batch_items - p.batch_items),
                 )
                 self.samples.setdefault(c.stage, deque(maxlen=self.history)).append(s)
                 self._lat.setdefault(c.stage, deque(maxlen=self.history)).append(
@@ -194,6 +203,17 @@ class Monitor:
             p99_ms=_pct(lat, 99) if lat else 0.0,
             usage_samples=tuple(s.usage_cores for s in w),
         )
+
+    def service(self, stage: str, window_s: float) -> tuple[float, float, int]:
+        """(mean batch service time in ms, mean batch size, batches) over the window, from
+        the replicas' busy time; (nan, nan, 0) without batches."""
+        w = self.window(stage, window_s)
+        n = sum(s.batches for s in w)
+        if n == 0:
+            return math.nan, math.nan, 0
+        busy = sum(s.busy_s for s in w)
+        items = sum(s.batch_items for s in w)
+        return 1000.0 * busy / n, items / n, n
 
     def observations(self, window_s: float) -> tuple[StageObservation, ...]:
         return tuple(self.observation(s, window_s) for s in self.stage_order)

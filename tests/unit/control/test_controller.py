@@ -27,6 +27,9 @@ class Source:
         self.busy = 0.0
         self.rate = 10.0
         self.util = 0.5
+        self.service_ms = 0.0  # observed batch service time (batch 1); 0 = no batches
+        self.batches = 0.0
+        self.busy_s = 0.0
         self.last = clock.now()
 
     def read(self) -> list[StageCounters]:
@@ -37,6 +40,9 @@ class Source:
         sp = plan.stages[0]
         self.arrivals += self.rate * dt
         self.busy += self.util * sp.total_cores * dt
+        if self.service_ms:
+            self.batches += self.rate * dt
+            self.busy_s += self.rate * dt * self.service_ms / 1000.0
         return [
             StageCounters(
                 stage="s",
@@ -47,6 +53,9 @@ class Source:
                 replicas=sp.replicas,
                 new_latencies_ms=(10.0, 20.0),
                 budgets_ms=(100.0, 200.0),
+                busy_s=self.busy_s,
+                batches=int(self.batches),
+                batch_items=int(self.batches),
             )
         ]
 
@@ -184,3 +193,40 @@ def test_restarted_controller_starts_from_plan_in_force() -> None:
     d = c2.tick()
     assert d is not None and d.action == "unchanged"
     assert len(act.applied) == 1
+
+
+class Recorder:
+    name = "recorder"
+    interval_s = 1.0
+
+    def __init__(self) -> None:
+        self.seen: list[PlanContext] = []
+
+    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+        self.seen.append(ctx)
+        assert ctx.current is not None
+        return ctx.current, None
+
+
+def test_live_calibration_scales_the_profile_by_the_observed_slowdown() -> None:
+    clock = SimClock()
+    act = MemActuator(clock, START)
+    rec = Recorder()
+    c = _controller(rec, clock, act, calibrate=True)
+    src = c.monitor.source
+    # The profile predicts l(1, 1 core) = 5 + 1 + 2 + 1 = 9 ms; the machine takes 18 ms.
+    src.service_ms = 18.0  # type: ignore[attr-defined]
+    for _ in range(4):
+        c.tick()
+        clock.advance(1.0)
+    fit = rec.seen[-1].stages[0].variants[0].fit
+    assert fit.latency_ms(1, 1.0) == pytest.approx(18.0, rel=0.05)
+    assert c.decisions.entries[-1].inputs["slowdown"]["s"] == pytest.approx(2.0, rel=0.05)
+    # Without calibration the planner sees the profile as measured.
+    rec2 = Recorder()
+    c2 = _controller(rec2, clock, act)
+    c2.monitor.source.service_ms = 18.0  # type: ignore[attr-defined]
+    for _ in range(3):
+        c2.tick()
+        clock.advance(1.0)
+    assert rec2.seen[-1].stages[0].variants[0].fit.latency_ms(1, 1.0) == pytest.approx(9.0)
