@@ -151,12 +151,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def bench_sim(
         days: float = typer.Option(22.0, help="Days of the Twitter trace to replay."),
         policy: str = typer.Option("static", help="Policy in control."),
+        scale: bool = typer.Option(False, help="Also time 100x16 cores and a 10-stage pipeline."),
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Replay a long Twitter window in the fast mode and print simulated requests/s."""
-        from tidal.sim.bench import bench_long_replay
+        from tidal.sim.bench import bench_long_replay, bench_scale
 
         res = bench_long_replay(days, policy)
+        if scale:
+            res["scale"] = bench_scale()
         if json_out:
             print(json.dumps(res))
         else:

@@ -81,8 +81,10 @@ def bench_scale(seconds: int = 60) -> dict[str, Any]:
         ten,
         ProfileSet(variants=variants),
         np.full(seconds, 200.0),
-        "hpa",
+        "static",
         SimConfig(slo_ms=1000, mode="reference", nodes=4, cores_per_node=16),
+        # l(4, 1 core) = 50 ms: 4 replicas of each stage carry 320 req/s.
+        policy_kwargs={"replicas": 4, "cores": 1.0, "batch": 4},
     )
     deep_wall = clock.now() - t0
     return {
