@@ -1,0 +1,33 @@
+import numpy as np
+import torch
+
+from tidal.innet import dataset
+from tidal.innet.binary import BinNetNN, xnor_dot
+
+
+def test_xnor_popcount_equals_signed_dot_product() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.random((7, 37)) < 0.5
+    w = rng.random((5, 37)) < 0.5
+    expect = np.where(a, 1, -1) @ np.where(w, 1, -1).T
+    assert np.array_equal(xnor_dot(a, w), expect)
+
+
+def test_binarized_model_reference_is_bit_exact() -> None:
+    torch.manual_seed(1)
+    m = BinNetNN(c1=4, c2=8, hidden=16).double().eval()
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (50, 68)).astype(np.uint8)
+    iat = rng.integers(0, 256, 50).astype(np.uint8)
+    with torch.no_grad():
+        lt = m(torch.from_numpy(x.astype(np.float64)), torch.from_numpy(iat.astype(np.int64)))
+    assert np.array_equal(lt.numpy(), m.to_ref().forward(x, iat).astype(np.float64))
+
+
+def test_synthetic_flows_are_labeled_synthetic() -> None:
+    ps = dataset.load([], [], synthetic_flows=8)  # no captures: all synthetic, both labels
+    assert ps.synthetic_benign
+    assert all(f.synthetic for f in ps.flows)
+    assert {f.label for f in ps.flows} == {0, 1}
+    sp = dataset.split(ps)
+    assert len(sp["test"]) and len(sp["train"])
