@@ -42,7 +42,7 @@ def test_evaluate_runs_end_to_end_on_capture_files(tmp_path: Path) -> None:
     raw = (tmp_path / "ben" / "benign_reqresp_0.pcap").read_bytes()
     (tmp_path / "ben" / "cut.pcap").write_bytes(raw[:-7])
     res = evaluate([tmp_path / "cov"], [tmp_path / "ben"], split="all")
-    assert KEYS <= set(res)
+    assert set(res) >= KEYS
     assert res["bit_exact"] is True
     assert res["flows"] >= 8 and res["packets"] > 100
     assert res["switches"] >= 3 and res["max_stages_per_switch"] <= 12
