@@ -106,7 +106,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         names = [p.strip() for p in policies.split(",") if p.strip()]
         if not names:
             raise TidalError(f"--policies is empty (got {policies!r})")
-        console = Console(stderr=True)
+        console = Console(stderr=True, emoji=False, highlight=False)
         comp = compare(
             pipe,
             profs,
@@ -125,7 +125,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if json_out:
             print(json.dumps({"results": [r.summary() for r in comp.results]}))
             return
-        Console().print(
+        Console(emoji=False).print(
             _table(comp.results, f"{pipe.name} on {trace} ({len(rates)} s), SLO {slo_ms:g} ms")
         )
         for p, d in comp.forecasts.items():
@@ -145,7 +145,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Re-run each paper's comparison and regenerate docs/results.md."""
         from tidal.sim.reproduce import reproduce as run
 
-        run(which, out, figures, seconds, Console(stderr=True))
+        run(which, out, figures, seconds, Console(stderr=True, emoji=False, highlight=False))
 
     @bench.command("sim")
     def bench_sim(

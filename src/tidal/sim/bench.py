@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tidal.core.clock import MonotonicClock
-from tidal.core.pipeline import PipelineSpec
+from tidal.core.pipeline import PipelineSpec, StageSpec
 from tidal.core.profile import ProfileSet
 from tidal.sim.config import SimConfig
 from tidal.sim.engine import simulate
@@ -28,7 +28,8 @@ def _resnet18() -> tuple[PipelineSpec, ProfileSet]:
 
     prof = load_reference()
     pipe = PipelineSpec(
-        name="resnet18", stages=[{"name": "classify", "task": "image", "variants": ["resnet18"]}]
+        name="resnet18",
+        stages=[StageSpec(name="classify", task="image", variants=["resnet18"])],
     )
     return pipe, prof
 
@@ -74,7 +75,7 @@ def bench_scale(seconds: int = 60) -> dict[str, Any]:
     variants = {f"v{i}": VariantProfile(name=f"v{i}", accuracy=0.9, fit=fit) for i in range(10)}
     ten = PipelineSpec(
         name="ten",
-        stages=[{"name": f"s{i}", "task": "t", "variants": [f"v{i}"]} for i in range(10)],
+        stages=[StageSpec(name=f"s{i}", task="t", variants=[f"v{i}"]) for i in range(10)],
     )
     t0 = clock.now()
     deep = simulate(

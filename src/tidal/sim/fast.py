@@ -29,7 +29,7 @@ try:  # pragma: no cover - exercised when numba is installed (the default)
 except ImportError:  # pragma: no cover
     HAVE_NUMBA = False
 
-    def njit(*args: Any, **kwargs: Any) -> Any:
+    def njit(*args: Any, **kwargs: Any) -> Any:  # type: ignore[no-redef]
         def deco(f: Any) -> Any:
             return f
 

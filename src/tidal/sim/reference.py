@@ -210,11 +210,13 @@ class ReferenceDataPlane:
                 if kind == _DONE:
                     self._done(obj)  # type: ignore[arg-type]
                 else:
-                    s, li, seq = obj  # type: ignore[misc]
-                    ln = self.stages[s][li]
-                    if ln.timer_seq == seq:
+                    assert isinstance(obj, tuple)
+                    ts: int = obj[0]
+                    tl: int = obj[1]
+                    ln = self.stages[ts][tl]
+                    if ln.timer_seq == obj[2]:
                         ln.timer, ln.timer_seq = -1, -1
-                        self._try_dispatch(s, li, t)
+                        self._try_dispatch(ts, tl, t)
             else:
                 if ta > t_stop:
                     break
@@ -301,9 +303,12 @@ class ReferenceDataPlane:
             if not ln.queue:
                 return
             cores = rep.cores
-            dec = batcher.decide(
-                ln.queue, t, ln.batch, lambda b, c=cores: ln.lat.l_s(b, c), ln.rate(now)
-            )
+            lat = ln.lat
+
+            def l_of(b: int, c: float = cores, lat: VariantLatency = lat) -> float:
+                return lat.l_s(b, c)
+
+            dec = batcher.decide(ln.queue, t, ln.batch, l_of, ln.rate(now))
             if dec is None:
                 return
             if dec.dispatch_at > t:
