@@ -7,7 +7,8 @@ submit to result, stamped in the event's `ts`), and (3) a stream through the sta
 during which the operator is hot-updated to a second version (update_ms, update_gap_ms).
 Lost and duplicated events are counted from sequence numbers and a checksum over all runs,
 and the per-card counts must read 1..n after the update (state carried, order kept).
-`native` runs the same operator code in the host process without any transport.
+`native` runs the same operator code in the host process without any transport. The
+saturating run is repeated (`repeats`, default 3) and `events_per_s` is the median.
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ def run_backend(
     state_cards: int,
     clock: Clock,
     updates: int = 5,
+    repeats: int = 3,
 ) -> dict[str, Any]:
     """All three measurements for one backend (see module docstring)."""
     with (
@@ -167,8 +169,13 @@ def run_backend(
             clock=clock,
         )
         arr = workload.transactions(n, seed=2)
-        res, dt, _ = _stream(cl, arr, clock, None)
-        lost, dup = _check(arr, res)
+        rates: list[float] = []
+        lost = dup = 0
+        for _ in range(repeats):  # this shared 2-core machine is noisy: report the median
+            res, dt, _ = _stream(cl, arr, clock, None)
+            rates.append(n / dt)
+            lo, du = _check(arr, res)
+            lost, dup = lost + lo, dup + du
         paced = workload.transactions(paced_n, seed=3)
         res2, _, lat = _stream(cl, paced, clock, rate)
         l2, d2 = _check(paced, res2)
@@ -204,7 +211,8 @@ def run_backend(
         ums = [r["update_ms"] for r in reports]
         return {
             "backend": f"{kind}-{mode}",
-            "events_per_s": n / dt,
+            "events_per_s": float(np.median(rates)),
+            "events_per_s_runs": [round(r) for r in rates],
             "p50_ms": float(np.percentile(lat, 50)) if lat else None,
             "p99_ms": float(np.percentile(lat, 99)) if lat else None,
             "paced_events_per_s": rate,
