@@ -233,6 +233,15 @@ def _validate(
         else f"difference (live - sim): violations {d['violation_rate_pp']:+.2f} pp, "
         f"core-seconds {d['core_seconds_rel']:+.1%}"
     )
+    if cmp.slowdown:
+        raw = cmp.sim_profile_as_measured or {}
+        console.print(
+            "simulator profile = reference x live slowdown "
+            + ", ".join(f"{k} x{v:.2f}" for k, v in cmp.slowdown.items())
+            + f" (on the unscaled reference profile the simulator gives "
+            f"{raw.get('slo_violation_rate', float('nan')):.2%} violations, "
+            f"{raw.get('core_seconds')} core-s)"
+        )
     verdict = "AGREE" if cmp.agrees else "DO NOT AGREE"
     console.print(
         f"agreement target: violations within {TARGET_VIOLATION_PP:g} pp and core-seconds within "

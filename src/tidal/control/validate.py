@@ -1,12 +1,14 @@
 """`tidal validate`: the same short trace and policy, live and in the simulator.
 
-The live run is the demo's (`tidal.control.demo.run_policy`: a fresh gateway + controller in a
-child process, open-loop replay from this process). The simulator run (`tidal.sim.simulate`)
-gets the same per-second rates (hence the same arrival times: both use
-`tidal.workload.arrivals` with the same seed), the same SLO, the same policy and arguments,
-the same forecaster, the live machine's profile (the reference profile measured here) and the
-same capacity (worker cores). Differences are reported for violation rate (percentage
-points), p99 (relative) and core-seconds (relative), against a stated agreement target.
+The live run comes first: the demo's `run_policy` (a fresh gateway + controller in a child
+process, open-loop replay from this process). The simulator (`tidal.sim.simulate`) then gets
+the same per-second rates (hence the same arrival times: both use `tidal.workload.arrivals`
+with the same seed), the same SLO, policy and arguments, forecaster and capacity (worker
+cores), and the live machine's profile: the reference profile measured here, scaled per
+stage by the slowdown the live controller observed (batch service time vs profile; see
+`tidal.control.controller`). The simulator on the unscaled profile is reported too.
+Differences: violation rate (percentage points), p99 and core-seconds (relative), against a
+stated agreement target.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Comparison:
     violation_pp: float
     p99_rel: float
     core_s_rel: float
+    sim_profile_as_measured: dict[str, Any] | None = None
+    slowdown: dict[str, float] | None = None
 
     @property
     def agrees(self) -> bool:
@@ -66,6 +70,8 @@ class Comparison:
                 "core_seconds_rel": TARGET_CORE_S_REL,
             },
             "agrees": self.agrees,
+            "slowdown": self.slowdown,
+            "sim_with_reference_profile": self.sim_profile_as_measured,
         }
 
 
@@ -100,7 +106,31 @@ def make_validate_setup(
     )
 
 
-def simulate_same(setup: DemoSetup, policy: str, seed: int) -> dict[str, Any]:
+def live_slowdown(decisions: list[dict[str, Any]]) -> dict[str, float]:
+    """Per-stage slowdown the live controller measured (mean of its logged factors, taken
+    once the service had batches): how much slower the live machine ran than the profile."""
+    acc: dict[str, list[float]] = {}
+    for d in decisions:
+        for k, v in (d.get("inputs", {}).get("slowdown") or {}).items():
+            acc.setdefault(k, []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in acc.items() if v}
+
+
+def scaled_profiles(setup: DemoSetup, slowdown: dict[str, float]) -> Any:
+    """The reference profile with each stage's variants scaled by the live slowdown."""
+    from tidal.control.controller import _scaled
+
+    ps = setup.profiles.model_copy(deep=True)
+    for st in setup.pipeline.stages:
+        f = slowdown.get(st.name)
+        if f:
+            for v in st.variants:
+                if v in ps.variants:
+                    ps.variants[v] = _scaled(ps.variants[v], f)
+    return ps
+
+
+def simulate_same(setup: DemoSetup, policy: str, seed: int, profiles: Any = None) -> dict[str, Any]:
     """The simulator's result for the live run's inputs (summary dict of `tidal simulate`)."""
     from tidal.control.closedloop import make_forecaster
     from tidal.sim.config import SimConfig
@@ -122,7 +152,7 @@ def simulate_same(setup: DemoSetup, policy: str, seed: int) -> dict[str, Any]:
 
     res = simulate(
         setup.pipeline,
-        setup.profiles,
+        profiles if profiles is not None else setup.profiles,
         setup.rates,
         policy,
         cfg,
@@ -178,9 +208,16 @@ def validate(
     import tempfile
 
     setup = make_validate_setup(trace, pipeline, slo_ms, damping, compress, duration_s, seed)
-    sim = simulate_same(setup, policy, seed)
     with tempfile.TemporaryDirectory(prefix="tidal-validate-") as tmp:
         work = workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         live = run_policy(setup, policy, work, on_ready=on_ready, on_progress=on_progress)
-    return compare(live_summary(live), sim)
+    # The simulator runs on the live machine's profile: the reference profile scaled by the
+    # per-stage slowdown the live controller measured (1.0 on an idle machine).
+    slow = live_slowdown(live.decisions)
+    sim = simulate_same(setup, policy, seed, scaled_profiles(setup, slow))
+    raw = simulate_same(setup, policy, seed) if slow else None
+    cmp = compare(live_summary(live), sim)
+    cmp.slowdown = slow
+    cmp.sim_profile_as_measured = raw
+    return cmp
