@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from tidal.cep.flink import HAVE_PYFLINK, TidalOperatorFunction
+from tidal.cep.flink import EOS, HAVE_PYFLINK, TidalOperatorFunction
 
 
 def test_adapter_imports_without_pyflink() -> None:
@@ -50,11 +50,13 @@ def test_flink_job_through_tidal_operator(tmp_path) -> None:  # pragma: no cover
     try:
         env = StreamExecutionEnvironment.get_execution_environment()
         env.set_parallelism(1)
-        evs = [json.dumps({"card": i, "amount": 2000.0 if i % 2 else 1.0}) for i in range(10)]
-        ds = env.from_collection(evs, type_info=Types.STRING())
+        evs = [json.dumps({"card": i, "amount": 2000.0 if i % 2 else 1.0}) for i in range(50)]
+        ds = env.from_collection([*evs, EOS], type_info=Types.STRING())
         fn = TidalOperatorFunction("fraud_flag", f"http://127.0.0.1:{port}", token)
-        out = list(ds.process(fn, Types.STRING()).execute_and_collect())
-        assert len(out) <= 10
+        with ds.process(fn, Types.STRING()).execute_and_collect() as it:
+            out = [json.loads(x) for x in it]
+        assert [o["card"] for o in out] == list(range(50))
+        assert [o["flag"] for o in out] == [i % 2 for i in range(50)]
     finally:
         server.should_exit = True
         m.close()

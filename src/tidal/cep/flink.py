@@ -4,10 +4,12 @@
 the operator (HTTP API, bearer token) and connects an `OperatorClient`; each
 `process_element` buffers the event (flushed every F ms or B events by the client) and
 yields the results received so far, so results are emitted on Flink's own task thread,
-never from the client's receiver thread. `close()` drains the remaining results.
+never from the client's receiver thread. PyFlink gives a ProcessFunction no end-of-input
+hook, so a bounded input ends with the `EOS` element, on which the adapter flushes, waits
+until the operator has consumed everything and emits the remaining results.
 
     env = StreamExecutionEnvironment.get_execution_environment()
-    ds = env.from_collection([json.dumps(e) for e in events], type_info=Types.STRING())
+    ds = env.from_collection([json.dumps(e) for e in events] + [EOS], Types.STRING())
     ds.process(TidalOperatorFunction("fraud_flag", url, token), Types.STRING()).print()
     env.execute("cep")
 
@@ -29,6 +31,11 @@ except ImportError:  # PyFlink absent: the class still imports, for docs and tes
     HAVE_PYFLINK = False
 
 
+EOS_FIELD = "__tidal_eos__"
+#: Append this element to a bounded input so the adapter emits the last results.
+EOS = json.dumps({EOS_FIELD: True})
+
+
 class TidalOperatorFunction(_Base):  # type: ignore[misc,valid-type]
     """Forwards a Flink stream of JSON strings through Tidal operator `name`."""
 
@@ -46,9 +53,13 @@ class TidalOperatorFunction(_Base):  # type: ignore[misc,valid-type]
         self._client = connect(self._hub, self.name)
 
     def process_element(self, value: str, ctx: Any = None) -> Iterator[str]:
-        self._client.submit(json.loads(value))
-        for ev in self._client.results():
-            yield json.dumps(ev)
+        ev = json.loads(value)
+        if isinstance(ev, dict) and ev.get(EOS_FIELD):
+            yield from self.drain()  # end of a bounded input: emit everything still due
+            return
+        self._client.submit(ev)
+        for out in self._client.results():
+            yield json.dumps(out)
 
     def drain(self) -> list[str]:
         """Flush and wait until every submitted event's results arrived (end of input)."""
