@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ def test_compare_and_agreement() -> None:
 
 
 def test_live_slowdown_is_the_mean_logged_factor() -> None:
-    decisions = [
+    decisions: list[dict[str, Any]] = [
         {"inputs": {}},
         {"inputs": {"slowdown": {"s": 2.0}}},
         {"inputs": {"slowdown": {"s": 3.0, "t": 1.0}}},
