@@ -69,6 +69,8 @@ def run(
         loop="uvloop",
         http="httptools",
         lifespan="on",
+        proxy_headers=False,  # a local gateway: no X-Forwarded-* rewriting on the hot path
+        server_header=False,
     )
 
 

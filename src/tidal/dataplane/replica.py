@@ -81,12 +81,18 @@ class Replica:
     cores: float
     state: str = STARTING
     executor: Executor | None = None
-    busy: bool = False
+    inflight: int = 0
+    busy_since: float = 0.0
     busy_until: float = 0.0
     applied_cores: float | None = None
     ready_at: float = 0.0
     retire_when_started: bool = False
     starter: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def busy(self) -> bool:
+        """True while a batch (or a resize) is in flight on this replica."""
+        return self.inflight > 0
 
     @property
     def pid(self) -> int | None:

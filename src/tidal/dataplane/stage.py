@@ -150,6 +150,17 @@ class Stage:
         self._credit[best] -= total
         return self.groups[best]
 
+    def _fast_admit(self, g: VariantGroup, deadline: float, now: float) -> bool:
+        """The common case without the full model: empty queue, an idle replica, and a batch
+        of one that fits the budget (what `admit` would conclude, at a fraction of the cost)."""
+        if g.queue:
+            return False
+        for r in g.replicas:
+            if r.state == READY and not r.busy:
+                lat = self.margin * g.latency_s(1, r.cores)
+                return now + lat + self.downstream_s() <= deadline
+        return False
+
     async def submit(
         self, rid: int, x: np.ndarray, arrival: float, deadline: float, now: float
     ) -> StageResult:
@@ -167,7 +178,7 @@ class Stage:
                 + (" (replicas starting)" if starting else ""),
                 1.0,
             )
-        if not self.serve_late:
+        if not self.serve_late and not self._fast_admit(g, deadline, now):
             stage_deadline = deadline - self.downstream_s()
             q = g.queue
             probe = LiveRequest(id=rid, arrival=arrival, deadline=stage_deadline)
