@@ -192,7 +192,7 @@ def bench_resize_cmd(
     sizes: str = typer.Option("1,0.5,2", help="Core counts, in order."),
     batch: int = typer.Option(1, min=1, help="Batch size."),
     samples: int = typer.Option(30, min=1, help="Batches per size."),
-    priority: bool = typer.Option(False, help="High CPU weight (shared machines)."),
+    priority: bool = typer.Option(True, help="High CPU weight (shared machines)."),
 ) -> None:
     """One worker resized in place through SIZES; latency at each size (JSON)."""
     from tidal.models.catalog import get_variant
@@ -209,7 +209,7 @@ def bench_resize_cmd(
 def bench_ipc_cmd(
     workers: int = typer.Option(4, min=1, max=64, help="No-op workers driven concurrently."),
     calls: int = typer.Option(2000, min=10, help="Round trips per measurement."),
-    priority: bool = typer.Option(False, help="High CPU weight (shared machines)."),
+    priority: bool = typer.Option(True, help="High CPU weight (shared machines)."),
 ) -> None:
     """No-op worker round trips: sync, async, async over several workers (JSON)."""
     from tidal.profiling.bench import bench_ipc
