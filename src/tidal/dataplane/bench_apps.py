@@ -70,12 +70,14 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def _ray_main(port: int, workload: str) -> None:  # pragma: no cover - run by the benchmark
+    import logging
+
     import ray
     from ray import serve
     from starlette.requests import Request
     from starlette.responses import Response
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
     onnx_file = None
@@ -114,7 +116,11 @@ def _ray_main(port: int, workload: str) -> None:  # pragma: no cover - run by th
             y = await self.run(x)
             return Response(_encode(y, workload), media_type="application/json")
 
-    serve.run(Model.bind(onnx_file), route_prefix=f"/v2/models/{workload}/infer", name=workload)
+    serve.run(
+        Model.bind(onnx_file),  # type: ignore[attr-defined]
+        route_prefix=f"/v2/models/{workload}/infer",
+        name=workload,
+    )
     print("READY", flush=True)
     sys.stdin.read()
     serve.shutdown()
