@@ -17,6 +17,7 @@ from torch import nn
 
 from tidal.core.errors import TidalError
 from tidal.models.catalog import DIGITS_VARIANTS
+from tidal.models.digits_data import load_split
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 WEIGHTS_FILE = WEIGHTS_DIR / "digits.npz"
@@ -71,18 +72,6 @@ _ARCH: dict[str, type[nn.Module]] = {
     "digits-mlp": DigitsMLP,
     "digits-cnn": DigitsCNN,
 }
-
-
-def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_train, x_test, y_train, y_test): the fixed 75/25 stratified split, x scaled to [0,1]."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x = (d.data / 16.0).astype(np.float32)
-    y = d.target.astype(np.int64)
-    xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
-    return xtr, xte, ytr, yte
 
 
 def build_digits(name: str) -> nn.Module:
