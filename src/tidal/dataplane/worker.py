@@ -10,7 +10,7 @@ Contract (other areas build on it):
     y = await h.infer_async(batch)                    # asyncio; many workers, one loop
     h.resize(0.5)                                     # in place; returns the apply time (s)
     h.last_resize_to_batch_s                          # request -> end of first batch after it
-    h.stop(); h.alive()
+    h.stop(); h.alive()                               # or: with WorkerHandle.start(...) as h:
 
 Errors: `WorkerError` for a rejected batch (wrong shape/dtype: the worker answers with an error
 and keeps serving); `WorkerDied` when the process is gone (e.g. SIGKILL mid-batch): every pending
@@ -306,6 +306,12 @@ class WorkerHandle:
         self._finalizer()
         with contextlib.suppress(Exception):
             self._stderr.close()
+
+    def __enter__(self) -> WorkerHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def alive(self) -> bool:
         """True while the process runs and has not been stopped."""
