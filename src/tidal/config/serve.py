@@ -90,31 +90,41 @@ class ServeConfig(BaseModel):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate model/pipeline names {dup}")
+        fields = [f"models[{i}].variants" for i in range(len(self.models))]
+        fields += [
+            f"pipelines[{i}].stages[{j}].variants"
+            for i, p in enumerate(self.pipelines)
+            for j in range(len(p.stages))
+        ]
         stages = self.stages()
         snames = [s for s, _ in stages]
         dup = sorted({n for n in snames if snames.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate stage names {dup} (stage names are global)")
-        for stage, variants in stages:
+        for field_name, (stage, variants) in zip(fields, stages, strict=True):
             specs = []
             for v in variants:
                 try:
                     specs.append(get_variant(v))
                 except TidalError as e:
-                    raise ValueError(f"stage {stage!r}: {e}") from None
+                    raise ValueError(f"{field_name}: {e}") from None
             shapes = {(s.input_shape, s.input.dtype) for s in specs}
             if len(shapes) > 1:
-                raise ValueError(f"stage {stage!r}: variants {variants} take different inputs")
+                raise ValueError(
+                    f"{field_name}: variants {variants} of stage {stage!r} take different inputs"
+                )
         if self.plan is not None:
             known = dict(stages)
-            for sp in self.plan.stages:
+            for k, sp in enumerate(self.plan.stages):
                 if sp.stage not in known:
-                    raise ValueError(f"plan: unknown stage {sp.stage!r}; stages: {snames}")
+                    raise ValueError(
+                        f"plan.stages[{k}].stage: unknown stage {sp.stage!r}; stages: {snames}"
+                    )
                 for vw in sp.variants:
                     if vw.name not in known[sp.stage]:
                         raise ValueError(
-                            f"plan: stage {sp.stage!r} cannot run variant {vw.name!r}; "
-                            f"allowed: {known[sp.stage]}"
+                            f"plan.stages[{k}].variants: stage {sp.stage!r} cannot run variant "
+                            f"{vw.name!r}; allowed: {known[sp.stage]}"
                         )
         return self
 
@@ -156,11 +166,11 @@ class ServeConfig(BaseModel):
 
 def _first_error(e: ValidationError) -> str:
     first = e.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"]) or "(top level)"
+    loc = ".".join(str(x) for x in first["loc"])
     msg = str(first["msg"]).removeprefix("Value error, ")
     inp = first.get("input")
     shown = "" if isinstance(inp, dict | list) else f" (got {inp!r})"
-    return f"{loc}: {msg}{shown}"
+    return f"{loc}: {msg}{shown}" if loc else msg
 
 
 def parse_serve_config(raw: Any, source: str = "config") -> ServeConfig:
