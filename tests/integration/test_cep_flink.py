@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 import pytest
 
@@ -50,6 +51,7 @@ def test_flink_job_through_tidal_operator(tmp_path) -> None:  # pragma: no cover
     try:
         env = StreamExecutionEnvironment.get_execution_environment()
         env.set_parallelism(1)
+        env.set_python_executable(sys.executable)  # the UDF worker runs this interpreter
         evs = [json.dumps({"card": i, "amount": 2000.0 if i % 2 else 1.0}) for i in range(50)]
         ds = env.from_collection([*evs, EOS], type_info=Types.STRING())
         fn = TidalOperatorFunction("fraud_flag", f"http://127.0.0.1:{port}", token)
