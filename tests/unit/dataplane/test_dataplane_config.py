@@ -31,19 +31,36 @@ def test_defaults_fill_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_serve_config({**cfg.model_dump(), "token": "t"}).admin_token() == "t"
 
 
+M = {"models": [{"name": "m", "variants": ["noop"]}]}
+
+
+def _plan(stage: str, cores: float) -> dict[str, object]:
+    sp = {"stage": stage, "variants": [{"name": "noop"}], "replicas": 1, "cores": cores, "batch": 1}
+    return {**M, "plan": {"stages": [sp]}}
+
+
+def _pipe(*stages: str) -> dict[str, object]:
+    return {
+        "pipelines": [{"name": "p", "stages": [{"name": s, "variants": ["noop"]} for s in stages]}]
+    }
+
+
 BAD = [
     ({}, "nothing to serve"),
-    ({"models": [{"name": "m", "variants": ["resnet9"]}]}, "models[0].variants: unknown variant 'resnet9'"),
+    (
+        {"models": [{"name": "m", "variants": ["resnet9"]}]},
+        "models[0].variants: unknown variant 'resnet9'",
+    ),
     ({"models": [{"name": "m", "variants": []}]}, "models.0.variants"),
-    ({"models": [{"name": "m", "variants": ["noop"]}], "port": 70000}, "port: Input should be less than or equal to 65535 (got 70000)"),
-    ({"models": [{"name": "m", "variants": ["noop"]}], "default_slo_ms": -1}, "default_slo_ms"),
-    ({"models": [{"name": "m", "variants": ["noop"]}], "colour": "red"}, "colour: Extra inputs are not permitted"),
-    ({"models": [{"name": "m", "variants": ["noop"]}, {"name": "m", "variants": ["noop"]}]}, "duplicate model/pipeline names ['m']"),
+    ({**M, "port": 70000}, "port: Input should be less than or equal to 65535 (got 70000)"),
+    ({**M, "default_slo_ms": -1}, "default_slo_ms"),
+    ({**M, "colour": "red"}, "colour: Extra inputs are not permitted"),
+    ({"models": M["models"] * 2}, "duplicate model/pipeline names ['m']"),
     ({"models": [{"name": "m", "variants": ["noop", "resnet18"]}]}, "take different inputs"),
-    ({"pipelines": [{"name": "p", "stages": [{"name": "s", "variants": ["noop"]}, {"name": "s", "variants": ["noop"]}]}]}, "duplicate stage names ['s']"),
-    ({"models": [{"name": "m", "variants": ["noop"]}], "plan": {"stages": [{"stage": "x", "variants": [{"name": "noop"}], "replicas": 1, "cores": 1, "batch": 1}]}}, "plan.stages[0].stage: unknown stage 'x'"),
-    ({"models": [{"name": "m", "variants": ["noop"]}], "plan": {"stages": [{"stage": "m", "variants": [{"name": "noop"}], "replicas": 1, "cores": 0, "batch": 1}]}}, "plan.stages.0.cores"),
-]  # fmt: skip
+    (_pipe("s", "s"), "duplicate stage names ['s']"),
+    (_plan("x", 1.0), "plan.stages[0].stage: unknown stage 'x'"),
+    (_plan("m", 0.0), "plan.stages.0.cores"),
+]
 
 
 @pytest.mark.parametrize(("raw", "msg"), BAD)
