@@ -1,7 +1,9 @@
 """A small LSTM load predictor (IPA: LSTM(25); InfAdapter: an LSTM over 1-min maxima).
 
-Model: one LSTM layer (input 1, hidden 25) over the bucket maxima scaled by 1/SCALE, then a
-linear head giving the scaled target. Weights ship as package data
+Model: one LSTM layer (input 1, hidden 25) over the bucket maxima divided by a scale, then a
+linear head giving the scaled target. Scale (`meta["norm"]`): "window" = the window's mean
+bucket maximum + 1 (level-free: the model learns the shape of the load), or "fixed" = 400
+(the trace's maximum is 388 req/s). Weights ship as package data
 (`tidal/forecast/weights/lstm_<setting>.npz`: the state dict as float32 arrays plus
 `meta_json`), reproduced by ``nice -n 10 tidal forecast train`` (see docs/forecast.md).
 torch is imported lazily: the rest of Tidal does not pay its import time.
@@ -22,6 +24,13 @@ from tidal.forecast.predictors import Setting, _Base, dataset
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 SCALE = 400.0  # trace max is 388 req/s: inputs and targets land in [0, 1]
 HIDDEN = 25
+
+
+def _scale(x: np.ndarray, norm: str) -> np.ndarray:
+    """Per-row divisor of features and target (see the module docstring)."""
+    if norm == "window":
+        return np.asarray(x, dtype=np.float64).mean(axis=1) + 1.0
+    return np.full(len(x), SCALE)
 
 
 def weights_path(setting_name: str) -> Path:
@@ -76,8 +85,10 @@ class LSTMPredictor(_Base):
         import torch
 
         with torch.no_grad():
-            t = torch.from_numpy(np.asarray(x, dtype=np.float32) / SCALE)
-            out = self.net(t).numpy().astype(np.float64) * SCALE
+            xs = np.asarray(x, dtype=np.float64)
+            sc = _scale(xs, str(self.meta.get("norm", "fixed")))
+            t = torch.from_numpy((xs / sc[:, None]).astype(np.float32))
+            out = self.net(t).numpy().astype(np.float64) * sc
         return np.maximum(out, 0.0)
 
 
@@ -91,6 +102,7 @@ def train(
     lr: float = 3e-3,
     seed: int = 0,
     max_seconds: float = 240.0,
+    norm: str = "window",
     clock: Clock | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Fit the LSTM on `rates` (per second, zeros already removed) with MSE on scaled values.
@@ -108,8 +120,11 @@ def train(
     parts = [dataset(rates[off:], s, s.bucket_s) for off in range(0, s.bucket_s, step)]
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
-    xt = torch.from_numpy((x / SCALE).astype(np.float32))
-    yt = torch.from_numpy((y / SCALE).astype(np.float32))
+    if norm not in ("window", "fixed"):
+        raise TidalError(f"LSTM norm must be 'window' or 'fixed', got {norm!r}")
+    sc = _scale(x, norm)
+    xt = torch.from_numpy((x / sc[:, None]).astype(np.float32))
+    yt = torch.from_numpy((y / sc).astype(np.float32))
     net = _module(HIDDEN)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -140,7 +155,7 @@ def train(
         "train_samples": len(xt),
         "train_mse_scaled": loss_v,
         "seed": seed,
-        "scale": SCALE,
+        "norm": norm,
     }
     return state, meta
 
