@@ -7,10 +7,13 @@ without a variant, a negative rate or a non-positive SLO raise TidalError naming
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
@@ -161,11 +164,15 @@ def bench(
         "median_ms": {},
         "feasible": {},
     }
-    for name in names:
-        out["median_ms"][name] = {}
-        out["feasible"][name] = {}
+    runs: list[tuple[str, str, tuple[float, ...]]] = [(n, n, ()) for n in names]
+    if "sponge" in names:  # Sponge's IP with 100 queued requests (budgets 300..1000 ms)
+        queue = tuple(float(b) for b in np.linspace(300.0, 1000.0, 100))
+        runs.append(("sponge+queue100", "sponge", queue))
+    for label, name, budgets in runs:
+        out["median_ms"][label] = {}
+        out["feasible"][label] = {}
         for s in stages:
-            ctx = synthetic_context(s, n_variants, rps=rps)
+            ctx = dataclasses.replace(synthetic_context(s, n_variants, rps=rps), budgets_ms=budgets)
             times, feasible = [], True
             for _ in range(repeat):
                 planner = create(name)
@@ -173,6 +180,6 @@ def bench(
                 plan, _ = planner.plan(ctx)
                 times.append((clock.now() - t0) * 1000.0)
                 feasible = plan.feasible
-            out["median_ms"][name][str(s)] = round(statistics.median(times), 3)
-            out["feasible"][name][str(s)] = feasible
+            out["median_ms"][label][str(s)] = round(statistics.median(times), 3)
+            out["feasible"][label][str(s)] = feasible
     return out
