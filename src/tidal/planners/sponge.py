@@ -12,8 +12,9 @@ binaries ``x[b,c]`` (exactly one chosen), throughput ``sum x*h >= lambda`` and o
 queued request ``sum x[b,c] * finish_i(b,c) <= margin*budget_i`` with
 ``finish_i = (i // b + 1) * l99(b, c)``; objective ``sum x[b,c] * (c*(b_max+1) + b)``
 (lexicographic). A fresh request (budget = SLO) must also fit: ``(b-1)/lambda + l99(b,c)``.
-Rows over a single pair (throughput, the fresh request) are presolved away before the model;
-with an empty queue the IP is then a minimum over the remaining pairs (no solver call).
+Exact presolve: since exactly one x is 1, each row ``sum_k x_k f_k <= L`` holds iff the chosen
+pair alone satisfies ``f_k <= L``; pairs violating any row are dropped (vectorized), and HiGHS
+solves the reduced model (the choice row and the objective).
 The prototype enumerates; the tests check the IP against that enumeration.
 Extended: for a multi-stage pipeline each stage gets an equal share of the SLO and of every
 budget (Sponge serves one model). Fixed: none needed.
@@ -89,31 +90,28 @@ class Sponge:
         all_pairs = [(b, c) for c in cores for b in batches]
         budgets = np.sort(np.asarray(budgets_ms, dtype=np.float64))
         limit = self.margin * budgets
-        # Presolve: rows that depend on one pair only (throughput, a fresh request with the
-        # full SLO) remove infeasible pairs before the model is built.
-        fresh = np.array([queue_ms(b, lam) + profile.p99_ms(b, c) for b, c in all_pairs])
+        lat = np.array([profile.p99_ms(b, c) for b, c in all_pairs])
+        bs = np.array([b for b, _ in all_pairs])
+        # finish[i, k]: completion of queued request i under pair k (EDF, batches back-to-back)
+        finish = (np.arange(len(budgets))[:, None] // bs[None, :] + 1) * lat[None, :]
+        fresh = np.array([queue_ms(b, lam) for b, _ in all_pairs]) + lat
         thr_all = np.array([profile.throughput(b, c) for b, c in all_pairs])
-        keep = (thr_all >= lam - 1e-9) & (fresh <= self.margin * slo_ms + 1e-9)
+        # Exact presolve: exactly one x is 1, so every row sum_k x_k f_k <= L holds iff the
+        # chosen pair alone satisfies f_k <= L: drop each pair that violates any row.
+        keep = (
+            (thr_all >= lam - 1e-9)
+            & (fresh <= self.margin * slo_ms + 1e-9)
+            & np.all(finish <= limit[:, None] + 1e-9, axis=0)
+        )
         pairs = [p for p, k in zip(all_pairs, keep, strict=True) if k]
         sol_pair: tuple[int, int] | None = None
-        if pairs and not len(budgets):
-            # No queued request: the IP is a minimum over the presolved pairs.
-            sol_pair = min(pairs, key=lambda p: (p[1], p[0]))
-        elif pairs:
+        if pairs:
             m = Model(f"sponge[{profile.name}]", sense="min")
             xs = [
                 m.var(f"x[b={b},c={c}]", binary=True, obj=c * (self.max_batch + 1) + b)
                 for b, c in pairs
             ]
             m.constrain({x: 1.0 for x in xs}, eq=1.0, name="one (b, c)")
-            if len(budgets):
-                finish = np.array(
-                    [finish_times_ms(profile, len(budgets), b, c) for b, c in pairs]
-                ).T
-                # Any finish time above its limit is equally infeasible: clip huge values so the
-                # model stays well scaled for HiGHS.
-                fin = np.minimum(finish, 2.0 * limit[:, None] + 1.0)
-                m.constrain_block(xs, fin, ub=limit, name="deadlines (EDF)")
             sol = m.solve(self.time_limit_s)
             if sol.ok:
                 sol_pair = next(p for p, x in zip(pairs, xs, strict=True) if sol.on(x))
@@ -125,8 +123,8 @@ class Sponge:
         for k, (b, c) in enumerate(all_pairs):
             if c != c_max:
                 continue
-            done = finish_times_ms(profile, len(budgets), b, c)
-            viol = int(np.sum(done > limit)) + int(thr_all[k] < lam) + int(not keep[k])
+            viol = int(np.sum(finish[:, k] > limit)) + int(thr_all[k] < lam)
+            viol += int(fresh[k] > self.margin * slo_ms)
             key = (viol, -thr_all[k], b)
             if best is None or key < best:
                 best = key
