@@ -53,14 +53,16 @@ STUDIES: dict[str, Study] = {
         "Themis vs horizontal-only (HPA, FA2) and vertical-only (VPA, Sponge)",
         "reference",
         ["two-stage"],
-        ["twitter:bursty", "twitter:steady-low"],
+        ["twitter:bursty", "twitter:steady-low", "twitter:1301160-1302360"],
         750.0,
         [_e("themis"), _e("hpa"), _e("fa2"), _e("vpa"), _e("sponge")],
         notes=[
-            "REFERENCE.md gives Themis no profile or SLO: we use the profile measured on this "
-            "machine (`tidal.profiling.load_reference()`), the two-stage pipeline of "
+            "REFERENCE.md gives Themis no profile, SLO or window: we use the profile measured on "
+            "this machine (`tidal.profiling.load_reference()`), the two-stage pipeline of "
             "examples/pipelines and an end-to-end SLO of 750 ms, on IPA's bursty and steady-low "
-            "windows (damping 8, as IPA's configs).",
+            "windows (damping 8, as IPA's configs), and on the bursty window undamped "
+            "(`twitter:1301160-1302360`, 40-240 req/s), which is the one that stresses a "
+            "16-core node.",
         ],
     ),
     "sponge": Study(
