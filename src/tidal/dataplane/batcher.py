@@ -14,6 +14,12 @@ Rules, applied in this order (``n`` = queued requests, ``B`` = the plan's max ba
    never held past its slack;
 4. no arrival estimate (``arrival_rate <= 0``) -> dispatch now (``alone``): never wait for
    company that cannot come;
+4b. with a hold window ``hold_s > 0`` (the live gateway passes 10% of l(1)), rules 5-7 are
+   replaced by: dispatch at ``min(head.arrival + hold_s, t_latest)`` (``hold`` while waiting,
+   ``held`` once due). A burst of closed-loop clients whose answers left together comes back
+   within the window and rides one batch (measured: ResNet-18 at 8 connections alternated
+   batches of 1 and 7 without it, because a closed loop's measured rate never exceeds the
+   capacity rule 5 predicts); at one connection it costs 10% of the service time (9 us for noop);
 5. the current batch already keeps up with the load (``n / l(n) >= arrival_rate``) -> dispatch
    now (``keeps_up``): waiting would only add latency, batching buys no needed throughput. This
    is what keeps the one-connection overhead near zero (a closed-loop client cannot send company
@@ -59,16 +65,20 @@ def decide(
     max_batch: int,
     latency_s: LatencyFn,
     arrival_rate: float = 0.0,
+    hold_s: float = 0.0,
 ) -> BatchDecision | None:
     """Decide the next dispatch for `queue` (see the module docstring for the rules).
 
     `arrival_rate` is the rate (req/s) this batcher's dispatches must sustain (the stage's rate
-    divided by its replicas), 0 when unknown. ValueError if `max_batch < 1`.
+    divided by its replicas), 0 when unknown; `hold_s` the hold window (rule 4b), 0 = off.
+    ValueError if `max_batch < 1`.
     """
     head = queue.peek()
     if head is None:
         return None
-    return decide_n(len(queue), head.deadline, now, max_batch, latency_s, arrival_rate)
+    return decide_n(
+        len(queue), head.deadline, now, max_batch, latency_s, arrival_rate, hold_s, head.arrival
+    )
 
 
 def decide_n(
@@ -78,8 +88,11 @@ def decide_n(
     max_batch: int,
     latency_s: LatencyFn,
     arrival_rate: float = 0.0,
+    hold_s: float = 0.0,
+    head_arrival: float | None = None,
 ) -> BatchDecision | None:
-    """`decide` on a queue summarized as its length `n` and earliest deadline."""
+    """`decide` on a queue summarized as its length `n`, earliest deadline and the arrival
+    time of that earliest-deadline request (`head_arrival`, default `now`)."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     if n <= 0:
@@ -91,6 +104,9 @@ def decide_n(
         return BatchDecision(now, n, "slack")
     if arrival_rate <= 0.0:
         return BatchDecision(now, n, "alone")
+    if hold_s > 0.0:
+        due = min((now if head_arrival is None else head_arrival) + hold_s, t_latest)
+        return BatchDecision(now, n, "held") if due <= now else BatchDecision(due, n, "hold")
     if n / max(latency_s(n), 1e-9) >= arrival_rate:
         return BatchDecision(now, n, "keeps_up")
     if arrival_rate * (t_latest - now) < 1.0:

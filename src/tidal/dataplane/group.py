@@ -51,6 +51,8 @@ worker's socket, which hides the dispatch round trip (IPC + process wake-up, 0.1
 for fast models without cutting the batches of slow ones (a ResNet batch is never pre-sent
 40 ms ahead)."""
 PREFETCH_S = 0.002
+HOLD_FRACTION = 0.1
+"""The batcher's hold window is this fraction of l(1) (see tidal.dataplane.batcher rule 4b)."""
 
 LatencyBC = Callable[[int, float], float]
 
@@ -161,9 +163,8 @@ class VariantGroup:
             if rep is None:
                 break
             n_ready = max(1, len(self.ready()))
-            dec = decide(
-                q, now, self.max_batch, _bind(self.latency_s, rep.cores), self.rate / n_ready
-            )
+            lat = _bind(self.latency_s, rep.cores)
+            dec = decide(q, now, self.max_batch, lat, self.rate / n_ready, HOLD_FRACTION * lat(1))
             if dec is None:
                 break
             if dec.dispatch_at > now:

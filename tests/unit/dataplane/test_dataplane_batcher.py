@@ -73,3 +73,20 @@ def test_never_past_slack_property() -> None:
 def test_bad_max_batch() -> None:
     with pytest.raises(ValueError):
         decide_n(1, 1.0, 0.0, 0, lat)
+
+
+def test_hold_window_collects_a_burst_then_goes() -> None:
+    q = EDFQueue()
+    q.push(Request(id=0, arrival=1.000, deadline=10.0))
+    d = decide(q, 1.000, 8, lat, 5.0, hold_s=0.004)
+    assert d is not None and d.reason == "hold" and d.dispatch_at == pytest.approx(1.004)
+    d = decide(q, 1.004, 8, lat, 5.0, hold_s=0.004)
+    assert d is not None and d.reason == "held" and d.is_now(1.004)
+    # never past the slack: t_latest = 1.05 - l(8) = 1.0
+    q2 = EDFQueue()
+    q2.push(Request(id=1, arrival=0.999, deadline=1.05))
+    d = decide(q2, 0.999, 8, lat, 5.0, hold_s=0.004)
+    assert d is not None and d.dispatch_at == pytest.approx(1.0)
+    # no estimate: still at once
+    d = decide(q, 1.0, 8, lat, 0.0, hold_s=0.004)
+    assert d is not None and d.reason == "alone"
