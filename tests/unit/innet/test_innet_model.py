@@ -43,3 +43,11 @@ def test_save_and_load_roundtrip(net: IntNet, tmp_path, samples) -> None:  # typ
     back = IntNet.load(path)
     x, iat = samples
     assert np.array_equal(back.forward(x, iat), net.forward(x, iat))
+
+
+def test_committed_integer_weights_match_the_torch_model(net: IntNet, samples) -> None:  # type: ignore[no-untyped-def]
+    from tidal.innet.evaluate import DEFAULT_MODEL
+
+    x, iat = samples
+    committed = IntNet.load(DEFAULT_MODEL.with_suffix(".npz"))
+    assert np.array_equal(committed.forward(x, iat), net.forward(x, iat))
