@@ -145,7 +145,7 @@ class Model:
         """Solve with HiGHS within `time_limit_s`. Never raises for infeasibility."""
         n = len(self.names)
         if n == 0:
-            return Solution(self, True, np.zeros(0), 0.0, "empty model")
+            return Solution(self, True, np.zeros(0), 0.0, "empty model", True)
         c = np.array(self.obj, dtype=np.float64)
         if self.sense == "max":
             c = -c
@@ -171,22 +171,26 @@ class Model:
             options={"time_limit": float(time_limit_s), "presolve": True, "mip_rel_gap": 1e-6},
         )
         ok = res.x is not None and res.status in (0, 1)
+        optimal = ok and res.status == 0
         x = np.asarray(res.x) if res.x is not None else np.full(n, np.nan)
         value = float(res.fun) if res.fun is not None else math.nan
         if self.sense == "max":
             value = -value
-        return Solution(self, ok, x, value, str(res.message))
+        return Solution(self, ok, x, value, str(res.message), optimal)
 
 
 @dataclass
 class Solution:
-    """The result of `Model.solve`: `ok`, the values `x`, the `objective` and HiGHS' message."""
+    """The result of `Model.solve`: `ok` (a solution exists), the values `x`, the `objective`,
+    HiGHS' message and `optimal` (False when the time limit stopped the search: `x` is then
+    HiGHS' best incumbent)."""
 
     model: Model
     ok: bool
     x: np.ndarray
     objective: float
     message: str
+    optimal: bool = False
 
     def __getitem__(self, var: int) -> float:
         return float(self.x[var])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tidal.core.errors import TidalError
+from tidal.core.shared import shared_path
 from tidal.forecast import SETTINGS, create, dataset, features, mape, rmse
 from tidal.forecast.evaluate import evaluate, split
 from tidal.forecast.lstm import LSTMPredictor, save, train
@@ -80,3 +81,16 @@ def test_tiny_training_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-
     assert score.samples > 0 and np.isfinite(score.mape_pct)
     with pytest.raises(TidalError, match="are for setting 'ipa', not 'infadapter'"):
         LSTMPredictor("infadapter", weights=tmp_path / "w.npz")
+
+
+@pytest.mark.skipif(
+    shared_path("traces", "twitter_2021-08_per_second.txt") is None,
+    reason="../shared/traces/twitter_2021-08_per_second.txt not on this machine",
+)
+def test_eval_on_twitter_last_week_lstm_beats_max_and_last() -> None:
+    from tidal.cli.plan import _eval
+
+    rows = {r["predictor"]: r for r in _eval(["infadapter"], None)}
+    assert rows["lstm"]["samples"] == rows["max"]["samples"] > 9000
+    assert rows["lstm"]["rmse"] < rows["last"]["rmse"] < rows["max"]["rmse"]
+    assert rows["lstm"]["mape_pct"] < rows["last"]["mape_pct"]

@@ -14,6 +14,7 @@ def test_knapsack_optimum() -> None:
     m.constrain({x: w for x, w in zip(xs, [1, 2, 3], strict=True)}, ub=5, name="weight")
     sol = m.solve().require()
     assert sol.objective == pytest.approx(22)
+    assert sol.optimal
     assert [sol.on(x) for x in xs] == [False, True, True]
 
 
