@@ -122,13 +122,26 @@ def _demo(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from tidal.control.demo import make_setup, run_policy
+    from tidal.control.demo import make_setup, probe_slowdown, run_policy
     from tidal.control.report import print_summary, verdict, write_report
 
     console = Console()
     setup = make_setup(
         slo_ms=slo_ms, compress=compress, peak_load=peak_load, seed=seed, duration_s=duration
     )
+    with tempfile.TemporaryDirectory(prefix="tidal-probe-") as tmp:
+        console.print("probing this machine's speed on the pipeline (12 requests)...")
+        slow = probe_slowdown(setup, Path(tmp))
+    console.print(f"the pipeline runs x{slow:.2f} its profile's latency here now")
+    if slow > 1.05:
+        setup = make_setup(
+            slo_ms=slo_ms,
+            compress=compress,
+            peak_load=peak_load,
+            seed=seed,
+            duration_s=duration,
+            slowdown=slow,
+        )
     names = [p.strip() for p in policies.split(",") if p.strip()]
     chain = " -> ".join(f"{st.name} [{st.variants[0]}]" for st in setup.pipeline.stages)
     console.print(

@@ -157,9 +157,14 @@ def make_setup(
     seed: int = 0,
     duration_s: float | None = None,
     profiles: ProfileSet | None = None,
-    reserve: float = 0.5,
+    reserve: float = 0.0,
+    slowdown: float = 1.0,
 ) -> DemoSetup:
-    """Pipeline, profile, SLO and the damped, compressed surge schedule."""
+    """Pipeline, profile, SLO and the damped, compressed surge schedule.
+
+    `slowdown` (from :func:`probe_slowdown`) is how much slower the pipeline runs on this
+    machine now than its profile says (a machine shared with other jobs): the SLO and the
+    load are sized with the profile scaled by it."""
     from tidal.control.closedloop import load_profiles
 
     spec, pfile = find_pipeline()
@@ -170,10 +175,12 @@ def make_setup(
             f"the profile has no entry for {missing} (needed to size the demo); "
             f"profile has {sorted(ps.variants)}; run `tidal profile`"
         )
-    first = [ps.get(st.variants[0]) for st in spec.stages]
+    from tidal.control.controller import _scaled
+
+    first = [_scaled(ps.get(st.variants[0]), slowdown) for st in spec.stages]
     machine = float(os.cpu_count() or 2)
-    # Workers get the machine minus `reserve` cores: the gateway and the load generator
-    # run here too (a planner that gives every core to workers starves them).
+    # Workers may get the machine minus `reserve` cores (the gateway and the load generator
+    # run here too; 0 by default: planners see the machine as it is).
     cores = max(0.5, machine - reserve)
     if slo_ms is None:
         # 3x the pipeline's p99 at the initial plan (0.5 cores per stage, batch 1).
@@ -193,11 +200,13 @@ def make_setup(
     factor = peak_load * cap / peak
     rates = _compress(base * factor, compress)
     sched = schedule_from_rates(rates, seed=seed, slo_ms=slo_ms, duration_s=duration_s)
+    if slowdown > 1.05:
+        desc += f"; this machine ran the pipeline x{slowdown:.1f} slower than its profile"
     desc += (
         f", damped x{factor:.3f} and compressed x{compress}: {len(rates)} s, "
         f"{rates[:30].mean():.0f} -> {np.max(np.convolve(rates, np.ones(8) / 8, mode='valid')):.0f}"
         f" req/s; the pipeline's capacity on {cores:g} worker cores is ~{cap:.0f} req/s "
-        f"(profile; {machine - cores:g} of {machine:g} cores left to the gateway and loadgen)"
+        f"(profile x slowdown; {machine:g} cores on this machine)"
     )
     serve = serve_config(spec, slo_ms)
     return DemoSetup(spec, pfile, ps, slo_ms, cores, sched, rates, desc, synthetic, serve)
@@ -238,6 +247,53 @@ def _compress(rates: np.ndarray, k: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- one run
+def probe_slowdown(setup: DemoSetup, workdir: Path, requests: int = 12) -> float:
+    """Measure how much slower than its profile the pipeline runs here now: start the
+    gateway at the initial plan (no controller), send `requests` requests one at a time,
+    and divide the median latency by the profile's (batch 1, 0.5 cores per stage)."""
+    cfg = workdir / "probe.yaml"
+    cfg.write_text(yaml.safe_dump(setup.serve_config, sort_keys=False))
+    prof = workdir / "profile.json"
+    setup.profiles.save(prof)
+    server = Server(cfg, "", workdir, prof)
+    try:
+        port = server.wait_ready()
+        return asyncio.run(_probe(setup, f"http://127.0.0.1:{port}", requests))
+    finally:
+        server.stop()
+
+
+async def _probe(setup: DemoSetup, base: str, n: int) -> float:
+    from tidal.workload.loadgen import fetch_metadata, v2_binary_body_from_metadata
+
+    body, hlen = v2_binary_body_from_metadata(await fetch_metadata(base, setup.pipeline.name))
+    url = f"{base}/v2/models/{setup.pipeline.name}/infer"
+    lat = []
+    headers = {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(hlen),
+        "x-tidal-slo-ms": "60000",
+    }
+    from tidal.core.clock import MonotonicClock
+
+    clock = MonotonicClock()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        for i in range(n + 2):
+            t0 = clock.now()
+            async with s.post(url, data=body, headers=headers) as r:
+                await r.read()
+                ok = r.status == 200
+            if i >= 2 and ok:  # the first two warm the path
+                lat.append((clock.now() - t0) * 1000.0)
+            await asyncio.sleep(0.05)
+    if not lat:
+        return 1.0
+    pred = sum(
+        setup.profiles.get(st.variants[0]).latency_ms(1, 0.5) for st in setup.pipeline.stages
+    )
+    return max(1.0, float(np.median(lat)) / pred)
+
+
 class Server:
     """A closed loop in a child process (`python -m tidal.control.server_main`)."""
 
@@ -255,20 +311,23 @@ class Server:
             "-m",
             "tidal.control.server_main",
             str(config),
-            "--policy",
-            policy,
-            "--policy-kwargs",
-            json.dumps(POLICY_KWARGS.get(policy, {})),
             "--decisions",
             str(self.decisions),
         ]
+        if policy:
+            args += [
+                "--policy",
+                policy,
+                "--policy-kwargs",
+                json.dumps(POLICY_KWARGS.get(policy, {})),
+            ]
         if FORECAST.get(policy):
             args += ["--forecast", str(FORECAST[policy])]
         if profile is not None:
             args += ["--profile", str(profile)]
         if cores is not None:
             args += ["--cores-per-node", f"{cores:g}"]
-        self.log = (workdir / f"server-{policy}.log").open("w")
+        self.log = (workdir / f"server-{policy or 'probe'}.log").open("w")
         self.proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True
         )
