@@ -202,8 +202,12 @@ def _read_pcapng(data: bytes, cap: Capture) -> None:
         (btype_i, blen) = struct.unpack_from(endian + "II", data, off)
         if blen < 12 or blen % 4 or off + blen > n:
             what = "truncated" if off + blen > n and blen >= 12 else "corrupt"
-            cap.issues.append(CaptureIssue(cap.path, off, f"{what} block (length {blen})"))
-            return
+            cap.issues.append(CaptureIssue(cap.path, off, f"{what} block (length {blen}); skipped"))
+            nxt = _resync_pcapng(data, off + 4, endian)
+            if nxt is None:
+                return
+            off = nxt
+            continue
         body = data[off + 8 : off + blen - 4]
         if btype_i == 1:  # interface description
             linktype = struct.unpack_from(endian + "H", body, 0)[0]
@@ -214,6 +218,18 @@ def _read_pcapng(data: bytes, cap: Capture) -> None:
             except (struct.error, IndexError) as e:
                 cap.issues.append(CaptureIssue(cap.path, off, f"corrupt packet block ({e})"))
         off += blen
+
+
+def _resync_pcapng(data: bytes, start: int, endian: str) -> int | None:
+    """Offset of the next block whose leading and trailing lengths agree, or None."""
+    n = len(data)
+    for off in range(start - start % 4, n - 12, 4):
+        btype, blen = struct.unpack_from(endian + "II", data, off)
+        if btype not in (1, 3, 5, 6) or blen < 12 or blen % 4 or off + blen > n:
+            continue
+        if struct.unpack_from(endian + "I", data, off + blen - 4)[0] == blen:
+            return off
+    return None
 
 
 def _tsresol(opts: bytes, endian: str) -> int:

@@ -82,3 +82,25 @@ def test_pcapng_enhanced_packet_blocks(tmp_path: Path) -> None:
     assert cap.frames == [FRAME]
     assert cap.ts_us == [7_000_000]
     assert cap.issues and cap.issues[0].offset == len(shb + idb + epb)
+
+
+def test_pcapng_corrupt_block_is_skipped_and_reading_resumes(tmp_path: Path) -> None:
+    shb_body = struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
+    shb = struct.pack("<II", 0x0A0D0D0A, 12 + len(shb_body)) + shb_body
+    shb += struct.pack("<I", 12 + len(shb_body))
+    idb_body = struct.pack("<HHI", 1, 0, 65535)
+    idb = struct.pack("<II", 1, 12 + len(idb_body)) + idb_body + struct.pack("<I", 20)
+    data = FRAME + bytes((4 - len(FRAME) % 4) % 4)
+
+    def epb(ts: int) -> bytes:
+        body = struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(FRAME), len(FRAME)) + data
+        return struct.pack("<II", 6, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+
+    bad = bytearray(epb(2_000_000))
+    bad[4:8] = struct.pack("<I", 7)  # corrupt block length
+    p = tmp_path / "r.pcapng"
+    p.write_bytes(shb + idb + epb(1_000_000) + bytes(bad) + epb(3_000_000))
+    cap = read_capture(p)
+    assert cap.ts_us == [1_000_000, 3_000_000]
+    assert cap.issues[0].offset == len(shb + idb) + len(epb(0))
+    assert "corrupt block" in cap.issues[0].message
