@@ -14,6 +14,7 @@ saturating run is repeated (`repeats`, default 3) and `events_per_s` is the medi
 from __future__ import annotations
 
 import contextlib
+import subprocess
 import sys
 import tempfile
 import threading
@@ -117,9 +118,20 @@ def _native(n: int, batch: int, clock: Clock) -> dict[str, Any]:
 def _backend(kind: str, root: str, mode: str, batch: int) -> Iterator[NodeManager]:
     srv: Any = None
     rs: Any = None
+    proc: subprocess.Popen[bytes] | None = None
     if kind == "embedded":
         srv = SocketStoreServer(MemoryStore("bench"), f"{root}/store.sock")
         url = srv.url
+    elif kind == "embedded-proc":  # the store in its own process, as under `tidal cep serve`
+        path = f"{root}/store.sock"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tidal.cep.sockstore", path],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()  # "ready"
+        url = f"unix://{path}"
     else:
         from tidal.cep.redis_server import RedisServer
 
@@ -134,6 +146,10 @@ def _backend(kind: str, root: str, mode: str, batch: int) -> Iterator[NodeManage
             srv.close()
         if rs is not None:
             rs.stop()
+        if proc is not None:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(10)
 
 
 def run_backend(
@@ -272,7 +288,7 @@ def run(
 ) -> list[dict[str, Any]]:
     """The benchmark rows for `backends` (native, embedded, redis, redis-faithful)."""
     clock = clock or MonotonicClock()
-    known = ("native", "embedded", "redis", "redis-faithful")
+    known = ("native", "embedded", "embedded-proc", "redis", "redis-faithful")
     for b in backends:
         if b not in known:
             raise TidalError(f"unknown backend {b!r}; choose from {list(known)}")
@@ -285,7 +301,7 @@ def run(
             if b == "native":
                 rows.append(_native(n, batch, clock))
                 continue
-            kind = "embedded" if b == "embedded" else "redis"
+            kind = b if b.startswith("embedded") else "redis"
             mode = "faithful" if b == "redis-faithful" else "blob"
             nn = max(n // 5, 20_000) if mode == "faithful" else n
             rows.append(

@@ -213,3 +213,22 @@ class SocketStore:
 
     def close(self) -> None:
         self._sock.close()
+
+
+def serve_forever(path: str) -> None:
+    """Serve a fresh `MemoryStore` on `path` until stdin closes (a store process)."""
+    import sys
+
+    srv = SocketStoreServer(MemoryStore("proc"), path)
+    print("ready", flush=True)
+    try:
+        while sys.stdin.read(1):
+            pass
+    finally:
+        srv.close()
+
+
+if __name__ == "__main__":
+    import sys
+
+    serve_forever(sys.argv[1])
