@@ -30,13 +30,19 @@ def main() -> None:
             m.register("fraud_flag", VersionSpec(source=src))
             m.register("fraud_flag", VersionSpec(source=src))
             p = (
-                Pattern.begin("small").where(lambda e: e["amount"] < 5)
-                .followed_by("large").where(lambda e: e["amount"] > 500)
+                Pattern.begin("small")
+                .where(lambda e: e["amount"] < 5)
+                .followed_by("large")
+                .where(lambda e: e["amount"] > 500)
                 .within(600)
             )
-            host1 = Stream(m).serverless("fraud_flag").key_by("card").pattern(
-                p, lambda mm: (mm["small"][0]["seq"], mm["large"][0]["seq"])
-            ).build()
+            host1 = (
+                Stream(m)
+                .serverless("fraud_flag")
+                .key_by("card")
+                .pattern(p, lambda mm: (mm["small"][0]["seq"], mm["large"][0]["seq"]))
+                .build()
+            )
             out1 = host1.push(evs[:10_000])
             print("hot update:", m.update("fraud_flag", 2))
             out1 += host1.push(evs[10_000:]) + host1.finish()
@@ -44,8 +50,10 @@ def main() -> None:
             host2 = SaseEngine(m).compile((HERE / "fraud.sase").read_text())
             out2 = host2.run(evs)
             print(f"flink-style host: {len(out1)} matches; SASE host: {len(out2)} matches")
-            print("same matches:", sorted(out1) == sorted((r["small_seq"], r["large_seq"])
-                                                          for r in out2))
+            print(
+                "same matches:",
+                sorted(out1) == sorted((r["small_seq"], r["large_seq"]) for r in out2),
+            )
             for r in out2[:5]:
                 print(r)
         finally:
