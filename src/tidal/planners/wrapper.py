@@ -70,7 +70,8 @@ class Bounds:
             raise TidalError(f"bounds: max_batch must be >= 1, got {self.max_batch}")
 
     def clamp(self, sp: StagePlan) -> StagePlan:
-        """`sp` with replicas, cores and batch inside the bounds (single-variant replicas)."""
+        """`sp` with replicas, cores and batch inside the bounds (per variant too, when a
+        variant sets its own replicas/cores)."""
         upd: dict[str, Any] = {}
         r = max(sp.replicas, self.min_replicas)
         if self.max_replicas is not None:
@@ -86,6 +87,20 @@ class Bounds:
             upd["cores"] = c
         if self.max_batch is not None and sp.batch > self.max_batch:
             upd["batch"] = self.max_batch
+        if any(v.replicas is not None or v.cores is not None for v in sp.variants):
+            # multi-variant stages (InfAdapter): the same bounds per variant
+            vs = []
+            for v in sp.variants:
+                vr = v.replicas
+                if vr is not None and self.max_replicas is not None:
+                    vr = min(vr, self.max_replicas)
+                vc = v.cores
+                if vc is not None and self.max_cores is not None:
+                    vc = min(vc, self.max_cores)
+                if vc is not None and self.min_cores is not None:
+                    vc = max(vc, self.min_cores)
+                vs.append(v.model_copy(update={"replicas": vr, "cores": vc}))
+            upd["variants"] = tuple(vs)
         return sp.model_copy(update=upd) if upd else sp
 
 

@@ -133,3 +133,11 @@ def test_governed_passes_inner_state_through() -> None:
     )
     _, st = g.plan(ctx)
     assert st.inner is not None and sum(st.inner.hist["s0"]) > 0
+
+
+def test_bounds_apply_per_variant_for_infadapter() -> None:
+    g = Governed(create("infadapter"), bounds=Bounds(max_replicas=1, max_cores=4.0))
+    plan, _ = g.plan(synthetic_context(1, rps=80.0))
+    for v in plan.stages[0].variants:
+        assert v.replicas is not None and v.replicas <= 1
+        assert v.cores is not None and v.cores <= 4.0
