@@ -230,3 +230,16 @@ def test_go_signal_moves_big_state_through_a_file() -> None:
     assert decode_go(encode_go(small, "inst", [])) == (small, [])
     assert decode_go(b'S{"a":1}') == (b'{"a":1}', [])
     assert decode_go(b"E") == (None, [])
+
+
+def test_new_instance_starts_empty_when_old_died_and_skips_its_stale_barrier() -> None:
+    store = MemoryStore()
+    new = Recorder()
+    rt = OperatorRuntime(cfg(instance="new", standby=True), new, store)
+    frames = Codec("json").encode([{"k": 1, "i": i} for i in range(6)], "faithful")
+    store.push("in", frames[:3] + [handover_frame("new")] + frames[3:])
+    store.push(inst_keys("new")["go"], [b"E"])  # what the manager sends when the old died
+    _run_some(rt)
+    outs = Codec("json").decode(store.execute([("lrange", "out", 0, -1)])[0])
+    assert [e["i"] for e in outs] == list(range(6)) and not rt.handed_over
+    assert [e["n"] for e in outs] == list(range(1, 7))
