@@ -2,7 +2,8 @@
 
 Trains (bounded, single thread, nice it) and evaluates on the held-out test split:
 - features: bytes only / timing only / both, each on masked and on unmasked bytes;
-- the binarized XNOR-popcount variant (masked, both);
+- the unquantized float model and the binarized XNOR-popcount variant (masked, both): the
+  accuracy cost of each step float -> int8 -> binary;
 - cross-technique: trained without one covert technique (size modulation, then timing
   channels), tested on that technique's flows plus the benign test flows.
 Prints one JSON object. Run: nice -n 10 .venv/bin/python benchmarks/bench_innet_ablation.py
@@ -19,6 +20,7 @@ import torch
 
 from tidal.innet import dataset, metrics
 from tidal.innet.binary import BinNetNN
+from tidal.innet.qmodel import NetNN
 from tidal.innet.train import TrainConfig, train_model
 
 
@@ -29,6 +31,12 @@ def _report(pred: np.ndarray, ps: dataset.PacketSet) -> dict[str, Any]:
     wrong = metrics.flow_verdicts(pred, ps.flow, len(ps.flows)) != fl
     r["wrong_flows"] = sorted({ps.flows[i].file.rsplit("/", 1)[-1] for i in np.flatnonzero(wrong)})
     return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+
+
+def _float_predict(m: NetNN, ps: dataset.PacketSet) -> np.ndarray:
+    with torch.no_grad():
+        lg = m(torch.from_numpy(ps.x.astype(np.float32)), torch.from_numpy(ps.iat.astype(np.int64)))
+    return (lg[:, 1] > lg[:, 0]).numpy().astype(np.int64)
 
 
 def main(epochs: int = 8) -> dict[str, Any]:
@@ -45,6 +53,10 @@ def main(epochs: int = 8) -> dict[str, Any]:
             out[f"{feats}_{'masked' if masked else 'unmasked'}"] = _report(
                 net.predict(x, te.iat), te
             )
+    fm = NetNN()
+    fm.quantize = False
+    fm = train_model(tr, TrainConfig(epochs=epochs), model=fm)
+    out["float_both_masked"] = _report(_float_predict(fm, te), te)
     torch.manual_seed(0)
     b = train_model(tr, TrainConfig(epochs=epochs, lr=1e-2), model=BinNetNN()).to_ref()
     out["binarized_both_masked"] = _report(b.predict(te.x, te.iat), te)

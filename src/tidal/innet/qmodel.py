@@ -58,6 +58,14 @@ def fq_int(b: torch.Tensor, e: int, bits: int) -> torch.Tensor:
     return _ste(b, torch.clamp(torch.floor(b * s + 0.5), -lim, lim - 1) / s)
 
 
+def _id_w(w: torch.Tensor, e: int) -> torch.Tensor:
+    return w
+
+
+def _id_i(b: torch.Tensor, e: int, bits: int) -> torch.Tensor:
+    return b
+
+
 def fq_act(x: torch.Tensor) -> torch.Tensor:
     s = 2.0**ACT_EXP
     q = torch.clamp(torch.floor(x * s + 0.5), 0, ACT_MAX) / s
@@ -78,6 +86,7 @@ class NetNN(nn.Module):
         super().__init__()
         self.c1, self.c2, self.hidden = c1, c2, hidden
         self.use_bytes, self.use_timing = use_bytes, use_timing
+        self.quantize = True  # False: plain float (measures what quantization costs)
         self.conv1 = nn.Conv1d(1, c1, 5)
         self.conv2 = nn.Conv1d(c1, c2, 5, stride=2)
         self.n_flat = c2 * 14  # 68 -> 64 -> pool 32 -> 14
@@ -95,38 +104,36 @@ class NetNN(nn.Module):
         }
 
     def forward(self, x: torch.Tensor, iat: torch.Tensor) -> torch.Tensor:
-        """x: (B, 68) bytes as float; iat: (B,) long. Returns fake-quantized logits."""
+        """x: (B, 68) bytes as float; iat: (B,) long. Fake-quantized logits (plain float
+        logits when `quantize` is False: the unquantized reference of the accuracy cost)."""
         e = self.exponents()
+        qw, qi, qa = (fq_weight, fq_int, fq_act) if self.quantize else (_id_w, _id_i, torch.relu)
         dt = self.fc1.weight.dtype
         b = x.shape[0]
         if self.use_bytes:
             x0 = (x.to(dt) / 2.0**IN_EXP).unsqueeze(1)
             e1 = IN_EXP + e["conv1"]
             h1 = nn.functional.conv1d(
-                x0, fq_weight(self.conv1.weight, e["conv1"]), fq_int(_b(self.conv1.bias), e1, 32)
+                x0, qw(self.conv1.weight, e["conv1"]), qi(_b(self.conv1.bias), e1, 32)
             )
-            a1 = nn.functional.max_pool1d(fq_act(h1), 2)
+            a1 = nn.functional.max_pool1d(qa(h1), 2)
             e2 = ACT_EXP + e["conv2"]
             h2 = nn.functional.conv1d(
                 a1,
-                fq_weight(self.conv2.weight, e["conv2"]),
-                fq_int(_b(self.conv2.bias), e2, 32),
+                qw(self.conv2.weight, e["conv2"]),
+                qi(_b(self.conv2.bias), e2, 32),
                 stride=2,
             )
-            a2 = fq_act(h2).reshape(b, -1)
+            a2 = qa(h2).reshape(b, -1)
         else:
             a2 = torch.zeros(b, self.n_flat, dtype=dt)
         e3 = ACT_EXP + e["fc1"]
-        h3 = nn.functional.linear(
-            a2, fq_weight(self.fc1.weight, e["fc1"]), fq_int(self.fc1.bias, e3, 32)
-        )
+        h3 = nn.functional.linear(a2, qw(self.fc1.weight, e["fc1"]), qi(self.fc1.bias, e3, 32))
         if self.use_timing:
-            h3 = h3 + fq_int(self.iat.weight, e3, 16)[iat]
-        a3 = fq_act(h3)
+            h3 = h3 + qi(self.iat.weight, e3, 16)[iat]
+        a3 = qa(h3)
         e4 = ACT_EXP + e["fc2"]
-        return nn.functional.linear(
-            a3, fq_weight(self.fc2.weight, e["fc2"]), fq_int(self.fc2.bias, e4, 32)
-        )
+        return nn.functional.linear(a3, qw(self.fc2.weight, e["fc2"]), qi(self.fc2.bias, e4, 32))
 
     def to_int(self) -> IntNet:
         """Export the integers the fake-quantized forward pass uses."""
