@@ -20,7 +20,7 @@ from tidal.planners.themis import amdahl_cap
 
 BATCHES = (1, 2, 4, 8, 16)
 SETTINGS = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 
 
