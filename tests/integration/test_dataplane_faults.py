@@ -35,6 +35,9 @@ async def _kill_mid_batch(gw: Gateway) -> int:
     for _ in range(20_000):
         for r in gw.stages["cnn"].replicas():
             if r.busy and r.pid:
+                # Freeze it first so the batch cannot finish in the meantime, then kill it.
+                os.kill(r.pid, signal.SIGSTOP)
+                await asyncio.sleep(0.02)
                 os.kill(r.pid, signal.SIGKILL)
                 return r.pid
         await asyncio.sleep(0.0005)
@@ -80,7 +83,7 @@ def test_sigkill_mid_batch_retries_on_other_replica_and_replaces() -> None:
 
 
 def test_sigkill_single_replica_answers_5xx_when_deadline_cannot_be_met() -> None:
-    x = np.random.default_rng(1).random((ROWS, 64), dtype=np.float32)
+    x = np.random.default_rng(1).random((4 * ROWS, 64), dtype=np.float32)
 
     async def main() -> None:
         gw = _gw(1, 20_000)
@@ -99,7 +102,7 @@ def test_sigkill_single_replica_answers_5xx_when_deadline_cannot_be_met() -> Non
         await _wait_replicas(gw, 1)
         assert victim not in {r.pid for r in gw.stages["cnn"].replicas()}
         r = await gw.infer("cnn", x)  # the replacement serves
-        assert r.output.shape == (ROWS, 10)
+        assert r.output.shape == (4 * ROWS, 10)
         await gw.stop()
 
     asyncio.run(main())

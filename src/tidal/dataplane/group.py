@@ -172,7 +172,8 @@ class VariantGroup:
                 break
             batch: list[Any] = q.pop_batch(dec.size)
             self._begin(rep, now)
-            rep.busy_until = max(now, rep.busy_until) + self.latency_s(len(batch), rep.cores)
+            rows = sum(int(r.x.shape[0]) for r in batch)  # predicted on rows, not requests
+            rep.busy_until = max(now, rep.busy_until) + self.latency_s(rows, rep.cores)
             self._spawn(self._run_batch(rep, batch))
         if q and not self.serve_late:
             head = q.peek()
