@@ -90,8 +90,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         slo_ms: float = typer.Option(..., "--slo-ms", help="End-to-end SLO (ms, > 0)."),
         profile: str | None = typer.Option(
             None,
-            help="ProfileSet JSON; 'synthetic' for labelled synthetic profiles; "
-            "default: the reference profile (tidal.profiling.load_reference()).",
+            help="ProfileSet JSON; 'sponge' / 'infadapter' (published profiles, imported); "
+            "'synthetic' (labelled synthetic profiles); default: the reference profile "
+            "(tidal.profiling.load_reference()).",
         ),
         nodes: int = typer.Option(1, help="Nodes in the cluster."),
         cores_per_node: float = typer.Option(

@@ -26,14 +26,19 @@ from tidal.planners.synthetic import synthetic_context, synthetic_variant
 
 
 def load_profiles(spec: str | None, pipeline: PipelineSpec) -> ProfileSet:
-    """`spec`: a ProfileSet JSON path, "synthetic" (labelled, not measured), or None for the
-    reference profile (`tidal.profiling.load_reference()`)."""
+    """`spec`: a ProfileSet JSON path, "sponge"/"infadapter" (the papers' published profiles,
+    imported), "synthetic" (labelled, not measured), or None for the reference profile
+    (`tidal.profiling.load_reference()`)."""
     if spec == "synthetic":
         out = {}
         for st in pipeline.stages:
             for i, v in enumerate(st.variants):
                 out[v] = synthetic_variant(v, i).model_copy(update={"task": st.task})
         return ProfileSet(source="synthetic", variants=out)
+    if spec in ("sponge", "infadapter"):
+        from tidal.profiling import load_imported
+
+        return load_imported(spec)
     if spec is not None:
         return ProfileSet.load(spec)
     try:
