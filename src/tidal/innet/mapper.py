@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -36,6 +37,9 @@ from tidal.innet.program import (
     SwitchProgram,
     Table,
 )
+
+if TYPE_CHECKING:
+    from tidal.innet.binary import BinRef
 
 HEADER_FIXED_BITS = 112  # version, stream, index, replica, fragment, nfrag, width, offset, count
 
@@ -69,6 +73,7 @@ class LayerSpec:
     shift: int | None  # None: final logits (bias + verdict)
     pool: bool
     embed: np.ndarray | None = None  # (256, n_out) table keyed on the inter-arrival time
+    sign: bool = False  # binarized: output bit = (acc + bias >= 0) instead of requantizing
 
     @property
     def n_in(self) -> int:
@@ -185,7 +190,10 @@ class _Builder:
             return "verdict"
         a = f"a_{layer.name}"
         self.fields[a] = n
-        self.elementwise("requant", a, src, n, src_idx, bias=bias, shift=layer.shift)
+        if layer.sign:
+            self.elementwise("sign", a, src, n, src_idx, bias=bias)
+        else:
+            self.elementwise("requant", a, src, n, src_idx, bias=bias, shift=layer.shift)
         if not layer.pool:
             return a
         p = f"p_{layer.name}"
@@ -384,10 +392,43 @@ def _split(n: int, r: int, unit: int) -> list[np.ndarray]:
     return [np.arange(bounds[i], bounds[i + 1]) for i in range(r) if bounds[i + 1] > bounds[i]]
 
 
-def map_network(net: IntNet, budget: Budget | None = None) -> Mapping:
+def binary_layer_specs(ref: BinRef) -> list[LayerSpec]:
+    """The binarized network as integer layers over bits (0/1 for -1/+1).
+
+    A {-1,+1} dot product is `2 * sum_i a_i * s_i - sum_i s_i` with a_i in {0,1} and
+    s_i = +-1 the weight: each input bit adds +-2 (its XNOR with the weight bit, the popcount
+    done by the adder tree) and the constant folds into the bias. No multiplication remains.
+    """
+    c1, k = ref.w1.shape
+    l1 = 68 - k + 1
+    w1 = np.zeros((c1 * l1, 68), dtype=np.int64)
+    for c in range(c1):
+        for p in range(l1):
+            w1[c * l1 + p, p : p + k] = ref.w1[c]
+    c2 = ref.w2.shape[0]
+    lp = l1 // 2
+    l2 = (lp - k) // 2 + 1
+    s2 = np.where(ref.w2, 1, -1)
+    w2 = np.zeros((c2 * l2, c1 * lp), dtype=np.int64)
+    for o in range(c2):
+        for p in range(l2):
+            for c in range(c1):
+                w2[o * l2 + p, c * lp + 2 * p : c * lp + 2 * p + k] = s2[o, c]
+    s3, s4 = np.where(ref.w3, 1, -1), np.where(ref.w4, 1, -1)
+    return [
+        LayerSpec("conv1", w1, 0, 255, np.repeat(ref.b1, l1), 0, True, sign=True),
+        LayerSpec(
+            "conv2", 2 * w2, 0, 1, np.repeat(ref.t2, l2) - w2.sum(axis=1), 0, False, sign=True
+        ),
+        LayerSpec("fc1", 2 * s3, 0, 1, ref.t3 - s3.sum(axis=1), 0, False, embed=ref.e3, sign=True),
+        LayerSpec("fc2", 2 * s4, 0, 1, ref.b4 - s4.sum(axis=1), None, False),
+    ]
+
+
+def map_network(net: IntNet | BinRef, budget: Budget | None = None) -> Mapping:
     """Map the integer network onto switches (see module contract)."""
     budget = budget or Budget()
-    layers = layer_specs(net)
+    layers = binary_layer_specs(net) if not isinstance(net, IntNet) else layer_specs(net)
     in_frag = min(68, (budget.header_bits - HEADER_FIXED_BITS) // 8)
     up = _Upstream(
         [Accept(STREAM_BYTES, 0, 0, 68, "concat", 1, math.ceil(68 / in_frag))], 68, None, []

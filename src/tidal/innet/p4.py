@@ -55,6 +55,9 @@ def _action(t: Table) -> tuple[str, str]:
         for d, s, b in zip(t.dst_idx, t.src_idx, t.bias, strict=True):
             v = f"(({_f(t.src, s)} + {b} + {half}) >> {t.shift})"
             body.append(f"    {_f(t.dst, d)} = {v} < 0 ? 0 : ({v} > 127 ? 127 : {v});")
+    elif t.kind == "sign":
+        for d, s, b in zip(t.dst_idx, t.src_idx, t.bias, strict=True):
+            body.append(f"    {_f(t.dst, d)} = ({_f(t.src, s)} + {b}) >= 0 ? 1 : 0;")
     elif t.kind == "bias":
         body = [
             f"    {_f(t.dst, d)} = {_f(t.src, s)} + {b};"

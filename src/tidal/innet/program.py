@@ -10,6 +10,7 @@ Table kinds (each applies one action; `ops` counts the ALU operations of that ac
 - `mac`:  dst[d] += src[k] * w[d] for G destinations (only outside strict-ASIC mode).
 - `add`:  dst[d] += src[s] elementwise (lane reduction, adder tree).
 - `requant`: dst[d] = clip(floor((src[s] + bias[d] + 2^(shift-1)) / 2^shift), 0, 127).
+- `sign`: dst[d] = 1 if src[s] + bias[d] >= 0 else 0 (binarized activation).
 - `bias`: dst[d] = src[s] + bias[d] (final logits).
 - `max`:  dst[d] = max(src[s], src[s2]) (max-pool).
 - `verdict`: dst[0] = 1 if src[1] > src[0] else 0.

@@ -92,6 +92,9 @@ def run_tables(
                 if t.shift > 0:
                     v = (v + (1 << (t.shift - 1))) >> t.shift
                 dst[:, t.dst_idx] = np.clip(v, 0, 127)
+            elif t.kind == "sign":
+                v = phv[t.src][:, t.src_idx] + np.asarray(t.bias, dtype=np.int64)
+                dst[:, t.dst_idx] = (v >= 0).astype(np.int64)
             elif t.kind == "bias":
                 dst[:, t.dst_idx] = phv[t.src][:, t.src_idx] + np.asarray(t.bias, dtype=np.int64)
             elif t.kind == "max":

@@ -31,3 +31,25 @@ def test_synthetic_flows_are_labeled_synthetic() -> None:
     assert {f.label for f in ps.flows} == {0, 1}
     sp = dataset.split(ps)
     assert len(sp["test"]) and len(sp["train"])
+
+
+def test_binarized_layers_map_to_switches_without_multiplication() -> None:
+    from tidal.innet.fabric import Fabric
+    from tidal.innet.mapper import map_network
+
+    torch.manual_seed(2)
+    m = BinNetNN(c1=4, c2=8, hidden=16)
+    with torch.no_grad():
+        m.t2.normal_(0, 3)
+        m.t3.normal_(0, 5)
+    ref = m.to_ref()
+    mapping = map_network(ref)
+    assert mapping.max_stages <= 12
+    kinds = {t.kind for p in mapping.programs for st in p.stages for t in st}
+    assert "sign" in kinds and "mac" not in kinds
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (100, 68)).astype(np.uint8)
+    iat = rng.integers(0, 256, 100).astype(np.uint8)
+    verdict, logits = Fabric(mapping).run_batch(x, iat)
+    assert np.array_equal(logits, ref.forward(x, iat))
+    assert np.array_equal(verdict, ref.predict(x, iat))
