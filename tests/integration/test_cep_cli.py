@@ -36,3 +36,44 @@ def test_query_syntax_error_is_one_line_with_position() -> None:
     )
     assert r.returncode == 2
     assert "line 1, column 19" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_serve_register_request_and_clean_shutdown(tmp_path) -> None:
+    import signal
+    import time
+
+    import httpx
+    import psutil
+
+    from tidal.cep.redis_server import free_port
+
+    port = free_port()
+    env = {**__import__("os").environ, "TIDAL_CEP_TOKEN": "cli-token-0123456789abcdef"}
+    url = f"http://127.0.0.1:{port}"
+    p = subprocess.Popen(
+        [TIDAL, "cep", "serve", "--root", str(tmp_path), "--port", str(port)],
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        src = Path(__file__).parents[2] / "src" / "tidal" / "cep" / "operators" / "forward.py"
+        common = dict(env=env, capture_output=True, text=True, timeout=60)
+        r = subprocess.run([TIDAL, "cep", "register", "fwd", str(src), "--url", url], **common)
+        assert r.returncode == 0 and json.loads(r.stdout)["version"] == 1, r.stderr
+        r = subprocess.run([TIDAL, "cep", "request", "fwd", "--url", url], **common)
+        assert json.loads(r.stdout)["store"].startswith("unix://")
+        r = subprocess.run([TIDAL, "cep", "request", "nope", "--url", url], **common)
+        assert r.returncode == 2 and "unknown operator 'nope'" in r.stderr
+        children = psutil.Process(p.pid).children(recursive=True)
+        assert children  # the fork server and the operator
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(30)
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, f"left running: {alive}"
