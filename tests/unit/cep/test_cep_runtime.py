@@ -232,10 +232,11 @@ def test_go_signal_moves_big_state_through_a_file() -> None:
     assert decode_go(b"E") == (None, [])
 
 
-def test_new_instance_starts_empty_when_old_died_and_skips_its_stale_barrier() -> None:
+@pytest.mark.parametrize("pop", ["commit", "pop"])
+def test_new_instance_starts_empty_when_old_died_and_skips_its_stale_barrier(pop: str) -> None:
     store = MemoryStore()
     new = Recorder()
-    rt = OperatorRuntime(cfg(instance="new", standby=True), new, store)
+    rt = OperatorRuntime(cfg(instance="new", standby=True, pop=pop), new, store)
     frames = Codec("json").encode([{"k": 1, "i": i} for i in range(6)], "faithful")
     store.push("in", frames[:3] + [handover_frame("new")] + frames[3:])
     store.push(inst_keys("new")["go"], [b"E"])  # what the manager sends when the old died

@@ -312,11 +312,11 @@ class OperatorRuntime:
         ops = self._commit_ops(outs, consumed, parked)
         # A barrier naming this very instance is stale (its old owner died): just consume it.
         target = ctrl[len(HANDOVER) :].decode() if ctrl and ctrl.startswith(HANDOVER) else None
+        after = frames[consumed:]
+        if self.cfg.pop == "pop" and after:  # popped past a control frame: back to the head
+            ops.append(("lpush", self.cfg.in_key, list(reversed(after))))
+            after = []
         if target is not None and target != self.cfg.instance:
-            after = frames[consumed:]
-            if self.cfg.pop == "pop":  # popped past the barrier: put them back at the head
-                ops.append(("lpush", self.cfg.in_key, list(reversed(after))))
-                after = []
             ops += self._handover_ops(target, after)
             self._trace("handover")
         self.store.execute(ops)
