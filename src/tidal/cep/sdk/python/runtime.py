@@ -188,7 +188,10 @@ def decode_go(go: bytes) -> tuple[bytes | None, list[bytes]]:
     kind, val, after = decode(go, 1)[0]
     if kind == "F":
         path = str(val)
-        if not os.path.basename(path).startswith("tidal-cep-"):
+        ok_dirs = {"/dev/shm", tempfile.gettempdir()}
+        if not os.path.basename(path).startswith("tidal-cep-") or (
+            os.path.dirname(path) not in ok_dirs
+        ):
             raise TidalError(f"refusing state file {path!r}")
         with open(path, "rb") as f:
             state = f.read()
