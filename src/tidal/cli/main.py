@@ -33,7 +33,7 @@ def main() -> None:
     try:
         app(standalone_mode=True)
     except TidalError as e:
-        Console(stderr=True).print(f"[bold red]error:[/] {e}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(2)
 
 
