@@ -48,6 +48,10 @@ class OperatorClient:
         if flush_ms <= 0:
             raise TidalError(f"flush_ms must be > 0, got {flush_ms}")
         self.store, self.in_key, self.out_key = store, in_key, out_key
+        # The receiver polls on its own connection when the store has one per client
+        # (SocketStore), so pushes never queue behind polls.
+        clone = getattr(store, "clone", None)
+        self._rstore: Store = clone() if callable(clone) else store
         self.codec, self.mode, self.batch = codec, mode, batch
         self.flush_s = flush_ms / 1000.0
         self.backoff_s, self.backoff_max_s = backoff_ms / 1000.0, backoff_max_ms / 1000.0
@@ -123,7 +127,7 @@ class OperatorClient:
             if self._buffered or self._inflight:
                 return False
         with self._recv_lock:
-            n_in, n_out = self.store.execute([("llen", self.in_key), ("llen", self.out_key)])
+            n_in, n_out = self._rstore.execute([("llen", self.in_key), ("llen", self.out_key)])
             return int(n_in) == 0 and int(n_out) == 0 and not self._inflight
 
     def flush(self) -> None:
@@ -138,6 +142,8 @@ class OperatorClient:
         self._flush_once()
         if self._receiver is not None:
             self._receiver.join(timeout=5)
+        if self._rstore is not self.store:
+            self._rstore.close()
 
     # -- flusher thread -----------------------------------------------------------------
     def _take(self) -> list[Batch]:
@@ -183,7 +189,7 @@ class OperatorClient:
         b = self.batch
         while not self._closed or empties == 0:
             with self._recv_lock:
-                frames, _ = self.store.execute(
+                frames, _ = self._rstore.execute(
                     [("lrange", self.out_key, 0, b - 1), ("ltrim", self.out_key, b, -1)]
                 )
                 if frames:

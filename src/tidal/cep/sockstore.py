@@ -211,6 +211,10 @@ class SocketStore:
         v = self._call(["b", key, float(timeout)])
         return None if v is None else bytes(v)
 
+    def clone(self) -> SocketStore:
+        """A second connection to the same store (calls on one connection serialize)."""
+        return SocketStore(self.url)
+
     def close(self) -> None:
         self._sock.close()
 
