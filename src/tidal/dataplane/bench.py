@@ -193,7 +193,9 @@ class _Server:
 
 
 def _tidal_config(tmp: Path, workload: str, port: int) -> Path:
-    cores, batch = (1.0, 32) if workload == "noop" else (2.0, 8)
+    cores, batch = (
+        (2.0, 32) if workload == "noop" else (2.0, 8)
+    )  # the whole machine, like the peers
     cfg = {
         "host": "127.0.0.1",
         "port": port,
@@ -245,53 +247,48 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="tidal-bench-") as d:
         tmp = Path(d)
         bodies = _bodies(tmp)
+        bare = [py, "-m", "uvicorn", "tidal.dataplane.bench_apps:bare_app", "--loop", "uvloop",
+                "--http", "httptools", "--no-access-log", "--log-level", "warning",
+                "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
+        tidal = [py, "-m", "tidal.cli.main", "serve", "{cfg}", "--port", "{port}"]
+        runs: list[tuple[str, str, list[str], bool]] = []
         for w in workloads:
+            if w == "noop":
+                runs.append((w, "bare_asgi", bare, False))
+            runs.append((w, "tidal", tidal, False))
+        # Ray last: its many processes take a while to leave after shutdown.
+        if ray:
+            ray_cmd = [py, "-m", "tidal.dataplane.bench_apps", "ray", "{port}", "{w}"]
+            runs += [(w, "ray_serve", ray_cmd, True) for w in workloads]
+        for w, name, cmd_t, uses_stdin in runs:
             body, headers = bodies[w]
             lua = _lua(tmp, body, headers)
             conns = connections if w == "noop" else 8
-            peers: list[tuple[str, list[str], bool]] = []
-            if w == "noop":
-                peers.append(
-                    (
-                        "bare_asgi",
-                        [py, "-m", "uvicorn", "tidal.dataplane.bench_apps:bare_app",
-                         "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-                         "--log-level", "warning", "--host", "127.0.0.1", "--port", "{port}"],
-                        False,
-                    )
-                )  # fmt: skip
-            peers.append(
-                ("tidal", [py, "-m", "tidal.cli.main", "serve", "{cfg}", "--port", "{port}"], False)
-            )
-            if ray:
-                peers.append(("ray_serve", [py, "-m", "tidal.dataplane.bench_apps", "ray",
-                                            "{port}", w], True))  # fmt: skip
-            for name, cmd_t, uses_stdin in peers:
-                port = _free_port()
-                cfg = _tidal_config(tmp, w, port)
-                cmd = [c.format(port=port, cfg=cfg) for c in cmd_t]
-                url = f"http://127.0.0.1:{port}/v2/models/{w}/infer"
-                say(f"[{w}] starting {name} ...")
-                srv = _Server(cmd, stdin=uses_stdin)
-                try:
-                    if uses_stdin:
-                        srv.wait_line("READY", 300)
-                    _wait_http(url, body, headers, srv.proc, 300)
-                    _wrk(url, lua, conns, 2.0)  # warm-up
-                    fig = _wrk(url, lua, conns, duration)
-                    extra["non_2xx"][f"{name}/{w}"] = fig.pop("non_2xx")
-                    fig.pop("socket_errors")
-                    res[name][w] = fig
-                    say(f"[{w}] {name} c={conns}: {fig}")
-                    if w == "noop":
-                        one = _wrk(url, lua, 1, duration / 2)
-                        extra["one_connection"][name] = {"p50_ms": one["p50_ms"], "rps": one["rps"]}
-                        say(f"[{w}] {name} c=1: {one}")
-                except TidalError as e:
-                    res[name][w] = {"error": str(e)}
-                    say(f"[{w}] {name} failed: {e}")
-                finally:
-                    srv.stop()
+            port = _free_port()
+            cfg = _tidal_config(tmp, w, port)
+            cmd = [c.format(port=port, cfg=cfg, w=w) for c in cmd_t]
+            url = f"http://127.0.0.1:{port}/v2/models/{w}/infer"
+            say(f"[{w}] starting {name} ...")
+            srv = _Server(cmd, stdin=uses_stdin)
+            try:
+                if uses_stdin:
+                    srv.wait_line("READY", 300)
+                _wait_http(url, body, headers, srv.proc, 300)
+                _wrk(url, lua, conns, 2.0)  # warm-up
+                fig = _wrk(url, lua, conns, duration)
+                extra["non_2xx"][f"{name}/{w}"] = fig.pop("non_2xx")
+                fig.pop("socket_errors")
+                res[name][w] = fig
+                say(f"[{w}] {name} c={conns}: {fig}")
+                if w == "noop":
+                    one = _wrk(url, lua, 1, duration / 2)
+                    extra["one_connection"][name] = {"p50_ms": one["p50_ms"], "rps": one["rps"]}
+                    say(f"[{w}] {name} c=1: {one}")
+            except TidalError as e:
+                res[name][w] = {"error": str(e)}
+                say(f"[{w}] {name} failed: {e}")
+            finally:
+                srv.stop()
     ratios: dict[str, float | None] = {}
     for w in workloads:
         t, r = res["tidal"].get(w, {}), res["ray_serve"].get(w, {})

@@ -138,7 +138,10 @@ class Stage:
         best, best_credit, total = None, -1e18, 0.0
         for name, w in self.weights.items():
             g = self.groups[name]
-            if not self.serve_late and not any(r.state == READY for r in g.replicas):
+            if self.serve_late:
+                if not g.replicas:  # nothing ready or starting: it could never answer
+                    continue
+            elif not any(r.state == READY for r in g.replicas):
                 continue
             total += w
             c = self._credit[name] + w
