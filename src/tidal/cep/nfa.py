@@ -12,7 +12,10 @@ Semantics (event time from field `ts`, events of one key arrive in time order):
   `followed_by_any`: skip till any match (a matching event is taken and also skipped).
 - Quantifiers: `times(n[, m])`, `one_or_more()`, `times_or_more(n)`, `optional()`; looping
   stages use relaxed inner contiguity, `consecutive()` makes it strict,
-  `allow_combinations()` skip-till-any.
+  `allow_combinations()` skip-till-any, with Flink's results: for ``a b+ c`` over
+  ``a b1 d1 b2 d2 b3 c`` relaxed gives {a b1 c} {a b1 b2 c} {a b1 b2 b3 c} {a b2 c}
+  {a b2 b3 c} {a b3 c}; consecutive gives {a b3 c}; allow_combinations adds {a b1 b3 c}.
+  Entering a looping stage does not consume the waiting partial match.
 - Negation: `not_next(name)` (the event right after must not match), `not_followed_by(name)`
   (no matching event before the next stage; at the end of a pattern it needs `within`, and
   the match is emitted when the window has passed). An event matching a pending negation
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tidal.core.errors import TidalError
@@ -216,6 +219,7 @@ class _Run:
     start_ts: float
     last_pos: int
     pending_end: bool = False  # final except a trailing not_followed_by
+    proceed_only: bool = False  # a relaxed loop continued without it: it may only exit
 
 
 @dataclass
@@ -337,40 +341,47 @@ class NFA:
                     continue
                 if ng.test(e, ctx):
                     neg_hit = True
-        takes: list[tuple[int, int, Contig]] = []
-        stay = False
-        if r.i >= 0 and r.c < P[r.i].max:
-            st = P[r.i]
-            if (st.inner != "strict" or adjacent) and st.test(e, ctx):
-                takes.append((r.i, r.c + 1, st.inner))
-            stay = stay or st.inner != "strict"
-        if r.i < 0 or r.c >= P[r.i].min:
+        takes: list[tuple[int, int, Contig, bool]] = []  # (stage, count, contiguity, loop?)
+        loopable = r.i >= 0 and not r.proceed_only and r.c < P[r.i].max
+        inner: Contig = P[r.i].inner if r.i >= 0 else "relaxed"
+        if loopable and (inner != "strict" or adjacent) and P[r.i].test(e, ctx):
+            takes.append((r.i, r.c + 1, inner, True))
+        proceed_wait = False  # a non-strict way out exists: the run may skip e
+        exits = r.i < 0 or r.c >= P[r.i].min
+        if exits:
             j = r.i + 1
             while j < len(P):
                 st = P[j]
                 contig = st.contig if r.i >= 0 else "relaxed"
                 if (contig != "strict" or adjacent or r.i < 0) and st.test(e, ctx):
-                    takes.append((j, 1, contig))
-                if r.i >= 0:
-                    stay = stay or contig != "strict"
+                    takes.append((j, 1, contig, False))
+                if r.i >= 0 and contig != "strict":
+                    proceed_wait = True
                 if st.min > 0:
                     break
                 j += 1
+        # a consecutive (strict) loop breaks on any event it does not take
+        broken = r.i < 0 or (loopable and inner == "strict")
+        stay = not broken and (loopable or proceed_wait)
         if r.pending_end:
             stay = True
         if neg_hit:
             stay = False
             takes = [t for t in takes if t[0] > r.i]  # only a step past the negation
         consumed = False
-        for j, c, contig in takes:
+        proceed_only = False
+        for j, c, contig, is_loop in takes:
             node = _Node(e, p, P[j].name, r.node)
             start_ts = ts if r.i < 0 else r.start_ts
             start_pos = p if r.i < 0 else r.start_pos
             if self.p.window is not None and ts - start_ts > self.p.window:
                 continue
             nr = _Run(j, c, node, start_pos, start_ts, p)
-            if contig == "relaxed" and r.i >= 0:
-                consumed = True
+            if is_loop:
+                # relaxed loop: the shorter run keeps only its way out (skips e for the exit)
+                proceed_only = proceed_only or contig == "relaxed"
+            elif contig == "relaxed" and r.i >= 0 and P[j].max <= 1:
+                consumed = True  # skip till next match; entering a loop does not consume
             if self._final(j, c):
                 if self.c.trailing:
                     nr.pending_end = True
@@ -380,7 +391,10 @@ class NFA:
             if more or nr.pending_end:
                 new.append(nr)
         if r.i >= 0 and stay and not consumed:
-            new.append(r)
+            if not proceed_only:
+                new.append(r)
+            elif (exits and r.i + 1 < len(P)) or r.pending_end:
+                new.append(replace(r, proceed_only=True))
 
     def advance_to(self, ts: float) -> list[Match]:
         """Event time reached `ts` (no later event of any key will be older): emit matches

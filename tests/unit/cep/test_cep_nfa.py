@@ -42,7 +42,7 @@ CASES = [
         "one_or_more emits each extension",
         Pattern.begin("a").where(T("a")).followed_by("b").where(T("b")).one_or_more(),
         "a1 b1 c1 b2",
-        ["a1 b1", "a1 b1 b2"],
+        ["a1 b1", "a1 b1 b2", "a1 b2"],
     ),
     (
         "times(2)",
@@ -104,7 +104,7 @@ def test_semantics(name: str, pattern: Pattern, seq: str, want: list[str]) -> No
 
 
 def loop_c(skip: AfterMatchSkip) -> Pattern:
-    return Pattern.begin("a", skip).where(T("a")).one_or_more().followed_by("c").where(T("c"))
+    return Pattern.begin("a", skip).where(T("a")).one_or_more().next("c").where(T("c"))
 
 
 SKIPS = [
@@ -119,6 +119,29 @@ SKIPS = [
 @pytest.mark.parametrize(("skip", "want"), SKIPS, ids=[s[0].kind for s in SKIPS])
 def test_after_match_skip(skip: AfterMatchSkip, want: list[str]) -> None:
     assert run(loop_c(skip), "a1 a2 a3 c1") == want
+
+
+def abc(inner: str) -> Pattern:
+    p = Pattern.begin("a").where(T("a")).followed_by("b").where(T("b")).one_or_more()
+    if inner:
+        p = getattr(p, inner)()
+    return p.followed_by("c").where(T("c"))
+
+
+# The contiguity-within-looping-patterns table of Flink's CEP documentation.
+LOOPS = [
+    ("", ["a b1 c", "a b1 b2 c", "a b1 b2 b3 c", "a b2 c", "a b2 b3 c", "a b3 c"]),
+    ("consecutive", ["a b3 c"]),
+    (
+        "allow_combinations",
+        ["a b1 c", "a b1 b2 c", "a b1 b3 c", "a b1 b2 b3 c", "a b2 c", "a b2 b3 c", "a b3 c"],
+    ),
+]
+
+
+@pytest.mark.parametrize(("inner", "want"), LOOPS, ids=["relaxed", "strict", "any"])
+def test_contiguity_within_loops_as_flink(inner: str, want: list[str]) -> None:
+    assert sorted(run(abc(inner), "a b1 d1 b2 d2 b3 c")) == sorted(want)
 
 
 def test_keyed_partitions_and_iterative_condition() -> None:

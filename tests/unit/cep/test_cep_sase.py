@@ -47,7 +47,12 @@ CASES = [
         "kleene with window",
         "PATTERN SEQ(A a, C+ c) WHERE [k] WITHIN 10 s "
         "RETURN a.k AS k, count(c) AS n, sum(c.v) AS s",
-        [{"k": 1, "n": 1, "s": 3}, {"k": 2, "n": 1, "s": 5}, {"k": 2, "n": 2, "s": 11}],
+        [
+            {"k": 1, "n": 1, "s": 3},
+            {"k": 2, "n": 1, "s": 5},
+            {"k": 2, "n": 2, "s": 11},
+            {"k": 2, "n": 1, "s": 6},  # a Kleene run may also begin at a later C
+        ],
     ),
     (
         "cross-variable predicate",
