@@ -168,3 +168,32 @@ def test_operator_calls_served_model_over_oip_v2(tmp_path, gateway) -> None:
     finally:
         m.close()
         srv.close()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_node_operator_on_the_embedded_store(tmp_path) -> None:
+    from tidal.cep.registry import VersionSpec
+
+    template = Path(operators.__file__).parent.parent / "sdk" / "node" / "template.js"
+    srv = SocketStoreServer(MemoryStore("node-emb"), str(tmp_path / "s.sock"))
+    m = NodeManager(tmp_path, srv.url, DeployDefaults(codec="json", batch=50))
+    try:
+        m.register("nodeop", VersionSpec(language="node", source=template.read_text()))
+        m.register("nodeop", VersionSpec(language="node", source=template.read_text()))
+        cl = connect(m, "nodeop")
+        evs = [{"card": i % 4, "amount": 10.0 * i, "seq": i} for i in range(400)]
+        cl.submit(evs[:200])
+        cl.flush()
+        m.update("nodeop", 2)  # state (events seen per card) carried across, as JSON
+        cl.submit(evs[200:])
+        got: list[dict] = []
+        t = time.monotonic()
+        while len(got) < 400 and time.monotonic() - t < 20:
+            got += cl.results()
+            time.sleep(0.005)
+        cl.close()
+        assert [e["seq"] for e in got] == list(range(400))
+        assert [e["seen"] for e in got if e["card"] == 1] == list(range(1, 101))
+    finally:
+        m.close()
+        srv.close()

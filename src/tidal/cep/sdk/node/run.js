@@ -1,10 +1,11 @@
 'use strict';
 // Tidal CEP operator runtime for Node.js: the same queue protocol and environment contract
-// as the Python SDK (see tidal/cep/sdk/python/runtime.py). Usage: node run.js operator.js
+// as the Python SDK, over Redis (redis://) or the embedded store (unix://) (see tidal/cep/sdk/python/runtime.py). Usage: node run.js operator.js
 // The operator module exports { process(events, state) -> events, required?, emptyState? };
 // `state` is a plain object carried across hot updates as JSON.
 const path = require('path');
 const { Resp } = require('./resp');
+const { SockStore } = require('./sockstore');
 
 const env = process.env;
 const need = (k) => { if (!env[k]) { console.error(`operator environment lacks ${k}`); process.exit(2); } return env[k]; };
@@ -71,7 +72,7 @@ function commitOps(outs, consumed, parked) {
 }
 
 async function main() {
-  const r = new Resp(cfg.store);
+  const r = cfg.store.startsWith('unix://') ? new SockStore(cfg.store) : new Resp(cfg.store);
   await r.ready();
   await r.call(['RPUSH', IK(cfg.inst).ready, '1']);
   if (cfg.standby) {
