@@ -109,10 +109,15 @@ def bench_cmd(
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
     for r in rows:
         typer.echo(
-            f"{r['backend']:>16}: {r['events_per_s']:>12,.0f} ev/s  p50 {r['p50_ms']} ms  "
-            f"p99 {r['p99_ms']} ms  gap {r['update_gap_ms']} ms  lost {r['lost_events']} "
+            f"{r['backend']:>18}: {r['events_per_s']:>14,.0f} ev/s  p50 {ms(r['p50_ms'])} ms  "
+            f"p99 {ms(r['p99_ms'])} ms  gap {ms(r['update_gap_ms'])} ms  "
+            f"update {ms(r['update_ms'])} ms  lost {r['lost_events']}  "
             f"dup {r['duplicated_events']}"
         )
 
