@@ -26,6 +26,7 @@ def test_reproduce_sponge_short_window_writes_report(tmp_path: Path) -> None:
     text = out.read_text()
     assert "windows cut to 20 s" in text
     assert "## Headlines: claimed vs measured here" in text
+    assert "| study | claimed | measured here | holds? |" in text and "| sponge | fewer" in text
     assert "| sponge |" in text and "| fa2 |" in text and "| vpa |" in text
     assert "`vpa` = `vpa`: interval 60 s, resize recreate" in text  # defaults from the code
     assert "## IPA kept" in text and "**ipa** — ipa line" in text  # other studies kept
