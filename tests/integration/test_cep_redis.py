@@ -200,3 +200,26 @@ def test_node_operator_with_hot_update(tmp_path, redis_url) -> None:
         assert b"missing field 'card'" in m.parked("nodeop")[0]
     finally:
         m.close()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_node_operator_crash_redelivers_and_parks_poison(tmp_path, redis_url) -> None:
+    m = manager(tmp_path, redis_url, codec="json", batch=20, max_failures=2)
+    try:
+        src = (NODE_TEMPLATE.parent / "crashy.js").read_text()
+        m.register("nodecrash", VersionSpec(language="node", source=src))
+        cl = connect(m, "nodecrash")
+        evs = [{"seq": i, "amount": -1 if i == 37 else 1.0} for i in range(60)]
+        cl.submit(evs)
+        got: list[dict] = []
+        t = time.monotonic()
+        while len(got) < 59 and time.monotonic() - t < 60:
+            got += cl.results()
+            time.sleep(0.01)
+        cl.close()
+        assert sorted(e["seq"] for e in got) == [i for i in range(60) if i != 37]
+        assert len(got) == 59
+        parked = m.parked("nodecrash")
+        assert len(parked) == 1 and b"failed 2 times" in parked[0] and b"-1" in parked[0]
+    finally:
+        m.close()

@@ -19,7 +19,7 @@ const cfg = {
 };
 if ((env.TIDAL_CEP_CODEC || 'json') !== 'json') { console.error('Node SDK speaks the json codec only'); process.exit(2); }
 const user = require(path.resolve(process.argv[2]));
-const K = { tries: `cep:${cfg.op}:tries`, parked: `cep:${cfg.op}:parked`, last: `cep:${cfg.op}:last_output` };
+const K = { tries: `cep:${cfg.op}:tries`, isolate: `cep:${cfg.op}:isolate`, parked: `cep:${cfg.op}:parked`, last: `cep:${cfg.op}:last_output` };
 const IK = (i) => ({ ready: `cep:${i}:ready`, go: `cep:${i}:go`, state: `cep:${i}:state`,
   first: `cep:${i}:first_output`, prev: `cep:${i}:prev_last_output`, at: `cep:${i}:handover_at` });
 const now = () => Number(process.hrtime.bigint()) / 1e9; // CLOCK_MONOTONIC, same as Python's
@@ -88,7 +88,7 @@ async function main() {
   }
   let empties = 0;
   while (!stop) {
-    const [frames, tries] = await r.multi([['LRANGE', cfg.inKey, '0', String(cfg.batch - 1)], ['INCR', K.tries]]);
+    const [frames, tries, iso] = await r.multi([['LRANGE', cfg.inKey, '0', String(cfg.batch - 1)], ['INCR', K.tries], ['GET', K.isolate]]);
     if (!frames.length) {
       empties++;
       await r.call(['SET', K.tries, '0']);
@@ -97,19 +97,34 @@ async function main() {
     }
     empties = 0;
     let use = frames;
-    if (tries > 1) {  // redelivery after a crash: the head frame alone; park it after N failures
-      use = [frames[0]];
-      if (tries > cfg.maxFailures && frames[0][0] !== 0) {
-        const rec = JSON.stringify({ frame: frames[0].toString('latin1'), reason: `operator '${cfg.op}' failed ${tries - 1} times on this event` });
-        await r.multi([['RPUSH', K.parked, rec], ['LTRIM', cfg.inKey, '1', '-1'], ['DEL', K.tries]]);
+    let isolate = iso === null || iso === undefined ? 0 : Number(iso.toString());
+    let left = null;
+    if ((tries > 1 || isolate > 0) && frames[0][0] !== 0) {
+      // redelivery after a crash: one event at a time, as the Python SDK
+      const head = frames[0];
+      const evs = decode([head]);
+      if (evs.length > 1) {  // re-frame the head blob into single events, keeping the tries
+        const singles = evs.map((e) => Buffer.from('J' + JSON.stringify(e)));
+        await r.multi([['LTRIM', cfg.inKey, '1', '-1'], ['LPUSH', cfg.inKey, ...singles.reverse()],
+          ['SET', K.isolate, String(Math.max(isolate, evs.length))], ['SET', K.tries, String(tries - 1)]]);
         continue;
       }
+      if (isolate === 0) isolate = 1;
+      left = String(isolate - 1);
+      if (tries > cfg.maxFailures) {
+        const rec = JSON.stringify({ frame: head.toString('latin1'), reason: `operator '${cfg.op}' failed ${tries - 1} times on this event` });
+        await r.multi([['RPUSH', K.parked, rec], ['LTRIM', cfg.inKey, '1', '-1'], ['DEL', K.tries], ['SET', K.isolate, left]]);
+        console.error(`tidal-cep: parked a poison event of '${cfg.op}'`);
+        continue;
+      }
+      use = [head];
     }
     let cut = use.findIndex((f) => f[0] === 0);
     const ctrl = cut >= 0 ? use[cut] : null;
     if (cut < 0) cut = use.length;
     const [outs, parked] = processFrames(use.slice(0, cut));
     const ops = commitOps(outs, cut + (ctrl ? 1 : 0), parked);
+    if (left !== null) ops.push(['SET', K.isolate, left]);
     let target = null;
     if (ctrl && ctrl[1] === 0x48) target = ctrl.toString('utf8', 2);
     if (target && target !== cfg.inst) {
