@@ -314,7 +314,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Path = typer.Option(Path("demo-report"), help="Report directory (HTML + PNG)."),
         compress: int = typer.Option(8, min=1, help="Time compression of the 20-min window."),
         peak_load: float = typer.Option(
-            0.8, min=0.05, max=3.0, help="Surge peak as a fraction of the machine's capacity."
+            0.5, min=0.05, max=3.0, help="Surge peak as a fraction of the machine's capacity."
         ),
         slo_ms: float | None = typer.Option(None, help="End-to-end SLO (default: from profile)."),
         duration: float | None = typer.Option(None, help="Cut the replay (seconds)."),

@@ -153,7 +153,7 @@ def pipeline_capacity(
 def make_setup(
     slo_ms: float | None = None,
     compress: int = 8,
-    peak_load: float = 0.8,
+    peak_load: float = 0.5,
     seed: int = 0,
     duration_s: float | None = None,
     profiles: ProfileSet | None = None,
