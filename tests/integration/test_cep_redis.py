@@ -223,3 +223,54 @@ def test_node_operator_crash_redelivers_and_parks_poison(tmp_path, redis_url) ->
         assert len(parked) == 1 and b"failed 2 times" in parked[0] and b"-1" in parked[0]
     finally:
         m.close()
+
+
+CRASHY_COUNT = """
+import os
+
+import numpy as np
+
+from tidal.cep.operators.card_count import CardCount
+
+
+class CrashyCount(CardCount):
+    def process(self, batch):
+        if isinstance(batch, np.ndarray) and np.any(batch["amount"] == -1.0):
+            os._exit(3)
+        return super().process(batch)
+
+
+OPERATOR = CrashyCount
+"""
+
+
+@pytest.mark.parametrize("checkpoint_every", [0, 3])
+def test_keyed_state_survives_crashes_with_checkpoints(tmp_path, redis_url, checkpoint_every):
+    m = manager(
+        tmp_path,
+        redis_url,
+        codec="packed",
+        batch=20,
+        max_failures=2,
+        checkpoint_every=checkpoint_every,
+    )
+    try:
+        m.register("cc", VersionSpec(source=CRASHY_COUNT))
+        cl = connect(m, "cc")
+        arr = workload.transactions(400, seed=3, cards=5)
+        arr["amount"][250] = -1.0  # poison: two crashes, then parked
+        cl.submit(arr)
+        out = collect(cl, 399)
+        cl.close()
+        assert sorted(out["seq"].tolist()) == [i for i in range(400) if i != 250]
+        consecutive = all(
+            out["flag"][out["card"] == c].tolist()
+            == list(range(1, int((out["card"] == c).sum()) + 1))
+            for c in np.unique(out["card"])
+        )
+        # with checkpoints the restarted operator continues every card's count exactly;
+        # without, it restarts from zero after each crash
+        assert consecutive == (checkpoint_every > 0)
+        assert m.deployments["cc"].restarts >= 2
+    finally:
+        m.close()

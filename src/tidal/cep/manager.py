@@ -47,6 +47,9 @@ class DeployDefaults(BaseModel):
     mode: str = Field(default="blob", pattern="^(faithful|blob)$")
     codec: str = Field(default="json", pattern="^(json|packed)$")
     max_failures: int = Field(default=3, ge=1, description="N: failures before parking.")
+    checkpoint_every: int = Field(
+        default=0, ge=0, description="K > 0: checkpoint keyed state every K commits (crashes)."
+    )
     ready_timeout_s: float = Field(default=30.0, gt=0)
 
 
@@ -103,6 +106,7 @@ class NodeManager:
             mode=d.mode,
             codec=d.codec,
             max_failures=d.max_failures,
+            checkpoint_every=d.checkpoint_every,
             standby=standby,
             source=str(info.source_file or ""),
         )

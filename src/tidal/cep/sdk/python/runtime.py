@@ -7,7 +7,13 @@ and ``TIDAL_CEP_BACKOFF_MAX_MS`` (linear back-off), ``TIDAL_CEP_MODE`` (faithful
 ``TIDAL_CEP_CODEC`` (json | packed), ``TIDAL_CEP_OPERATOR`` (name), ``TIDAL_CEP_INSTANCE``,
 ``TIDAL_CEP_SOURCE`` (operator file), ``TIDAL_CEP_MAX_FAILURES`` (N),
 ``TIDAL_CEP_STANDBY`` (1: wait for a handover before consuming), ``TIDAL_CEP_POP``
-(commit | pop).
+(commit | pop), ``TIDAL_CEP_CHECKPOINT_EVERY`` (K > 0: keyed state survives crashes).
+
+Crash recovery of keyed state (K > 0): every commit also appends the consumed frames to
+``cep:<op>:log``; every K-th commit instead stores a snapshot in ``cep:<op>:checkpoint`` and
+clears the log, in the same transaction. A restarted instance restores the checkpoint and
+replays the log through `process` (discarding outputs, already committed): its state is
+exactly that of the crashed one, for deterministic operators.
 
 Queue protocol, per batch:
 1. pop: MULTI; LRANGE in 0 B-1; INCR tries; GET isolate; EXEC. With ``TIDAL_CEP_POP=pop``
@@ -59,6 +65,8 @@ def keys(op: str) -> dict[str, str]:
         "isolate": f"cep:{op}:isolate",
         "parked": f"cep:{op}:parked",
         "last_output": f"cep:{op}:last_output",
+        "checkpoint": f"cep:{op}:checkpoint",
+        "log": f"cep:{op}:log",
     }
 
 
@@ -93,6 +101,7 @@ class RuntimeConfig:
     max_failures: int = 3
     standby: bool = False
     pop: str = "commit"
+    checkpoint_every: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -102,6 +111,10 @@ class RuntimeConfig:
             raise TidalError(f"TIDAL_CEP_MODE must be faithful or blob, got {self.mode!r}")
         if self.pop not in ("commit", "pop"):
             raise TidalError(f"TIDAL_CEP_POP must be commit or pop, got {self.pop!r}")
+        if self.checkpoint_every < 0:
+            raise TidalError(
+                f"TIDAL_CEP_CHECKPOINT_EVERY must be >= 0, got {self.checkpoint_every}"
+            )
         if self.max_failures < 1:
             raise TidalError(f"TIDAL_CEP_MAX_FAILURES must be >= 1, got {self.max_failures}")
 
@@ -122,6 +135,7 @@ class RuntimeConfig:
             "TIDAL_CEP_MAX_FAILURES": str(self.max_failures),
             "TIDAL_CEP_STANDBY": "1" if self.standby else "0",
             "TIDAL_CEP_POP": self.pop,
+            "TIDAL_CEP_CHECKPOINT_EVERY": str(self.checkpoint_every),
         }
         env.update(self.extra)
         return env
@@ -150,6 +164,7 @@ class RuntimeConfig:
                 max_failures=int(env.get("TIDAL_CEP_MAX_FAILURES", "3")),
                 standby=env.get("TIDAL_CEP_STANDBY", "0") == "1",
                 pop=env.get("TIDAL_CEP_POP", "commit"),
+                checkpoint_every=int(env.get("TIDAL_CEP_CHECKPOINT_EVERY", "0")),
             )
         except ValueError as e:
             raise TidalError(f"bad operator environment: {e}") from None
@@ -232,6 +247,7 @@ class OperatorRuntime:
         self._first_output_done = False
         self._tracing = os.environ.get("TIDAL_CEP_TRACE") == "1"
         self._prefetch: list[bytes] = []
+        self._commits = 0
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -239,6 +255,8 @@ class OperatorRuntime:
         if self.cfg.standby:
             # warm the restore path (lazy imports, allocations) on the still-empty state
             self.op.restore(self.op.snapshot())
+        if not self.cfg.standby:
+            self._recover()
         self.store.push(self.ik["ready"], [b"1"])
         if not self.cfg.standby:
             return
@@ -251,7 +269,31 @@ class OperatorRuntime:
             if state is not None and not self.op.empty_state:
                 self.op.restore(state)
             self._trace("restored")
+            if self.checkpointing:  # this version's own starting point
+                self.store.execute(
+                    [("set", self.k["checkpoint"], self.op.snapshot()), ("del", self.k["log"])]
+                )
             return
+
+    @property
+    def checkpointing(self) -> bool:
+        return self.cfg.checkpoint_every > 0 and self.cfg.pop == "commit"
+
+    def _recover(self) -> None:
+        """After a crash: restore the last checkpoint and replay the events consumed since
+        (outputs discarded: they were committed already), so keyed state is exact."""
+        if not self.checkpointing:
+            return
+        ckpt, log = self.store.execute(
+            [("get", self.k["checkpoint"]), ("lrange", self.k["log"], 0, -1)]
+        )
+        if ckpt is None and not log:
+            return
+        if ckpt is not None:
+            self.op.restore(ckpt)
+        if log:
+            self._process(list(log))
+        self._trace(f"recovered from a checkpoint and {len(log)} logged frames")
 
     def _trace(self, what: str) -> None:
         if self._tracing:
@@ -312,7 +354,7 @@ class OperatorRuntime:
         data = frames[:cut]
         outs, parked = self._process(data)
         consumed = cut + (1 if ctrl is not None else 0)
-        ops = self._commit_ops(outs, consumed, parked)
+        ops = self._commit_ops(outs, consumed, parked, data)
         # A barrier naming this very instance is stale (its old owner died): just consume it.
         target = ctrl[len(HANDOVER) :].decode() if ctrl and ctrl.startswith(HANDOVER) else None
         after = frames[consumed:]
@@ -352,11 +394,20 @@ class OperatorRuntime:
             out_frames = self.codec.encode(out, self.cfg.mode)  # type: ignore[arg-type]
         return out_frames, parked
 
-    def _commit_ops(self, outs: list[bytes], consumed: int, parked: list[bytes]) -> list[Op]:
+    def _commit_ops(
+        self, outs: list[bytes], consumed: int, parked: list[bytes], data: list[bytes]
+    ) -> list[Op]:
         cfg = self.cfg
         ops: list[Op] = [("rpush", cfg.out_key, outs)]
         if cfg.pop == "commit":
             ops += [("ltrim", cfg.in_key, consumed, -1), ("del", self.k["tries"])]
+        if self.checkpointing and data:
+            # state = checkpoint + the logged events since, atomically with the consumption
+            self._commits += 1
+            if self._commits % cfg.checkpoint_every == 0:
+                ops += [("set", self.k["checkpoint"], self.op.snapshot()), ("del", self.k["log"])]
+            else:
+                ops.append(("rpush", self.k["log"], data))
         if parked:
             ops.append(("rpush", self.k["parked"], parked))
         if outs:
@@ -413,7 +464,7 @@ class OperatorRuntime:
             print(f"tidal-cep: parked a poison event: {reason}", file=sys.stderr, flush=True)
             return
         outs, parked = self._process([head])
-        ops = self._commit_ops(outs, 1, parked) + [("set", self.k["isolate"], left)]
+        ops = self._commit_ops(outs, 1, parked, [head]) + [("set", self.k["isolate"], left)]
         self.store.execute(ops)
         self.processed += 1
 
