@@ -115,7 +115,9 @@ def _native(n: int, batch: int, clock: Clock) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _backend(kind: str, root: str, mode: str, batch: int) -> Iterator[NodeManager]:
+def _backend(
+    kind: str, root: str, mode: str, batch: int, pop: str = "commit"
+) -> Iterator[NodeManager]:
     srv: Any = None
     rs: Any = None
     proc: subprocess.Popen[bytes] | None = None
@@ -137,7 +139,7 @@ def _backend(kind: str, root: str, mode: str, batch: int) -> Iterator[NodeManage
 
         rs = RedisServer()
         url = rs.url
-    m = NodeManager(root, url, DeployDefaults(codec="packed", mode=mode, batch=batch))
+    m = NodeManager(root, url, DeployDefaults(codec="packed", mode=mode, batch=batch, pop=pop))
     try:
         yield m
     finally:
@@ -163,11 +165,12 @@ def run_backend(
     clock: Clock,
     updates: int = 5,
     repeats: int = 3,
+    pop: str = "commit",
 ) -> dict[str, Any]:
     """All three measurements for one backend (see module docstring)."""
     with (
         tempfile.TemporaryDirectory(prefix="tidal-cep-bench-") as root,
-        _backend(kind, root, mode, batch) as m,
+        _backend(kind, root, mode, batch, pop) as m,
     ):
         m.register("forward", VersionSpec(source=operators.path("forward").read_text()))
         env = {"TIDAL_CEP_STATE_CARDS": str(state_cards)}
@@ -226,7 +229,7 @@ def run_backend(
         gaps = [r["gap_ms"] for r in reports if r.get("gap_ms") is not None]
         ums = [r["update_ms"] for r in reports]
         return {
-            "backend": f"{kind}-{mode}",
+            "backend": f"{kind}-{mode}" + ("-cepless-pop" if pop == "pop" else ""),
             "events_per_s": float(np.median(rates)),
             "events_per_s_runs": [round(r) for r in rates],
             "p50_ms": float(np.percentile(lat, 50)) if lat else None,
@@ -288,7 +291,7 @@ def run(
 ) -> list[dict[str, Any]]:
     """The benchmark rows for `backends` (native, embedded, redis, redis-faithful)."""
     clock = clock or MonotonicClock()
-    known = ("native", "embedded", "embedded-proc", "redis", "redis-faithful")
+    known = ("native", "embedded", "embedded-proc", "redis", "redis-faithful", "redis-cepless")
     for b in backends:
         if b not in known:
             raise TidalError(f"unknown backend {b!r}; choose from {list(known)}")
@@ -302,10 +305,13 @@ def run(
                 rows.append(_native(n, batch, clock))
                 continue
             kind = b if b.startswith("embedded") else "redis"
-            mode = "faithful" if b == "redis-faithful" else "blob"
+            mode = "faithful" if b in ("redis-faithful", "redis-cepless") else "blob"
+            pop = "pop" if b == "redis-cepless" else "commit"
             nn = max(n // 5, 20_000) if mode == "faithful" else n
             rows.append(
-                run_backend(kind, mode, nn, batch, rate, paced_n, state_cards, clock, updates)
+                run_backend(
+                    kind, mode, nn, batch, rate, paced_n, state_cards, clock, updates, pop=pop
+                )
             )
         return rows
     finally:

@@ -47,6 +47,11 @@ class DeployDefaults(BaseModel):
     mode: str = Field(default="blob", pattern="^(faithful|blob)$")
     codec: str = Field(default="json", pattern="^(json|packed)$")
     max_failures: int = Field(default=3, ge=1, description="N: failures before parking.")
+    pop: str = Field(
+        default="commit",
+        pattern="^(commit|pop)$",
+        description="commit: LTRIM with the results (redelivery); pop: CEPless' atomic pop.",
+    )
     checkpoint_every: int = Field(
         default=0, ge=0, description="K > 0: checkpoint keyed state every K commits (crashes)."
     )
@@ -107,6 +112,7 @@ class NodeManager:
             codec=d.codec,
             max_failures=d.max_failures,
             checkpoint_every=d.checkpoint_every,
+            pop=d.pop,
             standby=standby,
             source=str(info.source_file or ""),
         )
