@@ -84,7 +84,8 @@ def serve(
 def bench_cmd(
     backends: str = typer.Option(
         "native,embedded,redis,redis-faithful",
-        help="Comma-separated: native, embedded, embedded-proc, redis, redis-faithful, redis-cepless.",
+        help="Comma-separated: native, embedded, embedded-proc, redis, redis-faithful, "
+        "redis-cepless.",
     ),
     events: int = typer.Option(500_000, help="Events of the saturating run."),
     batch: int = typer.Option(1000, help="B."),
