@@ -1,14 +1,14 @@
 """CLI commands of the control area: `demo`, `loadgen`, `validate`.
 
-`demo` is Tidal's main job (`make demo`). Until the live closed loop lands it is an honest
-interim: it prints the model catalog when available and says the live run is not built yet.
+`demo` is Tidal's main job (`make demo`): the two-stage pipeline under a Twitter surge, live,
+under `hpa` then `themis` (tidal.control.demo). `loadgen` replays a trace open-loop against any
+OIP v2 endpoint; `validate` compares a live run with the simulator.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +18,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from tidal.core.errors import TidalError
-
-
-def _interim_demo(console: Console) -> None:
-    console.print("[bold]Tidal demo[/] (interim): the live autoscaled run is not built yet.")
-    try:
-        catalog = importlib.import_module("tidal.models.catalog")
-        variants = catalog.list_variants()
-    except Exception as e:  # the catalog is another area's work in progress
-        console.print(f"The model catalog is not available yet ({e}).")
-        return
-    table = Table(title="Model catalog")
-    for col in ("variant", "task", "accuracy", "params", "label"):
-        table.add_column(col)
-    for v in variants:
-        table.add_row(v.name, v.task, f"{v.accuracy:.4f}", f"{v.params:,}", v.label)
-    console.print(table)
 
 
 def _loadgen(
