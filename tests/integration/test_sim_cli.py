@@ -58,6 +58,7 @@ def test_simulate_json_for_every_registered_policy(tmp_path) -> None:  # type: i
         assert r["requests"] == rows[0]["requests"] > 0
         assert 0 <= r["slo_violation_rate"] <= 1 and r["core_seconds"] > 0
         assert (tmp_path / "out" / f"{r['policy']}.csv").is_file()
+        assert (tmp_path / "out" / f"{r['policy']}-series.csv").is_file()
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
 

@@ -87,6 +87,28 @@ def forecaster_for(
     return f, f"{name} ({setting} setting, refreshed every {f.refresh_s:g} s)"  # type: ignore[attr-defined]
 
 
+def write_series(r: SimResult, path: Path) -> None:
+    """Time series of one run as CSV: per bin (t_s, load_rps, violation_rate, p99_ms) and, at
+    each sample, the cores and replicas in force (cores_t_s, cores, replicas)."""
+    s = r.series
+    n = max(len(s["t"]), len(s["sample_t"]))
+
+    def col(name: str, i: int) -> str:
+        a = s[name]
+        return "" if i >= len(a) or np.isnan(a[i]) else f"{float(a[i]):.6g}"
+
+    lines = ["t_s,load_rps,violation_rate,p99_ms,cores_t_s,cores,replicas"]
+    for i in range(n):
+        lines.append(
+            ",".join(
+                col(c, i)
+                for c in ("t", "load", "violations", "p99_ms", "sample_t", "cores", "replicas")
+            )
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+
+
 @dataclass
 class Comparison:
     """Results of several policies on one workload."""
@@ -127,4 +149,6 @@ def compare(
         r = simulate(pipeline, profiles, rates, name, config, csv_path, fc, policy_kwargs=kw)
         r.policy = label
         results.append(r)
+        if out_dir is not None:
+            write_series(r, out_dir / f"{label}-series.csv")
     return Comparison(results, fdesc, trace_name, results[0].requests if results else 0)
