@@ -190,6 +190,7 @@ class VariantGroup:
                 break
             batch: list[Any] = q.pop_batch(dec.size)
             self._begin(rep, now)
+            self.counters.in_flight += len(batch)
             rows = sum(int(r.x.shape[0]) for r in batch)  # predicted on rows, not requests
             rep.busy_until = max(now, rep.busy_until) + self.latency_s(rows, rep.cores)
             self._spawn(self._run_batch(rep, batch))
@@ -240,9 +241,16 @@ class VariantGroup:
         rep.inflight = max(0, rep.inflight - 1)
         if rep.inflight == 0:
             self.counters.busy_s += now - rep.busy_since
+            self.counters.busy_core_s += (now - rep.busy_since) * rep.cores
             rep.busy_until = now
 
     async def _run_batch(self, rep: Replica, batch: list[LiveRequest]) -> None:
+        try:
+            await self._run_batch_inner(rep, batch)
+        finally:
+            self.counters.in_flight -= len(batch)
+
+    async def _run_batch_inner(self, rep: Replica, batch: list[LiveRequest]) -> None:
         ex = rep.executor
         assert ex is not None
         t0 = self.clock.now()

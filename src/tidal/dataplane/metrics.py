@@ -65,6 +65,8 @@ class StageCounters:
     resize: Histo = field(default_factory=lambda: Histo(EVENT_BUCKETS_S))
     replica_deaths: int = 0
     busy_s: float = 0.0
+    busy_core_s: float = 0.0
+    in_flight: int = 0
     window: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
 
 
@@ -74,10 +76,12 @@ class StageSnapshot:
 
     Counters are cumulative since start (take differences between two snapshots):
     `arrivals`, `completions`, `violations[cause]` (cause in late/refused/expired/error),
-    `busy_s` (replica-seconds spent running batches), `replica_s` (replica-seconds of ready
+    `busy_s` (replica-seconds spent running batches), `busy_core_s` (the same weighted by each
+    replica's cores at the time), `replica_s` (replica-seconds of ready
     replicas), `core_s` (core-seconds allocated to ready replicas). CPU utilization over an
     interval = d(busy_s * cores) / d(core_s) ~= d(busy_s) / d(replica_s).
-    Instantaneous: `queue_len`, `budgets_ms` (remaining budgets of queued requests, EDF order),
+    Instantaneous: `queue_len`, `in_flight` (requests in batches being run), `budgets_ms`
+    (remaining budgets of queued requests, EDF order),
     `replicas` (ready), `starting` (being started), `cores` (per replica, by variant),
     `total_cores` (sum over ready replicas),
     `batch` (max batch in force), `latency_ms` (the last <= 2048 end-to-end-at-this-stage
@@ -90,9 +94,11 @@ class StageSnapshot:
     completions: int
     violations: dict[str, int]
     busy_s: float
+    busy_core_s: float
     replica_s: float
     core_s: float
     queue_len: int
+    in_flight: int
     budgets_ms: tuple[float, ...]
     replicas: int
     starting: int

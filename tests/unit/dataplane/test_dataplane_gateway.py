@@ -276,3 +276,24 @@ def test_scale_in_keeps_every_request() -> None:
         assert all(v == 2.0 * i for i, v in results if isinstance(v, float))
 
     run(main())
+
+
+def test_snapshot_counts_in_flight_and_busy_core_seconds() -> None:
+    fac = FakeFactory(base=0.05, per_item=0.0)
+
+    async def main() -> None:
+        gw = _gw(fac, batch=4)
+        await gw.start()
+        await gw.apply_plan(Plan.single("m", "digits-mlp", 1, 2.0, 4))
+        tasks = [asyncio.ensure_future(gw.infer("m", _x(i), 1000)) for i in range(3)]
+        await asyncio.sleep(0.02)
+        mid = gw.metrics_snapshot()["m"]
+        assert mid.in_flight + mid.queue_len == 3 and mid.in_flight >= 1
+        await asyncio.gather(*tasks)
+        end = gw.metrics_snapshot()["m"]
+        await gw.stop()
+        assert end.in_flight == 0 and end.completions == 3
+        assert end.busy_core_s == pytest.approx(2.0 * end.busy_s, rel=0.05)
+        assert end.busy_s > 0.05
+
+    run(main())
