@@ -89,14 +89,16 @@ STUDIES: dict[str, Study] = {
         1000.0,
         [
             _e("ipa"),
-            _e("fa2", "fa2-low", variant="low"),
-            _e("fa2", "fa2-high", variant="high"),
-            _e("rim"),
+            _e("fa2", "fa2-low", variant="low", _forecast="lstm:ipa"),
+            _e("fa2", "fa2-high", variant="high", _forecast="lstm:ipa"),
+            _e("rim", _forecast="lstm:ipa"),
         ],
         notes=[
             "IPA's windows (damping 8). IPA measured its own video/NLP pipelines; here the "
             "pipelines of examples/pipelines with the profile measured on this machine and an "
-            "end-to-end SLA of 1000 ms (our choice: REFERENCE.md gives no SLA).",
+            "end-to-end SLA of 1000 ms (our choice: REFERENCE.md gives no SLA). FA2 and RIM "
+            "run inside IPA's framework, so they get IPA's LSTM predictor too (it can only "
+            "strengthen them).",
         ],
     ),
     "infadapter": Study(
@@ -106,12 +108,14 @@ STUDIES: dict[str, Study] = {
         [None],
         ["twitter:infadapter"],
         750.0,
-        [_e("infadapter"), _e("vpa"), _e("msp")],
+        [_e("infadapter"), _e("vpa"), _e("msp", _forecast="lstm:infadapter")],
         cores_per_node=48.0,
         notes=[
             "InfAdapter's capacity profile (ResNet-18..152, TF Serving, SLA 750 ms, load times "
             "6.44-8.52 s), InfAdapter's window (day 15, minutes 82-103, no damping), one node of "
-            "48 cores (enough for the planners' own budgets).",
+            "48 cores (enough for the planners' own budgets). MSP runs inside InfAdapter's "
+            "framework, so it gets InfAdapter's LSTM predictor too (it can only strengthen it); "
+            "VPA is Kubernetes' own.",
         ],
     ),
 }
@@ -340,7 +344,7 @@ def reproduce(
             "",
         ]
         for label, name, kw in st.policies:
-            extra = f" with {kw}" if kw else ""
+            extra = f" with {kw}" if kw else ""  # includes `_forecast` (its predictor)
             lines.append(f"- `{label}` = `{name}`{extra}: {_defaults(name)}")
         lines.append("")
         for pipe_name in st.pipelines:

@@ -60,14 +60,16 @@ def forecaster_for(
     policy: str, choice: str
 ) -> tuple[Callable[[Sequence[float]], float] | None, str]:
     """The forecaster for `policy`: `paper` = the paper's predictor (LSTM for themis, ipa,
-    infadapter; none otherwise), `none`, or a predictor name (last, max, ewma, lstm) in the IPA
-    setting. Returns (callable or None, description)."""
+    infadapter; none otherwise), `none`, a predictor name (last, max, ewma, lstm) in the IPA
+    setting, or NAME:SETTING (e.g. lstm:infadapter). Returns (callable or None, description)."""
     if choice == "none":
         return None, "none"
     if choice == "paper":
         if policy not in PAPER_FORECAST:
             return None, "none (observed rate)"
         name, setting = PAPER_FORECAST[policy]
+    elif ":" in choice:
+        name, setting = choice.split(":", 1)
     else:
         name, setting = choice, "ipa"
     from tidal.forecast import create
@@ -140,10 +142,13 @@ def compare(
         raise TidalError(f"unknown policy {bad[0]!r}; valid policies: {', '.join(available())}")
     results: list[SimResult] = []
     fdesc: dict[str, str] = {}
-    for label, name, kw in entries:
+    for label, name, kw0 in entries:
         if progress:
             progress(label)
-        fc, desc = forecaster_for(name, forecast)
+        kw = dict(kw0)
+        # "_forecast": this entry's predictor (e.g. a baseline run inside a paper's framework,
+        # which feeds it the same predictor as the paper's planner).
+        fc, desc = forecaster_for(name, str(kw.pop("_forecast", forecast)))
         fdesc[label] = desc
         csv_path = out_dir / f"{label}.csv" if out_dir is not None else None
         r = simulate(pipeline, profiles, rates, name, config, csv_path, fc, policy_kwargs=kw)
