@@ -68,6 +68,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         seed: int = typer.Option(0, help="Seed of arrivals, SLOs and noise."),
         dynamic_slo: bool = typer.Option(False, help="Per-request budgets (LTE log, Sponge)."),
         admission: bool = typer.Option(True, help="Admission control (else serve late)."),
+        hold_fraction: float = typer.Option(
+            0.0, help="Batcher hold window as a fraction of l(1,c) (live gateway: 0.1)."
+        ),
         mode: str = typer.Option("auto", help="auto | reference | fast"),
         forecast: str = typer.Option("paper", help="paper | none | last | max | ewma | lstm"),
         json_out: bool = typer.Option(False, "--json", help="Print JSON results."),
@@ -89,6 +92,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 seed=seed,
                 dynamic_slo=dynamic_slo,
                 admission=admission,
+                hold_fraction=hold_fraction,
                 mode=mode,  # type: ignore[arg-type]
             )
         except ValidationError as e:

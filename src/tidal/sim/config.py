@@ -50,6 +50,13 @@ class SimConfig(BaseModel):
     drain_s: float = Field(
         default=30.0, ge=0, description="Simulated time after the trace ends to let queues drain."
     )
+    hold_fraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=10.0,
+        description="Batcher hold window (rule 4b) as a fraction of l(1, c); the live gateway "
+        "uses 0.1, 0 turns it off.",
+    )
     mode: Literal["auto", "reference", "fast"] = Field(
         default="auto",
         description="reference: the dataplane's EDFQueue/batcher/admission objects; fast: the "

@@ -162,9 +162,11 @@ def simulate(
     if mode == "fast":
         from tidal.sim.fast import FastDataPlane
 
-        dp = FastDataPlane(lanes[0][0][0], lanes[0][0][1], eps[0], cfg.admission)
+        dp = FastDataPlane(lanes[0][0][0], lanes[0][0][1], eps[0], cfg.admission, cfg.hold_fraction)
     else:
-        dp = ReferenceDataPlane(lanes, eps, cfg.admission, pipeline.accuracy_combine)
+        dp = ReferenceDataPlane(
+            lanes, eps, cfg.admission, pipeline.accuracy_combine, cfg.hold_fraction
+        )
     cap = Capacity(nodes=cfg.nodes, cores_per_node=cfg.cores_per_node)
     recreate = "recreate" in str(getattr(planner, "resize_mode", "")).lower()
     act = SimActuator(

@@ -139,13 +139,15 @@ def _dispatch(  # type: ignore[no-untyped-def]
             size = bmax
         else:
             t_latest = d0 - _lat_ms(p, bmax, c) / 1000.0
-            if (
-                t_latest <= t
-                or rate <= 0.0
-                or n / max(_lat_ms(p, n, c) / 1000.0, 1e-9) >= rate
-                or rate * (t_latest - t) < 1.0
-            ):
-                pass
+            hold_s = fst[1] * (_lat_ms(p, 1, c) / 1000.0)
+            if t_latest <= t or rate <= 0.0:
+                pass  # slack, alone
+            elif hold_s > 0.0:  # rule 4b: hold window from the head's arrival
+                due = min(r_a[ist[QHEAD] & mask] / 1e6 + hold_s, t_latest)
+                if due > t:
+                    wait_until = due
+            elif n / max(_lat_ms(p, n, c) / 1000.0, 1e-9) >= rate or rate * (t_latest - t) < 1.0:
+                pass  # keeps_up, no_company
             else:
                 fill_at = t + (bmax - n) / rate
                 wait_until = min(fill_at, t_latest)
@@ -385,7 +387,12 @@ class FastDataPlane:
     """Same interface as `ReferenceDataPlane`, for one stage with one variant."""
 
     def __init__(
-        self, lat: VariantLatency, accuracy: float, eps: np.ndarray, admission_on: bool = True
+        self,
+        lat: VariantLatency,
+        accuracy: float,
+        eps: np.ndarray,
+        admission_on: bool = True,
+        hold_fraction: float = 0.0,
     ) -> None:
         self.p = lat.params()
         self.accuracy = accuracy
@@ -394,7 +401,8 @@ class FastDataPlane:
         self.ist[[TIMER_T, TIMER_SEQ, CUR_SEC]] = -1
         self.ist[B] = 1
         self.ist[ADMIT] = 1 if admission_on else 0
-        self.fst = np.zeros(1)
+        self.fst = np.zeros(2)  # busy core-us, hold window as a fraction of l(1, c)
+        self.fst[1] = hold_fraction
         self.pending_out: list[tuple[np.ndarray, ...]] = []
         self.arr = np.zeros(0, np.int64)
         self.dl = np.zeros(0, np.int64)

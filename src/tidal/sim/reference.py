@@ -13,8 +13,9 @@ request by request):
   enabled), then push and try to dispatch.
 - Dispatch (on arrival, completion, timer, or a control change): while the queue is non-empty
   and a ready replica is idle, take the idle replica with the most cores (lowest id on ties),
-  expire the queue, and ask ``batcher.decide`` with that replica's l(b,c) and the lane's arrival
-  rate (arrivals in the previous whole second / ready replicas). "Now" pops the batch and runs
+  expire the queue, and ask ``batcher.decide`` with that replica's l(b,c), the lane's arrival
+  rate (arrivals in the previous whole second / ready replicas) and the hold window
+  ``hold_fraction x l(1, c)`` (0 = off; the live gateway uses 10%). "Now" pops the batch and runs
   it; "later" sets the lane's single timer to ``max(now+1us, ceil(dispatch_at))``.
 - A completed batch moves each request, in batch order, to the next stage at the same time, or
   records it: ``late`` if it finished after its deadline, else ``ok``.
@@ -109,6 +110,7 @@ class ReferenceDataPlane:
         eps: np.ndarray,
         admission_on: bool = True,
         combine: str = "product",
+        hold_fraction: float = 0.0,
     ) -> None:
         """`lanes[s]` = (latency model, accuracy) of each candidate variant of stage s;
         `eps[v_global]` = noise factors, v_global numbering lanes stage by stage."""
@@ -121,6 +123,7 @@ class ReferenceDataPlane:
             k += len(st)
         self.eps = eps
         self.admission_on = admission_on
+        self.hold_fraction = hold_fraction
         self.product = combine == "product"
         self.counters = [StageCounters() for _ in lanes]
         self.replicas: dict[int, Replica] = {}
@@ -308,7 +311,8 @@ class ReferenceDataPlane:
             def l_of(b: int, c: float = cores, lat: VariantLatency = lat) -> float:
                 return lat.l_s(b, c)
 
-            dec = batcher.decide(ln.queue, t, ln.batch, l_of, ln.rate(now))
+            hold = self.hold_fraction * lat.l_s(1, cores)
+            dec = batcher.decide(ln.queue, t, ln.batch, l_of, ln.rate(now), hold)
             if dec is None:
                 return
             if dec.dispatch_at > t:

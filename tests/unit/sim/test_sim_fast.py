@@ -29,23 +29,24 @@ def outcomes(path: Path) -> dict[int, tuple[str, str]]:
 
 
 @pytest.mark.parametrize(
-    ("policy", "kwargs", "admission", "slo"),
+    ("policy", "kwargs", "admission", "slo", "hold"),
     [
-        ("hpa", {}, True, 400.0),
-        ("static", {"replicas": 3, "cores": 2, "batch": 8}, False, 300.0),
-        ("rayserve", {}, True, 750.0),
-        ("sponge", {}, True, 500.0),
+        ("hpa", {}, True, 400.0, 0.0),
+        ("static", {"replicas": 3, "cores": 2, "batch": 8}, False, 300.0, 0.0),
+        ("static", {"replicas": 2, "cores": 2, "batch": 8}, True, 300.0, 0.1),
+        ("rayserve", {}, True, 750.0, 0.0),
+        ("sponge", {}, True, 500.0, 0.0),
     ],
 )
 def test_fast_agrees_with_reference_request_by_request(
-    tmp_path: Path, policy: str, kwargs: dict[str, Any], admission: bool, slo: float
+    tmp_path: Path, policy: str, kwargs: dict[str, Any], admission: bool, slo: float, hold: float
 ) -> None:
     rates = np.concatenate(
         [synthetic_rates("spike", 120, 15, 150, seed=3), synthetic_rates("ramp", 60, 5, 80, 4)]
     )
     res = {}
     for mode in ("reference", "fast"):
-        cfg = SimConfig(slo_ms=slo, mode=mode, admission=admission, seed=7)
+        cfg = SimConfig(slo_ms=slo, mode=mode, admission=admission, seed=7, hold_fraction=hold)
         r = simulate(
             ONE, PROFILES, rates, policy, cfg, tmp_path / f"{mode}.csv", policy_kwargs=kwargs
         )

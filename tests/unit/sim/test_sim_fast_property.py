@@ -1,6 +1,7 @@
-"""Property: on random small instances (profile, SLO, batch, admission, arrivals, and random
-control changes: replicas added, removed and resized, batch changed), the fast kernel and the
-reference data plane give every request the same outcome at the same microsecond."""
+"""Property: on random small instances (profile, SLO, batch, admission, batcher hold window,
+arrivals, and random control changes: replicas added, removed and resized, batch changed), the
+fast kernel and the reference data plane give every request the same outcome at the same
+microsecond."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def outcomes(dp: object) -> dict[int, tuple[int, int]]:
     cores=CORES,
     slo_ms=st.floats(5, 1500),
     admission=st.booleans(),
+    hold=st.sampled_from([0.0, 0.1, 0.5]),
     rates=st.lists(st.integers(0, 150), min_size=2, max_size=12),
     seed=st.integers(0, 1000),
     ops=OPS,
@@ -61,6 +63,7 @@ def test_fast_equals_reference_on_random_instances(
     cores: float,
     slo_ms: float,
     admission: bool,
+    hold: float,
     rates: list[int],
     seed: int,
     ops: list[tuple[int, str, float, int]],
@@ -68,8 +71,8 @@ def test_fast_equals_reference_on_random_instances(
     fit = LatencyFit(gamma=gamma, delta=delta, epsilon=epsilon, eta=eta, p99_ratio=p99)
     lat = VariantLatency(VariantProfile(name="v", accuracy=0.5, fit=fit))
     eps = noise_table([lat.sigma], seed)
-    ref = ReferenceDataPlane([[(lat, 0.5)]], eps, admission)
-    fast = FastDataPlane(lat, 0.5, eps[0], admission)
+    ref = ReferenceDataPlane([[(lat, 0.5)]], eps, admission, hold_fraction=hold)
+    fast = FastDataPlane(lat, 0.5, eps[0], admission, hold_fraction=hold)
     a = to_us(arrivals(np.asarray(rates, dtype=np.float64), seed))
     d = a + int(round(slo_ms * 1000))
     live: list[int] = []
