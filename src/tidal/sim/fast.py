@@ -42,7 +42,8 @@ CUR_SEC, CUR_COUNT, PREV_COUNT, ARRIVALS, COMPLETIONS, OUT_N, B, ADMIT, NOW, RIN
     10, 20
 )
 NSLOT, NREADY = 20, 21  # slots in use (upper bound), ready replicas (listed in `ready`)
-NI = 22
+ND_T, ND_SEQ, ND_I, NIDLE = 22, 23, 24, 25  # cached next completion; idle ready replicas
+NI = 26
 OUT_FULL, RING_FULL = 2, 3
 _MASKN = NOISE_LEN - 1
 
@@ -112,6 +113,8 @@ def _dispatch(  # type: ignore[no-untyped-def]
     t = now / 1e6
     bmax = ist[B]
     while ist[QTAIL] > ist[QHEAD]:
+        if ist[NIDLE] <= 0:
+            return
         best = -1
         for i in range(ist[NSLOT]):
             if (
@@ -163,10 +166,29 @@ def _dispatch(  # type: ignore[no-untyped-def]
         until[best] = now + dur
         rseq[best] = ist[SEQ]
         ist[SEQ] += 1
+        ist[NIDLE] -= 1
+        if (
+            ist[ND_I] < 0
+            or until[best] < ist[ND_T]
+            or (until[best] == ist[ND_T] and rseq[best] < ist[ND_SEQ])
+        ):
+            ist[ND_T], ist[ND_SEQ], ist[ND_I] = until[best], rseq[best], best
         bstart[best] = ist[QHEAD]
         blen[best] = size
         ist[QHEAD] += size
         fst[0] += dur * c
+
+
+@njit(cache=True)
+def _next_done(ist, busy, until, rseq):  # type: ignore[no-untyped-def]
+    """Recompute the cached (time, seq, slot) of the busy replica that finishes first."""
+    th = 1 << 62
+    hs = 1 << 62
+    hk = -1
+    for i in range(ist[NSLOT]):
+        if busy[i] == 1 and (until[i] < th or (until[i] == th and rseq[i] < hs)):
+            th, hs, hk = until[i], rseq[i], i
+    ist[ND_T], ist[ND_SEQ], ist[ND_I] = th, hs, hk
 
 
 @njit(cache=True)
@@ -242,9 +264,8 @@ def _run(  # type: ignore[no-untyped-def]
         th = big
         hs = big
         hk = -1
-        for i in range(ist[NSLOT]):
-            if busy[i] == 1 and (until[i] < th or (until[i] == th and rseq[i] < hs)):
-                th, hs, hk = until[i], rseq[i], i
+        if ist[ND_I] >= 0:  # the busy replica that finishes first (kept by _dispatch/_next_done)
+            th, hs, hk = ist[ND_T], ist[ND_SEQ], ist[ND_I]
         if ist[TIMER_T] >= 0 and (
             ist[TIMER_T] < th or (ist[TIMER_T] == th and ist[TIMER_SEQ] < hs)
         ):
@@ -279,6 +300,9 @@ def _run(  # type: ignore[no-untyped-def]
                 ist[COMPLETIONS] += blen[hk]
                 busy[hk] = 0
                 blen[hk] = 0
+                _next_done(ist, busy, until, rseq)
+                if st[hk] == 1:
+                    ist[NIDLE] += 1
                 if st[hk] == 2:
                     st[hk] = 0
                     continue
@@ -398,7 +422,7 @@ class FastDataPlane:
         self.accuracy = accuracy
         self.eps = np.ascontiguousarray(eps, dtype=np.float64)
         self.ist = np.zeros(NI, dtype=np.int64)
-        self.ist[[TIMER_T, TIMER_SEQ, CUR_SEC]] = -1
+        self.ist[[TIMER_T, TIMER_SEQ, CUR_SEC, ND_I]] = -1
         self.ist[B] = 1
         self.ist[ADMIT] = 1 if admission_on else 0
         self.fst = np.zeros(2)  # busy core-us, hold window as a fraction of l(1, c)
@@ -463,6 +487,7 @@ class FastDataPlane:
         order = sorted(self.slot.items())
         self.ready = np.array([i for _, i in order] + [0], dtype=np.int64)
         self.ist[NREADY] = len(order)
+        self.ist[NIDLE] = int(np.count_nonzero((self.st == 1) & (self.busy == 0)))
         used = np.nonzero((self.st != 0) | (self.busy != 0))[0]
         self.ist[NSLOT] = int(used.max()) + 1 if len(used) else 0
 
@@ -591,6 +616,7 @@ class FastDataPlane:
                     (int(self.r_id[j]), int(self.r_a[j]), int(self.r_d[j]), now, UNFINISHED)
                 )
             self.busy[i] = 0
+        self.ist[ND_I] = -1
         for k in range(int(self.ist[PTR]), int(self.ist[NIN])):
             rid = int(self.ist[NEXT_ID])
             self.ist[NEXT_ID] += 1
