@@ -121,15 +121,19 @@ STUDIES: dict[str, Study] = {
 }
 
 
-def _defaults(name: str) -> str:
+def _defaults(name: str, overrides: dict[str, Any] | None = None) -> str:
+    """The policy's constructor parameters as the study runs it: the code's defaults with the
+    study's keyword overrides applied (keys starting with `_`, e.g. `_forecast`, are not
+    constructor arguments)."""
     from tidal.planners import Governed, create
 
-    p = create(name)
+    over = {k: v for k, v in (overrides or {}).items() if not k.startswith("_")}
+    p = create(name, **over)
     sig = inspect.signature(type(p).__init__)
     kw = ", ".join(
-        f"{k}={v.default!r}"
+        f"{k}={over.get(k, v.default)!r}"
         for k, v in sig.parameters.items()
-        if k != "self" and v.default is not inspect.Parameter.empty
+        if k != "self" and (k in over or v.default is not inspect.Parameter.empty)
     )
     g = Governed(p).governance
     gov = ", ".join(
@@ -345,7 +349,7 @@ def reproduce(
         ]
         for label, name, kw in st.policies:
             extra = f" with {kw}" if kw else ""  # includes `_forecast` (its predictor)
-            lines.append(f"- `{label}` = `{name}`{extra}: {_defaults(name)}")
+            lines.append(f"- `{label}` = `{name}`{extra}: {_defaults(name, kw)}")
         lines.append("")
         for pipe_name in st.pipelines:
             pipe = load_pipeline(pipe_name, profs)
@@ -409,6 +413,7 @@ def _write(
             elif cur is not None:
                 old[cur].append(line)
     merged = {k: sections.get(k, old.get(k, [])) for k in STUDIES if k in sections or k in old}
+    kept = [k for k in merged if k not in sections]
     summary = [
         "| study | claimed | measured here | holds? |",
         "|---|---|---|---|",
@@ -432,8 +437,15 @@ def _write(
         + (" ".join(keys) if len(keys) < 4 else "all")
         + "`"
         + (f" with windows cut to {seconds} s" if seconds else " on the full windows")
-        + f" ({total:.0f} s of wall time on this 2-core machine). Every figure below comes "
-        "from that command; the simulator is described in docs/simulator.md. The planners are "
+        + f" ({total:.0f} s of wall time on this 2-core machine)."
+        + (
+            f" The sections of {', '.join(kept)} are kept from earlier runs, with the "
+            "same settings (`tidal reproduce NAME` regenerates one; `all` every one)."
+            if kept
+            else ""
+        )
+        + " Every figure below comes from `tidal reproduce`; the simulator is described in "
+        "docs/simulator.md. The planners are "
         "the real ones (docs/planners.md) and the queue, batcher and admission are the data "
         "plane's own objects (reference mode). Seed 0 for arrivals, SLOs and latency noise.",
         "",
