@@ -211,13 +211,17 @@ def _validate(
         print(json.dumps(cmp.to_dict(), indent=2))
         return
     t = Table(title=f"{policy}: live vs simulator")
-    for c in ("run", "requests", "SLO violations", "p99 (ms)", "core-seconds"):
+    cols = ("run", "requests", "SLO violations", "refused/expired/late/other", "p99 (ms)")
+    for c in (*cols, "core-seconds"):
         t.add_column(c, justify="right")
     for name, r in (("live", cmp.live), ("simulator", cmp.sim)):
+        v = dict(r.get("violations") or {})
+        main = [int(v.pop(k, 0)) for k in ("refused", "expired", "late")]
         t.add_row(
             name,
             str(r["requests"]),
             f"{r['slo_violation_rate']:.2%}",
+            "/".join(str(x) for x in (*main, int(sum(v.values())))),
             str(r["p99_ms"]),
             str(r["core_seconds"]),
         )
@@ -235,6 +239,7 @@ def _validate(
         console.print(
             "simulator profile = reference x live slowdown "
             + ", ".join(f"{k} x{v:.2f}" for k, v in cmp.slowdown.items())
+            + f"; control loop {cmp.control_lead_s:.2f} s ahead of the load"
             + f" (on the unscaled reference profile the simulator gives "
             f"{raw.get('slo_violation_rate', float('nan')):.2%} violations, "
             f"{raw.get('core_seconds')} core-s)"

@@ -48,6 +48,7 @@ class Comparison:
     core_s_rel: float
     sim_profile_as_measured: dict[str, Any] | None = None
     slowdown: dict[str, float] | None = None
+    control_lead_s: float = 0.0
 
     @property
     def agrees(self) -> bool:
@@ -71,6 +72,7 @@ class Comparison:
             },
             "agrees": self.agrees,
             "slowdown": self.slowdown,
+            "control_lead_s": round(self.control_lead_s, 2),
             "sim_with_reference_profile": self.sim_profile_as_measured,
         }
 
@@ -107,13 +109,74 @@ def make_validate_setup(
 
 
 def live_slowdown(decisions: list[dict[str, Any]]) -> dict[str, float]:
-    """Per-stage slowdown the live controller measured (mean of its logged factors, taken
-    once the service had batches): how much slower the live machine ran than the profile."""
-    acc: dict[str, list[float]] = {}
+    """Per-stage slowdown the live controller measured: how much slower the live machine ran
+    than the profile. The controller logs a smoothed factor with each decision (an EWMA,
+    `SLOWDOWN_SMOOTHING`, started at its first measurement, usually taken at a trickle of
+    batch-1 requests before a surge); each decision's own measurement is recovered from two
+    consecutive logged values, and the factors are averaged weighted by the stage's arrival
+    rate at each decision (the plain mean when no rate was logged), so the factor is the one
+    under which the requests were served."""
+    from tidal.control.controller import SLOWDOWN_BOUNDS, SLOWDOWN_SMOOTHING
+
+    acc: dict[str, list[tuple[float, float]]] = {}
+    prev: dict[str, float] = {}
     for d in decisions:
-        for k, v in (d.get("inputs", {}).get("slowdown") or {}).items():
-            acc.setdefault(k, []).append(float(v))
-    return {k: float(np.mean(v)) for k, v in acc.items() if v}
+        inputs = d.get("inputs", {})
+        rates = {s.get("stage"): float(s.get("rate") or 0.0) for s in inputs.get("stages", [])}
+        for k, v in (inputs.get("slowdown") or {}).items():
+            v = float(v)
+            raw = v if k not in prev else prev[k] + (v - prev[k]) / SLOWDOWN_SMOOTHING
+            prev[k] = v
+            raw = min(SLOWDOWN_BOUNDS[1], max(SLOWDOWN_BOUNDS[0], raw))
+            acc.setdefault(k, []).append((raw, rates.get(k, 0.0)))
+    out = {}
+    for k, pairs in acc.items():
+        f = np.array([p[0] for p in pairs])
+        w = np.array([p[1] for p in pairs])
+        out[k] = float((f * w).sum() / w.sum()) if w.sum() > 0 else float(f.mean())
+    return out
+
+
+def control_lead_s(
+    decisions: list[dict[str, Any]], setup: DemoSetup, policy: str, max_s: float = 10.0
+) -> float:
+    """How long before the load the live controller made its first decision (the server
+    starts, then the load generator): the lead that best reproduces the first stage's arrival
+    rate logged with each decision from the schedule's arrival times (over the planner's
+    metric window, as the controller measures it); 0 when nothing was logged."""
+    from tidal.planners.base import create
+
+    planner = create(policy, **POLICY_KWARGS.get(policy, {}))
+    inner = getattr(planner, "inner", planner)
+    interval = float(getattr(planner, "interval_s", 1.0) or 1.0)
+    w = max(1.0, float(getattr(inner, "window_s", None) or interval))
+    first = setup.pipeline.stages[0].name
+    ts, rs = [], []
+    for d in decisions:
+        r = next(
+            (
+                s.get("rate")
+                for s in d.get("inputs", {}).get("stages", [])
+                if s.get("stage") == first
+            ),
+            None,
+        )
+        if r is not None and "t" in d:
+            ts.append(float(d["t"]))
+            rs.append(float(r))
+    if len(ts) < 2:
+        return 0.0
+    t = np.asarray(ts) - ts[0]
+    rate = np.asarray(rs)
+    offsets = np.sort(np.asarray(setup.schedule.offsets, dtype=float))
+    best, best_err = 0.0, math.inf
+    for lead in np.arange(0.0, max_s, 0.02):
+        hi = np.searchsorted(offsets, t - lead, side="right")
+        lo = np.searchsorted(offsets, t - lead - w, side="right")
+        err = float(np.sum(((hi - lo) / w - rate) ** 2))
+        if err < best_err - 1e-12:
+            best, best_err = float(lead), err
+    return best
 
 
 def scaled_profiles(setup: DemoSetup, slowdown: dict[str, float]) -> Any:
@@ -130,9 +193,29 @@ def scaled_profiles(setup: DemoSetup, slowdown: dict[str, float]) -> Any:
     return ps
 
 
-def simulate_same(setup: DemoSetup, policy: str, seed: int, profiles: Any = None) -> dict[str, Any]:
-    """The simulator's result for the live run's inputs (summary dict of `tidal simulate`)."""
+# The live gateway's batcher hold window, as a fraction of l(1) (tidal.dataplane.group).
+LIVE_HOLD_FRACTION = 0.1
+
+
+def simulate_same(
+    setup: DemoSetup,
+    policy: str,
+    seed: int,
+    profiles: Any = None,
+    like_live: bool = True,
+    lead_s: float = 0.0,
+) -> dict[str, Any]:
+    """The simulator's result for the live run's inputs (summary dict of `tidal simulate`).
+
+    `like_live` models the live system where it differs from the simulator's defaults: the
+    gateway's admission and batcher (`SimConfig.gateway`) predicting with the profile the
+    gateway loaded (the reference profile, unscaled) while batches take the `profiles` time,
+    its 10% hold window, the config's initial plan in force at t=0 (the planner's first plan
+    then pays its cold start), and an infeasible plan left unapplied (the live controller
+    keeps the last feasible one); `lead_s`: the live controller's lead over the load
+    (`control_lead_s`), so that the planner decides at the same points of the trace."""
     from tidal.control.closedloop import make_forecaster
+    from tidal.core.plan import Plan
     from tidal.sim.config import SimConfig
     from tidal.sim.engine import simulate
 
@@ -143,7 +226,12 @@ def simulate_same(setup: DemoSetup, policy: str, seed: int, profiles: Any = None
         seed=seed,
         drain_s=2.0,
         mode="reference",
+        gateway=like_live,
+        hold_fraction=LIVE_HOLD_FRACTION if like_live else 0.0,
+        skip_infeasible=like_live,
+        control_lead_s=lead_s if like_live else 0.0,
     )
+    init = setup.serve_config.get("plan") if like_live else None
     fc = make_forecaster(FORECAST.get(policy))
 
     def forecaster(history: Any) -> float:
@@ -158,6 +246,8 @@ def simulate_same(setup: DemoSetup, policy: str, seed: int, profiles: Any = None
         cfg,
         forecaster=forecaster if fc is not None else None,
         policy_kwargs=POLICY_KWARGS.get(policy, {}),
+        predict_profiles=setup.profiles if like_live else None,
+        initial_plan=Plan.model_validate(init) if init else None,
     )
     out: dict[str, Any] = res.summary()
     return out
@@ -215,9 +305,11 @@ def validate(
     # The simulator runs on the live machine's profile: the reference profile scaled by the
     # per-stage slowdown the live controller measured (1.0 on an idle machine).
     slow = live_slowdown(live.decisions)
-    sim = simulate_same(setup, policy, seed, scaled_profiles(setup, slow))
-    raw = simulate_same(setup, policy, seed) if slow else None
+    lead = control_lead_s(live.decisions, setup, policy)
+    sim = simulate_same(setup, policy, seed, scaled_profiles(setup, slow), lead_s=lead)
+    raw = simulate_same(setup, policy, seed, lead_s=lead) if slow else None
     cmp = compare(live_summary(live), sim)
     cmp.slowdown = slow
+    cmp.control_lead_s = lead
     cmp.sim_profile_as_measured = raw
     return cmp

@@ -133,6 +133,12 @@ class SimActuator:
                     w = next((v.weight for v in sp.variants if v.name == vp.name), 0.0)
                 self.dp.set_lane(s, li, b, w)
                 self._converge(s, li, n, c, vp, warm)
+            set_head = getattr(self.dp, "set_head", None)
+            if sp is not None and sp.variants and set_head is not None:
+                first = sp.variants[0].name
+                names = [v.name for v in variants]
+                if first in names:
+                    set_head(s, names.index(first), sp.cores_of(first))
         self.plan = plan
         self._place()
         self._cache = None

@@ -57,6 +57,25 @@ class SimConfig(BaseModel):
         description="Batcher hold window (rule 4b) as a fraction of l(1, c); the live gateway "
         "uses 0.1, 0 turns it off.",
     )
+    gateway: bool = Field(
+        default=False,
+        description="The live gateway's admission and batcher (reference mode; `tidal "
+        "validate`): stage deadlines, predicted busy-until times, its rate estimate and hold "
+        "anchor, uncapped predicted l(b,c) (see tidal.sim.reference).",
+    )
+    skip_infeasible: bool = Field(
+        default=False,
+        description="Keep the plan in force when the planner flags its plan infeasible (the "
+        "live controller without --best-effort); False applies it.",
+    )
+    control_lead_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=3600.0,
+        description="The control loop started this long before the trace (a live run's "
+        "controller decides before the load starts): the planner decides at t=0, then at "
+        "k x interval - control_lead_s; 0 = at k x interval.",
+    )
     mode: Literal["auto", "reference", "fast"] = Field(
         default="auto",
         description="reference: the dataplane's EDFQueue/batcher/admission objects; fast: the "

@@ -127,6 +127,8 @@ def fast_applies(pipeline: PipelineSpec, config: SimConfig) -> str:
         return "the fast mode runs one variant per stage"
     if config.dynamic_slo:
         return "the fast mode runs a fixed SLO (FIFO = EDF)"
+    if config.gateway:
+        return "the gateway's admission and batcher run in the reference mode"
     return ""
 
 
@@ -140,8 +142,16 @@ def simulate(
     forecaster: Forecaster | None = None,
     policy_kwargs: dict[str, Any] | None = None,
     n_bins: int = 600,
+    predict_profiles: ProfileSet | None = None,
+    initial_plan: Plan | None = None,
 ) -> SimResult:
-    """Replay `rates` (requests per second) through `pipeline` under `policy`."""
+    """Replay `rates` (requests per second) through `pipeline` under `policy`.
+
+    `predict_profiles`: the profile admission and the batcher plan with (reference mode;
+    default `profiles`, which always gives the simulated service times). `initial_plan`: in
+    force (ready) at t=0 before the planner's first decision, whose new replicas then pay their
+    cold start, as a live gateway started from its config's plan; default: the planner's
+    first plan is in force at t=0 (``warm_start``)."""
     cfg = config or SimConfig()
     rates = np.asarray(rates, dtype=np.float64)
     if len(rates) == 0:
@@ -150,6 +160,8 @@ def simulate(
     planner = _planner(policy, **(policy_kwargs or {}))
     pname = planner.name
     why_not = fast_applies(pipeline, cfg)
+    if not why_not and (predict_profiles is not None or initial_plan is not None):
+        why_not = "predict_profiles and initial_plan run in the reference mode"
     mode = cfg.mode
     if mode == "auto":
         mode = "reference" if why_not else "fast"
@@ -164,8 +176,22 @@ def simulate(
 
         dp = FastDataPlane(lanes[0][0][0], lanes[0][0][1], eps[0], cfg.admission, cfg.hold_fraction)
     else:
+        predict = None
+        if predict_profiles is not None or cfg.gateway:
+            src = _profiles_for(pipeline, predict_profiles or profiles)
+            predict = [[VariantLatency(v) for v in st] for st in src]
+            if cfg.gateway:  # the gateway predicts with the fit as is (no Amdahl cap)
+                for st_lat in predict:
+                    for pl in st_lat:
+                        pl.max_cores = math.inf
         dp = ReferenceDataPlane(
-            lanes, eps, cfg.admission, pipeline.accuracy_combine, cfg.hold_fraction
+            lanes,
+            eps,
+            cfg.admission,
+            pipeline.accuracy_combine,
+            cfg.hold_fraction,
+            predict=predict,
+            gateway=cfg.gateway,
         )
     cap = Capacity(nodes=cfg.nodes, cores_per_node=cfg.cores_per_node)
     recreate = "recreate" in str(getattr(planner, "resize_mode", "")).lower()
@@ -305,8 +331,10 @@ def simulate(
         dec_s.append(timer.now() - t0)
         if not plan.feasible:
             infeasible += 1
+            if cfg.skip_infeasible:
+                return
         assert isinstance(plan, Plan)
-        act.apply(plan, warm=(now == 0 and cfg.warm_start))
+        act.apply(plan, warm=(now == 0 and cfg.warm_start and initial_plan is None))
 
     def drain_outcomes(now: int) -> None:
         rows = dp.drain()
@@ -333,11 +361,14 @@ def simulate(
         while len(recent) > 1 and len(recent[0][0]) == 0:
             recent.popleft()
 
+    if initial_plan is not None:
+        act.apply(initial_plan, warm=True)
     tick(0)
     snapshot(0)
     dp.kick(0)
     now = 0
-    next_tick = interval_us
+    lead_us = int(round(cfg.control_lead_s * US)) % interval_us
+    next_tick = interval_us - lead_us
     sample_us = int(bin_s * US)
     next_sample = 0
     while True:

@@ -19,6 +19,17 @@ request by request):
   it; "later" sets the lane's single timer to ``max(now+1us, ceil(dispatch_at))``.
 - A completed batch moves each request, in batch order, to the next stage at the same time, or
   records it: ``late`` if it finished after its deadline, else ``ok``.
+
+Gateway mode (``gateway=True``; `tidal validate` uses it to model the live gateway,
+`tidal.dataplane.stage` and `group`): admission and the batcher plan with each lane's
+*predicted* latency (``predict``, e.g. the unscaled profile the gateway loads, while batches
+take the simulated time of ``lanes``); a replica's busy-until seen by admission is its dispatch
+time plus the predicted latency, not the simulated finish; admission checks the stage deadline
+(the deadline minus the batch-1 predicted latency of the later stages' first planned variant)
+with the gateway's fast path (empty queue and an idle replica); the batcher's rate is the
+gateway's moving estimate over admitted requests (0.2 s spans, halved weight) and its hold
+window is anchored at the latest of the head's arrival, the lane's latest admission and its
+latest batch completion.
 """
 
 from __future__ import annotations
@@ -52,6 +63,7 @@ class Replica:
     busy_until: int = 0
     batch: list[Request] = field(default_factory=list)
     alive: bool = True
+    pred_until: int = 0  # gateway mode: dispatch + predicted latency (what admission sees)
 
 
 @dataclass
@@ -68,6 +80,12 @@ class Lane:
     cur_count: int = 0
     prev_count: int = 0
     swrr: float = 0.0
+    pred: VariantLatency | None = None  # what admission/batcher plan with (None: lat)
+    ewma: float = 0.0  # gateway mode: the live group's rate estimate
+    ewma_n: int = 0
+    ewma_t0: int = 0
+    last_arrival: int = 0
+    last_free: int = 0
 
     def ready(self) -> list[Replica]:
         return [r for r in self.reps.values() if r.alive]
@@ -111,11 +129,20 @@ class ReferenceDataPlane:
         admission_on: bool = True,
         combine: str = "product",
         hold_fraction: float = 0.0,
+        predict: list[list[VariantLatency]] | None = None,
+        gateway: bool = False,
     ) -> None:
         """`lanes[s]` = (latency model, accuracy) of each candidate variant of stage s;
-        `eps[v_global]` = noise factors, v_global numbering lanes stage by stage."""
+        `eps[v_global]` = noise factors, v_global numbering lanes stage by stage; `predict`
+        (same shape) = the latency models admission and the batcher plan with (default: the
+        lanes' own); `gateway`: the live gateway's admission and batcher (module docstring)."""
         self.clock = SimClock()
         self.stages = [[Lane(lat, acc) for lat, acc in st] for st in lanes]
+        for s_i, lane_list in enumerate(self.stages):
+            for li, ln in enumerate(lane_list):
+                ln.pred = predict[s_i][li] if predict is not None else ln.lat
+        self.gateway = gateway
+        self.head: list[tuple[int, float] | None] = [None] * len(lanes)
         self.vindex: list[list[int]] = []
         k = 0
         for st in lanes:
@@ -154,6 +181,21 @@ class ReferenceDataPlane:
     def set_lane(self, stage: int, lane: int, batch: int, weight: float) -> None:
         ln = self.stages[stage][lane]
         ln.batch, ln.weight = batch, weight
+
+    def set_head(self, stage: int, lane: int, cores: float) -> None:
+        """The stage's first planned variant and its cores per replica (gateway mode: later
+        stages' batch-1 latency is taken off the deadline at admission)."""
+        self.head[stage] = (lane, cores)
+
+    def _downstream_s(self, s: int) -> float:
+        total = 0.0
+        for k in range(s + 1, len(self.stages)):
+            h = self.head[k]
+            if h is not None:
+                pred = self.stages[k][h[0]].pred
+                assert pred is not None
+                total += pred.l_s(1, h[1])
+        return total
 
     def add_replica(self, rid: int, stage: int, lane: int, cores: float) -> None:
         r = Replica(rid, stage, lane, cores)
@@ -275,7 +317,16 @@ class ReferenceDataPlane:
         t = now / US
         for r in ln.queue.expire(t):
             self._record(r, now, EXPIRED, li)
-        if self.admission_on:
+        if self.gateway:
+            if self.admission_on and not self._gateway_admit(req, s, ln, now):
+                self._record(req, now, REFUSED, li)
+                return
+            ln.ewma_n += 1
+            ln.last_arrival = now
+            if now - ln.ewma_t0 >= 200_000:
+                ln.ewma = 0.5 * ln.ewma + 0.5 * ln.ewma_n / ((now - ln.ewma_t0) / US)
+                ln.ewma_n, ln.ewma_t0 = 0, now
+        elif self.admission_on:
             reps = sorted(ln.ready(), key=lambda r: r.rid)
             v = admission.admit(
                 req,
@@ -293,6 +344,31 @@ class ReferenceDataPlane:
         ln.queue.push(req)
         self._try_dispatch(s, li, now)
 
+    def _gateway_admit(self, req: Request, s: int, ln: Lane, now: int) -> bool:
+        """`tidal.dataplane.stage.Stage.submit`'s admission: the fast path, else `admit` on
+        the stage deadline with predicted busy-until times."""
+        pred = ln.pred
+        assert pred is not None
+        t = now / US
+        down = self._downstream_s(s)
+        reps = sorted(ln.ready(), key=lambda r: r.rid)
+        if not ln.queue:
+            idle = [r for r in reps if not r.busy]
+            if idle and t + pred.l_s(1, idle[0].cores) + down <= req.deadline:
+                return True
+        probe = Request(req.id, req.arrival, req.deadline - down)
+        v = admission.admit(
+            probe,
+            ln.queue.count_before(req.deadline),
+            len(ln.queue),
+            [max(t, r.pred_until / US) if r.busy else t for r in reps],
+            [r.cores for r in reps],
+            pred.l_s,
+            ln.batch,
+            t,
+        )
+        return v.accepted
+
     def _try_dispatch(self, s: int, li: int, now: int) -> None:
         ln = self.stages[s][li]
         t = now / US
@@ -306,13 +382,23 @@ class ReferenceDataPlane:
             if not ln.queue:
                 return
             cores = rep.cores
-            lat = ln.lat
+            lat = ln.pred
+            assert lat is not None
 
             def l_of(b: int, c: float = cores, lat: VariantLatency = lat) -> float:
                 return lat.l_s(b, c)
 
             hold = self.hold_fraction * lat.l_s(1, cores)
-            dec = batcher.decide(ln.queue, t, ln.batch, l_of, ln.rate(now), hold)
+            if self.gateway:
+                head = ln.queue.peek()
+                assert head is not None
+                n_ready = max(1, len(ln.ready()))
+                anchor = max(head.arrival, ln.last_arrival / US, ln.last_free / US)
+                dec = batcher.decide_n(
+                    len(ln.queue), head.deadline, t, ln.batch, l_of, ln.ewma / n_ready, hold, anchor
+                )
+            else:
+                dec = batcher.decide(ln.queue, t, ln.batch, l_of, ln.rate(now), hold)
             if dec is None:
                 return
             if dec.dispatch_at > t:
@@ -329,6 +415,7 @@ class ReferenceDataPlane:
             eps = float(self.eps[self.vindex[s][li], k % NOISE_LEN])
             dur = service_us(ln.lat.l_ms(len(batch), cores), eps)
             rep.busy, rep.busy_until, rep.batch = True, now + dur, batch
+            rep.pred_until = now + max(1, round(lat.l_s(len(batch), cores) * US))
             self.counters[s].busy_core_us += dur * cores
             heapq.heappush(self.heap, (now + dur, self.seq, _DONE, rep))
             self.seq += 1
@@ -338,6 +425,7 @@ class ReferenceDataPlane:
         s, li = rep.stage, rep.lane
         ln = self.stages[s][li]
         batch, rep.batch, rep.busy = rep.batch, [], False
+        ln.last_free = now
         self.counters[s].completions += len(batch)
         last = s == len(self.stages) - 1
         for req in batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tidal.control.demo import make_setup, pipeline_capacity, serve_config
@@ -27,13 +28,23 @@ def test_compare_and_agreement() -> None:
     assert not c.agrees and c.to_dict()["diff"]["violation_rate_pp"] == pytest.approx(16.0)
 
 
-def test_live_slowdown_is_the_mean_logged_factor() -> None:
+def test_live_slowdown_undoes_the_smoothing_and_weights_by_rate() -> None:
+    from tidal.control.controller import SLOWDOWN_SMOOTHING as A
+
+    # Logged: the controller's EWMA; measured factors 1.0 (at a trickle) then 2.0 twice.
+    s1 = 1.0
+    s2 = s1 + A * (2.0 - s1)
+    s3 = s2 + A * (2.0 - s2)
     decisions: list[dict[str, Any]] = [
         {"inputs": {}},
-        {"inputs": {"slowdown": {"s": 2.0}}},
-        {"inputs": {"slowdown": {"s": 3.0, "t": 1.0}}},
+        {"inputs": {"slowdown": {"s": s1}, "stages": [{"stage": "s", "rate": 1.0}]}},
+        {"inputs": {"slowdown": {"s": s2, "t": 1.0}, "stages": [{"stage": "s", "rate": 9.0}]}},
+        {"inputs": {"slowdown": {"s": s3, "t": 3.0}, "stages": [{"stage": "s", "rate": 10.0}]}},
     ]
-    assert live_slowdown(decisions) == {"s": 2.5, "t": 1.0}
+    out = live_slowdown(decisions)
+    assert out["s"] == pytest.approx((1.0 * 1 + 2.0 * 9 + 2.0 * 10) / 20)
+    # No rate logged for t: the plain mean of its measured factors (1, then 1 + 2/A).
+    assert out["t"] == pytest.approx((1.0 + min(10.0, 1.0 + 2.0 / A)) / 2)
 
 
 def test_pipeline_capacity_is_the_bottleneck_stage() -> None:
@@ -71,3 +82,19 @@ def test_demo_setup_sizes_the_surge_to_the_machine() -> None:
         "batch": 1,
     }
     assert not math.isnan(s.slo_ms)
+
+
+def test_control_lead_is_recovered_from_the_logged_rates() -> None:
+    from tidal.control.validate import control_lead_s, make_validate_setup
+
+    setup = make_validate_setup("twitter:bursty", None, 500.0, 60, 8, 90.0, 0)
+    off = np.sort(np.asarray(setup.schedule.offsets))
+    lead = 1.5
+    decisions = []
+    for k in range(0, 90, 3):  # hpa: 15 s window; decisions every 3 s of controller time
+        t = float(k)
+        n = np.sum((off > t - lead - 15.0) & (off <= t - lead))
+        decisions.append({"t": 100.0 + t, "inputs": {"stages": [
+            {"stage": setup.pipeline.stages[0].name, "rate": n / 15.0}]}})  # fmt: skip
+    assert control_lead_s(decisions, setup, "hpa") == pytest.approx(lead, abs=0.05)
+    assert control_lead_s([], setup, "hpa") == 0.0

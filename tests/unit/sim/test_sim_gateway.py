@@ -1,0 +1,127 @@
+"""Options that model a live gateway (`tidal validate`): its admission and batcher predicting
+with another profile than the simulated service times, the config's initial plan with the
+planner's first plan paying its cold start, and infeasible plans left unapplied."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tidal.core.errors import TidalError
+from tidal.core.pipeline import PipelineSpec
+from tidal.core.plan import Plan
+from tidal.core.profile import LatencyFit, ProfileSet, VariantProfile
+from tidal.planners.base import PlanContext
+from tidal.sim.config import SimConfig
+from tidal.sim.engine import simulate
+
+
+def profiles(gamma: float) -> ProfileSet:
+    fit = LatencyFit(gamma=gamma, delta=0.0, epsilon=0.0, eta=1.0, p99_ratio=1.2)
+    return ProfileSet(
+        variants={
+            n: VariantProfile(name=n, accuracy=0.8, load_time_s=5.0, resize_s=0.5, fit=fit)
+            for n in ("a", "x")
+        }
+    )
+
+
+ONE = PipelineSpec.model_validate(
+    {"name": "one", "stages": [{"name": "s", "task": "t", "variants": ["a"]}]}
+)
+TWO = PipelineSpec.model_validate(
+    {
+        "name": "two",
+        "stages": [
+            {"name": "s1", "task": "t", "variants": ["a"]},
+            {"name": "s2", "task": "t", "variants": ["x"]},
+        ],
+    }
+)
+
+
+@dataclass
+class Scripted:
+    plans: list[Plan]
+    times: list[float]
+    name: str = "scripted"
+    interval_s: float = 1.0
+    resize_mode: str = "in_place"
+
+    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+        k = max(i for i, t in enumerate(self.times) if t <= ctx.now + 1e-9)
+        return self.plans[k], None
+
+
+def test_initial_plan_is_warm_and_the_first_plan_pays_its_cold_start() -> None:
+    three = Plan.single("s", "a", 3, 1.0, 1)
+    rates = np.full(20, 5.0)
+    warm = simulate(ONE, profiles(20.0), rates, Scripted([three], [0.0]), SimConfig(drain_s=0))
+    assert warm.replica_starts == 0
+    r = simulate(
+        ONE, profiles(20.0), rates, Scripted([three], [0.0]), SimConfig(drain_s=0),
+        initial_plan=Plan.single("s", "a", 1, 1.0, 1),
+    )  # fmt: skip
+    assert r.replica_starts == 2 and r.requests == warm.requests
+
+
+def test_skip_infeasible_keeps_the_plan_in_force() -> None:
+    small = Plan.single("s", "a", 1, 1.0, 1)
+    big = Plan.single("s", "a", 2, 1.0, 1).model_copy(update={"feasible": False})
+    planner = Scripted([small, big], [0.0, 10.0])
+    rates = np.full(20, 5.0)
+    applied = simulate(ONE, profiles(20.0), rates, planner, SimConfig(drain_s=0))
+    kept = simulate(ONE, profiles(20.0), rates, planner, SimConfig(drain_s=0, skip_infeasible=True))
+    assert applied.core_seconds == pytest.approx(10 + 2 * 10)
+    assert kept.core_seconds == pytest.approx(20) and kept.infeasible_plans > 0
+
+
+def run(predict: ProfileSet | None, gateway: bool = True, pipeline: PipelineSpec = ONE) -> Any:
+    plan = Plan(
+        stages=tuple(
+            Plan.single(st.name, st.variants[0], 1, 1.0, 4).stages[0] for st in pipeline.stages
+        )
+    )
+    cfg = SimConfig(slo_ms=150.0, drain_s=2.0, mode="reference", gateway=gateway, seed=3)
+    return simulate(
+        pipeline, profiles(40.0), np.full(20, 40.0), Scripted([plan], [0.0]), cfg,
+        predict_profiles=predict,
+    )  # fmt: skip
+
+
+def test_gateway_admission_predicts_with_the_predict_profile() -> None:
+    """Saturated (40 req/s on ~30 req/s): an optimistic prediction admits what then misses
+    its deadline (late, expired), a pessimistic one refuses more."""
+    same = run(None)
+    optimistic = run(profiles(10.0))
+    pessimistic = run(profiles(80.0))
+    assert same.requests == optimistic.requests == pessimistic.requests
+    missed = lambda r: r.counts["late"] + r.counts["expired"]  # noqa: E731
+    assert missed(optimistic) > missed(same)
+    assert pessimistic.counts["refused"] > same.counts["refused"]
+
+
+def test_gateway_mode_runs_pipelines_and_only_in_reference_mode() -> None:
+    r = run(profiles(20.0), pipeline=TWO)
+    assert r.requests == sum(r.counts.values()) and r.counts["ok"] > 0
+    with pytest.raises(TidalError, match="reference"):
+        simulate(ONE, profiles(20.0), np.full(5, 1.0), "hpa", SimConfig(mode="fast", gateway=True))
+
+
+def test_control_lead_shifts_the_planner_ticks() -> None:
+    """Interval 10 s, lead 3 s: decisions at 0, 7, 17, 27, 37 instead of 0, 10, 20, 30; a
+    plan due from t=12 applies at 17 instead of 20."""
+    small = Plan.single("s", "a", 1, 1.0, 1)
+    big = Plan.single("s", "a", 2, 1.0, 1)
+    planner = Scripted([small, big], [0.0, 12.0], interval_s=10.0)
+    rates = np.full(40, 1.0)
+    cfg = SimConfig(drain_s=0, resize_s=0.0, mode="reference")
+    r = simulate(ONE, profiles(20.0), rates, planner, cfg)
+    assert r.core_seconds == pytest.approx(20 + 2 * 20) and r.decisions == 4
+    r = simulate(
+        ONE, profiles(20.0), rates, planner, cfg.model_copy(update={"control_lead_s": 3.0})
+    )
+    assert r.core_seconds == pytest.approx(17 + 2 * 23) and r.decisions == 5
