@@ -211,7 +211,7 @@ def _validate(
         print(json.dumps(cmp.to_dict(), indent=2))
         return
     t = Table(title=f"{policy}: live vs simulator")
-    cols = ("run", "requests", "SLO violations", "refused/expired/late/other", "p99 (ms)")
+    cols = ("run", "requests", "SLO violations", "ref/exp/late/other", "p99 (ms)")
     for c in (*cols, "core-seconds"):
         t.add_column(c, justify="right")
     for name, r in (("live", cmp.live), ("simulator", cmp.sim)):
