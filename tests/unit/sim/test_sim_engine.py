@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sim_scripted import Scripted
 
 from tidal.core.errors import TidalError
 from tidal.core.pipeline import PipelineSpec
@@ -40,21 +41,6 @@ TWO = PipelineSpec(
         {"name": "s2", "task": "t", "variants": ["x"]},
     ],
 )
-
-
-@dataclass
-class Scripted:
-    """A tiny planner: plan k of `plans` from time `times[k]` on (pure; no state)."""
-
-    plans: list[Plan]
-    times: list[float]
-    name: str = "scripted"
-    interval_s: float = 1.0
-    resize_mode: str = "in_place"
-
-    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
-        k = max(i for i, t in enumerate(self.times) if t <= ctx.now + 1e-9)
-        return self.plans[k], None
 
 
 def csv_rows(path: Path) -> list[list[str]]:

@@ -4,17 +4,16 @@ planner's first plan paying its cold start, and infeasible plans left unapplied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
+from sim_scripted import Scripted
 
 from tidal.core.errors import TidalError
 from tidal.core.pipeline import PipelineSpec
 from tidal.core.plan import Plan
 from tidal.core.profile import LatencyFit, ProfileSet, VariantProfile
-from tidal.planners.base import PlanContext
 from tidal.sim.config import SimConfig
 from tidal.sim.engine import simulate
 
@@ -41,19 +40,6 @@ TWO = PipelineSpec.model_validate(
         ],
     }
 )
-
-
-@dataclass
-class Scripted:
-    plans: list[Plan]
-    times: list[float]
-    name: str = "scripted"
-    interval_s: float = 1.0
-    resize_mode: str = "in_place"
-
-    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
-        k = max(i for i, t in enumerate(self.times) if t <= ctx.now + 1e-9)
-        return self.plans[k], None
 
 
 def test_initial_plan_is_warm_and_the_first_plan_pays_its_cold_start() -> None:
