@@ -29,7 +29,7 @@ from starlette.routing import Route
 
 from tidal.cep.manager import NodeManager
 from tidal.cep.registry import VersionSpec
-from tidal.core.errors import TidalError
+from tidal.core.errors import TidalError, first_error
 
 JsonList = list[dict[str, Any]]
 JsonStrs = list[str]
@@ -73,9 +73,7 @@ def make_app(manager: NodeManager, token: str) -> Starlette:
             except _TooLarge as e:
                 return _err(413, f"request body of {e.args[0]} bytes exceeds {MAX_BODY}")
             except ValidationError as e:
-                first = e.errors()[0]
-                loc = ".".join(str(x) for x in first["loc"]) or "body"
-                return _err(400, f"{loc}: {first['msg']}")
+                return _err(400, first_error(e, empty_loc="body", show_input=False))
             except TidalError as e:
                 status = 404 if str(e).startswith("unknown operator") else 400
                 return _err(status, str(e))

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tidal.core.errors import TidalError
+from tidal.core.errors import TidalError, first_error
 from tidal.core.plan import Plan, StagePlan, VariantWeight
 
 
@@ -164,15 +164,6 @@ class ServeConfig(BaseModel):
         return self.token or os.environ.get("TIDAL_TOKEN") or None
 
 
-def _first_error(e: ValidationError) -> str:
-    first = e.errors()[0]
-    loc = ".".join(str(x) for x in first["loc"])
-    msg = str(first["msg"]).removeprefix("Value error, ")
-    inp = first.get("input")
-    shown = "" if isinstance(inp, dict | list) else f" (got {inp!r})"
-    return f"{loc}: {msg}{shown}" if loc else msg
-
-
 def parse_serve_config(raw: Any, source: str = "config") -> ServeConfig:
     """Validate a parsed YAML/JSON object; TidalError naming the field and value."""
     if not isinstance(raw, dict):
@@ -180,7 +171,7 @@ def parse_serve_config(raw: Any, source: str = "config") -> ServeConfig:
     try:
         return ServeConfig.model_validate(raw)
     except ValidationError as e:
-        raise TidalError(f"{source}: {_first_error(e)}") from None
+        raise TidalError(f"{source}: {first_error(e)}") from None
 
 
 def load_serve_config(path: str | Path) -> ServeConfig:

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from tidal.core.errors import TidalError
+from tidal.core.errors import TidalError, first_error
 
 
 class StageSpec(BaseModel):
@@ -56,8 +56,4 @@ class PipelineSpec(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            raise TidalError(
-                f"pipeline file {p}: {loc}: {first['msg']} (got {first.get('input')!r})"
-            ) from None
+            raise TidalError(f"pipeline file {p}: {first_error(e)}") from None

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from tidal.core.errors import TidalError
+from tidal.core.errors import TidalError, first_error
 
 PROFILE_FORMAT_VERSION = 1
 
@@ -135,9 +135,7 @@ class ProfileSet(BaseModel):
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(x) for x in first["loc"])
-            raise TidalError(f"corrupt profile file {p}: {loc}: {first['msg']}") from None
+            raise TidalError(f"corrupt profile file {p}: {first_error(e)}") from None
 
     def merged(self, other: ProfileSet) -> ProfileSet:
         """A new set with `other`'s variants added (other wins on name clashes)."""

@@ -23,7 +23,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
-from tidal.core.errors import TidalError
+from tidal.core.errors import TidalError, first_error
 from tidal.core.plan import Plan
 from tidal.dataplane.gateway import Gateway, ModelInfo
 from tidal.dataplane.replica import Refused
@@ -345,9 +345,8 @@ class OIPApp:
                 try:
                     plan = Plan.model_validate_json(body)
                 except ValidationError as e:
-                    first = e.errors()[0]
-                    loc = ".".join(str(x) for x in first["loc"]) or "(body)"
-                    raise HTTPError(400, f"invalid plan: {loc}: {first['msg']}") from None
+                    msg = first_error(e, empty_loc="(body)", show_input=False)
+                    raise HTTPError(400, f"invalid plan: {msg}") from None
                 wait = b"wait=false" not in scope.get("query_string", b"")
                 try:
                     plan = await self.gw.apply_plan(plan, wait=wait)
