@@ -177,16 +177,21 @@ def run_backend(
         src = operators.path("card_count").read_text()
         for _ in range(updates + 1):
             m.register("card_count", VersionSpec(source=src, env=env))
-        a = m.request("forward")
-        cl = OperatorClient(
-            open_store(a["store"]),
-            a["in"],
-            a["out"],
-            Codec("packed"),
-            mode=cast(Mode, mode),
-            batch=batch,
-            clock=clock,
-        )
+
+        def client(op: str) -> OperatorClient:
+            """A host client on `op`'s queues (starts the operator if needed)."""
+            a = m.request(op)
+            return OperatorClient(
+                open_store(a["store"]),
+                a["in"],
+                a["out"],
+                Codec("packed"),
+                mode=cast(Mode, mode),
+                batch=batch,
+                clock=clock,
+            )
+
+        cl = client("forward")
         arr = workload.transactions(n, seed=2)
         rates: list[float] = []
         lost = dup = 0
@@ -200,16 +205,7 @@ def run_backend(
         l2, d2 = _check(paced, res2)
         cl.close()
         # hot update with keyed state
-        a = m.request("card_count")
-        cl = OperatorClient(
-            open_store(a["store"]),
-            a["in"],
-            a["out"],
-            Codec("packed"),
-            mode=cast(Mode, mode),
-            batch=batch,
-            clock=clock,
-        )
+        cl = client("card_count")
         # k hot updates (versions 2..k+1) while events flow at `update_rate` events/s
         update_rate = rate * 5
         upd = workload.transactions(
