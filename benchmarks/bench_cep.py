@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 
-from tidal.cep.bench import run
+from tidal.bench.cep import run
 
 if __name__ == "__main__":
     backends = sys.argv[1] if len(sys.argv) > 1 else "native,embedded,redis,redis-faithful"

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_dataplane.py [--duration 8] [--skip-ray] [--workloads noop,resnet18]
 
-Prints JSON figures; see tidal.dataplane.bench for what is measured and how.
+Prints JSON figures; see tidal.bench.dataplane for what is measured and how.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tidal.dataplane.bench import run_bench
+from tidal.bench.dataplane import run_bench
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tidal.profiling.bench import bench_ipc, bench_resize
+from tidal.bench.worker import bench_ipc, bench_resize
 
 
 def main() -> None:

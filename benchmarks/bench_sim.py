@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from tidal.sim.bench import bench_long_replay, bench_scale
+from tidal.bench.sim import bench_long_replay, bench_scale
 
 
 def main() -> None:

@@ -96,7 +96,7 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
 ) -> None:
     """Throughput, latency, hot-update gap, lost/duplicated events per backend."""
-    from tidal.cep.bench import run
+    from tidal.bench.cep import run
 
     rows = run(
         [b.strip() for b in backends.split(",") if b.strip()],

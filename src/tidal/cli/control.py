@@ -1,7 +1,7 @@
 """CLI commands of the control area: `demo`, `loadgen`, `validate`.
 
 `demo` is Tidal's main job (`make demo`): the two-stage pipeline under a Twitter surge, live,
-under `hpa` then `themis` (tidal.control.demo). `loadgen` replays a trace open-loop against any
+under `hpa` then `themis` (tidal.apps.demo). `loadgen` replays a trace open-loop against any
 OIP v2 endpoint; `validate` compares a live run with the simulator.
 """
 
@@ -106,8 +106,8 @@ def _demo(
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from tidal.control.demo import make_setup, probe_slowdown, run_policy
-    from tidal.control.report import print_summary, verdict, write_report
+    from tidal.apps.demo import make_setup, probe_slowdown, run_policy
+    from tidal.apps.report import print_summary, verdict, write_report
 
     console = Console()
     setup = make_setup(
@@ -189,7 +189,7 @@ def _validate(
 
     from rich.progress import Progress
 
-    from tidal.control.validate import TARGET_CORE_S_REL, TARGET_VIOLATION_PP, validate
+    from tidal.apps.validate import TARGET_CORE_S_REL, TARGET_VIOLATION_PP, validate
 
     console = Console(stderr=as_json)
     console.print(f"validate: {policy} on {trace} ({duration:g} s), live then simulated")

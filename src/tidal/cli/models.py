@@ -195,8 +195,8 @@ def bench_resize_cmd(
     priority: bool = typer.Option(True, help="High CPU weight (shared machines)."),
 ) -> None:
     """One worker resized in place through SIZES; latency at each size (JSON)."""
+    from tidal.bench.worker import bench_resize
     from tidal.models.catalog import get_variant
-    from tidal.profiling.bench import bench_resize
     from tidal.profiling.profiler import Grid
 
     get_variant(variant)
@@ -212,7 +212,7 @@ def bench_ipc_cmd(
     priority: bool = typer.Option(True, help="High CPU weight (shared machines)."),
 ) -> None:
     """No-op worker round trips: sync, async, async over several workers (JSON)."""
-    from tidal.profiling.bench import bench_ipc
+    from tidal.bench.worker import bench_ipc
 
     out = bench_ipc(workers, calls, cpu_weight=262144 if priority else None)
     typer.echo(json.dumps(out, indent=2))

@@ -135,7 +135,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         workloads: str = typer.Option("noop,resnet18", help="Comma-separated workloads."),
     ) -> None:
         """Tidal vs Ray Serve vs a bare ASGI app under the same wrk load (figures, JSON)."""
-        from tidal.dataplane.bench import run_bench
+        from tidal.bench.dataplane import run_bench
 
         out = run_bench(
             duration=duration,

@@ -147,7 +147,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         seconds: int = typer.Option(None, help="Cut each window to N seconds (default: full)."),
     ) -> None:
         """Re-run each paper's comparison and regenerate docs/results.md."""
-        from tidal.sim.reproduce import reproduce as run
+        from tidal.apps.reproduce import reproduce as run
 
         run(which, out, figures, seconds, Console(stderr=True, emoji=False, highlight=False))
 
@@ -159,7 +159,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Replay a long Twitter window in the fast mode and print simulated requests/s."""
-        from tidal.sim.bench import bench_long_replay, bench_scale
+        from tidal.bench.sim import bench_long_replay, bench_scale
 
         res = bench_long_replay(days, policy)
         if scale:

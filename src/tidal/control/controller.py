@@ -31,9 +31,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tidal.control.actuator import Actuation, Actuator
 from tidal.control.decisions import Decision, DecisionLog, plan_summary
 from tidal.control.monitor import Monitor
+from tidal.core.actuator import Actuation, Actuator
 from tidal.core.clock import Clock
 from tidal.core.plan import Plan
 from tidal.core.profile import VariantProfile

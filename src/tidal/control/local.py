@@ -17,8 +17,8 @@ import logging
 import os
 from typing import Any
 
-from tidal.control.actuator import Actuation
 from tidal.control.monitor import StageCounters
+from tidal.core.actuator import Actuation
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
 from tidal.planners.base import Capacity, Pending

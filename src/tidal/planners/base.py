@@ -8,9 +8,10 @@ controller, the Ray substrate and the simulator.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tidal.core.capacity import Capacity, Pending
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
 from tidal.core.profile import VariantProfile
@@ -44,26 +45,6 @@ class StageObservation:
     cpu_usage_cores: float = 0.0
     p99_ms: float = 0.0
     usage_samples: tuple[float, ...] = ()
-
-
-@dataclass(frozen=True)
-class Pending:
-    """Changes still in progress: replicas starting (per stage) and resizes not yet applied."""
-
-    starting_replicas: dict[str, int] = field(default_factory=dict)
-    resizing_stages: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """The cluster: `nodes` nodes of `cores_per_node` cores each."""
-
-    nodes: int = 1
-    cores_per_node: float = 2.0
-
-    @property
-    def total_cores(self) -> float:
-        return self.nodes * self.cores_per_node
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The simulator's actuator: applies Plans to simulated replicas on simulated nodes.
 
-Implements the `tidal.control.actuator.Actuator` contract (apply/current/pending/capacity):
+Implements the `tidal.core.actuator.Actuator` contract (apply/current/pending/capacity):
 
 - Replicas are placed first-fit on nodes of ``cores_per_node`` cores; one that does not fit
   stays *pending* (a Kubernetes pending pod) and is placed, in creation order, as soon as cores
@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from tidal.control.actuator import Actuation
+from tidal.core.actuator import Actuation
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
 from tidal.core.profile import VariantProfile

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from tidal.control.actuator import Actuation, Actuator
 from tidal.control.controller import Controller
 from tidal.control.decisions import DecisionLog, read_log
 from tidal.control.monitor import Monitor, StageCounters
+from tidal.core.actuator import Actuation, Actuator
 from tidal.core.clock import SimClock
 from tidal.core.plan import Plan
 from tidal.core.profile import LatencyFit, VariantProfile

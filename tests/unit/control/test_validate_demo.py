@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tidal.control.demo import make_setup, pipeline_capacity, serve_config
-from tidal.control.validate import compare, live_slowdown
+from tidal.apps.demo import make_setup, pipeline_capacity, serve_config
+from tidal.apps.validate import compare, live_slowdown
 from tidal.core.pipeline import PipelineSpec
 from tidal.core.profile import LatencyFit, ProfileSet, VariantProfile
 
@@ -59,7 +59,7 @@ def test_demo_setup_sizes_the_surge_to_the_machine() -> None:
         {"name": "p", "stages": [{"name": "x", "task": "t", "variants": ["a"]}]}
     )
     ps = ProfileSet(variants={"a": FAST})
-    import tidal.control.demo as demo
+    import tidal.apps.demo as demo
 
     orig = demo.find_pipeline
     demo.find_pipeline = lambda path=None: (spec, "p.yaml")  # type: ignore[assignment]
@@ -85,7 +85,7 @@ def test_demo_setup_sizes_the_surge_to_the_machine() -> None:
 
 
 def test_control_lead_is_recovered_from_the_logged_rates() -> None:
-    from tidal.control.validate import control_lead_s, make_validate_setup
+    from tidal.apps.validate import control_lead_s, make_validate_setup
 
     setup = make_validate_setup("twitter:bursty", None, 500.0, 60, 8, 90.0, 0)
     off = np.sort(np.asarray(setup.schedule.offsets))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tidal.dataplane.bench import _bodies, _ms, parse_wrk
+from tidal.bench.dataplane import _bodies, _ms, parse_wrk
 
 WRK = """Running 5s test @ http://127.0.0.1:8099/v2/models/noop/infer
   1 threads and 16 connections

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from tidal.apps.reproduce import reproduce
 from tidal.core.errors import TidalError
 from tidal.core.shared import shared_path
-from tidal.sim.reproduce import reproduce
 
 pytestmark = pytest.mark.skipif(
     shared_path("traces", "twitter_2021-08_per_second.txt") is None

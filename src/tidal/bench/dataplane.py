@@ -1,7 +1,7 @@
 """`tidal bench dataplane`: Tidal vs Ray Serve vs a bare inline ASGI app, same wrk load.
 
 Each server runs in its own process (Tidal: `tidal serve` with a generated config; bare:
-`tidal.dataplane.bench_apps:bare_app` on uvicorn; Ray Serve: `bench_apps ray`). Load comes from
+`tidal.bench.dataplane_apps:bare_app` on uvicorn; Ray Serve: `bench_apps ray`). Load comes from
 wrk (one thread, keep-alive connections, closed loop) with the identical request body for every
 server: OIP v2 JSON (64 floats) for `noop`, and the OIP binary tensor extension (one 3x224x224
 float32 image) for `resnet18`, served at max batch 8 on the whole machine (2 cores) by both.
@@ -247,7 +247,7 @@ def run_bench(
     with tempfile.TemporaryDirectory(prefix="tidal-bench-") as d:
         tmp = Path(d)
         bodies = _bodies(tmp)
-        bare = [py, "-m", "uvicorn", "tidal.dataplane.bench_apps:bare_app", "--loop", "uvloop",
+        bare = [py, "-m", "uvicorn", "tidal.bench.dataplane_apps:bare_app", "--loop", "uvloop",
                 "--http", "httptools", "--no-access-log", "--log-level", "warning",
                 "--host", "127.0.0.1", "--port", "{port}"]  # fmt: skip
         tidal = [py, "-m", "tidal.cli.main", "serve", "{cfg}", "--port", "{port}"]
@@ -258,7 +258,7 @@ def run_bench(
             runs.append((w, "tidal", tidal, False))
         # Ray last: its many processes take a while to leave after shutdown.
         if ray:
-            ray_cmd = [py, "-m", "tidal.dataplane.bench_apps", "ray", "{port}", "{w}"]
+            ray_cmd = [py, "-m", "tidal.bench.dataplane_apps", "ray", "{port}", "{w}"]
             runs += [(w, "ray_serve", ray_cmd, True) for w in workloads]
         for w, name, cmd_t, uses_stdin in runs:
             body, headers = bodies[w]

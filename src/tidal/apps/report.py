@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from tidal.control.demo import DemoSetup, RunResult
+from tidal.apps.demo import DemoSetup, RunResult
 
 BIN_S = 5.0
 

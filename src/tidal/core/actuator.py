@@ -25,8 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from tidal.core.capacity import Capacity, Pending
 from tidal.core.plan import Plan
-from tidal.planners.base import Capacity, Pending
 
 
 @dataclass

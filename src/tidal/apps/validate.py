@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from tidal.control.demo import (
+from tidal.apps.demo import (
     FORECAST,
     POLICY_KWARGS,
     DemoSetup,

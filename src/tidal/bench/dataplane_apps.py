@@ -2,7 +2,7 @@
 
 - `bare_app`: a bare inline ASGI app on uvicorn: parses the same OIP v2 JSON body, computes the
   noop (identity) inline and answers; no queue, no worker process. The ceiling of any gateway.
-- `python -m tidal.dataplane.bench_apps ray PORT WORKLOAD`: the same endpoint on Ray Serve
+- `python -m tidal.bench.dataplane_apps ray PORT WORKLOAD`: the same endpoint on Ray Serve
   (one replica, `@serve.batch(max_batch_size=8)`); the resnet18 replica runs the same ONNX file
   with ONNX Runtime as Tidal's worker. Prints READY, serves until stdin closes.
 """
@@ -131,5 +131,5 @@ if __name__ == "__main__":  # pragma: no cover
     if len(sys.argv) == 4 and sys.argv[1] == "ray":
         _ray_main(int(sys.argv[2]), sys.argv[3])
     else:
-        print(json.dumps({"usage": "python -m tidal.dataplane.bench_apps ray PORT WORKLOAD"}))
+        print(json.dumps({"usage": "python -m tidal.bench.dataplane_apps ray PORT WORKLOAD"}))
         sys.exit(2)

@@ -1,7 +1,7 @@
 """`tidal demo`: the two-stage pipeline under a Twitter surge, live, under `hpa` then `themis`.
 
 For each policy the demo starts a fresh closed loop (gateway + controller + dashboard) in a
-child process (`tidal.control.server_main`), replays the same open-loop schedule against it
+child process (`tidal.apps.server_main`), replays the same open-loop schedule against it
 from this process (`tidal.workload.loadgen`), samples the dashboard's JSON every second for
 the figures, and stops it. Both runs start from the same initial plan (1 replica x 0.5 cores,
 batch 1, the first variant of each stage) on the same capacity (this machine's cores).
@@ -295,7 +295,7 @@ async def _probe(setup: DemoSetup, base: str, n: int) -> float:
 
 
 class Server:
-    """A closed loop in a child process (`python -m tidal.control.server_main`)."""
+    """A closed loop in a child process (`python -m tidal.apps.server_main`)."""
 
     def __init__(
         self,
@@ -309,7 +309,7 @@ class Server:
         args = [
             sys.executable,
             "-m",
-            "tidal.control.server_main",
+            "tidal.apps.server_main",
             str(config),
             "--decisions",
             str(self.decisions),

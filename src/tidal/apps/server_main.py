@@ -1,5 +1,5 @@
 """Run a closed loop (gateway + controller + dashboard) in this process, for the demo and
-`tidal validate`: ``python -m tidal.control.server_main CONFIG.yaml --policy P ...``.
+`tidal validate`: ``python -m tidal.apps.server_main CONFIG.yaml --policy P ...``.
 
 Prints ``TIDAL-READY <port>`` on stdout once the gateway is warm and the controller runs,
 and exits cleanly on SIGTERM/SIGINT (uvicorn's handlers).
@@ -20,7 +20,7 @@ from tidal.planners.base import Capacity
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m tidal.control.server_main")
+    ap = argparse.ArgumentParser(prog="python -m tidal.apps.server_main")
     ap.add_argument("config")
     ap.add_argument("--policy", default=None)
     ap.add_argument("--policy-kwargs", default="{}", help="JSON object")

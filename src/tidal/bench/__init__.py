@@ -1,0 +1,1 @@
+"""tidal.bench: the benchmarks behind `tidal bench ...` (print figures; never asserted by tests)."""
