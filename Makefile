@@ -7,7 +7,7 @@ TORCH_VERSION ?= 2.13.0
 TORCH_WHEEL := $(firstword $(wildcard /opt/wheels/torch-$(TORCH_VERSION)+cpu-*.whl))
 EXTRAS ?= dev
 
-.PHONY: install demo test test-all test-ray check lint fmt types clean
+.PHONY: install demo test test-all test-ray check lint fmt types imports sysdeps clean
 
 $(STAMP): pyproject.toml
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -28,10 +28,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tidal demo
 
-test: $(STAMP)
+# The system programs the tests need (redis-server, chromium, iproute2, nodejs, wrk, a JDK):
+# installed with apt-get when root or sudo is available, else one command is printed and make
+# stops. Tests never skip silently for a missing program (tests/conftest.py).
+sysdeps:
+	@bash tools/system-deps.sh
+
+test: $(STAMP) sysdeps
 	$(PY) -m pytest -q -m "not ray" tests
 
-test-all: $(STAMP)
+test-all: $(STAMP) sysdeps
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
@@ -45,7 +51,12 @@ fmt: $(STAMP)
 types: $(STAMP)
 	$(VENV)/bin/mypy
 
-check: lint types test
+# Layering as import-linter contracts (.importlinter): who may import whom, and no cycles.
+imports: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+# Starlette's scripts/check: format, lint, types, layering, then the tests.
+check: lint types imports test
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache
