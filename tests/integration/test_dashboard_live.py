@@ -25,8 +25,10 @@ pytestmark = [
     ),
 ]
 
+TOKEN = "dashboard-live-token-0123"
 CONFIG = {
     "port": 0,
+    "token": TOKEN,
     "default_slo_ms": 1000,
     "pipelines": [
         {
@@ -100,7 +102,14 @@ def test_dashboard_charts_contain_live_data() -> None:
             _, report = await gen.run(sched)
             assert report.counts["ok"] > 0
             await asyncio.sleep(1.2)  # one more monitor sample after the load
-            return await asyncio.to_thread(render, f"{base}/dashboard")
+            # Sign in through the login form (an auto-submitting form on a data: URL), which
+            # sets the HttpOnly cookie and redirects to the dashboard.
+            login = (
+                f'data:text/html,<form method="post" action="{base}/dashboard/login">'
+                f'<input name="token" value="{TOKEN}"></form>'
+                "<script>document.forms[0].submit()</script>"
+            )
+            return await asyncio.to_thread(render, login)
         finally:
             await cl.stop_controller()
             server.should_exit = True

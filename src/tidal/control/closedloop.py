@@ -146,7 +146,11 @@ class ClosedLoop:
         self._task: asyncio.Task[None] | None = None
         self._stop: asyncio.Event | None = None
         self._dash = Starlette(
-            routes=dashboard_routes(self.feed, token=_token(gateway)),
+            routes=dashboard_routes(
+                self.feed,
+                token=_token(gateway),
+                secure_cookie=getattr(gateway.config, "tls_certfile", None) is not None,
+            ),
         )
 
     # ------------------------------------------------------------------ controller

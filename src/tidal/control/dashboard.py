@@ -4,8 +4,13 @@ Per stage it shows the arrival rate and the forecast, p50/p99 against the SLO, v
 cause, cores and replicas in force, variant weights, and the planner's recent decisions. Plain
 HTML + JS with inline SVG charts (no CDN: the page works offline).
 
-Access: read-only. Loopback clients need no token; other clients must send the admin bearer
-token when one is configured (``Authorization: Bearer ...`` or ``?token=...``).
+Access: read-only, and only with the admin token, from every client (no loopback bypass: a
+reverse proxy on the host would otherwise open it to the world). Either the header
+``Authorization: Bearer <token>``, or the HttpOnly session cookie that ``POST
+{prefix}/login`` (the form at ``GET {prefix}/login``) sets. The cookie holds an HMAC of the
+token, never the token; every comparison is ``hmac.compare_digest``. Query-string tokens are
+not accepted (they end up in logs and browser history). Without a configured token the
+dashboard answers 403 to everyone.
 
 Mounting (the gateway does it): ``routes = dashboard_routes(feed)``, then add them to the
 Starlette app, or mount ``dashboard_app(feed)`` at ``/dashboard``.
@@ -13,19 +18,30 @@ Starlette app, or mount ``dashboard_app(feed)`` at ``/dashboard``.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import html as html_lib
 import math
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from tidal.control.controller import Controller
 from tidal.control.monitor import CAUSES, Monitor
 
-LOOPBACK = {"127.0.0.1", "::1", "localhost", "testclient"}
+COOKIE = "tidal_dashboard"
+MAX_LOGIN_BODY = 4096
+_LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Tidal dashboard: sign in</title></head><body style="font:14px system-ui;margin:24px">
+<h1 style="font-size:18px">Tidal dashboard</h1><p>{message}</p>
+<form method="post" action="{action}"><label>Admin token
+<input type="password" name="token" autocomplete="current-password" autofocus></label>
+<button type="submit">Sign in</button></form></body></html>"""
 
 
 def _num(x: float | None) -> float | None:
@@ -139,12 +155,21 @@ def _totals(monitor: Monitor, stage: str) -> dict[str, Any]:
     }
 
 
-def _allowed(request: Request, token: str | None) -> bool:
-    host = request.client.host if request.client else ""
-    if host in LOOPBACK or not token:
+def session_value(token: str) -> str:
+    """The cookie value for `token`: an HMAC of it (the token itself never leaves the server)."""
+    return hmac.new(token.encode(), b"tidal-dashboard-session-v1", hashlib.sha256).hexdigest()
+
+
+def authorized(request: Request, token: str | None) -> bool:
+    """True iff `request` carries the admin token (bearer header) or a valid session cookie.
+    False for everyone when no token is configured. Constant-time comparisons only."""
+    if not token:
+        return False
+    auth = request.headers.get("authorization", "").encode()
+    if auth and hmac.compare_digest(auth, b"Bearer " + token.encode()):
         return True
-    auth = request.headers.get("authorization", "")
-    return auth == f"Bearer {token}" or request.query_params.get("token") == token
+    cookie = request.cookies.get(COOKIE, "").encode()
+    return bool(cookie) and hmac.compare_digest(cookie, session_value(token).encode())
 
 
 def _page() -> str:
@@ -152,25 +177,74 @@ def _page() -> str:
 
 
 def dashboard_routes(
-    feed: DashboardFeed, token: str | None = None, prefix: str = "/dashboard"
+    feed: DashboardFeed,
+    token: str | None = None,
+    prefix: str = "/dashboard",
+    secure_cookie: bool = False,
 ) -> list[BaseRoute]:
-    """Starlette routes: ``{prefix}`` (HTML) and ``{prefix}/data.json``."""
+    """Starlette routes: ``{prefix}`` (HTML), ``{prefix}/data.json`` and ``{prefix}/login``
+    (GET: the form; POST: check the token, set the HttpOnly cookie, 303 to the page).
+    `secure_cookie`: mark the cookie Secure (set it when the gateway serves TLS)."""
     html = _page()
+    login_path = prefix + "/login"
+
+    def refuse(json: bool) -> Response:
+        if not token:
+            return JSONResponse(
+                {"error": "dashboard disabled: no admin token configured (TIDAL_TOKEN)"},
+                status_code=403,
+            )
+        if json:
+            return JSONResponse(
+                {"error": "dashboard needs the admin token"},
+                status_code=401,
+                headers={"www-authenticate": "Bearer"},
+            )
+        return RedirectResponse(login_path, status_code=303)
+
+    def login_form(message: str, status: int = 200) -> Response:
+        body = _LOGIN_PAGE.format(message=html_lib.escape(message), action=login_path)
+        return HTMLResponse(body, status_code=status, headers={"cache-control": "no-store"})
 
     async def page(request: Request) -> Response:
-        if not _allowed(request, token):
-            return JSONResponse({"error": "dashboard needs the admin token"}, status_code=401)
-        return HTMLResponse(html)
+        if not authorized(request, token):
+            return refuse(json=False)
+        return HTMLResponse(html, headers={"cache-control": "no-store"})
 
     async def data(request: Request) -> Response:
-        if not _allowed(request, token):
-            return JSONResponse({"error": "dashboard needs the admin token"}, status_code=401)
+        if not authorized(request, token):
+            return refuse(json=True)
         return JSONResponse(feed.data(), headers={"cache-control": "no-store"})
+
+    async def login(request: Request) -> Response:
+        if not token:
+            return refuse(json=True)
+        if request.method == "GET":
+            return login_form("Sign in with the gateway's admin token.")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_LOGIN_BODY:
+                return login_form("Request too large.", 413)
+        given = parse_qs(body.decode("utf-8", "replace")).get("token", [""])[0].encode()
+        if not given or not hmac.compare_digest(given, token.encode()):
+            return login_form("Wrong token.", 401)
+        resp = RedirectResponse(prefix, status_code=303)
+        resp.set_cookie(
+            COOKIE,
+            session_value(token),
+            path=prefix,
+            httponly=True,
+            samesite="lax",
+            secure=secure_cookie,
+        )
+        return resp
 
     return [
         Route(prefix, page, methods=["GET"]),
         Route(prefix + "/", page, methods=["GET"]),
         Route(prefix + "/data.json", data, methods=["GET"]),
+        Route(login_path, login, methods=["GET", "POST"]),
     ]
 
 

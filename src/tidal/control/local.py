@@ -21,6 +21,7 @@ from tidal.control.monitor import StageCounters
 from tidal.core.actuator import Actuation
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
+from tidal.dataplane.plancheck import PlanRejected, check_plan, merged
 from tidal.planners.base import Capacity, Pending
 from tidal.planners.common import fits
 
@@ -117,7 +118,7 @@ class LocalActuator:
                 f"{self._capacity.nodes} x {self._capacity.cores_per_node:g} cores"
             )
             return act
-        problem = self._check(plan)
+        problem = self._check(plan) or self._limits(plan)
         if problem:
             act.accepted, act.reason = False, problem
             return act
@@ -149,6 +150,24 @@ class LocalActuator:
                     return (
                         f"stage {sp.stage!r} cannot run variant {v.name!r}; allowed: {st.allowed}"
                     )
+        return ""
+
+    def _limits(self, plan: Plan) -> str:
+        """Why `plan` (merged with the plan in force) breaks the machine limits, or ''.
+        Per-replica cores and total cores against this actuator's capacity, total replicas
+        against the config's `limits.max_replicas` (tidal.dataplane.plancheck: one check for
+        the admin endpoint and the controller). Planners may scale a stage to zero."""
+        limits = getattr(getattr(self.gateway, "config", None), "limits", None)
+        max_replicas = limits.max_replicas_resolved() if limits is not None else 1 << 30
+        try:
+            check_plan(
+                merged(self.current(), plan),
+                capacity_cores=self._capacity.cores_per_node,
+                max_replicas=max_replicas,
+                scale_to_zero=True,
+            )
+        except PlanRejected as e:
+            return str(e)
         return ""
 
     async def _wait(self, coro: Any, act: Actuation) -> None:

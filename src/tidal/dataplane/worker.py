@@ -47,6 +47,7 @@ import numpy as np
 from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
 from tidal.dataplane import ipc
+from tidal.dataplane.security import child_env
 from tidal.dataplane.worker_cpu import CpuController, CpuState, cpus_for, machine_cores
 
 START_TIMEOUT_S = 300.0
@@ -216,8 +217,10 @@ class WorkerHandle:
             with contextlib.suppress(OSError):
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SOCK_BUF)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _SOCK_BUF)
-        env = dict(os.environ)
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+        # No tokens or other secrets in the worker: it runs user models (tidal.dataplane.security).
+        env = child_env(
+            extra={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        )
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
         cmd = [
             sys.executable, "-m", "tidal.dataplane.worker_main",
@@ -318,23 +321,27 @@ class WorkerHandle:
         return not self._stopped and self._proc.poll() is None
 
     # ----------------------------------------------------------------- resize
-    def resize(self, cores: float) -> float:
+    def resize(self, cores: float, cpus: tuple[int, ...] | None = None) -> float:
         """Change the allocation in place (same PID): quota = cores, CPU set = ceil(cores)
-        CPUs. Effective on the next batch. Returns the seconds it took to apply; after the
+        CPUs, or exactly `cpus` when given (a cluster's placement authority chooses them).
+        Effective on the next batch. Returns the seconds it took to apply; after the
         next batch completes, `last_resize_to_batch_s` holds request -> end of that batch."""
         cores = _check_cores(cores)
         if not self.alive():
             raise self._died()
         t0 = self._clock.now()
         n_new = math.ceil(cores - 1e-9)
-        cpus = self.cpus
-        if len(cpus) != n_new:
-            # Keep the first CPU of the current set so that shrinking/growing stays local.
-            from tidal.dataplane.worker_cpu import available_cpus
+        if cpus is not None and len(cpus) < n_new:
+            raise TidalError(f"cpus {cpus!r} are fewer than the {n_new} that {cores:g} cores need")
+        if cpus is None:
+            cpus = self.cpus
+            if len(cpus) != n_new:
+                # Keep the first CPU of the current set so shrinking/growing stays local.
+                from tidal.dataplane.worker_cpu import available_cpus
 
-            avail = available_cpus()
-            start = avail.index(cpus[0]) if cpus and cpus[0] in avail else 0
-            cpus = cpus_for(cores, start)
+                avail = available_cpus()
+                start = avail.index(cpus[0]) if cpus and cpus[0] in avail else 0
+                cpus = cpus_for(cores, start)
         try:
             self._cpu.apply(cores, cpus)
         except (OSError, ProcessLookupError):

@@ -23,12 +23,13 @@ def test_examples_load() -> None:
 
 
 def test_defaults_fill_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIDAL_TOKEN", "from-env")
+    monkeypatch.setenv("TIDAL_TOKEN", "from-env-0123456789")
     cfg = parse_serve_config({"models": [{"name": "a", "variants": ["noop", "digits-mlp"]}]})
     sp = cfg.initial_plan().stage("a")
     assert (sp.variants[0].name, sp.replicas, sp.cores, sp.batch) == ("noop", 1, 1.0, 8)
-    assert cfg.admin_token() == "from-env"
-    assert parse_serve_config({**cfg.model_dump(), "token": "t"}).admin_token() == "t"
+    assert cfg.admin_token() == "from-env-0123456789"
+    tok = "t" * 16
+    assert parse_serve_config({**cfg.model_dump(), "token": tok}).admin_token() == tok
 
 
 M = {"models": [{"name": "m", "variants": ["noop"]}]}

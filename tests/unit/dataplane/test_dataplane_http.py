@@ -17,7 +17,7 @@ from tidal.dataplane.http import OIPApp
 
 CFG = {
     "models": [{"name": "digits", "variants": ["digits-mlp", "digits-linear"]}],
-    "token": "s3cret",
+    "token": "s3cret-0123456789",
     "max_body_bytes": 4096,
     "default_slo_ms": 500,
 }
@@ -175,7 +175,7 @@ def test_admin_plan_needs_token() -> None:
         assert (await c.put("/admin/plan", json=plan)).status_code == 401
         bad = {"authorization": "Bearer wrong"}
         assert (await c.put("/admin/plan", json=plan, headers=bad)).status_code == 401
-        auth = {"authorization": "Bearer s3cret"}
+        auth = {"authorization": "Bearer s3cret-0123456789"}
         r = await c.put("/admin/plan", json=plan, headers=auth)
         assert r.status_code == 200, r.text
         got = (await c.get("/admin/plan", headers=auth)).json()
