@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tidal.core.errors import TidalError
+from tidal.core.tensors import TensorMeta
+from tidal.models.digits_data import DIGITS_VARIANTS
 
 if TYPE_CHECKING:
     from torch import nn
@@ -30,18 +32,27 @@ class InputSpec:
     """Shape of one input sample (without the batch dimension) and its dtype."""
 
     shape: tuple[int, ...]
-    dtype: str  # numpy dtype name: "float32" | "int64"
+    dtype: str  # numpy dtype name: "float32" | "int64" (zoo); any numeric dtype (repository)
+    int_high: int = 30522  # integer samples are drawn in [int_low, int_high)
+    int_low: int = 1
 
     @property
     def np_dtype(self) -> np.dtype:
         return np.dtype(self.dtype)
 
     def sample(self, batch: int, seed: int = 0) -> np.ndarray:
-        """A deterministic random batch of valid inputs (token ids in [1, 30521] for int64)."""
+        """A deterministic random batch of valid inputs (token ids in [1, 30521] for the zoo's
+        int64; repository models sample integers in {0, 1}, valid for any embedding/mask)."""
         rng = np.random.default_rng(seed)
-        if self.dtype == "int64":
-            return rng.integers(1, 30522, size=(batch, *self.shape), dtype=np.int64)
-        return rng.random((batch, *self.shape), dtype=np.float32)
+        size = (batch, *self.shape)
+        dt = self.np_dtype
+        if dt == np.bool_:
+            return rng.integers(0, 2, size=size).astype(np.bool_)
+        if dt.kind in "iu":
+            return rng.integers(self.int_low, self.int_high, size=size).astype(dt)
+        if dt == np.float32:
+            return rng.random(size, dtype=np.float32)
+        return rng.random(size).astype(dt)
 
 
 @dataclass(frozen=True)
@@ -56,8 +67,18 @@ class VariantSpec:
     params: int
     input: InputSpec
     label: str
-    builder: Callable[[], nn.Module]
+    builder: Callable[[], nn.Module] | None
     num_outputs: int
+    # Repository versions (tidal.models.repository) only: the user's ONNX file (served as
+    # is, never exported), every named input/output read from its graph, the model name and
+    # version, the configured max batch size and the cold start given in its config.
+    onnx_file: Path | None = None
+    inputs: tuple[TensorMeta, ...] = ()
+    outputs: tuple[TensorMeta, ...] = ()
+    model: str | None = None
+    version: str | None = None
+    max_batch_size: int | None = None
+    config_load_time_s: float | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -70,7 +91,9 @@ class VariantSpec:
     @property
     def load_time_s(self) -> float | None:
         """Cold start (spawn + load + warm-up) measured at profiling on this machine: the
-        committed reference profile's value, or None if the variant was not profiled."""
+        committed reference profile's value (zoo), the config's (repository), or None."""
+        if self.onnx_file is not None:
+            return self.config_load_time_s
         return _reference_load_times().get(self.name)
 
 
@@ -125,7 +148,6 @@ def _noop_builder() -> nn.Module:
     return build_noop()
 
 
-DIGITS_VARIANTS = ("digits-linear", "digits-mlp", "digits-cnn")
 _DIGITS_METRICS = Path(__file__).with_name("weights") / "digits_metrics.json"
 
 
@@ -193,20 +215,41 @@ def _catalog() -> dict[str, VariantSpec]:
     return _CATALOG
 
 
+# Versions of repository models, registered at scan/load time (name "<model>/<version>").
+_REGISTERED: dict[str, VariantSpec] = {}
+
+
+def register_variant(spec: VariantSpec) -> None:
+    """Make a repository version servable under `spec.name` (replaces an earlier registration
+    of the same name). TidalError if the name is a zoo variant's."""
+    if spec.name in _catalog():
+        raise TidalError(f"variant name {spec.name!r} is taken by the zoo")
+    _REGISTERED[spec.name] = spec
+
+
+def unregister_variant(name: str) -> None:
+    """Forget a registered repository version (no-op when unknown)."""
+    _REGISTERED.pop(name, None)
+
+
+def registered_variants() -> list[VariantSpec]:
+    """The repository versions registered in this process."""
+    return list(_REGISTERED.values())
+
+
 def list_variants() -> list[VariantSpec]:
-    """All variants: resnet, bert, digits families (smallest first), then noop."""
+    """All zoo variants: resnet, bert, digits families (smallest first), then noop."""
     return list(_catalog().values())
 
 
 def variant_names() -> list[str]:
-    return list(_catalog())
+    return list(_catalog()) + list(_REGISTERED)
 
 
 def get_variant(name: str) -> VariantSpec:
-    """The variant `name`; TidalError naming it and listing the valid names otherwise."""
-    try:
-        return _catalog()[name]
-    except KeyError:
-        raise TidalError(
-            f"unknown variant {name!r}; valid variants: {', '.join(_catalog())}"
-        ) from None
+    """The variant `name` (zoo or registered repository version); TidalError naming it and
+    listing the valid names otherwise."""
+    spec = _catalog().get(name) or _REGISTERED.get(name)
+    if spec is None:
+        raise TidalError(f"unknown variant {name!r}; valid variants: {', '.join(variant_names())}")
+    return spec

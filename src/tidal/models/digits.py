@@ -16,8 +16,7 @@ import torch
 from torch import nn
 
 from tidal.core.errors import TidalError
-from tidal.models.catalog import DIGITS_VARIANTS
-from tidal.models.digits_data import load_split
+from tidal.models.digits_data import DIGITS_VARIANTS, load_split
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 WEIGHTS_FILE = WEIGHTS_DIR / "digits.npz"

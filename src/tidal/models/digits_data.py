@@ -10,6 +10,8 @@ from functools import lru_cache
 
 import numpy as np
 
+DIGITS_VARIANTS = ("digits-linear", "digits-mlp", "digits-cnn")
+
 
 @lru_cache(maxsize=1)
 def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

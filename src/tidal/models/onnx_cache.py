@@ -14,6 +14,7 @@ import os
 import warnings
 from pathlib import Path
 
+from tidal.core.errors import TidalError
 from tidal.models.catalog import get_variant
 
 _HERE = Path(__file__).parent
@@ -53,7 +54,11 @@ def content_hash(name: str) -> str:
 
 
 def onnx_path(name: str) -> Path:
-    """Path of the cached ONNX file of variant `name`, exporting it if needed."""
+    """Path of the cached ONNX file of variant `name`, exporting it if needed. A repository
+    version is served from its own file, never exported."""
+    own = get_variant(name).onnx_file
+    if own is not None:
+        return own
     target = cache_dir() / f"{name}-{content_hash(name)}.onnx"
     if not target.is_file():
         export(name, target)
@@ -65,6 +70,8 @@ def export(name: str, target: Path) -> None:
     import torch
 
     spec = get_variant(name)
+    if spec.builder is None:
+        raise TidalError(f"variant {name!r} has no builder: it is served from {spec.onnx_file}")
     model = spec.builder()
     example = torch.from_numpy(spec.input.sample(2))
     tmp = target.with_suffix(f".tmp{os.getpid()}")

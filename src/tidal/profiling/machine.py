@@ -13,7 +13,8 @@ SHARED_NOTE = (
 )
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (else platform.processor(), else "unknown")."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -35,7 +36,7 @@ def machine_info(mechanism: str = "") -> dict[str, Any]:
     """CPU model, core count, load average, OS and library versions, CPU-control mechanism."""
     return {
         "hostname": platform.node(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cores": len(os.sched_getaffinity(0)),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
