@@ -59,10 +59,10 @@ def test_standard_routes_and_infer() -> None:
         p = out["parameters"]
         assert p["variant"] == "digits-mlp" and p["batch_size"] == 1
         assert 0 <= p["queue_ms"] <= p["total_ms"]
-        # versioned route, per-request slo via header and via parameters
-        r = await c.post(
-            "/v2/models/digits/versions/1/infer", json=_body(), headers={"x-tidal-slo-ms": "50"}
-        )
+        # an unknown version is a 404 (never served by some variant); slo via header/parameters
+        r = await c.post("/v2/models/digits/versions/1/infer", json=_body())
+        assert r.status_code == 404 and "unknown version '1'" in r.json()["error"], r.text
+        r = await c.post("/v2/models/digits/infer", json=_body(), headers={"x-tidal-slo-ms": "50"})
         assert r.status_code == 200
         r = await c.post("/v2/models/digits/infer", json={**_body(), "parameters": {"slo_ms": 80}})
         assert r.status_code == 200
@@ -114,10 +114,10 @@ def test_binary_tensor_extension() -> None:
 ERRORS = [
     ("malformed json", b"{not json", {}, 400, "malformed JSON"),
     ("not an object", b"[1,2]", {}, 400, "JSON object"),
-    ("no inputs", b'{"x":1}', {}, 400, "exactly one input"),
-    ("wrong datatype", _body(datatype="FP64"), {}, 400, "does not match model input datatype"),
+    ("no inputs", b'{"x":1}', {}, 400, "`inputs` must be a non-empty list"),
+    ("wrong datatype", _body(datatype="FP64"), {}, 400, "does not match the model's FP32"),
     ("unknown datatype", _body(datatype="FLOAT"), {}, 400, "unknown datatype"),
-    ("wrong shape", _body(shape=[1, 63], data=[0.1] * 63), {}, 400, "does not match model input"),
+    ("wrong shape", _body(shape=[1, 63], data=[0.1] * 63), {}, 400, "does not match the model's"),
     ("bad shape", _body(shape="64"), {}, 400, "shape must be"),
     ("count mismatch", _body(data=[0.1] * 10), {}, 400, "needs 64"),
     ("wrong dtype values", _body(data=["a"] * 64), {}, 400, "not all FP32"),
@@ -127,7 +127,7 @@ ERRORS = [
         b'{"inputs":[{"name":"i","shape":[1,1],"datatype":"FP32","data":[1]}]}',
         {},
         400,
-        "does not match",
+        "unknown input 'i'",
     ),
     ("negative slo", {**_body(), "parameters": {"slo_ms": -5}}, {}, 400, "slo_ms must be in"),
     ("absurd slo", {**_body(), "parameters": {"slo_ms": 1e12}}, {}, 400, "slo_ms must be in"),
