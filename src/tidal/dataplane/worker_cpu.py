@@ -17,10 +17,13 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 PERIOD_US = 100_000
+GROUPS = ("tidal", "tidal-profile")
 _V1_MOUNTS = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpu,cpuacct"))
 _V2_MOUNT = Path("/sys/fs/cgroup")
 
@@ -57,8 +60,23 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _sweep_stale(root: Path) -> None:
-    """Remove empty `p<parent>-w<worker>` cgroups left by dead parents (never live ones)."""
+def _is_worker(pid: int) -> bool:
+    """True if `pid` runs Tidal's worker entry point (never kill anything else)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"tidal.dataplane.worker_main" in f.read()
+    except OSError:
+        return False
+
+
+def _sweep_stale(root: Path) -> list[str]:
+    """Remove the `p<parent>-w<worker>` cgroups of dead parents (never a live parent's).
+
+    A cgroup still holding processes belongs to a gateway that was SIGKILLed while its worker
+    could not notice (e.g. stopped with SIGSTOP): such orphans can never serve again, so a
+    process in it that runs Tidal's worker entry point is killed first. Returns the names of
+    the cgroups removed."""
+    removed: list[str] = []
     with contextlib.suppress(OSError):
         for d in root.iterdir():
             if not d.is_dir() or not d.name.startswith("p") or "-w" not in d.name:
@@ -67,9 +85,34 @@ def _sweep_stale(root: Path) -> None:
                 parent = int(d.name[1:].split("-w")[0])
             except ValueError:
                 continue
-            if not _pid_alive(parent):
-                with contextlib.suppress(OSError):
+            if _pid_alive(parent):
+                continue
+            pids: list[int] = []
+            with contextlib.suppress(OSError, ValueError):
+                pids = [int(x) for x in (d / "cgroup.procs").read_text().split()]
+            for pid in pids:
+                if _is_worker(pid):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+            for _ in range(50 if pids else 1):  # a killed process leaves its cgroup promptly
+                try:
                     d.rmdir()
+                    removed.append(d.name)
+                    break
+                except OSError:
+                    time.sleep(0.01)
+    return removed
+
+
+def sweep_stale_cgroups() -> list[str]:
+    """Remove every stale worker cgroup (dead parent) under Tidal's groups, in every mounted
+    hierarchy; called when a gateway starts. Returns the names removed."""
+    roots = [m / g for m in (*_V1_MOUNTS, _V2_MOUNT) for g in GROUPS]
+    removed: list[str] = []
+    for root in roots:
+        if root.is_dir():
+            removed += _sweep_stale(root)
+    return removed
 
 
 def _write(path: Path, value: str) -> None:
