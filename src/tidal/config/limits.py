@@ -80,6 +80,45 @@ class LimitsConfig(BaseModel):
         "the predicted latency: sick.",
     )
 
+    # Connections (read by the server runner, tidal.dataplane.server: issue 14 implements them)
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Request line + headers must arrive within "
+        "this (from the first byte); else 408 and close.",
+    )
+    body_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="The whole body must arrive within this "
+        "after the headers (a Content-Length larger than the body): 408 and close.",
+    )
+    idle_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="A new connection that sends no byte for "
+        "this long is closed (before its first request).",
+    )
+    keepalive_timeout_s: float = Field(
+        default=5.0, gt=0, le=3600, description="Idle keep-alive connections are closed after."
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=16,
+        le=10_000_000,
+        description="Open connections; past it the "
+        "idle ones are shed first. Default: 90% of the descriptor limit after raising it.",
+    )
+    fd_limit: int | None = Field(
+        default=None,
+        ge=1024,
+        le=10_000_000,
+        description="RLIMIT_NOFILE to raise the soft limit to at start (default: the hard limit).",
+    )
+
     def capacity_resolved(self) -> float:
         return float(self.capacity_cores) if self.capacity_cores else float(machine_cpus())
 
