@@ -73,7 +73,7 @@ class LimitsConfig(BaseModel):
         default=500.0, ge=0, le=600_000, description="... and past its deadline + this."
     )
     stall_ms: float = Field(
-        default=1000.0,
+        default=750.0,
         ge=50,
         le=600_000,
         description="A running batch's worker stopped or without CPU progress this long past "

@@ -1,0 +1,162 @@
+"""Bounded work per lane: queue caps, and admission priced in rows. Pure functions (no clock,
+no asyncio), called by `tidal.dataplane.scheduler.GroupScheduler.push` (the one admission path
+of the live gateway and the simulator).
+
+Queue caps (:func:`over_cap`): a (stage, variant) lane holds at most `caps.rows` queued rows and
+`caps.bytes` queued payload bytes (``ServeConfig.limits``: defaults from the memory budget).
+A request that would pass a cap is refused at once: 503, cause ``refused``, a reason naming
+the cap, and a retry-after of the time the lane needs to drain what is queued (like Triton's
+``max_queue_size`` and Ray Serve's ``max_queued_requests``, which answer 503 at once too).
+
+Admission in rows (:func:`predict_finish_rows`): a request of `rows` rows waits for the
+`rows_ahead` rows queued before it (EDF order), served by the lane's ready replicas in batches
+of the size in force: ``b = max(rows, min(max_batch x mean rows per queued request, rows_ahead
++ rows))`` rows, each taking ``margin x l(b, c)`` on a replica of c cores. The full batches ahead
+(``rows_ahead // b``) go, in order, to the replica free first (exactly, through a heap, for up
+to `EXACT_BATCHES`; beyond that, as a fluid at each replica's rate ``b / l(b, c)``, which is
+exact for equal replicas up to one batch); the request's own batch (the rest ahead plus its
+rows) then runs on the replica free first. A 1024-row request is priced as 1024 rows, not as
+one request.
+
+A lane whose only replicas are starting (a replacement after a death) admits a request when
+``ready_at + service`` still meets its deadline: ``ready_at`` is passed in as a replica that
+becomes free at that time, so requests whose deadline allows waiting wait.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+LatencyBC = Callable[[int, float], float]
+EXACT_BATCHES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class LaneCaps:
+    """The caps of one lane: queued rows and queued payload bytes."""
+
+    rows: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class CapVerdict:
+    """Why a request is refused by a cap, and when to retry (seconds, >= min_retry_s)."""
+
+    reason: str
+    retry_after_s: float
+
+
+def over_cap(
+    caps: LaneCaps,
+    queued_rows: int,
+    queued_bytes: int,
+    rows: int,
+    nbytes: int,
+    drain_s: float,
+    min_retry_s: float = 0.05,
+) -> CapVerdict | None:
+    """None when `rows`/`nbytes` fit under the caps on top of what is queued; else the
+    refusal. `drain_s`: predicted time to serve what is queued (the retry-after)."""
+    retry = max(min_retry_s, drain_s)
+    if queued_rows + rows > caps.rows:
+        return CapVerdict(
+            f"queue full: {queued_rows} rows queued + {rows} would exceed the lane's cap of "
+            f"{caps.rows} rows (limits.queue_rows)",
+            retry,
+        )
+    if queued_bytes + nbytes > caps.bytes:
+        return CapVerdict(
+            f"queue full: {queued_bytes} bytes queued + {nbytes} would exceed the lane's cap of "
+            f"{caps.bytes} bytes (limits.queue_bytes / memory_budget_mb)",
+            retry,
+        )
+    return None
+
+
+def batch_rows(rows: int, rows_ahead: int, mean_rows: float, max_batch: int) -> int:
+    """Rows of the batches the lane forms now (the batch size in force, in rows)."""
+    typical = max(1, int(math.ceil(max_batch * max(1.0, mean_rows))))
+    return max(rows, min(typical, rows_ahead + rows))
+
+
+def predict_finish_rows(
+    rows: int,
+    rows_ahead: int,
+    free_at: Sequence[float],
+    cores: Sequence[float],
+    latency_s: LatencyBC,
+    batch: int,
+    now: float,
+    margin: float = 1.0,
+) -> tuple[float, float]:
+    """(predicted finish of the request, start of its batch), clock seconds; see the module
+    docstring. `free_at[i]`: when replica i is free (<= now: idle); `batch`: batch rows
+    (:func:`batch_rows`). `free_at` must not be empty."""
+    if not free_at:
+        raise ValueError("no replica: predict_finish_rows needs at least one")
+    b = max(1, batch)
+    k, rest = divmod(max(0, rows_ahead), b)
+    free = [(max(now, t), i) for i, t in enumerate(free_at)]
+    dur = [margin * latency_s(b, c) for c in cores]
+    if k > EXACT_BATCHES:
+        free = _fluid(free, dur, k - EXACT_BATCHES)
+        k = EXACT_BATCHES
+    heapq.heapify(free)
+    for _ in range(k):
+        t, i = heapq.heappop(free)
+        heapq.heappush(free, (t + dur[i], i))
+    start, i = free[0]
+    return start + margin * latency_s(rest + rows, cores[i]), start
+
+
+def _fluid(free: list[tuple[float, int]], dur: list[float], k: int) -> list[tuple[float, int]]:
+    """Advance the replicas' free times by `k` batches served as a fluid: each replica i
+    serves 1/dur[i] batches per second from its free time on; returns the new free times."""
+    order = sorted(free)
+    level = order[0][0]
+    rate = 0.0
+    done = 0.0
+    j = 0
+    n = len(order)
+    while True:
+        nxt = order[j][0] if j < n else math.inf
+        if rate > 0 and done + rate * (nxt - level) >= k:
+            level += (k - done) / rate
+            break
+        done += rate * (nxt - level)
+        level = nxt
+        rate += 1.0 / dur[order[j][1]]
+        j += 1
+    return [(max(t, level), i) for t, i in free]
+
+
+def drain_time(
+    queued_rows: int,
+    free_at: Sequence[float],
+    cores: Sequence[float],
+    latency_s: LatencyBC,
+    batch: int,
+    now: float,
+) -> float:
+    """Seconds until `queued_rows` rows are served (the retry-after of a full queue)."""
+    if not free_at:
+        return 1.0
+    if queued_rows <= 0:
+        return max(0.0, min(free_at) - now)
+    _, start = predict_finish_rows(0, queued_rows, free_at, cores, latency_s, batch, now)
+    return max(0.0, start - now)
+
+
+__all__ = [
+    "EXACT_BATCHES",
+    "CapVerdict",
+    "LaneCaps",
+    "batch_rows",
+    "drain_time",
+    "over_cap",
+    "predict_finish_rows",
+]

@@ -1,0 +1,143 @@
+"""The batch watchdog: decide when a replica running a batch is sick. Pure state machine (time
+and the worker's progress are passed in), plus one thin probe of /proc.
+
+A batch is *overdue* once it has run past ``max(start + factor x predicted, deadline +
+grace)`` (`deadline`: the earliest deadline in the batch): its replica is sick. A batch is
+*stalled* when its worker made no CPU progress (its utime + stime did not move, or it is
+stopped: state ``T``, e.g. SIGSTOP) for ``stall_s`` past ``start + predicted``: sick too. With
+the driver probing every `PROBE_S`, a SIGSTOPped worker is found within ``predicted + stall_s
++ PROBE_S`` of the stop (defaults: predicted + 0.75 s + 0.1 s, inside the issue's 1 s +
+predicted).
+
+The driver's contract (`tidal.dataplane.group`): `watch` each dispatched batch, `forget` it when
+it ends, call `check(now, probe)` every `PROBE_S` while batches are in flight; for each
+verdict mark the replica sick in the scheduler, SIGKILL its worker, and let the death path
+retry the batch on another replica (deadline permitting) or answer 504 with the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+PROBE_S = 0.1
+Probe = Callable[[int], "tuple[str, int] | None"]
+"""pid -> (process state letter, cumulative CPU ticks) or None when the process is gone."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogConfig:
+    """`factor` x predicted, `grace_s` past the deadline, `stall_s` without CPU progress."""
+
+    factor: float = 3.0
+    grace_s: float = 0.5
+    stall_s: float = 0.75
+
+
+@dataclass(slots=True)
+class _Watch:
+    pid: int
+    replica: int
+    start: float
+    predicted_end: float
+    deadline: float
+    ticks: int = -1
+    progress_t: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sick:
+    """Batch `batch_id` on replica `replica` (worker `pid`) is sick, for `reason`."""
+
+    batch_id: int
+    replica: int
+    pid: int
+    reason: str
+
+
+def overdue_at(start: float, predicted_end: float, deadline: float, cfg: WatchdogConfig) -> float:
+    """When a batch started at `start` becomes overdue (clock seconds)."""
+    predicted = max(0.0, predicted_end - start)
+    return max(start + cfg.factor * predicted, deadline + cfg.grace_s)
+
+
+class Watchdog:
+    """Per-lane watch over the batches in flight (see the module docstring)."""
+
+    def __init__(self, cfg: WatchdogConfig | None = None) -> None:
+        self.cfg = cfg or WatchdogConfig()
+        self._w: dict[int, _Watch] = {}
+
+    def __len__(self) -> int:
+        return len(self._w)
+
+    def watch(
+        self,
+        batch_id: int,
+        replica: int,
+        pid: int | None,
+        start: float,
+        predicted_end: float,
+        deadline: float,
+    ) -> None:
+        """Start watching a dispatched batch (`pid` None: no process to probe)."""
+        self._w[batch_id] = _Watch(pid or 0, replica, start, predicted_end, deadline, -1, start)
+
+    def forget(self, batch_id: int) -> None:
+        self._w.pop(batch_id, None)
+
+    def check(self, now: float, probe: Probe | None = None) -> list[Sick]:
+        """The batches found sick at `now` (each reported once, then forgotten)."""
+        out: list[Sick] = []
+        cfg = self.cfg
+        for bid, w in list(self._w.items()):
+            reason = ""
+            ran = now - w.start
+            pred = max(0.0, w.predicted_end - w.start)
+            if now >= overdue_at(w.start, w.predicted_end, w.deadline, cfg):
+                reason = (
+                    f"batch ran {ran:.3f} s, past max({cfg.factor:g} x predicted {pred:.3f} s, "
+                    f"deadline + {cfg.grace_s:g} s)"
+                )
+            elif probe is not None and w.pid:
+                got = probe(w.pid)
+                if got is not None:
+                    state, ticks = got
+                    if ticks != w.ticks and state not in ("T", "t"):
+                        w.ticks, w.progress_t = ticks, now
+                    idle_from = max(w.predicted_end, w.progress_t)
+                    if now - idle_from >= cfg.stall_s:
+                        what = "stopped (state T)" if state in ("T", "t") else "no CPU progress"
+                        reason = (
+                            f"worker {w.pid} {what} for {now - w.progress_t:.3f} s; batch ran "
+                            f"{ran:.3f} s against a predicted {pred:.3f} s"
+                        )
+            if reason:
+                out.append(Sick(bid, w.replica, w.pid, reason))
+                del self._w[bid]
+        return out
+
+    def next_check(self, now: float) -> float:
+        """When the next check is due (inf with nothing in flight)."""
+        if not self._w:
+            return math.inf
+        return now + PROBE_S
+
+
+def proc_progress(pid: int) -> tuple[str, int] | None:
+    """(state letter, utime + stime ticks) of `pid` from /proc, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # comm may contain spaces and parentheses: the fields start after the last ')'.
+    fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return fields[0].decode(), int(fields[11]) + int(fields[12])
+    except (IndexError, ValueError):
+        return None
+
+
+__all__ = ["PROBE_S", "Sick", "Watchdog", "WatchdogConfig", "overdue_at", "proc_progress"]
