@@ -1,0 +1,107 @@
+"""Ray Serve app for `tidal bench goodput`, run inside `.venv-peers/ray_serve` (not imported
+by Tidal): `python peers_ray_app.py '<json spec>'`.
+
+One replica, `@serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=0.005)`, ONNX Runtime
+on the same file and thread settings as Tidal's worker; OIP v2 JSON (and the binary tensor
+extension) at `/v2/models/<model>/infer`. The SLO is the proxy's `request_timeout_s` (HTTP 408
+past it). Prints READY, serves until stdin closes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import numpy as np
+import orjson
+
+
+def _decode(body: bytes, header_len: int | None) -> np.ndarray:
+    if header_len is None:
+        inp = orjson.loads(body)["inputs"][0]
+        return np.asarray(inp["data"], dtype=np.float32).reshape(inp["shape"])
+    inp = orjson.loads(body[:header_len])["inputs"][0]
+    return np.frombuffer(body[header_len:], dtype=np.float32).reshape(inp["shape"])
+
+
+def _encode(y: np.ndarray, model: str) -> bytes:
+    out = {
+        "model_name": model,
+        "outputs": [
+            {
+                "name": "output-0",
+                "datatype": "FP32",
+                "shape": list(y.shape),
+                "data": np.ascontiguousarray(y, dtype=np.float32).reshape(-1),
+            }
+        ],
+    }
+    return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def main(spec: dict[str, Any]) -> None:
+    import ray
+    from ray import serve
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    ray.init(
+        num_cpus=spec["threads"],
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+        _temp_dir=spec.get("tmp"),
+    )
+    serve.start(
+        http_options={
+            "host": "127.0.0.1",
+            "port": spec["port"],
+            "request_timeout_s": spec["request_timeout_s"],
+        }
+    )
+    model, max_batch = spec["model"], spec["max_batch"]
+
+    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+    class Model:
+        def __init__(self, path: str, threads: int) -> None:
+            import onnxruntime as ort
+
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+            self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            self.name = self.sess.get_inputs()[0].name
+
+        @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=0.005)
+        async def run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+            y = self.sess.run(None, {self.name: np.concatenate(xs)})[0]
+            out, i = [], 0
+            for a in xs:
+                out.append(y[i : i + a.shape[0]])
+                i += a.shape[0]
+            return out
+
+        async def __call__(self, request: Request) -> Response:
+            body = await request.body()
+            h = request.headers.get("inference-header-content-length")
+            y = await self.run(_decode(body, int(h) if h else None))
+            return Response(_encode(y, model), media_type="application/json")
+
+    serve.run(
+        Model.bind(spec["onnx"], spec["threads"]),  # type: ignore[attr-defined]
+        route_prefix=f"/v2/models/{model}/infer",
+        name=model,
+    )
+    print("READY", flush=True)
+    sys.stdin.read()
+    serve.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main(json.loads(sys.argv[1]))

@@ -1,0 +1,51 @@
+"""`tidal bench goodput` (SLO goodput vs serving peers) and `tidal bench http-layers` (HTTP
+server layers under the same wrk load). Thin: parse, call `tidal.bench`, print."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    """Add `goodput` (and `http-layers`) to `bench`."""
+
+    @bench.command("goodput")
+    def bench_goodput(
+        model: str = typer.Option("resnet18", help="Catalog variant served by every server."),
+        slo_ms: float = typer.Option(200.0, help="SLO (ms): Tidal's slo_ms, peers' timeouts."),
+        levels: str = typer.Option("0.5,0.9,1.2,2", help="Offered loads, x capacity."),
+        duration: float = typer.Option(15.0, help="Seconds of open-loop load per level."),
+        servers: str = typer.Option(
+            "tidal,triton,mlserver,ray_serve", help="Servers, comma-separated."
+        ),
+        rotate: int | None = typer.Option(None, help="Start the order at this index."),
+        capacity: float | None = typer.Option(None, help="Skip measuring it (req/s)."),
+        install_peers: bool = typer.Option(
+            False, "--install-peers", help="Create .venv-peers/<peer> venvs first."
+        ),
+        png: str | None = typer.Option(None, help="Write the goodput curves to this PNG."),
+        json_out: str | None = typer.Option(None, "--json", help="Write the figures here."),
+    ) -> None:
+        """SLO goodput of Tidal vs Triton, MLServer and Ray Serve (open-loop Poisson)."""
+        import json
+
+        from tidal.bench.goodput import plot, run_goodput, table
+
+        res = run_goodput(
+            model=model,
+            slo_ms=slo_ms,
+            levels=tuple(float(v) for v in levels.split(",") if v.strip()),
+            duration_s=duration,
+            servers=tuple(s.strip() for s in servers.split(",") if s.strip()),
+            rotate=rotate,
+            capacity=capacity,
+            install=install_peers,
+            echo=typer.echo,
+        )
+        typer.echo(table(res))
+        typer.echo(json.dumps(res["verdict"], indent=2))
+        if json_out:
+            with open(json_out, "w") as f:
+                json.dump(res, f, indent=2)
+        if png and res["servers"]:
+            typer.echo(f"wrote {plot(res, png)}")
