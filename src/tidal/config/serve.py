@@ -15,8 +15,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tidal.config.limits import LimitsConfig
 from tidal.core.errors import TidalError, first_error
 from tidal.core.plan import Plan, StagePlan, VariantWeight
+
+MIN_TOKEN_CHARS = 16
 
 
 class ModelConfig(BaseModel):
@@ -53,10 +56,28 @@ class ServeConfig(BaseModel):
 
     host: str = Field(default="127.0.0.1", description="Bind address (loopback by default).")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free port).")
+    grpc_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="OIP v2 gRPC port; None: 8001, or any free port when `port` is 0 (tests).",
+    )
+    grpc: bool = Field(default=True, description="Serve OIP v2 gRPC (grpc_port) next to REST.")
     token: str | None = Field(
         default=None,
-        description="Bearer token for /admin/*; env TIDAL_TOKEN when unset. No token: admin "
-        "endpoints refuse every call.",
+        min_length=MIN_TOKEN_CHARS,
+        description="Bearer token for /admin/* and /dashboard (>= 16 characters); env "
+        "TIDAL_TOKEN when unset. No token: admin endpoints refuse every call.",
+    )
+    tls_certfile: str | None = Field(
+        default=None, description="TLS certificate (PEM) for HTTPS; uvicorn's ssl_certfile."
+    )
+    tls_keyfile: str | None = Field(
+        default=None, description="TLS private key (PEM); required with tls_certfile."
+    )
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig,
+        description="Plan, queue and watchdog bounds (tidal.config.limits).",
     )
     default_slo_ms: float = Field(default=200.0, gt=0, le=600_000)
     max_slo_ms: float = Field(default=600_000.0, gt=0, description="slo_ms above this is a 400.")
@@ -80,39 +101,47 @@ class ServeConfig(BaseModel):
         default=None, description="Initial plan; default 1 replica x 1 core x batch 8 per stage."
     )
 
+    model_repository: str | None = Field(
+        default=None,
+        description="Model repository folder (Triton layout: <model>/<version>/model.onnx); "
+        "its models are served next to `models`/`pipelines` (tidal.models.resolve).",
+    )
+    auto_profile: bool = Field(
+        default=True,
+        description="Profile each repository version with no cached profile on first load.",
+    )
+    auto_profile_budget_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Time bound of one version's quick profile."
+    )
+
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:
-        from tidal.models.catalog import get_variant
-
-        if not self.models and not self.pipelines:
-            raise ValueError("no models and no pipelines: nothing to serve")
+        # Variant names and inputs are checked by tidal.models.resolve (config imports only
+        # core): `resolve_serve_config` is called wherever a config is served.
+        if not self.models and not self.pipelines and not self.model_repository:
+            raise ValueError("no models, no pipelines and no model_repository: nothing to serve")
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError(
+                f"tls_certfile ({self.tls_certfile!r}) and tls_keyfile ({self.tls_keyfile!r}) "
+                "must be given together"
+            )
         names = [m.name for m in self.models] + [p.name for p in self.pipelines]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate model/pipeline names {dup}")
-        fields = [f"models[{i}].variants" for i in range(len(self.models))]
-        fields += [
-            f"pipelines[{i}].stages[{j}].variants"
-            for i, p in enumerate(self.pipelines)
-            for j in range(len(p.stages))
-        ]
         stages = self.stages()
         snames = [s for s, _ in stages]
         dup = sorted({n for n in snames if snames.count(n) > 1})
         if dup:
             raise ValueError(f"duplicate stage names {dup} (stage names are global)")
-        for field_name, (stage, variants) in zip(fields, stages, strict=True):
-            specs = []
-            for v in variants:
-                try:
-                    specs.append(get_variant(v))
-                except TidalError as e:
-                    raise ValueError(f"{field_name}: {e}") from None
-            shapes = {(s.input_shape, s.input.dtype) for s in specs}
-            if len(shapes) > 1:
-                raise ValueError(
-                    f"{field_name}: variants {variants} of stage {stage!r} take different inputs"
-                )
+        if self.plan is not None and not self.model_repository:
+            self.check_plan()  # with a repository: once its models are known (resolve)
+        return self
+
+    def check_plan(self) -> None:
+        """The plan names known stages and their allowed variants; ValueError naming them."""
+        stages = self.stages()
+        snames = [s for s, _ in stages]
         if self.plan is not None:
             known = dict(stages)
             for k, sp in enumerate(self.plan.stages):
@@ -126,7 +155,6 @@ class ServeConfig(BaseModel):
                             f"plan.stages[{k}].variants: stage {sp.stage!r} cannot run variant "
                             f"{vw.name!r}; allowed: {known[sp.stage]}"
                         )
-        return self
 
     def stages(self) -> list[tuple[str, list[str]]]:
         """(stage name, allowed variants) for every stage of every model and pipeline."""
@@ -160,8 +188,14 @@ class ServeConfig(BaseModel):
         return Plan(stages=tuple(out))
 
     def admin_token(self) -> str | None:
-        """The admin bearer token: the config's, else env TIDAL_TOKEN, else None (refuse all)."""
-        return self.token or os.environ.get("TIDAL_TOKEN") or None
+        """The admin bearer token: the config's, else env TIDAL_TOKEN, else None (refuse all).
+        TidalError when TIDAL_TOKEN is shorter than 16 characters."""
+        tok = self.token or os.environ.get("TIDAL_TOKEN") or None
+        if tok is not None and len(tok) < MIN_TOKEN_CHARS:
+            raise TidalError(
+                f"TIDAL_TOKEN must have at least {MIN_TOKEN_CHARS} characters, got {len(tok)}"
+            )
+        return tok
 
 
 def parse_serve_config(raw: Any, source: str = "config") -> ServeConfig:

@@ -271,7 +271,7 @@ def read_graph(path: Path) -> tuple[tuple[TensorMeta, ...], tuple[TensorMeta, ..
                 f"{path}: {kind} {tp.name!r} has ONNX element type {t.tensor_type.elem_type}, "
                 "which Tidal does not serve"
             )
-        dims = _dims(tp)
+        dims = _dims(t)
         return TensorMeta(tp.name, dt, dims if dims is not None else (-1,))
 
     ins = tuple(meta(i, "input") for i in g.input if i.name not in inits)
@@ -364,8 +364,6 @@ def _check_servable(ins: tuple[TensorMeta, ...], onnx_file: Path) -> None:
                 f"{onnx_file}: input {t.name!r} shape {list(t.shape)} has a dynamic non-batch "
                 "dimension: give its size in config.yaml inputs[].dims (or config.pbtxt dims)"
             )
-        if t.datatype == "BYTES":
-            raise TidalError(f"{onnx_file}: input {t.name!r} is BYTES (string): not served yet")
 
 
 def scan_model(root: Path, folder: str) -> RepoModel:
