@@ -7,9 +7,20 @@ A frame is a 32-byte header, then `ndim` little-endian uint64 dimensions, then `
 
 Kinds: REQUEST (parent -> worker: a batch), RESULT (worker -> parent: the output tensor; aux is
 the worker's compute time in ns), ERROR (UTF-8 message, the worker keeps serving), READY (worker
--> parent once: a UTF-8 JSON object, produced by our own worker), SHUTDOWN (parent -> worker).
+-> parent once: a UTF-8 JSON object, produced by our own worker), SHUTDOWN (parent -> worker),
+REQUEST_SET / RESULT_SET (several named tensors: multi-input requests, multi-output results).
 Data bytes are C-contiguous, native little-endian. Contract: `decode_header` raises
 FramingError on a bad magic, kind, dtype code or ndim; nothing here executes received data.
+
+A set frame (dtype code 0, ndim 0) carries `aux` = tensor count (RESULT_SET: compute ns) and a
+payload of records, each 8-byte aligned:
+
+    name_len u16 | dtype code u8 | ndim u8 | 4 pad | nbytes u64 | ndim x u64 dims |
+    name (UTF-8, padded to 8) | data (padded to 8)
+
+BYTES tensors (code 15) carry their elements length-prefixed (u32 little-endian length, then
+the bytes), as the OIP binary extension does. One-tensor frames are unchanged (the round trip
+of one FP32 tensor costs what it did).
 """
 
 from __future__ import annotations
@@ -26,8 +37,9 @@ HEADER_SIZE = HEADER.size  # 32
 MAX_NDIM = 8
 _SHAPES = [struct.Struct(f"<{n}Q") for n in range(MAX_NDIM + 1)]
 
-REQUEST, RESULT, ERROR, READY, SHUTDOWN = 1, 2, 3, 4, 5
-KINDS = frozenset((REQUEST, RESULT, ERROR, READY, SHUTDOWN))
+REQUEST, RESULT, ERROR, READY, SHUTDOWN, REQUEST_SET, RESULT_SET = 1, 2, 3, 4, 5, 6, 7
+KINDS = frozenset((REQUEST, RESULT, ERROR, READY, SHUTDOWN, REQUEST_SET, RESULT_SET))
+MAX_SET = 256  # tensors per set frame
 
 DTYPE_CODES: dict[np.dtype, int] = {
     np.dtype("float32"): 1,
@@ -37,6 +49,12 @@ DTYPE_CODES: dict[np.dtype, int] = {
     np.dtype("uint8"): 5,
     np.dtype("float16"): 6,
     np.dtype("bool"): 7,
+    np.dtype("int8"): 8,
+    np.dtype("int16"): 9,
+    np.dtype("uint16"): 10,
+    np.dtype("uint32"): 11,
+    np.dtype("uint64"): 12,
+    np.dtype(object): 15,  # BYTES: length-prefixed elements
 }
 CODE_DTYPES: dict[int, np.dtype] = {v: k for k, v in DTYPE_CODES.items()}
 NO_DTYPE = 0
@@ -64,6 +82,10 @@ def encode_tensor(
     """Buffers forming one tensor frame (the header+shape, then the data when it is large)."""
     if arr.ndim > MAX_NDIM:
         raise FramingError(f"ndim {arr.ndim} exceeds {MAX_NDIM}")
+    if arr.dtype == object:
+        data_b = _bytes_elems(arr)
+        head = HEADER.pack(MAGIC, kind, 15, arr.ndim, req_id, len(data_b), aux)
+        return [head + _SHAPES[arr.ndim].pack(*arr.shape) + data_b]
     a = np.ascontiguousarray(arr)
     code = dtype_code(a.dtype)
     head = HEADER.pack(MAGIC, kind, code, a.ndim, req_id, a.nbytes, aux) + _SHAPES[a.ndim].pack(
@@ -130,15 +152,106 @@ def read_frame(
     return kind, code, req_id, aux, shape, payload
 
 
-def to_array(code: int, shape: tuple[int, ...], payload: bytearray) -> np.ndarray:
+def to_array(code: int, shape: tuple[int, ...], payload: bytearray | memoryview) -> np.ndarray:
     """The (writable) array a tensor frame carries; FramingError if the sizes disagree."""
     dt = CODE_DTYPES.get(code)
     if dt is None:
         raise FramingError(f"frame carries no tensor (dtype code {code})")
+    if code == 15:
+        return _parse_bytes_elems(payload, math.prod(shape)).reshape(shape)
     expected = math.prod(shape) * dt.itemsize
     if expected != len(payload):
         raise FramingError(f"shape {shape} of {dt} needs {expected} bytes, got {len(payload)}")
     return np.frombuffer(payload, dtype=dt).reshape(shape)
+
+
+_LEN = struct.Struct("<I")
+_REC = struct.Struct("<HBB4xQ")  # name_len, dtype code, ndim, nbytes (16 bytes)
+
+
+def _pad8(n: int) -> int:
+    return (8 - n % 8) % 8
+
+
+def _bytes_elems(arr: np.ndarray) -> bytes:
+    parts: list[bytes] = []
+    for v in arr.reshape(-1):
+        b = v if isinstance(v, bytes) else (v.encode() if isinstance(v, str) else bytes(v))
+        parts += (_LEN.pack(len(b)), b)
+    return b"".join(parts)
+
+
+def _parse_bytes_elems(buf: bytes | bytearray | memoryview, count: int) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    mv = memoryview(buf)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(mv):
+            raise FramingError(f"BYTES tensor ends before element {i} of {count}")
+        (k,) = _LEN.unpack_from(mv, pos)
+        pos += 4
+        if pos + k > len(mv):
+            raise FramingError(f"BYTES element {i} overruns the frame")
+        out[i] = bytes(mv[pos : pos + k])
+        pos += k
+    if pos != len(mv):
+        raise FramingError(f"BYTES tensor has {len(mv) - pos} trailing bytes")
+    return out
+
+
+def encode_set(
+    kind: int, req_id: int, tensors: dict[str, np.ndarray], aux: int | None = None
+) -> bytes:
+    """One set frame carrying named tensors (see the module docstring); aux defaults to the
+    tensor count."""
+    if not 0 < len(tensors) <= MAX_SET:
+        raise FramingError(f"a set frame carries 1..{MAX_SET} tensors, got {len(tensors)}")
+    parts: list[bytes] = []
+    for name, arr in tensors.items():
+        if arr.ndim > MAX_NDIM:
+            raise FramingError(f"tensor {name!r}: ndim {arr.ndim} exceeds {MAX_NDIM}")
+        nb = name.encode()
+        if arr.dtype == object:
+            code, data = 15, _bytes_elems(arr)
+        else:
+            a = np.ascontiguousarray(arr)
+            code, data = dtype_code(a.dtype), a.tobytes()
+        parts += (
+            _REC.pack(len(nb), code, arr.ndim, len(data)),
+            _SHAPES[arr.ndim].pack(*arr.shape),
+            nb + b"\0" * _pad8(len(nb)),
+            data + b"\0" * _pad8(len(data)),
+        )
+    payload = b"".join(parts)
+    count = len(tensors) if aux is None else aux
+    return HEADER.pack(MAGIC, kind, NO_DTYPE, 0, req_id, len(payload), count) + payload
+
+
+def decode_set(payload: bytearray | bytes, count: int | None = None) -> dict[str, np.ndarray]:
+    """The named tensors of a set frame's payload; FramingError on any inconsistency."""
+    mv = memoryview(payload)
+    out: dict[str, np.ndarray] = {}
+    pos, n = 0, len(mv)
+    while pos < n:
+        if pos + _REC.size > n or len(out) >= MAX_SET:
+            raise FramingError("truncated or oversized tensor set")
+        name_len, code, ndim, nbytes = _REC.unpack_from(mv, pos)
+        pos += _REC.size
+        if ndim > MAX_NDIM or code not in CODE_DTYPES:
+            raise FramingError(f"bad tensor record (dtype code {code}, ndim {ndim})")
+        shape = decode_shape(mv, ndim, pos)
+        pos += 8 * ndim
+        end_name = pos + name_len
+        end_data = end_name + _pad8(name_len) + nbytes
+        if end_data > n:
+            raise FramingError("tensor record overruns the frame")
+        name = bytes(mv[pos:end_name]).decode(errors="replace")
+        start = end_name + _pad8(name_len)
+        out[name] = to_array(code, shape, mv[start:end_data])
+        pos = end_data + _pad8(nbytes)
+    if count is not None and len(out) != count:
+        raise FramingError(f"set frame announces {count} tensors, carries {len(out)}")
+    return out
 
 
 class FrameReader:

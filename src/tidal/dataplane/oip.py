@@ -89,13 +89,20 @@ class ModelSig:
 
 
 def sig_of(info: Any) -> ModelSig:
-    """The ModelSig of a gateway `ModelInfo`: its `inputs`/`outputs` when it carries them (a
-    repository model), else the zoo's single tensor pair `input-0` / `output-0`."""
+    """The ModelSig of a gateway `ModelInfo`: its `inputs`/`outputs` when it carries them, else
+    those of its variant's graph (a one-stage repository model), else the zoo's single tensor
+    pair `input-0` / `output-0`."""
     cached = getattr(info, "_oip_sig", None)
     if cached is not None:
         return cached
     ins = getattr(info, "inputs", None)
     outs = getattr(info, "outputs", None)
+    if not (ins and outs) and len(info.stages) == 1 and info.versions:
+        from tidal.models.catalog import get_variant  # one variant: its graph's tensors
+
+        with contextlib.suppress(Exception):
+            spec = get_variant(info.versions[0])
+            ins, outs = spec.inputs, spec.outputs
     if ins and outs:
         inputs = tuple(_meta(m) for m in ins)
         outputs = tuple(_meta(m) for m in outs)

@@ -48,6 +48,7 @@ from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
 from tidal.dataplane import ipc
 from tidal.dataplane.security import child_env
+from tidal.dataplane.tensors import TensorSet
 from tidal.dataplane.worker_cpu import CpuController, CpuState, cpus_for, machine_cores
 
 START_TIMEOUT_S = 300.0
@@ -126,6 +127,11 @@ class _AsyncChannel:
                 continue
             if kind == ipc.RESULT:
                 fut.set_result(ipc.to_array(code, shape, payload))
+            elif kind == ipc.RESULT_SET:
+                try:
+                    fut.set_result(TensorSet(ipc.decode_set(payload)))  # type: ignore[arg-type]
+                except (ipc.FramingError, ValueError) as e:
+                    fut.set_exception(WorkerError(f"bad result set: {e}"))
             else:
                 fut.set_exception(WorkerError(payload.decode(errors="replace")))
         if pos:
@@ -378,10 +384,12 @@ class WorkerHandle:
         self._async.dead = self._died(wait_s=0.05)  # called in the event loop: barely block
         self._async.fail_all(self._async.dead)
 
-    def _encode(self, batch: np.ndarray, req_id: int) -> list[bytes | memoryview]:
-        if not isinstance(batch, np.ndarray):
-            raise WorkerError(f"batch must be a numpy array, got {type(batch).__name__}")
+    def _encode(self, batch: np.ndarray | TensorSet, req_id: int) -> list[bytes | memoryview]:
         try:
+            if isinstance(batch, TensorSet):
+                return [ipc.encode_set(ipc.REQUEST_SET, req_id, batch.tensors)]
+            if not isinstance(batch, np.ndarray):
+                raise WorkerError(f"batch must be a numpy array, got {type(batch).__name__}")
             return ipc.encode_tensor(ipc.REQUEST, req_id, batch)
         except ipc.FramingError as e:
             raise WorkerError(str(e)) from None
@@ -407,6 +415,8 @@ class WorkerHandle:
         if kind == ipc.ERROR:
             raise WorkerError(payload.decode(errors="replace"))
         self._note_batch_done(aux)
+        if kind == ipc.RESULT_SET:
+            return TensorSet(ipc.decode_set(payload))  # type: ignore[return-value]
         return ipc.to_array(code, shape, payload)
 
     async def infer_async(self, batch: np.ndarray) -> np.ndarray:
