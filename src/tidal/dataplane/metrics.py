@@ -68,6 +68,10 @@ class StageCounters:
     busy_core_s: float = 0.0
     in_flight: int = 0
     window: deque[float] = field(default_factory=lambda: deque(maxlen=2048))
+    cancelled: int = 0
+    """Requests whose client went away: removed from the queue, or result dropped."""
+    watchdog_kills: int = 0
+    """Replicas the watchdog found sick (overdue or stalled batch) and killed."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ class StageSnapshot:
     `total_cores` (sum over ready replicas),
     `batch` (max batch in force), `latency_ms` (the last <= 2048 end-to-end-at-this-stage
     latencies, oldest first), `now` (clock seconds of the snapshot).
+    Hardening (issue 13): `cancelled` (clients that went away, cumulative), `watchdog_kills`
+    (sick replicas killed, cumulative), `queued_rows` / `queued_bytes` (now, all lanes).
     """
 
     stage: str
@@ -107,6 +113,10 @@ class StageSnapshot:
     batch: int
     latency_ms: tuple[float, ...]
     replica_deaths: int
+    cancelled: int = 0
+    watchdog_kills: int = 0
+    queued_rows: int = 0
+    queued_bytes: int = 0
 
 
 class DataplaneCollector(Collector):
@@ -144,6 +154,14 @@ class DataplaneCollector(Collector):
             "tidal_cores_total", "Cores allocated to the stage's ready replicas", labels=["stage"]
         )
         maxb = GaugeMetricFamily("tidal_max_batch", "Max batch size in force", labels=["stage"])
+        canc = CounterMetricFamily(
+            "tidal_cancelled", "Requests whose client went away", labels=["stage"]
+        )
+        wdog = CounterMetricFamily(
+            "tidal_watchdog_kills", "Sick replicas killed by the watchdog", labels=["stage"]
+        )
+        qrows = GaugeMetricFamily("tidal_queued_rows", "Queued rows", labels=["stage"])
+        qbytes = GaugeMetricFamily("tidal_queued_bytes", "Queued payload bytes", labels=["stage"])
         hists = {
             "latency": HistogramMetricFamily(
                 "tidal_latency_seconds",
@@ -174,8 +192,13 @@ class DataplaneCollector(Collector):
                 cores.add_metric([stage, variant], cc)
             tcores.add_metric([stage], snap.total_cores)
             maxb.add_metric([stage], snap.batch)
+            canc.add_metric([stage], snap.cancelled)
+            wdog.add_metric([stage], snap.watchdog_kills)
+            qrows.add_metric([stage], snap.queued_rows)
+            qbytes.add_metric([stage], snap.queued_bytes)
             for key, fam in hists.items():
                 h: Histo = getattr(c, key)
                 fam.add_metric([stage], h.buckets(), h.sum)
         yield from (arr, comp, viol, deaths, busy, qlen, reps, starting, cores, tcores, maxb)
+        yield from (canc, wdog, qrows, qbytes)
         yield from hists.values()
