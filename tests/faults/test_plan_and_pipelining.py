@@ -16,8 +16,8 @@ import time
 import numpy as np
 import orjson
 import pytest
-from conftest import assert_exact, echo_config, reset_plan
 
+from conftest import assert_exact, echo_config, reset_plan
 from tidal.bench.checked_load import (
     Req,
     binary_request,
