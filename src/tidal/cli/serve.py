@@ -19,17 +19,24 @@ import typer
 from tidal.config.serve import ServeConfig, load_serve_config
 
 OnStart = Callable[[Any], Any]
+OnBuild = Callable[[Any, Any], None]
 
 
-def build_app(config: ServeConfig, factory: Any = None) -> tuple[Any, Any]:
+def build_app(
+    config: ServeConfig, factory: Any = None, on_build: OnBuild | None = None
+) -> tuple[Any, Any]:
     """The ASGI app (OIP v2 + admin + metrics) and its Gateway. Startup happens in the ASGI
-    lifespan (uvicorn) or by awaiting `gateway.start()` yourself."""
+    lifespan (uvicorn) or by awaiting `gateway.start()` yourself. `on_build(gateway, app)` is
+    called once both exist, before anything starts (the model repository primes fits there)."""
     from tidal.control.serve_hook import wrap  # mounts /dashboard (closed-loop issue)
     from tidal.dataplane.gateway import Gateway
     from tidal.dataplane.http import OIPApp
 
     gateway = Gateway(config, factory=factory) if factory is not None else Gateway(config)
-    return wrap(OIPApp(gateway), gateway, factory), gateway
+    app = wrap(OIPApp(gateway), gateway, factory)
+    if on_build is not None:
+        on_build(gateway, app)
+    return app, gateway
 
 
 def run(
@@ -37,11 +44,12 @@ def run(
     on_start: OnStart | None = None,
     log_level: str = "warning",
     factory: Any = None,
+    on_build: OnBuild | None = None,
 ) -> None:
     """Serve `config` with uvicorn (uvloop + httptools) until interrupted."""
     import uvicorn
 
-    app, gateway = build_app(config, factory)
+    app, gateway = build_app(config, factory, on_build)
 
     async def lifespan_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan" or on_start is None:
@@ -79,7 +87,22 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @app.command("serve")
     def serve(
-        config: str = typer.Argument(..., help="Serving config YAML (see examples/*.yaml)."),
+        config: str | None = typer.Argument(
+            None, help="Serving config YAML (see examples/*.yaml); optional with --model-repository."
+        ),
+        model_repository: str | None = typer.Option(
+            None,
+            "--model-repository",
+            help="Serve every model of this repository (<model>/<version>/model.onnx); "
+            "no YAML needed (docs/models.md).",
+        ),
+        auto_profile_budget: float | None = typer.Option(
+            None, help="Seconds bounding each repository version's automatic quick profile."
+        ),
+        no_auto_profile: bool = typer.Option(
+            False, "--no-auto-profile", help="Serve unprofiled versions on the estimate only."
+        ),
+        grpc_port: int | None = typer.Option(None, help="OIP v2 gRPC port (default 8001)."),
         host: str | None = typer.Option(None, help="Override the config's host."),
         port: int | None = typer.Option(None, help="Override the config's port."),
         policy: str | None = typer.Option(
@@ -98,18 +121,30 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         decisions: str | None = typer.Option(None, help="Append planner decisions (JSON lines)."),
     ) -> None:
         """Serve models and pipelines over the Open Inference Protocol v2."""
-        cfg = load_serve_config(config)
+        from tidal.cli.serve_repo import RepoServing, base_config
+
+        cfg = base_config(config, model_repository)
         updates: dict[str, Any] = {}
         if host is not None:
             updates["host"] = host
         if port is not None:
             updates["port"] = port
+        if grpc_port is not None:
+            updates["grpc_port"] = grpc_port
+        if auto_profile_budget is not None:
+            updates["auto_profile_budget_s"] = auto_profile_budget
+        if no_auto_profile:
+            updates["auto_profile"] = False
         if updates:
-            cfg = cfg.model_copy(update=updates)
+            cfg = cfg.model_validate({**cfg.model_dump(), **updates})
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING)
+        repo = RepoServing(cfg)  # resolves variants and the repository (errors name fields)
+        cfg = repo.config
         on_start: OnStart | None = None
         if policy is not None:
-            on_start = _policy_hook(policy, forecast=forecast, decisions_path=decisions)
+            on_start = repo.policy_hook(
+                _policy_hook(policy, forecast=forecast, decisions_path=decisions)
+            )
         from tidal.control.serve_hook import substrate_factory  # closed-loop issue
 
         factory = substrate_factory(substrate, address)
@@ -122,9 +157,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         def both(gw: Any) -> Any:
             announce(gw)
+            repo.started(gw)
             return on_start(gw) if on_start is not None else None
 
-        run(cfg, on_start=both, log_level="info" if verbose else "warning", factory=factory)
+        run(
+            cfg,
+            on_start=both,
+            log_level="info" if verbose else "warning",
+            factory=factory,
+            on_build=repo.built,
+        )
 
     @bench.command("dataplane")
     def bench_dataplane(

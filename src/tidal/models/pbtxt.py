@@ -37,13 +37,13 @@ def _tokens(text: str, source: str) -> list[tuple[str, int]]:
                 break
             line = text.count("\n", 0, pos) + 1
             raise TidalError(f"{source}: line {line}: cannot parse {text[pos : pos + 20]!r}")
-        line = text.count("\n", 0, m.start()) + 1
         pos = m.end()
         if m.group(1) is not None:
             continue
         tok = m.group(2) or m.group(3) or m.group(4)
         if tok:
-            out.append((tok, line))
+            start = m.end() - len(tok)  # the token, not the whitespace before it
+            out.append((tok, text.count("\n", 0, start) + 1))
     return out
 
 
