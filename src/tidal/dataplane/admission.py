@@ -1,6 +1,7 @@
 """Admission control: accept a request only if its deadline can be met.
 
-Pure function (no clock reads, no asyncio), shared by the live gateway and the simulator.
+Pure function (no clock reads, no asyncio), called by `tidal.dataplane.scheduler.GroupScheduler`
+(the one admission path of the live gateway and the simulator).
 
 Model (the contract): the replicas of the request's stage serve the EDF queue in batches of at
 most ``max_batch``. The new request is served after the ``k`` queued requests whose deadline is
@@ -56,12 +57,15 @@ def admit(
     margin: float = 1.0,
     min_retry_s: float = 0.05,
     cold_start_s: float = 1.0,
+    deadline: float | None = None,
 ) -> Admission:
     """Decide whether `request` can finish by its deadline (see the module docstring).
 
     `ahead`: queued requests served before it (``EDFQueue.count_before(request.deadline)``);
     `queued`: all queued requests; `busy_until[i]`: clock time replica i finishes its current
-    work (``<= now`` when idle); `cores`: cores of every replica, or one value per replica.
+    work (``<= now`` when idle); `cores`: cores of every replica, or one value per replica;
+    `deadline`: the deadline to meet (default ``request.deadline``; the scheduler passes the
+    stage deadline, the request's minus the later stages' time).
     ValueError if `max_batch < 1`, `ahead > queued` or the lengths of busy_until/cores differ.
     """
     if max_batch < 1:
@@ -80,7 +84,8 @@ def admit(
             "no replica ready for this stage",
             max(cold_start_s, min_retry_s),
         )
-    budget = request.deadline - now
+    due = request.deadline if deadline is None else deadline
+    budget = due - now
     best_alone = min(margin * latency_s(1, c) for c in per_core)
     if best_alone > budget:
         return Admission(
@@ -101,7 +106,7 @@ def admit(
         heapq.heappush(free, (t + margin * latency_s(max_batch, per_core[i]), i))
     start, i = free[0]
     finish = start + margin * latency_s(size, per_core[i])
-    if finish <= request.deadline:
+    if finish <= due:
         return Admission(True, finish)
     return Admission(
         False,

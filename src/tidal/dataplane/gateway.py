@@ -34,7 +34,9 @@ from tidal.core.plan import Plan, StagePlan
 from tidal.core.profile import LatencyFit, ProfileSet
 from tidal.dataplane.metrics import DataplaneCollector, StageCounters, StageSnapshot
 from tidal.dataplane.replica import ExecutorFactory, Refused
+from tidal.dataplane.scheduler import SchedulerConfig
 from tidal.dataplane.stage import Stage
+from tidal.dataplane.timers import Offload, Timers
 
 log = logging.getLogger("tidal.dataplane")
 
@@ -84,12 +86,24 @@ def _profile_fits(config: ServeConfig) -> dict[str, LatencyFit]:
         ps = ProfileSet.load(config.profile)
     else:
         try:
-            from tidal.profiling import load_reference  # type: ignore[attr-defined]
+            from tidal.profiling import load_reference
 
             ps = load_reference()
         except Exception:  # no reference profile on this machine: calibrate on start
             ps = None
     return {n: v.fit for n, v in ps.variants.items()} if ps is not None else {}
+
+
+def scheduler_config(config: ServeConfig, **overrides: object) -> SchedulerConfig:
+    """The lanes' `SchedulerConfig` from a serve config (`overrides` win)."""
+    base: dict[str, object] = {
+        "admission": not config.serve_late,
+        "expire": not config.serve_late,
+        "margin": config.admission_margin,
+        "max_retries": config.max_retries,
+    }
+    base.update(overrides)
+    return SchedulerConfig.model_validate(base)
 
 
 class Gateway:
@@ -102,13 +116,22 @@ class Gateway:
         clock: Clock | None = None,
         factory: ExecutorFactory | None = None,
         fits: dict[str, LatencyFit] | None = None,
+        scheduler: SchedulerConfig | None = None,
+        timers: Timers | None = None,
+        offload: Offload | None = None,
     ) -> None:
+        """`scheduler`: the lanes' admission/batching/pipelining settings (default: from the
+        config: `serve_late` turns admission and expiry off, `admission_margin`,
+        `max_retries`); `timers`/`offload`: the lanes' timers on the clock and how blocking
+        calls leave the loop (default asyncio's; tests pass `tidal.dataplane.timers`'
+        `ManualTimers` on a SimClock and `inline`)."""
         from tidal.models.catalog import get_variant
 
         self.config = config
         self.clock: Clock = clock or MonotonicClock()
         fac: ExecutorFactory = factory or default_factory  # type: ignore[assignment]
         fits = _profile_fits(config) if fits is None else fits
+        self.scheduler = scheduler or scheduler_config(config)
         self.stages: dict[str, Stage] = {}
         for name, variants in config.stages():
             self.stages[name] = Stage(
@@ -117,9 +140,9 @@ class Gateway:
                 clock=self.clock,
                 factory=fac,
                 fits=fits,
-                serve_late=config.serve_late,
-                max_retries=config.max_retries,
-                margin=config.admission_margin,
+                scheduler=self.scheduler,
+                timers=timers,
+                offload=offload,
             )
         self.routes = config.routes()
         self.models: dict[str, ModelInfo] = {}

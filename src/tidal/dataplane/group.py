@@ -1,10 +1,14 @@
-"""One variant of one stage, live: its EDF queue, batcher loop and replicas.
+"""One variant of one stage, live: the asyncio driver of its `GroupScheduler`.
+
+The scheduler (`tidal.dataplane.scheduler`) decides (queue, admission, batching, hold,
+pipelining, rate, replica states); this module executes: it runs batches on executors, arms
+the lane's one timer on the injected clock (`tidal.dataplane.timers`), starts, resizes and
+stops worker processes, and answers futures.
 
 Contracts:
 - every request pushed gets exactly one answer on its future: a `StageResult`, or a `Refused`
   exception (504 expired, 502 worker died after `max_retries`, 500 worker error, 503 stopped);
-- batches are taken from the EDF head (`tidal.dataplane.batcher.decide`) and sent to the free
-  ready replica that finishes soonest (most cores); a replica runs one batch at a time;
+  a request cancelled by its client (`cancel`) gets none;
 - `reconcile(replicas, cores, batch)` is idempotent: it starts missing replicas (traffic only
   once warm), retires extras (no new batches, in-flight batch finishes, then stop), and resizes
   in place (applied before the replica's next batch, or at once when idle);
@@ -17,53 +21,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from tidal.core.clock import Clock
-from tidal.dataplane.batcher import decide_n
-from tidal.dataplane.edf import EDFQueue
 from tidal.dataplane.metrics import StageCounters
 from tidal.dataplane.replica import (
     DEAD,
-    DRAINING,
     READY,
     STARTING,
     STOPPED,
     ExecutorFactory,
     LiveRequest,
-    Refused,
     Replica,
     StageResult,
 )
+from tidal.dataplane.request import Admitted, QueuedRequest, Refused
+from tidal.dataplane.scheduler import (
+    Action,
+    Batch,
+    Dispatch,
+    Expired,
+    Finished,
+    GroupScheduler,
+    SchedulerConfig,
+    WakeAt,
+)
+from tidal.dataplane.timers import LoopTimers, Offload, TimerHandle, Timers
 from tidal.dataplane.worker import WorkerDied
 
 log = logging.getLogger("tidal.dataplane")
-
-PIPELINE_DEPTH = max(1, int(os.environ.get("TIDAL_PIPELINE_DEPTH", "1")))
-"""Batches in flight per replica (env TIDAL_PIPELINE_DEPTH, default 1: one batch at a time;
-A/B runs at 2 showed no gain within the noise of this shared machine). With depth 2 a second
-batch is sent only when the first is predicted to end within PREFETCH_S: it then waits in the
-worker's socket, which hides the dispatch round trip (IPC + process wake-up, 0.1-1 ms here)
-for fast models without cutting the batches of slow ones (a ResNet batch is never pre-sent
-40 ms ahead)."""
-PREFETCH_S = 0.002
-GAP_HOLD = os.environ.get("TIDAL_BATCH_GAP_HOLD", "1") == "1"
-"""Anchor the hold window at the latest arrival or the latest batch completion, whichever is
-later (wait while a burst keeps arriving, and give the clients just answered a moment to come
-back), never past the slack or a full batch; off: anchor at the head's arrival."""
-HOLD_FRACTION = float(os.environ.get("TIDAL_BATCH_HOLD_FRACTION", "0.1"))
-"""The batcher's hold window is this fraction of l(1) (tidal.dataplane.batcher rule 4b); env
-TIDAL_BATCH_HOLD_FRACTION. A/B at 0.5 for ResNet-18 at 8 connections: no clear gain here."""
 
 LatencyBC = Callable[[int, float], float]
 
 
 class VariantGroup:
-    """Queue + replicas of one variant in one stage."""
+    """Queue + replicas of one variant in one stage (driver of one GroupScheduler)."""
 
     def __init__(
         self,
@@ -74,9 +69,10 @@ class VariantGroup:
         factory: ExecutorFactory,
         latency_s: LatencyBC,
         counters: StageCounters,
-        serve_late: bool,
-        max_retries: int,
+        config: SchedulerConfig,
         on_calibrate: Callable[[VariantGroup, Replica], None] | None = None,
+        timers: Timers | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.stage = stage
         self.variant = variant
@@ -84,27 +80,29 @@ class VariantGroup:
         self.factory = factory
         self.latency_s = latency_s
         self.counters = counters
-        self.serve_late = serve_late
-        self.max_retries = max_retries
         self.on_calibrate = on_calibrate
-        self.queue = EDFQueue()
+        self.sched = GroupScheduler(latency_s, config, name=f"{stage}/{variant}")
+        self.timers: Timers = timers or LoopTimers(clock)
+        self.offload: Offload = offload or asyncio.to_thread
         self.replicas: list[Replica] = []
         self.target = 0
         self.cores = 1.0
-        self.max_batch = 1
-        self.rate = 0.0
-        self.last_arrival = clock.now()
-        self.last_free = self.last_arrival
-        self._rate_n = 0
-        self._rate_t0 = clock.now()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = float("inf")
+        self._timer: TimerHandle | None = None
         self._next_id = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.replica_s = 0.0
         self.core_s = 0.0
         self._acct_t = clock.now()
         self.closed = False
+
+    @property
+    def queue(self) -> Any:
+        """The lane's EDF queue (owned by the scheduler)."""
+        return self.sched.queue
+
+    @property
+    def max_batch(self) -> int:
+        return self.sched.max_batch
 
     # ---------------------------------------------------------------- accounting
     def ready(self) -> list[Replica]:
@@ -112,9 +110,6 @@ class VariantGroup:
 
     def starting(self) -> int:
         return sum(1 for r in self.replicas if r.state == STARTING and not r.retire_when_started)
-
-    def busy_until(self, now: float) -> list[float]:
-        return [max(now, r.busy_until) if r.busy else now for r in self.ready()]
 
     def account(self, now: float) -> None:
         """Integrate replica-seconds and core-seconds of ready replicas up to `now`."""
@@ -125,136 +120,79 @@ class VariantGroup:
             self.core_s += dt * sum(r.cores for r in ready)
         self._acct_t = now
 
+    def _busy_end(self, rep: Replica, now: float) -> None:
+        if rep.inflight == 0:
+            self.counters.busy_s += now - rep.busy_since
+            self.counters.busy_core_s += (now - rep.busy_since) * rep.cores
+
     def _spawn(self, coro: Any) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     # ---------------------------------------------------------------- requests
-    def push(self, req: LiveRequest) -> None:
-        """Queue `req` (already admitted) and let the batcher look at it."""
-        now = req.stage_arrival
-        self._rate_n += 1
-        self.last_arrival = now
-        span = now - self._rate_t0
-        if span >= 0.2:
-            self.rate = 0.5 * self.rate + 0.5 * self._rate_n / span
-            self._rate_n = 0
-            self._rate_t0 = now
-        self.queue.push(req)
+    def push(self, req: LiveRequest, now: float) -> Admitted | Refused:
+        """Offer `req` to the scheduler at `now` (admission unless serving late), then let
+        it dispatch. A `Refused` verdict is returned, not raised."""
+        v = self.sched.push(req, now)
         self.pump()
+        return v
 
-    def _answer_error(self, req: Any, err: Refused) -> None:
-        if req.fut is not None and not req.fut.done():
-            req.fut.set_exception(err)
+    def cancel(self, rid: int) -> None:
+        """The client of `rid` went away: drop it from the queue or its batch's answers."""
+        self.sched.cancel(rid)
 
     def pump(self) -> None:
-        """Expire, then dispatch every batch the batcher wants now; arm a timer otherwise."""
+        """Ask the scheduler what to do now and do it."""
         if self.closed:
             return
         now = self.clock.now()
-        q = self.queue
-        if not self.serve_late and q:
-            for req in q.expire(now):
-                self.counters.violations["expired"] += 1
-                self._answer_error(
-                    req,
-                    Refused(
-                        504,
-                        "expired",
-                        f"deadline passed while queued at stage {self.stage!r} "
-                        f"({(now - req.deadline) * 1e3:.1f} ms ago)",
-                    ),
-                )
-        while q:
-            rep = self._free_replica()
-            if rep is None:
-                break
-            n_ready = max(1, len(self.ready()))
-            lat = _bind(self.latency_s, rep.cores)
-            head = q.peek()
-            assert head is not None
-            # Hold anchored at the latest arrival: wait while a burst is still coming in.
-            dec = decide_n(
-                len(q),
-                head.deadline,
-                now,
-                self.max_batch,
-                lat,
-                self.rate / n_ready,
-                HOLD_FRACTION * lat(1),
-                max(head.arrival, self.last_arrival, self.last_free) if GAP_HOLD else head.arrival,
-            )
-            if dec is None:
-                break
-            if dec.dispatch_at > now:
-                self._arm(dec.dispatch_at, now)
-                break
-            batch: list[Any] = q.pop_batch(dec.size)
-            self._begin(rep, now)
-            self.counters.in_flight += len(batch)
-            rows = sum(int(r.x.shape[0]) for r in batch)  # predicted on rows, not requests
-            rep.busy_until = max(now, rep.busy_until) + self.latency_s(rows, rep.cores)
-            self._spawn(self._run_batch(rep, batch))
-        if q and not self.serve_late:
-            head = q.peek()
-            if head is not None:
-                self._arm(head.deadline, now)
-
-    def _arm(self, at: float, now: float) -> None:
-        if self._timer is not None and self._timer_at <= at and not self._timer.cancelled():
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = at
-        self._timer = asyncio.get_running_loop().call_later(max(0.0, at - now), self._on_timer)
+        self._execute(self.sched.step(now), now)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._timer_at = float("inf")
-        self.pump()
+        if self.closed:
+            return
+        now = self.clock.now()
+        self._execute(self.sched.on_timer(now), now)
 
-    def _free_replica(self) -> Replica | None:
-        """An idle ready replica (most cores first), else one about to finish (pipelining)."""
-        best: Replica | None = None
-        soon: Replica | None = None
-        now = -1.0
-        for r in self.replicas:
-            if r.state != READY:
-                continue
-            if r.inflight == 0:
-                if best is None or r.cores > best.cores:
-                    best = r
-            elif r.inflight < PIPELINE_DEPTH and r.applied_cores == r.cores:
-                if now < 0:
-                    now = self.clock.now()
-                if r.busy_until - now <= PREFETCH_S and (
-                    soon is None or r.busy_until < soon.busy_until
-                ):
-                    soon = r
-        return best or soon
+    def _execute(self, actions: list[Action], now: float) -> None:
+        for a in actions:
+            if isinstance(a, Dispatch):
+                b = a.batch
+                rep = b.replica
+                assert isinstance(rep, Replica)
+                if rep.inflight == 1:
+                    rep.busy_since = now
+                self.counters.in_flight += len(b.requests)
+                self._spawn(self._run_batch(rep, b))
+            elif isinstance(a, Expired):
+                for req in a.requests:
+                    self.counters.violations["expired"] += 1
+                    _answer_error(
+                        req,
+                        Refused(
+                            504,
+                            "expired",
+                            f"deadline passed while queued at stage {self.stage!r} "
+                            f"({(now - req.deadline) * 1e3:.1f} ms ago)",
+                        ),
+                    )
+            elif isinstance(a, WakeAt):
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self.timers.call_at(a.t, self._on_timer)
 
-    def _begin(self, rep: Replica, now: float) -> None:
-        if rep.inflight == 0:
-            rep.busy_since = now
-        rep.inflight += 1
-
-    def _end(self, rep: Replica, now: float) -> None:
-        rep.inflight = max(0, rep.inflight - 1)
-        if rep.inflight == 0:
-            self.counters.busy_s += now - rep.busy_since
-            self.counters.busy_core_s += (now - rep.busy_since) * rep.cores
-            rep.busy_until = now
-
-    async def _run_batch(self, rep: Replica, batch: list[LiveRequest]) -> None:
+    async def _run_batch(self, rep: Replica, b: Batch) -> None:
         try:
-            await self._run_batch_inner(rep, batch)
+            await self._run_batch_inner(rep, b)
         finally:
-            self.counters.in_flight -= len(batch)
+            self.counters.in_flight -= len(b.requests)
 
-    async def _run_batch_inner(self, rep: Replica, batch: list[LiveRequest]) -> None:
+    async def _run_batch_inner(self, rep: Replica, b: Batch) -> None:
         ex = rep.executor
         assert ex is not None
+        batch: list[LiveRequest] = b.requests  # type: ignore[assignment]
         t0 = self.clock.now()
         try:
             if rep.applied_cores != rep.cores:
@@ -262,37 +200,44 @@ class VariantGroup:
             x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
             y = await ex.infer_async(x)
         except WorkerDied as e:
-            self._on_death(rep, batch, str(e))
+            self._on_death(rep, str(e))
             return
         except Exception as e:  # WorkerError or a bug: answer, keep serving
             log.warning("stage %s: batch failed on replica %s: %s", self.stage, rep.id, e)
-            for req in batch:
-                self.counters.violations["error"] += 1
-                self._answer_error(req, Refused(500, "error", f"inference failed: {e}"))
-            self._finish(rep, t0)
+            fin = self.sched.on_done(b.id, self.clock.now())
+            if fin is not None:
+                for req in fin.requests:
+                    self.counters.violations["error"] += 1
+                    _answer_error(req, Refused(500, "error", f"inference failed: {e}"))
+                self._after(rep, fin)
             return
         now = self.clock.now()
+        fin = self.sched.on_done(b.id, now)
+        if fin is None:  # resolved by the replica's death (another batch reported it)
+            return
         c = self.counters
         c.batch.observe(len(batch))
         offset = 0
         rows = int(x.shape[0])
+        dropped = set(fin.cancelled)
         for req in batch:
             n = int(req.x.shape[0])
             out = y if len(batch) == 1 else y[offset : offset + n]
             offset += n
+            if req.id in dropped:
+                continue
             if req.fut is not None and not req.fut.done():
                 req.fut.set_result(
                     StageResult(out, self.variant, rows, t0 - req.stage_arrival, now)
                 )
-        self._finish(rep, t0)
+        self._after(rep, fin)
 
-    def _finish(self, rep: Replica, t0: float) -> None:
+    def _after(self, rep: Replica, fin: Finished) -> None:
         now = self.clock.now()
-        self._end(rep, now)
-        self.last_free = now
-        if rep.state == DRAINING and rep.inflight == 0:
+        self._busy_end(rep, now)
+        if fin.stop:
             self._stop(rep)
-        elif not self.queue and len(self.replicas) > self.target:
+        elif not self.sched.queue and len(self.replicas) > self.target:
             self._ensure_target()
         self.pump()
 
@@ -300,51 +245,55 @@ class VariantGroup:
         ex = rep.executor
         assert ex is not None
         target = rep.cores
-        dur = await asyncio.to_thread(ex.resize, target)
-        rep.applied_cores = target
+        dur = await self.offload(ex.resize, target)
+        self.sched.on_resized(rep.id, target)
         self.counters.resize.observe(float(dur))
 
     async def _resize_idle(self, rep: Replica) -> None:
-        self._begin(rep, self.clock.now())
+        now = self.clock.now()
+        self.sched.reserve(rep.id, now)
+        if rep.inflight == 1:
+            rep.busy_since = now
         try:
             await self._resize(rep)
         except WorkerDied as e:
-            self._on_death(rep, [], str(e))
+            self._on_death(rep, str(e))
             return
         except Exception as e:
             log.warning("resize of replica %s failed: %s", rep.id, e)
-        self._end(rep, self.clock.now())
-        if rep.state == DRAINING and rep.inflight == 0:
+        now = self.clock.now()
+        stop = self.sched.release(rep.id, now)
+        self._busy_end(rep, now)
+        if stop:
             self._stop(rep)
         self.pump()
 
-    def _on_death(self, rep: Replica, batch: list[LiveRequest], why: str) -> None:
+    def _on_death(self, rep: Replica, why: str) -> None:
         now = self.clock.now()
-        first = rep.state != DEAD  # several in-flight batches report the same death
-        self._end(rep, now)
-        if first:
-            self.account(now)
-            self.counters.replica_deaths += 1
-            rep.state = DEAD
-            if rep in self.replicas:
-                self.replicas.remove(rep)
-            if rep.executor is not None:
-                self._spawn(asyncio.to_thread(_quiet_stop, rep.executor))
-            log.warning("stage %s: replica %s (pid %s) died: %s", self.stage, rep.id, rep.pid, why)
-        for req in batch:
-            if self.closed:
-                self._answer_error(req, Refused(503, "refused", "server shutting down"))
-            elif req.retries < self.max_retries and (self.serve_late or req.deadline > now):
-                req.retries += 1
-                self.queue.push(req)
-            else:
-                self.counters.violations["error"] += 1
-                self._answer_error(
-                    req,
-                    Refused(502, "error", f"worker of {self.variant!r} died mid-batch: {why}"),
-                )
-        if first:
-            self._ensure_target()
+        if rep.state == DEAD:  # several in-flight operations report the same death
+            return
+        was_busy = rep.inflight > 0
+        requeued, failed = self.sched.on_replica_died(rep.id, now)
+        if was_busy:
+            self._busy_end(rep, now)
+        self.account(now)
+        self.counters.replica_deaths += 1
+        rep.state = DEAD
+        if rep in self.replicas:
+            self.replicas.remove(rep)
+        if rep.executor is not None:
+            self._spawn(self.offload(_quiet_stop, rep.executor))
+        log.warning("stage %s: replica %s (pid %s) died: %s", self.stage, rep.id, rep.pid, why)
+        for req in failed:
+            self.counters.violations["error"] += 1
+            _answer_error(
+                req, Refused(502, "error", f"worker of {self.variant!r} died mid-batch: {why}")
+            )
+        if self.closed:
+            for req in self.sched.drain():
+                _answer_error(req, Refused(503, "refused", "server shutting down"))
+            return
+        self._ensure_target()
         self.pump()
 
     # ---------------------------------------------------------------- scaling
@@ -352,12 +301,12 @@ class VariantGroup:
         """Move towards `replicas` x `cores` at max batch `batch`; return the start tasks."""
         self.account(self.clock.now())
         self.target = replicas
-        self.max_batch = batch
+        self.sched.max_batch = batch
         if cores != self.cores:
             self.cores = cores
             for r in self.replicas:
                 if r.state in (READY, STARTING):
-                    r.cores = cores
+                    self.sched.set_cores(r.id, cores)
                     if r.state == READY and not r.busy:
                         self._spawn(self._resize_idle(r))
         tasks = self._ensure_target()
@@ -377,36 +326,34 @@ class VariantGroup:
                 live.append(r)
         while len(live) < self.target and not self.closed:
             self._next_id += 1
-            rep = Replica(self._next_id, self.variant, self.cores)
+            rep = Replica(self._next_id, self.cores, variant=self.variant)
             self.replicas.append(rep)
+            self.sched.add_replica(rep)
             rep.starter = asyncio.get_running_loop().create_task(self._start(rep))
             tasks.append(rep.starter)
             live.append(rep)
         # Keep one replica while requests are still queued for this variant (zero lost).
-        extra = len(live) - max(self.target, 1 if self.queue else 0)
+        extra = len(live) - max(self.target, 1 if self.sched.queue else 0)
         if extra > 0:
             # Retire: starting ones first, then idle ready ones, then busy ones.
-            order = sorted(
-                live,
-                key=lambda r: (r.state != STARTING, r.busy, -r.id),
-            )
+            order = sorted(live, key=lambda r: (r.state != STARTING, r.busy, -r.id))
             for r in order[:extra]:
                 if r.state == STARTING:
                     r.retire_when_started = True
-                elif r.busy:
-                    self.account(self.clock.now())
-                    r.state = DRAINING
                 else:
-                    self._stop(r)
+                    self.account(self.clock.now())
+                    if self.sched.on_replica_removed(r.id):  # idle: stop now
+                        self._stop(r)
         return tasks
 
     async def _start(self, rep: Replica) -> None:
         t0 = self.clock.now()
         start_cores = rep.cores
         try:
-            ex = await asyncio.to_thread(self.factory, self.variant, start_cores)
+            ex = await self.offload(self.factory, self.variant, start_cores)
         except Exception as e:
             log.error("stage %s: starting %s failed: %s", self.stage, self.variant, e)
+            self.sched.on_replica_died(rep.id, self.clock.now())
             rep.state = DEAD
             if rep in self.replicas:
                 self.replicas.remove(rep)
@@ -415,45 +362,46 @@ class VariantGroup:
         rep.applied_cores = start_cores
         if self.on_calibrate is not None:
             try:
-                await asyncio.to_thread(self.on_calibrate, self, rep)
+                await self.offload(self.on_calibrate, self, rep)
             except Exception as e:  # calibration is best effort; keep the prior profile
                 log.warning("calibration of %s failed: %s", self.variant, e)
         cold = float(getattr(ex, "cold_start_s", self.clock.now() - t0))
         self.counters.cold_start.observe(cold)
         if rep.retire_when_started or self.closed:
+            self.sched.on_replica_removed(rep.id)
             rep.state = STOPPED
             if rep in self.replicas:
                 self.replicas.remove(rep)
-            await asyncio.to_thread(_quiet_stop, ex)
+            await self.offload(_quiet_stop, ex)
             return
         now = self.clock.now()
         self.account(now)
-        rep.state = READY
+        self.sched.on_replica_ready(rep.id, now)
         rep.ready_at = now
-        rep.busy_until = now
         if rep.applied_cores != rep.cores:
             self._spawn(self._resize_idle(rep))
         self.pump()
 
     def _stop(self, rep: Replica) -> None:
         self.account(self.clock.now())
+        self.sched.on_replica_removed(rep.id)
         rep.state = STOPPED
         if rep in self.replicas:
             self.replicas.remove(rep)
         if rep.executor is not None:
-            self._spawn(asyncio.to_thread(_quiet_stop, rep.executor))
+            self._spawn(self.offload(_quiet_stop, rep.executor))
 
     def idle(self) -> bool:
         """No queued request and no batch in flight."""
-        return not self.queue and not any(r.busy for r in self.replicas)
+        return self.sched.idle()
 
     async def close(self) -> None:
         """Answer queued requests 503, stop every replica, wait for the stops."""
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
-        for req in self.queue.drain():
-            self._answer_error(req, Refused(503, "refused", "server shutting down"))
+        for req in self.sched.drain():
+            _answer_error(req, Refused(503, "refused", "server shutting down"))
         for r in list(self.replicas):
             if r.starter is not None and not r.starter.done():
                 with contextlib.suppress(BaseException):
@@ -466,8 +414,10 @@ class VariantGroup:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-def _bind(lat: LatencyBC, cores: float) -> Callable[[int], float]:
-    return lambda b: lat(b, cores)
+def _answer_error(req: QueuedRequest, err: Refused) -> None:
+    fut = getattr(req, "fut", None)
+    if fut is not None and not fut.done():
+        fut.set_exception(err)
 
 
 def _quiet_stop(ex: object) -> None:

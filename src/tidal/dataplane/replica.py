@@ -2,7 +2,9 @@
 
 A replica wraps one executor: in production a worker process (`tidal.dataplane.worker`), in
 unit tests any object with the same contract (`Executor`). The data plane never runs two
-operations at once on one executor: at most one batch or one resize is in flight per replica.
+operations at once on one executor: at most one batch or one resize is in flight per replica
+(unless `SchedulerConfig.pipeline_depth` > 1). The replica states are the scheduler's
+(`tidal.dataplane.scheduler`): one set for live, Ray and the simulator.
 """
 
 from __future__ import annotations
@@ -14,9 +16,31 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tidal.core.request import Request
+from tidal.dataplane.request import QueuedRequest, Refused
+from tidal.dataplane.scheduler import (
+    DEAD,
+    DRAINING,
+    READY,
+    SICK,
+    STARTING,
+    STOPPED,
+    LaneReplica,
+)
 
-STARTING, READY, DRAINING, STOPPED, DEAD = "starting", "ready", "draining", "stopped", "dead"
+__all__ = [
+    "DEAD",
+    "DRAINING",
+    "READY",
+    "SICK",
+    "STARTING",
+    "STOPPED",
+    "Executor",
+    "ExecutorFactory",
+    "LiveRequest",
+    "Refused",
+    "Replica",
+    "StageResult",
+]
 
 
 class Executor(Protocol):
@@ -38,19 +62,6 @@ ExecutorFactory = Callable[[str, float], Executor]
 """Start a warm executor of `variant` on `cores` cores (blocking; run in a thread)."""
 
 
-class Refused(Exception):
-    """A request answered without a result: HTTP `status`, violation `cause`, `reason`."""
-
-    def __init__(
-        self, status: int, cause: str, reason: str, retry_after_s: float | None = None
-    ) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.cause = cause
-        self.reason = reason
-        self.retry_after_s = retry_after_s
-
-
 @dataclass(slots=True)
 class StageResult:
     """One request's output rows from one stage, and how it was served."""
@@ -63,36 +74,25 @@ class StageResult:
 
 
 @dataclass(slots=True, eq=False)
-class LiveRequest(Request):
+class LiveRequest(QueuedRequest):
     """A request inside one stage: input rows `x` (shape (n, *input)), its answer future."""
 
     x: Any = None
     fut: asyncio.Future[StageResult] | None = None
-    stage_arrival: float = 0.0
-    retries: int = 0
 
 
 @dataclass(eq=False)
-class Replica:
-    """One replica of a variant. `cores` is the allocation in force for the next batch."""
+class Replica(LaneReplica):
+    """One live replica: the scheduler's `LaneReplica` (state, cores, in-flight count,
+    predicted busy-until) plus the executor and its lifecycle. `cores` is the allocation in
+    force for the next batch."""
 
-    id: int
-    variant: str
-    cores: float
-    state: str = STARTING
+    variant: str = ""
     executor: Executor | None = None
-    inflight: int = 0
     busy_since: float = 0.0
-    busy_until: float = 0.0
-    applied_cores: float | None = None
     ready_at: float = 0.0
     retire_when_started: bool = False
     starter: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    @property
-    def busy(self) -> bool:
-        """True while a batch (or a resize) is in flight on this replica."""
-        return self.inflight > 0
 
     @property
     def pid(self) -> int | None:

@@ -1,9 +1,11 @@
-"""A live pipeline stage: traffic split across its variants (InfAdapter weights), admission
-control, and one `VariantGroup` (queue + batcher + replicas) per variant.
+"""A live pipeline stage: traffic split across its variants (InfAdapter weights, by the one
+`tidal.dataplane.routing.Router`), and one `VariantGroup` (the asyncio driver of a lane's
+`GroupScheduler`: queue, admission, batcher, replicas) per variant.
 
 Contract of `submit`: returns the stage's output rows for the request, or raises `Refused`
-(503 refused by admission, 504 expired, 5xx on worker failure). Admission uses the request's
-stage deadline: its end-to-end deadline minus the batch-1 service time of later stages.
+(503 no ready replica or refused by admission, 504 expired, 5xx on worker failure).
+Admission (in the scheduler) uses the request's stage deadline: its end-to-end deadline minus
+the batch-1 service time of later stages (`downstream_s`).
 """
 
 from __future__ import annotations
@@ -17,17 +19,18 @@ import numpy as np
 from tidal.core.clock import Clock
 from tidal.core.plan import StagePlan, VariantWeight
 from tidal.core.profile import LatencyFit
-from tidal.dataplane.admission import admit
 from tidal.dataplane.group import VariantGroup
 from tidal.dataplane.metrics import StageCounters, StageSnapshot
 from tidal.dataplane.replica import (
-    READY,
     ExecutorFactory,
     LiveRequest,
     Refused,
     Replica,
     StageResult,
 )
+from tidal.dataplane.routing import Router
+from tidal.dataplane.scheduler import SchedulerConfig
+from tidal.dataplane.timers import Offload, Timers
 
 CALIBRATION_REPS = 5
 
@@ -43,22 +46,22 @@ class Stage:
         clock: Clock,
         factory: ExecutorFactory,
         fits: dict[str, LatencyFit],
-        serve_late: bool,
-        max_retries: int,
-        margin: float,
+        scheduler: SchedulerConfig,
+        timers: Timers | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.name = name
         self.allowed = list(variants)
         self.clock = clock
         self.factory = factory
         self.fits = dict(fits)
-        self.serve_late = serve_late
-        self.max_retries = max_retries
-        self.margin = margin
+        self.config = scheduler
+        self.serve_late = not scheduler.admission
+        self.timers = timers
+        self.offload = offload
         self.counters = StageCounters()
         self.groups: dict[str, VariantGroup] = {}
-        self.weights: dict[str, float] = {}
-        self._credit: dict[str, float] = {}
+        self.router = Router()
         self.plan: StagePlan | None = None
         self.downstream_s: Callable[[], float] = lambda: 0.0
 
@@ -116,9 +119,10 @@ class Stage:
                     factory=self.factory,
                     latency_s=self.latency_s(name),
                     counters=self.counters,
-                    serve_late=self.serve_late,
-                    max_retries=self.max_retries,
+                    config=self.config,
                     on_calibrate=self.calibrate,
+                    timers=self.timers,
+                    offload=self.offload,
                 )
         for name, g in self.groups.items():
             vw: VariantWeight | None = wanted.get(name)
@@ -126,52 +130,26 @@ class Stage:
                 tasks += g.reconcile(0, g.cores, g.max_batch)
             else:
                 tasks += g.reconcile(sp.replicas_of(name), sp.cores_of(name), sp.batch)
-        self.weights = {v.name: v.weight for v in sp.variants if v.weight > 0}
-        self._credit = {n: self._credit.get(n, 0.0) for n in self.weights}
+        self.router.set_weights({v.name: v.weight for v in sp.variants})
         self.plan = sp
         return tasks
 
-    # ------------------------------------------------------------------ requests
-    def _route(self) -> VariantGroup | None:
-        """Smooth weighted round robin over variants with weight > 0 and a ready replica
-        (serve-late: a variant still starting is fine)."""
-        best, best_credit, total = None, -1e18, 0.0
-        for name, w in self.weights.items():
-            g = self.groups[name]
-            if self.serve_late:
-                if not g.replicas:  # nothing ready or starting: it could never answer
-                    continue
-            elif not any(r.state == READY for r in g.replicas):
-                continue
-            total += w
-            c = self._credit[name] + w
-            self._credit[name] = c
-            if c > best_credit:
-                best, best_credit = name, c
-        if best is None:
-            return None
-        self._credit[best] -= total
-        return self.groups[best]
+    @property
+    def weights(self) -> dict[str, float]:
+        return self.router.weights
 
-    def _fast_admit(self, g: VariantGroup, deadline: float, now: float) -> bool:
-        """The common case without the full model: empty queue, an idle replica, and a batch
-        of one that fits the budget (what `admit` would conclude, at a fraction of the cost)."""
-        if g.queue:
-            return False
-        for r in g.replicas:
-            if r.state == READY and not r.busy:
-                lat = self.margin * g.latency_s(1, r.cores)
-                return now + lat + self.downstream_s() <= deadline
-        return False
+    # ------------------------------------------------------------------ requests
+    def _routable(self, name: str) -> bool:
+        return self.groups[name].sched.routable()
 
     async def submit(
         self, rid: int, x: np.ndarray, arrival: float, deadline: float, now: float
     ) -> StageResult:
-        """Admit, queue and await one request's rows `x` (see the module contract)."""
+        """Route, admit, queue and await one request's rows `x` (see the module contract)."""
         c = self.counters
         c.arrivals += 1
-        g = self._route()
-        if g is None:
+        name = self.router.pick(self._routable)
+        if name is None:
             c.violations["refused"] += 1
             starting = any(gg.starting() for gg in self.groups.values())
             raise Refused(
@@ -181,35 +159,27 @@ class Stage:
                 + (" (replicas starting)" if starting else ""),
                 1.0,
             )
-        if not self.serve_late and not self._fast_admit(g, deadline, now):
-            stage_deadline = deadline - self.downstream_s()
-            q = g.queue
-            probe = LiveRequest(id=rid, arrival=arrival, deadline=stage_deadline)
-            ready = g.ready()
-            verdict = admit(
-                probe,
-                q.count_before(deadline) if q else 0,
-                len(q),
-                g.busy_until(now),
-                [r.cores for r in ready],
-                g.latency_s,
-                g.max_batch,
-                now,
-                margin=self.margin,
-            )
-            if not verdict.accepted:
-                c.violations["refused"] += 1
-                raise Refused(503, "refused", verdict.reason, verdict.retry_after_s)
+        g = self.groups[name]
+        g.sched.downstream_s = self.downstream_s()
         fut: asyncio.Future[StageResult] = asyncio.get_running_loop().create_future()
-        req = LiveRequest(id=rid, arrival=arrival, deadline=deadline, x=x, fut=fut)
-        req.stage_arrival = now
-        g.push(req)
+        req = LiveRequest(
+            id=rid,
+            arrival=arrival,
+            deadline=deadline,
+            rows=int(x.shape[0]) if x.ndim else 1,
+            nbytes=int(x.nbytes),
+            stage_arrival=now,
+            x=x,
+            fut=fut,
+        )
+        verdict = g.push(req, now)
+        if isinstance(verdict, Refused):
+            c.violations["refused"] += 1
+            raise verdict
         try:
             res = await fut
-        except Refused:
-            raise
         except asyncio.CancelledError:
-            g.queue.remove(rid)
+            g.cancel(rid)
             raise
         c.completions += 1
         lat = res.finish - now

@@ -57,11 +57,18 @@ class SimConfig(BaseModel):
         description="Batcher hold window (rule 4b) as a fraction of l(1, c); the live gateway "
         "uses 0.1, 0 turns it off.",
     )
+    hold_anchor: Literal["latest", "head"] = Field(
+        default="latest",
+        description="Where the hold window starts (tidal.dataplane.scheduler.SchedulerConfig): "
+        "latest of the head's arrival, the latest admission and batch completion; or head.",
+    )
     gateway: bool = Field(
         default=False,
-        description="The live gateway's admission and batcher (reference mode; `tidal "
-        "validate`): stage deadlines, predicted busy-until times, its rate estimate and hold "
-        "anchor, uncapped predicted l(b,c) (see tidal.sim.reference).",
+        description="Model the live gateway's predictions and timers (reference mode; `tidal "
+        "validate`): the scheduler plans with the profile given as `predict_profiles` with "
+        "l(b,c) uncapped (the fit as the gateway loads it), and wakes at the queue head's "
+        "deadline to answer an expired request at once. The scheduler itself is the same in "
+        "every mode (tidal.dataplane.scheduler).",
     )
     skip_infeasible: bool = Field(
         default=False,

@@ -45,7 +45,7 @@ from tidal.sim.actuator import SimActuator
 from tidal.sim.config import CAUSES, LATE, OK, US, SimConfig
 from tidal.sim.latency import VariantLatency, noise_table
 from tidal.sim.outcomes import OutcomeSink
-from tidal.sim.reference import INF, NEED_INPUT, ReferenceDataPlane
+from tidal.sim.reference import INF, NEED_INPUT, ReferenceDataPlane, sim_scheduler_config
 from tidal.workload import arrival_chunks, dynamic_slos, to_us
 
 Forecaster = Callable[[Sequence[float]], float]
@@ -174,7 +174,14 @@ def simulate(
     if mode == "fast":
         from tidal.sim.fast import FastDataPlane
 
-        dp = FastDataPlane(lanes[0][0][0], lanes[0][0][1], eps[0], cfg.admission, cfg.hold_fraction)
+        dp = FastDataPlane(
+            lanes[0][0][0],
+            lanes[0][0][1],
+            eps[0],
+            cfg.admission,
+            cfg.hold_fraction,
+            cfg.hold_anchor,
+        )
     else:
         predict = None
         if predict_profiles is not None or cfg.gateway:
@@ -191,7 +198,9 @@ def simulate(
             pipeline.accuracy_combine,
             cfg.hold_fraction,
             predict=predict,
-            gateway=cfg.gateway,
+            scheduler=sim_scheduler_config(
+                cfg.admission, cfg.hold_fraction, cfg.hold_anchor, expire_timer=cfg.gateway
+            ),
         )
     cap = Capacity(nodes=cfg.nodes, cores_per_node=cfg.cores_per_node)
     recreate = "recreate" in str(getattr(planner, "resize_mode", "")).lower()

@@ -1,13 +1,18 @@
-"""Fast data plane: the reference semantics (`tidal.sim.reference`) for one stage, one variant
-and a fixed SLO, as a numba-compiled loop over parallel arrays in integer microseconds.
+"""Fast data plane: the reference semantics (`tidal.sim.reference` driving
+`tidal.dataplane.scheduler.GroupScheduler`) for one stage, one variant and a fixed SLO, as a
+numba-compiled loop over parallel arrays in integer microseconds.
 
-With a fixed SLO, deadlines follow arrival order, so the EDF queue is a FIFO ring of request
-slots; admission's "requests ahead" is the queue length. Everything else (expiry, the
-batcher's rules, admission's batch-by-batch replica simulation, replica choice, timers, event
-order, noise draws) is the same arithmetic on the same floats as `tidal.dataplane.batcher`,
-`tidal.dataplane.admission` and `tidal.sim.reference`; tests/unit/sim/test_sim_fast.py checks
-that both modes give every request the same outcome and end time. Without numba the same
-functions run as plain Python (slowly).
+This is a compiled *mirror* of the scheduler, kept only for speed (tens of times faster); it
+is checked request by request against the scheduler (tests/unit/sim/test_sim_fast.py and the
+Hypothesis property in test_sim_fast_property.py), so a change of the scheduler's rules
+fails those tests until it is mirrored here. With a fixed SLO, deadlines follow arrival order,
+so the EDF queue is a FIFO ring of request slots; admission's "requests ahead" is the queue
+length. Everything else (expiry at push and step, admission's fast path and batch-by-batch
+replica simulation on predicted busy-until times, the batcher's rules with the hold window
+and its anchor, the per-second rate, replica choice, the lane's one timer that only moves
+earlier, event order, noise draws) is the same arithmetic on the same floats. Without numba
+the same functions run as plain Python (slowly). Pipelining (depth > 1) and the expiry timer
+run in the reference mode only.
 """
 
 from __future__ import annotations
@@ -43,7 +48,11 @@ CUR_SEC, CUR_COUNT, PREV_COUNT, ARRIVALS, COMPLETIONS, OUT_N, B, ADMIT, NOW, RIN
 )
 NSLOT, NREADY = 20, 21  # slots in use (upper bound), ready replicas (listed in `ready`)
 ND_T, ND_SEQ, ND_I, NIDLE = 22, 23, 24, 25  # cached next completion; idle ready replicas
-NI = 26
+LAST_ARR, LAST_FREE = 26, 27  # latest admission, latest batch completion (us; -1: none)
+NI = 28
+# float state slots: busy core-us, hold fraction, armed wake (s; inf: none), anchor latest
+F_BUSY, F_HOLD, F_ARMED, F_LATEST = 0, 1, 2, 3
+NF = 4
 OUT_FULL, RING_FULL = 2, 3
 _MASKN = NOISE_LEN - 1
 
@@ -98,6 +107,7 @@ def _dispatch(  # type: ignore[no-untyped-def]
     st,
     busy,
     until,
+    pred,
     rseq,
     bstart,
     blen,
@@ -112,6 +122,8 @@ def _dispatch(  # type: ignore[no-untyped-def]
     mask = len(r_id) - 1
     t = now / 1e6
     bmax = ist[B]
+    if ist[QTAIL] > ist[QHEAD]:
+        _expire(ist, now, r_id, r_a, r_d, o_id, o_a, o_d, o_e, o_c)
     while ist[QTAIL] > ist[QHEAD]:
         if ist[NIDLE] <= 0:
             return
@@ -129,10 +141,7 @@ def _dispatch(  # type: ignore[no-untyped-def]
                 best = i
         if best < 0:
             return
-        _expire(ist, now, r_id, r_a, r_d, o_id, o_a, o_d, o_e, o_c)
         n = ist[QTAIL] - ist[QHEAD]
-        if n == 0:
-            return
         c = cores[best]
         d0 = r_d[ist[QHEAD] & mask] / 1e6
         rate = _rate(ist, now, st)
@@ -145,8 +154,14 @@ def _dispatch(  # type: ignore[no-untyped-def]
             hold_s = fst[1] * (_lat_ms(p, 1, c) / 1000.0)
             if t_latest <= t or rate <= 0.0:
                 pass  # slack, alone
-            elif hold_s > 0.0:  # rule 4b: hold window from the head's arrival
-                due = min(r_a[ist[QHEAD] & mask] / 1e6 + hold_s, t_latest)
+            elif hold_s > 0.0:  # rule 4b: hold window from its anchor
+                anchor = r_a[ist[QHEAD] & mask] / 1e6
+                if fst[F_LATEST] > 0.0:
+                    if ist[LAST_ARR] >= 0:
+                        anchor = max(anchor, ist[LAST_ARR] / 1e6)
+                    if ist[LAST_FREE] >= 0:
+                        anchor = max(anchor, ist[LAST_FREE] / 1e6)
+                due = min(anchor + hold_s, t_latest)
                 if due > t:
                     wait_until = due
             elif n / max(_lat_ms(p, n, c) / 1000.0, 1e-9) >= rate or rate * (t_latest - t) < 1.0:
@@ -155,15 +170,18 @@ def _dispatch(  # type: ignore[no-untyped-def]
                 fill_at = t + (bmax - n) / rate
                 wait_until = min(fill_at, t_latest)
         if wait_until > t:
-            ist[TIMER_T] = max(now + 1, math.ceil(wait_until * 1000000))
-            ist[TIMER_SEQ] = ist[SEQ]
-            ist[SEQ] += 1
+            if wait_until < fst[F_ARMED]:  # the lane's one timer only moves earlier
+                fst[F_ARMED] = wait_until
+                ist[TIMER_T] = max(now + 1, math.ceil(wait_until * 1000000))
+                ist[TIMER_SEQ] = ist[SEQ]
+                ist[SEQ] += 1
             return
         k = ist[BATCHES]
         ist[BATCHES] = k + 1
         dur = max(1, math.floor(_lat_ms(p, size, c) * 1000.0 * eps[k & _MASKN] + 0.5))
         busy[best] = 1
         until[best] = now + dur
+        pred[best] = t + _lat_ms(p, size, c) / 1000.0  # what admission sees
         rseq[best] = ist[SEQ]
         ist[SEQ] += 1
         ist[NIDLE] -= 1
@@ -176,7 +194,7 @@ def _dispatch(  # type: ignore[no-untyped-def]
         bstart[best] = ist[QHEAD]
         blen[best] = size
         ist[QHEAD] += size
-        fst[0] += dur * c
+        fst[F_BUSY] += dur * c
 
 
 @njit(cache=True)
@@ -192,24 +210,32 @@ def _next_done(ist, busy, until, rseq):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _admit(ist, now, d_us, p, ready, until, cores, tmp_t, tmp_c):  # type: ignore[no-untyped-def]
-    """`admission.admit` for a FIFO queue; `ready[:NREADY]` = ready slots in replica-id order."""
+def _admit(ist, now, d_us, p, ready, busy, pred, cores, tmp_t, tmp_c):  # type: ignore[no-untyped-def]
+    """The scheduler's admission for a FIFO queue (fast path, then `admission.admit` on the
+    predicted busy-until times); `ready[:NREADY]` = ready slots in the order they were added."""
     m = ist[NREADY]
     if m == 0:
         return False
     t = now / 1e6
     deadline = d_us / 1e6
+    queued = ist[QTAIL] - ist[QHEAD]
+    if queued == 0:  # fast path: the first idle ready replica, a batch of one
+        for q in range(m):
+            i = ready[q]
+            if busy[i] == 0:
+                if t + _lat_ms(p, 1, cores[i]) / 1000.0 <= deadline:
+                    return True
+                break
     budget = deadline - t
     best_alone = 1e300
     for q in range(m):
         i = ready[q]
         tmp_c[q] = cores[i]
-        tmp_t[q] = max(t, until[i] / 1e6)
+        tmp_t[q] = max(t, pred[i]) if busy[i] == 1 else t
         best_alone = min(best_alone, _lat_ms(p, 1, cores[i]) / 1000.0)
     if best_alone > budget:
         return False
     bmax = ist[B]
-    queued = ist[QTAIL] - ist[QHEAD]
     j = queued // bmax
     size = min(bmax, queued + 1 - j * bmax)
     for _ in range(j):
@@ -242,6 +268,7 @@ def _run(  # type: ignore[no-untyped-def]
     st,
     busy,
     until,
+    pred,
     rseq,
     bstart,
     blen,
@@ -280,6 +307,7 @@ def _run(  # type: ignore[no-untyped-def]
             if hk == -2:
                 ist[TIMER_T] = -1
                 ist[TIMER_SEQ] = -1
+                fst[F_ARMED] = np.inf
             else:
                 b0 = bstart[hk]
                 for q in range(b0, b0 + blen[hk]):
@@ -300,12 +328,12 @@ def _run(  # type: ignore[no-untyped-def]
                 ist[COMPLETIONS] += blen[hk]
                 busy[hk] = 0
                 blen[hk] = 0
+                ist[LAST_FREE] = now
                 _next_done(ist, busy, until, rseq)
                 if st[hk] == 1:
                     ist[NIDLE] += 1
-                if st[hk] == 2:
+                if st[hk] == 2:  # drained: the slot is free (the lane is stepped anyway)
                     st[hk] = 0
-                    continue
             _dispatch(
                 ist,
                 fst,
@@ -318,6 +346,7 @@ def _run(  # type: ignore[no-untyped-def]
                 st,
                 busy,
                 until,
+                pred,
                 rseq,
                 bstart,
                 blen,
@@ -350,6 +379,9 @@ def _run(  # type: ignore[no-untyped-def]
             ist[NEXT_ID] += 1
             ist[PTR] += 1
             ist[ARRIVALS] += 1
+            if ist[NREADY] == 0:  # the router finds no lane with a ready replica
+                _emit(ist, o_id, o_a, o_d, o_e, o_c, rid, now, d, now, REFUSED)
+                continue
             sec = now // 1000000
             if sec != ist[CUR_SEC]:
                 ist[PREV_COUNT] = ist[CUR_COUNT] if sec == ist[CUR_SEC] + 1 else 0
@@ -357,12 +389,12 @@ def _run(  # type: ignore[no-untyped-def]
                 ist[CUR_COUNT] = 0
             ist[CUR_COUNT] += 1
             _expire(ist, now, r_id, r_a, r_d, o_id, o_a, o_d, o_e, o_c)
-            if ist[ADMIT] == 1 and not _admit(ist, now, d, p, ready, until, cores, tmp_t, tmp_c):
-                _emit(ist, o_id, o_a, o_d, o_e, o_c, rid, now, d, now, REFUSED)
-                continue
-            j = ist[QTAIL] & mask
-            r_id[j], r_a[j], r_d[j] = rid, now, d
-            ist[QTAIL] += 1
+            ok = ist[ADMIT] == 0 or _admit(ist, now, d, p, ready, busy, pred, cores, tmp_t, tmp_c)
+            if ok:
+                j = ist[QTAIL] & mask
+                r_id[j], r_a[j], r_d[j] = rid, now, d
+                ist[QTAIL] += 1
+                ist[LAST_ARR] = now
             _dispatch(
                 ist,
                 fst,
@@ -375,6 +407,7 @@ def _run(  # type: ignore[no-untyped-def]
                 st,
                 busy,
                 until,
+                pred,
                 rseq,
                 bstart,
                 blen,
@@ -386,6 +419,8 @@ def _run(  # type: ignore[no-untyped-def]
                 o_e,
                 o_c,
             )
+            if not ok:
+                _emit(ist, o_id, o_a, o_d, o_e, o_c, rid, now, d, now, REFUSED)
     ist[NOW] = max(ist[NOW], t_stop)
     return REACHED
 
@@ -417,16 +452,20 @@ class FastDataPlane:
         eps: np.ndarray,
         admission_on: bool = True,
         hold_fraction: float = 0.0,
+        hold_anchor: str = "latest",
     ) -> None:
         self.p = lat.params()
         self.accuracy = accuracy
         self.eps = np.ascontiguousarray(eps, dtype=np.float64)
         self.ist = np.zeros(NI, dtype=np.int64)
-        self.ist[[TIMER_T, TIMER_SEQ, CUR_SEC, ND_I]] = -1
+        self.ist[[TIMER_T, TIMER_SEQ, CUR_SEC, ND_I, LAST_ARR, LAST_FREE]] = -1
         self.ist[B] = 1
         self.ist[ADMIT] = 1 if admission_on else 0
-        self.fst = np.zeros(2)  # busy core-us, hold window as a fraction of l(1, c)
-        self.fst[1] = hold_fraction
+        self.fst = np.zeros(NF)
+        self.fst[F_HOLD] = hold_fraction
+        self.fst[F_ARMED] = np.inf
+        self.fst[F_LATEST] = 1.0 if hold_anchor == "latest" else 0.0
+        self.dirty = False
         self.pending_out: list[tuple[np.ndarray, ...]] = []
         self.arr = np.zeros(0, np.int64)
         self.dl = np.zeros(0, np.int64)
@@ -446,6 +485,7 @@ class FastDataPlane:
         self.st = np.zeros(n, np.int64)
         self.busy = np.zeros(n, np.int64)
         self.until = np.zeros(n, np.int64)
+        self.pred = np.zeros(n, np.float64)
         self.rseq = np.zeros(n, np.int64)
         self.bstart = np.zeros(n, np.int64)
         self.blen = np.zeros(n, np.int64)
@@ -470,6 +510,7 @@ class FastDataPlane:
 
     def set_lane(self, stage: int, lane: int, batch: int, weight: float) -> None:
         self.ist[B] = batch
+        self.dirty = True
 
     def add_replica(self, rid: int, stage: int, lane: int, cores: float) -> None:
         free = np.nonzero((self.st == 0) & (self.busy == 0))[0]
@@ -480,11 +521,12 @@ class FastDataPlane:
         self.st[i], self.busy[i], self.until[i], self.blen[i] = 1, 0, 0, 0
         self.rrid[i], self.cores[i] = rid, cores
         self.slot[rid] = i
+        self.dirty = True
         self._reindex()
 
     def _reindex(self) -> None:
-        """Ready slots in replica-id order (admission's order) and the slot bound."""
-        order = sorted(self.slot.items())
+        """Ready slots in the order they were added (the scheduler's) and the slot bound."""
+        order = list(self.slot.items())
         self.ready = np.array([i for _, i in order] + [0], dtype=np.int64)
         self.ist[NREADY] = len(order)
         self.ist[NIDLE] = int(np.count_nonzero((self.st == 1) & (self.busy == 0)))
@@ -492,11 +534,23 @@ class FastDataPlane:
         self.ist[NSLOT] = int(used.max()) + 1 if len(used) else 0
 
     def _grow_reps(self) -> None:
-        old = [self.st, self.busy, self.until, self.rseq, self.bstart, self.blen, self.rrid]
+        old = [
+            self.st, self.busy, self.until, self.pred, self.rseq, self.bstart, self.blen,
+            self.rrid,
+        ]  # fmt: skip
         oc = self.cores
         self._reps(2 * len(oc))
         for new, o in zip(
-            [self.st, self.busy, self.until, self.rseq, self.bstart, self.blen, self.rrid],
+            [
+                self.st,
+                self.busy,
+                self.until,
+                self.pred,
+                self.rseq,
+                self.bstart,
+                self.blen,
+                self.rrid,
+            ],  # fmt: skip
             old,
             strict=True,
         ):
@@ -506,19 +560,25 @@ class FastDataPlane:
     def remove_replica(self, rid: int) -> None:
         i = self.slot.pop(rid)
         self.st[i] = 2 if self.busy[i] else 0
+        self.dirty = True
         self._reindex()
 
     def resize_replica(self, rid: int, cores: float) -> None:
         self.cores[self.slot[rid]] = cores
+        self.dirty = True
 
     def kick(self, now: int) -> None:
-        self._call(now, kick=True)
+        """Step the lane at `now` if a control change touched it."""
+        if self.dirty:
+            self.dirty = False
+            self._call(now, kick=True)
 
     # ---- running ------------------------------------------------------------------------
     def _args(self) -> tuple[Any, ...]:
         return (
             self.ist, self.fst, self.p, self.eps, self.arr, self.dl, self.r_id, self.r_a,
-            self.r_d, self.st, self.busy, self.until, self.rseq, self.bstart, self.blen,
+            self.r_d, self.st, self.busy, self.until, self.pred, self.rseq, self.bstart,
+            self.blen,
             self.rrid, self.cores, self.o_id, self.o_a, self.o_d, self.o_e, self.o_c,
         )  # fmt: skip
 

@@ -1,13 +1,13 @@
 """Exact (event, time) traces of small hand-made scenarios on the reference data plane, which
-runs the gateway's own EDFQueue, batcher and admission (imported, not copied)."""
+drives the data plane's own GroupScheduler (queue, batcher, admission: imported, not copied)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from tidal.core.profile import LatencyFit, VariantProfile
-from tidal.dataplane import admission, batcher
 from tidal.dataplane.edf import EDFQueue
+from tidal.dataplane.scheduler import GroupScheduler
 from tidal.sim import reference
 from tidal.sim.config import LATE, OK, REFUSED
 from tidal.sim.latency import NOISE_LEN, VariantLatency
@@ -39,9 +39,12 @@ def run(dp: ReferenceDataPlane, arr_us: list[int], slo_us: int, until: int) -> d
 
 
 def test_reference_mode_uses_the_dataplane_objects() -> None:
-    assert reference.EDFQueue is EDFQueue
-    assert reference.batcher is batcher and reference.admission is admission
+    assert reference.GroupScheduler is GroupScheduler
+    # No copy of the queue, batcher, admission or rate logic lives in the simulator.
+    for name in ("EDFQueue", "batcher", "admission", "decide", "admit"):
+        assert not hasattr(reference, name), name
     dp = plane()
+    assert isinstance(dp.stages[0][0].sched, GroupScheduler)
     assert isinstance(dp.stages[0][0].queue, EDFQueue)
 
 
