@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -85,10 +86,11 @@ def _profile_fits(config: ServeConfig) -> dict[str, LatencyFit]:
     if config.profile:
         ps = ProfileSet.load(config.profile)
     else:
+        # The committed reference profile is package data (tidal/profiles/): read it as a
+        # file, so the data plane does not import tidal.profiling (which imports it).
+        ref = Path(__file__).resolve().parent.parent / "profiles" / "reference.json"
         try:
-            from tidal.profiling import load_reference
-
-            ps = load_reference()
+            ps = ProfileSet.load(ref)
         except Exception:  # no reference profile on this machine: calibrate on start
             ps = None
     return {n: v.fit for n, v in ps.variants.items()} if ps is not None else {}
@@ -210,9 +212,18 @@ class Gateway:
         if self._plan_lock is None:
             self._plan_lock = asyncio.Lock()
         async with self._plan_lock:
-            tasks: list[asyncio.Task[None]] = []
+            # Stop and shrink first, then grow in place, then start new replicas: on a full
+            # node (Ray placement) a plan that fits can then be applied (measured: starting
+            # first took the CPUs the grows needed). Idle resizes are awaited between phases.
+            for phase in ("shrink", "grow"):
+                resizes: list[asyncio.Task[object]] = []
+                for sp in plan.stages:
+                    resizes += self.stages[sp.stage].apply(sp, phase)
+                if resizes:
+                    await asyncio.gather(*resizes, return_exceptions=True)
+            tasks: list[asyncio.Task[object]] = []
             for sp in plan.stages:
-                tasks += self.stages[sp.stage].apply(sp)
+                tasks += self.stages[sp.stage].apply(sp, "start")
             merged = {s.stage: s for s in (self._plan.stages if self._plan else ())}
             merged.update({s.stage: s for s in plan.stages})
             self._plan = Plan(
@@ -235,13 +246,31 @@ class Gateway:
         return asyncio.run_coroutine_threadsafe(self.apply_plan(plan, wait), self.loop)
 
     # ------------------------------------------------------------------ requests
-    async def infer(self, model: str, x: np.ndarray, slo_ms: float | None = None) -> InferResult:
+    async def infer(
+        self,
+        model: str,
+        x: np.ndarray,
+        slo_ms: float | None = None,
+        *,
+        version: str | None = None,
+    ) -> InferResult:
         """Serve `x` (shape (n, *input)) through `model`'s stages within `slo_ms`.
 
-        Raises KeyError for an unknown model and `Refused` when a stage refuses, expires or
+        `version`: a variant that must serve the request (pinned: the stage that may run it
+        skips its weighted routing; same deadline and admission). Raises KeyError for an
+        unknown model, TidalError for a version the model does not have, and `Refused` when a
+        stage refuses (503, also when the pinned variant has no ready replica), expires or
         fails the request. The deadline is arrival + slo and is the same at every stage.
         """
         snames = self.routes[model]
+        pin_stage = None
+        if version is not None:
+            pin_stage = next((s for s in snames if version in self.stages[s].allowed), None)
+            if pin_stage is None:
+                raise TidalError(
+                    f"model {model!r} has no version {version!r}; versions: "
+                    f"{self.models[model].versions}"
+                )
         arrival = self.clock.now()
         budget = (slo_ms if slo_ms is not None else self.config.default_slo_ms) * 1e-3
         deadline = arrival + budget
@@ -252,7 +281,8 @@ class Gateway:
         cur = x
         now = arrival
         for s in snames:
-            res = await self.stages[s].submit(rid, cur, arrival, deadline, now)
+            pin = version if s == pin_stage else None
+            res = await self.stages[s].submit(rid, cur, arrival, deadline, now, pin=pin)
             variants.append(res.variant)
             batches.append(res.batch_size)
             queue_s += res.queue_s

@@ -125,10 +125,11 @@ class VariantGroup:
             self.counters.busy_s += now - rep.busy_since
             self.counters.busy_core_s += (now - rep.busy_since) * rep.cores
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     # ---------------------------------------------------------------- requests
     def push(self, req: LiveRequest, now: float) -> Admitted | Refused:
@@ -196,7 +197,7 @@ class VariantGroup:
         t0 = self.clock.now()
         try:
             if rep.applied_cores != rep.cores:
-                await self._resize(rep)
+                await self._resize_or_keep(rep)
             x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
             y = await ex.infer_async(x)
         except WorkerDied as e:
@@ -249,6 +250,28 @@ class VariantGroup:
         self.sched.on_resized(rep.id, target)
         self.counters.resize.observe(float(dur))
 
+    async def _resize_or_keep(self, rep: Replica) -> None:
+        """Resize before a batch; a refused resize (e.g. Ray has no free CPU on the node)
+        keeps the replica at its size and the batch runs (WorkerDied still propagates)."""
+        try:
+            await self._resize(rep)
+        except WorkerDied:
+            raise
+        except Exception as e:
+            self._resize_refused(rep, e)
+
+    def _resize_refused(self, rep: Replica, e: Exception) -> None:
+        log.warning(
+            "stage %s: resize of replica %s to %s cores refused, size unchanged (%s cores): %s",
+            self.stage,
+            rep.id,
+            rep.cores,
+            rep.applied_cores,
+            e,
+        )
+        if rep.applied_cores is not None:
+            self.sched.set_cores(rep.id, rep.applied_cores)
+
     async def _resize_idle(self, rep: Replica) -> None:
         now = self.clock.now()
         self.sched.reserve(rep.id, now)
@@ -260,7 +283,7 @@ class VariantGroup:
             self._on_death(rep, str(e))
             return
         except Exception as e:
-            log.warning("resize of replica %s failed: %s", rep.id, e)
+            self._resize_refused(rep, e)
         now = self.clock.now()
         stop = self.sched.release(rep.id, now)
         self._busy_end(rep, now)
@@ -297,26 +320,37 @@ class VariantGroup:
         self.pump()
 
     # ---------------------------------------------------------------- scaling
-    def reconcile(self, replicas: int, cores: float, batch: int) -> list[asyncio.Task[None]]:
-        """Move towards `replicas` x `cores` at max batch `batch`; return the start tasks."""
+    def reconcile(
+        self, replicas: int, cores: float, batch: int, phase: str = "all"
+    ) -> list[asyncio.Task[Any]]:
+        """Move towards `replicas` x `cores` at max batch `batch`; return the tasks started
+        (replica starts, idle resizes). `phase` orders a plan change so that a full node can
+        take a plan that fits: "shrink" retires extras and applies smaller cores, "grow"
+        applies larger cores, "start" starts missing replicas; "all" does everything."""
         self.account(self.clock.now())
         self.target = replicas
         self.sched.max_batch = batch
-        if cores != self.cores:
+        tasks: list[asyncio.Task[Any]] = []
+        resize_now = cores != self.cores and (
+            phase == "all"
+            or (phase == "shrink" and cores < self.cores)
+            or (phase == "grow" and cores > self.cores)
+        )
+        if resize_now:
             self.cores = cores
             for r in self.replicas:
                 if r.state in (READY, STARTING):
                     self.sched.set_cores(r.id, cores)
                     if r.state == READY and not r.busy:
-                        self._spawn(self._resize_idle(r))
-        tasks = self._ensure_target()
+                        tasks.append(self._spawn(self._resize_idle(r)))
+        tasks += self._ensure_target(start=phase in ("all", "start"))
         self.pump()
         return tasks
 
-    def _ensure_target(self) -> list[asyncio.Task[None]]:
+    def _ensure_target(self, start: bool = True) -> list[asyncio.Task[Any]]:
         active = [r for r in self.replicas if r.state in (READY, STARTING)]
         live = [r for r in active if not r.retire_when_started]
-        tasks: list[asyncio.Task[None]] = []
+        tasks: list[asyncio.Task[Any]] = []
         # Un-retire replicas still starting before starting new ones.
         for r in active:
             if len(live) >= self.target:
@@ -324,7 +358,7 @@ class VariantGroup:
             if r.retire_when_started:
                 r.retire_when_started = False
                 live.append(r)
-        while len(live) < self.target and not self.closed:
+        while start and len(live) < self.target and not self.closed:
             self._next_id += 1
             rep = Replica(self._next_id, self.cores, variant=self.variant)
             self.replicas.append(rep)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -106,9 +107,11 @@ class Stage:
         )
 
     # ------------------------------------------------------------------ plan
-    def apply(self, sp: StagePlan) -> list[asyncio.Task[None]]:
-        """Reconcile every variant with `sp` (idempotent); returns replica start tasks."""
-        tasks: list[asyncio.Task[None]] = []
+    def apply(self, sp: StagePlan, phase: str = "all") -> list[asyncio.Task[Any]]:
+        """Reconcile every variant with `sp` (idempotent); returns the replica start and
+        resize tasks. `phase`: see `VariantGroup.reconcile` (weights and the plan are taken
+        in the "start" and "all" phases)."""
+        tasks: list[asyncio.Task[Any]] = []
         wanted = {v.name: v for v in sp.variants}
         for name in wanted:
             if name not in self.groups:
@@ -127,11 +130,12 @@ class Stage:
         for name, g in self.groups.items():
             vw: VariantWeight | None = wanted.get(name)
             if vw is None:
-                tasks += g.reconcile(0, g.cores, g.max_batch)
+                tasks += g.reconcile(0, g.cores, g.max_batch, phase)
             else:
-                tasks += g.reconcile(sp.replicas_of(name), sp.cores_of(name), sp.batch)
-        self.router.set_weights({v.name: v.weight for v in sp.variants})
-        self.plan = sp
+                tasks += g.reconcile(sp.replicas_of(name), sp.cores_of(name), sp.batch, phase)
+        if phase in ("all", "start"):
+            self.router.set_weights({v.name: v.weight for v in sp.variants})
+            self.plan = sp
         return tasks
 
     @property
@@ -143,12 +147,31 @@ class Stage:
         return self.groups[name].sched.routable()
 
     async def submit(
-        self, rid: int, x: np.ndarray, arrival: float, deadline: float, now: float
+        self,
+        rid: int,
+        x: np.ndarray,
+        arrival: float,
+        deadline: float,
+        now: float,
+        pin: str | None = None,
     ) -> StageResult:
-        """Route, admit, queue and await one request's rows `x` (see the module contract)."""
+        """Route (or take the pinned variant `pin`), admit, queue and await one request's
+        rows `x` (see the module contract)."""
         c = self.counters
         c.arrivals += 1
-        name = self.router.pick(self._routable)
+        if pin is not None:
+            pg = self.groups.get(pin)
+            if pg is None or not pg.sched.routable():
+                c.violations["refused"] += 1
+                raise Refused(
+                    503,
+                    "refused",
+                    f"variant {pin!r} of stage {self.name!r} has no ready replica",
+                    1.0,
+                )
+            name: str | None = pin
+        else:
+            name = self.router.pick(self._routable)
         if name is None:
             c.violations["refused"] += 1
             starting = any(gg.starting() for gg in self.groups.values())
