@@ -77,7 +77,7 @@ def test_themis_matches_brute_force(data, n_stages, lam, slo, nodes, cpn) -> Non
     stages = [(data.draw(variant(f"v{i}")),) for i in range(n_stages)]
     capacity = Capacity(nodes, cpn)
     ctx = ctx_of(stages, lam, slo, capacity)
-    planner = create("themis", resolution_ms=slo / 200)
+    planner = create("themis", resolution_ms=slo / 200, utilization=1.0)
     plan, _ = planner.plan(ctx)
     res = slo / 200
     per_stage = []
@@ -123,7 +123,7 @@ def test_themis_matches_brute_force(data, n_stages, lam, slo, nodes, cpn) -> Non
     cpn=st.sampled_from([2.0, 4.0, 8.0]),
 )
 def test_sponge_ip_matches_enumeration(v, lam, slo, budgets, cpn) -> None:  # type: ignore[no-untyped-def]
-    sp_planner = create("sponge", max_cores=8, max_batch=8)
+    sp_planner = create("sponge", max_cores=8, max_batch=8, utilization=1.0)
     ctx = ctx_of([(v,)], lam, slo, Capacity(1, cpn))
     ctx = PlanContext(**{**ctx.__dict__, "budgets_ms": tuple(budgets)})
     plan, _ = sp_planner.plan(ctx)
@@ -166,7 +166,14 @@ def test_ipa_matches_brute_force(data, n_stages, n_var, lam, slo, combine, total
     stages = [tuple(data.draw(variant(f"v{s}{i}")) for i in range(n_var)) for s in range(n_stages)]
     batches = (1, 2, 4)
     ctx = ctx_of(stages, lam, slo, Capacity(1, total))
-    planner = create("ipa", accuracy=combine, batches=batches, max_replicas=16)
+    planner = create(
+        "ipa",
+        accuracy=combine,
+        batches=batches,
+        max_replicas=16,
+        cores_per_replica=1.0,
+        utilization=1.0,
+    )
     plan, _ = planner.plan(ctx)
     per_stage = []
     for vs in stages:
@@ -222,7 +229,7 @@ def test_infadapter_matches_brute_force(data, n_stages, n_var, lam, budget) -> N
         tuple(data.draw(inf_variant(f"v{s}{i}", 750.0)) for i in range(n_var))
         for s in range(n_stages)
     ]
-    ctx = ctx_of(stages, lam, slo, Capacity(1, 4.0))
+    ctx = ctx_of(stages, lam, slo, Capacity(2, 4.0))  # 8 cores: every budget fits
     planner = create("infadapter", budget=budget, max_cores=8, margin=0.0, capacity="measured")
     plan, _ = planner.plan(ctx)
     ks = list(range(2, budget + 1))

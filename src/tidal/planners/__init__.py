@@ -10,6 +10,7 @@ from tidal.planners import infadapter as _infadapter  # noqa: F401
 from tidal.planners import ipa as _ipa  # noqa: F401
 from tidal.planners import sponge as _sponge  # noqa: F401
 from tidal.planners import themis as _themis  # noqa: F401
+from tidal.planners import tidal as _tidal  # noqa: F401
 from tidal.planners.base import (
     RESIZE_IN_PLACE,
     RESIZE_RECREATE,

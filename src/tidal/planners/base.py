@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tidal.core.capacity import Capacity, Pending
-from tidal.core.errors import TidalError
+from tidal.core.errors import TidalError, first_error
 from tidal.core.plan import Plan
 from tidal.core.profile import VariantProfile
 
@@ -79,7 +81,21 @@ class PlanContext:
         """The rate to plan for: the forecast if given, else the last observed rate, else 0."""
         if self.forecast is not None:
             return max(0.0, self.forecast)
+        return self.observed
+
+    @property
+    def observed(self) -> float:
+        """The last second's observed arrival rate (req/s), whatever the forecast says; 0
+        without history. Planners that react to what is happening now (Themis' stage 1,
+        `tidal`'s fast knobs) read this; `load` is the forecast when one is given."""
         return max(0.0, self.rate_history[-1]) if self.rate_history else 0.0
+
+    def observed_mean(self, seconds: int) -> float:
+        """Mean observed rate over the last `seconds` seconds (all history if shorter)."""
+        if not self.rate_history:
+            return 0.0
+        tail = self.rate_history[-max(1, seconds) :]
+        return max(0.0, sum(tail) / len(tail))
 
 
 RESIZE_IN_PLACE = "in_place"
@@ -108,6 +124,23 @@ class Planner(Protocol):
         ...
 
 
+class PlannerOptions(BaseModel):
+    """Base of every planner's `Options` model (the anchor is Ray Serve's `AutoscalingConfig`:
+    one pydantic model per policy, bounds on every field, a description per field).
+
+    Unknown keys are rejected; `create` validates through the model, so a bad option is a
+    TidalError naming the option, the value and the valid options.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    doc: ClassVar[str] = ""
+
+
+VariantChoice = dict[str, str] | str | int | None
+"""A fixed variant per stage: a stage->name map, a name or index for all stages, "low"
+(smallest) / "high" (most accurate), or None (the first candidate)."""
+
 _REGISTRY: dict[str, Callable[..., Planner]] = {}
 
 
@@ -128,12 +161,44 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create(name: str, **kwargs: Any) -> Planner:
-    """Instantiate the planner `name`; TidalError listing the valid names if unknown."""
+def options_model(name: str) -> type[PlannerOptions]:
+    """The `Options` model of planner `name` (TidalError if the name is unknown)."""
+    factory = _factory(name)
+    model = getattr(factory, "Options", None)
+    if not (isinstance(model, type) and issubclass(model, PlannerOptions)):
+        raise TidalError(f"planner {name!r} declares no Options model")
+    return model
+
+
+def validate_options(name: str, opts: dict[str, Any]) -> dict[str, Any]:
+    """Validate `opts` through planner `name`'s Options model; the validated values of the
+    keys given. TidalError naming the option and the valid ones otherwise."""
+    model = options_model(name)
+    valid = ", ".join(model.model_fields)
+    for key in opts:
+        if key not in model.model_fields:
+            raise TidalError(f"{name}: unknown option {key!r}; valid options: {valid}")
     try:
-        factory = _REGISTRY[name]
+        checked = model(**opts)
+    except ValidationError as e:
+        raise TidalError(
+            f"{name}: invalid option {first_error(e)}; valid options: {valid}"
+        ) from None
+    return {k: getattr(checked, k) for k in opts}
+
+
+def _factory(name: str) -> Callable[..., Planner]:
+    try:
+        return _REGISTRY[name]
     except KeyError:
         raise TidalError(
             f"unknown policy {name!r}; valid policies: {', '.join(available())}"
         ) from None
-    return factory(**kwargs)
+
+
+def create(name: str, **opts: Any) -> Planner:
+    """Instantiate the planner `name` with options validated by its `Options` model.
+    TidalError listing the valid names if `name` is unknown, or naming the option and the
+    valid ones if an option is unknown or out of bounds."""
+    factory = _factory(name)
+    return factory(**validate_options(name, opts))

@@ -22,20 +22,30 @@ accurate variant at the fewest cores. Solve time: small instances are proven opt
 on 10-stage x 5-variant pipelines HiGHS finds its best incumbent quickly but cannot close the
 last 1e-6 gap, so the default `time_limit_s` (0.8 s) returns that incumbent.
 `max_variants=1` gives MSP (`tidal.planners.baselines.msp`).
+Budget: 20 cores by default (`budget`), the top of the paper's core range and of its measured
+profile, capped at the cluster; earlier the default was the whole cluster, and with 20 cores
+the planner met the same SLO at about half the cost. `budget=None` = the whole cluster.
+Scale-down rule: "4 lower predictions in a row" counts *distinct* forecasts: a decision that
+sees the same forecast value as the previous counted one (the LSTM is refreshed every 60 s,
+decisions are every 30 s) does not count again, so 4 means 4 forecasts, not 2.
+Solve: bounded by `node_limit` branch-and-bound nodes (deterministic; was a 0.8 s wall-clock
+limit, so the plan depended on the machine's load); a stopped search is recorded as
+``hit_limit`` in the plan's reason.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan, StagePlan, VariantWeight
 from tidal.core.profile import VariantProfile
-from tidal.planners.base import PlanContext, register
+from tidal.planners.base import PlanContext, PlannerOptions, register
 from tidal.planners.common import check_context, current_stage
 from tidal.planners.solver import Model
 
@@ -84,6 +94,7 @@ class InfAdapterState:
 
     planned_load: float = 0.0
     lower_count: int = 0
+    last_forecast: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,23 +125,53 @@ def infadapter_objective(
     return acc - 0.05 * cost / budget - 0.001 * lc / max_lt
 
 
+class InfAdapterOptions(PlannerOptions):
+    """Options of `infadapter` (defaults: the paper's unless stated)."""
+
+    min_cores: int = Field(2, ge=1, le=1024, description="Fewest cores of a variant switched on.")
+    max_cores: int = Field(20, ge=1, le=1024, description="Most cores of one variant.")
+    budget: float | None = Field(
+        20.0, gt=0, description="Core budget (capped at the cluster); None: whole cluster."
+    )
+    margin: float = Field(0.10, ge=0, le=10, description="Forecast margin (paper +10%).")
+    scale_down_after: int = Field(
+        4, ge=1, le=100, description="Distinct lower forecasts before scaling down."
+    )
+    capacity: Literal["auto", "measured", "model"] = Field(
+        "auto", description="Capacity line: measured points, latency model, or auto."
+    )
+    max_variants: int | None = Field(
+        None, ge=1, le=64, description="Variants per stage at most (MSP: 1)."
+    )
+    node_limit: int = Field(
+        2000, ge=1, le=10**7, description="Branch-and-bound node limit of the MILP."
+    )
+
+    @model_validator(mode="after")
+    def _range(self) -> InfAdapterOptions:
+        if self.min_cores > self.max_cores:
+            raise ValueError(f"min_cores ({self.min_cores}) > max_cores ({self.max_cores})")
+        return self
+
+
 @register("infadapter")
 class InfAdapter:
     """InfAdapter's variant-set planner."""
 
     name = "infadapter"
     interval_s = 30.0
+    Options = InfAdapterOptions
 
     def __init__(
         self,
         min_cores: int = 2,
         max_cores: int = 20,
-        budget: float | None = None,
+        budget: float | None = 20.0,
         margin: float = 0.10,
         scale_down_after: int = 4,
         capacity: str = "auto",
         max_variants: int | None = None,
-        time_limit_s: float = 0.8,
+        node_limit: int = 2000,
     ) -> None:
         if not 1 <= min_cores <= max_cores:
             raise TidalError(
@@ -140,7 +181,12 @@ class InfAdapter:
             raise TidalError(f"infadapter: capacity must be auto|measured|model, got {capacity!r}")
         self.min_cores, self.max_cores, self.budget = min_cores, max_cores, budget
         self.margin, self.scale_down_after, self.capacity = margin, scale_down_after, capacity
-        self.max_variants, self.time_limit_s = max_variants, time_limit_s
+        self.max_variants, self.node_limit = max_variants, node_limit
+
+    def budget_of(self, ctx: PlanContext) -> float:
+        """The core budget: `budget` capped at the cluster's cores (the whole cluster if None)."""
+        total = ctx.capacity.total_cores
+        return total if self.budget is None else min(self.budget, total)
 
     def core_options(self, budget: float) -> list[int]:
         return list(range(self.min_cores, int(min(self.max_cores, budget + 1e-9)) + 1))
@@ -150,7 +196,7 @@ class InfAdapter:
         integer core count in {0} U [min_cores, max_cores] and its traffic share
         ``f_m = load_m / lambda`` (well scaled at any load; at zero load the shares still sum
         to 1, so the most accurate variant at the fewest cores wins)."""
-        budget = self.budget if self.budget is not None else ctx.capacity.total_cores
+        budget = self.budget_of(ctx)
         ks = self.core_options(budget)
         if not ks:
             return None, f"budget {budget:g} cores is below min_cores {self.min_cores}"
@@ -190,11 +236,12 @@ class InfAdapter:
             m.constrain(serve, eq=1.0, name=f"serve all of stage {s}")
             m.constrain(pick, lb=1.0, ub=self.max_variants or math.inf, name=f"variants@{s}")
         m.constrain(budget_row, ub=budget, name="core budget")
-        sol = m.solve(self.time_limit_s)
+        sol = m.solve(self.node_limit)
         if not sol.ok:
             return None, (
                 f"no variant set carries {lam:g} req/s within {budget:g} cores ({sol.message})"
             )
+        self._hit = sol.hit_limit
         out = []
         for s, st in enumerate(ctx.stages):
             cores, share = {}, {}
@@ -247,18 +294,25 @@ class InfAdapter:
         check_context(ctx)
         st = ctx.state if isinstance(ctx.state, InfAdapterState) else InfAdapterState()
         lam = ctx.load * (1.0 + self.margin)
+        fc = ctx.forecast
         if ctx.current is not None and lam < st.planned_load - 1e-9:
-            count = st.lower_count + 1
+            # count distinct forecasts only: the same forecast seen again is not a new one
+            new = fc is None or st.last_forecast is None or abs(fc - st.last_forecast) > 1e-9
+            count = st.lower_count + (1 if new else 0)
             if count < self.scale_down_after:
-                return ctx.current, InfAdapterState(st.planned_load, count)
+                return ctx.current, InfAdapterState(st.planned_load, count, fc)
+        self._hit = False
         choices, reason = self.solve(ctx, lam)
         if choices is None:
-            return self.best_effort(ctx, lam, reason), InfAdapterState(lam, 0)
-        return self.to_plan(ctx, choices, lam), InfAdapterState(lam, 0)
+            return self.best_effort(ctx, lam, reason), InfAdapterState(lam, 0, fc)
+        plan = self.to_plan(ctx, choices, lam)
+        if self._hit:
+            plan = plan.model_copy(update={"reason": f"hit_limit: node limit {self.node_limit}"})
+        return plan, InfAdapterState(lam, 0, fc)
 
     def best_effort(self, ctx: PlanContext, lam: float, reason: str) -> Plan:
         """The whole budget on the variant with the highest capacity, per stage."""
-        budget = self.budget if self.budget is not None else ctx.capacity.total_cores
+        budget = self.budget_of(ctx)
         k = max(1, int(min(self.max_cores, budget // len(ctx.stages))))
         sla = ctx.slo_ms / len(ctx.stages)
         choices = []

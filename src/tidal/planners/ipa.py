@@ -19,8 +19,15 @@ their product. The product is linearized exactly (not via logs, which would chan
 trade-off with cost): ``P_1 = sum_k a_1k x_1k``, ``P_s = sum_k a_sk z_sk`` with
 ``z_sk = P_{s-1} * x_sk`` by the exact binary-times-bounded-continuous constraints
 ``z <= x, z <= P, z >= P - (1 - x)``.
-Reconstructed: cores per replica are fixed per variant (`cores_per_replica`, 1 by default;
-IPA sizes each variant's container once). Infeasible: the fastest option per stage, flagged.
+Cores per replica: fixed per variant, as IPA sizes each variant's container once, and taken
+from the profile (reconstructed rule, `cores_per_replica=None`): the fewest cores among
+1, 2, 4, ... up to the node whose batch-1 p99 is at most half the stage's share of the SLA
+(larger models get more cores; earlier every variant got 1 core, so a larger model was never
+worth it above ~10 req/s). `cores_per_replica=C` fixes C for every variant.
+Headroom (project default; the paper sizes at utilisation 1): ``n = ceil(lambda /
+(utilization*h))`` with `utilization` 0.8.
+Solve: bounded by `node_limit` (deterministic); a stopped search says so in the reason.
+Infeasible: the fastest option per stage, flagged.
 `fixed_replicas` turns this into RIM (IPA's baseline, `tidal.planners.baselines.rim`).
 """
 
@@ -28,12 +35,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
 from tidal.core.profile import VariantProfile
-from tidal.planners.base import PlanContext, StageCandidates, register
+from tidal.planners.base import PlanContext, PlannerOptions, StageCandidates, register
 from tidal.planners.common import (
     BATCHES,
     check_context,
@@ -97,12 +106,56 @@ def prune(options: list[IpaOption]) -> list[IpaOption]:
     return kept
 
 
+class IpaCommonOptions(PlannerOptions):
+    """Options of `ipa` (defaults: IPA's paper and prototype unless stated)."""
+
+    alpha: float = Field(2.0, ge=0, le=1e6, description="Weight of accuracy (paper 2).")
+    beta_c: float = Field(1.0, ge=0, le=1e6, description="Weight of cores (paper 1).")
+    gamma: float = Field(1e-6, ge=0, le=1e3, description="Weight of batch sizes (paper 1e-6).")
+    accuracy: Literal["sum", "product"] = Field(
+        "product", description="How stage accuracies combine."
+    )
+    cores_per_replica: float | None = Field(
+        None, gt=0, le=1024, description="Cores of every variant; None: per variant."
+    )
+    max_replicas: int = Field(64, ge=1, le=10**4, description="Replicas per stage at most.")
+    batches: tuple[int, ...] = Field(
+        BATCHES, min_length=1, description="Batch sizes considered (paper: powers of two)."
+    )
+    utilization: float = Field(
+        0.8, gt=0, le=1, description="Target utilisation (headroom); project default 0.8."
+    )
+    node_limit: int = Field(
+        5000, ge=1, le=10**7, description="Branch-and-bound node limit of the MILP."
+    )
+
+
+class IpaOptions(IpaCommonOptions):
+    """Options of `ipa` (defaults: IPA's paper and prototype unless stated)."""
+
+    fixed_replicas: int | None = Field(
+        None, ge=1, le=10**4, description="Fix replicas per stage (RIM)."
+    )
+
+
+def variant_cores(v: VariantProfile, stage_sla_ms: float, node_cores: float) -> float:
+    """IPA's per-variant container size (reconstructed): the fewest cores among 1, 2, 4, ...
+    (up to the node and the profile's `max_useful_cores`) whose batch-1 p99 is at most half the
+    stage's SLA share; the largest such size if none is."""
+    top = node_cores if v.max_useful_cores is None else min(node_cores, v.max_useful_cores)
+    c = 1.0
+    while c * 2 <= top + 1e-9 and v.p99_ms(1, c) > 0.5 * stage_sla_ms:
+        c *= 2
+    return min(c, top) if top >= 1 else top
+
+
 @register("ipa")
 class IPA:
     """IPA's MILP planner."""
 
     name = "ipa"
     interval_s = 10.0
+    Options = IpaOptions
 
     def __init__(
         self,
@@ -110,30 +163,39 @@ class IPA:
         beta_c: float = 1.0,
         gamma: float = 1e-6,
         accuracy: str = "product",
-        cores_per_replica: float = 1.0,
+        cores_per_replica: float | None = None,
         max_replicas: int = 64,
         batches: tuple[int, ...] = BATCHES,
         fixed_replicas: int | None = None,
-        time_limit_s: float = 2.0,
+        utilization: float = 0.8,
+        node_limit: int = 5000,
     ) -> None:
         if accuracy not in ("sum", "product"):
             raise TidalError(f"ipa: accuracy must be 'sum' or 'product', got {accuracy!r}")
-        if cores_per_replica <= 0:
+        if cores_per_replica is not None and cores_per_replica <= 0:
             raise TidalError(f"ipa: cores_per_replica must be > 0, got {cores_per_replica}")
         self.alpha, self.beta_c, self.gamma, self.accuracy = alpha, beta_c, gamma, accuracy
         self.cores, self.max_replicas, self.batches = cores_per_replica, max_replicas, batches
-        self.fixed_replicas, self.time_limit_s = fixed_replicas, time_limit_s
+        self.fixed_replicas, self.node_limit = fixed_replicas, node_limit
+        self.utilization = utilization
+
+    def cores_of(self, v: VariantProfile, ctx: PlanContext) -> float:
+        """Cores per replica of variant `v` (fixed, or from its profile)."""
+        cpn = ctx.capacity.cores_per_node
+        if self.cores is not None:
+            return min(self.cores, cpn)
+        return variant_cores(v, ctx.slo_ms / len(ctx.stages), cpn)
 
     def options(self, st: StageCandidates, ctx: PlanContext) -> list[IpaOption]:
         """Every (variant, batch) of the stage that carries the load within the bounds."""
         lam = ctx.load
-        c = min(self.cores, ctx.capacity.cores_per_node)
-        slots = ctx.capacity.nodes * int(ctx.capacity.cores_per_node // c + 1e-9)
         best = max(v.accuracy for v in st.variants) or 1.0
         out = []
         for v in st.variants:
+            c = self.cores_of(v, ctx)
+            slots = ctx.capacity.nodes * int(ctx.capacity.cores_per_node // c + 1e-9)
             for b in self.batches:
-                n = replicas_needed(v, b, c, lam)
+                n = replicas_needed(v, b, c, lam / self.utilization)
                 if self.fixed_replicas is not None:
                     if n > self.fixed_replicas:
                         continue
@@ -203,13 +265,18 @@ class IPA:
         opts = [self.options(st, ctx) for st in ctx.stages]
         if all(opts):
             model, xs = self.build(opts, ctx)
-            sol = model.solve(self.time_limit_s)
+            sol = model.solve(self.node_limit)
             if sol.ok:
                 picked = [
                     next(o for x, o in zip(row, so, strict=True) if sol.on(x))
                     for row, so in zip(xs, opts, strict=True)
                 ]
-                return self._plan(ctx, picked), ctx.state
+                plan = self._plan(ctx, picked)
+                if sol.hit_limit:  # feasible, but the search stopped: say so
+                    plan = plan.model_copy(
+                        update={"reason": f"hit_limit: node limit {self.node_limit}"}
+                    )
+                return plan, ctx.state
             reason = (
                 f"no variant/batch per stage meets the {ctx.slo_ms:g} ms SLA within "
                 f"{ctx.capacity.total_cores:g} cluster cores at "
@@ -235,12 +302,12 @@ class IPA:
 
     def _best_effort(self, ctx: PlanContext, opts: list[list[IpaOption]], reason: str) -> Plan:
         picked = []
-        c = min(self.cores, ctx.capacity.cores_per_node)
         for st, so in zip(ctx.stages, opts, strict=True):
             if so:
                 picked.append(min(so, key=lambda o: (o.latency_ms, o.total_cores)))
             else:
                 v = st.variants[0]
+                c = self.cores_of(v, ctx)
                 n = self.fixed_replicas or max(
                     1,
                     min(self.max_replicas, int(ctx.capacity.total_cores // (c * len(ctx.stages)))),

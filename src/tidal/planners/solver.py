@@ -5,14 +5,18 @@ Every MILP planner (sponge, ipa, infadapter, rim, msp) uses this one way::
     m = Model("ipa", sense="max")
     x = m.var("x[s,m,b]", binary=True, obj=2.0)
     m.constrain({x: 1.0, y: 1.0}, eq=1.0, name="one variant")
-    sol = m.solve(time_limit_s=1.0)      # Solution; sol.ok is False when infeasible
+    sol = m.solve(node_limit=5000)       # Solution; sol.ok is False when infeasible
     sol.require()                        # or raise Infeasible naming the model
     sol[x]                               # value
 
-Contract: `solve` never raises for an infeasible or timed-out model: it returns a Solution
-with ``ok=False`` and HiGHS' message. `Solution.require()` raises `Infeasible` (a TidalError)
-with the model name and `Model.explain()` summary. Planners catch it and return a best-effort
-plan flagged infeasible.
+Contract: `solve` never raises for an infeasible or limit-stopped model: it returns a Solution
+with ``ok=False`` and HiGHS' message. Determinism: the search is bounded by a branch-and-bound
+node limit (`node_limit`), not by wall time, so the same model gives the same solution on an
+idle or a loaded machine (HiGHS' MIP search is deterministic for fixed options). A wall-clock
+`time_limit_s` is only a last-resort guard, off by default; `Solution.hit_limit` says when
+either limit stopped the search (the planners put it in the plan's reason).
+`Solution.require()` raises `Infeasible` (a TidalError) with the model name and
+`Model.explain()` summary. Planners catch it and return a best-effort plan flagged infeasible.
 """
 
 from __future__ import annotations
@@ -141,8 +145,10 @@ class Model:
             lines.append(f"  {b.name}: {b.matrix.shape[0]} rows over {len(b.cols)} variables")
         return "\n".join(lines)
 
-    def solve(self, time_limit_s: float = 5.0) -> Solution:
-        """Solve with HiGHS within `time_limit_s`. Never raises for infeasibility."""
+    def solve(self, node_limit: int = 5000, time_limit_s: float | None = None) -> Solution:
+        """Solve with HiGHS, at most `node_limit` branch-and-bound nodes (deterministic) and,
+        only if given, `time_limit_s` of wall time (load-dependent: avoid). Never raises for
+        infeasibility."""
         n = len(self.names)
         if n == 0:
             return Solution(self, True, np.zeros(0), 0.0, "empty model", True)
@@ -163,27 +169,35 @@ class Model:
             full = np.zeros((b.matrix.shape[0], n))
             full[:, b.cols] = b.matrix
             cons.append(LinearConstraint(csr_array(full), b.lb, b.ub))
+        options: dict[str, object] = {
+            "presolve": True,
+            "mip_rel_gap": 1e-6,
+            "node_limit": int(node_limit),
+        }
+        if time_limit_s is not None:
+            options["time_limit"] = float(time_limit_s)
         res = milp(
             c,
             constraints=cons,
             integrality=np.array(self.integer, dtype=np.int8),
             bounds=Bounds(np.array(self.lb), np.array(self.ub)),
-            options={"time_limit": float(time_limit_s), "presolve": True, "mip_rel_gap": 1e-6},
+            options=options,
         )
         ok = res.x is not None and res.status in (0, 1)
         optimal = ok and res.status == 0
+        hit = res.status == 1
         x = np.asarray(res.x) if res.x is not None else np.full(n, np.nan)
         value = float(res.fun) if res.fun is not None else math.nan
         if self.sense == "max":
             value = -value
-        return Solution(self, ok, x, value, str(res.message), optimal)
+        return Solution(self, ok, x, value, str(res.message), optimal, hit)
 
 
 @dataclass
 class Solution:
     """The result of `Model.solve`: `ok` (a solution exists), the values `x`, the `objective`,
-    HiGHS' message and `optimal` (False when the time limit stopped the search: `x` is then
-    HiGHS' best incumbent)."""
+    HiGHS' message, `optimal` (False when a limit stopped the search: `x` is then HiGHS' best
+    incumbent) and `hit_limit` (the node or time limit stopped the search)."""
 
     model: Model
     ok: bool
@@ -191,6 +205,7 @@ class Solution:
     objective: float
     message: str
     optimal: bool = False
+    hit_limit: bool = False
 
     def __getitem__(self, var: int) -> float:
         return float(self.x[var])

@@ -17,7 +17,16 @@ pair alone satisfies ``f_k <= L``; pairs violating any row are dropped (vectoriz
 solves the reduced model (the choice row and the objective).
 The prototype enumerates; the tests check the IP against that enumeration.
 Extended: for a multi-stage pipeline each stage gets an equal share of the SLO and of every
-budget (Sponge serves one model). Fixed: none needed.
+budget (Sponge serves one model).
+Fixed: the stages' cores are constrained jointly by the node(s): each stage's single replica
+must fit a node and all of them together must be placeable (first-fit decreasing). Since each
+stage's choice is already its fewest cores, the joint minimum is the per-stage minima when
+they fit; when they do not, no plan meets every constraint and the best effort scales the
+stages' cores down proportionally until they fit (flagged infeasible). (Earlier: each stage
+was capped at 16 cores separately, so two stages planned 28-29 cores on a 16-core node.)
+Headroom (project default; the prototype has only the 0.9 budget margin): the throughput row
+is ``h(b,c)*utilization >= lambda`` with `utilization` 0.8.
+Solve: bounded by `node_limit` (deterministic), not wall time.
 Infeasible: the largest c and the batch violating the fewest deadlines (max throughput on
 ties), flagged ``feasible=False``.
 """
@@ -28,13 +37,22 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan, StagePlan
 from tidal.core.profile import VariantProfile
-from tidal.planners.base import RESIZE_IN_PLACE, PlanContext, register
+from tidal.planners.base import (
+    RESIZE_IN_PLACE,
+    PlanContext,
+    PlannerOptions,
+    VariantChoice,
+    register,
+)
 from tidal.planners.common import (
+    EPS,
     check_context,
+    fits,
     max_cores_per_replica,
     pick_variants,
     queue_ms,
@@ -58,6 +76,23 @@ def finish_times_ms(profile: VariantProfile, n_queued: int, batch: int, cores: f
     return (np.arange(n_queued) // batch + 1) * profile.p99_ms(batch, cores)
 
 
+class SpongeOptions(PlannerOptions):
+    """Options of `sponge` (defaults: the prototype's, saeid93/sponge, unless stated)."""
+
+    max_cores: int = Field(16, ge=1, le=1024, description="Largest cores of the replica.")
+    max_batch: int = Field(16, ge=1, le=256, description="Largest batch considered.")
+    margin: float = Field(
+        0.9, gt=0, le=1, description="Safety margin on each remaining budget (prototype 0.9)."
+    )
+    variant: VariantChoice = Field(None, description="Fixed variant per stage.")
+    utilization: float = Field(
+        0.8, gt=0, le=1, description="Target utilisation (headroom); project default 0.8."
+    )
+    node_limit: int = Field(
+        5000, ge=1, le=10**7, description="Branch-and-bound node limit of the IP."
+    )
+
+
 @register("sponge")
 class Sponge:
     """Sponge's per-second vertical scaler (one replica per stage)."""
@@ -65,21 +100,23 @@ class Sponge:
     name = "sponge"
     interval_s = 1.0
     resize_mode = RESIZE_IN_PLACE
+    Options = SpongeOptions
 
     def __init__(
         self,
         max_cores: int = 16,
         max_batch: int = 16,
         margin: float = 0.9,
-        variant: dict[str, str] | str | int | None = None,
-        time_limit_s: float = 1.0,
+        variant: VariantChoice = None,
+        utilization: float = 0.8,
+        node_limit: int = 5000,
     ) -> None:
         if max_cores < 1 or max_batch < 1:
             raise TidalError(f"sponge: max_cores ({max_cores}) and max_batch ({max_batch}) >= 1")
         if not 0 < margin <= 1:
             raise TidalError(f"sponge: margin must be in (0, 1], got {margin}")
         self.max_cores, self.max_batch, self.margin = max_cores, max_batch, margin
-        self.variant, self.time_limit_s = variant, time_limit_s
+        self.variant, self.utilization, self.node_limit = variant, utilization, node_limit
 
     def choose(
         self, profile: VariantProfile, lam: float, budgets_ms: np.ndarray, slo_ms: float, c_max: int
@@ -99,7 +136,7 @@ class Sponge:
         # Exact presolve: exactly one x is 1, so every row sum_k x_k f_k <= L holds iff the
         # chosen pair alone satisfies f_k <= L: drop each pair that violates any row.
         keep = (
-            (thr_all >= lam - 1e-9)
+            (thr_all * self.utilization >= lam - 1e-9)
             & (fresh <= self.margin * slo_ms + 1e-9)
             & np.all(finish <= limit[:, None] + 1e-9, axis=0)
         )
@@ -112,7 +149,7 @@ class Sponge:
                 for b, c in pairs
             ]
             m.constrain({x: 1.0 for x in xs}, eq=1.0, name="one (b, c)")
-            sol = m.solve(self.time_limit_s)
+            sol = m.solve(self.node_limit)
             if sol.ok:
                 sol_pair = next(p for p, x in zip(pairs, xs, strict=True) if sol.on(x))
         if sol_pair is not None:
@@ -123,7 +160,8 @@ class Sponge:
         for k, (b, c) in enumerate(all_pairs):
             if c != c_max:
                 continue
-            viol = int(np.sum(finish[:, k] > limit)) + int(thr_all[k] < lam)
+            viol = int(np.sum(finish[:, k] > limit))
+            viol += int(thr_all[k] * self.utilization < lam)
             viol += int(fresh[k] > self.margin * slo_ms)
             key = (viol, -thr_all[k], b)
             if best is None or key < best:
@@ -147,6 +185,28 @@ class Sponge:
                     f"unmet even at {c_max} cores"
                 )
             stages.append(stage_plan(st.stage, v.name, 1, float(ch.cores), ch.batch))
+        plan = Plan(stages=tuple(stages))
+        if not fits(plan, ctx.capacity):
+            reasons.append(
+                f"the stages' fewest cores ({plan.total_cores:g}) do not fit "
+                f"{ctx.capacity.nodes} x {ctx.capacity.cores_per_node:g} cores"
+            )
+            stages = shrink_to_fit(stages, ctx)
         return Plan(
             stages=tuple(stages), feasible=not reasons, reason="; ".join(reasons)
         ), ctx.state
+
+
+def shrink_to_fit(stages: list[StagePlan], ctx: PlanContext) -> list[StagePlan]:
+    """Best effort for plans over the nodes' cores: scale every stage's integer cores down in
+    proportion (at least 1 each) until the replicas can be placed."""
+    total = sum(sp.cores for sp in stages)
+    scale = ctx.capacity.total_cores / max(total, EPS)
+    while True:
+        out = [
+            sp.model_copy(update={"cores": float(max(1, int(sp.cores * scale + EPS)))})
+            for sp in stages
+        ]
+        if fits(Plan(stages=tuple(out)), ctx.capacity) or all(sp.cores <= 1 for sp in out):
+            return out
+        scale *= 0.95

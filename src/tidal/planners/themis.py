@@ -2,10 +2,13 @@
 paper text, the authors' code is not public).
 
 Two stages:
-1. Surge (the plan in force cannot carry the forecast load): keep every stage's replicas and
-   resize in place at once: the fewest total cores, choosing cores per replica and batch, such
-   that ``n_s*h_s(b,c) >= lambda`` and the end-to-end latency meets the SLO. If even the
-   largest useful size cannot, go to the joint problem at once (new replicas are needed).
+1. Surge (the plan in force cannot carry the *observed* rate of the last second, checked every
+   second as the paper's stage 1 does; `surge_rate="forecast"` restores the earlier behaviour
+   of testing the forecast, which the simulator refreshes only every 10 s): keep every
+   stage's replicas and resize in place at once: the fewest total cores, choosing cores per
+   replica and batch, such that ``n_s*h_s(b,c) >= lambda`` and the end-to-end latency meets
+   the SLO. If even the largest useful size cannot, go to the joint problem at once (new
+   replicas are needed).
 2. Stable load (reconstructed test, see `Themis.stable`: over the last `stable_window_s` the
    observed level held, i.e. each of three block means is within `tolerance` of the window
    mean plus twice the Poisson counting noise of a block mean, and the forecast agrees with
@@ -23,6 +26,14 @@ Two stages:
    predicts a 20 s maximum, so stage 2 never ran on a real trace and the surge's cores
    stayed forever.)
 
+Stage 2 sizes for max(forecast, observed rate): the forecast drives it, and the observed rate
+keeps the next second's stage 1 from undoing it at once.
+Headroom (project default, the paper gives none): replicas and cores are sized so the planned
+utilisation is at most `utilization` (0.8), ``n*h(b,c)*utilization >= lambda``; with
+``utilization=1`` the planned utilisation reaches 1.0 and Poisson bursts are refused (measured:
+93-100% of Themis' violations were refusals at utilisation 1). The surge test is at
+utilisation 1: a surge is load the plan in force cannot carry at all.
+
 Amdahl cap: cores per replica stop where the profile's speed-up flattens: the profile's
 `max_useful_cores`, else the size beyond which one more `core_step` gains under `min_gain`
 (5%) of latency at batch 1; never more than a node.
@@ -36,13 +47,21 @@ Resize: in place. Infeasible: the fastest configuration per stage, flagged.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from tidal.core.plan import Plan, StagePlan
 from tidal.core.profile import VariantProfile
-from tidal.planners.base import RESIZE_IN_PLACE, Capacity, PlanContext, register
+from tidal.planners.base import (
+    RESIZE_IN_PLACE,
+    Capacity,
+    PlanContext,
+    PlannerOptions,
+    VariantChoice,
+    register,
+)
 from tidal.planners.common import (
     BATCHES,
     check_context,
@@ -89,14 +108,16 @@ def stage_options(
     capacity: Capacity,
     cores: list[float],
     replicas: int | None = None,
+    utilization: float = 1.0,
 ) -> list[Option]:
-    """All (n, c, b) of one stage that carry `lam`; `replicas` fixes n (vertical stage)."""
+    """All (n, c, b) of one stage that carry `lam` at `utilization`; `replicas` fixes n
+    (vertical stage)."""
     out = []
     per_node = capacity.cores_per_node
     for c in cores:
         slots = capacity.nodes * int(per_node // c + 1e-9)
         for b in BATCHES:
-            n = replicas_needed(profile, b, c, lam)
+            n = replicas_needed(profile, b, c, lam / utilization)
             if replicas is not None:
                 if n > replicas:
                     continue
@@ -109,6 +130,31 @@ def stage_options(
     return out
 
 
+class ThemisOptions(PlannerOptions):
+    """Options of `themis` (defaults: reconstructed from the paper text, or the project's)."""
+
+    core_step: float = Field(0.5, gt=0, le=8, description="Grid step of cores per replica.")
+    resolution_ms: float | None = Field(
+        None, gt=0, description="DP latency grid (ms); default SLO/2000."
+    )
+    tolerance: float = Field(
+        0.1, ge=0, le=1, description="Stability test: relative band of block means/forecast."
+    )
+    stable_window_s: int = Field(
+        30, ge=3, le=3600, description="Stability window and plan-change hysteresis (s)."
+    )
+    min_gain: float = Field(
+        0.05, ge=0, lt=1, description="Amdahl cap: stop adding cores below this latency gain."
+    )
+    variant: VariantChoice = Field(None, description="Fixed variant per stage.")
+    utilization: float = Field(
+        0.8, gt=0, le=1, description="Target utilisation (headroom); project default 0.8."
+    )
+    surge_rate: Literal["observed", "forecast"] = Field(
+        "observed", description="Rate the 1-s surge test reads (paper: observed)."
+    )
+
+
 @register("themis")
 class Themis:
     """Vertical-then-horizontal autoscaler with an optimal DP for the joint problem."""
@@ -116,6 +162,7 @@ class Themis:
     name = "themis"
     interval_s = 1.0
     resize_mode = RESIZE_IN_PLACE
+    Options = ThemisOptions
 
     def __init__(
         self,
@@ -124,11 +171,14 @@ class Themis:
         tolerance: float = 0.1,
         stable_window_s: int = 30,
         min_gain: float = 0.05,
-        variant: dict[str, str] | str | int | None = None,
+        variant: VariantChoice = None,
+        utilization: float = 0.8,
+        surge_rate: str = "observed",
     ) -> None:
         self.core_step, self.resolution_ms = core_step, resolution_ms
         self.tolerance, self.stable_window_s = tolerance, stable_window_s
         self.min_gain, self.variant = min_gain, variant
+        self.utilization, self.surge_rate = utilization, surge_rate
 
     def _res(self, slo_ms: float) -> float:
         return self.resolution_ms or max(slo_ms / 2000.0, 0.01)
@@ -149,7 +199,14 @@ class Themis:
         lam = ctx.load
         grids = self.grids(ctx, chosen)
         opts = [
-            stage_options(v, lam, ctx.capacity, g, None if replicas is None else replicas[i])
+            stage_options(
+                v,
+                lam,
+                ctx.capacity,
+                g,
+                None if replicas is None else replicas[i],
+                self.utilization,
+            )
             for i, (v, g) in enumerate(zip(chosen, grids, strict=True))
         ]
         picked = min_cost(opts, ctx.slo_ms, self._res(ctx.slo_ms))
@@ -166,7 +223,7 @@ class Themis:
         """Best effort: per stage the lowest-latency option that carries the load."""
         stages = []
         for st, v, g in zip(ctx.stages, chosen, self.grids(ctx, chosen), strict=True):
-            opts = stage_options(v, ctx.load, ctx.capacity, g) or [
+            opts = stage_options(v, ctx.load, ctx.capacity, g, None, self.utilization) or [
                 Option(
                     0.0,
                     0.0,
@@ -223,8 +280,13 @@ class Themis:
         changed = ctx.current is None or plan.stages != ctx.current.stages
         return plan, replace(st, changed_at=ctx.now if changed else prev.changed_at)
 
-    def _decide(self, ctx: PlanContext, st: ThemisState) -> tuple[Plan, ThemisState]:
-        chosen = pick_variants(ctx, self.variant)
+    def _decide(self, ctx0: PlanContext, st: ThemisState) -> tuple[Plan, ThemisState]:
+        chosen = pick_variants(ctx0, self.variant)
+        # stage 1 reads the observed rate (every second); stage 2 the forecast, never below
+        # what is observed now (else the next second's stage 1 undoes it)
+        rate1 = ctx0.observed if self.surge_rate == "observed" else ctx0.load
+        obs = replace(ctx0, forecast=rate1)
+        ctx = replace(ctx0, forecast=max(ctx0.load, ctx0.observed))
         if ctx.current is None:
             return self._joint(ctx, chosen, st)
         if st.target is not None:  # moving to a target: shrink cores once new replicas run
@@ -235,18 +297,18 @@ class Themis:
             )
             if starting or short:
                 return ctx.current, st
-            if self.carries(replace(ctx, current=st.target), chosen):
+            if self.carries(replace(obs, current=st.target), chosen):
                 return st.target, ThemisState()
             st = ThemisState()
-        if not self.carries(ctx, chosen):  # surge: vertical, in place, at once
-            reps = [current_stage(ctx, s.stage) for s in ctx.stages]
+        if not self.carries(obs, chosen):  # surge: vertical, in place, at once
+            reps = [current_stage(obs, s.stage) for s in obs.stages]
             if all(r is not None for r in reps):
-                vert = self.solve(ctx, chosen, [r.replicas for r in reps if r is not None])
+                vert = self.solve(obs, chosen, [r.replicas for r in reps if r is not None])
                 if vert is not None:
                     return vert, st
-            return self._joint(ctx, chosen, st)
+            return self._joint(obs, chosen, st)
         settled = st.changed_at is None or ctx.now - st.changed_at >= self.stable_window_s - 1e-9
-        if settled and self.stable(ctx):
+        if settled and self.stable(ctx0):
             target = self.solve(ctx, chosen)
             # move only for a strictly cheaper plan: a tie is not worth a cold start
             if target is not None and target.total_cores < ctx.current.total_cores - 1e-9:

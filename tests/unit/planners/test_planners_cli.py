@@ -51,6 +51,9 @@ def test_plan_json_shape_via_cli() -> None:
         (["--policy", "nope"], "unknown policy 'nope'; valid policies: fa2"),
         (["--rps", "-1"], "rate must be >= 0 req/s, got -1.0"),
         (["--slo-ms", "-5"], "SLO must be > 0 ms, got -5.0"),
+        (["--policy", "hpa", "--option", "cores=-1"], "hpa: invalid option cores: Input should"),
+        (["--policy", "hpa", "--option", "bogus=1"], "hpa: unknown option 'bogus'; valid"),
+        (["--policy", "hpa", "--option", "batch=0"], "hpa: invalid option batch"),
     ],
 )
 def test_bad_input_exit_2_naming_it(args: list[str], message: str) -> None:
@@ -61,6 +64,7 @@ def test_bad_input_exit_2_naming_it(args: list[str], message: str) -> None:
     r = tidal("plan", *flat, "--pipeline", str(PIPES / "one-stage.yaml"), "--profile", "synthetic")
     assert r.returncode == 2
     assert message in " ".join(r.stderr.split())
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # one line, no traceback
 
 
 def test_unknown_stage_and_variant_are_named() -> None:

@@ -13,7 +13,7 @@ from tidal.planners.synthetic import synthetic_context
 
 ALL = [
     "fa2", "hpa", "infadapter", "ipa", "msp", "rayserve", "rim", "sponge", "static", "themis",
-    "vpa",
+    "tidal", "vpa",
 ]  # fmt: skip
 
 
@@ -30,8 +30,9 @@ def test_unknown_policy_lists_valid_ones() -> None:
 def test_interval_and_name(name: str) -> None:
     p = create(name)
     assert p.name == name
-    expected = {"sponge": 1, "themis": 1, "ipa": 10, "fa2": 10, "rim": 10, "infadapter": 30,
-                "msp": 30, "hpa": 15, "vpa": 60, "rayserve": 10, "static": 60}  # fmt: skip
+    expected = {"sponge": 1, "themis": 1, "tidal": 1, "ipa": 10, "fa2": 10, "rim": 10,
+                "infadapter": 30, "msp": 30, "hpa": 15, "vpa": 60, "rayserve": 10,
+                "static": 60}  # fmt: skip
     assert p.interval_s == expected[name]
 
 
@@ -40,12 +41,14 @@ def test_zero_load_gives_minimum_plan(name: str) -> None:
     ctx = synthetic_context(3, rps=0.0)
     plan, _ = create(name).plan(ctx)
     assert plan.feasible, plan.reason
+    # RIM's replicas are fixed (2); VPA's deployment has 2 (the updater's --min-replicas)
+    reps = 2 if name in ("rim", "vpa") else 1
     for sp in plan.stages:
-        assert sp.total_replicas == (2 if name == "rim" else 1)  # RIM's replicas are fixed (2)
+        assert sp.total_replicas == reps
         assert sp.batch == 1
     # the least cores each policy can give a replica: 0.5 on Themis' grid, 2 for InfAdapter
-    floor = {"themis": 0.5, "infadapter": 2.0, "msp": 2.0}.get(name, 1.0)
-    assert plan.total_cores == pytest.approx(3 * floor * (2 if name == "rim" else 1))
+    floor = {"themis": 0.5, "tidal": 0.5, "infadapter": 2.0, "msp": 2.0}.get(name, 1.0)
+    assert plan.total_cores == pytest.approx(3 * floor * reps)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -54,7 +57,7 @@ def test_infeasible_input_returns_flagged_plan_not_exception(name: str) -> None:
     ctx = synthetic_context(2, rps=5000.0, slo_ms=40.0, capacity=Capacity(1, 2.0))
     plan, _ = create(name).plan(ctx)
     assert len(plan.stages) == 2
-    if name in ("themis", "sponge", "ipa", "infadapter", "fa2", "rim", "msp"):
+    if name in ("themis", "sponge", "ipa", "infadapter", "fa2", "rim", "msp", "tidal"):
         assert not plan.feasible
         assert plan.reason
 

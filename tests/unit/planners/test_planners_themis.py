@@ -35,7 +35,7 @@ def test_surge_scales_vertically_in_place_keeping_replicas() -> None:
 
 
 def test_stable_load_solves_joint_problem_and_grows_replicas_before_shrinking_cores() -> None:
-    th = Themis()
+    th = Themis(utilization=1.0)  # the exact sizes below are at utilisation 1
     # l(b, c) = (10b + 20)/c + 50 ms: the fixed 50 ms per batch does not parallelize (Amdahl)
     v = VariantProfile(name="x", fit=LatencyFit(gamma=10.0, delta=0.0, epsilon=20.0, eta=50.0))
     base = dataclasses.replace(

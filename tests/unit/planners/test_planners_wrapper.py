@@ -132,7 +132,7 @@ def test_governed_passes_inner_state_through() -> None:
         synthetic_context(1), observations=(StageObservation("s0", cpu_usage_cores=0.5),)
     )
     _, st = g.plan(ctx)
-    assert st.inner is not None and sum(st.inner.hist["s0"]) > 0
+    assert st.inner is not None and sum(st.inner.hist["s0"].weights) > 0
 
 
 def test_bounds_apply_per_variant_for_infadapter() -> None:

@@ -8,15 +8,18 @@ and batch per stage minimizing total cores under the end-to-end SLA, by dynamic 
 over the stages (FA2 uses a graph/DP formulation), here the same discretized DP as Themis.
 Reconstructed: latency model shared with the other planners (p99 + (b-1)/lambda queueing).
 Interval 10 s (IPA's adaptation interval, used for all its baselines).
+Headroom (project default): replicas sized at `utilization` 0.8, as every planner here.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
-from tidal.planners.base import PlanContext, register
+from tidal.planners.base import PlanContext, PlannerOptions, VariantChoice, register
 from tidal.planners.common import (
     BATCHES,
     check_context,
@@ -28,31 +31,47 @@ from tidal.planners.common import (
 from tidal.planners.dp import Option, min_cost
 
 
+class Fa2Options(PlannerOptions):
+    """Options of `fa2` (defaults: Sponge's and IPA's FA2 comparison)."""
+
+    variant: VariantChoice = Field("low", description="Fixed variant: low (FA2-low) or high.")
+    cores_per_replica: float = Field(1.0, gt=0, le=1024, description="Cores of each replica.")
+    max_replicas: int = Field(16, ge=1, le=10**4, description="Replicas per stage at most.")
+    resolution_ms: float | None = Field(
+        None, gt=0, description="DP latency grid (ms); default SLO/2000."
+    )
+    utilization: float = Field(
+        0.8, gt=0, le=1, description="Target utilisation (headroom); project default 0.8."
+    )
+
+
 @register("fa2")
 class FA2:
     """Fixed variant; replicas and batch per stage by DP."""
 
     name = "fa2"
     interval_s = 10.0
+    Options = Fa2Options
 
     def __init__(
         self,
-        variant: dict[str, str] | str | int | None = "low",
+        variant: VariantChoice = "low",
         cores_per_replica: float = 1.0,
         max_replicas: int = 16,
         resolution_ms: float | None = None,
+        utilization: float = 0.8,
     ) -> None:
         if cores_per_replica <= 0:
             raise TidalError(f"fa2: cores_per_replica must be > 0, got {cores_per_replica}")
         self.variant, self.cores, self.max_replicas = variant, cores_per_replica, max_replicas
-        self.resolution_ms = resolution_ms
+        self.resolution_ms, self.utilization = resolution_ms, utilization
 
     def options(self, ctx: PlanContext, variant: Any) -> list[Option]:
         c = min(self.cores, ctx.capacity.cores_per_node)
         slots = ctx.capacity.nodes * int(ctx.capacity.cores_per_node // c + 1e-9)
         out = []
         for b in BATCHES:
-            n = replicas_needed(variant, b, c, ctx.load)
+            n = replicas_needed(variant, b, c, ctx.load / self.utilization)
             if n <= min(self.max_replicas, slots):
                 out.append(Option(stage_latency_ms(variant, b, c, ctx.load), n * c, (n, c, b)))
         return out

@@ -17,11 +17,28 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pydantic import Field
+
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
-from tidal.planners.base import PlanContext, register
+from tidal.planners.base import PlanContext, PlannerOptions, VariantChoice, register
 from tidal.planners.common import check_context, current_stage, pick_variants, stage_plan
 from tidal.planners.wrapper import Governance
+
+
+class HpaOptions(PlannerOptions):
+    """Options of `hpa` (defaults: Kubernetes' documented ones, kubernetes.io HPA page)."""
+
+    target_utilization: float = Field(
+        0.7, gt=0, le=1, description="Target CPU utilisation (k8s has no default; 70%)."
+    )
+    tolerance: float = Field(
+        0.1, ge=0, le=1, description="No change within this ratio band (k8s 0.1)."
+    )
+    cores: float = Field(1.0, gt=0, le=1024, description="Cores of each replica (fixed).")
+    batch: int = Field(1, ge=1, le=256, description="Batch size (fixed).")
+    initial_replicas: int = Field(1, ge=1, le=10**4, description="Replicas before any metric.")
+    variant: VariantChoice = Field(None, description="Fixed variant per stage.")
 
 
 @register("hpa")
@@ -30,6 +47,7 @@ class HPA:
 
     name = "hpa"
     interval_s = 15.0
+    Options = HpaOptions
     governance = Governance(
         scale_down_stabilization_s=300.0, scale_up_limit_pods=4, scale_up_limit_percent=100.0
     )
@@ -41,7 +59,7 @@ class HPA:
         cores: float = 1.0,
         batch: int = 1,
         initial_replicas: int = 1,
-        variant: dict[str, str] | str | int | None = None,
+        variant: VariantChoice = None,
     ) -> None:
         if not 0 < target_utilization <= 1:
             raise TidalError(f"hpa: target_utilization must be in (0, 1], got {target_utilization}")

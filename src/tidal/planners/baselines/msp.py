@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from tidal.planners.base import register
-from tidal.planners.infadapter import InfAdapter
+from tidal.planners.infadapter import InfAdapter, InfAdapterOptions
+
+
+class MspOptions(InfAdapterOptions):
+    """Options of `msp`: InfAdapter's, with one variant per stage."""
+
+    max_variants: int | None = Field(1, ge=1, le=64, description="Variants per stage (MS+: 1).")
 
 
 @register("msp")
@@ -20,6 +28,7 @@ class MSP(InfAdapter):
 
     name = "msp"
     interval_s = 30.0
+    Options = MspOptions
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("max_variants", 1)

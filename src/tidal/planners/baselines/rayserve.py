@@ -19,9 +19,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import Field
+
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
-from tidal.planners.base import PlanContext, register
+from tidal.planners.base import PlanContext, PlannerOptions, VariantChoice, register
 from tidal.planners.common import check_context, current_stage, pick_variants, stage_plan
 from tidal.planners.wrapper import Governance
 
@@ -33,12 +35,34 @@ class RayServeState:
     samples: dict[str, tuple[tuple[float, float], ...]] = field(default_factory=dict)
 
 
+class RayServeOptions(PlannerOptions):
+    """Options of `rayserve` (defaults: Ray Serve's `AutoscalingConfig`)."""
+
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, le=10**4, description="Ongoing requests per replica aimed at (Ray 2)."
+    )
+    look_back_period_s: float = Field(
+        30.0, gt=0, le=3600, description="Averaging window of the metric (Ray 30 s)."
+    )
+    upscale_smoothing_factor: float = Field(
+        1.0, gt=0, le=100, description="Multiplier of upscale steps (Ray 1)."
+    )
+    downscale_smoothing_factor: float = Field(
+        1.0, gt=0, le=100, description="Multiplier of downscale steps (Ray 1)."
+    )
+    initial_replicas: int = Field(1, ge=1, le=10**4, description="Replicas at start (Ray 1).")
+    cores: float = Field(1.0, gt=0, le=1024, description="Cores of each replica (fixed).")
+    batch: int = Field(1, ge=1, le=256, description="Batch size (fixed).")
+    variant: VariantChoice = Field(None, description="Fixed variant per stage.")
+
+
 @register("rayserve")
 class RayServe:
     """Ray Serve's autoscaler (per stage = per deployment)."""
 
     name = "rayserve"
     interval_s = 10.0
+    Options = RayServeOptions
     governance = Governance(upscale_delay_s=30.0, downscale_delay_s=600.0)
 
     def __init__(
@@ -50,7 +74,7 @@ class RayServe:
         initial_replicas: int = 1,
         cores: float = 1.0,
         batch: int = 1,
-        variant: dict[str, str] | str | int | None = None,
+        variant: VariantChoice = None,
     ) -> None:
         if target_ongoing_requests <= 0:
             raise TidalError(

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from tidal.core.errors import TidalError
 from tidal.planners.base import register
-from tidal.planners.ipa import IPA
+from tidal.planners.ipa import IPA, IpaCommonOptions
+
+
+class RimOptions(IpaCommonOptions):
+    """Options of `rim`: IPA's, with the fixed replica count `replicas`."""
+
+    replicas: int = Field(2, ge=1, le=10**4, description="Replicas of every stage (fixed).")
 
 
 @register("rim")
@@ -21,6 +29,7 @@ class RIM(IPA):
 
     name = "rim"
     interval_s = 10.0
+    Options = RimOptions  # type: ignore[assignment]  # RIM fixes what IPA's fixed_replicas sets
 
     def __init__(self, replicas: int = 2, **kwargs: Any) -> None:
         if replicas < 1:

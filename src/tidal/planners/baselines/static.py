@@ -7,10 +7,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import Field
+
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
-from tidal.planners.base import PlanContext, register
+from tidal.planners.base import PlanContext, PlannerOptions, VariantChoice, register
 from tidal.planners.common import check_context, pick_variants, stage_plan
+
+
+class StaticOptions(PlannerOptions):
+    """Options of `static`. Give it the size a study's policies reach (e.g. the peak plan of
+    the policy it is compared with); the defaults are only the smallest allocation."""
+
+    replicas: int = Field(1, ge=1, le=10**4, description="Replicas of every stage.")
+    cores: float = Field(1.0, gt=0, le=1024, description="Cores of each replica.")
+    batch: int = Field(1, ge=1, le=256, description="Batch size.")
+    variant: VariantChoice = Field(None, description="Fixed variant per stage.")
 
 
 @register("static")
@@ -19,13 +31,14 @@ class Static:
 
     name = "static"
     interval_s = 60.0
+    Options = StaticOptions
 
     def __init__(
         self,
         replicas: int = 1,
         cores: float = 1.0,
         batch: int = 1,
-        variant: dict[str, str] | str | int | None = None,
+        variant: VariantChoice = None,
     ) -> None:
         if replicas < 1:
             raise TidalError(f"static: replicas must be >= 1, got {replicas}")

@@ -1,17 +1,29 @@
 """`vpa`: the Kubernetes Vertical Pod Autoscaler (recommender + updater), CPU only.
 
-Faithful (kubernetes/autoscaler, vertical-pod-autoscaler recommender defaults):
+Faithful to kubernetes/autoscaler `vertical-pod-autoscaler` (recommender `logic/recommender.go`,
+`logic/estimator.go`, `model/aggregate_container_state.go`; updater `--min-replicas`):
 - a decaying histogram of CPU usage per replica: exponential buckets (first 0.01 cores,
   ratio 1.05), each sample weighted by max(request, 0.1) x 2^((t - t0)/half_life), half-life
-  24 h (`cpu_half_life_s`);
-- target = 90th percentile x 1.15 (safety margin); lower / upper bounds = 50th / 95th
-  percentile x 1.15; recommender every 60 s;
-- the updater applies the target only when the current request lies outside [lower, upper];
-- `mode="Recreate"` (VPA's Auto default): a resize recreates the replica, so the substrate
-  must pay the variant's load_time_s: ``resize_mode == "recreate"`` (see
-  `tidal.planners.base.resize_mode`); `mode="InPlaceOrRecreate"`: resized in place.
-Reconstructed: confidence multipliers of the bounds are omitted (they only widen the band in
-the first hours); OOM/memory are out of scope. Replicas and batch stay fixed.
+  24 h (`cpu_half_life_s`); the recommender runs every 60 s;
+- estimates: target = 90th percentile, lower bound = 50th, upper bound = 95th, each x (1 +
+  0.15) (safety margin);
+- confidence multipliers: with `confidence` = min(history span, samples at one a minute) in
+  days, upper bound x (1 + 1/confidence) and lower bound x (1 + 0.001/confidence)^-2. With no
+  history the upper bound is infinite and the lower 0; with 20 minutes the upper bound is ~73x,
+  so a pod is not shrunk on minutes of history; with a week ~1.14x;
+- the updater resizes a replica only when its request lies outside [lower, upper], and then to
+  the target; it evicts (Recreate) only when the stage has at least `min_replicas_to_evict`
+  (updater flag `--min-replicas`, default 2) live replicas: a single replica is never evicted;
+- `mode="Recreate"` (VPA's Auto mode): a resize recreates the replica, which pays the variant's
+  load_time_s (``resize_mode == "recreate"``); `mode="InPlaceOrRecreate"` (VPA >= 1.4,
+  AEP-4016): resized in place, no eviction, so the min-replicas guard does not apply (our
+  reading of AEP-4016: the guard protects availability against evictions).
+- at creation (no plan in force) the admission controller sets the target if one exists.
+Reconstructed: one sample per minute of the observation window counts towards the sample
+count (metrics-server resolution); the updater's 12 h "significant change" path and its
+eviction tolerance (a fraction of replicas per pass) are not modelled (a plan sizes every
+replica of a stage alike); memory/OOM are out of scope. Replicas default to 2 (the updater's
+minimum to act at all); batch is fixed.
 Input: `StageObservation.usage_samples` (else `cpu_usage_cores`), stage-wide usage.
 """
 
@@ -19,18 +31,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
-from tidal.planners.base import RESIZE_IN_PLACE, RESIZE_RECREATE, PlanContext, register
+from tidal.planners.base import (
+    RESIZE_IN_PLACE,
+    RESIZE_RECREATE,
+    PlanContext,
+    PlannerOptions,
+    VariantChoice,
+    register,
+)
 from tidal.planners.common import check_context, current_stage, pick_variants, stage_plan
 
 FIRST_BUCKET = 0.01
 RATIO = 1.05
 N_BUCKETS = 176  # covers up to ~1000 cores, as VPA's CPU histogram
+DAY_S = 86400.0
 
 
 def bucket_starts() -> np.ndarray:
@@ -58,12 +79,60 @@ def percentile(weights: np.ndarray, p: float) -> float:
     return float(_STARTS[k + 1]) if k + 1 < N_BUCKETS else float(_STARTS[k])
 
 
+def confidence_days(first_s: float | None, last_s: float | None, samples: float) -> float:
+    """VPA's `getConfidence`: min(history span in days, samples / (60*24))."""
+    if first_s is None or last_s is None:
+        return 0.0
+    return min((last_s - first_s) / DAY_S, samples / (60.0 * 24.0))
+
+
+def with_confidence(value: float, multiplier: float, exponent: float, conf: float) -> float:
+    """VPA's `WithConfidenceMultiplier`: value * (1 + multiplier/confidence)^exponent."""
+    if conf <= 0:
+        return math.inf if exponent > 0 else 0.0
+    return value * (1.0 + multiplier / conf) ** exponent
+
+
+@dataclass(frozen=True)
+class StageHistory:
+    """One stage's aggregate: histogram weights, first/last sample time, sample count."""
+
+    weights: tuple[float, ...] = ()
+    first_s: float | None = None
+    last_s: float | None = None
+    samples: float = 0.0
+
+
 @dataclass(frozen=True)
 class VpaState:
     """Histograms per stage and the reference time of the decay."""
 
     t0: float | None = None
-    hist: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    hist: dict[str, StageHistory] = field(default_factory=dict)
+
+
+class VpaOptions(PlannerOptions):
+    """Options of `vpa` (defaults: the VPA recommender's and updater's flags)."""
+
+    mode: Literal["Recreate", "InPlaceOrRecreate"] = Field(
+        "Recreate", description="Update mode: evict and recreate, or resize in place."
+    )
+    target_percentile: float = Field(0.9, gt=0, le=1, description="Target percentile (0.9).")
+    lower_percentile: float = Field(0.5, gt=0, le=1, description="Lower-bound percentile (0.5).")
+    upper_percentile: float = Field(0.95, gt=0, le=1, description="Upper-bound percentile (0.95).")
+    margin: float = Field(0.15, ge=0, le=10, description="Safety margin fraction (0.15).")
+    cpu_half_life_s: float = Field(86400.0, gt=0, description="Histogram decay half-life (24 h).")
+    confidence: bool = Field(True, description="Apply the bounds' confidence multipliers.")
+    min_replicas_to_evict: int = Field(
+        2, ge=1, le=10**4, description="Updater --min-replicas: fewer live replicas, no evict."
+    )
+    min_cores: float = Field(
+        0.1, gt=0, le=1024, description="Smallest recommendation (minAllowed; VPA's 0.025)."
+    )
+    initial_cores: float = Field(1.0, gt=0, le=1024, description="Request before any history.")
+    replicas: int = Field(2, ge=1, le=10**4, description="Replicas of every stage (fixed).")
+    batch: int = Field(1, ge=1, le=256, description="Batch size (fixed).")
+    variant: VariantChoice = Field(None, description="Fixed variant per stage.")
 
 
 @register("vpa")
@@ -72,32 +141,65 @@ class VPA:
 
     name = "vpa"
     interval_s = 60.0
+    Options = VpaOptions
 
     def __init__(
         self,
         mode: str = "Recreate",
         target_percentile: float = 0.9,
+        lower_percentile: float = 0.5,
+        upper_percentile: float = 0.95,
         margin: float = 0.15,
         cpu_half_life_s: float = 86400.0,
+        confidence: bool = True,
+        min_replicas_to_evict: int = 2,
         min_cores: float = 0.1,
         initial_cores: float = 1.0,
-        replicas: int = 1,
+        replicas: int = 2,
         batch: int = 1,
-        variant: dict[str, str] | str | int | None = None,
+        variant: VariantChoice = None,
     ) -> None:
         if mode not in ("Recreate", "InPlaceOrRecreate"):
             raise TidalError(f"vpa: mode must be Recreate or InPlaceOrRecreate, got {mode!r}")
         self.mode = mode
         self.resize_mode = RESIZE_RECREATE if mode == "Recreate" else RESIZE_IN_PLACE
-        self.p, self.margin, self.half_life = target_percentile, margin, cpu_half_life_s
+        self.p, self.p_lo, self.p_up = target_percentile, lower_percentile, upper_percentile
+        self.margin, self.half_life, self.confidence = margin, cpu_half_life_s, confidence
+        self.min_evict = min_replicas_to_evict
         self.min_cores, self.initial, self.replicas = min_cores, initial_cores, replicas
         self.batch, self.variant = batch, variant
 
-    def recommend(self, weights: np.ndarray) -> tuple[float, float, float]:
-        """(lower, target, upper) cores per replica."""
+    def recommend(self, h: StageHistory) -> tuple[float, float, float]:
+        """(lower, target, upper) cores per replica, with the confidence multipliers."""
+        w = np.asarray(h.weights, dtype=np.float64)
         f = 1.0 + self.margin
-        lo, tgt, up = (max(self.min_cores, percentile(weights, q) * f) for q in (0.5, self.p, 0.95))
-        return lo, tgt, up
+        lo, tgt, up = (percentile(w, q) * f for q in (self.p_lo, self.p, self.p_up))
+        if self.confidence:
+            conf = confidence_days(h.first_s, h.last_s, h.samples)
+            up = with_confidence(up, 1.0, 1.0, conf)
+            lo = with_confidence(lo, 0.001, -2.0, conf)
+        floor = self.min_cores
+        return max(floor, lo), max(floor, tgt), max(floor, up)
+
+    def observe(
+        self,
+        h: StageHistory,
+        samples: tuple[float, ...],
+        request: float,
+        reps: int,
+        t: float,
+        t0: float,
+        window_s: float,
+    ) -> StageHistory:
+        """Add stage-wide usage samples (cores) as per-replica samples to the histogram."""
+        w = np.array(h.weights or (0.0,) * N_BUCKETS, dtype=np.float64)
+        weight = max(request, 0.1) * 2.0 ** ((t - t0) / self.half_life)
+        for x in samples:
+            w[bucket_of(max(0.0, x) / reps)] += weight
+        first = t - window_s if h.first_s is None else h.first_s
+        # one sample a minute of the window (metrics-server resolution), at least one
+        count = h.samples + max(1.0, window_s / 60.0)
+        return StageHistory(tuple(float(x) for x in w), first, t, count)
 
     def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
         check_context(ctx)
@@ -108,23 +210,25 @@ class VPA:
         stages = []
         cpn = ctx.capacity.cores_per_node
         for s, v in zip(ctx.stages, pick_variants(ctx, self.variant), strict=True):
-            w = np.array(hist.get(s.stage, (0.0,) * N_BUCKETS))
+            h = hist.get(s.stage, StageHistory())
             cur = current_stage(ctx, s.stage)
             cores = self.initial if cur is None else cur.cores
             reps = self.replicas if cur is None else max(1, cur.replicas)
             o = obs.get(s.stage)
             if o is not None:
                 samples = o.usage_samples or (o.cpu_usage_cores,)
-                weight = max(cores, 0.1) * 2.0 ** ((ctx.now - t0) / self.half_life)
-                for x in samples:
-                    w[bucket_of(max(0.0, x) / reps)] += weight
-            hist[s.stage] = tuple(float(x) for x in w)
-            if w.sum() > 0:
-                lo, tgt, up = self.recommend(w)
-                if cur is None or not lo - 1e-9 <= cores <= up + 1e-9:
-                    cores = tgt
+                h = self.observe(h, samples, cores, reps, ctx.now, t0, self.interval_s)
+            hist[s.stage] = h
+            if h.weights and sum(h.weights) > 0:
+                lo, tgt, up = self.recommend(h)
+                if cur is None:
+                    cores = tgt  # admission controller: a new pod gets the target
+                elif not lo - 1e-9 <= cores <= up + 1e-9:
+                    evicts = self.mode == "Recreate"
+                    if not evicts or reps >= self.min_evict:
+                        cores = tgt
             cores = min(cpn, max(self.min_cores, round(cores, 3)))
             stages.append(stage_plan(s.stage, v.name, reps, cores, self.batch))
-        if not math.isfinite(sum(sum(h) for h in hist.values())):
+        if not all(math.isfinite(sum(h.weights)) for h in hist.values()):
             hist = {}  # decay weights overflowed (years of samples): restart the histogram
         return Plan(stages=tuple(stages)), VpaState(t0, hist)
