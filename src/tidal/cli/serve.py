@@ -9,14 +9,13 @@ Composable for other areas (the closed-loop controller wires itself in through t
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from typing import Any
 
 import typer
 
-from tidal.config.serve import ServeConfig, load_serve_config
+from tidal.config.serve import ServeConfig
 
 OnStart = Callable[[Any], Any]
 OnBuild = Callable[[Any, Any], None]
@@ -46,40 +45,17 @@ def run(
     factory: Any = None,
     on_build: OnBuild | None = None,
 ) -> None:
-    """Serve `config` with uvicorn (uvloop + httptools) until interrupted."""
-    import uvicorn
+    """Serve `config` until SIGINT/SIGTERM with Tidal's HTTP server (tidal.dataplane.server:
+    httptools on uvloop, the connection limits of `config.limits`, TLS when configured).
+    `on_start(gateway)` runs on the gateway's loop once it is warm and the port listens."""
+    from tidal.dataplane.server import serve
 
     app, gateway = build_app(config, factory, on_build)
 
-    async def lifespan_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan" or on_start is None:
-            await app(scope, receive, send)
-            return
+    def started() -> Any:
+        return on_start(gateway) if on_start is not None else None
 
-        async def recv() -> Any:
-            return await receive()
-
-        async def snd(msg: dict[str, Any]) -> None:
-            if msg["type"] == "lifespan.startup.complete":
-                out = on_start(gateway)
-                if inspect.isawaitable(out):
-                    await out
-            await send(msg)
-
-        await app(scope, recv, snd)
-
-    uvicorn.run(
-        lifespan_app,
-        host=config.host,
-        port=config.port,
-        log_level=log_level,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        proxy_headers=False,  # a local gateway: no X-Forwarded-* rewriting on the hot path
-        server_header=False,
-    )
+    serve(app, config, on_start=started, log_level=log_level)
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -88,7 +64,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         config: str | None = typer.Argument(
-            None, help="Serving config YAML (see examples/*.yaml); optional with --model-repository."
+            None,
+            help="Serving config YAML (see examples/*.yaml); optional with --model-repository.",
         ),
         model_repository: str | None = typer.Option(
             None,

@@ -1,0 +1,636 @@
+"""The gateway's HTTP/1.1 server: an httptools parser on uvloop serving any ASGI 3 app.
+
+Chosen by measurement over uvicorn+httptools and granian (RSGI and ASGI): same parser, less
+work per request (docs/dataplane.md, "HTTP server layer"; `tidal bench http-layers`).
+
+Contract:
+- HTTP/1.1 keep-alive (HTTP/1.0 only with `Connection: keep-alive`) and pipelining: requests
+  on one connection are answered in order, one app call at a time; reading pauses while more
+  than `_MAX_PIPELINED` complete requests wait.
+- The body is read whole before the app is called (`receive()` returns it in one
+  `http.request` message); a `Content-Length` above `max_body_bytes` is answered 413 and the
+  connection closed without reading the body. After the body, `receive()` waits for the client
+  to go away and returns `http.disconnect` (the gateway cancels the request then).
+- Timeouts (`ServerLimits`, from `ServeConfig.limits`), checked by one sweep per connection
+  set, not per request: request line + headers within `header_timeout_s` from the request's
+  first byte, else 408 and close; the body within `body_timeout_s` after the headers, else
+  408 and close; a new connection that sends nothing for `idle_timeout_s` is closed; an idle
+  keep-alive connection after `keepalive_timeout_s`.
+- At most `max_connections` open connections. A new one over the cap first sheds the
+  connection idle the longest (no request in progress); if none is idle, the newcomer gets
+  503 and is closed. So a new client is served even while thousands of idle sockets are open.
+- The descriptor limit is raised at start (`raise_fd_limit`) where allowed; the default cap
+  is 90% of it.
+- TLS when `ssl_certfile`/`ssl_keyfile` are given (an `ssl.SSLContext` on the listener).
+- SIGINT/SIGTERM: stop accepting, close idle connections, let running requests finish (up to
+  `shutdown_grace_s`), then the ASGI lifespan shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import ssl
+import sys
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any, cast
+from urllib.parse import unquote
+
+import httptools
+
+log = logging.getLogger("tidal.server")
+
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+_MAX_PIPELINED = 16
+_PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+# States of the parser side of a connection.
+_NEW, _KEEPALIVE, _HEADERS, _BODY = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Connection limits (seconds, counts); see the module docstring."""
+
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 5.0
+    max_connections: int = 10_000
+    max_body_bytes: int = 8 * 1024 * 1024
+    shutdown_grace_s: float = 10.0
+
+
+def raise_fd_limit(target: int | None = None) -> int:
+    """Raise RLIMIT_NOFILE's soft limit to `target` (default: max(hard, 65536) when the
+    process may raise the hard limit, else the hard limit); return the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target or max(hard, 65536)
+    for lim in ((want, max(want, hard)), (min(want, hard), hard)):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, lim)
+            return lim[0]
+        except (ValueError, OSError):
+            continue
+    return soft
+
+
+def _response_head(status: int, headers: list[tuple[bytes, bytes]], length: int | None,
+                   close: bool) -> bytes:  # fmt: skip
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Unknown"))]
+    for k, v in headers:
+        parts.append(b"%s: %s\r\n" % (k, v))
+    if length is not None:
+        parts.append(b"content-length: %d\r\n" % length)
+    else:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def _error(status: int, message: str) -> bytes:
+    body = b'{"error":"%s"}' % message.replace('"', "'").encode()
+    return _response_head(status, [(b"content-type", b"application/json")], len(body), True) + body
+
+
+class _Request:
+    """One parsed request waiting for (or in) the app."""
+
+    __slots__ = ("scope", "body", "keep_alive")
+
+    def __init__(self, scope: dict[str, Any], body: bytes, keep_alive: bool) -> None:
+        self.scope = scope
+        self.body = body
+        self.keep_alive = keep_alive
+
+
+def _chunk(body: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(body), body) if body else b""
+
+
+class _Exchange:
+    """The response side of one request/response exchange."""
+
+    __slots__ = ("keep", "status", "headers", "chunked", "done", "body_given")
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] | None = None
+        self.chunked = False
+        self.done = False
+        self.body_given = False
+
+    def head(self, first: bytes, more: bool) -> bytes:
+        """The status line and headers, sent with the first body part."""
+        hdrs = self.headers or []
+        self.headers = None
+        length: int | None = None
+        for k, v in hdrs:
+            kl = k.lower()
+            if kl == b"content-length":
+                length = int(v)
+            elif kl == b"connection" and v.lower() == b"close":
+                self.keep = False
+        if length is not None:
+            hdrs = [h for h in hdrs if h[0].lower() != b"content-length"]
+        elif not more:
+            length = len(first)
+        else:
+            self.chunked = True
+        return _response_head(self.status, hdrs, length, not self.keep)
+
+
+class _Conn(asyncio.Protocol):
+    """One client connection (see the module docstring)."""
+
+    def __init__(self, server: Server) -> None:
+        self.srv = server
+        self.loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.state = _NEW
+        self.since = self.loop.time()
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.size = 0
+        self.pending: list[_Request] = []
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.lost: asyncio.Future[None] | None = None
+        self.write_ok: asyncio.Event | None = None
+        self.client: Any = None
+        self.sockname: Any = None
+        self.scheme = "http"
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.client = transport.get_extra_info("peername")
+        self.sockname = transport.get_extra_info("sockname")
+        if transport.get_extra_info("sslcontext") is not None:
+            self.scheme = "https"
+        if not self.srv.admit(self):
+            self.transport.write(_error(503, "too many open connections, none idle"))
+            transport.close()
+            self.closed = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.srv.forget(self)
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+        if self.write_ok is not None:
+            self.write_ok.set()
+
+    def pause_writing(self) -> None:
+        if self.write_ok is None:
+            self.write_ok = asyncio.Event()
+        self.write_ok.clear()
+
+    def resume_writing(self) -> None:
+        if self.write_ok is not None:
+            self.write_ok.set()
+
+    def data_received(self, data: bytes) -> None:
+        if self.state <= _KEEPALIVE:
+            self.state = _HEADERS
+            self.since = self.loop.time()
+            self.srv.busy(self)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail(400, "protocol upgrade not supported")
+        except httptools.HttpParserError as e:
+            self.fail(400, f"malformed HTTP request: {e}")
+
+    # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.state != _HEADERS:
+            self.state = _HEADERS
+            self.since = self.loop.time()
+        self.url = b""
+        self.headers = []
+        self.body = []
+        self.size = 0
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length" and value.strip().isdigit():
+            n = int(value)
+            if n > self.srv.limits.max_body_bytes:
+                cap = self.srv.limits.max_body_bytes
+                self.fail(413, f"body of {n} bytes exceeds the cap of {cap} bytes")
+                raise httptools.HttpParserError("body too large")  # stop parsing this data
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.state = _BODY
+        self.since = self.loop.time()
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.srv.limits.max_body_bytes:
+            self.fail(413, f"body exceeds the cap of {self.srv.limits.max_body_bytes} bytes")
+            raise httptools.HttpParserError("body too large")
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        url = self.url
+        q = url.find(b"?")
+        raw_path, query = (url, b"") if q < 0 else (url[:q], url[q + 1 :])
+        path = raw_path.decode("latin-1")
+        if "%" in path:
+            path = unquote(path)
+        p = self.parser
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": p.get_http_version(),
+            "server": self.sockname,
+            "client": self.client,
+            "scheme": self.scheme,
+            "method": p.get_method().decode("ascii"),
+            "root_path": "",
+            "path": path,
+            "raw_path": raw_path,
+            "query_string": query,
+            "headers": self.headers,
+            "state": {},
+        }
+        body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+        self.pending.append(_Request(scope, body, p.should_keep_alive()))
+        self.state = _KEEPALIVE
+        self.since = self.loop.time()
+        if self.task is None:
+            self.task = self.loop.create_task(self.run())
+        elif len(self.pending) > _MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()
+
+    # -- running requests ------------------------------------------------------------------
+    async def run(self) -> None:
+        """Answer pending requests in order, one app call at a time."""
+        while self.pending and not self.closed:
+            req = self.pending.pop(0)
+            if len(self.pending) == _MAX_PIPELINED and self.transport is not None:
+                self.transport.resume_reading()
+            keep = await self.call(req)
+            if not keep:
+                self.close()
+                break
+        self.task = None
+        if not self.closed:
+            self.since = self.loop.time()
+            if self.state == _KEEPALIVE and not self.pending:
+                self.srv.idle(self)
+
+    async def call(self, req: _Request) -> bool:
+        """Run the app on one request; True when the connection stays open."""
+        st = _Exchange(req.keep_alive and not self.srv.stopping)
+
+        async def receive() -> dict[str, Any]:
+            if not st.body_given:
+                st.body_given = True
+                return {"type": "http.request", "body": req.body, "more_body": False}
+            if not self.closed and not st.done:
+                if self.lost is None:
+                    self.lost = self.loop.create_future()
+                await self.lost
+            return {"type": "http.disconnect"}
+
+        async def send(msg: dict[str, Any]) -> None:
+            if self.closed or st.done:
+                return
+            kind = msg["type"]
+            if kind == "http.response.start":
+                st.status = msg["status"]
+                st.headers = list(msg.get("headers", ()))
+                return
+            if kind != "http.response.body":
+                return
+            if st.status == 0:
+                raise RuntimeError("http.response.body before http.response.start")
+            body: bytes = msg.get("body", b"")
+            more: bool = msg.get("more_body", False)
+            t = self.transport
+            assert t is not None
+            if st.headers is not None:
+                t.write(st.head(body, more) + (_chunk(body) if st.chunked else body))
+            elif body:
+                t.write(_chunk(body) if st.chunked else body)
+            if not more:
+                if st.chunked:
+                    t.write(b"0\r\n\r\n")
+                st.done = True
+            if self.write_ok is not None and not self.write_ok.is_set():
+                await self.write_ok.wait()
+
+        try:
+            await self.srv.app(req.scope, receive, send)
+        except Exception as e:  # a bug in the app must not take the server down
+            log.exception("ASGI app failed on %s %s", req.scope["method"], req.scope["path"])
+            if st.status == 0 and not self.closed and self.transport is not None:
+                self.transport.write(_error(500, f"internal error: {e!r}"))
+            return False
+        if not st.done:
+            if st.status == 0 and self.transport is not None and not self.closed:
+                self.transport.write(_error(500, "the app sent no response"))
+            return False
+        return st.keep
+
+    def fail(self, status: int, message: str) -> None:
+        """Answer `status` (unless a response is in progress) and close."""
+        if self.closed or self.transport is None:
+            return
+        if self.task is None:
+            self.transport.write(_error(status, message))
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+            self.srv.forget(self)
+
+
+class Server:
+    """Listens, tracks connections, enforces the limits (see the module docstring)."""
+
+    def __init__(self, app: ASGIApp, limits: ServerLimits) -> None:
+        self.app = app
+        self.limits = limits
+        self.loop = asyncio.get_running_loop()
+        self.conns: set[_Conn] = set()
+        self.idle_conns: OrderedDict[_Conn, None] = OrderedDict()
+        self.stopping = False
+        self.shed = 0
+        self.refused = 0
+        self.timed_out = 0
+        self._servers: list[asyncio.AbstractServer] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def admit(self, c: _Conn) -> bool:
+        if self.stopping:
+            return False
+        if len(self.conns) >= self.limits.max_connections:
+            if self.idle_conns:
+                oldest, _ = self.idle_conns.popitem(last=False)
+                self.shed += 1
+                oldest.close()
+            else:
+                self.refused += 1
+                return False
+        self.conns.add(c)
+        self.idle_conns[c] = None
+        return True
+
+    def forget(self, c: _Conn) -> None:
+        self.conns.discard(c)
+        self.idle_conns.pop(c, None)
+
+    def busy(self, c: _Conn) -> None:
+        self.idle_conns.pop(c, None)
+
+    def idle(self, c: _Conn) -> None:
+        self.idle_conns[c] = None
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        lim = self.limits
+        for c in list(self.conns):
+            age = now - c.since
+            if c.state == _HEADERS and age > lim.header_timeout_s:
+                self.timed_out += 1
+                c.fail(408, f"request headers not received within {lim.header_timeout_s:g} s")
+            elif c.state == _BODY and age > lim.body_timeout_s:
+                self.timed_out += 1
+                c.fail(408, f"request body not received within {lim.body_timeout_s:g} s")
+            elif c.task is None and not c.pending:
+                idle_for = lim.idle_timeout_s if c.state == _NEW else lim.keepalive_timeout_s
+                if age > idle_for:
+                    c.close()
+        self._arm()
+
+    def _arm(self) -> None:
+        lim = self.limits
+        shortest = min(lim.header_timeout_s, lim.body_timeout_s, lim.idle_timeout_s,
+                       lim.keepalive_timeout_s)  # fmt: skip
+        self._sweeper = self.loop.call_later(max(0.05, min(1.0, shortest / 4)), self._sweep)
+
+    async def listen(self, host: str, port: int, ssl_ctx: ssl.SSLContext | None = None,
+                     sock: Any = None) -> list[Any]:  # fmt: skip
+        """Start listening; return the bound socket names."""
+        if sock is not None:
+            s = await self.loop.create_server(lambda: _Conn(self), sock=sock, ssl=ssl_ctx,
+                                              backlog=4096)  # fmt: skip
+        else:
+            s = await self.loop.create_server(lambda: _Conn(self), host, port, ssl=ssl_ctx,
+                                              backlog=4096, reuse_address=True)  # fmt: skip
+        self._servers.append(s)
+        if self._sweeper is None:
+            self._arm()
+        return [x.getsockname() for x in s.sockets]
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close idle connections, wait for running requests (bounded)."""
+        self.stopping = True
+        for s in self._servers:
+            s.close()
+        for c in list(self.conns):
+            if c.task is None and not c.pending:
+                c.close()
+        t_end = self.loop.time() + self.limits.shutdown_grace_s
+        while any(c.task is not None for c in self.conns) and self.loop.time() < t_end:
+            await asyncio.sleep(0.05)
+        for c in list(self.conns):
+            c.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+
+class Lifespan:
+    """The ASGI lifespan protocol, driven from the server side."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _main(self) -> None:
+        scope = {"type": "lifespan", "asgi": _ASGI, "state": {}}
+        try:
+            await self.app(scope, self.to_app.get, self.from_app.put)
+        except Exception as e:
+            await self.from_app.put({"type": "lifespan.startup.failed", "message": repr(e)})
+
+    async def startup(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._main())
+        await self.to_app.put({"type": "lifespan.startup"})
+        msg = await self.from_app.get()
+        if msg["type"] != "lifespan.startup.complete":
+            raise RuntimeError(msg.get("message") or "application startup failed")
+
+    async def shutdown(self) -> None:
+        if self.task is None or self.task.done():
+            return
+        await self.to_app.put({"type": "lifespan.shutdown"})
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.from_app.get(), timeout=60)
+
+
+def ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
+
+
+async def serve_async(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    limits: ServerLimits,
+    *,
+    ssl_ctx: ssl.SSLContext | None = None,
+    on_started: Callable[[list[Any]], Any] | None = None,
+    stop: asyncio.Event | None = None,
+    lifespan: bool = True,
+) -> None:
+    """Run the lifespan startup, listen, call `on_started(socknames)`, serve until `stop`
+    is set (or SIGINT/SIGTERM), then shut down cleanly."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    life = Lifespan(app) if lifespan else None
+    if life is not None:
+        await life.startup()
+    server = Server(app, limits)
+    try:
+        names = await server.listen(host, port, ssl_ctx)
+        if on_started is not None:
+            out = on_started(names)
+            if asyncio.iscoroutine(out):
+                await out
+        await stop.wait()
+    finally:
+        await server.shutdown()
+        if life is not None:
+            await life.shutdown()
+
+
+def limits_from_config(config: Any, fd_soft: int) -> ServerLimits:
+    """ServerLimits from a ServeConfig (its `limits` section and `max_body_bytes`)."""
+    lim = getattr(config, "limits", None)
+    cap = getattr(lim, "max_connections", None) or max(16, int(fd_soft * 0.9))
+
+    def g(name: str, default: float) -> float:
+        return float(getattr(lim, name, default) or default)
+
+    return ServerLimits(
+        header_timeout_s=g("header_timeout_s", 10.0),
+        body_timeout_s=g("body_timeout_s", 30.0),
+        idle_timeout_s=g("idle_timeout_s", 10.0),
+        keepalive_timeout_s=g("keepalive_timeout_s", 5.0),
+        max_connections=int(cap),
+        max_body_bytes=int(getattr(config, "max_body_bytes", 8 * 1024 * 1024)),
+    )
+
+
+def serve(
+    app: ASGIApp,
+    config: Any,
+    on_start: Callable[[], Any] | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Serve `app` per `config` (a ServeConfig: host, port, limits, TLS) until SIGINT/SIGTERM.
+    `on_start()` runs on the server's loop once the lifespan startup is complete and the
+    socket listens (it may return a coroutine). Non-loopback binds are checked first."""
+    import uvloop
+
+    from tidal.dataplane.security import check_bind  # the hardening issue's bind rules
+
+    logging.getLogger("tidal.server").setLevel(log_level.upper())
+    certfile = getattr(config, "tls_certfile", None)
+    keyfile = getattr(config, "tls_keyfile", None)
+    token = config.admin_token() if hasattr(config, "admin_token") else None
+    for w in check_bind(config.host, token, tls=bool(certfile)):
+        log.warning("%s", w)
+        print(f"warning: {w}", file=sys.stderr)
+    lim = getattr(config, "limits", None)
+    soft = raise_fd_limit(getattr(lim, "fd_limit", None))
+    limits = limits_from_config(config, soft)
+    if os.environ.get("TIDAL_HTTP_SERVER") == "uvicorn":  # the previous layer, for A/B runs
+        _serve_uvicorn(app, config, limits, on_start, log_level)
+        return
+    ctx = ssl_context(certfile, keyfile) if certfile and keyfile else None
+
+    def started(_names: list[Any]) -> Any:
+        return on_start() if on_start is not None else None
+
+    uvloop.run(serve_async(app, config.host, config.port, limits, ssl_ctx=ctx,
+                           on_started=started))  # fmt: skip
+
+
+def _serve_uvicorn(app: ASGIApp, config: Any, limits: ServerLimits,
+                   on_start: Callable[[], Any] | None, log_level: str) -> None:  # fmt: skip
+    """uvicorn + httptools (the layer before this module), with the limits it has."""
+    import uvicorn
+
+    async def lifespan_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan" or on_start is None:
+            await app(scope, receive, send)
+            return
+
+        async def snd(msg: dict[str, Any]) -> None:
+            if msg["type"] == "lifespan.startup.complete":
+                out = on_start()
+                if asyncio.iscoroutine(out):
+                    await out
+            await send(msg)
+
+        await app(scope, receive, snd)
+
+    uvicorn.run(
+        lifespan_app,
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=int(max(1, limits.keepalive_timeout_s)),
+        limit_concurrency=limits.max_connections,
+        ssl_certfile=getattr(config, "tls_certfile", None),
+        ssl_keyfile=getattr(config, "tls_keyfile", None),
+    )
+
+
+__all__ = [
+    "Lifespan",
+    "Server",
+    "ServerLimits",
+    "limits_from_config",
+    "raise_fd_limit",
+    "serve",
+    "serve_async",
+    "ssl_context",
+]
