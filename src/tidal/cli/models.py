@@ -28,15 +28,32 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return tuple(int(v) for v in vals)
 
 
-def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Print the model catalog: families, accuracy (and where it comes from), parameters."""
-    from tidal.models.catalog import list_variants
+def models_list(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    model_repository: Path = typer.Option(
+        None, "--model-repository", help="Also list this repository's models (and problems)."
+    ),
+) -> None:
+    """Print the model catalog: families, accuracy (and where it comes from), parameters; with
+    --model-repository, the repository's versions too (source column)."""
+    from tidal.models.catalog import VariantSpec, list_variants
 
-    vs = list_variants()
+    vs: list[VariantSpec] = list_variants()
+    problems: list[str] = []
+    if model_repository is not None:
+        from tidal.models.repository import scan_repository
+
+        repo = scan_repository(model_repository)
+        repo.register()
+        vs += [m.spec(v) for m in repo.models.values() for v in m.versions]
+        problems = [p.message for p in repo.problems]
     if as_json:
         rows = [
             {
                 "name": v.name,
+                "source": "repository" if v.onnx_file is not None else "zoo",
+                "onnx_file": str(v.onnx_file) if v.onnx_file is not None else None,
+                "inputs": [t.to_json() for t in v.inputs] or None,
                 "task": v.task,
                 "family": v.family,
                 "accuracy": v.accuracy,
@@ -49,24 +66,47 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
             }
             for v in vs
         ]
-        typer.echo(json.dumps(rows, indent=2))
+        out: object = rows if model_repository is None else {"variants": rows, "problems": problems}
+        typer.echo(json.dumps(out, indent=2))
         return
-    t = Table(title="Tidal model zoo")
-    for col in ("variant", "task", "params", "accuracy", "label", "input", "cold start s",
-                "accuracy source"):  # fmt: skip
+    title = "Tidal model zoo" + (f" + repository {model_repository}" if model_repository else "")
+    t = Table(title=title)
+    for col in ("variant", "source", "task", "params", "accuracy", "label", "input",
+                "cold start s", "accuracy source"):  # fmt: skip
         t.add_column(col, overflow="fold")
     for v in vs:
+        inp = (
+            ", ".join(f"{x.name}:{x.datatype}{list(x.sample_shape)}" for x in v.inputs)
+            if v.inputs
+            else f"{v.input.dtype}{list(v.input_shape)}"
+        )
         t.add_row(
             v.name,
+            "repository" if v.onnx_file is not None else "zoo",
             v.task,
             f"{v.params / 1e6:.2f}M" if v.params >= 1e5 else str(v.params),
             f"{v.accuracy:.4f}",
             v.label,
-            f"{v.input.dtype}{list(v.input_shape)}",
+            inp,
             f"{v.load_time_s:.2f}" if v.load_time_s is not None else "-",
             v.accuracy_source,
         )
-    _console().print(t)
+    con = _console()
+    con.print(t)
+    for p in problems:
+        con.print(f"[yellow]repository problem:[/] {p}", highlight=False)
+
+
+def models_export(
+    directory: Path = typer.Argument(..., help="Repository folder to write (created)."),
+    variants: list[str] = typer.Argument(None, help="Zoo variants (default: all but noop)."),
+) -> None:
+    """Write zoo variants in repository form: <family>/<k>/model.onnx + config.yaml."""
+    from tidal.models.export import export_zoo
+
+    done = export_zoo(directory, list(variants) if variants else None)
+    for name, (model, k) in done.items():
+        typer.echo(f"{name} -> {directory / model / str(k) / 'model.onnx'}")
 
 
 def _console() -> Console:
@@ -124,7 +164,15 @@ def profile(
         return
     names = list(variants) if variants else list(DEFAULT_VARIANTS)
     from tidal.models.catalog import get_variant
+    from tidal.profiling.repo_profiles import split_version_path
 
+    version_dirs = [n for n in names if split_version_path(n) is not None]
+    if version_dirs:
+        if len(version_dirs) != len(names) or merge:
+            raise TidalError("give either zoo variants or REPO/<model>/<version> folders")
+        _profile_versions(version_dirs, quick, batches, cores, point_budget_s, max_point_ms,
+                          out, console)  # fmt: skip
+        return
     for n in names:
         get_variant(n)  # an unknown name fails before the progress bar starts
     grid = Grid(
@@ -161,6 +209,55 @@ def profile(
         ps = merge_profiles(base, ps)
         ps.save(out)
     print_profile(ps, console)
+    console.print(f"wrote {out}")
+
+
+def _profile_versions(
+    paths: list[str],
+    quick: bool,
+    batches: str,
+    cores: str,
+    point_budget_s: float,
+    max_point_ms: float,
+    out: Path,
+    console: Console,
+) -> None:
+    """`tidal profile REPO/<model>/<version>...`: full grid (default), stored in the profile
+    cache (ONNX hash + CPU model + cores) so serving and planning use it, and written to --out."""
+    from dataclasses import replace
+
+    from tidal.core.profile import ProfileSet
+    from tidal.profiling.profiler import (
+        FULL_BATCHES,
+        FULL_CORES,
+        QUICK_BATCHES,
+        QUICK_BUDGET,
+        QUICK_CORES,
+        Budget,
+        Grid,
+    )
+    from tidal.profiling.repo_profiles import profile_version
+
+    grid = Grid(
+        _ints(batches, "batches") if batches else (QUICK_BATCHES if quick else FULL_BATCHES),
+        _floats(cores, "cores") if cores else (QUICK_CORES if quick else FULL_CORES),
+    )
+    budget = QUICK_BUDGET if quick else Budget()
+    if point_budget_s > 0:
+        budget = replace(budget, point_budget_s=point_budget_s)
+    if max_point_ms > 0:
+        budget = replace(budget, max_point_ms=max_point_ms)
+    total = ProfileSet()
+    for p in paths:
+
+        def step(v: str, b: int, c: float) -> None:
+            console.print(f"  {v}: batch {b} x {c:g} cores measured", highlight=False)
+
+        ps, entry = profile_version(p, grid, budget, progress=step)
+        total = total.merged(ps).model_copy(update={"machine": ps.machine})
+        console.print(f"{p}: cached as {entry}", highlight=False)
+    total.save(out)
+    print_profile(total, console)
     console.print(f"wrote {out}")
 
 
@@ -220,8 +317,9 @@ def bench_ipc_cmd(
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     """Add this area's commands to `app` and its benchmarks to `bench`."""
-    models = typer.Typer(help="The model zoo.", no_args_is_help=True)
+    models = typer.Typer(help="The model zoo and model repositories.", no_args_is_help=True)
     models.command("list")(models_list)
+    models.command("export")(models_export)
     app.add_typer(models, name="models")
     app.command("profile")(profile)
     bench.command("resize")(bench_resize_cmd)

@@ -85,7 +85,11 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     @app.command("plan")
     def plan_cmd(
         policy: str = typer.Option(..., help="Planner name (see docs/planners.md)."),
-        pipeline: Path = typer.Option(..., help="Pipeline YAML (examples/pipelines/*.yaml)."),
+        pipeline: Path = typer.Option(
+            None,
+            help="Pipeline YAML (examples/pipelines/*.yaml); with --model-repository: a "
+            "repository model or pipeline name.",
+        ),
         rps: float = typer.Option(..., help="Arrival rate to plan for (req/s, >= 0)."),
         slo_ms: float = typer.Option(..., "--slo-ms", help="End-to-end SLO (ms, > 0)."),
         profile: str | None = typer.Option(
@@ -105,9 +109,27 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             [], help="KEY=VALUE planner option (YAML value), e.g. accuracy=sum."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+        model_repository: str | None = typer.Option(
+            None,
+            "--model-repository",
+            help="Plan a repository model: its versions are the variants, with their cached "
+            "profiles (docs/models.md).",
+        ),
     ) -> None:
         """One planning decision for a steady rate: variants, replicas, cores, batch."""
         import os
+        import tempfile
+
+        if model_repository is not None:
+            from tidal.cli.serve_repo import repository_inputs
+
+            tmp = tempfile.mkdtemp(prefix="tidal-plan-")
+            pp, profile, _ = repository_inputs(
+                model_repository, str(pipeline) if pipeline else None, tmp
+            )
+            pipeline = Path(pp)
+        elif pipeline is None:
+            raise TidalError("--pipeline is required (or --model-repository DIR)")
 
         import yaml
 

@@ -127,3 +127,36 @@ class RepoServing:
 
 
 __all__ = ["RepoServing", "base_config"]
+
+
+def repository_inputs(root: str, pipeline: str | None, tmpdir: str) -> tuple[str, str, list[str]]:
+    """For `tidal plan` / `tidal simulate --model-repository DIR`: write the repository's
+    profiles (cached, else flagged estimates) and the PipelineSpec of `pipeline` (a repository
+    model or pipeline; default: the only model) into `tmpdir`; (pipeline path, profile path,
+    estimated variants)."""
+    import os
+
+    import yaml
+
+    from tidal.profiling.repo_profiles import repository_pipeline, repository_profiles
+
+    ps, repo = repository_profiles(root)
+    for p in repo.problems:
+        print(f"tidal: repository problem: {p.message}")
+    if pipeline is None:
+        if len(repo.models) != 1:
+            raise TidalError(
+                f"--model-repository {root}: give --pipeline MODEL (models: {sorted(repo.models)})"
+            )
+        pipeline = next(iter(repo.models))
+    spec = repository_pipeline(repo, pipeline)
+    ppath = os.path.join(tmpdir, "pipeline.yaml")
+    with open(ppath, "w") as f:
+        yaml.safe_dump(spec.model_dump(), f)
+    profpath = os.path.join(tmpdir, "profiles.json")
+    ps.save(profpath)
+    est = list(ps.machine.get("estimated", []))
+    if est:
+        print(f"tidal: not profiled on this machine, planning on the conservative estimate: {est}"
+              " (run `tidal profile REPO/<model>/<version>` or serve them once)")  # fmt: skip
+    return ppath, profpath, est

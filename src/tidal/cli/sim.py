@@ -76,8 +76,22 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print JSON results."),
         plot: Path = typer.Option(None, help="Write the time-series figure (PNG)."),
         out: Path = typer.Option(None, help="Directory for per-request CSV outcomes."),
+        model_repository: str | None = typer.Option(
+            None,
+            "--model-repository",
+            help="Simulate a repository model (--pipeline names it): its versions with their "
+            "cached profiles.",
+        ),
     ) -> None:
         """Replay a trace through the simulator under each policy and compare them."""
+        if model_repository is not None:
+            import tempfile
+
+            from tidal.cli.serve_repo import repository_inputs
+
+            pipeline, profile, _ = repository_inputs(
+                model_repository, pipeline, tempfile.mkdtemp(prefix="tidal-sim-")
+            )
         from pydantic import ValidationError
 
         from tidal.sim.config import SimConfig
