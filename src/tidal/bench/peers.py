@@ -50,6 +50,7 @@ REQUIREMENTS: dict[str, list[str]] = {
     "triton": ["nvidia-pytriton==0.7.0", f"onnxruntime=={ORT_VERSION}", "numpy"],
     "mlserver": ["mlserver==1.7.1", "uvloop<0.22", f"onnxruntime=={ORT_VERSION}"],
     "ray_serve": ["ray[serve]==2.60.0", f"onnxruntime=={ORT_VERSION}", "numpy", "orjson"],
+    "granian": ["granian==2.8.7", "numpy", "orjson", "uvloop"],  # tidal bench http-layers
 }
 PEERS = tuple(REQUIREMENTS)
 

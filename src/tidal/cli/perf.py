@@ -49,3 +49,28 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 json.dump(res, f, indent=2)
         if png and res["servers"]:
             typer.echo(f"wrote {plot(res, png)}")
+
+    @bench.command("http-layers")
+    def bench_http_layers(
+        duration: float = typer.Option(8.0, help="Seconds of wrk load per measurement."),
+        connections: int = typer.Option(16, help="wrk connections."),
+        rotate: int | None = typer.Option(None, help="Start the order at this index."),
+        install_granian: bool = typer.Option(
+            False, "--install-granian", help="Create .venv-peers/granian first."
+        ),
+        json_out: str | None = typer.Option(None, "--json", help="Write the figures here."),
+    ) -> None:
+        """uvicorn vs tidal's server vs granian (ASGI, RSGI) vs raw httptools, same noop app."""
+        import json
+
+        from tidal.bench.http_layers import install_granian as _install
+        from tidal.bench.http_layers import run_layers
+
+        if install_granian:
+            _install()
+        res = run_layers(duration=duration, connections=connections, rotate=rotate,
+                         echo=typer.echo)  # fmt: skip
+        typer.echo(json.dumps(res, indent=2))
+        if json_out:
+            with open(json_out, "w") as f:
+                json.dump(res, f, indent=2)

@@ -61,8 +61,15 @@ async def running(limits: ServerLimits, ctx: ssl.SSLContext | None = None) -> As
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
-        serve_async(echo_app, "127.0.0.1", 0, limits, ssl_ctx=ctx, stop=stop,
-                    on_started=lambda n: ready.set_result(n[0][1]))  # fmt: skip
+        serve_async(
+            echo_app,
+            "127.0.0.1",
+            0,
+            limits,
+            ssl_ctx=ctx,
+            stop=stop,
+            on_started=lambda n: ready.set_result(n[0][1]),
+        )  # fmt: skip
     )
     port = await asyncio.wait_for(ready, 10)
     try:
