@@ -1,38 +1,50 @@
-"""The Ray substrate: replicas as Ray actors, placed by the planners' node-capacity model.
+"""The Ray substrate: replicas as Ray actors, with capacity-true placement. All of Tidal's Ray
+API calls are made here (one thin layer per substrate); the placement logic is the pure
+:class:`tidal.control.placement.PlacementBook`.
 
-All Ray API calls of Tidal are made here (one thin layer per substrate).
-
-- :class:`ReplicaActor` hosts one foundation worker process (`WorkerHandle`) on its node: the
-  worker is pinned to its cores (cgroup quota + CPU affinity of every thread) and resized in
-  place inside the actor, since Ray itself does not pin.
-- :class:`RayPlacement` is the node-capacity model: the cluster's alive nodes x cores per
-  node (the planners' `Capacity`), first-fit placement of each replica's cores on a node
-  (the planners' `pack` rule), released when the replica stops or its node dies.
-- :class:`RayExecutor` is what the gateway's stages route batches to (the data plane's
-  `Executor` contract): ``infer_async`` awaits the actor's result over Ray; an actor that
-  died (its node disappeared) raises `WorkerDied`, so the gateway retries the batch and
-  replaces the replica, which the placement puts on a remaining node.
-- :class:`RayActuator` is the LocalActuator over a gateway whose factory is Ray's, with the
-  live capacity of the cluster.
+How a replica's cores are held, so Ray's scheduler and autoscaler see the truth:
+- Every replica's cores are held by Ray **placement groups** of one ``{"CPU": cores}`` bundle
+  (fractional allowed). A new replica first creates its hold without a node constraint: Ray
+  places it on a node with room, or keeps it **pending**, which is the demand the
+  KubeRay autoscaler scales on (the Kubernetes pod model: pending, then placed). The start
+  waits for the hold with no retry loop of ours; Ray retries placement itself.
+- The replica actor then runs on the hold's node (hard node affinity) with ``num_cpus=0``: a
+  Ray actor's resource request is fixed at creation, so the placement groups, not the actor,
+  carry the cores. That is what makes resizing in place truthful in Ray's accounting:
+  growing adds a hold of the difference on the same node (``bundle_label_selector`` on
+  ``ray.io/node-id``) and is refused, the replica unchanged, when it is not placed within
+  ``grow_timeout_s``; shrinking swaps the holds for one of the new size.
+- One **placement authority** per cluster, a detached named actor (``tidal-placement`` in
+  namespace ``tidal``) holding the book, pins CPUs per node without overlap across every
+  actor and gateway; nothing is counted privately in an actor process.
+- The gateway routes batches to actors (`infer_async`); an actor whose node died raises
+  `WorkerDied`, the gateway retries the batch within its deadline and replaces the replica.
 
 ``tidal serve config.yaml --substrate ray --address ADDR`` wires these in.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
+import socket
 import threading
+import uuid
 from typing import Any
 
 import numpy as np
 
 from tidal.control.local import LocalActuator
-from tidal.core.clock import Clock, MonotonicClock
+from tidal.control.placement import Grant, NodeSpec, PlacementBook
+from tidal.core.capacity import Capacity
 from tidal.core.errors import TidalError
-from tidal.planners.base import Capacity
+from tidal.core.plan import Plan
 
 log = logging.getLogger("tidal.control.ray")
+
+AUTHORITY_NAME = "tidal-placement"
+NAMESPACE = "tidal"
+NODE_LABEL = "ray.io/node-id"
 
 
 def _ray() -> Any:
@@ -45,123 +57,239 @@ def _ray() -> Any:
     return ray
 
 
-class ReplicaActor:
-    """Body of the Ray actor (decorated lazily by `_actor_class`)."""
+# ------------------------------------------------------------------ connecting
+def _diagnose(address: str | None, err: BaseException) -> str:
+    """One line naming why `ray.init(address)` failed."""
+    text = f"{type(err).__name__}: {err}"
+    low = text.lower()
+    if "auth" in low or "unauthenticated" in low or "token" in low:
+        return (
+            f"Ray at {address} refused this client's authentication ({text.splitlines()[0]}): "
+            "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the "
+            "cluster's token, or start the cluster and this client with the same setting "
+            "(see docs/deploy.md)"
+        )
+    if "version" in low and ("mismatch" in low or "differ" in low or "incompatible" in low):
+        import ray
 
-    def __init__(self, variant: str, cores: float) -> None:
+        return (
+            f"Ray versions differ: this client runs ray {ray.__version__}; {text.splitlines()[0]}"
+        )
+    return f"cannot connect to Ray at {address}: {text.splitlines()[0]}"
+
+
+def _probe(address: str, timeout_s: float = 3.0) -> None:
+    """Fail fast on an address nobody listens on (ray.init would retry for a minute)."""
+    if address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise TidalError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise TidalError(f"cannot connect to Ray at {address}: {e}") from None
+
+
+def connect(address: str | None) -> None:
+    """`ray.init(address)` once per process; TidalError with one line naming the cause."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    if address:
+        _probe(address)
+    try:
+        ray.init(
+            address=address,
+            namespace=NAMESPACE,
+            log_to_driver=False,
+            include_dashboard=False,
+            # Secrets stay out of the cluster's worker processes (they inherit this env).
+            runtime_env={"env_vars": {"TIDAL_TOKEN": "", "TIDAL_CEP_TOKEN": ""}},
+        )
+    except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError (versions)
+        raise TidalError(_diagnose(address, e)) from None
+
+
+# ------------------------------------------------------------------ the authority
+class PlacementAuthority:
+    """Body of the detached named actor that owns the cluster's PlacementBook."""
+
+    def __init__(self) -> None:
+        self.book = PlacementBook()
+
+    def reserve(
+        self, replica: str, node: str, cores: float, node_cores: float, cpu_ids: list[int]
+    ) -> Grant | None:
+        self.book.add_node(node, NodeSpec(node_cores, tuple(cpu_ids)))
+        return self.book.reserve(replica, node, cores)
+
+    def resize(self, replica: str, cores: float) -> Grant | None:
+        return self.book.resize(replica, cores)
+
+    def release(self, replica: str) -> Grant | None:
+        return self.book.release(replica)
+
+    def forget(self, dead: list[str]) -> list[str]:
+        """Drop nodes Ray reports dead; returns the replicas that were on them. (Dead, not
+        "absent from a list of alive ones": a node that joined after the caller listed the
+        alive ones must keep its grants.)"""
+        keep = {n: s for n, s in self.book.nodes().items() if n not in set(dead)}
+        return self.book.set_nodes(keep)
+
+    def used(self) -> dict[str, float]:
+        return self.book.used()
+
+    def grants(self) -> list[Grant]:
+        return self.book.grants()
+
+
+def authority() -> Any:
+    """The cluster's placement authority (created on first use, shared by every gateway)."""
+    ray = _ray()
+    cls = ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1)(PlacementAuthority)
+    return cls.options(
+        name=AUTHORITY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote()
+
+
+# ------------------------------------------------------------------ replicas
+class ReplicaActor:
+    """Body of a replica actor: one Tidal worker process pinned to the granted CPUs."""
+
+    def __init__(self, variant: str) -> None:
+        self.variant = variant
+        self.handle: Any = None
+
+    def where(self) -> tuple[str, list[int]]:
+        """(node id, usable CPU ids) of this actor's process."""
+        ray = _ray()
+        return ray.get_runtime_context().get_node_id(), sorted(os.sched_getaffinity(0))
+
+    def start(self, cores: float, cpus: list[int]) -> dict[str, Any]:
         from tidal.dataplane.worker import WorkerHandle
 
-        self.handle = WorkerHandle.start(variant, cores)
-
-    def info(self) -> dict[str, Any]:
-        ray = _ray()
+        self.handle = WorkerHandle.start(self.variant, cores, cpus=tuple(cpus))
         return {
             "pid": self.handle.pid,
-            "node_id": ray.get_runtime_context().get_node_id(),
             "cold_start_s": self.handle.cold_start_s,
             "mechanism": self.handle.mechanism,
         }
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
+    def infer(self, batch: Any) -> Any:
         return self.handle.infer(batch)
 
-    def resize(self, cores: float) -> float:
-        return float(self.handle.resize(cores))
+    def resize(self, cores: float, cpus: list[int]) -> float:
+        return float(self.handle.resize(cores, tuple(cpus)))
+
+    def cpu_state(self) -> dict[str, Any]:
+        """The quota and CPU sets in force, read back from the kernel inside the actor."""
+        st = self.handle.cpu_state()
+        return {
+            "mechanism": st.mechanism,
+            "quota_cores": st.quota_cores,
+            "cpus": list(st.cpus),
+            "threads_agree": st.threads_agree,
+            "pid": self.handle.pid,
+        }
 
     def stop(self) -> None:
-        self.handle.stop()
+        if self.handle is not None:
+            self.handle.stop()
 
 
+_ACTOR_LOCK = threading.Lock()
 _ACTOR: Any = None
 
 
 def _actor_class() -> Any:
     global _ACTOR
-    if _ACTOR is None:
-        # num_cpus=0: Ray's own CPU accounting is replaced by RayPlacement (fractional cores,
-        # in-place resize); max_concurrency=1: one batch or resize at a time, as the data plane.
-        _ACTOR = _ray().remote(num_cpus=0, max_restarts=0, max_concurrency=1)(ReplicaActor)
-    return _ACTOR
+    with _ACTOR_LOCK:
+        if _ACTOR is None:
+            # num_cpus=0: the placement groups hold the cores (see the module docstring);
+            # max_concurrency=1: one batch or resize at a time, as the data plane expects.
+            _ACTOR = _ray().remote(num_cpus=0, max_restarts=0, max_concurrency=1)(ReplicaActor)
+        return _ACTOR
 
 
-class RayPlacement:
-    """Node-capacity model of the Ray cluster: first-fit of replica cores onto alive nodes.
+def _hold(cores: float, node: str | None) -> Any:
+    """A placement group holding `cores` CPUs (on `node` when given)."""
+    from ray.util.placement_group import placement_group
 
-    `cores_per_node` None = each node's own CPU count as Ray reports it.
-    """
+    selector = [{NODE_LABEL: node}] if node else None
+    return placement_group(
+        [{"CPU": float(cores)}], strategy="STRICT_PACK", bundle_label_selector=selector
+    )
 
-    def __init__(self, cores_per_node: float | None = None) -> None:
-        self.cores_per_node = cores_per_node
-        self.used: dict[str, float] = {}
-        self._lock = threading.Lock()
 
-    def nodes(self) -> list[tuple[str, float]]:
-        """(node id, cores) of the alive nodes, sorted by id (a stable first-fit order)."""
-        out = []
-        for n in _ray().nodes():
-            if n.get("Alive"):
-                cpus = float(n.get("Resources", {}).get("CPU", 0.0))
-                if cpus > 0:  # a node started with num_cpus=0 (e.g. a head) hosts no replica
-                    out.append((n["NodeID"], self.cores_per_node or cpus))
-        return sorted(out)
+def _hold_node(pg: Any) -> str:
+    from ray.util.placement_group import placement_group_table
 
-    def capacity(self) -> Capacity:
-        nodes = self.nodes()
-        if not nodes:
-            return Capacity(nodes=1, cores_per_node=0.5)
-        return Capacity(nodes=len(nodes), cores_per_node=min(c for _, c in nodes))
-
-    def place(self, cores: float) -> str:
-        """Reserve `cores` on the first alive node with room; TidalError if none has."""
-        with self._lock:
-            alive = self.nodes()
-            ids = {n for n, _ in alive}
-            for n in list(self.used):
-                if n not in ids:  # its node died: what ran there is gone
-                    del self.used[n]
-            for node, cap in alive:
-                if self.used.get(node, 0.0) + cores <= cap + 1e-9:
-                    self.used[node] = self.used.get(node, 0.0) + cores
-                    return node
-        raise TidalError(
-            f"no Ray node has {cores:g} free cores "
-            f"(used {dict(self.used)} of {[(n[:8], c) for n, c in alive]})"
-        )
-
-    def resize(self, node: str, old: float, new: float) -> None:
-        with self._lock:
-            if node in self.used:
-                self.used[node] = max(0.0, self.used[node] - old + new)
-
-    def release(self, node: str, cores: float) -> None:
-        with self._lock:
-            if node in self.used:
-                self.used[node] = max(0.0, self.used[node] - cores)
+    node: str = placement_group_table(pg)["bundles_to_node_id"][0]
+    return node
 
 
 class RayExecutor:
-    """One replica: a ReplicaActor pinned to a node (the data plane's Executor contract)."""
+    """One replica (the data plane's Executor contract), started as described above.
 
-    def __init__(self, placement: RayPlacement, variant: str, cores: float) -> None:
+    Blocks in the constructor until the replica is warm: while no node has room its hold is
+    pending (``pending_timeout_s``, then TidalError and nothing is left behind).
+    """
+
+    def __init__(
+        self,
+        factory: RayFactory,
+        variant: str,
+        cores: float,
+        *,
+        pending_timeout_s: float = 600.0,
+        grow_timeout_s: float = 5.0,
+    ) -> None:
         ray = _ray()
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        self.placement = placement
+        self.factory = factory
         self.variant = variant
         self.cores = cores
-        self.node = placement.place(cores)
-        strategy = NodeAffinitySchedulingStrategy(node_id=self.node, soft=False)
+        self.grow_timeout_s = grow_timeout_s
+        self.replica_id = f"{variant}-{uuid.uuid4().hex[:10]}"
+        self._holds: list[Any] = []
+        self._dead = False
+        self._stopped = False
+        self.actor: Any = None
+        auth = factory.authority
         try:
-            self.actor = _actor_class().options(scheduling_strategy=strategy).remote(variant, cores)
-            info = ray.get(self.actor.info.remote(), timeout=180)
-        except Exception:
-            placement.release(self.node, cores)
+            pg = _hold(cores, None)
+            self._holds.append(pg)
+            ready, _ = ray.wait([pg.ready()], timeout=pending_timeout_s)
+            if not ready:
+                raise TidalError(
+                    f"replica of {variant} ({cores:g} cores) stayed pending for "
+                    f"{pending_timeout_s:g} s: no Ray node had the cores"
+                )
+            self.node = _hold_node(pg)
+            strategy = _node_affinity(self.node)
+            self.actor = _actor_class().options(scheduling_strategy=strategy).remote(variant)
+            node, cpu_ids = ray.get(self.actor.where.remote(), timeout=120)
+            grant = ray.get(
+                auth.reserve.remote(
+                    self.replica_id, node, cores, factory.node_cores(node), cpu_ids
+                ),
+                timeout=30,
+            )
+            if grant is None:
+                raise TidalError(
+                    f"the placement authority has no CPUs for {cores:g} cores on node "
+                    f"{node[:8]} (used {ray.get(auth.used.remote(), timeout=30)})"
+                )
+            self.cpus: tuple[int, ...] = tuple(grant.cpus)
+            info = ray.get(self.actor.start.remote(cores, list(self.cpus)), timeout=300)
+        except BaseException:
+            self._cleanup()
             raise
         self.pid: int = int(info["pid"])
         self.cold_start_s: float = float(info["cold_start_s"])
         self.mechanism = str(info["mechanism"])
-        self._dead = False
-        self._stopped = False
 
     async def infer_async(self, batch: np.ndarray) -> np.ndarray:
         from tidal.dataplane.worker import WorkerDied
@@ -182,17 +310,80 @@ class RayExecutor:
         return out
 
     def resize(self, cores: float) -> float:
+        """Resize in place, holding the cores in Ray first; TidalError (unchanged) if the node
+        has no room, WorkerDied if the actor is gone."""
         from tidal.dataplane.worker import WorkerDied
 
         ray = _ray()
+        auth = self.factory.authority
+        old = self.cores
+        grant = ray.get(auth.resize.remote(self.replica_id, cores), timeout=30)
+        if grant is None:
+            raise TidalError(
+                f"no room on node {self.node[:8]} to resize {self.variant} {old:g} -> "
+                f"{cores:g} cores (used {ray.get(auth.used.remote(), timeout=30)})"
+            )
         try:
-            dur = float(ray.get(self.actor.resize.remote(cores), timeout=60))
+            self._rehold(old, cores)
+        except TidalError:
+            ray.get(auth.resize.remote(self.replica_id, old), timeout=30)
+            raise
+        try:
+            dur = float(ray.get(self.actor.resize.remote(cores, list(grant.cpus)), timeout=60))
         except ray.exceptions.RayActorError as e:
             self._dead = True
             raise WorkerDied(f"Ray actor of {self.variant} died during resize: {e}") from e
-        self.placement.resize(self.node, self.cores, cores)
-        self.cores = cores
+        self.cores, self.cpus = cores, tuple(grant.cpus)
         return dur
+
+    def _rehold(self, old: float, new: float) -> None:
+        ray = _ray()
+        from ray.util.placement_group import remove_placement_group
+
+        if new > old + 1e-9:
+            pg = _hold(new - old, self.node)
+            ready, _ = ray.wait([pg.ready()], timeout=self.grow_timeout_s)
+            if not ready:
+                remove_placement_group(pg)
+                raise TidalError(
+                    f"Ray has no {new - old:g} free CPUs on node {self.node[:8]} to grow "
+                    f"{self.variant} to {new:g} cores"
+                )
+            self._holds.append(pg)
+        elif new < old - 1e-9:
+            # Release first, then hold the smaller size on the same node (it fits: we just
+            # freed more than we ask). Ray counts the new size from here on.
+            for pg in self._holds:
+                remove_placement_group(pg)
+            self._holds = []
+            pg = _hold(new, self.node)
+            ray.wait([pg.ready()], timeout=30)
+            self._holds.append(pg)
+
+    def cpu_state(self) -> dict[str, Any]:
+        """The quota and CPU set read back from the kernel inside the actor (tests)."""
+        out: dict[str, Any] = _ray().get(self.actor.cpu_state.remote(), timeout=30)
+        return out
+
+    def _cleanup(self) -> None:
+        ray = _ray()
+        from ray.util.placement_group import remove_placement_group
+
+        if self.actor is not None:
+            try:
+                ray.kill(self.actor, no_restart=True)
+            except Exception as e:  # already gone with its node
+                log.info("killing %s: %s", self.replica_id, e)
+        for pg in self._holds:
+            try:
+                remove_placement_group(pg)
+            except Exception as e:
+                log.info("removing a hold of %s: %s", self.replica_id, e)
+        self._holds = []
+        try:
+            ray.get(self.factory.authority.release.remote(self.replica_id), timeout=30)
+        except Exception as e:
+            log.warning("releasing %s in the placement authority: %s", self.replica_id, e)
 
     def stop(self) -> None:
         if self._stopped:
@@ -200,35 +391,113 @@ class RayExecutor:
         self._stopped = True
         ray = _ray()
         try:
-            if not self._dead:
+            if not self._dead and self.actor is not None:
                 ray.get(self.actor.stop.remote(), timeout=10)
         except Exception as e:  # dead node or actor: nothing left to stop
             log.info("stopping %s on %s: %s", self.variant, self.node[:8], e)
         finally:
-            ray.kill(self.actor, no_restart=True)
-            self.placement.release(self.node, self.cores)
+            self._cleanup()
 
     def alive(self) -> bool:
         return not self._dead and not self._stopped
 
 
-class RayFactory:
-    """The gateway's ExecutorFactory for Ray: connects once to `address`, places replicas."""
+def _node_affinity(node: str) -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    def __init__(self, address: str | None, cores_per_node: float | None = None) -> None:
+    return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+
+
+class RayFactory:
+    """The gateway's ExecutorFactory for Ray: connects once to `address`, places replicas.
+
+    `autoscale_max_nodes`: when the cluster can grow (KubeRay's autoscaler), the planners see
+    that many nodes of the current node size; replicas beyond the nodes present stay pending
+    until the autoscaler adds a node.
+    """
+
+    def __init__(
+        self,
+        address: str | None,
+        cores_per_node: float | None = None,
+        *,
+        autoscale_max_nodes: int | None = None,
+        pending_timeout_s: float = 600.0,
+    ) -> None:
         self.address = address
-        self.placement = RayPlacement(cores_per_node)
+        self.cores_per_node = cores_per_node
+        self.autoscale_max_nodes = autoscale_max_nodes
+        self.pending_timeout_s = pending_timeout_s
+        self._authority: Any = None
         self._lock = threading.Lock()
 
     def connect(self) -> None:
-        ray = _ray()
         with self._lock:
-            if not ray.is_initialized():
-                ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
+            connect(self.address)
+            if self._authority is None:
+                self._authority = authority()
+
+    @property
+    def authority(self) -> Any:
+        self.connect()
+        return self._authority
+
+    def nodes(self) -> dict[str, float]:
+        """Alive nodes with CPUs -> their cores (a head started with 0 CPUs hosts nothing)."""
+        return self._nodes()[0]
+
+    def _nodes(self) -> tuple[dict[str, float], list[str]]:
+        """(alive nodes with CPUs -> cores, ids of the nodes Ray reports dead)."""
+        self.connect()
+        alive: dict[str, float] = {}
+        dead: list[str] = []
+        for n in _ray().nodes():
+            cpus = float(n.get("Resources", {}).get("CPU", 0.0))
+            if not n.get("Alive"):
+                dead.append(n["NodeID"])
+            elif cpus > 0:
+                alive[n["NodeID"]] = self.cores_per_node or cpus
+        return dict(sorted(alive.items())), dead
+
+    def node_cores(self, node: str) -> float:
+        cores = self.nodes().get(node)
+        if cores is None:
+            raise TidalError(f"Ray node {node[:8]} is not alive")
+        return cores
+
+    def capacity(self) -> Capacity:
+        """The planners' capacity from the cluster's real resources, refreshed per call; the
+        authority forgets nodes that left."""
+        nodes, dead = self._nodes()
+        try:
+            if dead:
+                _ray().get(self.authority.forget.remote(dead), timeout=30)
+        except Exception as e:
+            log.warning("placement authority: %s", e)
+        if not nodes:
+            return Capacity(nodes=1, cores_per_node=0.0)
+        n = max(len(nodes), self.autoscale_max_nodes or 0)
+        return Capacity(nodes=n, cores_per_node=min(nodes.values()))
+
+    def used(self) -> dict[str, float]:
+        out: dict[str, float] = _ray().get(self.authority.used.remote(), timeout=30)
+        return out
 
     def __call__(self, variant: str, cores: float) -> RayExecutor:
         self.connect()
-        return RayExecutor(self.placement, variant, cores)
+        return RayExecutor(self, variant, cores, pending_timeout_s=self.pending_timeout_s)
+
+    def shutdown(self) -> None:
+        """Remove the authority when no replica holds anything (SIGTERM leaves no actor)."""
+        if self._authority is None:
+            return
+        ray = _ray()
+        try:
+            if not ray.get(self._authority.grants.remote(), timeout=10):
+                ray.kill(self._authority, no_restart=True)
+        except Exception as e:
+            log.info("placement authority at shutdown: %s", e)
+        self._authority = None
 
 
 class RayActuator(LocalActuator):
@@ -237,17 +506,23 @@ class RayActuator(LocalActuator):
     name = "ray"
 
     def __init__(self, gateway: Any, factory: RayFactory) -> None:
-        super().__init__(gateway)
+        super().__init__(gateway, factory.capacity())
         self.factory = factory
 
     def capacity(self) -> Capacity:
-        self.factory.connect()
-        return self.factory.placement.capacity()
+        self._capacity = self.factory.capacity()
+        return self._capacity
+
+    def apply(self, plan: Plan) -> Any:
+        self.capacity()  # check the plan against the cluster as it is now
+        return super().apply(plan)
 
 
 async def wait_ready(gateway: Any, stage: str, replicas: int, timeout_s: float = 120.0) -> None:
     """Wait until `stage` has `replicas` ready replicas (tests, CLI)."""
-    clock: Clock = getattr(gateway, "clock", MonotonicClock())
+    import asyncio
+
+    clock = gateway.clock
     t0 = clock.now()
     while gateway.metrics_snapshot()[stage].replicas != replicas:
         if clock.now() - t0 > timeout_s:
