@@ -316,8 +316,8 @@ class GRPCServer:
 
     async def model_ready(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         async def run() -> pb.ModelReadyResponse:
-            info, variant = oip_serve.resolve(self.gw, request.name, request.version or None)
-            return pb.ModelReadyResponse(ready=oip_serve.ready(self.gw, info, variant))
+            _, ok = oip_serve.model_ready(self.gw, request.name, request.version or None)
+            return pb.ModelReadyResponse(ready=ok)
 
         return await self._guard(context, run)
 
@@ -349,16 +349,30 @@ class GRPCServer:
         req = parse_grpc(request, sig)
         slo = _slo(req.parameters.get("slo_ms"), gw.config.max_slo_ms)
         remaining = context.time_remaining()
+        bound_by_grpc = False
         if remaining is not None:
             if remaining <= 0:
                 raise OIPError(504, "the gRPC deadline passed before the request was queued")
-            slo = min(slo if slo is not None else gw.config.default_slo_ms, remaining * 1e3)
-        named, res, sig = await oip_serve.infer(gw, info, req, variant, slo)
+            asked = slo if slo is not None else gw.config.default_slo_ms
+            bound_by_grpc = remaining * 1e3 < asked
+            slo = min(asked, remaining * 1e3)
+        try:
+            named, res, sig = await oip_serve.infer(gw, info, req, variant, slo)
+        except OIPError as e:
+            # The client's own deadline cannot be met (refused as too late, or expired while
+            # queued): DEADLINE_EXCEEDED, with the gateway's reason.
+            if bound_by_grpc and getattr(e, "cause", None) in ("refused", "expired"):
+                raise OIPError(504, f"{e.message} (the gRPC deadline)") from None
+            raise
         outputs = select_outputs(sig, named, req)
         resp = pb.ModelInferResponse(
-            model_name=info.name, model_version=res.variants[-1], id=request.id
+            model_name=info.name,
+            model_version=oip_serve.version_of(info.name, res.variants[-1]),
+            id=request.id,
         )
-        for k, v in oip_serve.result_parameters(res).items():
+        for k, v in oip_serve.result_parameters(
+            res, slo if slo is not None else gw.config.default_slo_ms
+        ).items():
             p = resp.parameters[k]
             if isinstance(v, bool):
                 p.bool_param = v

@@ -185,6 +185,11 @@ class OIPApp:
         action = rest[1] if len(rest) == 2 else ""
         if action not in ("", "ready", "infer", "config", "stats"):
             raise OIPError(404, f"no route {method} {path}")
+        if action == "ready" and name not in self.gw.models:  # unloaded repository model
+            if method not in ("GET", "HEAD"):
+                raise _allow("GET, HEAD")
+            _, ok = oip_serve.model_ready(self.gw, name, version)
+            return 503, orjson.dumps({"name": name, "ready": ok}), []
         info, variant = oip_serve.resolve(self.gw, name, version)
         if action == "infer":
             if method != "POST":
@@ -245,10 +250,12 @@ class OIPApp:
         outputs = select_outputs(sig, named, req)
         resp, hlen = encode_rest(
             info.name,
-            res.variants[-1],
+            oip_serve.version_of(info.name, res.variants[-1]),
             outputs,
             req.id,
-            oip_serve.result_parameters(res),
+            oip_serve.result_parameters(
+                res, slo if slo is not None else self.gw.config.default_slo_ms
+            ),
         )
         if hlen is None:
             return 200, resp, []

@@ -311,9 +311,12 @@ def requested_output(sig: ModelSig, name: Any, params: dict[str, Any]) -> Reques
     binary = params.get("binary_data")
     if binary is not None and not isinstance(binary, bool):
         raise OIPError(400, f"output {name!r}: binary_data must be true or false, got {binary!r}")
-    k = params.get("class_count", 0)
+    # The classification extension's parameter is "classification" (tritonclient sends it);
+    # "class_count" is accepted as its alias.
+    key = "classification" if "classification" in params else "class_count"
+    k = params.get(key, 0)
     if not _is_int(k) or k < 0:
-        raise OIPError(400, f"output {name!r}: class_count must be an int >= 0, got {k!r}")
+        raise OIPError(400, f"output {name!r}: {key} must be an int >= 0, got {k!r}")
     return RequestedOutput(name, binary, k)
 
 

@@ -79,6 +79,26 @@ def versions(gw: Any, info: Any) -> list[str]:
     return list(info.versions)
 
 
+def in_repository(gw: Any, model: str) -> bool:
+    """True when the repository knows `model` (e.g. unloaded: not ready, but not unknown)."""
+    repo = getattr(gw, "repository", None)
+    if repo is None:
+        return False
+    try:
+        return any(e.get("name") == model for e in repo.index(False))
+    except Exception:  # an index that cannot be read: the model is unknown
+        return False
+
+
+def model_ready(gw: Any, model: str, version: str | None) -> tuple[str, bool]:
+    """(name, ready) for the ready route: False for a repository model that is not loaded,
+    404 `OIPError` only for a model nobody knows (or an unknown version of a served one)."""
+    if model not in gw.models and in_repository(gw, model):
+        return model, False
+    info, variant = resolve(gw, model, version)
+    return info.name, ready(gw, info, variant)
+
+
 def ready(gw: Any, info: Any, variant: str | None = None) -> bool:
     """Every stage has a ready replica (of `variant`, when a version is pinned)."""
     if not gw.ready:
@@ -204,8 +224,18 @@ async def infer(
     return named, res, sig
 
 
-def result_parameters(res: Any) -> dict[str, Any]:
+def version_of(model: str, variant: str) -> str:
+    """The version a response names: "2" for the repository variant "<model>/2", else the
+    variant (a zoo model's versions are its variants)."""
+    prefix = model + "/"
+    return variant[len(prefix) :] if variant.startswith(prefix) else variant
+
+
+def result_parameters(res: Any, slo_ms: float) -> dict[str, Any]:
+    """Tidal's response parameters: how the request was served, and the SLO it was given
+    (`slo_ms`: the request's, the gRPC deadline's if sooner, else the default)."""
     return {
+        "slo_ms": round(slo_ms, 3),
         "variant": res.variants[-1],
         "variants": res.variants,
         "batch_size": res.batch_sizes[-1],

@@ -47,7 +47,10 @@ class RequestInput(_Open):
 
 class OutputParameters(_Open):
     binary_data: bool | None = Field(default=None, description="Return in the binary section.")
-    class_count: int | None = Field(default=None, ge=0, description="Top-k classification.")
+    classification: int | None = Field(
+        default=None, ge=0, description="Classification extension: top-k as 'score:index'."
+    )
+    class_count: int | None = Field(default=None, ge=0, description="Alias of classification.")
 
 
 class RequestOutput(_Open):

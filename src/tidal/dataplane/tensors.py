@@ -113,6 +113,22 @@ class TensorSet:
         """(rows,): the batch dimension, as the scheduler reads `x.shape[0]`."""
         return (int(next(iter(self.tensors.values())).shape[0]),)
 
+    @property
+    def ndim(self) -> int:
+        """The largest rank of the tensors (>= 1: every tensor has the batch dimension)."""
+        return max(a.ndim for a in self.tensors.values())
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all tensors (BYTES elements counted by their length)."""
+        total = 0
+        for a in self.tensors.values():
+            if a.dtype.kind == "O":
+                total += sum(len(v) if isinstance(v, bytes | str) else 8 for v in a.reshape(-1))
+            else:
+                total += a.nbytes
+        return total
+
     def __len__(self) -> int:
         return self.shape[0]
 

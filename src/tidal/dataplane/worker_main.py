@@ -201,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             x = ipc.to_array(code, shape, payload)
             t0 = clock()
             try:
+                if x.dtype.kind == "O":
+                    x = _ort_strings(x)
                 if echo or len(out_names) == 1:
                     y = x if echo else sess.run(None, {in_name: x})[0]
                     frame = ipc.encode_tensor(ipc.RESULT, req_id, y, clock() - t0)
