@@ -92,6 +92,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             "local", help="Where replicas run: local (worker processes) or ray (Ray actors)."
         ),
         address: str | None = typer.Option(None, help="Ray cluster address (--substrate ray)."),
+        ray_max_nodes: int | None = typer.Option(
+            None,
+            min=1,
+            help="--substrate ray with an autoscaling cluster (KubeRay): plan for up to this "
+            "many nodes; replicas beyond the nodes present stay pending until one joins.",
+        ),
         forecast: str | None = typer.Option(
             None, help="Load predictor for the policy: last, max, ewma, lstm (tidal.forecast)."
         ),
@@ -124,7 +130,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             )
         from tidal.control.serve_hook import substrate_factory  # closed-loop issue
 
-        factory = substrate_factory(substrate, address)
+        factory = substrate_factory(substrate, address, ray_max_nodes)
 
         def announce(gw: Any) -> None:
             typer.echo(

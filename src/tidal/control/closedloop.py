@@ -48,6 +48,9 @@ class LoopOptions:
     profile: ProfileSet | None = None
     substrate: str = "local"
     address: str | None = None
+    # Ray: the planners see this many nodes when the cluster can grow (KubeRay autoscaler);
+    # replicas beyond the nodes present stay pending until a node joins.
+    ray_max_nodes: int | None = None
     calibrate: bool = True
 
 
@@ -267,4 +270,4 @@ def ray_factory(options: LoopOptions) -> Any:
     from tidal.control.ray_substrate import RayFactory
 
     cpn = options.capacity.cores_per_node if options.capacity else None
-    return RayFactory(options.address, cpn)
+    return RayFactory(options.address, cpn, autoscale_max_nodes=options.ray_max_nodes)

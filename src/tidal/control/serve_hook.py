@@ -26,9 +26,19 @@ def wrap(oip_app: Any, gateway: Any, factory: Any = None) -> ClosedLoop:
     return cl
 
 
-def substrate_factory(substrate: str, address: str | None) -> Any:
-    """The gateway's executor factory for `substrate` (None = local worker processes)."""
-    return ray_factory(LoopOptions(substrate=substrate, address=address))
+def substrate_factory(
+    substrate: str, address: str | None, ray_max_nodes: int | None = None
+) -> Any:
+    """The gateway's executor factory for `substrate` (None = local worker processes).
+
+    For Ray it connects at once, so a wrong address, failed authentication or differing Ray
+    versions stop `tidal serve` with one line (TidalError) before anything starts."""
+    factory = ray_factory(
+        LoopOptions(substrate=substrate, address=address, ray_max_nodes=ray_max_nodes)
+    )
+    if factory is not None:
+        factory.connect()
+    return factory
 
 
 def loop_for(gateway: Any) -> ClosedLoop | None:
