@@ -26,9 +26,7 @@ def wrap(oip_app: Any, gateway: Any, factory: Any = None) -> ClosedLoop:
     return cl
 
 
-def substrate_factory(
-    substrate: str, address: str | None, ray_max_nodes: int | None = None
-) -> Any:
+def substrate_factory(substrate: str, address: str | None, ray_max_nodes: int | None = None) -> Any:
     """The gateway's executor factory for `substrate` (None = local worker processes).
 
     For Ray it connects at once, so a wrong address, failed authentication or differing Ray
