@@ -65,3 +65,20 @@ clean:
 test-ray: $(STAMP)
 	uv pip install --quiet --python $(PY) -e ".[dev,ray]"
 	$(PY) -m pytest -q -m ray tests
+
+# CEP: the Java Flink host (src/tidal/cep/flink-job) built against the Flink jars of the
+# apache-flink-libraries wheel (needs java + javac 17), then `tidal cep bench --flink`.
+FLINK_VERSION ?= 2.3.0
+CEP_FLINK := build/cep-flink
+CEP_FLINK_EVENTS ?= 500000
+.PHONY: cep-flink
+cep-flink: $(STAMP)
+	@mkdir -p $(CEP_FLINK)/wheel $(CEP_FLINK)/lib $(CEP_FLINK)/classes
+	@ls $(CEP_FLINK)/lib/flink-dist-*.jar >/dev/null 2>&1 || { \
+	  ls $(CEP_FLINK)/wheel/apache_flink_libraries-*.whl >/dev/null 2>&1 || \
+	  python3 -m pip download --quiet --no-deps "apache-flink-libraries==$(FLINK_VERSION)" -d $(CEP_FLINK)/wheel || \
+	  uvx pip download --quiet --no-deps "apache-flink-libraries==$(FLINK_VERSION)" -d $(CEP_FLINK)/wheel; \
+	  unzip -q -o -j $(CEP_FLINK)/wheel/apache_flink_libraries-*.whl 'pyflink/lib/flink-dist-*' \
+	    'pyflink/lib/flink-cep-*' 'pyflink/lib/log4j-*' -d $(CEP_FLINK)/lib; }
+	javac -d $(CEP_FLINK)/classes -cp "$(CEP_FLINK)/lib/*" src/tidal/cep/flink-job/tidal/cep/flink/*.java
+	$(VENV)/bin/tidal cep bench --flink --events $(CEP_FLINK_EVENTS)

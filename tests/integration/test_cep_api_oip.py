@@ -136,7 +136,8 @@ def test_operator_calls_served_model_over_oip_v2(tmp_path, gateway) -> None:
     m = NodeManager(tmp_path, srv.url, DeployDefaults(codec="packed", batch=16))
     try:
         env = {"TIDAL_CEP_OIP_URL": gateway, "TIDAL_CEP_OIP_MODEL": "digits"}
-        m.register("model", VersionSpec(source=operators.path("oip_model").read_text(), env=env))
+        src = operators.path("oip_model").read_text()
+        m.register("model", VersionSpec(source=src, env=env, network=True))  # calls the model
         cl = connect(m, "model")
         arr = workload.transactions(40, seed=9)
         cl.submit(arr)

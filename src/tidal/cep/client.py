@@ -42,7 +42,10 @@ class OperatorClient:
         clock: Clock | None = None,
         receive: bool = True,
         sleep: Callable[[float], None] = time.sleep,
+        sink: Callable[[Batch], None] | None = None,
     ) -> None:
+        """`sink`, when given, is called on the receiver thread with each result batch
+        instead of queueing it for `poll()`."""
         if batch < 1:
             raise TidalError(f"batch must be >= 1, got {batch}")
         if flush_ms <= 0:
@@ -68,6 +71,7 @@ class OperatorClient:
         self.sent = 0
         self.received = 0
         self.rejected: list[str] = []
+        self._sink = sink
         self._flusher = threading.Thread(target=self._flush_loop, name="cep-flush", daemon=True)
         self._flusher.start()
         self._receiver: threading.Thread | None = None
@@ -129,6 +133,11 @@ class OperatorClient:
         with self._recv_lock:
             n_in, n_out = self._rstore.execute([("llen", self.in_key), ("llen", self.out_key)])
             return int(n_in) == 0 and int(n_out) == 0 and not self._inflight
+
+    def buffered(self) -> int:
+        """Events submitted but not yet pushed to the in queue."""
+        with self._cv:
+            return self._buffered
 
     def flush(self) -> None:
         """Push everything buffered now (synchronously)."""
@@ -195,7 +204,10 @@ class OperatorClient:
                 if frames:
                     batch = self.codec.decode(frames)
                     self.received += len(batch)
-                    self._inbox.append(batch)
+                    if self._sink is not None:
+                        self._sink(batch)
+                    else:
+                        self._inbox.append(batch)
             if not frames:
                 if self._closed:
                     return

@@ -1,8 +1,9 @@
 """A fork server for Python operators: imports once, forks each operator in milliseconds.
 
 Run as ``python -m tidal.cep.forkserver``. It imports `PRELOAD` (numpy, redis, httpx, the
-runtime), then reads one JSON object per line on stdin, ``{"env": {...}}``, forks a child
-that runs the operator runtime with that environment, and writes ``{"pid": n}``. When a child
+runtime), then reads one JSON object per line on stdin, ``{"env": {...}, "plan": {...},
+"network": bool}``, forks a child that applies the sandbox `plan` (`tidal.cep.sandbox`) and
+runs the operator runtime with exactly that environment, and writes ``{"pid": n}``. When a child
 ends it writes ``{"exit": pid, "code": c}``. It exits when stdin closes, terminating its
 children. The protocol carries only JSON from the parent process (never network input).
 """
@@ -17,13 +18,47 @@ import select
 import signal
 import sys
 
-PRELOAD = ["numpy", "redis", "httpx", "tidal.cep.sdk.python.runtime", "tidal.cep.sockstore"]
+PRELOAD = [
+    "numpy",
+    "redis",
+    "httpx",
+    "tidal.cep.sdk.python.runtime",
+    "tidal.cep.sockstore",
+    "tidal.cep.sandbox",
+    # stdlib modules imported lazily (redis' host names need idna) or commonly by operators:
+    # a sandboxed operator may not be able to read the interpreter's own directory
+    "encodings.idna",
+    "statistics",
+    "datetime",
+    "decimal",
+    "heapq",
+    "bisect",
+    "random",
+    "hashlib",
+    "zlib",
+    "ssl",
+    "importlib.readers",
+    "importlib.resources.readers",
+    "http.client",
+    "urllib.request",
+    "tidal.cep.operators.card_count",
+    "tidal.cep.operators.oip_model",
+    "tidal.cep.operators.small_large",
+]
 
 
-def _child(env: dict[str, str]) -> int:
+def _child(env: dict[str, str], plan: dict[str, object], network: bool) -> int:
+    from tidal.cep import sandbox
+    from tidal.cep.sdk.python.runtime import main
+
+    os.environ.clear()  # the operator's whole environment is `env` (no inherited secret)
     os.environ.update(env)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    from tidal.cep.sdk.python.runtime import main
+    try:
+        sandbox.apply(plan, network)
+    except OSError as e:
+        print(f"tidal-cep sandbox failed: {e}", file=sys.stderr, flush=True)
+        return 126
 
     try:
         return main(env)
@@ -82,7 +117,8 @@ def serve() -> None:
             if pid == 0:
                 os.close(inp.fileno())
                 os.dup2(2, 1)  # the child's stdout goes to stderr, not into our protocol
-                os._exit(_child({str(k): str(v) for k, v in req["env"].items()}))
+                env = {str(k): str(v) for k, v in req["env"].items()}
+                os._exit(_child(env, dict(req.get("plan") or {}), bool(req.get("network"))))
             children.add(pid)
             out.write(json.dumps({"pid": pid}) + "\n")
             out.flush()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from tidal.cep import procs
+from tidal.cep import procs, sandbox
 from tidal.cep.codec import handover_frame
 from tidal.cep.registry import Registry, VersionInfo, VersionSpec
 from tidal.cep.sdk.python.runtime import RuntimeConfig, inst_keys, keys
@@ -53,9 +55,23 @@ class DeployDefaults(BaseModel):
         description="commit: LTRIM with the results (redelivery); pop: CEPless' atomic pop.",
     )
     checkpoint_every: int = Field(
-        default=0, ge=0, description="K > 0: checkpoint keyed state every K commits (crashes)."
+        default=8,
+        ge=0,
+        description="K > 0: checkpoint keyed state every K commits, so a crash replays at "
+        "most (K-1)*B events (0: off, a restarted operator starts empty).",
     )
     ready_timeout_s: float = Field(default=30.0, gt=0)
+    allow_command: bool = Field(
+        default=False, description="Accept `language: command` versions (any program)."
+    )
+
+
+class NotRunning(TidalError):
+    """The operator is registered but not running (HTTP 409)."""
+
+
+class Forbidden(TidalError):
+    """Refused by the node manager's configuration (HTTP 403)."""
 
 
 @dataclass
@@ -67,6 +83,8 @@ class Deployment:
     in_key: str
     out_key: str
     restarts: int = 0
+    next_restart: float = 0.0
+    fast_restarts: int = 0
     stopped: bool = False
     draining: list[procs.OperatorProcess] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
@@ -81,8 +99,20 @@ class NodeManager:
         store_url: str,
         defaults: DeployDefaults | None = None,
         clock: Clock | None = None,
+        sandbox_cfg: sandbox.SandboxConfig | None = None,
     ) -> None:
-        self.registry = Registry(Path(root) / "registry")
+        self.root = Path(root)
+        self.registry = Registry(self.root / "registry")
+        self.sandbox = sandbox_cfg or sandbox.SandboxConfig()
+        # One working directory per operator instance, under a base the sandbox user can
+        # reach (/tmp/tidal-cep-ops-*, mode 0711) whatever the permissions above `root`.
+        self.ops_dir = Path(tempfile.mkdtemp(prefix="tidal-cep-ops-"))
+        self.ops_dir.chmod(0o711)
+        self.op_store_url = store_url  # the store as operators reach it
+        if store_url.startswith("unix://"):
+            self.op_store_url = sandbox.share_socket(
+                store_url[len("unix://") :], self.ops_dir, self.sandbox
+            )
         self.store_url = store_url
         self.store: Store = open_store(store_url)
         self.defaults = defaults or DeployDefaults()
@@ -97,9 +127,18 @@ class NodeManager:
 
     # -- processes ----------------------------------------------------------------------
     def _spawn(self, info: VersionInfo, instance: str, standby: bool) -> procs.OperatorProcess:
-        d = self.defaults
+        d = self.defaults.model_copy(update=self.overrides(info.spec))
+        plan = sandbox.prepare(self.sandbox, self.ops_dir / instance)
+        src = ""
+        if info.source_file is not None:  # the operator reads its own copy, not the registry
+            dst = Path(plan["cwd"]) / info.source_file.name
+            dst.write_bytes(info.source_file.read_bytes())
+            if "uid" in plan:
+                os.chown(dst, int(plan["uid"]), int(plan["gid"]))
+            src = str(dst)  # absolute: the store socket and the sources stay visible
+        network = info.spec.network or not self.store_url.startswith("unix://")
         cfg = RuntimeConfig(
-            store=self.store_url,
+            store=self.op_store_url,
             in_key=f"cep:{info.name}:in",
             out_key=f"cep:{info.name}:out",
             operator=info.name,
@@ -114,18 +153,32 @@ class NodeManager:
             checkpoint_every=d.checkpoint_every,
             pop=d.pop,
             standby=standby,
-            source=str(info.source_file or ""),
+            source=src,
         )
         env = cfg.to_env()
         env.update(info.spec.env)
+        env["TIDAL_CEP_VERSION"] = str(info.version)
         if info.spec.empty_state:
             env["TIDAL_CEP_EMPTY_STATE"] = "1"
         if info.spec.language == "python":
-            return procs.ForkedPython(self._forks, env)
+            return procs.ForkedPython(self._forks, env, plan, network)
         if info.spec.language == "node":
-            return procs.Command(["node", str(NODE_RUNNER), str(info.source_file)], env, info.path)
+            return self._node(env, plan, network, src)
+        if not self.defaults.allow_command:
+            raise Forbidden("language 'command' is disabled on this node manager")
         assert info.spec.command is not None
-        return procs.Command(info.spec.command, env, info.path)
+        return procs.Command(info.spec.command, env, plan, network)
+
+    def _node(
+        self, env: dict[str, str], plan: dict[str, Any], network: bool, src: str
+    ) -> procs.OperatorProcess:
+        return procs.Command(["node", str(NODE_RUNNER), src], env, plan, network)
+
+    @staticmethod
+    def overrides(spec: VersionSpec) -> dict[str, Any]:
+        """The deployment settings this version overrides (non-None fields)."""
+        names = ("checkpoint_every", "pop", "flush_ms", "max_failures")
+        return {k: getattr(spec, k) for k in names if getattr(spec, k) is not None}
 
     def _new_instance(self, name: str, version: int) -> str:
         return f"{name}-v{version}-{next(self._ids)}-{os.getpid()}"
@@ -147,6 +200,10 @@ class NodeManager:
 
     # -- API ----------------------------------------------------------------------------
     def register(self, name: str, spec: VersionSpec) -> int:
+        if spec.language == "command" and not self.defaults.allow_command:
+            raise Forbidden(
+                "language 'command' is disabled: start the node manager with --allow-command"
+            )
         return self.registry.register(name, spec).version
 
     def request(self, name: str, version: int | None = None) -> dict[str, Any]:
@@ -164,7 +221,7 @@ class NodeManager:
             return self.describe(dep)
 
     def describe(self, dep: Deployment) -> dict[str, Any]:
-        d = self.defaults
+        d = self.defaults.model_copy(update=self.overrides(self.registry.get(dep.name).spec))
         return {
             "name": dep.name,
             "version": dep.version,
@@ -176,6 +233,9 @@ class NodeManager:
             "flush_ms": d.flush_ms,
             "mode": d.mode,
             "codec": d.codec,
+            "pop": d.pop,
+            "checkpoint_every": d.checkpoint_every,
+            "max_failures": d.max_failures,
             "restarts": dep.restarts,
             "running": not dep.stopped,
             "parked": int(self.store.execute([("llen", keys(dep.name)["parked"])])[0]),
@@ -195,10 +255,10 @@ class NodeManager:
     def update(self, name: str, version: int) -> dict[str, Any]:
         """Hot update to `version` (make-before-break); returns timings in ms."""
         with self._lock:
+            info = self.registry.get(name, version)
             dep = self.deployments.get(name)
             if dep is None or dep.stopped:
-                raise TidalError(f"operator {name!r} is not running; request it first")
-            info = self.registry.get(name, version)
+                raise NotRunning(f"operator {name!r} is not running; request it first")
             t0 = self.clock.now()
             inst = self._new_instance(name, info.version)
             proc = self._spawn(info, inst, standby=True)
@@ -241,7 +301,7 @@ class NodeManager:
         hand-over -> new first output (new_ms)."""
         dep = self.deployments.get(name)
         if dep is None:
-            raise TidalError(f"operator {name!r} is not running")
+            raise NotRunning(f"operator {name!r} is not running")
         ik = inst_keys(dep.instance)
         first, prev, at = self.store.execute(
             [
@@ -258,14 +318,16 @@ class NodeManager:
         }
 
     def parked(self, name: str) -> ByteList:
+        self.registry.get(name)  # UnknownOperator (404) for a name never registered
         k = keys(name)["parked"]
         return list(self.store.execute([("lrange", k, 0, -1)])[0])
 
     def stop(self, name: str) -> dict[str, Any]:
         with self._lock:
+            self.registry.get(name)
             dep = self.deployments.get(name)
             if dep is None or dep.stopped:
-                raise TidalError(f"operator {name!r} is not running")
+                raise NotRunning(f"operator {name!r} is not running")
             dep.stopped = True
             dep.proc.terminate()
         if dep.proc.wait(5) is None:
@@ -286,6 +348,7 @@ class NodeManager:
                         p.wait(3)
         self._sup.join(timeout=2)
         self._forks.close()
+        shutil.rmtree(self.ops_dir, ignore_errors=True)
 
     # -- supervision --------------------------------------------------------------------
     def _supervise(self) -> None:
@@ -295,6 +358,11 @@ class NodeManager:
                     dep.draining = [p for p in dep.draining if p.exitcode() is None]
                     if dep.stopped or dep.proc.exitcode() is None:
                         continue
+                    now = self.clock.now()
+                    if now < dep.next_restart:  # back off: 0.02 s doubling up to 2 s
+                        continue
+                    dep.next_restart = now + min(2.0, 0.02 * 2 ** min(dep.fast_restarts, 7))
+                    dep.fast_restarts += 1
                     code = dep.proc.exitcode()
                     with contextlib.suppress(TidalError):
                         info = self.registry.get(dep.name, dep.version)

@@ -3,7 +3,9 @@
 Python operators fork from a fork server (`tidal.cep.forkserver`) that has numpy, redis,
 httpx and the runtime imported, so a new version starts in milliseconds instead of a cold
 ~0.3 s interpreter start. Other languages run as commands (`subprocess.Popen`). Both expose
-`OperatorProcess`.
+`OperatorProcess`. Every operator runs under `tidal.cep.sandbox` (`plan` from
+`sandbox.prepare`): its own session, directory, rlimits, user and an environment that holds
+the operator contract only. The fork server itself starts with a scrubbed environment.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from typing import IO, Protocol, cast
+from typing import IO, Any, Protocol, cast
 
+from tidal.cep import sandbox
 from tidal.core.errors import TidalError
 
 
@@ -40,10 +43,12 @@ class ForkServer:
     """Client of one `python -m tidal.cep.forkserver` child process."""
 
     def __init__(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDAL_CEP_")}
         self._p = subprocess.Popen(
             [sys.executable, "-m", "tidal.cep.forkserver"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            env=env,
         )
         self._out = cast(IO[bytes], self._p.stdout)
         self._in = cast(IO[bytes], self._p.stdin)
@@ -69,9 +74,10 @@ class ForkServer:
         with self._cv:
             self._cv.notify_all()
 
-    def fork(self, env: Mapping[str, str]) -> int:
+    def fork(self, env: Mapping[str, str], plan: Mapping[str, Any], network: bool) -> int:
+        req = {"env": dict(env), "plan": dict(plan), "network": network}
         with self._lock:
-            self._in.write(json.dumps({"env": dict(env)}).encode() + b"\n")
+            self._in.write(json.dumps(req).encode() + b"\n")
             self._in.flush()
             with self._cv:
                 if not self._cv.wait_for(lambda: bool(self._pids), timeout=10):
@@ -96,9 +102,15 @@ class ForkServer:
 class ForkedPython:
     """A Python operator forked from the preloaded fork server."""
 
-    def __init__(self, server: ForkServer, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        server: ForkServer,
+        env: Mapping[str, str],
+        plan: Mapping[str, Any],
+        network: bool = False,
+    ) -> None:
         self._srv = server
-        self._pid = server.fork(env)
+        self._pid = server.fork(sandbox.child_env(env, str(plan["cwd"])), plan, network)
 
     @property
     def pid(self) -> int | None:
@@ -125,11 +137,22 @@ class ForkedPython:
 class Command:
     """An operator in any language, run as a command with the environment contract."""
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> None:
-        full = dict(os.environ)
-        full.update(env)
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        plan: Mapping[str, Any],
+        network: bool = False,
+    ) -> None:
+        full = sandbox.child_env(env, str(plan["cwd"]))
         try:
-            self._p = subprocess.Popen(list(argv), env=full, cwd=cwd)
+            self._p = subprocess.Popen(
+                list(argv),
+                env=full,
+                cwd=str(plan["cwd"]),
+                preexec_fn=lambda: sandbox.apply(plan, network),  # noqa: PLW1509
+                close_fds=True,
+            )
         except OSError as e:
             raise TidalError(f"cannot start operator command {list(argv)!r}: {e}") from None
 

@@ -21,14 +21,26 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 MAX_SOURCE_BYTES = 1024 * 1024
 
 
+class UnknownOperator(TidalError):
+    """No version of this operator is registered (HTTP 404)."""
+
+
 class VersionSpec(BaseModel):
-    """What a client registers: exactly one of `source` or `command`."""
+    """What a client registers: exactly one of `source` or `command`, plus optional
+    per-version overrides of the node manager's deployment defaults (None: the default)."""
 
     language: Literal["python", "node", "command"] = "python"
     source: str | None = Field(default=None, max_length=MAX_SOURCE_BYTES)
     command: list[str] | None = Field(default=None, min_length=1)
     empty_state: bool = Field(default=False, description="Start from empty state on update.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment.")
+    checkpoint_every: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="K: checkpoint every K commits (0: off)."
+    )
+    pop: Literal["commit", "pop"] | None = None
+    flush_ms: float | None = Field(default=None, gt=0, le=10_000)
+    max_failures: int | None = Field(default=None, ge=1, le=1000)
+    network: bool = Field(default=False, description="The operator needs the network.")
 
     @model_validator(mode="after")
     def _one_of(self) -> VersionSpec:
@@ -67,6 +79,7 @@ class Registry:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o700)  # sandboxed operators get a copy of their own source only
         self._lock = threading.Lock()
 
     def names(self) -> list[str]:
@@ -97,7 +110,7 @@ class Registry:
         """A version (the latest when None); TidalError names the operator or version."""
         vs = self.versions(name)
         if not vs:
-            raise TidalError(f"unknown operator {name!r}; registered: {self.names()}")
+            raise UnknownOperator(f"unknown operator {name!r}; registered: {self.names()}")
         v = vs[-1] if version is None else version
         if v not in vs:
             raise TidalError(f"operator {name!r} has no version {v}; versions: {vs}")

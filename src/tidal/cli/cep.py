@@ -8,10 +8,14 @@ import secrets
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from tidal.core.errors import TidalError
+
+if TYPE_CHECKING:
+    from tidal.cep.api import ApiHub
 
 cep = typer.Typer(
     help="Operators as a service for complex event processing (CEPless).", no_args_is_help=True
@@ -31,12 +35,29 @@ def serve(
     codec: str = typer.Option("json", help="json | packed"),
     mode: str = typer.Option("blob", help="blob (one frame per batch) | faithful (per event)"),
     batch: int = typer.Option(1000, help="B: events per pop."),
+    flush_ms: float = typer.Option(1.0, help="F: host flush period (ms)."),
+    pop: str = typer.Option("commit", help="commit (redelivery, no loss) | pop (CEPless)."),
+    checkpoint_every: int = typer.Option(
+        8, help="K: checkpoint keyed state every K commits; a crash replays <= (K-1)*B events."
+    ),
+    max_failures: int = typer.Option(3, help="N: failures of one event before it is parked."),
+    max_pending: int = typer.Option(
+        100_000, help="Event endpoint: refuse pushes (429) above this many pending events."
+    ),
+    allow_command: bool = typer.Option(
+        False, help="Accept `language: command` versions (runs any program)."
+    ),
+    sandbox: bool = typer.Option(
+        True, help="Run operators as an unprivileged user with limits (when root)."
+    ),
 ) -> None:
     """Run the node manager's HTTP API (bearer token from $TIDAL_CEP_TOKEN or <root>/token)."""
     import uvicorn
 
     from tidal.cep.api import make_app
+    from tidal.cep.gateway import Gateway
     from tidal.cep.manager import DeployDefaults, NodeManager
+    from tidal.cep.sandbox import SandboxConfig
     from tidal.cep.sockstore import SocketStoreServer
     from tidal.cep.store import MemoryStore
 
@@ -59,10 +80,23 @@ def serve(
     else:
         raise TidalError(f"--store must be embedded, redis or redis://..., got {store!r}")
     try:
-        defaults = DeployDefaults(codec=codec, mode=mode, batch=batch)
+        defaults = DeployDefaults(
+            codec=codec,
+            mode=mode,
+            batch=batch,
+            flush_ms=flush_ms,
+            pop=pop,
+            checkpoint_every=checkpoint_every,
+            max_failures=max_failures,
+            allow_command=allow_command,
+        )
+        gw_limits = {"max_pending": max_pending}
     except ValueError as e:
-        raise TidalError(f"bad option: {e}") from None
-    m = NodeManager(root, url, defaults)
+        from tidal.core.errors import first_error
+
+        raise TidalError(f"bad option: {first_error(e)}") from None  # type: ignore[arg-type]
+    m = NodeManager(root, url, defaults, sandbox_cfg=SandboxConfig(enabled=sandbox))
+    gw = Gateway(m.request, **gw_limits)
     typer.echo(
         f"tidal cep: node manager on http://{host}:{port}, store {url}, token in {tok_file}",
         err=True,
@@ -71,8 +105,9 @@ def serve(
     # operators, the fork server and a private redis-server are stopped below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(make_app(m, token), host=host, port=port, log_level="warning")
+        uvicorn.run(make_app(m, token, gw), host=host, port=port, log_level="warning")
     finally:
+        gw.close()
         m.close()
         if srv is not None:
             srv.close()
@@ -94,10 +129,36 @@ def bench_cmd(
     state_cards: int = typer.Option(131_072, help="Keyed state cards (8 bytes each)."),
     updates: int = typer.Option(5, help="Hot updates during the stateful run."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    flink: bool = typer.Option(
+        False,
+        "--flink",
+        help="Instead: Flink + Tidal operator vs FlinkCEP vs Tidal's Python host (make cep-flink).",
+    ),
 ) -> None:
     """Throughput, latency, hot-update gap, lost/duplicated events per backend."""
     from tidal.bench.cep import run
 
+    load0 = os.getloadavg()
+    if flink:
+        from tidal.bench.cep_flink import run_flink
+
+        frows = run_flink(n=events, batch=batch)
+        load1 = os.getloadavg()
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {"load_avg_start": load0, "load_avg_end": load1, "rows": frows}, indent=1
+                )
+            )
+            return
+        typer.echo(f"load average at start {load0[0]:.2f}, at end {load1[0]:.2f} (1 min)")
+        for r in frows:
+            typer.echo(
+                f"{r['backend']:>21}: {r['events_per_s']:>11,.0f} ev/s  p50 {r['p50_ms']:.2f} ms  "
+                f"p99 {r['p99_ms']:.2f} ms  lost {r['lost_events']}  dup {r['duplicated_events']}"
+                f" ({r['loss_counted_on']})  matches {r['matches']}/{r['matches_expected']}"
+            )
+        return
     rows = run(
         [b.strip() for b in backends.split(",") if b.strip()],
         n=events,
@@ -107,9 +168,12 @@ def bench_cmd(
         state_cards=state_cards,
         updates=updates,
     )
+    load1 = os.getloadavg()
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
+        typer.echo(f"load average at start {load0[0]:.2f}, at end {load1[0]:.2f}", err=True)
         return
+    typer.echo(f"load average at start {load0[0]:.2f}, at end {load1[0]:.2f} (1 min)")
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
@@ -143,8 +207,8 @@ def query_cmd(
     typer.echo(f"{len(rows)} matches", err=True)
 
 
-def _hub(url: str, token_file: Path | None):  # type: ignore[no-untyped-def]
-    from tidal.cep.api import ApiHub
+def _hub(url: str, token_file: Path | None) -> ApiHub:
+    from tidal.cep.api import ApiHub  # function-local: keeps httpx/starlette out of start-up
 
     token = os.environ.get("TIDAL_CEP_TOKEN")
     if token_file is not None:
@@ -165,6 +229,13 @@ def register_cmd(
     name: str = typer.Argument(..., help="Operator name."),
     source: Path = typer.Argument(..., help="Operator source (.py or .js)."),
     empty_state: bool = typer.Option(False, help="This version starts from empty state."),
+    checkpoint_every: int | None = typer.Option(
+        None, help="K for this version (0: no checkpoints; default: the node manager's)."
+    ),
+    pop: str | None = typer.Option(None, help="commit | pop for this version."),
+    flush_ms: float | None = typer.Option(None, help="F (ms) for this version."),
+    max_failures: int | None = typer.Option(None, help="N for this version."),
+    network: bool = typer.Option(False, help="The operator needs the network (no netns)."),
     url: str = URL,
     token_file: Path | None = TOKEN_FILE,
 ) -> None:
@@ -172,18 +243,110 @@ def register_cmd(
     if not source.is_file():
         raise TidalError(f"operator source not found: {source}")
     lang = "node" if source.suffix == ".js" else "python"
+    opts = {
+        "checkpoint_every": checkpoint_every,
+        "pop": pop,
+        "flush_ms": flush_ms,
+        "max_failures": max_failures,
+    }
     v = _hub(url, token_file).register(
-        name, language=lang, source=source.read_text(), empty_state=empty_state
+        name,
+        language=lang,
+        source=source.read_text(),
+        empty_state=empty_state,
+        network=network,
+        **{k: x for k, x in opts.items() if x is not None},
     )
     typer.echo(json.dumps({"name": name, "version": v}))
 
 
 @cep.command("request")
 def request_cmd(
-    name: str = typer.Argument(...), url: str = URL, token_file: Path | None = TOKEN_FILE
+    name: str = typer.Argument(...),
+    version: int | None = typer.Option(None, "--version", help="Start this version."),
+    url: str = URL,
+    token_file: Path | None = TOKEN_FILE,
 ) -> None:
     """Start (if needed) and print an operator's queue addresses."""
-    typer.echo(json.dumps(_hub(url, token_file).request(name)))
+    typer.echo(json.dumps(_hub(url, token_file).request(name, version)))
+
+
+@cep.command("push")
+def push_cmd(
+    name: str = typer.Argument(...),
+    source: Path = typer.Argument(
+        Path("-"), help="JSON lines or one JSON array of events; - for stdin."
+    ),
+    chunk: int = typer.Option(1000, help="Events per HTTP request."),
+    url: str = URL,
+    token_file: Path | None = TOKEN_FILE,
+) -> None:
+    """Push events to an operator through the node manager (retries on 429)."""
+    import time
+
+    text = sys.stdin.read() if str(source) == "-" else source.read_text()
+    text = text.strip()
+    try:
+        evs = (
+            json.loads(text)
+            if text.startswith("[")
+            else [json.loads(x) for x in text.splitlines() if x.strip()]
+        )
+    except ValueError as e:
+        raise TidalError(f"events are not JSON lines or a JSON array: {e}") from None
+    hub = _hub(url, token_file)
+    sent = retries = 0
+    for i in range(0, len(evs), max(1, chunk)):
+        part = evs[i : i + chunk]
+        while True:
+            try:
+                sent += hub.push(name, part)
+                break
+            except TidalError as e:
+                if "HTTP 429" not in str(e) or retries > 1000:
+                    raise
+                retries += 1
+                time.sleep(min(0.01 * retries, 1.0))
+    typer.echo(json.dumps({"name": name, "accepted": sent, "retries_429": retries}))
+
+
+@cep.command("tail")
+def tail_cmd(
+    name: str = typer.Argument(...),
+    after: int = typer.Option(0, help="Start after this result id (0: the oldest kept)."),
+    count: int = typer.Option(0, help="Stop after this many results (0: never)."),
+    idle_s: float = typer.Option(0.0, help="Stop after this many idle seconds (0: never)."),
+    url: str = URL,
+    token_file: Path | None = TOKEN_FILE,
+) -> None:
+    """Print an operator's results as JSON lines (Server-Sent Events from the node manager)."""
+    hub = _hub(url, token_file)
+    params = {"after": after, "limit": count, "idle_s": idle_s}
+    with hub.http.stream(
+        "GET", f"{hub.url}/v1/operators/{name}/results", params=params, timeout=None
+    ) as r:
+        if r.status_code >= 400:
+            r.read()
+            raise TidalError(f"node manager: {r.json().get('error')} (HTTP {r.status_code})")
+        kind = ""
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: "):
+                v = json.loads(line[6:])
+                if kind == "gap":
+                    typer.echo(f"tidal cep tail: {v['missed']} results were missed", err=True)
+                    continue
+                for ev in v["events"]:
+                    typer.echo(json.dumps(ev))
+
+
+@cep.command("stats")
+def stats_cmd(
+    name: str = typer.Argument(...), url: str = URL, token_file: Path | None = TOKEN_FILE
+) -> None:
+    """Counters of an operator: restarts, parked and the event endpoint's accepted/refused."""
+    typer.echo(json.dumps(_hub(url, token_file).stats(name), indent=1))
 
 
 @cep.command("update")

@@ -56,7 +56,7 @@ class OipModel(Operator):
         body = {
             "inputs": [
                 {
-                    "name": "input",
+                    "name": self.input_name,
                     "shape": list(x.shape),
                     "datatype": "FP32",
                     "data": x.ravel().tolist(),

@@ -1,10 +1,14 @@
 """Stateful per-card pattern: a small purchase (< 5) then a large one (> 500) within 10 min.
 
 Keyed state: the time of each card's last small purchase (`DenseKeyedState`, vectorized).
-Outputs only the large transactions that complete the pattern, with flag = 2.
+Outputs only the large transactions that complete the pattern, with flag = 2; with
+``TIDAL_CEP_EMIT=all`` it outputs every event (flag 2 on a match, else 0), so a host can
+count lost and duplicated events (the Flink benchmark does).
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -19,6 +23,7 @@ class SmallLarge(Operator):
 
     def __init__(self) -> None:
         super().__init__()
+        self.emit_all = os.environ.get("TIDAL_CEP_EMIT") == "all"
         self.keyed = DenseKeyedState(1024, {"last_small": "f8"}, fill={"last_small": -np.inf})
 
     def process(self, batch: Batch) -> Batch:
@@ -37,9 +42,14 @@ class SmallLarge(Operator):
         prev_ts = np.where(same, ts[np.maximum(prev, 0)], last[c])
         hit = (amt > LARGE) & (ts - prev_ts <= WINDOW_S)
         np.maximum.at(last, c[small], ts[small])
-        sel = np.sort(order[hit])
-        out = arr[sel].copy()
-        out["flag"] = 2
+        if self.emit_all:
+            out = arr.copy()
+            out["flag"] = 0
+            out["flag"][order[hit]] = 2
+        else:
+            sel = np.sort(order[hit])
+            out = arr[sel].copy()
+            out["flag"] = 2
         if isinstance(batch, np.ndarray):
             return out
         names = out.dtype.names or ()

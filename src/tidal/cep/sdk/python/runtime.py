@@ -269,10 +269,13 @@ class OperatorRuntime:
             if state is not None and not self.op.empty_state:
                 self.op.restore(state)
             self._trace("restored")
-            if self.checkpointing:  # this version's own starting point
-                self.store.execute(
-                    [("set", self.k["checkpoint"], self.op.snapshot()), ("del", self.k["log"])]
-                )
+            if self.checkpointing:
+                if self.op.empty_state:  # the old checkpoint + log no longer describe us
+                    self.store.execute(
+                        [("set", self.k["checkpoint"], self.op.snapshot()), ("del", self.k["log"])]
+                    )
+                else:  # the old checkpoint + log equal the restored state until our first
+                    self._commits = -1  # commit, which then stores this version's own
             return
 
     @property
@@ -404,7 +407,7 @@ class OperatorRuntime:
         if self.checkpointing and data:
             # state = checkpoint + the logged events since, atomically with the consumption
             self._commits += 1
-            if self._commits % cfg.checkpoint_every == 0:
+            if self._commits == 0 or self._commits % cfg.checkpoint_every == 0:
                 ops += [("set", self.k["checkpoint"], self.op.snapshot()), ("del", self.k["log"])]
             else:
                 ops.append(("rpush", self.k["log"], data))
