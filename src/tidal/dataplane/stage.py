@@ -65,6 +65,10 @@ class Stage:
         self.router = Router()
         self.plan: StagePlan | None = None
         self.downstream_s: Callable[[], float] = lambda: 0.0
+        # Issue 13 (set by the Gateway from ServeConfig.limits): each lane's queue caps and
+        # its batch watchdog's settings.
+        self.caps_for: Callable[[str], Any] | None = None
+        self.watchdog: Any = None
 
     # ------------------------------------------------------------------ latency
     def latency_s(self, variant: str) -> Callable[[int, float], float]:
@@ -74,7 +78,8 @@ class Stage:
             fit = self.fits.get(variant)
             if fit is None:  # before calibration: a deliberately pessimistic 5 ms + 5 ms/b
                 return 0.005 + 0.005 * b / c
-            return max(fit.latency_ms(b, c), 0.001) * 1e-3
+            # / 1000.0, as the simulator's VariantLatency.l_s: the same floats live and simulated
+            return max(fit.latency_ms(b, c), 0.001) / 1000.0
 
         return lat
 
@@ -126,7 +131,10 @@ class Stage:
                     on_calibrate=self.calibrate,
                     timers=self.timers,
                     offload=self.offload,
+                    watchdog=self.watchdog,
                 )
+                if self.caps_for is not None:
+                    self.groups[name].sched.caps = self.caps_for(name)
         for name, g in self.groups.items():
             vw: VariantWeight | None = wanted.get(name)
             if vw is None:
@@ -252,6 +260,10 @@ class Stage:
             batch=self.plan.batch if self.plan else 0,
             latency_ms=tuple(c.window),
             replica_deaths=c.replica_deaths,
+            cancelled=c.cancelled,
+            watchdog_kills=c.watchdog_kills,
+            queued_rows=sum(g.sched.queued_rows for g in self.groups.values()),
+            queued_bytes=sum(g.sched.queued_bytes for g in self.groups.values()),
         )
 
     def replicas(self) -> list[Replica]:

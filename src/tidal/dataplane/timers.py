@@ -52,20 +52,22 @@ class LoopTimers:
 
 
 class _Entry:
-    __slots__ = ("t", "seq", "cb", "cancelled")
+    __slots__ = ("t", "last", "seq", "cb", "cancelled")
 
-    def __init__(self, t: float, seq: int, cb: Callable[[], None]) -> None:
-        self.t, self.seq, self.cb, self.cancelled = t, seq, cb, False
+    def __init__(self, t: float, last: bool, seq: int, cb: Callable[[], None]) -> None:
+        self.t, self.last, self.seq, self.cb, self.cancelled = t, last, seq, cb, False
 
     def cancel(self) -> None:
         self.cancelled = True
 
     def __lt__(self, other: _Entry) -> bool:
-        return (self.t, self.seq) < (other.t, other.seq)
+        return (self.t, self.last, self.seq) < (other.t, other.last, other.seq)
 
 
 class ManualTimers:
-    """Timers on a SimClock, fired by `run_until` in (time, creation) order."""
+    """Timers on a SimClock, fired by `run_until` in (time, creation) order; `call_at(...,
+    last=True)` fires after the others due at the same time (the simulator's order: batch
+    completions and timers before arrivals)."""
 
     def __init__(self, clock: SimClock, settle_rounds: int = 50) -> None:
         self.clock = clock
@@ -73,8 +75,8 @@ class ManualTimers:
         self._heap: list[_Entry] = []
         self._seq = itertools.count()
 
-    def call_at(self, t: float, cb: Callable[[], None]) -> TimerHandle:
-        e = _Entry(max(t, self.clock.now()), next(self._seq), cb)
+    def call_at(self, t: float, cb: Callable[[], None], last: bool = False) -> TimerHandle:
+        e = _Entry(max(t, self.clock.now()), last, next(self._seq), cb)
         heapq.heappush(self._heap, e)
         return e
 

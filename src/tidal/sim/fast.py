@@ -122,6 +122,7 @@ def _dispatch(  # type: ignore[no-untyped-def]
     mask = len(r_id) - 1
     t = now / 1e6
     bmax = ist[B]
+    s0 = ist[SEQ]
     if ist[QTAIL] > ist[QHEAD]:
         _expire(ist, now, r_id, r_a, r_d, o_id, o_a, o_d, o_e, o_c)
     while ist[QTAIL] > ist[QHEAD]:
@@ -173,8 +174,18 @@ def _dispatch(  # type: ignore[no-untyped-def]
             if wait_until < fst[F_ARMED]:  # the lane's one timer only moves earlier
                 fst[F_ARMED] = wait_until
                 ist[TIMER_T] = max(now + 1, math.ceil(wait_until * 1000000))
-                ist[TIMER_SEQ] = ist[SEQ]
-                ist[SEQ] += 1
+                if ist[SEQ] > s0:
+                    # Batches dispatched in this step start after the timer is armed (the
+                    # reference's `_start_batches`): the timer takes the first sequence number.
+                    for i in range(ist[NSLOT]):
+                        if busy[i] == 1 and rseq[i] >= s0:
+                            rseq[i] += 1
+                    ist[TIMER_SEQ] = s0
+                    ist[SEQ] += 1
+                    _next_done(ist, busy, until, rseq)
+                else:
+                    ist[TIMER_SEQ] = ist[SEQ]
+                    ist[SEQ] += 1
             return
         k = ist[BATCHES]
         ist[BATCHES] = k + 1

@@ -15,10 +15,14 @@ request by request):
   service time (`tidal.sim.latency`: the profile's l(b,c) x the k-th noise factor, k counting
   batches in dispatch order); `Expired` records the requests as expired at that time;
   `WakeAt(t)` sets the lane's single timer to ``max(now + 1 us, ceil(t))`` (replacing the
-  previous one).
-- A completed batch (`on_done`) moves each request, in batch order, to the next stage at the
-  same time, or records it: ``late`` if it finished after its deadline, else ``ok``; then the
-  lane is stepped.
+  previous one). Timers are scheduled at once, batch completions at the end of the event
+  (in dispatch order): the asyncio driver arms timers synchronously and starts each batch in
+  a task that runs after the event's other work, so among events due at the same time the
+  order is the live one.
+- A completed batch (`on_done`) records each request of the last stage (``late`` if it
+  finished after its deadline, else ``ok``), then the lane is stepped; at an earlier stage the
+  lane is stepped first, then each request moves, in batch order, to the next stage at the
+  same time (the live order: the group pumps before the requests' coroutines resume).
 - Control changes (replicas added, removed, resized; batch and weights) mark their lane;
   `kick(now)` steps the marked lanes.
 - The scheduler sees predicted latencies (``predict``, default the lanes' own model) and
@@ -174,6 +178,7 @@ class ReferenceDataPlane:
         self.out: list[tuple[int, int, int, int, int, float, int]] = []
         self.events: list[tuple[str, int, tuple[int, ...]]] | None = None
         """Set to [] to log (event, time_us, request ids) for exact-trace tests."""
+        self._started: list[tuple[int, tuple[int, int, int]]] = []
 
     # ---- inputs -------------------------------------------------------------------------
     def feed(self, arr_us: np.ndarray, dl_us: np.ndarray, horizon_us: int) -> None:
@@ -243,6 +248,18 @@ class ReferenceDataPlane:
                 if ln.dirty:
                     ln.dirty = False
                     self._execute(s, li, ln.sched.step(t), now)
+        self._start_batches()
+
+    def _start_batches(self) -> None:
+        """Put the batches dispatched during the event on the heap, in dispatch order: as
+        the asyncio driver, whose batch tasks run after the event's other work (its timers
+        are armed at once, so they come first among events due at the same time)."""
+        if self._started:
+            heap = self.heap
+            for end, key in self._started:
+                heapq.heappush(heap, (end, self.seq, _DONE, key))
+                self.seq += 1
+            self._started.clear()
 
     # ---- observation --------------------------------------------------------------------
     def queue_len(self, stage: int) -> int:
@@ -284,6 +301,7 @@ class ReferenceDataPlane:
                 elif ln.timer_seq == x:
                     ln.timer_seq = -1
                     self._execute(s, li, ln.sched.on_timer(t / US), t)
+                self._start_batches()
             else:
                 if ta > t_stop:
                     break
@@ -297,6 +315,7 @@ class ReferenceDataPlane:
                 req.acc = 1.0 if self.product else 0.0
                 self.ptr += 1
                 self._arrive(req, 0, ta)
+                self._start_batches()
         self._at(t_stop)
         return REACHED
 
@@ -350,8 +369,7 @@ class ReferenceDataPlane:
                 end = max(now, rep.until_us) + dur
                 rep.until_us = end
                 self.counters[s].busy_core_us += dur * cores
-                heapq.heappush(self.heap, (end, self.seq, _DONE, (s, li, b.id)))
-                self.seq += 1
+                self._started.append((end, (s, li, b.id)))
             elif isinstance(a, Expired):
                 for r in a.requests:
                     self._record(r, now, EXPIRED, li)  # type: ignore[arg-type]
@@ -369,16 +387,20 @@ class ReferenceDataPlane:
         if fin is None:
             return
         self.counters[s].completions += len(fin.requests)
-        last = s == len(self.stages) - 1
         acc = ln.accuracy
-        for r in fin.requests:
-            req: SimRequest = r  # type: ignore[assignment]
+        reqs: list[SimRequest] = fin.requests  # type: ignore[assignment]
+        for req in reqs:
             req.acc = req.acc * acc if self.product else req.acc + acc
-            if last:
+        if s == len(self.stages) - 1:
+            for req in reqs:
                 self._record(req, now, LATE if now > req.d_us else OK, li)
-            else:
-                self._arrive(req, s + 1, now)
+            self._execute(s, li, ln.sched.step(now / US), now)
+            return
+        # As live: the lane is stepped before the next stage sees the requests (the gateway
+        # resolves their futures; their coroutines resume after the group's pump).
         self._execute(s, li, ln.sched.step(now / US), now)
+        for req in reqs:
+            self._arrive(req, s + 1, now)
 
     def finish(self) -> None:
         """End of run: record what is still queued (expired or unfinished) or in flight."""
