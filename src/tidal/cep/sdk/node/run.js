@@ -16,10 +16,18 @@ const cfg = {
   backoffMs: Number(env.TIDAL_CEP_BACKOFF_MS || 0.1), backoffMaxMs: Number(env.TIDAL_CEP_BACKOFF_MAX_MS || 2),
   maxFailures: Number(env.TIDAL_CEP_MAX_FAILURES || 3), standby: env.TIDAL_CEP_STANDBY === '1',
   emptyState: env.TIDAL_CEP_EMPTY_STATE === '1',
+  // K > 0: keyed state survives crashes (as the Python SDK): every commit logs the consumed
+  // frames, every K-th stores the state ('S' + JSON) and clears the log, atomically with the
+  // consumption; a restarted instance restores and replays the log (outputs discarded).
+  checkpointEvery: Number(env.TIDAL_CEP_CHECKPOINT_EVERY || 0),
+  pop: env.TIDAL_CEP_POP || 'commit',
 };
 if ((env.TIDAL_CEP_CODEC || 'json') !== 'json') { console.error('Node SDK speaks the json codec only'); process.exit(2); }
 const user = require(path.resolve(process.argv[2]));
-const K = { tries: `cep:${cfg.op}:tries`, isolate: `cep:${cfg.op}:isolate`, parked: `cep:${cfg.op}:parked`, last: `cep:${cfg.op}:last_output` };
+const K = { tries: `cep:${cfg.op}:tries`, isolate: `cep:${cfg.op}:isolate`, parked: `cep:${cfg.op}:parked`,
+  last: `cep:${cfg.op}:last_output`, ckpt: `cep:${cfg.op}:checkpoint`, log: `cep:${cfg.op}:log` };
+const checkpointing = cfg.checkpointEvery > 0 && cfg.pop === 'commit';
+let commits = 0;
 const IK = (i) => ({ ready: `cep:${i}:ready`, go: `cep:${i}:go`, state: `cep:${i}:state`,
   first: `cep:${i}:first_output`, prev: `cep:${i}:prev_last_output`, at: `cep:${i}:handover_at` });
 const now = () => Number(process.hrtime.bigint()) / 1e9; // CLOCK_MONOTONIC, same as Python's
@@ -57,10 +65,15 @@ function processFrames(frames) {
   return [encode(user.process(good, state) || []), parked];
 }
 
-function commitOps(outs, consumed, parked) {
+function commitOps(outs, consumed, parked, data) {
   const ops = [];
   if (outs.length) ops.push(['RPUSH', cfg.outKey, ...outs]);
   ops.push(['LTRIM', cfg.inKey, String(consumed), '-1'], ['DEL', K.tries]);
+  if (checkpointing && data.length) {
+    commits += 1;
+    if (commits % cfg.checkpointEvery === 0) ops.push(['SET', K.ckpt, 'S' + JSON.stringify(state)], ['DEL', K.log]);
+    else ops.push(['RPUSH', K.log, ...data]);
+  }
   if (parked.length) ops.push(['RPUSH', K.parked, ...parked]);
   if (outs.length) {
     const t = now();
@@ -74,6 +87,11 @@ function commitOps(outs, consumed, parked) {
 async function main() {
   const r = cfg.store.startsWith('unix://') ? new SockStore(cfg.store) : new Resp(cfg.store);
   await r.ready();
+  if (!cfg.standby && checkpointing) {  // after a crash: checkpoint + replay of the log
+    const [ck, log] = await r.multi([['GET', K.ckpt], ['LRANGE', K.log, '0', '-1']]);
+    if (ck && ck[0] === 0x53) state = JSON.parse(ck.toString('utf8', 1));
+    if (log && log.length) processFrames(log);
+  }
   await r.call(['RPUSH', IK(cfg.inst).ready, '1']);
   if (cfg.standby) {
     for (;;) {
@@ -83,6 +101,7 @@ async function main() {
       if (g[0] === 0x53 && !cfg.emptyState && !user.emptyState) {  // 'S' + JSON state
         try { state = JSON.parse(g.toString('utf8', 1)); } catch (e) { state = {}; }
       }
+      if (checkpointing) commits = -1;  // the first commit stores this version's checkpoint
       break;
     }
   }
@@ -122,8 +141,9 @@ async function main() {
     let cut = use.findIndex((f) => f[0] === 0);
     const ctrl = cut >= 0 ? use[cut] : null;
     if (cut < 0) cut = use.length;
-    const [outs, parked] = processFrames(use.slice(0, cut));
-    const ops = commitOps(outs, cut + (ctrl ? 1 : 0), parked);
+    const data = use.slice(0, cut);
+    const [outs, parked] = processFrames(data);
+    const ops = commitOps(outs, cut + (ctrl ? 1 : 0), parked, data);
     if (left !== null) ops.push(['SET', K.isolate, left]);
     let target = null;
     if (ctrl && ctrl[1] === 0x48) target = ctrl.toString('utf8', 2);
