@@ -60,7 +60,8 @@ class GatewayProcess:
         port: int | None = None,
     ) -> None:
         self.port = port or free_port()
-        self.config = {**config, "port": self.port}
+        # gRPC off unless asked for: its default port (8001) would collide between gateways.
+        self.config = {"grpc": False, **config, "port": self.port}
         self.workdir = Path(workdir)
         self.ready_timeout_s = ready_timeout_s
         self.stop_timeout_s = stop_timeout_s

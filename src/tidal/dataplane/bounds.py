@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+from tidal.dataplane.request import Admitted, QueuedRequest, Refused
 
 LatencyBC = Callable[[int, float], float]
 EXACT_BATCHES = 64
@@ -134,6 +137,121 @@ def _fluid(free: list[tuple[float, int]], dur: list[float], k: int) -> list[tupl
     return [(max(t, level), i) for t, i in free]
 
 
+class _Replica(Protocol):
+    state: str
+    cores: float
+    inflight: int
+    busy_until: float
+
+
+def rows_ahead(queue: Any, req: QueuedRequest, queued_rows: int) -> int:
+    """Rows queued before `req` in EDF order (deadline <= its own): all of them in the common
+    case of a request with the latest deadline, none for one with the earliest, else a pass
+    over the queue."""
+    n = len(queue)
+    if n == 0:
+        return 0
+    ahead = queue.count_before(req.deadline)
+    if ahead == n:
+        return queued_rows
+    if ahead == 0:
+        return 0
+    return sum(q.rows for q in queue.requests() if q.deadline <= req.deadline)
+
+
+def admit_rows(
+    req: QueuedRequest,
+    now: float,
+    *,
+    queue: Any,
+    queued_rows: int,
+    replicas: Iterable[_Replica],
+    latency_s: LatencyBC,
+    max_batch: int,
+    margin: float = 1.0,
+    deadline: float | None = None,
+    min_retry_s: float = 0.05,
+) -> Admitted | Refused:
+    """Admission in rows for one lane (see the module docstring): Admitted(predicted finish)
+    or Refused(503, "refused", reason, retry_after_s). Ready replicas serve from their
+    predicted busy-until; when none is ready, replicas still starting count from their
+    `expected_ready` time (a replacement), so a request whose deadline allows waiting waits."""
+    due = req.deadline if deadline is None else deadline
+    free: list[float] = []
+    cores: list[float] = []
+    starting: list[_Replica] = []
+    for r in replicas:
+        if r.state == "ready":
+            free.append(max(now, r.busy_until) if r.inflight else now)
+            cores.append(r.cores)
+        elif r.state == "starting":
+            starting.append(r)
+    waiting = not free
+    if waiting:
+        for r in starting:
+            t = float(getattr(r, "expected_ready", math.inf))
+            if math.isfinite(t):
+                free.append(max(now, t))
+                cores.append(r.cores)
+    if not free:
+        return Refused(503, "refused", "no replica ready for this lane", 1.0)
+    n = len(queue)
+    mean = queued_rows / n if n else float(req.rows)
+    ahead = rows_ahead(queue, req, queued_rows)
+    b = batch_rows(req.rows, ahead, mean, max_batch)
+    finish, start = predict_finish_rows(req.rows, ahead, free, cores, latency_s, b, now, margin)
+    if finish <= due:
+        return Admitted(finish)
+    budget = due - now
+    alone = min(margin * latency_s(req.rows, c) for c in cores)
+    if alone > budget and not waiting:
+        return Refused(
+            503,
+            "refused",
+            f"remaining budget {budget * 1e3:.1f} ms is below the service time "
+            f"{alone * 1e3:.1f} ms of its {req.rows} rows",
+            min_retry_s,
+        )
+    what = "waiting for a replica to start, " if waiting else ""
+    return Refused(
+        503,
+        "refused",
+        f"predicted finish {(finish - now) * 1e3:.1f} ms exceeds the budget "
+        f"{budget * 1e3:.1f} ms ({what}{ahead} rows ahead, {len(free)} replicas, "
+        f"{req.rows} rows)",
+        max(start - now, min_retry_s),
+    )
+
+
+def row_bytes(variant: str) -> int:
+    """Payload bytes of one input row of `variant` (all inputs), 256 when unknown."""
+    # function-local: the catalog pulls the model zoo; bounds is imported by the simulator.
+    from tidal.models.catalog import get_variant
+
+    try:
+        inp = get_variant(variant).input
+        return max(1, math.prod(int(d) for d in inp.shape) * int(inp.np_dtype.itemsize))
+    except Exception:  # not in the catalog (yet): a row of 64 floats
+        return 256
+
+
+def harden_stage(stage: Any, limits: Any, lanes: int) -> None:
+    """Give `stage` (a live Stage) the lane caps and watchdog settings of `limits`
+    (ServeConfig.limits) for a gateway of `lanes` lanes; its groups pick them up when made."""
+    from tidal.dataplane.watchdog import WatchdogConfig
+
+    stage.caps_for = lambda variant: LaneCaps(
+        limits.lane_rows(lanes, row_bytes(variant)), limits.lane_bytes(lanes)
+    )
+    stage.watchdog = WatchdogConfig(
+        factor=limits.watchdog_factor,
+        grace_s=limits.watchdog_grace_ms / 1e3,
+        stall_s=limits.stall_ms / 1e3,
+    )
+    for name, g in getattr(stage, "groups", {}).items():
+        g.sched.caps = stage.caps_for(name)
+
+
 def drain_time(
     queued_rows: int,
     free_at: Sequence[float],
@@ -153,6 +271,10 @@ def drain_time(
 
 __all__ = [
     "EXACT_BATCHES",
+    "admit_rows",
+    "harden_stage",
+    "row_bytes",
+    "rows_ahead",
     "CapVerdict",
     "LaneCaps",
     "batch_rows",

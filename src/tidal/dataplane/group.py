@@ -50,6 +50,7 @@ from tidal.dataplane.scheduler import (
     WakeAt,
 )
 from tidal.dataplane.timers import LoopTimers, Offload, TimerHandle, Timers
+from tidal.dataplane.watchdog import LaneWatchdog, Sick, WatchdogConfig
 from tidal.dataplane.worker import WorkerDied
 
 log = logging.getLogger("tidal.dataplane")
@@ -73,6 +74,7 @@ class VariantGroup:
         on_calibrate: Callable[[VariantGroup, Replica], None] | None = None,
         timers: Timers | None = None,
         offload: Offload | None = None,
+        watchdog: WatchdogConfig | None = None,
     ) -> None:
         self.stage = stage
         self.variant = variant
@@ -94,6 +96,13 @@ class VariantGroup:
         self.core_s = 0.0
         self._acct_t = clock.now()
         self.closed = False
+        # Issue 13: the batch watchdog (overdue or stalled batch -> replica sick, killed and
+        # replaced) and the cold-start estimate that lets requests wait for a replacement.
+        self.watchdog = LaneWatchdog(
+            watchdog or WatchdogConfig(), clock, self.timers, self._on_sick
+        )
+        self._cold_est: float | None = None
+        self._replacing = False
 
     @property
     def queue(self) -> Any:
@@ -141,7 +150,8 @@ class VariantGroup:
 
     def cancel(self, rid: int) -> None:
         """The client of `rid` went away: drop it from the queue or its batch's answers."""
-        self.sched.cancel(rid)
+        if self.sched.cancel(rid) is not None:
+            self.counters.cancelled += 1
 
     def pump(self) -> None:
         """Ask the scheduler what to do now and do it."""
@@ -166,6 +176,8 @@ class VariantGroup:
                 if rep.inflight == 1:
                     rep.busy_since = now
                 self.counters.in_flight += len(b.requests)
+                due = min((r.deadline for r in b.requests), default=b.predicted_end)
+                self.watchdog.on_dispatch(b.id, rep.id, rep.executor, now, b.predicted_end, due)
                 self._spawn(self._run_batch(rep, b))
             elif isinstance(a, Expired):
                 for req in a.requests:
@@ -188,6 +200,7 @@ class VariantGroup:
         try:
             await self._run_batch_inner(rep, b)
         finally:
+            self.watchdog.on_end(b.id)
             self.counters.in_flight -= len(b.requests)
 
     async def _run_batch_inner(self, rep: Replica, b: Batch) -> None:
@@ -307,7 +320,20 @@ class VariantGroup:
         if rep.executor is not None:
             self._spawn(self.offload(_quiet_stop, rep.executor))
         log.warning("stage %s: replica %s (pid %s) died: %s", self.stage, rep.id, rep.pid, why)
+        sick = getattr(rep, "sick_reason", "")
         for req in failed:
+            if sick:  # the watchdog killed it and the deadline (or retries) leave no retry
+                self.counters.violations["expired"] += 1
+                _answer_error(
+                    req,
+                    Refused(
+                        504,
+                        "expired",
+                        f"replica {rep.id} of {self.variant!r} hung ({sick}); killed, and the "
+                        "deadline leaves no time to retry",
+                    ),
+                )
+                continue
             self.counters.violations["error"] += 1
             _answer_error(
                 req, Refused(502, "error", f"worker of {self.variant!r} died mid-batch: {why}")
@@ -316,7 +342,11 @@ class VariantGroup:
             for req in self.sched.drain():
                 _answer_error(req, Refused(503, "refused", "server shutting down"))
             return
-        self._ensure_target()
+        self._replacing = True
+        try:
+            self._ensure_target()
+        finally:
+            self._replacing = False
         self.pump()
 
     # ---------------------------------------------------------------- scaling
@@ -361,6 +391,10 @@ class VariantGroup:
         while start and len(live) < self.target and not self.closed:
             self._next_id += 1
             rep = Replica(self._next_id, self.cores, variant=self.variant)
+            if self._replacing and self._cold_est is not None:
+                # A replacement after a death: admission lets requests that can wait for it
+                # wait (the estimate is 1.5 x this lane's last cold start).
+                rep.expected_ready = self.clock.now() + 1.5 * self._cold_est
             self.replicas.append(rep)
             self.sched.add_replica(rep)
             rep.starter = asyncio.get_running_loop().create_task(self._start(rep))
@@ -401,6 +435,7 @@ class VariantGroup:
                 log.warning("calibration of %s failed: %s", self.variant, e)
         cold = float(getattr(ex, "cold_start_s", self.clock.now() - t0))
         self.counters.cold_start.observe(cold)
+        self._cold_est = max(cold, self.clock.now() - t0)
         if rep.retire_when_started or self.closed:
             self.sched.on_replica_removed(rep.id)
             rep.state = STOPPED
@@ -415,6 +450,28 @@ class VariantGroup:
         if rep.applied_cores != rep.cores:
             self._spawn(self._resize_idle(rep))
         self.pump()
+
+    def _on_sick(self, sick: Sick) -> None:
+        """The watchdog found `sick.replica`'s batch overdue or its worker stalled: no new
+        batches on it, kill the worker; the death path retries or answers the batch."""
+        rep = next((r for r in self.replicas if r.id == sick.replica), None)
+        if rep is None or rep.state == DEAD or sick.batch_id not in self.sched.inflight:
+            return
+        self.counters.watchdog_kills += 1
+        rep.sick_reason = sick.reason  # type: ignore[attr-defined]
+        self.sched.mark_sick(rep.id)
+        log.warning("stage %s: replica %s sick: %s", self.stage, rep.id, sick.reason)
+        self._replacing = True  # start the replacement now: arrivals may wait for it
+        try:
+            self._ensure_target()
+        finally:
+            self._replacing = False
+        ex = rep.executor
+        kill = getattr(ex, "kill", None)
+        if callable(kill):
+            kill()  # the batch's call then fails with WorkerDied: the death path runs
+        else:
+            self._on_death(rep, f"killed by the watchdog: {sick.reason}")
 
     def _stop(self, rep: Replica) -> None:
         self.account(self.clock.now())
@@ -432,6 +489,7 @@ class VariantGroup:
     async def close(self) -> None:
         """Answer queued requests 503, stop every replica, wait for the stops."""
         self.closed = True
+        self.watchdog.close()
         if self._timer is not None:
             self._timer.cancel()
         for req in self.sched.drain():

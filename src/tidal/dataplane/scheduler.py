@@ -45,8 +45,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidal.dataplane.admission import admit
 from tidal.dataplane.batcher import decide_n
+from tidal.dataplane.bounds import LaneCaps, admit_rows, drain_time, over_cap
 from tidal.dataplane.edf import EDFQueue
 from tidal.dataplane.request import ADMITTED_NO_CHECK, Admitted, QueuedRequest, Refused
 
@@ -160,6 +160,10 @@ class LaneReplica:
     inflight: int = 0
     busy_until: float = 0.0
     applied_cores: float | None = None
+    expected_ready: float = INF
+    """When a starting replica is expected warm (the driver sets it from the last cold start):
+    admission counts it when no replica is ready, so requests that can wait for a
+    replacement wait (issue 13)."""
 
     @property
     def busy(self) -> bool:
@@ -258,6 +262,9 @@ class GroupScheduler:
         self.queued_rows = 0
         self.queued_bytes = 0
         self.cancelled = 0
+        self.caps: LaneCaps | None = None
+        """Queued rows/bytes caps of this lane (issue 13; the driver sets them from
+        ServeConfig.limits); None: unbounded."""
         self.trace: list[tuple[str, float, tuple[int, ...]]] | None = None
         """Set to [] to log (event, time, ids) for exact-trace tests."""
         self._armed = INF
@@ -359,9 +366,12 @@ class GroupScheduler:
 
     def routable(self) -> bool:
         """Can this lane take a request now: a ready replica, or, serving late (admission
-        off), any replica that is ready or starting."""
+        off), any replica that is ready or starting, or (admission on) a replica starting
+        with an expected ready time (a replacement: admission decides by the deadline)."""
         for r in self.replicas.values():
-            if r.state == READY or (not self.config.admission and r.state == STARTING):
+            if r.state == READY or (
+                r.state == STARTING and (not self.config.admission or r.expected_ready < INF)
+            ):
                 return True
         return False
 
@@ -389,6 +399,11 @@ class GroupScheduler:
             if exp:
                 self._dequeued(exp)
                 self._expired += exp
+        if self.caps is not None:
+            full = self._over_cap(req, now)
+            if full is not None:
+                self._log("refuse", now, (req.id,))
+                return full
         verdict = self._admit(req, now) if c.admission else ADMITTED_NO_CHECK
         if isinstance(verdict, Refused):
             self._log("refuse", now, (req.id,))
@@ -406,26 +421,43 @@ class GroupScheduler:
         if not self.queue:  # fast path: what `admit` concludes for a batch of one
             for r in ready:
                 if not r.inflight:
-                    finish = now + margin * lat(1, r.cores)
+                    finish = now + margin * lat(req.rows, r.cores)
                     if finish <= deadline:
                         return Admitted(finish)
                     break
-        q = self.queue
-        v = admit(
+        # Priced in rows: the rows queued ahead (EDF) at the batch sizes in force, on the
+        # ready replicas, else on a replacement still starting (tidal.dataplane.bounds).
+        return admit_rows(
             req,
-            q.count_before(req.deadline) if q else 0,
-            len(q),
-            [max(now, r.busy_until) if r.inflight else now for r in ready],
-            [r.cores for r in ready],
-            lat,
-            self.max_batch,
             now,
+            queue=self.queue,
+            queued_rows=self.queued_rows,
+            replicas=self.replicas.values(),
+            latency_s=lat,
+            max_batch=self.max_batch,
             margin=margin,
             deadline=deadline,
         )
-        if v.accepted:
-            return Admitted(v.predicted_finish)
-        return Refused(503, "refused", v.reason, v.retry_after_s)
+
+    def _over_cap(self, req: QueuedRequest, now: float) -> Refused | None:
+        """Refused(503) at once when `req` would pass the lane's rows or bytes cap."""
+        caps = self.caps
+        assert caps is not None
+        if self.queued_rows + req.rows <= caps.rows and self.queued_bytes + req.nbytes <= (
+            caps.bytes
+        ):
+            return None
+        ready = [r for r in self.replicas.values() if r.state == READY]
+        drain = drain_time(
+            self.queued_rows,
+            [max(now, r.busy_until) for r in ready],
+            [r.cores for r in ready],
+            self.latency_s,
+            max(1, self.max_batch * max(1, self.queued_rows // max(1, len(self.queue)))),
+            now,
+        )
+        v = over_cap(caps, self.queued_rows, self.queued_bytes, req.rows, req.nbytes, drain)
+        return None if v is None else Refused(503, "refused", v.reason, v.retry_after_s)
 
     def cancel(self, req_id: int) -> str | None:
         """The client went away. "queued": removed from the queue; "inflight": its batch

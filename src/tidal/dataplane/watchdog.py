@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 PROBE_S = 0.1
 Probe = Callable[[int], "tuple[str, int] | None"]
@@ -125,6 +126,62 @@ class Watchdog:
         return now + PROBE_S
 
 
+class LaneWatchdog:
+    """The driver side for one lane: a `Watchdog`, its one timer on the injected clock, and
+    the executors to probe. `on_sick(Sick)` is called for each verdict (the driver marks the
+    replica sick and kills its worker). Executors are probed through their own
+    `progress()` (WorkerHandle: its child's /proc entry), never by a bare pid: an in-process
+    fake has no process, and a pid alone could name someone else's process."""
+
+    def __init__(
+        self,
+        cfg: WatchdogConfig,
+        clock: Any,
+        timers: Any,
+        on_sick: Callable[[Sick], None],
+    ) -> None:
+        self.dog = Watchdog(cfg)
+        self.clock = clock
+        self.timers = timers
+        self.on_sick = on_sick
+        self._execs: dict[int, Any] = {}
+        self._timer: Any = None
+
+    def on_dispatch(
+        self, batch_id: int, replica: int, executor: Any, start: float, end: float, due: float
+    ) -> None:
+        pid = int(getattr(executor, "pid", 0) or 0)
+        self._execs[batch_id] = executor
+        self.dog.watch(batch_id, replica, pid, start, end, due)
+        if self._timer is None:
+            self._timer = self.timers.call_at(start + PROBE_S, self._tick)
+
+    def on_end(self, batch_id: int) -> None:
+        self.dog.forget(batch_id)
+        self._execs.pop(batch_id, None)
+
+    def _probe_for(self, pid: int) -> tuple[str, int] | None:
+        for ex in self._execs.values():
+            if int(getattr(ex, "pid", 0) or 0) == pid:
+                fn = getattr(ex, "progress", None)
+                return fn() if callable(fn) else None  # no process: overdue rule only
+        return None
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = self.clock.now()
+        for sick in self.dog.check(now, self._probe_for):
+            self._execs.pop(sick.batch_id, None)
+            self.on_sick(sick)
+        if len(self.dog):
+            self._timer = self.timers.call_at(now + PROBE_S, self._tick)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 def proc_progress(pid: int) -> tuple[str, int] | None:
     """(state letter, utime + stime ticks) of `pid` from /proc, None when it is gone."""
     try:
@@ -140,4 +197,12 @@ def proc_progress(pid: int) -> tuple[str, int] | None:
         return None
 
 
-__all__ = ["PROBE_S", "Sick", "Watchdog", "WatchdogConfig", "overdue_at", "proc_progress"]
+__all__ = [
+    "PROBE_S",
+    "LaneWatchdog",
+    "Sick",
+    "Watchdog",
+    "WatchdogConfig",
+    "overdue_at",
+    "proc_progress",
+]

@@ -49,6 +49,7 @@ from tidal.core.errors import TidalError
 from tidal.dataplane import ipc
 from tidal.dataplane.security import child_env
 from tidal.dataplane.tensors import TensorSet
+from tidal.dataplane.watchdog import proc_progress
 from tidal.dataplane.worker_cpu import CpuController, CpuState, cpus_for, machine_cores
 
 START_TIMEOUT_S = 300.0
@@ -325,6 +326,20 @@ class WorkerHandle:
     def alive(self) -> bool:
         """True while the process runs and has not been stopped."""
         return not self._stopped and self._proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the worker now (the watchdog found it sick): pending and later calls fail
+        with WorkerDied at once; `stop()` still reaps it and removes its cgroup."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+
+    def progress(self) -> tuple[str, int] | None:
+        """(state letter, CPU ticks) of the worker process from /proc (the watchdog's probe);
+        None once it exited."""
+        if self._proc.poll() is not None:
+            return None
+        return proc_progress(self.pid)
 
     # ----------------------------------------------------------------- resize
     def resize(self, cores: float, cpus: tuple[int, ...] | None = None) -> float:

@@ -1,0 +1,93 @@
+"""SIGKILL and SIGSTOP of a worker under open-loop load, with 2 replicas and with 1.
+
+Exact counts: every request sent arrives once at the gateway and gets one correct answer
+(`ok`, or `late` for the few that wait out a replacement), 0 wrong, 0 lost, 0 refused (their
+deadlines allow a retry elsewhere or waiting for the replacement), nothing left queued or
+running; the victim is replaced by a new process; a SIGSTOPped worker is found by the
+watchdog within 1 s + its predicted latency of the stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import assert_exact, reset_plan
+from tidal.bench.checked_load import Summary, make_requests, run_open_loop
+from tidal.bench.gateway_proc import GatewayProcess
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
+RATE = 150.0  # requests/s, 1 row each: far below the noop lane's capacity
+
+
+def _run_with_fault(
+    gw: GatewayProcess, n: int, slo_ms: float, sig: signal.Signals, at_s: float
+) -> tuple[Summary, int, float]:
+    """Load `n` requests at RATE; send `sig` to one worker at `at_s`; (summary, pid, t_sig)."""
+    reqs = make_requests(n, RATE, 1, slo_ms, seed=int(sig), prefix=f"{sig.name}-")
+    victim = gw.worker_pids()[0]
+    t_sig = [0.0]
+
+    async def main() -> Summary:
+        async def fault() -> None:
+            await asyncio.sleep(at_s)
+            t_sig[0] = time.monotonic()
+            os.kill(victim, sig)
+
+        res, _ = await asyncio.gather(run_open_loop("127.0.0.1", gw.port, "echo", reqs), fault())
+        return res
+
+    return asyncio.run(main()), victim, t_sig[0]
+
+
+def _wait_replaced(gw: GatewayProcess, victim: int, replicas: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        pids = gw.worker_pids()
+        s = gw.stats()["echo"]
+        if victim not in pids and s["replicas"] == replicas and len(pids) == replicas:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"replica {victim} not replaced: {gw.stats()['echo']}")
+
+
+@pytest.mark.parametrize("replicas", [2, 1])
+def test_sigkill_worker_under_load(echo_gateway: GatewayProcess, replicas: int) -> None:
+    gw = echo_gateway
+    reset_plan(gw, replicas)
+    _wait_replaced(gw, -1, replicas)
+    before = gw.stats()
+    summary, victim, _ = _run_with_fault(gw, 450, 8000, signal.SIGKILL, 1.0)
+    _wait_replaced(gw, victim, replicas)
+    after = gw.wait_idle()
+    assert_exact(summary, before, after)
+    c = summary.counts
+    assert c["ok"] + c["late"] == 450 and c["refused"] == 0 and c["error"] == 0, c
+    assert after["echo"]["replica_deaths"] - before["echo"]["replica_deaths"] == 1
+
+
+@pytest.mark.parametrize("replicas", [2, 1])
+def test_sigstop_worker_is_found_and_replaced(echo_gateway: GatewayProcess, replicas: int) -> None:
+    gw = echo_gateway
+    reset_plan(gw, replicas)
+    _wait_replaced(gw, -1, replicas)
+    before = gw.stats()
+    summary, victim, t_stop = _run_with_fault(gw, 450, 8000, signal.SIGSTOP, 1.0)
+    _wait_replaced(gw, victim, replicas)
+    after = gw.wait_idle()
+    assert_exact(summary, before, after)
+    c = summary.counts
+    assert c["ok"] + c["late"] == 450 and c["refused"] == 0 and c["error"] == 0, c
+    assert after["echo"]["watchdog_kills"] - before["echo"]["watchdog_kills"] == 1
+    # Found by the stall rule (~0.85 s after the stop), not by the deadline rule (8.5 s):
+    # with 2 replicas the requests caught in the stopped worker are retried on the other one
+    # long before their deadline. (The 1 s + predicted figure is measured by
+    # `tidal bench overload --sigstop`, not asserted here: tests do not assert wall time.)
+    if replicas == 2:
+        slow = [r.latency_ms for r in summary.results if r.latency_ms > 4000]
+        assert slow == [], slow
+    del t_stop
