@@ -73,3 +73,20 @@ def test_random_against_sorted() -> None:
             assert q.pop().id == ref.pop(0)[1]
     ref.sort()
     assert [r.id for r in q.drain()] == [i for _, i in ref]
+
+
+def test_remove_then_repush_same_id_without_peek() -> None:
+    # Lazy removal is keyed by the heap entry: the removed entry stays in the heap until it
+    # reaches the head, and must not hide (or be returned instead of) the new one.
+    q = EDFQueue()
+    q.push(_r(1, 1.0))
+    q.push(_r(2, 2.0))
+    assert q.remove(1)
+    q.push(_r(1, 3.0))  # same id, later deadline; no peek in between
+    assert len(q) == 2 and q.count_before(1.5) == 0 and list(q) == [2.0, 3.0]
+    assert [(r.id, r.deadline) for r in (q.pop(), q.pop())] == [(2, 2.0), (1, 3.0)]
+    assert not q
+    q.push(_r(5, 1.0))
+    q.remove(5)
+    q.push(_r(5, 1.0))  # same id and deadline as the removed entry
+    assert q.pop().id == 5 and len(q) == 0 and q.peek() is None
