@@ -102,6 +102,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             None, help="Load predictor for the policy: last, max, ewma, lstm (tidal.forecast)."
         ),
         decisions: str | None = typer.Option(None, help="Append planner decisions (JSON lines)."),
+        policy_option: list[str] = typer.Option(
+            [],
+            "--policy-option",
+            help="KEY=VALUE planner option (YAML value), e.g. variant=high (themis: the most "
+            "accurate version); repeatable.",
+        ),
     ) -> None:
         """Serve models and pipelines over the Open Inference Protocol v2."""
         from tidal.cli.serve_repo import RepoServing, base_config
@@ -125,8 +131,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         cfg = repo.config
         on_start: OnStart | None = None
         if policy is not None:
+            from tidal.cli.serve_repo import policy_options
+
             on_start = repo.policy_hook(
-                _policy_hook(policy, forecast=forecast, decisions_path=decisions)
+                _policy_hook(
+                    policy,
+                    forecast=forecast,
+                    decisions_path=decisions,
+                    policy_kwargs=policy_options(policy_option) or None,
+                )
             )
         from tidal.control.serve_hook import substrate_factory  # closed-loop issue
 

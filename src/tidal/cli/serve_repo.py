@@ -160,3 +160,16 @@ def repository_inputs(root: str, pipeline: str | None, tmpdir: str) -> tuple[str
         print(f"tidal: not profiled on this machine, planning on the conservative estimate: {est}"
               " (run `tidal profile REPO/<model>/<version>` or serve them once)")  # fmt: skip
     return ppath, profpath, est
+
+
+def policy_options(pairs: list[str]) -> dict[str, Any]:
+    """`--policy-option KEY=VALUE` pairs as planner options (values parsed as YAML)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for p in pairs:
+        key, sep, val = p.partition("=")
+        if not sep or not key.strip():
+            raise TidalError(f"--policy-option {p!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(val)
+    return out
