@@ -22,7 +22,7 @@ OPS = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(OPS)
 def test_edf_queue_matches_a_sorted_model(ops: list[tuple[str, int, int]]) -> None:
-    q = EDFQueue()
+    q: EDFQueue[Request] = EDFQueue()
     model: dict[int, float] = {}  # id -> deadline of the queued request
     for op, rid, d in ops:
         if op == "push":

@@ -15,7 +15,7 @@ def lat(b: int) -> float:
 
 
 def _q(deadlines: list[float]) -> EDFQueue:
-    q = EDFQueue()
+    q: EDFQueue[Request] = EDFQueue()
     for i, d in enumerate(deadlines):
         q.push(Request(id=i, arrival=0.0, deadline=d))
     return q
@@ -76,14 +76,14 @@ def test_bad_max_batch() -> None:
 
 
 def test_hold_window_collects_a_burst_then_goes() -> None:
-    q = EDFQueue()
+    q: EDFQueue[Request] = EDFQueue()
     q.push(Request(id=0, arrival=1.000, deadline=10.0))
     d = decide(q, 1.000, 8, lat, 5.0, hold_s=0.004)
     assert d is not None and d.reason == "hold" and d.dispatch_at == pytest.approx(1.004)
     d = decide(q, 1.004, 8, lat, 5.0, hold_s=0.004)
     assert d is not None and d.reason == "held" and d.is_now(1.004)
     # never past the slack: t_latest = 1.05 - l(8) = 1.0
-    q2 = EDFQueue()
+    q2: EDFQueue[Request] = EDFQueue()
     q2.push(Request(id=1, arrival=0.999, deadline=1.05))
     d = decide(q2, 0.999, 8, lat, 5.0, hold_s=0.004)
     assert d is not None and d.dispatch_at == pytest.approx(1.0)

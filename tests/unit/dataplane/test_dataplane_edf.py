@@ -15,7 +15,7 @@ def _r(i: int, deadline: float, arrival: float = 0.0) -> Request:
 
 
 def test_pop_in_deadline_order_ties_by_id() -> None:
-    q = EDFQueue()
+    q: EDFQueue[Request] = EDFQueue()
     for i, d in [(3, 2.0), (1, 5.0), (2, 2.0), (4, 1.0)]:
         q.push(_r(i, d))
     assert list(q) == [1.0, 2.0, 2.0, 5.0]
@@ -26,14 +26,14 @@ def test_pop_in_deadline_order_ties_by_id() -> None:
 
 
 def test_later_request_with_tighter_budget_goes_first() -> None:
-    q = EDFQueue()
+    q: EDFQueue[Request] = EDFQueue()
     q.push(Request(id=1, arrival=0.0, deadline=0.0 + 1.0))  # 1 s budget
     q.push(Request(id=2, arrival=0.1, deadline=0.1 + 0.2))  # later, 200 ms budget
     assert q.pop().id == 2
 
 
 def test_pop_batch_expire_budgets() -> None:
-    q = EDFQueue()
+    q: EDFQueue[Request] = EDFQueue()
     for i in range(10):
         q.push(_r(i, float(i)))
     assert q.budgets(0.5)[:3] == [-0.5, 0.5, 1.5]
@@ -47,7 +47,7 @@ def test_pop_batch_expire_budgets() -> None:
 
 
 def test_duplicate_and_remove() -> None:
-    q = EDFQueue()
+    q: EDFQueue[Request] = EDFQueue()
     q.push(_r(1, 1.0))
     with pytest.raises(ValueError):
         q.push(_r(1, 2.0))
@@ -62,7 +62,7 @@ def test_duplicate_and_remove() -> None:
 
 def test_random_against_sorted() -> None:
     rng = random.Random(7)
-    q = EDFQueue()
+    q: EDFQueue[Request] = EDFQueue()
     ref: list[tuple[float, int]] = []
     for i in range(500):
         d = rng.choice([rng.random(), 0.5])
@@ -78,7 +78,7 @@ def test_random_against_sorted() -> None:
 def test_remove_then_repush_same_id_without_peek() -> None:
     # Lazy removal is keyed by the heap entry: the removed entry stays in the heap until it
     # reaches the head, and must not hide (or be returned instead of) the new one.
-    q = EDFQueue()
+    q: EDFQueue[Request] = EDFQueue()
     q.push(_r(1, 1.0))
     q.push(_r(2, 2.0))
     assert q.remove(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from pydantic import ValidationError
 
@@ -38,7 +40,7 @@ def req(i: int, t: float, slo: float = 1.0, rows: int = 1) -> QueuedRequest:
     return QueuedRequest(i, t, t + slo, rows=rows, nbytes=4 * rows)
 
 
-def dispatches(actions: list[object]) -> list[Dispatch]:
+def dispatches(actions: Sequence[object]) -> list[Dispatch]:
     return [a for a in actions if isinstance(a, Dispatch)]
 
 
