@@ -52,6 +52,8 @@ class RepoServing:
         self.config, self.repo = resolve_serve_config(cfg)
         self.manager: Any = None
         if self.repo is not None:
+            # Automatic profiling reports one progress line per point, even without -v.
+            logging.getLogger("tidal.profiling").setLevel(logging.INFO)
             for p in self.repo.problems:
                 log.warning("model repository: %s", p.message)
             print(
