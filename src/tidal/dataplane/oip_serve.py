@@ -214,11 +214,11 @@ async def infer(
         res = await gw.infer(info.name, req.rows(), slo_ms, **kwargs)
     except Refused as e:
         headers: list[tuple[bytes, bytes]] = []
+        if e.retry_after_s is not None:  # before OIPError(): it copies an empty list
+            headers.append((b"retry-after", str(max(1, math.ceil(e.retry_after_s))).encode()))
         err = OIPError(e.status, e.reason, headers)
         err.cause = e.cause  # type: ignore[attr-defined]
         err.retry_after_s = e.retry_after_s  # type: ignore[attr-defined]
-        if e.retry_after_s is not None:
-            headers.append((b"retry-after", str(max(1, math.ceil(e.retry_after_s))).encode()))
         raise err from None
     named = as_named(res.output, [m.name for m in sig.outputs])
     return named, res, sig
