@@ -21,7 +21,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,6 +304,7 @@ class Server:
         workdir: Path,
         profile: Path | None,
         cores: float | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.decisions = workdir / f"decisions-{policy}.jsonl"
         args = [
@@ -327,6 +328,7 @@ class Server:
             args += ["--profile", str(profile)]
         if cores is not None:
             args += ["--cores-per-node", f"{cores:g}"]
+        args += list(extra_args)  # e.g. --substrate ray --address ... --nodes N
         self.log = (workdir / f"server-{policy or 'probe'}.log").open("w")
         self.proc = subprocess.Popen(
             args, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True
@@ -407,13 +409,17 @@ def run_policy(
     workdir: Path,
     on_ready: Callable[[str], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    server_args: Sequence[str] = (),
 ) -> RunResult:
-    """Start a fresh closed loop under `policy`, replay the schedule, stop it."""
+    """Start a fresh closed loop under `policy`, replay the schedule, stop it.
+
+    `server_args` go to the closed loop's command line (`tidal.apps.server_main`), e.g. the
+    Ray substrate's ``--substrate ray --address ADDR --nodes N``."""
     cfg = workdir / "serve.yaml"
     cfg.write_text(yaml.safe_dump(setup.serve_config, sort_keys=False))
     prof = workdir / "profile.json"
     setup.profiles.save(prof)
-    server = Server(cfg, policy, workdir, prof, setup.cores)
+    server = Server(cfg, policy, workdir, prof, setup.cores, server_args)
     try:
         port = server.wait_ready()
         base = f"http://127.0.0.1:{port}"

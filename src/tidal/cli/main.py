@@ -23,7 +23,7 @@ bench = typer.Typer(help="Benchmarks that print figures (never asserted by tests
 app.add_typer(bench, name="bench")
 
 # One module per area; each defines `register(app, bench)`.
-AREAS = ("models", "serve", "plan", "sim", "control", "cep", "innet", "perf")
+AREAS = ("models", "serve", "plan", "sim", "control", "cep", "innet", "perf", "hardening", "ray")
 for _area in AREAS:
     importlib.import_module(f"tidal.cli.{_area}").register(app, bench)
 

@@ -25,6 +25,7 @@ How a replica's cores are held, so Ray's scheduler and autoscaler see the truth:
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
@@ -290,6 +291,7 @@ class RayExecutor:
         self.pid: int = int(info["pid"])
         self.cold_start_s: float = float(info["cold_start_s"])
         self.mechanism = str(info["mechanism"])
+        factory.track(self)
 
     async def infer_async(self, batch: np.ndarray) -> np.ndarray:
         from tidal.dataplane.worker import WorkerDied
@@ -380,6 +382,7 @@ class RayExecutor:
             except Exception as e:
                 log.info("removing a hold of %s: %s", self.replica_id, e)
         self._holds = []
+        self.factory.untrack(self)
         try:
             ray.get(self.factory.authority.release.remote(self.replica_id), timeout=30)
         except Exception as e:
@@ -400,6 +403,10 @@ class RayExecutor:
 
     def alive(self) -> bool:
         return not self._dead and not self._stopped
+
+    def mark_dead(self) -> None:
+        """Its node is gone (the factory's node watch): not alive() from now on."""
+        self._dead = True
 
 
 def _node_affinity(node: str) -> Any:
@@ -430,12 +437,50 @@ class RayFactory:
         self.pending_timeout_s = pending_timeout_s
         self._authority: Any = None
         self._lock = threading.Lock()
+        self._live: dict[str, RayExecutor] = {}  # replica id -> executor
+        self._monitor: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    def track(self, ex: RayExecutor) -> None:
+        """Watch `ex`: it reports not alive() once Ray reports its node dead."""
+        with self._lock:
+            self._live[ex.replica_id] = ex
+            if self._monitor is None:
+                self._monitor = threading.Thread(
+                    target=self._watch_nodes, name="tidal-ray-nodes", daemon=True
+                )
+                self._monitor.start()
+
+    def untrack(self, ex: RayExecutor) -> None:
+        with self._lock:
+            self._live.pop(ex.replica_id, None)
+
+    def _watch_nodes(self, period_s: float = 1.0) -> None:
+        """Once a second: replicas on nodes Ray reports dead are marked dead, so the data
+        plane's liveness sweep replaces them even when no batch is routed to them."""
+        while not self._closing.wait(period_s):
+            try:
+                _, dead = self._nodes()
+            except Exception as e:  # the cluster is unreachable: try again next period
+                log.info("ray node watch: %s", e)
+                continue
+            gone = set(dead)
+            with self._lock:
+                lost = [ex for ex in self._live.values() if ex.node in gone]
+            for ex in lost:
+                if ex.alive():
+                    log.warning("replica %s: its Ray node %s died", ex.replica_id, ex.node[:8])
+                    ex.mark_dead()
 
     def connect(self) -> None:
         with self._lock:
             connect(self.address)
             if self._authority is None:
                 self._authority = authority()
+                # At exit (after a SIGTERM'd gateway has stopped its replicas): remove the
+                # detached authority if nothing holds cores any more. Replica actors and their
+                # placement groups belong to this driver's job; Ray removes them with it.
+                atexit.register(self.shutdown)
 
     @property
     def authority(self) -> Any:
@@ -489,6 +534,7 @@ class RayFactory:
 
     def shutdown(self) -> None:
         """Remove the authority when no replica holds anything (SIGTERM leaves no actor)."""
+        self._closing.set()
         if self._authority is None:
             return
         ray = _ray()
