@@ -26,7 +26,7 @@ from typing import Any
 def bench_ray_cluster(
     trace: str = "twitter:bursty",
     policy: str = "themis",
-    pipeline: str | None = "two-stage",
+    pipeline: str | None = None,
     nodes: int = 3,
     slo_ms: float = 1000.0,
     duration_s: float = 60.0,

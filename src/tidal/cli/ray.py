@@ -15,7 +15,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
     def ray_cluster(
         trace: str = typer.Option("twitter:bursty", help="Trace (tidal.workload forms)."),
         policy: str = typer.Option("themis", help="Planner of both runs."),
-        pipeline: str = typer.Option("two-stage", help="Pipeline (examples/pipelines)."),
+        pipeline: str = typer.Option(
+            "examples/pipelines/two-stage.yaml", help="Pipeline file (examples/pipelines/)."
+        ),
         nodes: int = typer.Option(3, min=1, max=16, help="Ray worker nodes started here."),
         slo_ms: float = typer.Option(1000.0, min=1.0, help="SLO of every request."),
         duration: float = typer.Option(60.0, min=5.0, help="Seconds of the trace replayed."),
