@@ -33,6 +33,7 @@ from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan, StagePlan
 from tidal.core.profile import LatencyFit, ProfileSet
+from tidal.dataplane.bounds import harden_stage
 from tidal.dataplane.metrics import DataplaneCollector, StageCounters, StageSnapshot
 from tidal.dataplane.replica import ExecutorFactory, Refused
 from tidal.dataplane.scheduler import SchedulerConfig
@@ -127,8 +128,6 @@ class Gateway:
         `max_retries`); `timers`/`offload`: the lanes' timers on the clock and how blocking
         calls leave the loop (default asyncio's; tests pass `tidal.dataplane.timers`'
         `ManualTimers` on a SimClock and `inline`)."""
-        from tidal.models.catalog import get_variant
-
         self.config = config
         self.clock: Clock = clock or MonotonicClock()
         fac: ExecutorFactory = factory or default_factory  # type: ignore[assignment]
@@ -146,23 +145,15 @@ class Gateway:
                 timers=timers,
                 offload=offload,
             )
+        self._lanes = sum(len(v) for _, v in config.stages())
+        for st in self.stages.values():  # issue 13: lane caps + watchdog from config.limits
+            harden_stage(st, config.limits, self._lanes)
         self.routes = config.routes()
         self.models: dict[str, ModelInfo] = {}
         for model, snames in self.routes.items():
-            first = get_variant(self.stages[snames[0]].allowed[0])
-            last = get_variant(self.stages[snames[-1]].allowed[0])
-            out_shape = last.input_shape if last.name == "noop" else (last.num_outputs,)
-            self.models[model] = ModelInfo(
-                model,
-                snames,
-                first.input_shape,
-                first.input.dtype,
-                out_shape,
-                sorted({v for s in snames for v in self.stages[s].allowed}),
-            )
-            for i, s in enumerate(snames):
-                later = [self.stages[x] for x in snames[i + 1 :]]
-                self.stages[s].downstream_s = _downstream(later)
+            self._add_route(model, snames)
+        self._factory, self._timers, self._offload = fac, timers, offload
+        self._unloading: set[str] = set()  # models being removed: new requests get 503
         self._ids = itertools.count(1)
         self._plan: Plan | None = None
         self._plan_lock: asyncio.Lock | None = None
@@ -262,6 +253,8 @@ class Gateway:
         stage refuses (503, also when the pinned variant has no ready replica), expires or
         fails the request. The deadline is arrival + slo and is the same at every stage.
         """
+        if model in self._unloading:
+            raise Refused(503, "refused", f"model {model!r} is being unloaded", 1.0)
         snames = self.routes[model]
         pin_stage = None
         if version is not None:
@@ -320,6 +313,103 @@ class Gateway:
 
     def stage_plan(self, stage: str) -> StagePlan | None:
         return self.stages[stage].plan
+
+    # ------------------------------------------------------------------ models at run time
+    # (model repository, issue 12: load/unload while serving, no restart)
+    def _add_route(self, model: str, snames: list[str]) -> None:
+        from tidal.models.catalog import get_variant
+
+        first = get_variant(self.stages[snames[0]].allowed[0])
+        last = get_variant(self.stages[snames[-1]].allowed[0])
+        out_shape = last.input_shape if last.name == "noop" else (last.num_outputs,)
+        self.models[model] = ModelInfo(
+            model,
+            snames,
+            first.input_shape,
+            first.input.dtype,
+            out_shape,
+            sorted({v for s in snames for v in self.stages[s].allowed}),
+        )
+        for i, s in enumerate(snames):
+            later = [self.stages[x] for x in snames[i + 1 :]]
+            self.stages[s].downstream_s = _downstream(later)
+        self.routes[model] = list(snames)
+
+    async def add_model(
+        self,
+        name: str,
+        stages: list[tuple[str, list[str]]],
+        plan: Plan,
+        fits: dict[str, LatencyFit] | None = None,
+    ) -> None:
+        """Serve a new model `name` (stages in order, each with its allowed variants) with
+        `plan` for those stages, while the others keep serving. Returns once a replica of each
+        stage is warm. TidalError (nothing left behind) for a taken name or stage, a plan
+        naming other stages, or a stage whose replicas cannot start."""
+        if name in self.routes:
+            raise TidalError(f"model {name!r} is already served")
+        taken = [s for s, _ in stages if s in self.stages]
+        if taken:
+            raise TidalError(f"stage names {taken} are already served")
+        mine = {s for s, _ in stages}
+        other = [sp.stage for sp in plan.stages if sp.stage not in mine]
+        if other:
+            raise TidalError(f"add_model {name!r}: plan names other stages {other}")
+        for sname, variants in stages:
+            self.stages[sname] = Stage(
+                sname,
+                variants,
+                clock=self.clock,
+                factory=self._factory,
+                fits=dict(fits or {}),
+                scheduler=self.scheduler,
+                timers=self._timers,
+                offload=self._offload,
+            )
+            harden_stage(self.stages[sname], self.config.limits, max(1, self._lanes))
+        self._add_route(name, [s for s, _ in stages])
+        try:
+            await self.apply_plan(plan, wait=True)
+            for sp in plan.stages:
+                if sp.total_replicas > 0 and not any(
+                    r.state == "ready" for r in self.stages[sp.stage].replicas()
+                ):
+                    raise TidalError(
+                        f"stage {sp.stage!r}: no replica of {[v.name for v in sp.variants]} "
+                        "could start (see the log)"
+                    )
+        except BaseException:
+            await self._drop(name)
+            raise
+
+    async def remove_model(self, name: str, drain_timeout_s: float = 30.0) -> None:
+        """Stop serving `name`: new requests get 503 "being unloaded" at once; requests
+        already queued or running finish (up to `drain_timeout_s`, then they get 503), then
+        its stages stop and disappear. KeyError for an unknown model."""
+        if name not in self.routes:
+            raise KeyError(name)
+        self._unloading.add(name)
+        try:
+            t_end = self.clock.now() + drain_timeout_s
+            quiet = 0
+            while quiet < 2 and self.clock.now() < t_end:
+                snaps = [self.stages[s].snapshot(self.clock.now()) for s in self.routes[name]]
+                busy = any(sn.queue_len or sn.in_flight for sn in snaps)
+                quiet = 0 if busy else quiet + 1  # twice idle: nobody between two stages
+                await asyncio.sleep(0.02)
+            await self._drop(name)
+        finally:
+            self._unloading.discard(name)
+
+    async def _drop(self, name: str) -> None:
+        snames = self.routes.pop(name, [])
+        self.models.pop(name, None)
+        gone = [self.stages.pop(s) for s in snames if s in self.stages]
+        await asyncio.gather(*(st.close() for st in gone), return_exceptions=True)
+        if self._plan is not None:
+            self._plan = self._plan.model_copy(
+                update={"stages": tuple(sp for sp in self._plan.stages if sp.stage not in snames)}
+            )
 
 
 def _chain(out: np.ndarray, stage: str, route: list[str], stages: dict[str, Stage]) -> np.ndarray:
