@@ -22,6 +22,8 @@ Contract:
 - The descriptor limit is raised at start (`raise_fd_limit`) where allowed; the default cap
   is 90% of it.
 - TLS when `ssl_certfile`/`ssl_keyfile` are given (an `ssl.SSLContext` on the listener).
+- `scope["state"]["tidal.t_first_byte"]`: `time.monotonic()` when the request's first byte
+  was parsed (its arrival: a large body's read and parse happen after it).
 - SIGINT/SIGTERM: stop accepting, close idle connections, let running requests finish (up to
   `shutdown_grace_s`), then the ASGI lifespan shutdown.
 """
@@ -36,6 +38,7 @@ import resource
 import signal
 import ssl
 import sys
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -172,6 +175,7 @@ class _Conn(asyncio.Protocol):
         self.client: Any = None
         self.sockname: Any = None
         self.scheme = "http"
+        self.t_first = 0.0
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -216,6 +220,7 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
+        self.t_first = time.monotonic()  # the request's arrival, for its deadline
         if self.state != _HEADERS:
             self.state = _HEADERS
             self.since = self.loop.time()
@@ -269,7 +274,7 @@ class _Conn(asyncio.Protocol):
             "raw_path": raw_path,
             "query_string": query,
             "headers": self.headers,
-            "state": {},
+            "state": {"tidal.t_first_byte": self.t_first},
         }
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.pending.append(_Request(scope, body, p.should_keep_alive()))
