@@ -167,14 +167,11 @@ def profile(
     from tidal.profiling.repo_profiles import split_version_path
 
     version_dirs = [n for n in names if split_version_path(n) is not None]
-    if version_dirs:
-        if len(version_dirs) != len(names) or merge:
-            raise TidalError("give either zoo variants or REPO/<model>/<version> folders")
-        _profile_versions(version_dirs, quick, batches, cores, point_budget_s, max_point_ms,
-                          out, console)  # fmt: skip
-        return
-    for n in names:
-        get_variant(n)  # an unknown name fails before the progress bar starts
+    if version_dirs and (len(version_dirs) != len(names) or merge):
+        raise TidalError("give either zoo variants or REPO/<model>/<version> folders")
+    if not version_dirs:
+        for n in names:
+            get_variant(n)  # an unknown name fails before the progress bar starts
     grid = Grid(
         _ints(batches, "batches") if batches else (QUICK_BATCHES if quick else FULL_BATCHES),
         _floats(cores, "cores") if cores else (QUICK_CORES if quick else FULL_CORES),
@@ -184,6 +181,9 @@ def profile(
         budget = replace(budget, point_budget_s=point_budget_s)
     if max_point_ms > 0:
         budget = replace(budget, max_point_ms=max_point_ms)
+    if version_dirs:
+        _profile_versions(version_dirs, grid, budget, out, console)
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -213,40 +213,13 @@ def profile(
 
 
 def _profile_versions(
-    paths: list[str],
-    quick: bool,
-    batches: str,
-    cores: str,
-    point_budget_s: float,
-    max_point_ms: float,
-    out: Path,
-    console: Console,
+    paths: list[str], grid: object, budget: object, out: Path, console: Console
 ) -> None:
     """`tidal profile REPO/<model>/<version>...`: full grid (default), stored in the profile
     cache (ONNX hash + CPU model + cores) so serving and planning use it, and written to --out."""
-    from dataclasses import replace
-
     from tidal.core.profile import ProfileSet
-    from tidal.profiling.profiler import (
-        FULL_BATCHES,
-        FULL_CORES,
-        QUICK_BATCHES,
-        QUICK_BUDGET,
-        QUICK_CORES,
-        Budget,
-        Grid,
-    )
     from tidal.profiling.repo_profiles import profile_version
 
-    grid = Grid(
-        _ints(batches, "batches") if batches else (QUICK_BATCHES if quick else FULL_BATCHES),
-        _floats(cores, "cores") if cores else (QUICK_CORES if quick else FULL_CORES),
-    )
-    budget = QUICK_BUDGET if quick else Budget()
-    if point_budget_s > 0:
-        budget = replace(budget, point_budget_s=point_budget_s)
-    if max_point_ms > 0:
-        budget = replace(budget, max_point_ms=max_point_ms)
     total = ProfileSet()
     for p in paths:
 

@@ -31,6 +31,7 @@ from tidal.core.errors import TidalError
 from tidal.core.profile import LatencyFit, ProfilePoint, VariantProfile
 from tidal.models.catalog import VariantSpec, get_variant
 from tidal.profiling.fit import fit_measured
+from tidal.profiling.profiler import spec_profile
 
 log = logging.getLogger("tidal.profiling")
 ESTIMATE = LatencyFit(gamma=50.0, delta=0.0, epsilon=0.0, eta=10.0, r2=0.0, p99_ratio=1.5)
@@ -160,30 +161,20 @@ def quick_profile(
     fit = fit_measured(points)
     p99 = float(np.mean([p.p99_ms / p.p50_ms for p in points]))
     fit = fit.model_copy(update={"p99_ratio": max(1.0, p99)})
-    prof = VariantProfile(
-        name=variant,
-        task=spec.task,
-        accuracy=spec.accuracy,
-        accuracy_source=f"{spec.accuracy_source} [{spec.label}]",
-        params=spec.params,
+    prof = spec_profile(
+        spec,
+        fit,
         load_time_s=load_s,
         resize_s=float(np.median(resize)) if resize else 0.0,
         points=points,
-        fit=fit,
     )
     return QuickResult(prof, len(points), spent, skipped)
 
 
 def estimated_profile(spec: VariantSpec) -> VariantProfile:
     """The conservative stand-in profile of a version not profiled yet."""
-    return VariantProfile(
-        name=spec.name,
-        task=spec.task,
-        accuracy=spec.accuracy,
-        accuracy_source=f"{spec.accuracy_source} [{spec.label}]",
-        params=spec.params,
-        load_time_s=spec.load_time_s if spec.load_time_s is not None else 2.0,
-        fit=ESTIMATE,
+    return spec_profile(
+        spec, ESTIMATE, load_time_s=spec.load_time_s if spec.load_time_s is not None else 2.0
     )
 
 

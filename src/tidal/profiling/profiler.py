@@ -28,8 +28,8 @@ import numpy as np
 
 from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
-from tidal.core.profile import ProfilePoint, ProfileSet, VariantProfile
-from tidal.models.catalog import get_variant
+from tidal.core.profile import LatencyFit, ProfilePoint, ProfileSet, VariantProfile
+from tidal.models.catalog import VariantSpec, get_variant
 from tidal.profiling.fit import fit_measured
 from tidal.profiling.machine import machine_info
 
@@ -172,21 +172,29 @@ def measure_variant(
     return run
 
 
-def to_profile(run: VariantRun) -> VariantProfile:
-    """Fit the run's points and wrap them with the catalog's metadata."""
-    spec = get_variant(run.name)
-    fit = fit_measured(run.points)
-    resize = float(np.median(run.resize_apply_s)) if run.resize_apply_s else 0.0
+def spec_profile(spec: VariantSpec, fit: LatencyFit, **measured: Any) -> VariantProfile:
+    """A VariantProfile with the catalog's metadata of `spec` (task, accuracy with its source
+    and label, parameters), the fit, and `measured` fields (load_time_s, resize_s, points)."""
     return VariantProfile(
         name=spec.name,
         task=spec.task,
         accuracy=spec.accuracy,
         accuracy_source=f"{spec.accuracy_source} [{spec.label}]",
         params=spec.params,
+        fit=fit,
+        **measured,
+    )
+
+
+def to_profile(run: VariantRun) -> VariantProfile:
+    """Fit the run's points and wrap them with the catalog's metadata."""
+    resize = float(np.median(run.resize_apply_s)) if run.resize_apply_s else 0.0
+    return spec_profile(
+        get_variant(run.name),
+        fit_measured(run.points),
         load_time_s=run.cold_start_s,
         resize_s=resize,
         points=run.points,
-        fit=fit,
     )
 
 
