@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tidal.planners.oneshot import bench
+from tidal.bench.planners import bench
 
 if __name__ == "__main__":
     print(json.dumps(bench(), indent=2))

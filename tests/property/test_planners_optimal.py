@@ -123,10 +123,12 @@ def test_themis_matches_brute_force(data, n_stages, lam, slo, nodes, cpn) -> Non
     cpn=st.sampled_from([2.0, 4.0, 8.0]),
 )
 def test_sponge_ip_matches_enumeration(v, lam, slo, budgets, cpn) -> None:  # type: ignore[no-untyped-def]
-    sp_planner = create("sponge", max_cores=8, max_batch=8, utilization=1.0)
+    sp_planner = create("sponge", max_cores=8, max_batch=8, utilization=1.0, use_solver=True)
     ctx = ctx_of([(v,)], lam, slo, Capacity(1, cpn))
     ctx = PlanContext(**{**ctx.__dict__, "budgets_ms": tuple(budgets)})
     plan, _ = sp_planner.plan(ctx)
+    fast, _ = create("sponge", max_cores=8, max_batch=8, utilization=1.0).plan(ctx)
+    assert fast == plan  # the argmin after the exact presolve is the IP's optimum
     eb = sorted(budgets)
     found = None
     for c in range(1, int(min(8, cpn)) + 1):  # fewest cores first, then smallest batch

@@ -1,4 +1,5 @@
-"""CLI of the plan area: `tidal plan`, `tidal forecast train|eval`, `tidal bench planners`."""
+"""CLI of the plan area: `tidal plan`, `tidal forecast train|eval`, `tidal bench planners`,
+`tidal bench decisions`."""
 
 from __future__ import annotations
 
@@ -171,15 +172,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
     @bench.command("planners")
     def bench_planners(
-        repeat: int = typer.Option(5, min=1, help="Decisions per (policy, pipeline)."),
+        repeat: int = typer.Option(20, min=1, help="Decisions per (policy, pipeline)."),
         rps: float = typer.Option(50.0, min=0.0),
         policy: list[str] = typer.Option([], help="Only these policies (default: all)."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Median decision time per policy for 1-, 3- and 10-stage pipelines (5 variants each,
-        synthetic profiles). Goals: <= 50 ms at 3 stages, <= 1 s at 10 stages."""
+        """Median and p95 decision time per policy for 1-, 3- and 10-stage pipelines (5
+        variants each, synthetic profiles). Goals: p95 <= 50 ms at 3 stages, <= 1 s at 10."""
+        from tidal.bench.planners import bench as run_bench
         from tidal.planners import available
-        from tidal.planners.oneshot import bench as run_bench
 
         for p in policy:
             if p not in available():
@@ -188,13 +189,63 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(res, indent=2))
             return
-        t = Table(title=f"median decision time (ms), {res['variants_per_stage']} variants/stage")
+        t = Table(
+            title=f"decision time (ms): median / p95, {res['variants_per_stage']} variants/stage; "
+            f"load average {res['load_average_start'][0]} -> {res['load_average_end'][0]}"
+        )
         t.add_column("policy")
         for s in ("1", "3", "10"):
             t.add_column(f"{s} stage(s)")
         for name, row in res["median_ms"].items():
-            t.add_row(name, *(f"{row[s]:.2f}" for s in ("1", "3", "10")))
+            q = res["p95_ms"][name]
+            t.add_row(name, *(f"{row[s]:.2f} / {q[s]:.2f}" for s in ("1", "3", "10")))
         Console().print(t)
+
+    @bench.command("decisions")
+    def bench_decisions(
+        out: Path = typer.Option(
+            Path("results/decisions.jsonl"), help="JSON-lines file of rows (appended, resumable)."
+        ),
+        group: list[str] = typer.Option(
+            [], help="paper, tune (days 14-17), holdout (days 18-21); default all."
+        ),
+        level: list[str] = typer.Option([], help="Load levels: 0.3, 0.7, 1.1, raw (default all)."),
+        policy: list[str] = typer.Option([], help="Policies (default: tidal and the peers)."),
+        limit: int | None = typer.Option(None, min=1, help="At most this many windows per run."),
+        report_only: bool = typer.Option(False, help="Only print the scoreboard of --out."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Every policy on every window and load level: violations, core-seconds, accuracy
+        over sent requests, plan changes per hour, infeasible decisions; a Pareto verdict."""
+        import os
+
+        from tidal.bench import decisions as dec
+        from tidal.planners import available
+
+        for p in policy:
+            if p not in available():
+                raise TidalError(f"unknown policy {p!r}; valid policies: {', '.join(available())}")
+        bad = [lv for lv in level if lv not in dec.LEVELS]
+        if bad:
+            raise TidalError(f"unknown level {bad[0]!r}; valid: {', '.join(dec.LEVELS)}")
+        start = os.getloadavg()
+        if report_only:
+            rows = dec.read_rows(out)
+        else:
+            rows = dec.run(
+                out,
+                groups=group or ("paper", "tune", "holdout"),
+                levels=level or dec.LEVELS,
+                policies=policy or dec.POLICIES,
+                limit=limit,
+                progress=None if as_json else typer.echo,
+            )
+        if as_json:
+            typer.echo(json.dumps({"rows": rows, "verdict": dec.verdict(rows)}, indent=2))
+            return
+        typer.echo(dec.table(rows))
+        typer.echo(dec.summary(rows))
+        typer.echo(f"load average {start[0]:.1f} -> {os.getloadavg()[0]:.1f}")
 
     forecast = typer.Typer(help="Load predictors: train the LSTM, compare all predictors.")
     app.add_typer(forecast, name="forecast")

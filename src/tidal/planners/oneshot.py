@@ -1,5 +1,5 @@
-"""One planning decision from a pipeline file, a rate and an SLO (what `tidal plan` prints),
-and the planner benchmark (`tidal bench planners`).
+"""One planning decision from a pipeline file, a rate and an SLO (what `tidal plan` prints).
+The planner benchmark lives in `tidal.bench.planners`.
 
 `decide()` validates its input at the boundary: an unknown policy, stage or variant, a profile
 without a variant, a negative rate or a non-positive SLO raise TidalError naming the value.
@@ -7,13 +7,9 @@ without a variant, a negative rate or a non-positive SLO raise TidalError naming
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import statistics
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
@@ -22,7 +18,7 @@ from tidal.core.plan import Plan
 from tidal.core.profile import ProfileSet
 from tidal.planners.base import Capacity, PlanContext, StageCandidates, available, create
 from tidal.planners.common import predicted_accuracy, predicted_latency_ms
-from tidal.planners.synthetic import synthetic_context, synthetic_variant
+from tidal.planners.synthetic import synthetic_variant
 
 
 def load_profiles(spec: str | None, pipeline: PipelineSpec) -> ProfileSet:
@@ -148,43 +144,3 @@ def decide(
     plan, _ = planner.plan(ctx)
     dt = (clock.now() - t0) * 1000.0
     return plan_json(policy, plan, ctx, dt, pipeline.accuracy_combine)
-
-
-def bench(
-    stages: tuple[int, ...] = (1, 3, 10),
-    n_variants: int = 5,
-    repeat: int = 5,
-    rps: float = 50.0,
-    policies: list[str] | None = None,
-    clock: Clock | None = None,
-) -> dict[str, Any]:
-    """Median decision time (ms) per policy and pipeline length on synthetic profiles."""
-    clock = clock or MonotonicClock()
-    names = policies or available()
-    out: dict[str, Any] = {
-        "profiles": "synthetic (Sponge's ResNet fit scaled per variant; see planners.synthetic)",
-        "variants_per_stage": n_variants,
-        "rps": rps,
-        "repeat": repeat,
-        "median_ms": {},
-        "feasible": {},
-    }
-    runs: list[tuple[str, str, tuple[float, ...]]] = [(n, n, ()) for n in names]
-    if "sponge" in names:  # Sponge's IP with 100 queued requests (budgets 300..1000 ms)
-        queue = tuple(float(b) for b in np.linspace(300.0, 1000.0, 100))
-        runs.append(("sponge+queue100", "sponge", queue))
-    for label, name, budgets in runs:
-        out["median_ms"][label] = {}
-        out["feasible"][label] = {}
-        for s in stages:
-            ctx = dataclasses.replace(synthetic_context(s, n_variants, rps=rps), budgets_ms=budgets)
-            times, feasible = [], True
-            for _ in range(repeat):
-                planner = create(name)
-                t0 = clock.now()
-                plan, _ = planner.plan(ctx)
-                times.append((clock.now() - t0) * 1000.0)
-                feasible = plan.feasible
-            out["median_ms"][label][str(s)] = round(statistics.median(times), 3)
-            out["feasible"][label][str(s)] = feasible
-    return out

@@ -145,7 +145,9 @@ class Model:
             lines.append(f"  {b.name}: {b.matrix.shape[0]} rows over {len(b.cols)} variables")
         return "\n".join(lines)
 
-    def solve(self, node_limit: int = 5000, time_limit_s: float | None = None) -> Solution:
+    def solve(
+        self, node_limit: int = 5000, time_limit_s: float | None = None, rel_gap: float = 1e-6
+    ) -> Solution:
         """Solve with HiGHS, at most `node_limit` branch-and-bound nodes (deterministic) and,
         only if given, `time_limit_s` of wall time (load-dependent: avoid). Never raises for
         infeasibility."""
@@ -171,7 +173,7 @@ class Model:
             cons.append(LinearConstraint(csr_array(full), b.lb, b.ub))
         options: dict[str, object] = {
             "presolve": True,
-            "mip_rel_gap": 1e-6,
+            "mip_rel_gap": float(rel_gap),
             "node_limit": int(node_limit),
         }
         if time_limit_s is not None:
@@ -185,7 +187,7 @@ class Model:
         )
         ok = res.x is not None and res.status in (0, 1)
         optimal = ok and res.status == 0
-        hit = res.status == 1
+        hit = res.status in (1, 4)  # 4: HiGHS stopped at a limit with an unrecognized code
         x = np.asarray(res.x) if res.x is not None else np.full(n, np.nan)
         value = float(res.fun) if res.fun is not None else math.nan
         if self.sense == "max":

@@ -91,6 +91,9 @@ class SpongeOptions(PlannerOptions):
     node_limit: int = Field(
         5000, ge=1, le=10**7, description="Branch-and-bound node limit of the IP."
     )
+    use_solver: bool = Field(
+        False, description="Solve the presolved IP with HiGHS (same answer as the argmin)."
+    )
 
 
 @register("sponge")
@@ -110,6 +113,7 @@ class Sponge:
         variant: VariantChoice = None,
         utilization: float = 0.8,
         node_limit: int = 5000,
+        use_solver: bool = False,
     ) -> None:
         if max_cores < 1 or max_batch < 1:
             raise TidalError(f"sponge: max_cores ({max_cores}) and max_batch ({max_batch}) >= 1")
@@ -117,6 +121,7 @@ class Sponge:
             raise TidalError(f"sponge: margin must be in (0, 1], got {margin}")
         self.max_cores, self.max_batch, self.margin = max_cores, max_batch, margin
         self.variant, self.utilization, self.node_limit = variant, utilization, node_limit
+        self.use_solver = use_solver
 
     def choose(
         self, profile: VariantProfile, lam: float, budgets_ms: np.ndarray, slo_ms: float, c_max: int
@@ -142,7 +147,11 @@ class Sponge:
         )
         pairs = [p for p, k in zip(all_pairs, keep, strict=True) if k]
         sol_pair: tuple[int, int] | None = None
-        if pairs:
+        if pairs and not self.use_solver:
+            # after the exact presolve the IP is one choice row: its optimum is the argmin of
+            # the objective (identical to HiGHS' answer; the property test checks both)
+            sol_pair = min(pairs, key=lambda bc: bc[1] * (self.max_batch + 1) + bc[0])
+        elif pairs:
             m = Model(f"sponge[{profile.name}]", sense="min")
             xs = [
                 m.var(f"x[b={b},c={c}]", binary=True, obj=c * (self.max_batch + 1) + b)

@@ -147,6 +147,7 @@ class Tidal:
         self.variant = variant
         # the joint DP and the Amdahl cap are Themis' (at this planner's utilisation)
         self._dp = Themis(core_step=core_step, utilization=utilization, variant=variant)
+        self._full = Themis(core_step=core_step, utilization=1.0, variant=variant)
 
     # ---- rates -------------------------------------------------------------------------
     def horizon_s(self, chosen: list[VariantProfile]) -> float:
@@ -305,11 +306,8 @@ class Tidal:
             vert = self._dp.solve(
                 replace(ctx, forecast=lam), chosen, [r.replicas for r in reps if r is not None]
             )
-            small = vert is not None and (
-                target is None or vert.total_cores <= target.total_cores * 1.5
-            )
-            if vert is not None and small and fits(vert, ctx.capacity):
-                return vert, st
+            if vert is not None and fits(vert, ctx.capacity):
+                return vert, st  # the cheaper replica plan follows once it has held
         if target is None:
             return self._infeasible(ctx, chosen, lam), st
         return self._move(ctx, st, target)
@@ -332,16 +330,27 @@ class Tidal:
         return target, replace(st, target=None)
 
     def _infeasible(self, ctx: PlanContext, chosen: list[VariantProfile], lam: float) -> Plan:
-        """No plan fits: keep the plan in force (or Themis' fastest), flagged."""
+        """Overload: no plan carries `lam` with headroom on the nodes. Serve as much as the
+        nodes can: the cheapest plan (at utilisation 1) for the highest rate any plan that
+        fits carries within the SLO (bisection); flagged infeasible."""
         reason = (
             f"no plan carries {lam:.4g} req/s within the {ctx.slo_ms:g} ms SLO on "
             f"{ctx.capacity.nodes} x {ctx.capacity.cores_per_node:g} cores"
         )
-        if ctx.current is not None and fits(ctx.current, ctx.capacity):
-            base = ctx.current
-        else:
-            base = self._dp.fastest(replace(ctx, forecast=lam), chosen, reason)
-        return base.model_copy(update={"feasible": False, "reason": reason})
+        lo, hi, best = 0.0, lam, None
+        for _ in range(10):
+            mid = (lo + hi) / 2
+            p = self._full.solve(replace(ctx, forecast=mid), chosen)
+            if p is not None and fits(p, ctx.capacity):
+                lo, best = mid, p
+            else:
+                hi = mid
+        if best is None:
+            if ctx.current is not None and fits(ctx.current, ctx.capacity):
+                best = ctx.current
+            else:
+                best = self._dp.fastest(replace(ctx, forecast=lam), chosen, reason)
+        return best.model_copy(update={"feasible": False, "reason": reason})
 
 
 __all__ = ["Tidal", "TidalOptions", "TidalState"]

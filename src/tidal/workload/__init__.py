@@ -14,6 +14,7 @@ import numpy as np
 
 from tidal.core.errors import TidalError
 from tidal.workload.arrivals import arrival_chunks, arrivals, to_us
+from tidal.workload.filetrace import file_rates, scale_to_peak
 from tidal.workload.slo import dynamic_slos
 from tidal.workload.synthetic import SHAPES, synthetic_rates
 from tidal.workload.twitter import WINDOWS, twitter_rates
@@ -37,6 +38,7 @@ def trace_names() -> list[str]:
         [f"twitter:{w}" for w in WINDOWS]
         + ["twitter:START-END"]
         + [f"synthetic:{s}" for s in SHAPES]
+        + ["file:PATH[,compress=K][,scale_to_peak=R]"]
     )
 
 
@@ -54,14 +56,24 @@ def compress_rates(rates: np.ndarray, compress: int) -> np.ndarray:
 
 
 def load_trace(
-    spec: str, damping: int | None = None, compress: int = 1, seed: int = 0
+    spec: str,
+    damping: int | None = None,
+    compress: int = 1,
+    seed: int = 0,
+    peak: float | None = None,
 ) -> np.ndarray:
     """Requests per second for `spec`:
 
     - ``twitter:NAME`` (bursty, steady-low, steady-high, fluctuating, infadapter, sponge) or
       ``twitter:START-END``; `damping` None = the paper's (8 for IPA's windows, else 1);
     - ``synthetic:SHAPE[:DURATION_S[:LOW:HIGH]]`` with SHAPE in step, spike, ramp, diurnal,
-      constant (seeded Poisson noise per second).
+      constant (seeded Poisson noise per second);
+    - ``file:PATH[,compress=K][,scale_to_peak=R][,format=rates|timestamps][,unit=s|ms]``: one
+      rate per line or one arrival timestamp per line (`tidal.workload.filetrace`).
+
+    Then `compress` (k seconds merged into one: k times faster, every request kept) and
+    `peak` (scale so the busiest second has `peak` req/s), as ``--compress`` and
+    ``--scale-to-peak`` do; the spec's own options apply first.
 
     Raises TidalError naming the bad spec, an out-of-range window or a missing trace file.
     """
@@ -81,6 +93,14 @@ def load_trace(
         rates = synthetic_rates(parts[0], dur, low, high, seed)
         if damping is not None:
             rates = np.floor(rates / damping)
+    elif kind == "file":
+        rates, k, p = file_rates(rest)
+        rates = compress_rates(rates, k)
+        if p is not None:
+            rates = scale_to_peak(rates, p)
+        if damping is not None:
+            rates = np.floor(rates / damping)
     else:
         raise TidalError(f"unknown trace {spec!r}; valid: {', '.join(trace_names())}")
-    return compress_rates(rates, compress)
+    rates = compress_rates(rates, compress)
+    return rates if peak is None else scale_to_peak(rates, peak)

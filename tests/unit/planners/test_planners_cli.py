@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from tidal.bench.planners import bench
 from tidal.core.errors import TidalError
 from tidal.core.profile import ProfileSet
 from tidal.planners import Capacity
-from tidal.planners.oneshot import bench, decide
+from tidal.planners.oneshot import decide
 from tidal.planners.synthetic import synthetic_variant
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -105,3 +106,4 @@ def test_bench_reports_every_policy_and_length() -> None:
     assert set(res["median_ms"]) == {"themis", "hpa"}
     assert set(res["median_ms"]["themis"]) == {"1", "3"}
     assert res["feasible"]["themis"]["3"] is True
+    assert set(res["p95_ms"]["themis"]) == {"1", "3"} and len(res["load_average_start"]) == 3

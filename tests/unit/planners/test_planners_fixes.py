@@ -1,0 +1,142 @@
+"""The issue-15 fixes, one test each: Themis' stage 1 on the observed rate, headroom, Sponge's
+joint node constraint, IPA's cores per variant, deterministic MILPs under a CPU hog, and the
+`tidal` planner's hysteresis, urgent growth, node constraint and forecast gate."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+
+from tidal.core.plan import Plan
+from tidal.core.profile import LatencyFit, VariantProfile
+from tidal.planners import Capacity, StageCandidates, create
+from tidal.planners.common import fits
+from tidal.planners.synthetic import synthetic_context
+from tidal.planners.tidal import TidalState
+
+
+def test_themis_stage1_reacts_to_the_observed_rate_not_a_stale_forecast() -> None:
+    base = synthetic_context(1, rps=20.0, capacity=Capacity(1, 16.0))
+    p0, st = create("themis").plan(base)
+    # the load jumps to 90 req/s now; the forecast (refreshed every 10 s) still says 20
+    surge = dataclasses.replace(
+        base, now=1.0, rate_history=(20.0,) * 59 + (90.0,), forecast=20.0, current=p0, state=st
+    )
+    grown, _ = create("themis").plan(surge)
+    assert grown.stages[0].replicas == p0.stages[0].replicas  # vertical first
+    assert grown.total_cores > p0.total_cores
+    stale, _ = create("themis", surge_rate="forecast").plan(surge)
+    assert stale.stages == p0.stages  # the old behaviour: blind until the forecast refreshes
+
+
+def test_headroom_sizes_below_full_utilisation() -> None:
+    ctx = synthetic_context(1, rps=100.0, capacity=Capacity(1, 64.0))
+    for name in ("themis", "fa2", "ipa"):
+        full, _ = create(name, utilization=1.0).plan(ctx)
+        room, _ = create(name).plan(ctx)  # default 0.8
+        assert room.total_cores > full.total_cores, name
+
+
+def test_sponge_respects_the_node_jointly_across_stages() -> None:
+    # two stages that each need ~10 cores at 60 req/s on one 16-core node
+    ctx = synthetic_context(2, rps=60.0, slo_ms=400.0, capacity=Capacity(1, 16.0))
+    plan, _ = create("sponge").plan(ctx)
+    assert plan.total_cores <= 16.0 + 1e-9
+    assert fits(plan, ctx.capacity)
+    alone, _ = create("sponge").plan(dataclasses.replace(ctx, stages=ctx.stages[:1]))
+    if 2 * alone.total_cores > 16.0:
+        assert not plan.feasible and "do not fit" in plan.reason
+
+
+def test_ipa_gives_cores_per_variant_from_the_profile() -> None:
+    small = VariantProfile(
+        name="small", accuracy=0.6, fit=LatencyFit(gamma=5, delta=0, epsilon=5, eta=2)
+    )
+    big = VariantProfile(
+        name="big", accuracy=0.8, fit=LatencyFit(gamma=200, delta=0, epsilon=400, eta=5)
+    )
+    ctx = dataclasses.replace(
+        synthetic_context(1, rps=5.0, slo_ms=300.0, capacity=Capacity(1, 16.0)),
+        stages=(StageCandidates("s0", (small, big)),),
+    )  # fmt: skip
+    ipa = create("ipa")
+    assert ipa.cores_of(small, ctx) == 1.0
+    assert ipa.cores_of(big, ctx) > 1.0  # 605 ms at 1 core: more cores for the big model
+    high, _ = create("ipa", beta_c=0.01).plan(ctx)  # accuracy-heavy weights pick the big one
+    assert high.stages[0].variants[0].name == "big" and high.stages[0].cores > 1.0
+
+
+def _hog() -> list[subprocess.Popen[bytes]]:
+    code = "while True: pass"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(2)]
+
+
+def test_milp_planners_give_the_same_plan_under_a_cpu_hog() -> None:
+    ctx3 = synthetic_context(3, rps=50.0)
+    names = [("ipa", {}), ("infadapter", {"node_limit": 20}), ("sponge", {"use_solver": True})]
+    idle = [create(n, **o).plan(ctx3)[0] for n, o in names]
+    hogs = _hog()
+    try:
+        busy = [create(n, **o).plan(ctx3)[0] for n, o in names]
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert busy == idle
+
+
+def _noisy(rates: list[float], seed: int) -> list[float]:
+    rng = np.random.default_rng(seed)
+    return [float(x) for x in rng.poisson(rates)]
+
+
+def _run_tidal(rates: list[float], ctx0: object, **opts: object) -> tuple[list[Plan], TidalState]:
+    planner = create("tidal", **opts)
+    plan, st = None, None
+    hist = [rates[0]] * 60
+    plans = []
+    for t, r in enumerate(rates):
+        hist = (hist + [r])[-1200:]
+        ctx = dataclasses.replace(ctx0, now=float(t), rate_history=tuple(hist), forecast=None,
+                                  current=plan, state=st)  # type: ignore[type-var]  # fmt: skip
+        plan, st = planner.plan(ctx)
+        plans.append(plan)
+    assert isinstance(st, TidalState)
+    return plans, st
+
+
+def test_tidal_hysteresis_keeps_plan_changes_under_60_per_hour_on_noisy_load() -> None:
+    base = synthetic_context(2, rps=40.0, capacity=Capacity(1, 16.0))
+    level = [40.0] * 400 + [80.0] * 400 + [50.0] * 400  # 20 min of noisy steps
+    plans, _ = _run_tidal(_noisy(level, 0), base)
+    changes = sum(1 for a, b in zip(plans, plans[1:], strict=False) if a.stages != b.stages)
+    assert changes <= 20, changes  # <= 60 per hour
+    assert all(fits(p, base.capacity) for p in plans)  # the node, jointly
+    assert plans[-1].total_cores < max(p.total_cores for p in plans)  # it scales back down
+
+
+def test_tidal_grows_at_once_when_the_slo_is_at_risk() -> None:
+    base = synthetic_context(1, rps=20.0, capacity=Capacity(1, 16.0))
+    rates = [20.0] * 100 + [90.0] * 5
+    plans, _ = _run_tidal(rates, base)
+    before = plans[99]
+    v = base.stages[0].variants[0]
+    sp = plans[101].stages[0]  # within 2 s of the surge, despite the 60 s hold
+    assert sp.replicas * v.throughput(sp.batch, sp.cores) >= 90.0
+    assert sp.replicas == before.stages[0].replicas  # cores in place first (the fast knob)
+
+
+def test_tidal_uses_a_forecast_only_where_it_beats_the_observed_rate() -> None:
+    base = synthetic_context(1, rps=50.0, capacity=Capacity(1, 16.0))
+    planner = create("tidal")
+    st = None
+    for t in range(200):  # a forecast that is always far too high
+        ctx = dataclasses.replace(base, now=float(t), forecast=500.0, state=st)
+        _, st = planner.plan(ctx)
+    assert isinstance(st, TidalState) and st.scored > 5
+    assert st.err_forecast > st.err_observed
+    r_fast, r_slow, _ = planner.rates(dataclasses.replace(base, forecast=500.0), st, 10.0)
+    assert r_slow < 100.0  # the bad forecast is not used
