@@ -171,8 +171,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         connections: int = typer.Option(16, help="wrk connections for throughput runs."),
         skip_ray: bool = typer.Option(False, help="Do not run Ray Serve."),
         workloads: str = typer.Option("noop,resnet18", help="Comma-separated workloads."),
+        protocols: bool = typer.Option(
+            True, help="Also REST JSON / REST binary / gRPC side by side, and Triton's gRPC."
+        ),
+        only_protocols: bool = typer.Option(False, help="Only the protocol comparison."),
     ) -> None:
-        """Tidal vs Ray Serve vs a bare ASGI app under the same wrk load (figures, JSON)."""
+        """Tidal vs Ray Serve vs a bare ASGI app under the same wrk load, then REST JSON, REST
+        binary and gRPC side by side and Tidal's gRPC vs Triton's (figures, JSON)."""
         from tidal.bench.dataplane import run_bench
 
         out = run_bench(
@@ -181,6 +186,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             ray=not skip_ray,
             workloads=[w.strip() for w in workloads.split(",") if w.strip()],
             echo=None if json_out else typer.echo,
+            protocols=protocols or only_protocols,
+            only_protocols=only_protocols,
         )
         import json
 
