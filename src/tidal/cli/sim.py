@@ -159,11 +159,13 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         out: Path = typer.Option(Path("docs/results.md"), help="Markdown report to write."),
         figures: Path = typer.Option(Path("docs/figures"), help="Directory for the figures."),
         seconds: int = typer.Option(None, help="Cut each window to N seconds (default: full)."),
+        quick: bool = typer.Option(False, help="Windows cut to 120 s (all studies < 5 min)."),
     ) -> None:
-        """Re-run each paper's comparison and regenerate docs/results.md."""
+        """Re-run each paper's comparison and regenerate docs/results.md (study by study)."""
         from tidal.apps.reproduce import reproduce as run
 
-        run(which, out, figures, seconds, Console(stderr=True, emoji=False, highlight=False))
+        console = Console(stderr=True, emoji=False, highlight=False)
+        run(which, out, figures, seconds, console, quick=quick)
 
     @bench.command("sim")
     def bench_sim(
