@@ -356,6 +356,8 @@ def _row(key: str, runs: dict[str, dict[str, SimResult]]) -> str:
     return f"<!-- row: | {key} | {claim} | {measured} | {verdict} | -->"
 
 
+EXTRA_BEGIN = "<!-- extra:begin -->"
+EXTRA_END = "<!-- extra:end -->"
 QUICK_SECONDS = 120
 """`--quick`: each window cut to its first 120 s (all four studies in under 5 minutes)."""
 
@@ -453,11 +455,18 @@ def _write(
     total: float,
     keys: list[str],
 ) -> None:
-    # Keep the sections of studies not re-run this time.
+    # Keep the sections of studies not re-run this time, and the hand-run sections between
+    # EXTRA_BEGIN and EXTRA_END (the scoreboard of `tidal bench decisions`) verbatim.
     old: dict[str, list[str]] = {}
+    extra: list[str] = []
     if out.is_file():
+        text = out.read_text()
+        if EXTRA_BEGIN in text and EXTRA_END in text:
+            i, j = text.index(EXTRA_BEGIN), text.index(EXTRA_END) + len(EXTRA_END)
+            extra = text[i:j].splitlines()
+            text = text[:i] + text[j:]
         cur: str | None = None
-        for line in out.read_text().splitlines():
+        for line in text.splitlines():
             if line.startswith("<!-- study:"):
                 cur = line.split(":")[1].strip(" ->")
                 old[cur] = []
@@ -515,4 +524,4 @@ def _write(
     for k, lines in merged.items():
         body += [f"<!-- study: {k} -->", *lines, "<!-- end -->"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(head + [""] + body) + "\n")
+    out.write_text("\n".join(head + [""] + extra + [""] + body) + "\n")
