@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -330,8 +331,17 @@ class Server:
             args += ["--cores-per-node", f"{cores:g}"]
         args += list(extra_args)  # e.g. --substrate ray --address ... --nodes N
         self.log = (workdir / f"server-{policy or 'probe'}.log").open("w")
+        # The dashboard's JSON (sampled for the figures) needs the admin token: a fresh
+        # random one per run, given to the child only.
+        self.token = secrets.token_urlsafe(24)
+        env = {**os.environ, "TIDAL_TOKEN": self.token}
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=self.log, text=True, start_new_session=True
+            args,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            start_new_session=True,
+            env=env,
         )
         self.port = 0
 
@@ -368,15 +378,20 @@ class Server:
         self.log.close()
 
 
-async def _sample(base: str, out: list[dict[str, Any]], stop: asyncio.Event) -> None:
+async def _sample(base: str, out: list[dict[str, Any]], stop: asyncio.Event, token: str) -> None:
     from tidal.core.clock import MonotonicClock
 
     clock = MonotonicClock()
     t0 = clock.now()
+    auth = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
         while not stop.is_set():
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-                async with s.get(f"{base}/dashboard/data.json") as r:
+                async with s.get(f"{base}/dashboard/data.json", headers=auth) as r:
+                    if r.status != 200:
+                        raise TidalError(
+                            f"dashboard data answered {r.status}: {(await r.text())[:200]}"
+                        )
                     d = await r.json()
                     out.append({"t": clock.now() - t0, "data": d})
             with contextlib.suppress(TimeoutError):
@@ -445,7 +460,7 @@ async def _replay(
     body, hlen = v2_binary_body_from_metadata(await fetch_metadata(base, setup.pipeline.name))
     series: list[dict[str, Any]] = []
     stop = asyncio.Event()
-    sampler = asyncio.create_task(_sample(base, series, stop))
+    sampler = asyncio.create_task(_sample(base, series, stop, server.token))
     await asyncio.sleep(1.5)  # a first sample before the load starts
     start = series[-1]["data"] if series else None
     gen = LoadGenerator(
