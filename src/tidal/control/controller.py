@@ -1,5 +1,10 @@
 """The control loop: monitor -> forecast -> plan -> actuate, once per tick.
 
+One controller for every substrate: the live gateway and Ray (`tick()` once per second from
+`run()`), and the simulator (`tidal.sim.engine` calls `decide(now)` at the planner's ticks
+with a monitor over its per-second series, `tidal.sim.monitor`). The plan-handling rules
+below hold in all of them.
+
 Contract:
 - ``tick()`` samples the monitor every call (the tick period, 1 s by default) and asks the
   planner for a decision when the planner's ``interval_s`` has elapsed since the last one.
@@ -8,7 +13,9 @@ Contract:
 - A plan flagged ``feasible=False``, a plan the actuator refuses, or a planner exception
   leaves the plan in force unchanged (the last feasible one) and the reason is logged, unless
   ``apply_best_effort`` is set, in which case a flagged-infeasible plan that the actuator
-  accepts is applied (and still logged as infeasible).
+  accepts is applied (and still logged as infeasible). With no plan in force at all (a
+  simulation started without an initial plan) the first plan is applied as best effort:
+  there is nothing to keep.
 - The controller holds no serving state: the data plane keeps serving the last applied plan
   if the controller stops or crashes, and a new controller starts from ``actuator.current()``.
 - Every decision goes to the DecisionLog with its inputs, output, decision time and, once the
@@ -32,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tidal.control.decisions import Decision, DecisionLog, plan_summary
-from tidal.control.monitor import Monitor
+from tidal.control.monitor import MonitorView
 from tidal.core.actuator import Actuation, Actuator
 from tidal.core.clock import Clock
 from tidal.core.plan import Plan
@@ -69,7 +76,7 @@ class Controller:
         self,
         planner: Planner,
         actuator: Actuator,
-        monitor: Monitor,
+        monitor: MonitorView,
         stages: tuple[StageCandidates, ...],
         slo_ms: float,
         clock: Clock,
@@ -80,7 +87,13 @@ class Controller:
         apply_best_effort: bool = False,
         policy: str | None = None,
         calibrate: bool = False,
+        timer: Clock | None = None,
+        strict: bool = False,
     ) -> None:
+        """`timer`: the clock that times a decision (default `clock`; the simulator passes a
+        monotonic one, its `clock` being simulated). `strict`: planner and actuator
+        exceptions propagate instead of being logged (the simulator: a plan that can never
+        fit is the user's error, and a run must not go on silently without a planner)."""
         if slo_ms <= 0:
             raise ValueError(f"slo_ms must be > 0, got {slo_ms}")
         self.planner = planner
@@ -89,6 +102,8 @@ class Controller:
         self.stages = stages
         self.slo_ms = slo_ms
         self.clock = clock
+        self.timer: Clock = timer or clock
+        self.strict = strict
         self.forecaster = forecaster
         self.decisions = decisions or DecisionLog()
         self.window_s = window_s
@@ -128,9 +143,10 @@ class Controller:
         self.forecasts.append(ForecastPoint(now, forecast))
         del self.forecasts[:-900]
         window = self.window_s
-        if window is None:  # the planner's own metric window, as the simulator does
+        if window is None:  # the planner's own metric window (window_s or look_back)
             inner = getattr(self.planner, "inner", self.planner)
-            window = max(1.0, float(getattr(inner, "window_s", None) or self.interval_s))
+            own = getattr(inner, "window_s", None) or getattr(inner, "look_back", None)
+            window = max(1.0, float(own or self.interval_s))
         current = self.actuator.current()
         stages = self._calibrated(current, window) if self.calibrate else self.stages
         return PlanContext(
@@ -180,15 +196,17 @@ class Controller:
         inputs = _inputs(ctx)
         if self.calibrate:
             inputs["slowdown"] = {k: round(v, 3) for k, v in self.slowdown.items()}
-        t0 = self.clock.now()
+        t0 = self.timer.now()
         try:
             plan, new_state = self.planner.plan(ctx)
         except Exception as e:  # a planner bug must not stop serving: keep the plan in force
+            if self.strict:
+                raise
             log.exception("planner %s failed", self.policy)
             return self._record(now, inputs, None, False, f"planner raised {e!r}", "error", t0)
-        decision_ms = (self.clock.now() - t0) * 1000.0
+        decision_ms = (self.timer.now() - t0) * 1000.0
         self.state = new_state
-        if not plan.feasible and not self.apply_best_effort:
+        if not plan.feasible and not self.apply_best_effort and ctx.current is not None:
             reason = plan.reason or "planner flagged the plan infeasible"
             return self._record(
                 now, inputs, plan, False, reason, "kept-last-feasible", t0, decision_ms
@@ -200,6 +218,8 @@ class Controller:
         try:
             act = self.actuator.apply(plan)
         except Exception as e:
+            if self.strict:
+                raise
             log.exception("actuator %s failed", self.actuator.name)
             return self._record(
                 now, inputs, plan, plan.feasible, f"actuator raised {e!r}", "error", t0, decision_ms
@@ -227,7 +247,7 @@ class Controller:
         decision_ms: float | None = None,
     ) -> Decision:
         if decision_ms is None:
-            decision_ms = (self.clock.now() - t0) * 1000.0
+            decision_ms = (self.timer.now() - t0) * 1000.0
         d = Decision(
             seq=self.decisions.next_seq(),
             t=now,

@@ -58,6 +58,22 @@ class StageCounters:
     batch_items: int = 0
 
 
+class MonitorView(Protocol):
+    """What the Controller reads of a monitor (the live `Monitor`; the simulator's
+    `tidal.sim.monitor.SimMonitor`)."""
+
+    @property
+    def budgets_ms(self) -> tuple[float, ...]: ...
+
+    def sample(self) -> object: ...
+
+    def rate_history(self, stage: str | None = None) -> tuple[float, ...]: ...
+
+    def observations(self, window_s: float) -> tuple[StageObservation, ...]: ...
+
+    def service(self, stage: str, window_s: float) -> tuple[float, float, int]: ...
+
+
 class MetricsSource(Protocol):
     """In-process access to a substrate's counters (never HTTP)."""
 
@@ -95,6 +111,41 @@ class StageSample:
 
 def _pct(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if len(values) else math.nan
+
+
+def window_observation(
+    stage: str,
+    dt: Sequence[float],
+    arrival_rate: Sequence[float],
+    alloc_cores: Sequence[float],
+    usage_cores: Sequence[float],
+    queue_len: int,
+    in_flight: int,
+    replicas: int,
+    latencies_ms: Sequence[float],
+) -> StageObservation:
+    """The observation record of one stage over a window of samples (oldest first): sample
+    durations `dt` (s), arrival rates (req/s), cores allocated (cores x replicas) and cores
+    used during each; the queue, in-flight requests and ready replicas now; the latencies of
+    the requests completed in the window. The live `Monitor` and the simulator's monitor
+    (`tidal.sim.monitor`) both build it here, so planners see the same record (VPA's usage
+    samples are one per sample: one per second live and simulated)."""
+    span = sum(dt)
+    if span <= 0:
+        return StageObservation(stage=stage)
+    rate = sum(r * d for r, d in zip(arrival_rate, dt, strict=True)) / span
+    alloc = sum(a * d for a, d in zip(alloc_cores, dt, strict=True))
+    used = sum(u * d for u, d in zip(usage_cores, dt, strict=True))
+    return StageObservation(
+        stage=stage,
+        arrival_rate=rate,
+        queue_len=queue_len,
+        ongoing=(queue_len + in_flight) / max(1, replicas),
+        cpu_utilization=used / alloc if alloc > 0 else 0.0,
+        cpu_usage_cores=used / span,
+        p99_ms=_pct(latencies_ms, 99) if len(latencies_ms) else 0.0,
+        usage_samples=tuple(usage_cores),
+    )
 
 
 class Monitor:
@@ -186,22 +237,17 @@ class Monitor:
         w = self.window(stage, window_s)
         if not w:
             return StageObservation(stage=stage)
-        span = sum(s.dt for s in w)
-        rate = sum(s.arrival_rate * s.dt for s in w) / span
-        alloc = sum(s.cores * s.replicas * s.dt for s in w)
-        used = sum(s.usage_cores * s.dt for s in w)
         last = w[-1]
-        ongoing = (last.queue_len + last.in_flight) / max(1, last.replicas)
-        lat = self.window_latencies(stage, window_s)
-        return StageObservation(
-            stage=stage,
-            arrival_rate=rate,
-            queue_len=last.queue_len,
-            ongoing=ongoing,
-            cpu_utilization=used / alloc if alloc > 0 else 0.0,
-            cpu_usage_cores=used / span,
-            p99_ms=_pct(lat, 99) if lat else 0.0,
-            usage_samples=tuple(s.usage_cores for s in w),
+        return window_observation(
+            stage,
+            [s.dt for s in w],
+            [s.arrival_rate for s in w],
+            [s.cores * s.replicas for s in w],
+            [s.usage_cores for s in w],
+            last.queue_len,
+            last.in_flight,
+            last.replicas,
+            self.window_latencies(stage, window_s),
         )
 
     def service(self, stage: str, window_s: float) -> tuple[float, float, int]:

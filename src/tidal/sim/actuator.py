@@ -95,6 +95,8 @@ class SimActuator:
         self.stats = ActuatorStats()
         self._cache: dict[str, Any] | None = None
         self._need_place = True  # cores freed or replicas added since the last placement
+        self.warm_next = False
+        """The next `apply` starts its replicas warm (the engine's first decision at t=0)."""
 
     # ---- Actuator contract --------------------------------------------------------------
     def current(self) -> Plan | None:
@@ -116,6 +118,7 @@ class SimActuator:
 
     def apply(self, plan: Plan, warm: bool = False) -> Actuation:
         """Move toward `plan` now; `warm` makes new replicas ready at once (initial plan)."""
+        warm = warm or self.warm_next
         self._validate(plan)
         changed = plan != self.plan
         act = Actuation(plan=plan, requested_at=self.now / US, changed=changed)

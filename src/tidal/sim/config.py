@@ -71,9 +71,10 @@ class SimConfig(BaseModel):
         "every mode (tidal.dataplane.scheduler).",
     )
     skip_infeasible: bool = Field(
-        default=False,
-        description="Keep the plan in force when the planner flags its plan infeasible (the "
-        "live controller without --best-effort); False applies it.",
+        default=True,
+        description="Keep the plan in force when the planner flags its plan infeasible: the "
+        "one Controller's rule, live and simulated (tidal.control.controller); False applies "
+        "it anyway (the live controller's --best-effort).",
     )
     control_lead_s: float = Field(
         default=0.0,

@@ -28,22 +28,22 @@ from typing import Any
 
 import numpy as np
 
-from tidal.core.clock import MonotonicClock
+from tidal.control.controller import Controller
+from tidal.core.clock import Clock, MonotonicClock, SimClock
 from tidal.core.errors import TidalError
 from tidal.core.pipeline import PipelineSpec
 from tidal.core.plan import Plan
 from tidal.core.profile import ProfileSet, VariantProfile
 from tidal.planners.base import (
     Capacity,
-    PlanContext,
     Planner,
     StageCandidates,
-    StageObservation,
     create,
 )
 from tidal.sim.actuator import SimActuator
 from tidal.sim.config import CAUSES, LATE, OK, US, SimConfig
 from tidal.sim.latency import VariantLatency, noise_table
+from tidal.sim.monitor import SeriesRecorder, SimMonitor
 from tidal.sim.outcomes import OutcomeSink
 from tidal.sim.reference import INF, NEED_INPUT, ReferenceDataPlane, sim_scheduler_config
 from tidal.workload import arrival_chunks, dynamic_slos, to_us
@@ -110,6 +110,21 @@ class SimResult:
 
 def _profiles_for(pipeline: PipelineSpec, profiles: ProfileSet) -> list[list[VariantProfile]]:
     return [[profiles.get(v) for v in st.variants] for st in pipeline.stages]
+
+
+def _held(forecaster: Forecaster, clock: Clock) -> Forecaster:
+    """The forecaster called at most once per its `refresh_s` (the predictor's bucket: 10 s
+    for IPA's setting), its value held in between."""
+    refresh = float(getattr(forecaster, "refresh_s", 0.0))
+    last: list[Any] = [None, None]
+
+    def f(history: Sequence[float]) -> float:
+        now = clock.now()
+        if last[0] is None or now - last[0] >= refresh - 1e-9:
+            last[0], last[1] = now, forecaster(history)
+        return float(last[1])
+
+    return f
 
 
 def _planner(policy: str | Planner, **kwargs: Any) -> Planner:
@@ -250,100 +265,67 @@ def simulate(
 
     feed()
 
-    # Monitor state.
+    # The control loop: the live Controller (monitor -> forecast -> Governed planner ->
+    # actuation, the same plan-handling rules) over a monitor of the run's per-second series.
     n_st = len(pipeline.stages)
-    alloc_us = np.zeros(n_st)  # integral of ready cores per stage (core-us)
-    snaps: deque[tuple[int, list[tuple[int, int, float]], np.ndarray]] = deque()
+    rec = SeriesRecorder(n_st, dur_s + int(math.ceil(cfg.drain_s)) + 2)
+    if mode == "fast":
+        dp.record_series(rec.busy_core_us[0])
+    else:
+        dp.record_series(rec.arrivals, rec.busy_core_us)
     recent: deque[tuple[np.ndarray, np.ndarray]] = deque()
     inner = getattr(planner, "inner", planner)
     window_s = getattr(inner, "window_s", None) or getattr(inner, "look_back", None)
     window_us = int(float(window_s or planner.interval_s or 1) * US)
     interval_us = max(1, int(round(planner.interval_s * US)))
-    timer = MonotonicClock()
-    dec_s: list[float] = []
-    infeasible = 0
-    state: Any = None
     core_us = 0.0
     series_t: list[float] = []
     series_cores: list[float] = []
     series_reps: list[int] = []
 
-    def snapshot(now: int) -> None:
-        snaps.append(
-            (
-                now,
-                [(c.arrivals, c.completions, c.busy_core_us) for c in dp.counters],
-                alloc_us.copy(),
-            )
-        )
-
-    def observations(now: int) -> tuple[StageObservation, ...]:
-        t0 = now - window_us
-        while len(snaps) > 1 and snaps[1][0] <= t0:
-            snaps.popleft()  # keep the last snapshot at or before the window start
-        base = snaps[0]
-        dt = max(1e-9, (now - base[0]) / US)
+    def window_latencies() -> list[float]:
         lat = [x[1] for x in recent if len(x[1])]
-        p99 = float(np.percentile(np.concatenate(lat), 99)) if lat else 0.0
-        out = []
-        for s, st in enumerate(pipeline.stages):
-            c = dp.counters[s]
-            a0, _, b0 = base[1][s]
-            busy = c.busy_core_us - b0
-            alloc = alloc_us[s] - base[2][s]
-            n_ready = act.ready_count(s)
-            q = dp.queue_len(s)
-            out.append(
-                StageObservation(
-                    stage=st.name,
-                    arrival_rate=(c.arrivals - a0) / dt,
-                    queue_len=q,
-                    ongoing=(q + dp.inflight(s)) / n_ready if n_ready else float(q),
-                    cpu_utilization=busy / alloc if alloc > 0 else 0.0,
-                    cpu_usage_cores=busy / (dt * US),
-                    p99_ms=p99,
-                )
-            )
-        return tuple(out)
+        return np.concatenate(lat).tolist() if lat else []
 
-    last_fc: list[Any] = [None, None]  # time (us) and value of the last forecast
+    monitor = SimMonitor(
+        [st.name for st in pipeline.stages],
+        rec,
+        counts_s,
+        float(rates[0]),
+        cfg.history_s,
+        dp.queue_len,
+        dp.inflight,
+        act.ready_count,
+        dp.entry_budgets_ms,
+        window_latencies,
+    )
+    clock = SimClock()
+    controller = Controller(
+        planner,
+        act,
+        monitor,
+        candidates,
+        cfg.slo_ms,
+        clock,
+        forecaster=_held(forecaster, clock) if forecaster is not None else None,
+        apply_best_effort=not cfg.skip_infeasible,
+        policy=pname,
+        timer=MonotonicClock(),
+        strict=True,
+    )
+    dec_ms: list[float] = []
+    infeasible = 0
 
     def tick(now: int) -> None:
-        nonlocal state, infeasible
-        sec = now // US
-        if now == 0:
-            hist = tuple([float(rates[0])] * 60)
-        else:
-            lo = max(0, sec - cfg.history_s)
-            hist = tuple(counts_s[lo:sec].astype(np.float64).tolist())
-        fc = None
-        if forecaster is not None and hist:
-            refresh_us = int(float(getattr(forecaster, "refresh_s", 0.0)) * US)
-            if last_fc[0] is None or now - last_fc[0] >= refresh_us:
-                last_fc[0], last_fc[1] = now, forecaster(hist)
-            fc = last_fc[1]
-        ctx = PlanContext(
-            now=now / US,
-            rate_history=hist,
-            forecast=fc,
-            stages=candidates,
-            current=act.current(),
-            slo_ms=cfg.slo_ms,
-            capacity=cap,
-            pending=act.pending(),
-            budgets_ms=dp.entry_budgets_ms(now),
-            observations=observations(now) if now > 0 else (),
-            state=state,
-        )
-        t0 = timer.now()
-        plan, state = planner.plan(ctx)
-        dec_s.append(timer.now() - t0)
-        if not plan.feasible:
+        nonlocal infeasible
+        clock.advance_to(now / US)
+        monitor.now_us = now
+        act.warm_next = now == 0 and cfg.warm_start and initial_plan is None
+        d = controller.decide(now / US)
+        act.warm_next = False
+        dec_ms.append(d.decision_ms)
+        if d.output is not None and not d.feasible:
             infeasible += 1
-            if cfg.skip_infeasible:
-                return
-        assert isinstance(plan, Plan)
-        act.apply(plan, warm=(now == 0 and cfg.warm_start and initial_plan is None))
 
     def drain_outcomes(now: int) -> None:
         rows = dp.drain()
@@ -372,8 +354,8 @@ def simulate(
 
     if initial_plan is not None:
         act.apply(initial_plan, warm=True)
+        controller.last_feasible = initial_plan
     tick(0)
-    snapshot(0)
     dp.kick(0)
     now = 0
     lead_us = int(round(cfg.control_lead_s * US)) % interval_us
@@ -392,12 +374,11 @@ def simulate(
         cores, _ = act.allocated()
         core_us += cores * (t - now)
         for s in range(n_st):
-            alloc_us[s] += act.ready_cores(s) * (t - now)
+            rec.add_alloc(s, now, t, act.ready_cores(s))
         now = t
         act.advance(t)
         if t == next_tick and t < end_us:
             tick(t)
-            snapshot(t)
             next_tick += interval_us
         if t == next_sample:
             c, n = act.allocated()
@@ -436,8 +417,8 @@ def simulate(
         replica_starts=act.stats.starts,
         resizes=act.stats.resizes,
         recreates=act.stats.recreates,
-        decisions=len(dec_s),
-        decision_ms_mean=1000.0 * float(np.mean(dec_s)) if dec_s else 0.0,
+        decisions=len(dec_ms),
+        decision_ms_mean=float(np.mean(dec_ms)) if dec_ms else 0.0,
         infeasible_plans=infeasible,
         series=series,
     )

@@ -113,6 +113,7 @@ def _dispatch(  # type: ignore[no-untyped-def]
     blen,
     rrid,
     cores,
+    bsec,
     o_id,
     o_a,
     o_d,
@@ -206,6 +207,9 @@ def _dispatch(  # type: ignore[no-untyped-def]
         blen[best] = size
         ist[QHEAD] += size
         fst[F_BUSY] += dur * c
+        ks = now // 1000000
+        if ks < len(bsec):
+            bsec[ks] += dur * c  # busy core-us per second (the monitor's usage samples)
 
 
 @njit(cache=True)
@@ -285,6 +289,7 @@ def _run(  # type: ignore[no-untyped-def]
     blen,
     rrid,
     cores,
+    bsec,
     o_id,
     o_a,
     o_d,
@@ -363,6 +368,7 @@ def _run(  # type: ignore[no-untyped-def]
                 blen,
                 rrid,
                 cores,
+                bsec,
                 o_id,
                 o_a,
                 o_d,
@@ -424,6 +430,7 @@ def _run(  # type: ignore[no-untyped-def]
                 blen,
                 rrid,
                 cores,
+                bsec,
                 o_id,
                 o_a,
                 o_d,
@@ -477,6 +484,7 @@ class FastDataPlane:
         self.fst[F_ARMED] = np.inf
         self.fst[F_LATEST] = 1.0 if hold_anchor == "latest" else 0.0
         self.dirty = False
+        self.bsec = np.zeros(1, np.float64)
         self.pending_out: list[tuple[np.ndarray, ...]] = []
         self.arr = np.zeros(0, np.int64)
         self.dl = np.zeros(0, np.int64)
@@ -509,6 +517,10 @@ class FastDataPlane:
         self.o_d = np.zeros(n, np.int64)
         self.o_e = np.zeros(n, np.int64)
         self.o_c = np.zeros(n, np.int64)
+
+    def record_series(self, busy_core_us_per_s: np.ndarray) -> None:
+        """Accumulate busy core-us per second of dispatch into this array (one stage)."""
+        self.bsec = busy_core_us_per_s
 
     # ---- inputs and control hooks --------------------------------------------------------
     def feed(self, arr_us: np.ndarray, dl_us: np.ndarray, horizon_us: int) -> None:
@@ -590,7 +602,8 @@ class FastDataPlane:
             self.ist, self.fst, self.p, self.eps, self.arr, self.dl, self.r_id, self.r_a,
             self.r_d, self.st, self.busy, self.until, self.pred, self.rseq, self.bstart,
             self.blen,
-            self.rrid, self.cores, self.o_id, self.o_a, self.o_d, self.o_e, self.o_c,
+            self.rrid, self.cores, self.bsec, self.o_id, self.o_a, self.o_d, self.o_e,
+            self.o_c,
         )  # fmt: skip
 
     def _call(self, t_stop: int, kick: bool = False) -> int:

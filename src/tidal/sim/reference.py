@@ -179,6 +179,12 @@ class ReferenceDataPlane:
         self.events: list[tuple[str, int, tuple[int, ...]]] | None = None
         """Set to [] to log (event, time_us, request ids) for exact-trace tests."""
         self._started: list[tuple[int, tuple[int, int, int]]] = []
+        self._arr_s: np.ndarray | None = None
+        self._busy_s: np.ndarray | None = None
+
+    def record_series(self, arrivals: np.ndarray, busy_core_us: np.ndarray) -> None:
+        """Count arrivals and busy core-us per (stage, second) into these arrays."""
+        self._arr_s, self._busy_s = arrivals, busy_core_us
 
     # ---- inputs -------------------------------------------------------------------------
     def feed(self, arr_us: np.ndarray, dl_us: np.ndarray, horizon_us: int) -> None:
@@ -337,6 +343,9 @@ class ReferenceDataPlane:
         if self.events is not None:
             self._log(f"arrive@{s}", now, (req.id,))
         self.counters[s].arrivals += 1
+        arr_s = self._arr_s
+        if arr_s is not None and now // US < arr_s.shape[1]:
+            arr_s[s, now // US] += 1
         lanes = self.stages[s]
         pick = self.routers[s].pick(lambda name: lanes[int(name)].sched.routable())
         if pick is None:
@@ -369,6 +378,9 @@ class ReferenceDataPlane:
                 end = max(now, rep.until_us) + dur
                 rep.until_us = end
                 self.counters[s].busy_core_us += dur * cores
+                busy_s = self._busy_s
+                if busy_s is not None and now // US < busy_s.shape[1]:
+                    busy_s[s, now // US] += dur * cores
                 self._started.append((end, (s, li, b.id)))
             elif isinstance(a, Expired):
                 for r in a.requests:

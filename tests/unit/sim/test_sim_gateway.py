@@ -59,8 +59,10 @@ def test_skip_infeasible_keeps_the_plan_in_force() -> None:
     big = Plan.single("s", "a", 2, 1.0, 1).model_copy(update={"feasible": False})
     planner = Scripted([small, big], [0.0, 10.0])
     rates = np.full(20, 5.0)
-    applied = simulate(ONE, profiles(20.0), rates, planner, SimConfig(drain_s=0))
-    kept = simulate(ONE, profiles(20.0), rates, planner, SimConfig(drain_s=0, skip_infeasible=True))
+    applied = simulate(
+        ONE, profiles(20.0), rates, planner, SimConfig(drain_s=0, skip_infeasible=False)
+    )
+    kept = simulate(ONE, profiles(20.0), rates, planner, SimConfig(drain_s=0))  # the default
     assert applied.core_seconds == pytest.approx(10 + 2 * 10)
     assert kept.core_seconds == pytest.approx(20) and kept.infeasible_plans > 0
 

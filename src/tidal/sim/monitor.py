@@ -1,0 +1,136 @@
+"""The controller's monitor in the simulator.
+
+The live `tidal.control.monitor.Monitor` samples the gateway once per second; sampling a
+simulated run object by object every second would cost more than the simulation itself (22
+days = 1.9 M samples). The simulator records per-second series instead (entry arrivals,
+arrivals, busy core-seconds and allocated cores per stage) and this monitor builds, at each
+decision, the same observation record from them (`window_observation`, one sample per
+second: VPA gets its 60 usage samples here as live), plus the rate history and the entry
+queue's budgets. It implements what `tidal.control.controller.Controller` reads of a
+monitor: `sample`, `rate_history`, `budgets_ms`, `observations`, `service`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from tidal.control.monitor import window_observation
+from tidal.planners.base import StageObservation
+from tidal.sim.config import US
+
+
+def _window(a: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """a[lo:hi] as float64, zero-padded past the end of `a` (the drain after the trace)."""
+    out = np.zeros(hi - lo, dtype=np.float64)
+    part = a[lo:hi]
+    out[: len(part)] = part
+    return out
+
+
+class SeriesRecorder:
+    """Per-second series of one run, per stage: arrivals, busy core-us, ready core-us."""
+
+    def __init__(self, n_stages: int, seconds: int) -> None:
+        self.seconds = seconds
+        self.arrivals = np.zeros((n_stages, seconds), dtype=np.float64)
+        self.busy_core_us = np.zeros((n_stages, seconds), dtype=np.float64)
+        self.alloc_core_us = np.zeros((n_stages, seconds), dtype=np.float64)
+
+    def add_alloc(self, stage: int, t0_us: int, t1_us: int, cores: float) -> None:
+        """`cores` were ready at `stage` during [t0, t1) (microseconds)."""
+        if t1_us <= t0_us or cores <= 0:
+            return
+        a, b = t0_us // US, t1_us // US
+        row = self.alloc_core_us[stage]
+        n = self.seconds
+        if a == b:
+            if a < n:
+                row[a] += cores * (t1_us - t0_us)
+            return
+        if a < n:
+            row[a] += cores * ((a + 1) * US - t0_us)
+        if a + 1 < min(b, n):
+            row[a + 1 : min(b, n)] += cores * US
+        if b < n:
+            row[b] += cores * (t1_us - b * US)
+
+
+class SimMonitor:
+    """What the Controller reads of a monitor, over a simulated run's per-second series."""
+
+    def __init__(
+        self,
+        stages: Sequence[str],
+        series: SeriesRecorder,
+        entry_counts: np.ndarray,
+        warm_rate: float,
+        history_s: int,
+        queue_len: Callable[[int], int],
+        in_flight: Callable[[int], int],
+        ready_replicas: Callable[[int], int],
+        budgets_ms: Callable[[int], tuple[float, ...]],
+        latencies_ms: Callable[[], Sequence[float]],
+    ) -> None:
+        self.stages = list(stages)
+        self.series = series
+        self.entry_counts = entry_counts
+        self.warm_rate = warm_rate
+        self.history_s = history_s
+        self._queue_len = queue_len
+        self._in_flight = in_flight
+        self._ready = ready_replicas
+        self._budgets = budgets_ms
+        self._latencies = latencies_ms
+        self.now_us = 0
+
+    def sample(self) -> dict[str, object]:
+        """Nothing to do: the series are recorded as the run goes."""
+        return {}
+
+    def rate_history(self, stage: str | None = None) -> tuple[float, ...]:
+        """Entry arrivals per second, oldest first (the last `history_s` whole seconds). At
+        t = 0 the service was already running: 60 s at the trace's first rate."""
+        sec = self.now_us // US
+        if self.now_us == 0:
+            return tuple([self.warm_rate] * 60)
+        lo = max(0, sec - self.history_s)
+        return tuple(self.entry_counts[lo:sec].astype(np.float64).tolist())
+
+    @property
+    def budgets_ms(self) -> tuple[float, ...]:
+        return self._budgets(self.now_us)
+
+    def observations(self, window_s: float) -> tuple[StageObservation, ...]:
+        """One record per stage over the whole seconds of the last `window_s` (none at t=0,
+        before any sample, as a live monitor before its first sample)."""
+        sec = self.now_us // US
+        if sec <= 0:
+            return ()
+        lo = max(0, sec - max(1, int(math.ceil(window_s))))
+        n = sec - lo
+        dt = [1.0] * n
+        lat = self._latencies()
+        out = []
+        for s, name in enumerate(self.stages):
+            rate = _window(self.series.arrivals[s] if s else self.entry_counts, lo, sec)
+            out.append(
+                window_observation(
+                    name,
+                    dt,
+                    rate.tolist(),
+                    (_window(self.series.alloc_core_us[s], lo, sec) / US).tolist(),
+                    (_window(self.series.busy_core_us[s], lo, sec) / US).tolist(),
+                    self._queue_len(s),
+                    self._in_flight(s),
+                    self._ready(s),
+                    lat,
+                )
+            )
+        return tuple(out)
+
+    def service(self, stage: str, window_s: float) -> tuple[float, float, int]:
+        """No live calibration in the simulator: its service times are the profile's."""
+        return math.nan, math.nan, 0

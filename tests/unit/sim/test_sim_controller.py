@@ -1,0 +1,79 @@
+"""The simulator runs the live Controller: the same observation record (VPA's per-second
+usage samples), the same plan-handling rule, its decision log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tidal.control import controller as live_controller
+from tidal.core.pipeline import PipelineSpec
+from tidal.core.plan import Plan
+from tidal.core.profile import LatencyFit, ProfileSet, VariantProfile
+from tidal.planners.base import PlanContext
+from tidal.sim import engine
+from tidal.sim.config import SimConfig
+from tidal.sim.engine import simulate
+
+FIT = LatencyFit(gamma=20.0, delta=1.0, epsilon=5.0, eta=1.0, p99_ratio=1.3)
+PROFILES = ProfileSet(variants={"a": VariantProfile(name="a", accuracy=0.6, fit=FIT)})
+ONE = PipelineSpec(name="one", stages=[{"name": "s", "task": "t", "variants": ["a"]}])
+
+
+@dataclass
+class Recorder:
+    """A planner that keeps 2 x 1 core and records what it was shown."""
+
+    name: str = "recorder"
+    interval_s: float = 60.0
+    window_s: float = 60.0
+    resize_mode: str = "in_place"
+    seen: list[PlanContext] = field(default_factory=list)
+
+    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+        self.seen.append(ctx)
+        return Plan.single("s", "a", 2, 1.0, 4), None
+
+
+@pytest.mark.parametrize("mode", ["fast", "reference"])
+def test_planner_sees_one_usage_sample_per_second_as_live(mode: str) -> None:
+    rec = Recorder()
+    simulate(ONE, PROFILES, np.full(130, 20.0), rec, SimConfig(drain_s=0, mode=mode))
+    assert [c.now for c in rec.seen] == [0.0, 60.0, 120.0]
+    assert rec.seen[0].observations == () and len(rec.seen[0].rate_history) == 60
+    obs = rec.seen[1].observations[0]
+    assert len(obs.usage_samples) == 60  # VPA's samples: one per second of the window
+    assert sum(obs.usage_samples) / 60 == pytest.approx(obs.cpu_usage_cores)
+    assert obs.arrival_rate == pytest.approx(20.0, rel=0.15)
+    assert 0 < obs.cpu_utilization < 1 and len(rec.seen[1].rate_history) == 60
+
+
+def test_the_simulator_calls_the_live_controller(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[live_controller.Controller] = []
+
+    class Spy(live_controller.Controller):
+        def __init__(self, *a: Any, **k: Any) -> None:
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(engine, "Controller", Spy)
+    small = Plan.single("s", "a", 1, 1.0, 1)
+    bad = Plan.single("s", "a", 3, 1.0, 1).model_copy(update={"feasible": False})
+
+    @dataclass
+    class Two:
+        name: str = "two"
+        interval_s: float = 10.0
+        resize_mode: str = "in_place"
+
+        def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+            return (small if ctx.now < 10 else bad), None
+
+    r = simulate(ONE, PROFILES, np.full(30, 5.0), Two(), SimConfig(drain_s=0))
+    (c,) = made
+    actions = [d["action"] for d in c.decisions.recent(10)]
+    assert actions[0] == "applied" and "kept-last-feasible" in actions
+    assert r.core_seconds == pytest.approx(30.0)  # the infeasible 3-replica plan never ran
