@@ -40,6 +40,9 @@ from tidal.dataplane.tensors import (
     encode_bytes_tensor,
     to_bytes_array,
 )
+from tidal.dataplane.tensors import (
+    OIP_NAME as OIP_OF,
+)
 
 MAX_ROWS = 1024
 _NUMPY = orjson.OPT_SERIALIZE_NUMPY
@@ -206,8 +209,12 @@ def decode_values(sig: ModelSig, meta: TensorMeta, shape: list[int], values: Any
         raise OIPError(
             400, f"input {name!r}: `data` is not a regular list of {dt} values"
         ) from None
-    kind = raw.dtype.kind
     want = DATATYPES[dt]
+    if raw.dtype.kind in "Of" and want.kind in "iu" and raw.size:
+        flat = _flatten(values)  # ints past int64 make numpy guess float64 or object
+        if all(_is_int(v) for v in flat):
+            raw = _big_ints(name, np.array(flat, dtype=object).reshape(raw.shape), want)
+    kind = raw.dtype.kind
     ok = (
         (kind == "b" and dt == "BOOL")
         or (kind in "iu" and want.kind in "iuf")
@@ -226,9 +233,21 @@ def decode_values(sig: ModelSig, meta: TensorMeta, shape: list[int], values: Any
             raise OIPError(
                 400, f"input {name!r}: value {lo if lo < info.min else hi} out of range for {dt}"
             )
-    x = raw.astype(want, copy=False).reshape(shape)
+    with np.errstate(over="ignore"):  # an FP16/FP32 overflow becomes inf: refused just below
+        x = raw.astype(want, copy=False).reshape(shape)
     _finite(name, x, sig)
     return x
+
+
+def _big_ints(name: str, raw: np.ndarray, want: np.dtype) -> np.ndarray:
+    """Integers numpy could not type (UINT64 values above 2**63 - 1): checked one by one."""
+    info = np.iinfo(want)
+    for v in raw.reshape(-1):
+        if not _is_int(v):
+            raise OIPError(400, f"input {name!r}: `data` is not all {OIP_OF[want]} values")
+        if not info.min <= v <= info.max:
+            raise OIPError(400, f"input {name!r}: value {v} out of range for {OIP_OF[want]}")
+    return raw.astype(want)
 
 
 def _flatten(values: list[Any]) -> list[Any]:

@@ -15,7 +15,6 @@ Contracts:
 
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Any
 
@@ -205,10 +204,6 @@ async def infer(
     sig = sig_of(info)
     kwargs: dict[str, Any] = {}
     if variant is not None:
-        if "version" not in inspect.signature(gw.infer).parameters:
-            raise OIPError(
-                501, f"version pinning ({variant!r}) is not available in this gateway build"
-            )
         kwargs["version"] = variant
     try:
         res = await gw.infer(info.name, req.rows(), slo_ms, **kwargs)
