@@ -4,13 +4,13 @@ usage samples), the same plan-handling rule, its decision log."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
 
 from tidal.control import controller as live_controller
-from tidal.core.pipeline import PipelineSpec
+from tidal.core.pipeline import PipelineSpec, StageSpec
 from tidal.core.plan import Plan
 from tidal.core.profile import LatencyFit, ProfileSet, VariantProfile
 from tidal.planners.base import PlanContext
@@ -20,7 +20,7 @@ from tidal.sim.engine import simulate
 
 FIT = LatencyFit(gamma=20.0, delta=1.0, epsilon=5.0, eta=1.0, p99_ratio=1.3)
 PROFILES = ProfileSet(variants={"a": VariantProfile(name="a", accuracy=0.6, fit=FIT)})
-ONE = PipelineSpec(name="one", stages=[{"name": "s", "task": "t", "variants": ["a"]}])
+ONE = PipelineSpec(name="one", stages=[StageSpec(name="s", task="t", variants=["a"])])
 
 
 @dataclass
@@ -39,7 +39,9 @@ class Recorder:
 
 
 @pytest.mark.parametrize("mode", ["fast", "reference"])
-def test_planner_sees_one_usage_sample_per_second_as_live(mode: str) -> None:
+def test_planner_sees_one_usage_sample_per_second_as_live(
+    mode: Literal["fast", "reference"],
+) -> None:
     rec = Recorder()
     simulate(ONE, PROFILES, np.full(130, 20.0), rec, SimConfig(drain_s=0, mode=mode))
     assert [c.now for c in rec.seen] == [0.0, 60.0, 120.0]
