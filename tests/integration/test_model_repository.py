@@ -211,6 +211,12 @@ def test_versions_are_profiled_automatically(served: tuple[Server, dict[int, flo
     progress = [ln for ln in srv.log if "auto-profile" in ln and "point " in ln]
     assert len(progress) >= 3 * 4  # one progress line per point, >= 4 points per version
     assert len(list(srv.cache.glob("*.quick.json"))) == 3  # type: ignore[attr-defined]
+    # while estimated, the planner's decisions said so; once measured, they no longer do
+    reasons = [d.get("reason") or "" for d in _decisions(srv)]
+    flagged = [r for r in reasons if "conservative estimate (not profiled yet)" in r]
+    assert flagged, reasons[:5]
+    time.sleep(2.5)  # two more themis ticks on measured profiles
+    assert "conservative estimate" not in (_decisions(srv)[-1].get("reason") or "")
 
 
 def test_two_input_text_model_from_torch(served: tuple[Server, dict[int, float]]) -> None:

@@ -80,6 +80,14 @@ class VariantSpec:
     max_batch_size: int | None = None
     config_load_time_s: float | None = None
 
+    def build(self) -> nn.Module:
+        """The torch module of a zoo variant; TidalError for a repository version (it has
+        only its ONNX file)."""
+        if self.builder is None:
+            raise TidalError(f"variant {self.name!r} has no builder: it is served from "
+                             f"{self.onnx_file}")  # fmt: skip
+        return self.builder()
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.input.shape

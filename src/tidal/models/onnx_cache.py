@@ -14,7 +14,6 @@ import os
 import warnings
 from pathlib import Path
 
-from tidal.core.errors import TidalError
 from tidal.models.catalog import get_variant
 
 _HERE = Path(__file__).parent
@@ -70,9 +69,7 @@ def export(name: str, target: Path) -> None:
     import torch
 
     spec = get_variant(name)
-    if spec.builder is None:
-        raise TidalError(f"variant {name!r} has no builder: it is served from {spec.onnx_file}")
-    model = spec.builder()
+    model = spec.build()
     example = torch.from_numpy(spec.input.sample(2))
     tmp = target.with_suffix(f".tmp{os.getpid()}")
     # Tracer warnings (shape-derived constants) are expected for a fixed-shape trace.

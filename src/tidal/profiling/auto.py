@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,8 @@ QUICK_BATCHES = (1, 4, 16)
 QUICK_CORES = (0.5, 1.0, 2.0)
 PROFILE_CPU_WEIGHT = 262144  # as the profiler: neighbours on a shared machine disturb less
 MIN_SAMPLES = 3
+NOTE_PREFIX = "conservative estimate (not profiled yet): "
+ESTIMATE_NOTE = re.compile(r"(; )?" + re.escape(NOTE_PREFIX) + r"[^;]*")
 
 
 @dataclass(frozen=True)
@@ -192,9 +195,13 @@ class FlagEstimates:
         plan, state = self._wrapped.plan(ctx)
         est = set(self._estimated())
         names = sorted({v.name for st in ctx.stages for v in st.variants if v.name in est})
+        # A planner may hand back the plan in force with the note of an earlier decision.
+        base = ESTIMATE_NOTE.sub("", plan.reason or "")
+        reason = base
         if names:
-            note = f"conservative estimate (not profiled yet): {', '.join(names)}"
-            reason = f"{plan.reason}; {note}" if plan.reason else note
+            note = f"{NOTE_PREFIX}{', '.join(names)}"
+            reason = f"{base}; {note}" if base else note
+        if reason != (plan.reason or ""):
             plan = plan.model_copy(update={"reason": reason})
         return plan, state
 

@@ -59,13 +59,13 @@ def test_unknown_variant_lists_valid_names() -> None:
 
 @pytest.mark.parametrize("name", ["digits-linear", "digits-mlp", "digits-cnn", "bert-tiny"])
 def test_param_counts_match_the_built_models(name: str) -> None:
-    model = get_variant(name).builder()
+    model = get_variant(name).build()
     assert sum(p.numel() for p in model.parameters()) == get_variant(name).params
 
 
 def test_resnet18_param_count_matches_published_architecture() -> None:
     # 11,689,512 is torchvision's ResNet-18: the plain-torch architecture is the same network.
-    model = get_variant("resnet18").builder()
+    model = get_variant("resnet18").build()
     assert sum(p.numel() for p in model.parameters()) == 11_689_512
 
 
@@ -96,6 +96,6 @@ def test_onnx_export_is_cached_and_matches_torch(tmp_path, monkeypatch) -> None:
     sess = ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
     y_ort = sess.run(None, {"input": x})[0]  # batch 5 != export batch 2: dynamic axis works
     with torch.no_grad():
-        y_torch = get_variant("digits-cnn").builder()(torch.from_numpy(x)).numpy()
+        y_torch = get_variant("digits-cnn").build()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(y_ort, y_torch, rtol=1e-4, atol=1e-5)
     assert content_hash("digits-cnn") != content_hash("digits-mlp")

@@ -187,3 +187,12 @@ def test_flag_estimates_appends_to_the_planner_reason() -> None:
     assert w.interval_s == 3.0  # attributes pass through (Governed's interval, inner)
     plan, _ = FlagEstimates(P(), lambda: []).plan(Ctx())
     assert plan.reason == "ok"
+
+    class Keeps(P):  # hands back the plan in force, with the note of an earlier decision
+        def plan(self, ctx: Any) -> tuple[Plan, None]:
+            p, _ = super().plan(ctx)
+            return p.model_copy(update={"reason": "ok; " + note}), None
+
+    note = "conservative estimate (not profiled yet): m/1"
+    assert FlagEstimates(Keeps(), lambda: []).plan(Ctx())[0].reason == "ok"
+    assert FlagEstimates(Keeps(), lambda: ["m/1"]).plan(Ctx())[0].reason == "ok; " + note
