@@ -231,3 +231,40 @@ def test_repository_index_load_unload(served: Served, http: object, grpc: object
     with pytest.raises(InferenceServerException) as e:
         grpc.load_model("nope", headers=auth)  # type: ignore[attr-defined]
     assert e.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_refusal_same_message_rest_and_grpc_with_retry_info(served: Served) -> None:
+    """An SLO the estimate cannot meet: REST 503 + Retry-After, gRPC UNAVAILABLE with the same
+    message, a google.rpc.RetryInfo detail and retry-after-ms trailing metadata."""
+    import grpc as grpc_mod
+    import httpx
+    from google.rpc import error_details_pb2, status_pb2
+
+    from tidal.dataplane.grpc_v2 import grpc_predict_v2_pb2 as pb
+
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 4], "data": [0.0] * 4}],
+            "parameters": {"slo_ms": 1}}  # fmt: skip
+    r = httpx.post(served.http + "/v2/models/clf/infer", json=body, timeout=30)
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1, r.text
+    rest_msg = r.json()["error"]
+    req = pb.ModelInferRequest(model_name="clf")
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 4])
+    req.raw_input_contents.append(np.zeros(4, np.float32).tobytes())
+    req.parameters["slo_ms"].int64_param = 1
+    with grpc_mod.insecure_channel(served.grpc) as ch:
+        call = ch.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=pb.ModelInferRequest.SerializeToString,
+            response_deserializer=pb.ModelInferResponse.FromString,
+        )
+        with pytest.raises(grpc_mod.RpcError) as e:
+            call(req, timeout=30)
+    err = e.value
+    assert err.code() == grpc_mod.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    # same words as REST, up to the figures of this attempt
+    assert err.details().split(" ")[:3] == rest_msg.split(" ")[:3], (err.details(), rest_msg)  # type: ignore[attr-defined]
+    trailers = dict(err.trailing_metadata())  # type: ignore[attr-defined]
+    assert int(trailers["retry-after-ms"]) >= 1
+    st = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+    info = error_details_pb2.RetryInfo()
+    assert st.details[0].Unpack(info) and info.retry_delay.ToMilliseconds() >= 1
