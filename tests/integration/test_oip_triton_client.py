@@ -260,10 +260,10 @@ def test_refusal_same_message_rest_and_grpc_with_retry_info(served: Served) -> N
         with pytest.raises(grpc_mod.RpcError) as e:
             call(req, timeout=30)
     err = e.value
-    assert err.code() == grpc_mod.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+    assert err.code() == grpc_mod.StatusCode.UNAVAILABLE
     # same words as REST, up to the figures of this attempt
-    assert err.details().split(" ")[:3] == rest_msg.split(" ")[:3], (err.details(), rest_msg)  # type: ignore[attr-defined]
-    trailers = dict(err.trailing_metadata())  # type: ignore[attr-defined]
+    assert err.details().split(" ")[:3] == rest_msg.split(" ")[:3], (err.details(), rest_msg)
+    trailers = dict(err.trailing_metadata())
     assert int(trailers["retry-after-ms"]) >= 1
     st = status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
     info = error_details_pb2.RetryInfo()
