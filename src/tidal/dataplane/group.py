@@ -55,6 +55,9 @@ from tidal.dataplane.worker import WorkerDied
 
 log = logging.getLogger("tidal.dataplane")
 
+LIVENESS_S = 1.0
+"""Period of the liveness sweep over idle replicas (seconds of the injected clock)."""
+
 LatencyBC = Callable[[int, float], float]
 
 
@@ -90,6 +93,7 @@ class VariantGroup:
         self.target = 0
         self.cores = 1.0
         self._timer: TimerHandle | None = None
+        self._sweep: TimerHandle | None = None
         self._next_id = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.replica_s = 0.0
@@ -159,6 +163,29 @@ class VariantGroup:
             return
         now = self.clock.now()
         self._execute(self.sched.step(now), now)
+
+    def _arm_sweep(self) -> None:
+        if self._sweep is None and not self.closed and self.replicas:
+            t = self.clock.now() + LIVENESS_S
+            self._sweep = self.timers.call_at(t, self._liveness)
+
+    def _liveness(self) -> None:
+        """Once a second while the lane has replicas: an idle ready replica whose executor
+        is no longer alive (worker exited, Ray node gone) takes the death path and is
+        replaced; busy ones are noticed by their batch (or the watchdog)."""
+        self._sweep = None
+        if self.closed:
+            return
+        for r in list(self.replicas):
+            ex = r.executor
+            if r.state == READY and not r.busy and ex is not None:
+                try:
+                    alive = bool(ex.alive())
+                except Exception:  # a probe that fails counts as dead
+                    alive = False
+                if not alive:
+                    self._on_death(r, "executor not alive (liveness sweep)")
+        self._arm_sweep()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -447,6 +474,7 @@ class VariantGroup:
         self.account(now)
         self.sched.on_replica_ready(rep.id, now)
         rep.ready_at = now
+        self._arm_sweep()
         if rep.applied_cores != rep.cores:
             self._spawn(self._resize_idle(rep))
         self.pump()
@@ -492,6 +520,8 @@ class VariantGroup:
         self.watchdog.close()
         if self._timer is not None:
             self._timer.cancel()
+        if self._sweep is not None:
+            self._sweep.cancel()
         for req in self.sched.drain():
             _answer_error(req, Refused(503, "refused", "server shutting down"))
         for r in list(self.replicas):

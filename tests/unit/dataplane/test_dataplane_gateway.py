@@ -297,3 +297,39 @@ def test_snapshot_counts_in_flight_and_busy_core_seconds() -> None:
         assert end.busy_s > 0.05
 
     run(main())
+
+
+def test_liveness_sweep_replaces_an_idle_dead_replica_on_the_sim_clock() -> None:
+    from tidal.core.clock import SimClock
+    from tidal.dataplane.timers import ManualTimers, inline
+
+    fac = FakeFactory()
+
+    async def main() -> None:
+        clock = SimClock()
+        timers = ManualTimers(clock)
+        raw = {
+            "models": [{"name": "m", "variants": ["digits-mlp"]}],
+            "plan": {"stages": [{"stage": "m", "variants": [{"name": "digits-mlp"}],
+                                 "replicas": 1, "cores": 1.0, "batch": 8}]},
+        }  # fmt: skip
+        gw = Gateway(
+            parse_serve_config(raw),
+            clock=clock,
+            factory=fac,
+            fits={"digits-mlp": fac.fit()},
+            timers=timers,
+            offload=inline,
+        )
+        await gw.start()
+        assert len(fac.started) == 1
+        fac.started[0]._dead = True  # the worker exits while idle: no batch will notice
+        await timers.run_until(0.9)
+        assert len(fac.started) == 1  # the sweep runs once a second
+        await timers.run_until(1.0)
+        assert len(fac.started) == 2 and gw.stages["m"].counters.replica_deaths == 1
+        (rep,) = gw.stages["m"].replicas()
+        assert rep.state == "ready" and rep.executor is fac.started[1]
+        await gw.stop()
+
+    run(main())
