@@ -47,13 +47,23 @@ def main(spec: dict[str, Any]) -> None:
     from starlette.requests import Request
     from starlette.responses import Response
 
-    ray.init(
-        num_cpus=spec["threads"],
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level=logging.ERROR,
-        _temp_dir=spec.get("tmp"),
-    )
+    # Ray waits a fixed 30 s for its raylet to register; on a loaded 2-core box that can
+    # time out, so try a few times before giving up.
+    for attempt in range(3):
+        try:
+            ray.init(
+                num_cpus=spec["threads"],
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+                _temp_dir=spec.get("tmp"),
+            )
+            break
+        except Exception as e:
+            ray.shutdown()
+            if attempt == 2:
+                raise
+            print(f"ray.init failed ({e}); retrying", file=sys.stderr, flush=True)
     serve.start(
         http_options={
             "host": "127.0.0.1",
