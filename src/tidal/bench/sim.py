@@ -68,7 +68,7 @@ def long_trace(days: float) -> tuple[np.ndarray, str, str]:
         return synthetic_twitter(min(n, TWITTER_SECONDS)), "synthetic", note
 
 
-def bench_reference_two_stage(seconds: int = 300, rate: float = 150.0) -> dict[str, Any]:
+def bench_reference_two_stage(seconds: int = 300, rate: float = 60.0) -> dict[str, Any]:
     """The reference mode on the two-stage pipeline (examples/pipelines/two-stage.yaml,
     resnet18 -> bert-tiny, static 3 x 1 core at batch 4 per stage) at `rate` req/s of
     Poisson arrivals for `seconds`: requests, stage visits and requests per second of wall."""
