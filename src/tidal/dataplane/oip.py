@@ -71,23 +71,19 @@ class ModelSig:
     allow_nan: bool = False
 
     def input(self, name: str) -> TensorMeta:
-        for m in self.inputs:
-            if m.name == name:
-                return m
-        raise OIPError(
-            400,
-            f"unknown input {name!r} for model {self.name!r}; "
-            f"inputs: {[m.name for m in self.inputs]}",
-        )
+        return self._find("input", self.inputs, name)
 
     def output(self, name: str) -> TensorMeta:
-        for m in self.outputs:
+        return self._find("output", self.outputs, name)
+
+    def _find(self, kind: str, tensors: tuple[TensorMeta, ...], name: str) -> TensorMeta:
+        for m in tensors:
             if m.name == name:
                 return m
         raise OIPError(
             400,
-            f"unknown output {name!r} for model {self.name!r}; "
-            f"outputs: {[m.name for m in self.outputs]}",
+            f"unknown {kind} {name!r} for model {self.name!r}; "
+            f"{kind}s: {[m.name for m in tensors]}",
         )
 
 
