@@ -29,7 +29,7 @@ module.exports = {
   },
 };
 """
-N, CARDS, KILLS = 3000, 7, 3
+N, CARDS, KILLS = 2000, 7, 3
 
 
 def _kill9_run(tmp_path: Path, spec: VersionSpec) -> None:
@@ -41,24 +41,26 @@ def _kill9_run(tmp_path: Path, spec: VersionSpec) -> None:
         cl = connect(m, "cc")
         evs = [{"seq": i, "card": i % CARDS} for i in range(N)]
         got: list[dict] = []
-        kills, pids = 0, set()
+        part = N // (KILLS + 1)
         t0 = time.monotonic()
-        for i in range(0, N, 100):
-            cl.submit(evs[i : i + 100])
-            time.sleep(0.01)
-            got += cl.results()
-            dep = m.deployments["cc"]
-            pid = dep.proc.pid
-            # kill the running instance once it has committed something, 3 times in all
-            if kills < KILLS and i >= (kills + 1) * 700 and pid not in pids and got:
-                assert pid is not None
-                os.kill(pid, signal.SIGKILL)
-                pids.add(pid)
-                kills += 1
+        for k in range(KILLS + 1):
+            cl.submit(evs[k * part : (k + 1) * part if k < KILLS else N])
+            if k == KILLS:
+                break
+            # kill -9 the running instance once it has committed part of this slice
+            while len(got) < k * part + part // 3 and time.monotonic() - t0 < 60:
+                got += cl.results()
+                time.sleep(0.005)
+            pid = m.deployments["cc"].proc.pid
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            while m.deployments["cc"].proc.pid == pid and time.monotonic() - t0 < 60:
+                time.sleep(0.005)  # the supervisor restarts it
         while len(got) < N and time.monotonic() - t0 < 60:
             got += cl.results()
             time.sleep(0.01)
         cl.close()
+        kills = KILLS
         assert kills == KILLS and m.deployments["cc"].restarts >= KILLS
         seqs = sorted(e["seq"] for e in got)
         assert seqs == list(range(N)), "lost or duplicated events"  # 0 lost, 0 duplicated

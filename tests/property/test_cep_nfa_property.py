@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tidal.cep.nfa import NFA, Pattern
@@ -70,3 +70,62 @@ def test_two_event_patterns_match_brute_force(spec, kind, neg, w) -> None:
                 if kind != "followed_by_any":
                     break
     assert run(pattern(kind, neg, float(w)), evs) == sorted(want)
+
+
+def _any_match_brute_force(evs: list[dict], w: int) -> list[tuple]:
+    """Skip-till-any-match for ``a b+ c`` by definition: every a, every later c within the
+    window, every non-empty subset of the b events between them (Flink's followedByAny with
+    allowCombinations())."""
+    from itertools import combinations
+
+    want = []
+    for i, a in enumerate(evs):
+        if a["type"] != "a":
+            continue
+        for k in range(i + 1, len(evs)):
+            c = evs[k]
+            if c["type"] != "c" or c["ts"] - a["ts"] > w:
+                continue
+            bs = [j for j in range(i + 1, k) if evs[j]["type"] == "b"]
+            for r in range(1, len(bs) + 1):
+                for sub in combinations(bs, r):
+                    want.append((i, sub, k))
+    return sorted(want)
+
+
+FLINK_DOC = [("a", 0), ("b", 1), ("d", 1), ("b", 1), ("d", 1), ("b", 1), ("c", 1)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("aabbbcd"), st.integers(min_value=0, max_value=2)),
+        max_size=10,
+    ),
+    st.integers(min_value=1, max_value=8),
+)
+@example(FLINK_DOC, 8)  # Flink's documentation stream: a b1 d1 b2 d2 b3 c
+def test_skip_till_any_match_equals_allow_combinations(spec, w) -> None:
+    from tidal.cep.sase import parse
+
+    evs = stream(spec)
+    want = _any_match_brute_force(evs, w)
+    p = (
+        Pattern.begin("a").where(is_("a"))
+        .followed_by_any("b").where(is_("b")).one_or_more().allow_combinations()
+        .followed_by_any("c").where(is_("c"))
+        .within(w)
+    )  # fmt: skip
+    nfa = NFA(p)
+    got = sorted(
+        (m["a"][0]["i"], tuple(e["i"] for e in m["b"]), m["c"][0]["i"])
+        for e in evs
+        for m in nfa.process(e)
+    )
+    assert got == want
+    # the SASE language's STRATEGY any compiles to the same thing
+    q = parse(f"PATTERN SEQ(A x, B+ y, C z) WITHIN {w} s STRATEGY any")
+    nfa2 = q.nfa()
+    rows = [q.row(m) for e in evs for m in nfa2.process(e)]
+    got2 = sorted((r["x"]["i"], tuple(e["i"] for e in r["y"]), r["z"]["i"]) for r in rows)
+    assert got2 == want

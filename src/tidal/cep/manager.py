@@ -55,10 +55,11 @@ class DeployDefaults(BaseModel):
         description="commit: LTRIM with the results (redelivery); pop: CEPless' atomic pop.",
     )
     checkpoint_every: int = Field(
-        default=8,
+        default=10_000,
         ge=0,
-        description="K > 0: checkpoint keyed state every K commits, so a crash replays at "
-        "most (K-1)*B events (0: off, a restarted operator starts empty).",
+        description="K > 0: checkpoint keyed state once K events were consumed since the "
+        "last checkpoint, so a crash replays fewer than K events (0: off, a restarted "
+        "operator starts empty).",
     )
     ready_timeout_s: float = Field(default=30.0, gt=0)
     allow_command: bool = Field(
@@ -84,6 +85,7 @@ class Deployment:
     out_key: str
     restarts: int = 0
     next_restart: float = 0.0
+    started_at: float = 0.0
     fast_restarts: int = 0
     stopped: bool = False
     draining: list[procs.OperatorProcess] = field(default_factory=list)
@@ -361,7 +363,9 @@ class NodeManager:
                     now = self.clock.now()
                     if now < dep.next_restart:  # back off: 0.02 s doubling up to 2 s
                         continue
-                    dep.next_restart = now + min(2.0, 0.02 * 2 ** min(dep.fast_restarts, 7))
+                    if now - dep.started_at > 2.0:  # it ran a while: a one-off crash
+                        dep.fast_restarts = 0
+                    dep.next_restart = now + min(0.5, 0.01 * 2 ** min(dep.fast_restarts, 6))
                     dep.fast_restarts += 1
                     code = dep.proc.exitcode()
                     with contextlib.suppress(TidalError):
@@ -369,6 +373,7 @@ class NodeManager:
                         inst = self._new_instance(dep.name, dep.version)
                         dep.proc = self._spawn(info, inst, standby=False)
                         dep.instance = inst
+                        dep.started_at = self.clock.now()
                         dep.restarts += 1
                         print(
                             f"tidal-cep: {dep.name} exited with code {code}; restarted as "

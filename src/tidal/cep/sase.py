@@ -9,17 +9,24 @@
     RETURN a.card AS card, count(c) AS n, sum(c.amount)
     SERVERLESS forward                          -- and/or after RETURN, on the result rows
 
-The event type ``TXN`` matches events whose ``type`` field equals it (case-insensitive);
-``ANY`` matches every event. ``[attr]`` partitions the stream by `attr` (keyed NFA). Each
-WHERE conjunct is attached to the last variable it names, so ``a.amount < c.amount`` is
-checked when `c` is taken (with `a` from the partial match). A syntax error raises a
-TidalError giving the line and column. Expressions are compiled to closures; nothing is
-evaluated with `eval`.
+The event type ``TXN`` matches events whose ``type`` field equals it (case-insensitive;
+the field name is `type_field`, default ``type``); ``ANY`` matches every event. Event time
+is the number in field `ts_field` (default ``ts``), non-decreasing per key; an event without
+it cannot be evaluated. ``STRATEGY any`` is skip-till-any-match: every combination, as
+Flink's ``followedByAny`` with ``allowCombinations()`` on Kleene components. A WHERE that
+reads an attribute the event lacks is false, and the event is counted in
+`Query.unevaluable` (``missing attribute 'x'``), as events without `ts` or the partition
+attribute are counted by the pipeline (`Pipeline.unevaluable`). ``[attr]`` partitions the
+stream by `attr` (keyed NFA). Each WHERE conjunct is attached to the last variable it
+names, so ``a.amount < c.amount`` is checked when `c` is taken (with `a` from the partial
+match). A syntax error raises a TidalError giving the line and column. Expressions are
+compiled to closures; nothing is evaluated with `eval`.
 """
 
 from __future__ import annotations
 
 import operator as _op
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,9 +92,12 @@ class Query:
     returns: list[tuple[str, Fn]]
     pattern: Pattern
     conds: dict[str, list[Fn]] = field(default_factory=dict)
+    ts_field: str = "ts"
+    type_field: str = "type"
+    unevaluable: Counter[str] = field(default_factory=Counter)
 
     def nfa(self) -> NFA:
-        return NFA(self.pattern, key=self.key)
+        return NFA(self.pattern, key=self.key, ts_field=self.ts_field)
 
     def row(self, m: Match) -> dict[str, Any]:
         """The RETURN row of a match (all variables' events when there is no RETURN)."""
@@ -102,7 +112,7 @@ class Query:
         return {name: fn(env) for name, fn in self.returns}
 
 
-def parse(text: str) -> Query:
+def parse(text: str, ts_field: str = "ts", type_field: str = "type") -> Query:
     """Parse and compile `text`; TidalError with line and column on a syntax error."""
     try:
         tree = _PARSER.parse(text)
@@ -114,14 +124,17 @@ def parse(text: str) -> Query:
         raise TidalError(
             f"query syntax error at line {line}, column {col}: near {near[:60]!r}{hint}"
         ) from None
-    return _Compiler(text).query(tree)
+    return _Compiler(text, ts_field, type_field).query(tree)
 
 
 class _Compiler:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, ts_field: str = "ts", type_field: str = "type") -> None:
         self.text = text
         self.vars: dict[str, Component] = {}
         self.key: str | None = None
+        self.ts_field, self.type_field = ts_field, type_field
+        self.unevaluable: Counter[str] = Counter()
+        self._last_missing: tuple[int, str] | None = None
 
     def query(self, t: lark.Tree) -> Query:
         source = None
@@ -173,7 +186,20 @@ class _Compiler:
                 conds[last].append(fn)
         pattern = self.build(comps, conds, window, strategy)
         return Query(
-            self.text, source, pre, post, comps, self.key, window, strategy, returns, pattern, conds
+            self.text,
+            source,
+            pre,
+            post,
+            comps,
+            self.key,
+            window,
+            strategy,
+            returns,
+            pattern,
+            conds,
+            self.ts_field,
+            self.type_field,
+            self.unevaluable,
         )
 
     def _span(self, node: Any) -> str:
@@ -257,7 +283,7 @@ class _Compiler:
         if d == "attr":
             var, name = str(ch[0]), str(ch[1])
             self._check_var(var, t)
-            return (lambda env: _get(env.get(var), name)), {var}
+            return (lambda env: self._attr(env.get(var), name)), {var}
         if d == "var":
             var = str(ch[0])
             self._check_var(var, t)
@@ -311,6 +337,8 @@ class _Compiler:
                 p = p.one_or_more()
                 if strategy == "strict":
                     p = p.consecutive()
+                elif strategy == "any":  # skip-till-any-match: every combination (Flink)
+                    p = p.allow_combinations()
         assert p is not None
         if window is not None:
             p = p.within(window)
@@ -320,8 +348,10 @@ class _Compiler:
         typ = c.type.lower()
         others = [v for v in self.vars.values() if v.var != c.var and not v.negated]
 
+        tf = self.type_field
+
         def cond(e: dict[str, Any], ctx: Ctx) -> bool:
-            if typ != "any" and str(e.get("type", "")).lower() != typ:
+            if typ != "any" and str(e.get(tf, "")).lower() != typ:
                 return False
             if not fns:
                 return True
@@ -333,6 +363,17 @@ class _Compiler:
             return all(f(env) for f in fns)
 
         return cond
+
+    def _attr(self, ev: Any, name: str) -> Any:
+        """`ev.name`; a missing attribute reads None (the comparison is false) and the event
+        is counted once in `unevaluable`."""
+        if isinstance(ev, dict) and name not in ev:
+            key = (id(ev), name)
+            if key != self._last_missing:
+                self._last_missing = key
+                self.unevaluable[f"missing attribute {name!r}"] += 1
+            return None
+        return _get(ev, name)
 
 
 def _get(ev: Any, name: str) -> Any:

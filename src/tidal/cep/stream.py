@@ -11,6 +11,7 @@ recorded in `Pipeline.errors` and the pipeline keeps running.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -77,8 +78,14 @@ class MapStage(StageBase):
 
 
 class PatternStage(StageBase):
-    def __init__(self, nfa: NFA, select: Callable[[Match], Event]) -> None:
+    def __init__(
+        self,
+        nfa: NFA,
+        select: Callable[[Match], Event],
+        unevaluable: Counter[str] | None = None,
+    ) -> None:
         self.nfa, self.select = nfa, select
+        self.unevaluable: Counter[str] = Counter() if unevaluable is None else unevaluable
 
     def feed(self, events: list[Event], errors: list[str]) -> list[Event]:
         out = []
@@ -87,6 +94,10 @@ class PatternStage(StageBase):
                 ms = self.nfa.process(e)
             except TidalError as ex:
                 errors.append(str(ex))
+                msg = str(ex)
+                self.unevaluable[
+                    msg[msg.find(" is missing ") + 4 :] if " is missing " in msg else msg
+                ] += 1
                 continue
             out += [self.select(m) for m in ms]
         return out
@@ -134,6 +145,14 @@ class Pipeline:
     def __init__(self, stages: list[StageBase]) -> None:
         self.stages = stages
         self.errors: list[str] = []
+
+    def unevaluable(self) -> dict[str, int]:
+        """Events that could not be evaluated, by reason (missing ts / key / attribute)."""
+        total: Counter[str] = Counter()
+        for st in self.stages:
+            if isinstance(st, PatternStage):
+                total.update(st.unevaluable)
+        return dict(total)
 
     def _from(self, k: int, events: list[Event]) -> list[Event]:
         for st in self.stages[k:]:
@@ -213,17 +232,24 @@ class Stream:
 class SaseEngine:
     """The SASE-style host engine: a query text becomes a `Pipeline`."""
 
-    def __init__(self, hub: Hub | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        hub: Hub | None = None,
+        clock: Clock | None = None,
+        ts_field: str = "ts",
+        type_field: str = "type",
+    ) -> None:
         self.hub, self.clock = hub, clock
+        self.ts_field, self.type_field = ts_field, type_field
 
     def compile(self, text: str) -> Pipeline:
         from tidal.cep.sase import parse
 
-        q = parse(text)
+        q = parse(text, ts_field=self.ts_field, type_field=self.type_field)
         stages: list[StageBase] = []
         for names in (q.pre_ops, None, q.post_ops):
             if names is None:
-                stages.append(PatternStage(q.nfa(), q.row))
+                stages.append(PatternStage(q.nfa(), q.row, q.unevaluable))
                 continue
             for name in names:
                 if self.hub is None:

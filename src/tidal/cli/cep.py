@@ -38,7 +38,7 @@ def serve(
     flush_ms: float = typer.Option(1.0, help="F: host flush period (ms)."),
     pop: str = typer.Option("commit", help="commit (redelivery, no loss) | pop (CEPless)."),
     checkpoint_every: int = typer.Option(
-        8, help="K: checkpoint keyed state every K commits; a crash replays <= (K-1)*B events."
+        10_000, help="K: checkpoint keyed state every K events; a crash replays < K events."
     ),
     max_failures: int = typer.Option(3, help="N: failures of one event before it is parked."),
     max_pending: int = typer.Option(
@@ -129,6 +129,12 @@ def bench_cmd(
     state_cards: int = typer.Option(131_072, help="Keyed state cards (8 bytes each)."),
     updates: int = typer.Option(5, help="Hot updates during the stateful run."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON only."),
+    update_gap: bool = typer.Option(
+        False,
+        "--update-gap",
+        help="Instead: hot-update gap measured from the result stream, Python and Node.js.",
+    ),
+    gap_rate: float = typer.Option(50_000, help="Events/s of the --update-gap stream."),
     flink: bool = typer.Option(
         False,
         "--flink",
@@ -139,6 +145,30 @@ def bench_cmd(
     from tidal.bench.cep import run
 
     load0 = os.getloadavg()
+    if update_gap:
+        from tidal.bench.cep_gap import run_gap
+
+        grows = [
+            run_gap(lang, rate=gap_rate, cards=state_cards, updates=updates)
+            for lang in ("python", "node")
+        ]
+        load1 = os.getloadavg()
+        if as_json:
+            typer.echo(
+                json.dumps(
+                    {"load_avg_start": load0, "load_avg_end": load1, "rows": grows}, indent=1
+                )
+            )
+            return
+        typer.echo(f"load average at start {load0[0]:.2f}, at end {load1[0]:.2f} (1 min)")
+        for r in grows:
+            typer.echo(
+                f"{r['backend']:>18}: gap from results median {r['gap_median_ms']:.2f} ms, max "
+                f"{r['gap_max_ms']:.2f} ms over {r['updates']} updates at {r['rate']:,.0f} ev/s "
+                f"with {r['state_cards']:,} cards; update_ms {r['update_ms']}; lost "
+                f"{r['lost_events']} dup {r['duplicated_events']} counts {r['per_key_counts_ok']}"
+            )
+        return
     if flink:
         from tidal.bench.cep_flink import run_flink
 
@@ -195,16 +225,29 @@ def query_cmd(
     cards: int = typer.Option(100),
     rate: float = typer.Option(2.0, help="Transactions per second of event time."),
     limit: int = typer.Option(20, help="Rows to print."),
+    events_file: Path | None = typer.Option(
+        None, "--events-file", help="JSON lines of events to run it on (instead of generated)."
+    ),
+    ts_field: str = typer.Option("ts", help="Event-time field (seconds)."),
+    type_field: str = typer.Option("type", help="Field that SASE event types match."),
 ) -> None:
-    """Run a SASE query (without SERVERLESS steps) over seeded transactions; print rows."""
+    """Run a SASE query (without SERVERLESS steps) over events; print rows and counts of
+    events that could not be evaluated (missing time, partition or attribute)."""
     from tidal.cep import workload
     from tidal.cep.stream import SaseEngine
 
-    pipe = SaseEngine().compile(text)
-    rows = pipe.run(workload.as_dicts(workload.transactions(events, seed, cards, rate)))
+    pipe = SaseEngine(ts_field=ts_field, type_field=type_field).compile(text)
+    if events_file is not None:
+        evs = [json.loads(x) for x in events_file.read_text().splitlines() if x.strip()]
+    else:
+        evs = workload.as_dicts(workload.transactions(events, seed, cards, rate))
+    rows = pipe.run(evs)
     for r in rows[:limit]:
         typer.echo(json.dumps(r, default=str))
+    bad = pipe.unevaluable()
     typer.echo(f"{len(rows)} matches", err=True)
+    if bad:
+        typer.echo(f"unevaluable events: {json.dumps(bad)}", err=True)
 
 
 def _hub(url: str, token_file: Path | None) -> ApiHub:
@@ -230,7 +273,7 @@ def register_cmd(
     source: Path = typer.Argument(..., help="Operator source (.py or .js)."),
     empty_state: bool = typer.Option(False, help="This version starts from empty state."),
     checkpoint_every: int | None = typer.Option(
-        None, help="K for this version (0: no checkpoints; default: the node manager's)."
+        None, help="K (events) for this version (0: no checkpoints; default: the manager's)."
     ),
     pop: str | None = typer.Option(None, help="commit | pop for this version."),
     flush_ms: float | None = typer.Option(None, help="F (ms) for this version."),

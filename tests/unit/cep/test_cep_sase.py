@@ -112,3 +112,23 @@ def test_engine_keeps_running_after_events_with_missing_fields() -> None:
     out = pipe.run([ev("A", 0, k=1), {"type": "C", "v": 9}, ev("C", 1, k=1, v=3)])
     assert out == [{"c": 3}]
     assert any("missing key field 'k'" in e for e in pipe.errors)
+
+
+def test_ts_and_type_fields_are_configurable_and_unevaluable_events_counted() -> None:
+    q = "PATTERN SEQ(TXN a, TXN b) WHERE [card] AND a.amount < 5 AND b.amount > 500 WITHIN 1 min"
+    evs = [
+        {"kind": "txn", "card": 1, "amount": 1.0, "time": 0.0},
+        {"kind": "txn", "card": 1, "time": 1.0},  # no amount: unevaluable, skipped
+        {"kind": "txn", "card": 1, "amount": 900.0},  # no time field
+        {"kind": "txn", "amount": 900.0, "time": 2.0},  # no partition attribute
+        {"kind": "txn", "card": 1, "amount": 900.0, "time": 3.0},
+    ]
+    pipe = SaseEngine(ts_field="time", type_field="kind").compile(q)
+    rows = pipe.run(evs)
+    assert [(r["a"]["time"], r["b"]["time"]) for r in rows] == [(0.0, 3.0)]
+    bad = pipe.unevaluable()
+    assert bad == {
+        "missing attribute 'amount'": 1,
+        "missing field 'time'": 1,
+        "missing key field 'card'": 1,
+    }, bad

@@ -5,7 +5,8 @@
 // `state` is a plain object carried across hot updates as JSON.
 const path = require('path');
 const { Resp } = require('./resp');
-const { SockStore } = require('./sockstore');
+const fs = require('fs');
+const { SockStore, enc, dec } = require('./sockstore');
 
 const env = process.env;
 const need = (k) => { if (!env[k]) { console.error(`operator environment lacks ${k}`); process.exit(2); } return env[k]; };
@@ -17,8 +18,9 @@ const cfg = {
   maxFailures: Number(env.TIDAL_CEP_MAX_FAILURES || 3), standby: env.TIDAL_CEP_STANDBY === '1',
   emptyState: env.TIDAL_CEP_EMPTY_STATE === '1',
   // K > 0: keyed state survives crashes (as the Python SDK): every commit logs the consumed
-  // frames, every K-th stores the state ('S' + JSON) and clears the log, atomically with the
-  // consumption; a restarted instance restores and replays the log (outputs discarded).
+  // frames; once K events were consumed since the last checkpoint, the commit stores the state
+  // ('S' + JSON) and clears the log instead, atomically with the consumption; a restarted
+  // instance restores and replays the log (outputs discarded): fewer than K events.
   checkpointEvery: Number(env.TIDAL_CEP_CHECKPOINT_EVERY || 0),
   pop: env.TIDAL_CEP_POP || 'commit',
 };
@@ -27,11 +29,17 @@ const user = require(path.resolve(process.argv[2]));
 const K = { tries: `cep:${cfg.op}:tries`, isolate: `cep:${cfg.op}:isolate`, parked: `cep:${cfg.op}:parked`,
   last: `cep:${cfg.op}:last_output`, ckpt: `cep:${cfg.op}:checkpoint`, log: `cep:${cfg.op}:log` };
 const checkpointing = cfg.checkpointEvery > 0 && cfg.pop === 'commit';
-let commits = 0;
+let sinceCkpt = 0;  // events consumed since the last checkpoint
+let forceCkpt = 0;  // > 0: checkpoint at that many commits from now
+let lastN = 0;
+let perPop = 1;  // set in main()
+let prefetch = [];  // frames handed over with the state
 const IK = (i) => ({ ready: `cep:${i}:ready`, go: `cep:${i}:go`, state: `cep:${i}:state`,
   first: `cep:${i}:first_output`, prev: `cep:${i}:prev_last_output`, at: `cep:${i}:handover_at` });
 const now = () => Number(process.hrtime.bigint()) / 1e9; // CLOCK_MONOTONIC, same as Python's
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const tracing = env.TIDAL_CEP_TRACE === '1';
+const trace = (what) => { if (tracing) console.error(`tidal-cep ${cfg.inst} ${what} t=${now().toFixed(6)}`); };
 let state = {};
 let stop = false;
 let firstDone = false;
@@ -49,12 +57,21 @@ function decode(frames) {
 }
 function encode(evs) {
   if (!evs.length) return [];
-  if (cfg.mode === 'blob') return [Buffer.from('J' + JSON.stringify(evs))];
+  if (cfg.mode === 'blob') {  // frames of at most B events, as the host's
+    const out = [];
+    for (let i = 0; i < evs.length; i += cfg.batch) out.push(Buffer.from('J' + JSON.stringify(evs.slice(i, i + cfg.batch))));
+    return out;
+  }
   return evs.map((e) => Buffer.from('J' + JSON.stringify(e)));
 }
 
 function processFrames(frames) {
   const evs = decode(frames);
+  lastN = evs.length;
+  if (frames.length) {
+    const perFrame = evs.length / frames.length;
+    perPop = Math.max(1, Math.min(cfg.batch, Math.floor(cfg.batch / Math.max(perFrame, 1))));
+  }
   const good = [];
   const parked = [];
   for (const e of evs) {
@@ -69,10 +86,14 @@ function commitOps(outs, consumed, parked, data) {
   const ops = [];
   if (outs.length) ops.push(['RPUSH', cfg.outKey, ...outs]);
   ops.push(['LTRIM', cfg.inKey, String(consumed), '-1'], ['DEL', K.tries]);
-  if (checkpointing && data.length) {
-    commits += 1;
-    if (commits % cfg.checkpointEvery === 0) ops.push(['SET', K.ckpt, 'S' + JSON.stringify(state)], ['DEL', K.log]);
-    else ops.push(['RPUSH', K.log, ...data]);
+  if (checkpointing && data.length) {  // a checkpoint once K events were consumed since the last
+    sinceCkpt += lastN;
+    let forced = false;
+    if (forceCkpt) { forceCkpt -= 1; forced = forceCkpt === 0; }
+    if (forced || sinceCkpt >= cfg.checkpointEvery) {
+      ops.push(['SET', K.ckpt, 'S' + JSON.stringify(state)], ['DEL', K.log]);
+      sinceCkpt = 0;
+    } else ops.push(['RPUSH', K.log, ...data]);
   }
   if (parked.length) ops.push(['RPUSH', K.parked, ...parked]);
   if (outs.length) {
@@ -82,6 +103,23 @@ function commitOps(outs, consumed, parked, data) {
     if (!firstDone) { firstDone = true; ops.push(['SET', IK(cfg.inst).first, String(t)]); }
   }
   return ops;
+}
+
+// The go signal of a hand-over: a state over 64 KB goes through a file in /dev/shm (the queue
+// store moves a path, not MBs), in the Python SDK's 'T' format; a small one inline, 'S' + JSON.
+// `after`: the frames behind the barrier this instance already read; the new one processes
+// them without a pop round trip (they stay at the head of the in queue until it commits).
+function goSignal(target, after) {
+  const st = JSON.stringify(state);
+  const parts = [Buffer.from('T')];
+  if (st.length <= 65536 || !fs.existsSync('/dev/shm')) {
+    enc(['S', Buffer.from(st), after], parts);
+  } else {
+    const p = `/dev/shm/tidal-cep-${target}-${process.pid}-${Date.now()}.state`;
+    fs.writeFileSync(p, st, { mode: 0o600 });
+    enc(['F', p, after], parts);
+  }
+  return Buffer.concat(parts);
 }
 
 async function main() {
@@ -98,16 +136,38 @@ async function main() {
       const go = await r.call(['BLPOP', IK(cfg.inst).go, '1']);
       if (go === null) { if (stop) return r.close(); continue; }
       const g = go[1];
-      if (g[0] === 0x53 && !cfg.emptyState && !user.emptyState) {  // 'S' + JSON state
-        try { state = JSON.parse(g.toString('utf8', 1)); } catch (e) { state = {}; }
+      trace('go');
+      let raw = null;
+      if (g[0] === 0x53) raw = g.subarray(1);  // 'S' + JSON state
+      else if (g[0] === 0x54) {  // 'T' + tagged [kind, state or path, frames]: Python's format
+        const [kind, val, after] = dec(g, 1)[0];
+        prefetch = (after || []).map((x) => Buffer.from(x));
+        if (kind === 'F') {
+          const p = String(val);
+          if (!path.basename(p).startsWith('tidal-cep-') || !['/dev/shm', '/tmp'].includes(path.dirname(p))) throw new Error(`refusing state file ${p}`);
+          raw = fs.readFileSync(p);
+          fs.unlinkSync(p);
+        } else raw = Buffer.from(val);
       }
-      if (checkpointing) commits = -1;  // the first commit stores this version's checkpoint
+      if (raw !== null && raw.length && !cfg.emptyState && !user.emptyState) {
+        try { state = JSON.parse(raw.toString('utf8')); } catch (e) { state = {}; }
+      }
+      trace('restored');
+      if (checkpointing) forceCkpt = 2;  // own checkpoint at the 2nd commit, off the critical path
       break;
     }
   }
   let empties = 0;
+  // Frames per pop, adapted so that a pop holds about B events (frames carry 1..B events):
+  // after a backlog the first batch is ~B events, not B*B, which keeps hand-overs short.
+  perPop = cfg.batch;
   while (!stop) {
-    const [frames, tries, iso] = await r.multi([['LRANGE', cfg.inKey, '0', String(cfg.batch - 1)], ['INCR', K.tries], ['GET', K.isolate]]);
+    let frames; let tries; let iso;
+    if (prefetch.length) {  // handed over with the state: no pop round trip
+      frames = prefetch; prefetch = []; tries = 1; iso = null;
+    } else {
+      [frames, tries, iso] = await r.multi([['LRANGE', cfg.inKey, '0', String(perPop - 1)], ['INCR', K.tries], ['GET', K.isolate]]);
+    }
     if (!frames.length) {
       empties++;
       await r.call(['SET', K.tries, '0']);
@@ -117,6 +177,8 @@ async function main() {
     empties = 0;
     let use = frames;
     let isolate = iso === null || iso === undefined ? 0 : Number(iso.toString());
+    // first redelivery of a failed batch: go one event at a time through all of it
+    if (tries > 1 && isolate === 0) isolate = frames.length;
     let left = null;
     if ((tries > 1 || isolate > 0) && frames[0][0] !== 0) {
       // redelivery after a crash: one event at a time, as the Python SDK
@@ -125,7 +187,7 @@ async function main() {
       if (evs.length > 1) {  // re-frame the head blob into single events, keeping the tries
         const singles = evs.map((e) => Buffer.from('J' + JSON.stringify(e)));
         await r.multi([['LTRIM', cfg.inKey, '1', '-1'], ['LPUSH', cfg.inKey, ...singles.reverse()],
-          ['SET', K.isolate, String(Math.max(isolate, evs.length))], ['SET', K.tries, String(tries - 1)]]);
+          ['SET', K.isolate, String(isolate + evs.length - 1)], ['SET', K.tries, String(tries - 1)]]);
         continue;
       }
       if (isolate === 0) isolate = 1;
@@ -142,7 +204,9 @@ async function main() {
     const ctrl = cut >= 0 ? use[cut] : null;
     if (cut < 0) cut = use.length;
     const data = use.slice(0, cut);
+    if (tracing && !firstDone) trace(`pop ${use.length} frames`);
     const [outs, parked] = processFrames(data);
+    if (tracing && !firstDone) trace(`processed ${lastN} events`);
     const ops = commitOps(outs, cut + (ctrl ? 1 : 0), parked, data);
     if (left !== null) ops.push(['SET', K.isolate, left]);
     let target = null;
@@ -150,7 +214,8 @@ async function main() {
     if (target && target !== cfg.inst) {
       const nk = IK(target);
       if (lastOut !== null) ops.push(['SET', nk.prev, String(lastOut)]);
-      ops.push(['SET', nk.at, String(now())], ['RPUSH', nk.go, 'S' + JSON.stringify(state)]);
+      const after = left === null ? use.slice(cut + 1) : [];
+      ops.push(['SET', nk.at, String(now())], ['RPUSH', nk.go, goSignal(target, after)]);
     }
     await r.multi(ops);
     if (target && target !== cfg.inst) break;

@@ -96,4 +96,4 @@ class SockStore {
   close() { this.sock.end(); }
 }
 
-module.exports = { SockStore };
+module.exports = { SockStore, enc, dec };

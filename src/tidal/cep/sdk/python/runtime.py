@@ -9,11 +9,13 @@ and ``TIDAL_CEP_BACKOFF_MAX_MS`` (linear back-off), ``TIDAL_CEP_MODE`` (faithful
 ``TIDAL_CEP_STANDBY`` (1: wait for a handover before consuming), ``TIDAL_CEP_POP``
 (commit | pop), ``TIDAL_CEP_CHECKPOINT_EVERY`` (K > 0: keyed state survives crashes).
 
-Crash recovery of keyed state (K > 0): every commit also appends the consumed frames to
-``cep:<op>:log``; every K-th commit instead stores a snapshot in ``cep:<op>:checkpoint`` and
-clears the log, in the same transaction. A restarted instance restores the checkpoint and
-replays the log through `process` (discarding outputs, already committed): its state is
-exactly that of the crashed one, for deterministic operators.
+Crash recovery of keyed state (K > 0, events): every commit also appends the consumed frames
+to ``cep:<op>:log``; the first commit after K events were consumed since the last checkpoint
+instead stores a snapshot in ``cep:<op>:checkpoint`` and clears the log, in the same
+transaction, so a restart replays fewer than K events (fewer than 2K right after a hot
+update, whose new instance checkpoints at its second commit). A restarted instance restores
+the checkpoint and replays the log through `process` (discarding outputs, already
+committed): its state is exactly that of the crashed one, for deterministic operators.
 
 Queue protocol, per batch:
 1. pop: MULTI; LRANGE in 0 B-1; INCR tries; GET isolate; EXEC. With ``TIDAL_CEP_POP=pop``
@@ -247,7 +249,9 @@ class OperatorRuntime:
         self._first_output_done = False
         self._tracing = os.environ.get("TIDAL_CEP_TRACE") == "1"
         self._prefetch: list[bytes] = []
-        self._commits = 0
+        self._since_ckpt = 0  # events consumed since the last checkpoint
+        self._force_ckpt = 0  # > 0: checkpoint at that many commits from now
+        self._last_n = 0
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -274,9 +278,9 @@ class OperatorRuntime:
                     self.store.execute(
                         [("set", self.k["checkpoint"], self.op.snapshot()), ("del", self.k["log"])]
                     )
-                else:  # the old checkpoint + log equal the restored state until our first
-                    self._commits = -1  # commit, which then stores this version's own
-            return
+                else:  # the old checkpoint + log equal the restored state: keep logging on
+                    self._force_ckpt = 2  # them; our own checkpoint at our 2nd commit (off
+            return  # the hand-over's critical path)
 
     @property
     def checkpointing(self) -> bool:
@@ -340,7 +344,8 @@ class OperatorRuntime:
             empties = 0
             tries_op = ("incr", self.k["tries"])
             if cfg.pop == "commit" and (tries > 1 or isolate > 0):
-                self._replay_head(frames[0], tries, isolate)
+                # first redelivery of a failed batch: go one event at a time through all of it
+                self._replay_head(frames[0], tries, isolate or len(frames))
                 continue
             self._batch(frames)
             if self.handed_over:
@@ -376,6 +381,7 @@ class OperatorRuntime:
         if not frames:
             return [], []
         batch = self.codec.decode(frames)
+        self._last_n = len(batch)
         parked: list[bytes] = []
         if isinstance(batch, list) and self.op.required:
             good = []
@@ -389,12 +395,13 @@ class OperatorRuntime:
             batch = good
         out = self.op.process(batch)
         if isinstance(out, np.ndarray) or isinstance(batch, np.ndarray):
-            out_frames = Codec("packed", out.dtype if isinstance(out, np.ndarray) else None).encode(
-                out,
-                self.cfg.mode,  # type: ignore[arg-type]
-            )
+            codec = Codec("packed", out.dtype if isinstance(out, np.ndarray) else None)
         else:
-            out_frames = self.codec.encode(out, self.cfg.mode)  # type: ignore[arg-type]
+            codec = self.codec
+        b = self.cfg.batch  # result frames hold at most B events, as the host's frames do
+        out_frames: list[bytes] = []
+        for i in range(0, len(out), b):
+            out_frames += codec.encode(out[i : i + b], self.cfg.mode)  # type: ignore[arg-type]
         return out_frames, parked
 
     def _commit_ops(
@@ -405,10 +412,16 @@ class OperatorRuntime:
         if cfg.pop == "commit":
             ops += [("ltrim", cfg.in_key, consumed, -1), ("del", self.k["tries"])]
         if self.checkpointing and data:
-            # state = checkpoint + the logged events since, atomically with the consumption
-            self._commits += 1
-            if self._commits == 0 or self._commits % cfg.checkpoint_every == 0:
+            # state = checkpoint + the logged events since, atomically with the consumption;
+            # a checkpoint once K events were consumed since the last one (replay < K events)
+            self._since_ckpt += self._last_n
+            forced = False
+            if self._force_ckpt:
+                self._force_ckpt -= 1
+                forced = self._force_ckpt == 0
+            if forced or self._since_ckpt >= cfg.checkpoint_every:
                 ops += [("set", self.k["checkpoint"], self.op.snapshot()), ("del", self.k["log"])]
+                self._since_ckpt = 0
             else:
                 ops.append(("rpush", self.k["log"], data))
         if parked:
@@ -445,7 +458,7 @@ class OperatorRuntime:
                 [
                     ("ltrim", cfg.in_key, 1, -1),
                     ("lpush", cfg.in_key, list(reversed(singles))),
-                    ("set", self.k["isolate"], str(max(isolate, n)).encode()),
+                    ("set", self.k["isolate"], str(isolate + n - 1).encode()),
                     ("set", self.k["tries"], str(tries - 1).encode()),
                 ]
             )

@@ -1,0 +1,159 @@
+"""`tidal cep bench --update-gap`: the hot-update gap as a user sees it, from the results.
+
+A host streams events paced at `rate` events/s (default 50,000) through a stateful
+per-card counter with `cards` cards of keyed state (default 131,072: 1 MB in the Python
+operator's `DenseKeyedState`, about 1 MB of JSON in the Node.js one) and hot-updates it
+`updates` times. Every result carries the version that produced it (``TIDAL_CEP_STAMP``), and
+the host records when it received each result batch. The gap of one update is the time
+from the host receiving the last result of the old version to receiving the first result of
+the new one (0 when both arrive in the same poll). Lost and duplicated events are counted
+by sequence number and every card's counts must read 1..n (state carried, order kept).
+Python runs the packed codec, Node.js the json codec (the only one it speaks); both over
+the embedded store, as `tidal cep serve` runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from tidal.cep import operators, workload
+from tidal.cep.client import OperatorClient
+from tidal.cep.codec import Codec
+from tidal.cep.manager import DeployDefaults, NodeManager
+from tidal.cep.registry import VersionSpec
+from tidal.cep.sockstore import SocketStoreServer
+from tidal.cep.store import MemoryStore, open_store
+from tidal.core.clock import Clock, MonotonicClock
+
+NODE_COUNT = """
+const V = Number(process.env.TIDAL_CEP_VERSION || 0);
+const CARDS = Number(process.env.TIDAL_CEP_STATE_CARDS || 1024);
+const BASE = 1000000;  // 7-digit counters: CARDS * 8 bytes of JSON state
+module.exports = {
+  process(events, state) {
+    if (!state.c) state.c = new Array(CARDS).fill(BASE);
+    return events.map((e) => {
+      state.c[e.card] += 1;
+      return { seq: e.seq, card: e.card, flag: state.c[e.card] - BASE, merchant: V };
+    });
+  },
+};
+"""
+
+
+def _spec(lang: str, cards: int) -> VersionSpec:
+    env = {"TIDAL_CEP_STATE_CARDS": str(cards), "TIDAL_CEP_STAMP": "version"}
+    if os.environ.get("TIDAL_CEP_TRACE") == "1":
+        env["TIDAL_CEP_TRACE"] = "1"
+    if lang == "node":
+        return VersionSpec(language="node", source=NODE_COUNT, env=env)
+    return VersionSpec(source=operators.path("card_count").read_text(), env=env)
+
+
+def _gaps(recv: list[tuple[float, int, int]], updates: int) -> list[float]:
+    """Per update v -> v+1: first receive of v+1 minus last receive of v, in ms."""
+    out = []
+    for v in range(1, updates + 1):
+        last_old = max((t for t, lo, hi in recv if lo <= v <= hi), default=None)
+        first_new = min((t for t, lo, hi in recv if lo <= v + 1 <= hi), default=None)
+        if last_old is not None and first_new is not None:
+            out.append(max(0.0, first_new - last_old) * 1e3)
+    return out
+
+
+def run_gap(
+    lang: str,
+    rate: float = 50_000,
+    cards: int = 131_072,
+    updates: int = 5,
+    batch: int = 1000,
+    clock: Clock | None = None,
+) -> dict[str, Any]:
+    """One row: median and max gap from the results, update_ms, lost, duplicated."""
+    clock = clock or MonotonicClock()
+    codec = "json" if lang == "node" else "packed"
+    n = int(rate * (0.5 + 0.4 * updates + 0.5))
+    arr = workload.transactions(n, seed=11, cards=cards)
+    with tempfile.TemporaryDirectory(prefix="tidal-cep-gap-") as root:
+        srv = SocketStoreServer(MemoryStore(f"gap-{lang}"), f"{root}/store.sock")
+        m = NodeManager(root, srv.url, DeployDefaults(codec=codec, batch=batch))
+        try:
+            for _ in range(updates + 1):
+                m.register("cc", _spec(lang, cards))
+            a = m.request("cc", 1)
+            cl = OperatorClient(
+                open_store(a["store"]), a["in"], a["out"], Codec(codec), batch=batch, clock=clock
+            )
+            reports: list[dict[str, Any]] = []
+            recv: list[tuple[float, int, int]] = []
+            seqs: list[np.ndarray] = []
+            cards_out: list[np.ndarray] = []
+            flags: list[np.ndarray] = []
+            started = threading.Event()
+
+            def updater() -> None:
+                started.wait()
+                time.sleep(0.5)
+                for v in range(2, updates + 2):
+                    reports.append(m.update("cc", v))
+                    time.sleep(0.4)
+
+            th = threading.Thread(target=updater, name="cep-gap-updates", daemon=True)
+            th.start()
+            chunk = max(1, int(rate / 1000))
+            evs = workload.as_dicts(arr) if codec == "json" else None
+            t0 = clock.now()
+            i = got = 0
+            while got < n and clock.now() - t0 < 120:
+                if i < n and clock.now() >= t0 + i / rate:
+                    cl.submit(evs[i : i + chunk] if evs is not None else arr[i : i + chunk])
+                    i += chunk
+                    started.set()
+                for b in cl.poll():
+                    now = clock.now()
+                    if isinstance(b, np.ndarray):
+                        s, c, f, v = b["seq"], b["card"], b["flag"], b["merchant"]
+                    else:
+                        s = np.array([e["seq"] for e in b])
+                        c = np.array([e["card"] for e in b])
+                        f = np.array([e["flag"] for e in b])
+                        v = np.array([e["merchant"] for e in b])
+                    recv.append((now, int(v.min()), int(v.max())))
+                    seqs.append(s)
+                    cards_out.append(c)
+                    flags.append(f)
+                    got += len(s)
+                time.sleep(0.0002)
+            th.join(30)
+            cl.close()
+        finally:
+            m.close()
+            srv.close()
+    s_all = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
+    uniq = np.unique(s_all)
+    c_all, f_all = np.concatenate(cards_out), np.concatenate(flags)
+    order = np.argsort(c_all, kind="stable")
+    c_s, f_s = c_all[order], f_all[order]
+    starts = np.r_[0, np.flatnonzero(c_s[1:] != c_s[:-1]) + 1]
+    rank = np.arange(len(c_s)) - np.repeat(starts, np.diff(np.r_[starts, len(c_s)]))
+    gaps = _gaps(recv, updates)
+    return {
+        "backend": f"update-gap-{lang}",
+        "events": n,
+        "rate": rate,
+        "state_cards": cards,
+        "updates": len(reports),
+        "gap_from_results_ms": [round(g, 2) for g in gaps],
+        "gap_median_ms": float(np.median(gaps)) if gaps else None,
+        "gap_max_ms": max(gaps) if gaps else None,
+        "update_ms": [round(r["update_ms"], 1) for r in reports],
+        "lost_events": int(n - len(uniq)),
+        "duplicated_events": int(len(s_all) - len(uniq)),
+        "per_key_counts_ok": bool(np.all(f_s == rank + 1)),
+    }
