@@ -1,5 +1,7 @@
-"""Robustness of the figures to the split: retrain and test on other salts of the same
-connection-level, stratified split. Prints one JSON line per salt.
+"""Robustness of the figures to the connection split: retrain and test on other salts of the
+same connection-level, stratified split (per flow, decision after k packets). Prints one JSON
+line per salt. These splits share tool, host and link with training (see the
+leave-one-group-out study for generalization).
 
 Run: nice -n 10 .venv/bin/python benchmarks/bench_innet_splits.py [salt ...]
 """
@@ -8,8 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-
-import numpy as np
 
 from tidal.innet import dataset, metrics
 from tidal.innet.train import TrainConfig, train_model
@@ -22,11 +22,8 @@ def main(salts: list[str]) -> None:
         sp = dataset.split(ps, salt=salt)
         tr, te = ps.subset_flows(sp["train"]), ps.subset_flows(sp["test"])
         net = train_model(tr, TrainConfig()).to_int()
-        p = net.predict(te.x, te.iat)
-        fl = np.array([f.label for f in te.flows])
-        r = metrics.report(p, te.y, te.flow, fl)
-        r["benign_packet_accuracy"] = float((p[te.y == 0] == 0).mean())
-        r["covert_test_files"] = sorted({f.file.rsplit("/", 1)[-1] for f in te.flows if f.label})
+        r = metrics.flow_report(net.predict(te.x, te.side), te, 16)
+        r.pop("per_direction")
         print(json.dumps({"salt": salt, **r}), flush=True)
 
 

@@ -18,9 +18,11 @@ from tidal.innet.evaluate import evaluate
 from tidal.innet.synthetic import synthetic_benign, synthetic_covert
 
 KEYS = {
-    "packet_accuracy", "flow_accuracy", "covert_recall", "benign_false_positive_rate", "f1",
-    "bit_exact", "switches", "max_stages_per_switch", "header_bits", "register_bytes", "flows",
-    "packets", "synthetic_benign",
+    "covert_recall", "benign_false_positive_rate", "flow_accuracy", "f1", "packet_accuracy",
+    "benign_packet_accuracy", "return_flagged_rate", "bit_exact", "switches",
+    "max_stages_per_switch", "header_bits", "register_bytes", "flows", "covert_flows",
+    "benign_flows", "return_flows", "packets", "k", "mean_packets_to_decision", "per_direction",
+    "split", "synthetic_benign",
 }  # fmt: skip
 
 
@@ -41,11 +43,16 @@ def test_evaluate_runs_end_to_end_on_capture_files(tmp_path: Path) -> None:
     # A truncated capture: reported, its good records kept.
     raw = (tmp_path / "ben" / "benign_reqresp_0.pcap").read_bytes()
     (tmp_path / "ben" / "cut.pcap").write_bytes(raw[:-7])
-    res = evaluate([tmp_path / "cov"], [tmp_path / "ben"], split="all")
+    res = evaluate([tmp_path / "cov"], [tmp_path / "ben"])  # given captures: scored whole
     assert set(res) >= KEYS
+    assert res["split"].startswith("all")
     assert res["bit_exact"] is True
-    assert res["flows"] >= 8 and res["packets"] > 100
-    assert res["switches"] >= 3 and res["max_stages_per_switch"] <= 12
+    assert res["covert_flows"] == 2 and res["return_flows"] == 2  # senders vs pure ACKs
+    assert res["benign_flows"] == 5 and res["packets"] > 100  # 4 + the truncated copy
+    assert {"covert_sender/initiator", "covert_return/responder"} <= set(res["per_direction"])
+    assert res["switches"] >= 5 and res["max_stages_per_switch"] <= 12
+    ent = res["entry_exit_switches"]["entry_switch"]
+    assert ent["stages"] <= 12 and ent["register_bytes"] <= 65536
     assert any("cut.pcap" in i and "offset" in i for i in res["capture_issues"])
     assert res["synthetic_benign"] is False  # files on disk are taken as given, not synthetic
 
@@ -67,10 +74,24 @@ def test_cli_evaluate_json_on_given_dirs(tmp_path: Path) -> None:
     _write(tmp_path / "c", synthetic_covert(2, seed=9))
     _write(tmp_path / "b", synthetic_benign(4, seed=9))
     r = _cli("evaluate", "--covert", str(tmp_path / "c"), "--benign", str(tmp_path / "b"),
-             "--split", "all", "--json")  # fmt: skip
+             "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert set(out) == KEYS and out["bit_exact"] is True
+    assert out["packets"] == sum(len(f[1]) for f in synthetic_covert(2, seed=9)) + sum(
+        len(f[1]) for f in synthetic_benign(4, seed=9)
+    )  # every packet of the given captures, no hash-chosen subset
+
+
+def test_cli_frames_in_process_agrees_with_the_vectorised_path(tmp_path: Path) -> None:
+    _write(tmp_path / "c", synthetic_covert(1, seed=2))
+    _write(tmp_path / "b", synthetic_benign(2, seed=2))
+    r = _cli("evaluate", "--covert", str(tmp_path / "c"), "--benign", str(tmp_path / "b"),
+             "--frames", "20", "--in-process", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["packet_agreement"] == 1.0 and out["bit_exact"] is True
+    assert out["captures"] == 3 and out["transport"] == "in-process"
 
 
 def test_cli_missing_directory_names_it(tmp_path: Path) -> None:

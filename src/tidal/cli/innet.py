@@ -33,14 +33,15 @@ def _budget(stages: int, header_bits: int, register_bytes: int, ops: int, strict
 
 @innet.command()
 def train(
-    features: str = typer.Option("both", help="both | bytes | timing"),
+    features: str = typer.Option("channel", help="channel | both | bytes | timing"),
     unmasked: bool = typer.Option(False, help="train on unmasked bytes (shortcut study)"),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="re-draw timing"),
     epochs: int = typer.Option(8),
     max_seconds: float = typer.Option(240.0),
     seed: int = typer.Option(0),
     out: Path = typer.Option(None, help="model file (default: the package's weights dir)"),
 ) -> None:
-    """Train the QAT model on the training split of the shared captures."""
+    """Train the QAT model on the training split (whole connections) of the shared captures."""
     from tidal.innet import dataset
     from tidal.innet.evaluate import WEIGHTS, save_model
     from tidal.innet.train import TrainConfig, train_model
@@ -48,6 +49,7 @@ def train(
     cfg = TrainConfig(
         features=features,  # type: ignore[arg-type]
         masked=not unmasked,
+        augment=augment,
         epochs=epochs,
         max_seconds=max_seconds,
         seed=seed,
@@ -63,14 +65,32 @@ def train(
     typer.echo(json.dumps({"model": str(path), "train_flows": len(tr.flows), "packets": len(tr)}))
 
 
+_KEYS = [
+    "covert_recall", "benign_false_positive_rate", "flow_accuracy", "f1", "packet_accuracy",
+    "benign_packet_accuracy", "return_flagged_rate", "bit_exact", "switches",
+    "max_stages_per_switch", "header_bits", "register_bytes", "flows", "covert_flows",
+    "benign_flows", "return_flows", "packets", "k", "mean_packets_to_decision", "per_direction",
+    "split", "synthetic_benign",
+]  # fmt: skip
+
+
 @innet.command()
 def evaluate(
     covert: list[Path] = typer.Option(None, help="directory of covert captures (repeatable)"),
     benign: list[Path] = typer.Option(None, help="directory of benign captures (repeatable)"),
     model: Path = typer.Option(None, help="model file (default: committed)"),
-    split: str = typer.Option("test", help="test | train | all"),
+    split: str = typer.Option(
+        "", help="test | train | all (default: test for the shared captures, all for given ones)"
+    ),
     unmasked: bool = typer.Option(False, help="evaluate on unmasked bytes"),
-    first_n: int = typer.Option(0, help="flow verdict from the first N packets (0 = all)"),
+    k: int = typer.Option(16, min=1, max=255, help="flow decision after k packets"),
+    need: int = typer.Option(0, min=0, max=255, help="covert votes of k to flag (0: 3/4 of k)"),
+    frames: int = typer.Option(
+        0, min=0, help="replay N packets of every capture as real frames through the chain"
+    ),
+    in_process: bool = typer.Option(False, help="--frames without network namespaces"),
+    logo: bool = typer.Option(False, help="leave-one-group-out: retrain per fold (minutes)"),
+    perturb: bool = typer.Option(False, help="fingerprint-perturbation suite on the test split"),
     synthetic: int = typer.Option(0, help="add this many scapy-generated benign flows"),
     stages: int = typer.Option(12),
     header_bits: int = typer.Option(2048),
@@ -79,45 +99,52 @@ def evaluate(
     strict: bool = typer.Option(True, "--strict/--no-strict", help="strict ASIC mode"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Evaluate the committed model on captures through the switch emulator."""
+    """Evaluate the committed model on captures: per flow (decision after k packets) and per
+    direction, through the switch emulator; or replay real frames (--frames), or run the
+    leave-one-group-out (--logo) or fingerprint-perturbation (--perturb) studies."""
     from tidal.core.errors import TidalError
     from tidal.innet import evaluate as ev
 
-    if split not in ("test", "train", "all"):
+    if split not in ("", "test", "train", "all"):
         raise TidalError(f"split must be test, train or all, got {split!r}")
+    if need > k:
+        raise TidalError(f"need must be at most k={k}, got {need}")
+    budget = _budget(stages, header_bits, register_bytes, ops_per_action, strict)
+    model_path = model or ev.DEFAULT_MODEL
+    res: dict[str, Any]
+    if frames or logo or perturb:
+        from tidal.innet import studies
+
+        if frames:
+            res = ev.frames(
+                frames, covert or None, benign or None, model_path, k, need or None,
+                netns=not in_process, budget=budget, synthetic=synthetic,
+            )  # fmt: skip
+        elif logo:
+            res = studies.logo_study(k=k, need=need or None, budget=budget)
+        else:
+            res = studies.perturbation_study(model_path, k=k, need=need or None)
+        typer.echo(json.dumps(res, indent=None if as_json else 1))
+        return
     res = ev.evaluate(
         covert=covert or None,
         benign=benign or None,
-        model_path=model or ev.DEFAULT_MODEL,
-        split=split,  # type: ignore[arg-type]
-        budget=_budget(stages, header_bits, register_bytes, ops_per_action, strict),
-        first_n=first_n or None,
+        model_path=model_path,
+        split=split or None,  # type: ignore[arg-type]
+        budget=budget,
+        k=k,
+        need=need or None,
         masked=not unmasked,
         synthetic=synthetic,
     )
     for issue in res["capture_issues"]:
         print(f"warning: {issue}", file=sys.stderr)
-    keys = [
-        "packet_accuracy",
-        "flow_accuracy",
-        "covert_recall",
-        "benign_false_positive_rate",
-        "f1",
-        "bit_exact",
-        "switches",
-        "max_stages_per_switch",
-        "header_bits",
-        "register_bytes",
-        "flows",
-        "packets",
-        "synthetic_benign",
-    ]
     if as_json:
-        typer.echo(json.dumps({k: res[k] for k in keys}))
+        typer.echo(json.dumps({key: res[key] for key in _KEYS}))
     else:
-        for k, v in res.items():
-            if k != "capture_issues":
-                typer.echo(f"{k}: {v}")
+        for key, v in res.items():
+            if key != "capture_issues":
+                typer.echo(f"{key}: {v}")
 
 
 def _load_mapping(

@@ -102,6 +102,7 @@ def measure_cpu_path(
         {
             "host": "127.0.0.1",
             "port": port,
+            "grpc": False,  # REST only: no second (fixed) port to collide with other servers
             "default_slo_ms": 1000,
             "serve_late": True,
             "models": [{"name": "netnn", "variants": ["noop"]}],

@@ -15,20 +15,30 @@ from collections import deque
 import numpy as np
 
 from tidal.innet.header import Frame, decode, encode
+from tidal.innet.intref import side2d
 from tidal.innet.program import HOST, STREAM_BYTES, STREAM_IAT, Mapping
 from tidal.innet.switch import FrameBatch, Switch
 
 
-def input_frames(index: int, x: np.ndarray, iat: int, frag: int = 68) -> list[Frame]:
-    """The feeder's frames for one packet: its 68 bytes (in fragments of `frag`) and its IAT."""
+def input_frames(index: int, x: np.ndarray, iat: object, frag: int = 68) -> list[Frame]:
+    """The feeder's frames for one packet: its 68 bytes (in fragments of `frag`) and its side
+    features (an int: the inter-arrival time alone)."""
     xs = np.asarray(x, dtype=np.int64)
     nfrag = -(-len(xs) // frag)
     out = [
         Frame(STREAM_BYTES, index, 0, k, nfrag, 1, k * frag, xs[k * frag : (k + 1) * frag])
         for k in range(nfrag)
     ]
-    out.append(Frame(STREAM_IAT, index, 0, 0, 1, 1, 0, np.array([int(iat)])))
+    out.append(Frame(STREAM_IAT, index, 0, 0, 1, 1, 0, np.atleast_1d(np.asarray(iat, np.int64))))
     return out
+
+
+def side_width(mapping: Mapping) -> int:
+    """Elements of the side-feature stream (stream 1) the mapping's switches accept."""
+    return max(
+        (a.length for p in mapping.programs for a in p.accepts if a.stream == STREAM_IAT),
+        default=1,
+    )
 
 
 class Fabric:
@@ -64,8 +74,18 @@ class Fabric:
                 )
                 for k in range(nfrag)
             ]
+            side = self.side_width()
             feeds.append(
-                FrameBatch(STREAM_IAT, 0, 0, 1, 1, 0, idx, iat[idx].astype(np.int64)[:, None])
+                FrameBatch(
+                    STREAM_IAT,
+                    0,
+                    0,
+                    1,
+                    1,
+                    0,
+                    idx,
+                    side2d(iat[idx], side) if side else iat[idx, None],
+                )
             )
             for fb in feeds:
                 for sw in self.mapping.entry.get(fb.stream, []):
@@ -89,7 +109,12 @@ class Fabric:
         out = np.full(len(x), -1, dtype=np.int64)
         for k in range(len(x)):
             q: deque[tuple[int, bytes]] = deque()
-            frames = input_frames(first_index + k, x[k], int(iat[k]), self.mapping.input_frag)
+            frames = input_frames(
+                first_index + k,
+                x[k],
+                side2d(iat[k : k + 1], self.side_width())[0],
+                self.mapping.input_frag,
+            )
             for f in frames:
                 raw = encode(f)
                 for sw in self.mapping.entry.get(f.stream, []):
@@ -107,6 +132,10 @@ class Fabric:
         if (out < 0).any():
             raise RuntimeError(f"{int((out < 0).sum())} samples got no verdict")
         return out
+
+    def side_width(self) -> int:
+        """Elements of the side-feature stream the switches expect."""
+        return side_width(self.mapping)
 
     def hop_count(self) -> int:
         """Switches on the longest path from the feeder to the collector."""

@@ -8,6 +8,8 @@ offset (16) | count (16) | vector (count x width bytes, big-endian; width 1 = un
 that produced it, `offset` where the fragment starts in the producer's vector.
 
 Contract: `decode(raw)` returns a `Frame` or raises `MalformedFrame` (never anything else).
+The codec is struct-based (switch processes do not import scapy); `header_scapy.py` holds the
+scapy definition of the same header, and a test checks both give the same bytes.
 """
 
 from __future__ import annotations
@@ -17,36 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scapy.fields import ByteField, IntField, ShortField, StrLenField
-from scapy.layers.l2 import Ether
-from scapy.packet import Packet, bind_layers
 
 ETHERTYPE = 0x88B5
 VERSION = 1
 _FIXED = struct.Struct(">BBIBBBBHH")
 _DTYPES: dict[int, np.dtype[Any]] = {1: np.dtype(">u1"), 2: np.dtype(">i2"), 4: np.dtype(">i4")}
 BROADCAST = "ff:ff:ff:ff:ff:ff"
-
-
-class NetNNHeader(Packet):  # type: ignore[misc]
-    """Scapy definition of the header (used to build and dissect frames)."""
-
-    name = "NetNN"
-    fields_desc = [
-        ByteField("version", VERSION),
-        ByteField("stream", 0),
-        IntField("index", 0),
-        ByteField("replica", 0),
-        ByteField("frag", 0),
-        ByteField("nfrag", 1),
-        ByteField("width", 1),
-        ShortField("offset", 0),
-        ShortField("count", 0),
-        StrLenField("vector", b"", length_from=lambda p: p.count * p.width),
-    ]
-
-
-bind_layers(Ether, NetNNHeader, type=ETHERTYPE)
 
 
 class MalformedFrame(ValueError):
@@ -67,23 +45,23 @@ class Frame:
     vector: np.ndarray  # int64
 
 
+_ETH = bytes.fromhex("ffffffffffff020000000001") + ETHERTYPE.to_bytes(2, "big")
+
+
 def encode(f: Frame, src: str = "02:00:00:00:00:01", dst: str = BROADCAST) -> bytes:
-    """Ethernet frame bytes carrying `f` (built with the scapy classes)."""
+    """Ethernet frame bytes carrying `f` (struct-packed; equal to `encode_scapy`, tested)."""
     if f.width not in _DTYPES:
         raise MalformedFrame(f"width {f.width} not in (1, 2, 4)")
     payload = np.asarray(f.vector).astype(_DTYPES[f.width]).tobytes()
-    pkt = Ether(src=src, dst=dst, type=ETHERTYPE) / NetNNHeader(
-        stream=f.stream,
-        index=f.index,
-        replica=f.replica,
-        frag=f.fragment,
-        nfrag=f.nfrag,
-        width=f.width,
-        offset=f.offset,
-        count=len(f.vector),
-        vector=payload,
-    )
-    return bytes(pkt)
+    if src == "02:00:00:00:00:01" and dst == BROADCAST:
+        eth = _ETH
+    else:
+        eth = bytes.fromhex(dst.replace(":", "") + src.replace(":", "")) + _ETH[12:]
+    fixed = _FIXED.pack(
+        VERSION, f.stream, f.index, f.replica, f.fragment, f.nfrag, f.width, f.offset,
+        len(f.vector),
+    )  # fmt: skip
+    return eth + fixed + payload
 
 
 def decode(raw: bytes) -> Frame:
@@ -93,18 +71,16 @@ def decode(raw: bytes) -> Frame:
     etype = struct.unpack_from(">H", raw, 12)[0]
     if etype != ETHERTYPE:
         raise MalformedFrame(f"ethertype 0x{etype:04x} is not 0x{ETHERTYPE:04x}")
-    pkt = Ether(raw)
-    if NetNNHeader not in pkt:
-        raise MalformedFrame("no NetNN header")
-    h = pkt[NetNNHeader]
-    if h.version != VERSION:
-        raise MalformedFrame(f"version {h.version} != {VERSION}")
-    if h.width not in _DTYPES:
-        raise MalformedFrame(f"width {h.width} not in (1, 2, 4)")
-    vec = bytes(h.vector)
-    if len(vec) != h.count * h.width:
-        raise MalformedFrame(f"vector has {len(vec)} bytes, header says {h.count * h.width}")
-    if h.frag >= h.nfrag:
-        raise MalformedFrame(f"fragment {h.frag} >= nfrag {h.nfrag}")
-    arr = np.frombuffer(vec, dtype=_DTYPES[h.width]).astype(np.int64)
-    return Frame(h.stream, h.index, h.replica, h.frag, h.nfrag, h.width, h.offset, arr)
+    version, stream, index, replica, frag, nfrag, width, offset, count = _FIXED.unpack_from(raw, 14)
+    if version != VERSION:
+        raise MalformedFrame(f"version {version} != {VERSION}")
+    if width not in _DTYPES:
+        raise MalformedFrame(f"width {width} not in (1, 2, 4)")
+    start = 14 + _FIXED.size
+    vec = raw[start : start + count * width]
+    if len(vec) != count * width:
+        raise MalformedFrame(f"vector has {len(vec)} bytes, header says {count * width}")
+    if frag >= nfrag:
+        raise MalformedFrame(f"fragment {frag} >= nfrag {nfrag}")
+    arr = np.frombuffer(vec, dtype=_DTYPES[width]).astype(np.int64)
+    return Frame(stream, index, replica, frag, nfrag, width, offset, arr)

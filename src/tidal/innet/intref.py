@@ -35,6 +35,16 @@ def conv1d_int(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np.n
     return np.einsum("nclk,ock->nol", patches, w, dtype=np.int64) + b[None, :, None]
 
 
+def side2d(iat: np.ndarray, n: int) -> np.ndarray:
+    """Side features as (N, n) int64; a 1-D array is the inter-arrival time alone."""
+    a = np.asarray(iat).astype(np.int64)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.shape[1] < n:
+        a = np.pad(a, ((0, 0), (0, n - a.shape[1])))
+    return a[:, :n]
+
+
 @dataclass
 class IntNet:
     """Integer weights, biases, shifts and the inter-arrival-time table of the model."""
@@ -47,7 +57,7 @@ class IntNet:
     s2: int
     w3: np.ndarray  # (H, C2*14)
     b3: np.ndarray  # (H,)
-    t3: np.ndarray  # (256, H) inter-arrival-time table, accumulator scale of layer 3
+    t3: np.ndarray  # (F, 256, H) side-feature tables ((256, H): the IAT alone), layer-3 scale
     s3: int
     w4: np.ndarray  # (2, H)
     b4: np.ndarray  # (2,)
@@ -64,8 +74,18 @@ class IntNet:
         a = requant(conv1d_int(a1, self.w2, self.b2, 2), self.s2)
         return a.reshape(a.shape[0], -1)
 
+    @property
+    def tables(self) -> np.ndarray:
+        """The side-feature tables as (F, 256, H)."""
+        return self.t3 if self.t3.ndim == 3 else self.t3[None]
+
     def layer3_acc(self, a2: np.ndarray, iat: np.ndarray) -> np.ndarray:
-        return a2 @ self.w3.T + self.b3[None, :] + self.t3[iat.astype(np.int64)]
+        t = self.tables
+        side = side2d(iat, t.shape[0])
+        acc = a2 @ self.w3.T + self.b3[None, :]
+        for f in range(t.shape[0]):
+            acc = acc + t[f][side[:, f]]
+        return acc
 
     def forward(self, x: np.ndarray, iat: np.ndarray) -> np.ndarray:
         n = x.shape[0]

@@ -72,7 +72,7 @@ class LayerSpec:
     bias: np.ndarray
     shift: int | None  # None: final logits (bias + verdict)
     pool: bool
-    embed: np.ndarray | None = None  # (256, n_out) table keyed on the inter-arrival time
+    embed: np.ndarray | None = None  # (F, 256, n_out) tables keyed on the side features
     sign: bool = False  # binarized: output bit = (acc + bias >= 0) instead of requantizing
 
     @property
@@ -107,7 +107,7 @@ def layer_specs(net: IntNet) -> list[LayerSpec]:
     specs = [
         LayerSpec("conv1", w1, 0, 255, np.repeat(net.b1, l1), net.s1, True),
         LayerSpec("conv2", w2, 0, 127, np.repeat(net.b2, l2), net.s2, False),
-        LayerSpec("fc1", net.w3, 0, 127, net.b3, net.s3, False, embed=net.t3),
+        LayerSpec("fc1", net.w3, 0, 127, net.b3, net.s3, False, embed=net.tables),
         LayerSpec("fc2", net.w4, 0, 127, net.b4, None, False),
     ]
     if not net.use_bytes:
@@ -226,16 +226,17 @@ class _Builder:
             if nz.size:
                 specs.append((int(i), nz, None))
         if part.with_embed and layer.embed is not None:
-            emb = layer.embed[:, outs]
-            nz = np.flatnonzero(np.any(emb != 0, axis=0))
-            if nz.size:
-                specs.append((-1, nz, emb))
+            for f in range(layer.embed.shape[0]):
+                emb = layer.embed[f][:, outs]
+                nz = np.flatnonzero(np.any(emb != 0, axis=0))
+                if nz.size:
+                    specs.append((embed_key + f, nz, emb))
         tables: list[tuple[int, Table]] = []
         for key, nz, rows in specs:
             for ch in self.chunks(len(nz)):
                 loc = nz[list(ch)]
                 if rows is not None:
-                    t = Table("", "lut", "", loc.tolist(), "in", key=embed_key, lo=0)
+                    t = Table("", "lut", "", loc.tolist(), "in", key=key, lo=0)
                     t.entries = rows[:, loc]
                 elif b.strict_asic:
                     vals = np.arange(layer.lo, layer.hi + 1, dtype=np.int64)
@@ -329,10 +330,14 @@ def _build_switch(
     accepts = list(up.accepts)
     size = up.size
     embed_key = -1
-    if any(p.with_embed for p in parts):
+    n_side = max(
+        (p.layer.embed.shape[0] for p in parts if p.with_embed and p.layer.embed is not None),
+        default=0,
+    )
+    if n_side:
         embed_key = size
-        accepts.append(Accept(STREAM_IAT, 0, size, 1, "concat", 1, 1))
-        size += 1
+        accepts.append(Accept(STREAM_IAT, 0, size, n_side, "concat", 1, 1))
+        size += n_side
     b.fields["in"] = size
     cur = "in"
     if up.pending is not None:
@@ -420,7 +425,9 @@ def binary_layer_specs(ref: BinRef) -> list[LayerSpec]:
         LayerSpec(
             "conv2", 2 * w2, 0, 1, np.repeat(ref.t2, l2) - w2.sum(axis=1), 0, False, sign=True
         ),
-        LayerSpec("fc1", 2 * s3, 0, 1, ref.t3 - s3.sum(axis=1), 0, False, embed=ref.e3, sign=True),
+        LayerSpec(
+            "fc1", 2 * s3, 0, 1, ref.t3 - s3.sum(axis=1), 0, False, embed=ref.e3[None], sign=True
+        ),
         LayerSpec("fc2", 2 * s4, 0, 1, ref.b4 - s4.sum(axis=1), None, False),
     ]
 

@@ -28,9 +28,12 @@ from typing import Any
 import numpy as np
 
 from tidal.core.errors import TidalError
-from tidal.innet.fabric import input_frames
+from tidal.innet.chain import Chain, ChainResult
+from tidal.innet.extract import RESET_FRAME, STREAM_DECISION, wrap
+from tidal.innet.fabric import input_frames, side_width
 from tidal.innet.header import MalformedFrame, decode, encode
-from tidal.innet.program import HOST, Mapping
+from tidal.innet.intref import side2d
+from tidal.innet.program import HOST, STREAM_BYTES, STREAM_IAT, Mapping
 from tidal.innet.switchd import PACKET_OUTGOING, open_port
 
 _SEQ = count()
@@ -55,10 +58,12 @@ def unavailable() -> str | None:
 
 
 class NamespaceFabric:
-    """Switch processes in namespaces (see module contract)."""
+    """Switch processes in namespaces (see module contract). Given a `Chain`, the host feeds
+    the entry switch real (replay-shimmed) frames and collects the exit switch's output."""
 
-    def __init__(self, mapping: Mapping, timeout: float = 5.0) -> None:
-        self.mapping = mapping
+    def __init__(self, mapping: Mapping | Chain, timeout: float = 5.0) -> None:
+        self.chain = mapping if isinstance(mapping, Chain) else None
+        self.mapping = mapping.mapping if isinstance(mapping, Chain) else mapping
         self.timeout = timeout
         self.prefix = f"tin{os.getpid() % 100000}x{next(_SEQ)}"
         self.namespaces: list[str] = []
@@ -68,6 +73,7 @@ class NamespaceFabric:
         self.stats: dict[int, dict[str, int]] = {}
         self.feed: dict[int, Any] = {}
         self.collect: list[Any] = []
+        self._next_index = 0
 
     def ns(self, sw: int) -> str:
         return f"{self.prefix}s{sw}"
@@ -91,18 +97,30 @@ class NamespaceFabric:
     ) -> None:
         self._teardown()
 
-    def _setup(self) -> None:
+    def _topology(
+        self,
+    ) -> tuple[dict[int, dict[str, Any]], list[tuple[int, int]], set[int], set[int]]:
+        """(spec per switch, links, switches fed by the host, switches emitting to it)."""
+        if self.chain is not None:
+            c = self.chain
+            specs = {s: c.spec(s) for s in c.ids()}
+            return specs, c.edges(), {c.extractor_id}, {c.decider_id, c.extractor_id}
         progs = {p.switch_id: p for p in self.mapping.programs}
-        entries = {s for v in self.mapping.entry.values() for s in v}
-        ports: dict[int, dict[str, Any]] = {s: {"listen": [], "next_hop": {}} for s in progs}
-        for s in progs:
+        specs = {s: {"kind": "model", "program": p.to_json()} for s, p in progs.items()}
+        links = sorted({(s, h) for s, p in progs.items() for h in p.emit.next_hops if h != HOST})
+        fed = {s for v in self.mapping.entry.values() for s in v}
+        out = {s for s, p in progs.items() if HOST in p.emit.next_hops}
+        return specs, links, fed, out
+
+    def _setup(self) -> None:
+        specs, links, fed, emitters = self._topology()
+        ports: dict[int, dict[str, Any]] = {s: {"listen": [], "next_hop": {}} for s in specs}
+        for s in specs:
             self.namespaces.append(self.ns(s))
             _ip("netns", "add", self.ns(s))
             _ip("-n", self.ns(s), "link", "set", "lo", "up")
-        for s, p in progs.items():
-            for hop in p.emit.next_hops:
-                if hop == HOST:
-                    continue
+        for s, hop in links:
+            if True:
                 a, b = f"p{hop}", f"p{s}"
                 _ip(
                     "link",
@@ -121,21 +139,25 @@ class NamespaceFabric:
                 ports[s]["listen"].append(a)
                 ports[s]["next_hop"][str(hop)] = a
                 ports[hop]["listen"].append(b)
-        for s, p in progs.items():
-            if s in entries or HOST in p.emit.next_hops:
+                ports[hop]["next_hop"][str(s)] = b
+        for s in specs:
+            if s in fed or s in emitters:
                 h = self.host_if(s)
                 _ip("link", "add", h, "type", "veth", "peer", "name", "ph", "netns", self.ns(s))
                 self.host_ifs.append(h)
+                # captured frames (TSO/jumbo) can exceed 1500 bytes: the largest veth MTU
+                _ip("link", "set", h, "mtu", "65535")
+                _ip("-n", self.ns(s), "link", "set", "ph", "mtu", "65535")
                 _ip("link", "set", h, "up")
                 ports[s]["listen"].append("ph")
-                if HOST in p.emit.next_hops:
+                if s in emitters:
                     ports[s]["next_hop"][str(HOST)] = "ph"
-        for s in progs:
+        for s in specs:
             for name in ports[s]["listen"]:
                 _ip("-n", self.ns(s), "link", "set", name, "up")
-        for s, p in progs.items():
+        for s, spec in specs.items():
             prog_f, port_f = self.tmp / f"prog{s}.json", self.tmp / f"ports{s}.json"
-            prog_f.write_text(json.dumps(p.to_json()))
+            prog_f.write_text(json.dumps(spec))
             port_f.write_text(json.dumps(ports[s]))
             cmd = [
                 "ip",
@@ -155,11 +177,10 @@ class NamespaceFabric:
             line = proc.stdout.readline().strip()
             if line != "ready":
                 raise TidalError(f"switch {s} process did not start (said {line!r})")
-        for sws in self.mapping.entry.values():
-            for s in sws:
-                self.feed.setdefault(s, open_port(self.host_if(s)))
-        for s, p in progs.items():
-            if HOST in p.emit.next_hops:
+        for s in sorted(fed):
+            self.feed.setdefault(s, open_port(self.host_if(s)))
+        for s in sorted(emitters):
+            if True:
                 sock = self.feed.get(s) or open_port(self.host_if(s))
                 self.feed.setdefault(s, sock)
                 self.collect.append(sock)
@@ -169,7 +190,8 @@ class NamespaceFabric:
         out = np.full(len(x), -1, dtype=np.int64)
         for k in range(len(x)):
             idx = first_index + k
-            for f in input_frames(idx, x[k], int(iat[k]), self.mapping.input_frag):
+            side = side2d(iat[k : k + 1], side_width(self.mapping))[0]
+            for f in input_frames(idx, x[k], side, self.mapping.input_frag):
                 raw = encode(f)
                 for s in self.mapping.entry.get(f.stream, []):
                     self.feed[s].send(raw)
@@ -187,6 +209,50 @@ class NamespaceFabric:
                     if f.index == idx:
                         out[k] = f.vector[0]
         return out
+
+    def replay(self, frames: list[bytes], ts: list[int], window: int = 16) -> ChainResult:
+        """Replay captured frames (replay shim: their capture time as ingress timestamp) into
+        the entry switch, at most `window` packets in flight, and collect the exit switch's
+        per-packet output. Needs a `Chain`. Packets whose output never came get -1."""
+        if self.chain is None:
+            raise TidalError("replay needs a Chain (entry and exit switches)")
+        c = self.chain
+        n = len(frames)
+        out = np.full((n, 7), -1, dtype=np.int64)
+        sock = self.feed[c.extractor_id]
+        sock.send(RESET_FRAME)  # fresh flow registers: each capture is replayed on its own
+        time.sleep(0.05)
+        got, sent = 0, 0
+        base = self._next_index
+        x = np.zeros((n, 68), dtype=np.int64)
+        side = np.zeros((n, c.side_width), dtype=np.int64)
+        deadline = time.monotonic() + self.timeout
+        while got < n and time.monotonic() < deadline:
+            while sent < n and sent - got < window:
+                sock.send(wrap(frames[sent], ts[sent]))
+                sent += 1
+            ready, _, _ = select.select(self.collect, [], [], 0.1)
+            for s in ready:
+                raw, addr = s.recvfrom(65535)
+                if addr[2] == PACKET_OUTGOING:
+                    continue
+                try:
+                    f = decode(raw)
+                except MalformedFrame:
+                    continue
+                i = f.index - base
+                if not 0 <= i < n:
+                    continue
+                if f.stream == STREAM_DECISION and out[i, 0] < 0:
+                    out[i] = f.vector
+                    got += 1
+                    deadline = time.monotonic() + self.timeout
+                elif f.stream == STREAM_BYTES:  # the entry switch's mirror port
+                    x[i, f.offset : f.offset + len(f.vector)] = f.vector
+                elif f.stream == STREAM_IAT:
+                    side[i, : len(f.vector)] = f.vector
+        self._next_index = base + sent
+        return ChainResult(out[:, 0], out[:, 1:3], out[:, 3], out[:, 4:7], x, side, {})
 
     def send_raw(self, sw: int, raw: bytes) -> None:
         """Inject an arbitrary frame into a switch's host port (malformed-frame tests)."""

@@ -1,14 +1,16 @@
 """The NetNN-shaped network in torch with quantization-aware training (int8, power-of-two scales).
 
 Shape: bytes (1 x 68) -> Conv1D(k=5) -> ReLU -> MaxPool(2) -> Conv1D(k=5, stride 2) -> ReLU
--> Dense(+ inter-arrival-time lookup table) -> ReLU -> Dense(2).
+-> Dense(+ one lookup table per side feature) -> ReLU -> Dense(2). The side features are the
+per-flow values the entry switch keeps (flowstate.py): inter-arrival time, the previous one,
+and the payload-length change; `side` selects which of them the model uses.
 
 Quantization contract (what makes the integer reference bit-exact):
 - input bytes are integers 0..255 at scale 2^-8; activations are integers 0..127 at scale 2^-4;
 - each layer's weights are int8 (-127..127) at scale 2^-e, with e a per-layer integer chosen
   from the largest weight (`weight_exponent`); biases are int32 at the accumulator scale;
-- the inter-arrival time (0..255) enters the first dense layer through a lookup table of
-  int16 values at that layer's accumulator scale (how a switch does it: a table keyed on it);
+- each side feature (0..255) enters the first dense layer through a lookup table of int16
+  values at that layer's accumulator scale (how a switch does it: a table keyed on it);
 - requantization is `floor(acc * 2^-shift + 1/2)` clamped to 0..127 (ReLU included).
 All scales are powers of two, so the fake-quantized float64 forward pass computes exactly the
 integers times their scales; `IntNet` (intref.py) computes the integers themselves.
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tidal.innet.flowstate import N_SIDE
 from tidal.innet.intref import IntNet
 
 IN_EXP = 8  # input scale 2^-8
@@ -72,6 +75,12 @@ def fq_act(x: torch.Tensor) -> torch.Tensor:
     return _ste(torch.clamp(x, 0.0, ACT_MAX / s), q)
 
 
+def _side2d(iat: torch.Tensor) -> torch.Tensor:
+    if iat.dim() == 1:
+        return torch.nn.functional.pad(iat.unsqueeze(1), (0, N_SIDE - 1))
+    return iat
+
+
 class NetNN(nn.Module):
     """The QAT model. `use_bytes` / `use_timing` select the ablation (both by default)."""
 
@@ -82,16 +91,19 @@ class NetNN(nn.Module):
         hidden: int = 16,
         use_bytes: bool = True,
         use_timing: bool = True,
+        side: tuple[bool, ...] = (True, False, False),
     ) -> None:
         super().__init__()
         self.c1, self.c2, self.hidden = c1, c2, hidden
         self.use_bytes, self.use_timing = use_bytes, use_timing
+        self.side = tuple(bool(s) and use_timing for s in side) + (False,) * (N_SIDE - len(side))
+
         self.quantize = True  # False: plain float (measures what quantization costs)
         self.conv1 = nn.Conv1d(1, c1, 5)
         self.conv2 = nn.Conv1d(c1, c2, 5, stride=2)
         self.n_flat = c2 * 14  # 68 -> 64 -> pool 32 -> 14
         self.fc1 = nn.Linear(self.n_flat, hidden)
-        self.iat = nn.Embedding(256, hidden)
+        self.iat = nn.Embedding(256 * N_SIDE, hidden)
         nn.init.normal_(self.iat.weight, std=0.1)
         self.fc2 = nn.Linear(hidden, 2)
 
@@ -104,8 +116,10 @@ class NetNN(nn.Module):
         }
 
     def forward(self, x: torch.Tensor, iat: torch.Tensor) -> torch.Tensor:
-        """x: (B, 68) bytes as float; iat: (B,) long. Fake-quantized logits (plain float
-        logits when `quantize` is False: the unquantized reference of the accuracy cost)."""
+        """x: (B, 68) bytes as float; iat: (B, N_SIDE) long side features (or (B,) = the
+        inter-arrival time alone). Fake-quantized logits (plain float logits when `quantize`
+        is False: the unquantized reference of the accuracy cost)."""
+        side = _side2d(iat)
         e = self.exponents()
         qw, qi, qa = (fq_weight, fq_int, fq_act) if self.quantize else (_id_w, _id_i, torch.relu)
         dt = self.fc1.weight.dtype
@@ -129,8 +143,11 @@ class NetNN(nn.Module):
             a2 = torch.zeros(b, self.n_flat, dtype=dt)
         e3 = ACT_EXP + e["fc1"]
         h3 = nn.functional.linear(a2, qw(self.fc1.weight, e["fc1"]), qi(self.fc1.bias, e3, 32))
-        if self.use_timing:
-            h3 = h3 + qi(self.iat.weight, e3, 16)[iat]
+        if any(self.side):
+            tab = qi(self.iat.weight, e3, 16).reshape(N_SIDE, 256, -1)
+            for f in range(N_SIDE):
+                if self.side[f]:
+                    h3 = h3 + tab[f][side[:, f]]
         a3 = qa(h3)
         e4 = ACT_EXP + e["fc2"]
         return nn.functional.linear(a3, qw(self.fc2.weight, e["fc2"]), qi(self.fc2.bias, e4, 32))
@@ -160,7 +177,8 @@ class NetNN(nn.Module):
             s2=e2 - ACT_EXP,
             w3=q(self.fc1.weight, e["fc1"], -W_MAX, W_MAX),
             b3=q(self.fc1.bias, e3, *i32),
-            t3=q(self.iat.weight, e3, -(2**15), 2**15 - 1) * (1 if self.use_timing else 0),
+            t3=q(self.iat.weight, e3, -(2**15), 2**15 - 1).reshape(N_SIDE, 256, -1)
+            * np.array([1 if s else 0 for s in self.side], dtype=np.int64)[:, None, None],
             s3=e3 - ACT_EXP,
             w4=q(self.fc2.weight, e["fc2"], -W_MAX, W_MAX),
             b4=q(self.fc2.bias, e4, *i32),
@@ -179,7 +197,7 @@ def torch_predict(model: NetNN, x: np.ndarray, iat: np.ndarray, batch: int = 819
         for i in range(0, len(x), batch):
             lg = m(
                 torch.from_numpy(x[i : i + batch].astype(np.float64)),
-                torch.from_numpy(iat[i : i + batch].astype(np.int64)),
+                torch.from_numpy(np.asarray(iat[i : i + batch]).astype(np.int64)),
             )
             out.append((lg[:, 1] > lg[:, 0]).numpy().astype(np.int64))
     model.float()

@@ -1,7 +1,10 @@
-"""A switch process: one `Switch` on raw AF_PACKET sockets, one socket per port.
+"""A switch process: one switch on raw AF_PACKET sockets, one socket per port.
 
 Run inside a network namespace by `netns.NamespaceFabric`:
-    python -m tidal.innet.switchd PROGRAM.json PORTS.json STATS.json
+    python -m tidal.innet.switchd SPEC.json PORTS.json STATS.json
+SPEC is {"kind": "model", "program": ...} (a `switch.Switch` running a mapper program, which
+sends every output to all its next hops), {"kind": "extractor", ...} (the entry switch) or
+{"kind": "decider", ...} (the exit switch); these two route each output to one next hop.
 PORTS maps next-hop ids (as strings; "-1" = the host) to interface names and lists every port
 to listen on. Prints "ready" once every socket is bound. On SIGTERM it writes its counters
 (frames, malformed, emitted samples) to STATS.json and exits 0.
@@ -14,6 +17,7 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +36,33 @@ def open_port(ifname: str) -> socket.socket:
     return s
 
 
-def serve(prog: SwitchProgram, ports: dict[str, Any], stats: Path) -> None:
-    sw = Switch(prog)
+def build(spec: dict[str, Any]) -> tuple[Callable[[bytes], list[tuple[int, bytes]]], Any]:
+    """(frame -> [(next hop, frame)], the object whose `counters` are reported)."""
+    kind = spec.get("kind", "model")
+    if kind == "model":
+        prog = SwitchProgram.from_json(spec["program"])
+        sw = Switch(prog)
+
+        def model(raw: bytes) -> list[tuple[int, bytes]]:
+            return [(h, f) for f in sw.receive(raw) for h in prog.emit.next_hops]
+
+        return model, sw
+    from tidal.innet.extract import Decider, Extractor  # only the entry / exit switches
+
+    if kind == "extractor":
+        routes = {int(k): [int(h) for h in v] for k, v in spec["routes"].items()}
+        ex = Extractor(
+            routes, spec["input_frag"], spec["slots"], spec["timeout_us"], spec["side_width"]
+        )
+        return ex.receive, ex
+    if kind == "decider":
+        d = Decider(spec["k"], spec["window"], spec["slots"], spec.get("need"))
+        return d.receive, d
+    raise ValueError(f"unknown switch kind {kind!r}")
+
+
+def serve(spec: dict[str, Any], ports: dict[str, Any], stats: Path) -> None:
+    handle, node = build(spec)
     socks = {name: open_port(name) for name in ports["listen"]}
     out = {int(k): socks[v] for k, v in ports["next_hop"].items()}
     running = True
@@ -53,16 +82,15 @@ def serve(prog: SwitchProgram, ports: dict[str, Any], stats: Path) -> None:
             raw, addr = s.recvfrom(65535)
             if addr[2] == PACKET_OUTGOING:
                 continue
-            for frame in sw.receive(raw):
-                for hop in prog.emit.next_hops:
-                    out[hop].send(frame)
-    stats.write_text(json.dumps(dict(sw.counters)))
+            for hop, frame in handle(raw):
+                out[hop].send(frame)
+    stats.write_text(json.dumps(dict(node.counters)))
 
 
 def main(argv: list[str]) -> int:
-    prog = SwitchProgram.from_json(json.loads(Path(argv[0]).read_text()))
+    spec = json.loads(Path(argv[0]).read_text())
     ports = json.loads(Path(argv[1]).read_text())
-    serve(prog, ports, Path(argv[2]))
+    serve(spec, ports, Path(argv[2]))
     return 0
 
 

@@ -28,7 +28,7 @@ def test_synthetic_flows_are_labeled_synthetic() -> None:
     ps = dataset.load([], [], synthetic_flows=8)  # no captures: all synthetic, both labels
     assert ps.synthetic_benign
     assert all(f.synthetic for f in ps.flows)
-    assert {f.label for f in ps.flows} == {0, 1}
+    assert {f.label for f in ps.flows} == {0, 1, -1}  # -1: the covert receivers' pure ACKs
     sp = dataset.split(ps)
     assert len(sp["test"]) and len(sp["train"])
 

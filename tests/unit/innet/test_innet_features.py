@@ -72,7 +72,7 @@ def test_split_never_puts_a_connection_on_both_sides() -> None:
     ps = dataset.PacketSet(
         x=np.zeros((80, 68), np.uint8),
         x_raw=np.zeros((80, 68), np.uint8),
-        iat=np.zeros(80, np.uint8),
+        side=np.zeros(80, np.uint8),
         y=np.array([f.label for f in flows]),
         flow=np.arange(80),
         flows=flows,

@@ -1,0 +1,243 @@
+"""Per-flow state as the entry switch keeps it: a hash-indexed flow table, side features, and
+the per-flow decision after k packets.
+
+This module is the *reference* (host-side, used to build the data sets). The data-plane
+implementation is `extract.Extractor` (register arrays, fed real frames); a test and
+`tidal innet evaluate --frames N` check that both give the same values on every packet.
+
+Flow table contract (two banks of `slots` entries, so 2 x slots flows):
+- key hash `h = crc32(key)`, signature `sig = crc32(key, SIG_SEED)`; way A is `h mod slots`,
+  way B is `slots + (h >> 16) mod slots` (two CRC units on an ASIC).
+- An entry whose signature matches is the flow. If its last packet is older than `timeout_us`
+  the entry is re-initialized (a new flow instance: generation + 1). Otherwise, a packet of an
+  unknown flow claims the first of A, B that is empty or expired. If both hold live flows the
+  packet is *untracked* (a collision): it gets the first-packet features and no flow verdict;
+  `collisions` counts them.
+- Timestamps are 48-bit microseconds; gaps are computed modulo 2^48.
+
+Side features of a packet (each 0..255, the model's per-flow inputs):
+- `iat`: `quantize_iat` of the gap to the flow's previous packet (0 = first packet);
+- `prev_iat`: the previous packet's `iat` (0 for the first two packets);
+- `dlen`: 128 + clip(payload length - previous payload length, -127, 127) (0 = first packet);
+- `plen`: `quantize_len(payload length)` (0 = no payload: pure ACKs);
+- `diat`: 128 + clip(iat - prev_iat, -127, 127) (0 until there are two gaps): regularity.
+
+Flow decision (the exit switch's vote registers, and `flow_decisions` here): each flow
+instance counts covert votes of its packets numbered WARMUP+1 .. WARMUP+k (the first WARMUP
+have no gap history yet); it is covert as soon as the covert
+votes reach `need` (default `default_need(k)` = k - k // 4, a 3/4 quorum; early exit),
+benign as soon as that can no longer happen (early exit) or at its end. A directional flow
+is covert if any of its instances is.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from tidal.innet.features import FlowKey, quantize_iat
+
+N_SIDE = 5
+SIG_SEED = 0x5BD1E995
+TS_MASK = (1 << 48) - 1
+DEFAULT_SLOTS = 1024
+DEFAULT_TIMEOUT_US = 60_000_000
+DEFAULT_K = 16
+WARMUP = 2  # a flow's first packets lack a gap / a previous gap: they do not vote
+NO_SLOT = -1
+
+
+def key_bytes(key: FlowKey) -> bytes:
+    """The flow key as the parser lays it out for the hash units."""
+    proto, src, dst, sp, dp = key
+    return proto.to_bytes(3, "big") + src + dst + sp.to_bytes(2, "big") + dp.to_bytes(2, "big")
+
+
+def hashes(key: FlowKey, slots: int) -> tuple[int, int, int]:
+    """(way A, way B, signature) of a key."""
+    kb = key_bytes(key)
+    h = zlib.crc32(kb)
+    return h % slots, slots + ((h >> 16) % slots), zlib.crc32(kb, SIG_SEED)
+
+
+def len_code(delta: int) -> int:
+    """The `dlen` / `diat` code of a change (1..255)."""
+    return 128 + max(-127, min(127, delta))
+
+
+def quantize_len(n: int) -> int:
+    """Payload length code: 0 for none, else round(15 * log2(1 + n)) in 1..255."""
+    if n <= 0:
+        return 0
+    return min(255, max(1, int(math.floor(15 * math.log2(1.0 + n) + 0.5))))
+
+
+@dataclass
+class PacketState:
+    """What the flow table gives one packet."""
+
+    side: tuple[int, ...]
+    slot: int  # NO_SLOT when untracked
+    gen: int  # instance generation of the slot (0..255)
+    n: int  # packet number within the instance (1-based, saturating at 255)
+
+
+class FlowTable:
+    """The reference flow table (module contract); plain Python ints (it runs per packet)."""
+
+    def __init__(self, slots: int = DEFAULT_SLOTS, timeout_us: int = DEFAULT_TIMEOUT_US) -> None:
+        self.slots, self.timeout_us = slots, timeout_us
+        n = 2 * slots
+        self.sig = [0] * n
+        self.last = [0] * n
+        self.prev_iat = [0] * n
+        self.prev_len = [0] * n
+        self.count = [0] * n
+        self.gen = [0] * n
+        self.valid = [False] * n
+        self.collisions = 0
+
+    def _expired(self, s: int, ts: int) -> bool:
+        return ((ts - self.last[s]) & TS_MASK) > self.timeout_us
+
+    def update(self, key: FlowKey, ts_us: int, paylen: int) -> PacketState:
+        a, b, sig = hashes(key, self.slots)
+        ts = ts_us & TS_MASK
+        slot = next((s for s in (a, b) if self.valid[s] and self.sig[s] == sig), NO_SLOT)
+        new = slot == NO_SLOT or self._expired(slot, ts)
+        if slot == NO_SLOT:
+            slot = next((s for s in (a, b) if not self.valid[s] or self._expired(s, ts)), NO_SLOT)
+            if slot == NO_SLOT:
+                self.collisions += 1
+                return PacketState((0, 0, 0, quantize_len(paylen), 0), NO_SLOT, 0, 0)
+        if new:
+            self.valid[slot] = True
+            self.sig[slot] = sig
+            self.gen[slot] = (self.gen[slot] + 1) & 0xFF
+            self.count[slot] = 1
+            self.prev_iat[slot] = 0
+            self.prev_len[slot] = paylen
+            self.last[slot] = ts
+            return PacketState((0, 0, 0, quantize_len(paylen), 0), slot, self.gen[slot], 1)
+        iat = quantize_iat((ts - self.last[slot]) & TS_MASK)
+        prev = self.prev_iat[slot]
+        side = (
+            iat,
+            prev,
+            len_code(paylen - self.prev_len[slot]),
+            quantize_len(paylen),
+            len_code(iat - prev) if self.count[slot] >= 2 else 0,
+        )
+        self.prev_iat[slot] = iat
+        self.prev_len[slot] = paylen
+        self.last[slot] = ts
+        self.count[slot] = min(255, self.count[slot] + 1)
+        return PacketState(side, slot, self.gen[slot], self.count[slot])
+
+
+def side_features(inst: np.ndarray, ts: np.ndarray, paylen: np.ndarray) -> np.ndarray:
+    """Vectorized side features for packets grouped by flow instance (N, N_SIDE) uint8.
+
+    `inst[i]` is the instance of packet i (-1 = untracked: zeros), rows in arrival order.
+    Equal to what `FlowTable` gives when the instances are the table's (used to re-draw
+    timestamps for training augmentation without re-running the table).
+    """
+    n = len(inst)
+    out = np.zeros((n, N_SIDE), dtype=np.uint8)
+    order = np.lexsort((np.arange(n), inst))
+    ii, tt, ll = inst[order], ts[order].astype(np.int64), paylen[order].astype(np.int64)
+    same = np.r_[False, ii[1:] == ii[:-1]] & (ii >= 0)
+    dt = np.r_[0, (tt[1:] - tt[:-1]) & TS_MASK]
+    from tidal.innet.features import quantize_iat_array
+
+    iat = np.where(same, quantize_iat_array(dt), 0).astype(np.int64)
+    prev = np.where(same, np.r_[0, iat[:-1]], 0)
+    dlen = np.where(same, 128 + np.clip(ll - np.r_[0, ll[:-1]], -127, 127), 0)
+    plen = quantize_len_array(ll)
+    two = same & np.r_[False, same[:-1]]
+    diat = np.where(two, 128 + np.clip(iat - prev, -127, 127), 0)
+    res = np.stack([iat, prev, dlen, plen, diat], axis=1).astype(np.uint8)
+    out[order] = res
+    return out
+
+
+def quantize_len_array(n: np.ndarray) -> np.ndarray:
+    """Vectorized `quantize_len`."""
+    v = np.floor(15 * np.log2(1.0 + np.maximum(n, 0).astype(np.float64)) + 0.5)
+    return np.where(n > 0, np.clip(v, 1, 255), 0).astype(np.int64)
+
+
+def instance_rank(inst: np.ndarray) -> np.ndarray:
+    """1-based packet number within its instance (0 for untracked packets)."""
+    n = len(inst)
+    order = np.lexsort((np.arange(n), inst))
+    ii = inst[order]
+    starts = np.r_[True, ii[1:] != ii[:-1]]
+    grp = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+    rank = np.arange(n) - first[grp] + 1
+    out = np.zeros(n, dtype=np.int64)
+    out[order] = np.where(ii >= 0, rank, 0)
+    return out
+
+
+def default_need(k: int) -> int:
+    """Covert votes among the first k packets that make a flow covert (3/4 quorum)."""
+    return max(1, k - k // 4)
+
+
+def flow_decisions(
+    pred: np.ndarray,
+    inst: np.ndarray,
+    flow: np.ndarray,
+    n_flows: int,
+    k: int = DEFAULT_K,
+    need: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(verdict per flow, packets needed for the first verdict per flow) (module contract).
+
+    The second array holds, per flow, the packet number at which its first instance was
+    decided covert by early exit, else the number of packets the decision took (k at most).
+    """
+    need = default_need(k) if need is None else need
+    rank = instance_rank(inst) - WARMUP
+    voting = (inst >= 0) & (rank >= 1) & (rank <= k)
+    verdict = np.zeros(n_flows, dtype=np.int64)
+    taken = np.zeros(n_flows, dtype=np.int64)
+    if not voting.any():
+        return verdict, taken
+    iv, pv, rv, fv = inst[voting], pred[voting], rank[voting], flow[voting]
+    order = np.lexsort((rv, iv))
+    iv, pv, rv, fv = iv[order], pv[order], rv[order], fv[order]
+    starts = np.r_[True, iv[1:] != iv[:-1]]
+    grp = np.cumsum(starts) - 1
+    base = np.cumsum(pv) - pv
+    first = np.flatnonzero(starts)
+    votes = np.cumsum(pv) - base[first][grp]  # covert votes up to this packet (inclusive)
+    hit = votes >= need
+    n_inst = int(grp.max()) + 1
+    hit_rank = np.where(hit, rv, 10**9)
+    min_hit = np.full(n_inst, 10**9, dtype=np.int64)
+    np.minimum.at(min_hit, grp, hit_rank)
+    dec = min_hit < 10**9
+    benign_votes = rv - votes
+    # benign early exit: covert can no longer reach `need` within k packets
+    lost = benign_votes > k - need
+    lost_rank = np.where(lost, rv, 10**9)
+    min_lost = np.full(n_inst, 10**9, dtype=np.int64)
+    np.minimum.at(min_lost, grp, lost_rank)
+    last_rank = np.zeros(n_inst, dtype=np.int64)
+    np.maximum.at(last_rank, grp, rv)
+    at = np.where(dec, min_hit, np.minimum(min_lost, last_rank))
+    inst_flow = fv[first]
+    np.maximum.at(verdict, inst_flow, dec.astype(np.int64))
+    # packets taken by each flow's first instance
+    first_inst_of_flow = np.full(n_flows, -1, dtype=np.int64)
+    for g in range(n_inst - 1, -1, -1):
+        first_inst_of_flow[inst_flow[g]] = g
+    ok = first_inst_of_flow >= 0
+    taken[ok] = at[first_inst_of_flow[ok]]
+    return verdict, taken

@@ -1,0 +1,169 @@
+"""Leave-one-group-out evaluation: train without a group of captures, test on that group.
+
+Groups (from the capture names, `groups_of`):
+- covert captures: technique (file-name prefix: SCC storage, TCC timing, Size size
+  modulation), timing parameters (the numbers / `..ms` tokens: 40, 40_80, 300ms) and message
+  (the tokens between: ABABAB, Faust, Faust_GZ, ...);
+- benign captures: protocol family (the folder under benign-zeek, or the file's protocol
+  for top-level files; the NeFiAS browsing capture is its own family).
+
+Folds: one per distinct covert hold-out (a technique, timing or message group; groups that
+hold out exactly the same connections are one fold listed under every name). The benign
+families are dealt round-robin over the folds, so every fold also holds out whole benign
+families: each fold's recall and FPR are measured only on connections that no training
+capture shares. Each fold trains a fresh model (train.TrainConfig) on everything else.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tidal.innet import dataset, metrics
+from tidal.innet.dataset import BENIGN, PacketSet
+from tidal.innet.flowstate import DEFAULT_K
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One hold-out: the group names and the connections held out."""
+
+    names: tuple[str, ...]
+    benign_families: tuple[str, ...]
+    connections: frozenset[str]
+
+
+def _base(file: str) -> str:
+    name = file.rsplit("/", 1)[-1]
+    for suf in (".gz", ".pcapng", ".pcap", ".cap"):
+        name = name.removesuffix(suf)
+    return name
+
+
+def groups_of(f: dataset.FlowInfo) -> dict[str, str]:
+    """The groups of a flow's capture (module docstring)."""
+    if f.label == BENIGN:
+        parts = f.file.split("/")
+        if parts[0] == "benign-zeek" and len(parts) > 2:
+            fam = parts[1]
+        elif parts[0] == "benign-zeek":
+            fam = re.split(r"[-_.]", parts[1])[0]
+        elif len(parts) > 1:
+            fam = parts[-2]
+        else:
+            fam = "benign"
+        return {"family": fam}
+    toks = _base(f.file).split("_")
+    tech = toks[0]
+    timing = [t for t in toks[1:] if re.fullmatch(r"\d+(ms)?", t)]
+    if any(t.endswith("ms") for t in timing):  # e.g. Size_Mod_1000_1001_300ms_...: the gap
+        at = next(i for i, t in enumerate(toks) if t.endswith("ms") and t[:-2].isdigit())
+        timing = [toks[at]]
+        msg = [t for t in toks[1:at] if t.isdigit()] or ["none"]  # the sizes it alternates
+    else:
+        msg = [t for t in toks[1:] if not re.fullmatch(r"\d+", t)]
+    return {
+        "technique": tech,
+        "timing": "_".join(timing) or "none",
+        "message": "_".join(msg) or "none",
+    }
+
+
+def folds(ps: PacketSet) -> list[Fold]:
+    """The folds of `ps` (module docstring), deterministic."""
+    cov: dict[str, set[str]] = {}
+    fam: dict[str, set[str]] = {}
+    for f in ps.flows:
+        g = groups_of(f)
+        if f.label == BENIGN:
+            fam.setdefault(g["family"], set()).add(f.connection)
+        else:
+            for kind in ("technique", "timing", "message"):
+                cov.setdefault(f"{kind}={g[kind]}", set()).add(f.connection)
+    by_conns: dict[frozenset[str], list[str]] = {}
+    for name in sorted(cov):
+        by_conns.setdefault(frozenset(cov[name]), []).append(name)
+    holds = sorted(by_conns.items(), key=lambda kv: kv[1][0])
+    families = sorted(fam)
+    n = max(1, len(holds))
+    out = []
+    for i in range(n):
+        fams = tuple(families[j] for j in range(i, len(families), n))
+        conns = set(holds[i][0]) if holds else set()
+        for fa in fams:
+            conns |= fam[fa]
+        names = tuple(holds[i][1]) if holds else ("benign-only",)
+        out.append(Fold(names, fams, frozenset(conns)))
+    return out
+
+
+def fold_split(ps: PacketSet, fold: Fold) -> tuple[np.ndarray, np.ndarray]:
+    """(train flow ids, test flow ids) of one fold."""
+    held = np.array([f.connection in fold.connections for f in ps.flows], dtype=bool)
+    ids = np.arange(len(ps.flows))
+    return ids[~held], ids[held]
+
+
+def score(
+    pred: np.ndarray, ps: PacketSet, k: int = DEFAULT_K, need: int | None = None
+) -> dict[str, Any]:
+    """Flow-level (decision after k packets) and per-direction figures of one packet set."""
+    return metrics.flow_report(pred, ps, k, need)
+
+
+def run(
+    ps: PacketSet,
+    train_fn: Any,
+    predict_fn: Any,
+    k: int = DEFAULT_K,
+    need: int | None = None,
+    only: list[int] | None = None,
+) -> dict[str, Any]:
+    """Train with `train_fn(train_set)`, predict with `predict_fn(model, test_set)` per fold.
+
+    Returns per-fold reports and their mean (covert recall, benign FPR, flow accuracy).
+    `predict_fn` may return (verdicts, bit_exact) to report bit-exactness per fold.
+    """
+    per: list[dict[str, Any]] = []
+    for i, fold in enumerate(folds(ps)):
+        if only is not None and i not in only:
+            continue
+        tr_ids, te_ids = fold_split(ps, fold)
+        tr, te = ps.subset_flows(tr_ids), ps.subset_flows(te_ids)
+        model = train_fn(tr)
+        res = predict_fn(model, te)
+        pred, exact = res if isinstance(res, tuple) else (res, None)
+        rep = score(pred, te, k, need)
+        rep["fold"] = " / ".join(fold.names)
+        rep["benign_families"] = list(fold.benign_families)
+        if exact is not None:
+            rep["bit_exact"] = bool(exact)
+        per.append(rep)
+    return {"folds": per, "mean": mean_of(per), "k": k}
+
+
+def mean_of(per: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over folds of the flow-level figures (folds without covert/benign flows skip)."""
+    out: dict[str, Any] = {}
+    for key, need in (
+        ("covert_recall", "covert_flows"),
+        ("benign_false_positive_rate", "benign_flows"),
+        ("flow_accuracy", "flows"),
+        ("packet_accuracy", "flows"),
+        ("return_flagged_rate", "return_flows"),
+    ):
+        vals = [r[key] for r in per if r.get(need)]
+        out[key] = float(np.mean(vals)) if vals else None
+    out["min_covert_recall"] = min(
+        (r["covert_recall"] for r in per if r.get("covert_flows")), default=None
+    )
+    out["max_benign_false_positive_rate"] = max(
+        (r["benign_false_positive_rate"] for r in per if r.get("benign_flows")), default=None
+    )
+    if any("bit_exact" in r for r in per):
+        out["bit_exact"] = all(r.get("bit_exact", False) for r in per)
+    out["folds"] = len(per)
+    return out
