@@ -30,7 +30,8 @@ from tidal.innet.flowstate import DEFAULT_K
 from tidal.innet.mapper import Budget, map_network
 from tidal.innet.train import TrainConfig, byte_view, train_model
 
-STUDY_TRAIN: dict[str, Any] = {"epochs": 6, "cap_per_flow": 300}  # bounded: 9 folds x variants on 2 cores
+# bounded: 9 folds x variants on 2 cores
+STUDY_TRAIN: dict[str, Any] = {"epochs": 6, "cap_per_flow": 300}
 VARIANTS: dict[str, dict[str, Any]] = {
     # the earlier model's inputs (masking before this issue, no re-drawn timing)
     "bytes_only": {"features": "bytes", "legacy_mask": True, "augment": False},
