@@ -119,6 +119,7 @@ def model_metadata(gw: Any, info: Any) -> dict[str, Any]:
         "platform": "tidal_onnxruntime",
         "inputs": [m.to_json() for m in sig.inputs],
         "outputs": [m.to_json() for m in sig.outputs],
+        "stages": list(info.stages),  # Tidal's (top level since before the parameters block)
         "parameters": {"stages": list(info.stages), "variants": list(info.versions)},
     }
     repo = getattr(gw, "repository", None)
