@@ -30,6 +30,7 @@ from tidal.apps.demo import (
     serve_config,
 )
 from tidal.core.errors import TidalError
+from tidal.dataplane.scheduler import SchedulerConfig
 from tidal.workload import load_trace
 from tidal.workload.loadgen import schedule_from_rates
 
@@ -193,8 +194,9 @@ def scaled_profiles(setup: DemoSetup, slowdown: dict[str, float]) -> Any:
     return ps
 
 
-# The live gateway's batcher hold window, as a fraction of l(1) (tidal.dataplane.group).
-LIVE_HOLD_FRACTION = 0.1
+# The live gateway's batcher hold window, as a fraction of l(1): the scheduler's default
+# (tidal.dataplane.scheduler.SchedulerConfig, which the gateway and the simulator both run).
+LIVE_HOLD_FRACTION = SchedulerConfig().hold_fraction
 
 
 def simulate_same(
