@@ -54,13 +54,7 @@ from tidal.planners.base import (
     VariantChoice,
     register,
 )
-from tidal.planners.common import (
-    check_context,
-    current_stage,
-    fits,
-    pick_variants,
-    stage_latency_ms,
-)
+from tidal.planners.common import check_context, current_stage, fits, pick_variants
 from tidal.planners.themis import Themis
 
 
@@ -68,14 +62,20 @@ class TidalOptions(PlannerOptions):
     """Options of `tidal` (project defaults, chosen on days 14-17 of the Twitter trace only)."""
 
     utilization: float = Field(
-        0.7, gt=0, le=1, description="Target utilisation of the replica plan (headroom)."
+        0.8, gt=0, le=1, description="Target utilisation of the replica plan (headroom)."
     )
     risk_utilization: float = Field(
         0.95, gt=0, le=1, description="SLO at risk above this utilisation at the fast rate."
     )
     fast_window_s: int = Field(3, ge=1, le=60, description="Window of the fast rate (s).")
     slow_window_s: int = Field(
-        60, ge=1, le=1200, description="Window whose peak sizes the replicas (s)."
+        30, ge=1, le=1200, description="Window whose peak block sizes the replicas (s)."
+    )
+    slow_block_s: int = Field(
+        3, ge=1, le=600, description="Block of the slow window: its highest mean counts."
+    )
+    urgent_margin: float = Field(
+        0.2, ge=0, le=10, description="Extra rate fraction planned for on an urgent growth."
     )
     hold_s: float = Field(60.0, ge=0, le=3600, description="Least time between non-urgent changes.")
     scale_down_after_s: float = Field(
@@ -125,10 +125,12 @@ class Tidal:
 
     def __init__(
         self,
-        utilization: float = 0.7,
+        utilization: float = 0.8,
         risk_utilization: float = 0.95,
         fast_window_s: int = 3,
-        slow_window_s: int = 60,
+        slow_window_s: int = 30,
+        slow_block_s: int = 3,
+        urgent_margin: float = 0.2,
         hold_s: float = 60.0,
         scale_down_after_s: float = 120.0,
         down_gain: float = 0.1,
@@ -141,6 +143,7 @@ class Tidal:
     ) -> None:
         self.utilization, self.risk_utilization = utilization, risk_utilization
         self.fast_window_s, self.slow_window_s = fast_window_s, slow_window_s
+        self.slow_block_s, self.urgent_margin = slow_block_s, urgent_margin
         self.hold_s, self.scale_down_after_s = hold_s, scale_down_after_s
         self.down_gain, self.max_changes = down_gain, max_changes_per_hour
         self.budget_margin, self.forecast, self.under_weight = budget_margin, forecast, under_weight
@@ -163,9 +166,9 @@ class Tidal:
         r_obs = r_fast
         if len(hist):
             tail = hist[-self.slow_window_s :]
-            k = min(self.fast_window_s, len(tail))
-            means = np.convolve(tail, np.ones(k) / k, mode="valid")
-            r_obs = max(r_fast, float(means.max()))
+            k = max(1, min(self.slow_block_s, len(tail)))
+            blocks = [float(b.mean()) for b in np.array_split(tail, max(1, len(tail) // k))]
+            r_obs = max(blocks)
         st = self.score(ctx, st, hist, r_obs, horizon)
         r_slow = r_obs
         fc = ctx.forecast
@@ -217,7 +220,9 @@ class Tidal:
                 return True
             if sp.replicas * v.throughput(sp.batch, sp.cores) * self.risk_utilization < r:
                 return True
-            lats.append(stage_latency_ms(v, sp.batch, sp.cores, max(r, 1e-9)))
+            # processing latency only: the batcher dispatches partial batches, so the time to
+            # fill a batch at a lower rate is not a risk (counting it flapped the plan)
+            lats.append(v.p99_ms(sp.batch, sp.cores))
             lat += lats[-1]
         if lat > ctx.slo_ms + 1e-9:
             return True
@@ -272,8 +277,18 @@ class Tidal:
             if starting:
                 return cur, st
             st = replace(st, target=None)
-        if self.at_risk(ctx, cur, chosen, r_fast):  # urgent: fastest knob first
-            return self._grow(ctx, st, chosen, lam, target)
+        if self.at_risk(ctx, cur, chosen, r_fast):  # urgent: fastest knob first, with margin
+            lam_u = lam * (1.0 + self.urgent_margin)
+            grown, st2 = self._grow(
+                ctx, st, chosen, lam_u, self._target(ctx, chosen, lam_u) or target
+            )
+            # an urgent change must add capacity (>= 5%); else re-solving each second for a
+            # noisy rate flaps the plan without helping (measured: 800 changes/hour)
+            if _max_rps(grown, chosen) >= 1.05 * _max_rps(cur, chosen) or not fits(
+                cur, ctx.capacity
+            ):
+                return grown, st2
+            return cur, st
         if target is None:
             return cur, st
         quiet = not st.changes or ctx.now - st.changes[-1] >= self.hold_s - 1e-9
@@ -345,12 +360,23 @@ class Tidal:
                 lo, best = mid, p
             else:
                 hi = mid
+        cur = ctx.current
+        near = best is None or (
+            cur is not None and _max_rps(cur, chosen) >= 0.95 * _max_rps(best, chosen)
+        )
+        if cur is not None and near and fits(cur, ctx.capacity):
+            best = cur  # already (nearly) the most the nodes carry: no flapping
         if best is None:
-            if ctx.current is not None and fits(ctx.current, ctx.capacity):
-                best = ctx.current
-            else:
-                best = self._dp.fastest(replace(ctx, forecast=lam), chosen, reason)
+            best = self._dp.fastest(replace(ctx, forecast=lam), chosen, reason)
         return best.model_copy(update={"feasible": False, "reason": reason})
+
+
+def _max_rps(plan: Plan, chosen: list[VariantProfile]) -> float:
+    """The rate a plan carries at full utilisation: its slowest stage's throughput."""
+    return min(
+        sp.replicas * v.throughput(sp.batch, sp.cores)
+        for sp, v in zip(plan.stages, chosen, strict=False)
+    )
 
 
 __all__ = ["Tidal", "TidalOptions", "TidalState"]
