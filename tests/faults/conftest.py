@@ -37,12 +37,33 @@ def echo_config(replicas: int = 2, cores: float = 0.5, batch: int = 8, **extra: 
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def echo_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
-    """One noop gateway (2 replicas x 0.5 cores) per test module; restored to that plan by
-    `reset_plan` between scenarios."""
+    """One noop gateway (2 replicas x 0.5 cores) for the whole suite (a start costs seconds
+    on a loaded 2-core machine); scenarios set the plan they need with `reset_plan`."""
     with GatewayProcess(echo_config(), Path(tmp_path_factory.mktemp("echo"))) as gw:
         yield gw
+
+
+@pytest.fixture(scope="session")
+def cnn_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """One digits-cnn gateway (1 replica x 0.5 cores, batch 8; model `m`), whose cost is
+    linear in rows: the overload and abandon scenarios share it."""
+    from tidal.bench.overload import gateway_config
+
+    # admission_margin 1.25: the suite runs on shared 2-core machines whose load moves the
+    # service time by tens of percent within seconds; the margin keeps expiries rare there.
+    cfg = {**gateway_config("digits-cnn", 1, 0.5, 8), "admission_margin": 1.25}
+    with GatewayProcess(cfg, Path(tmp_path_factory.mktemp("cnn"))) as gw:
+        yield gw
+
+
+@pytest.fixture(scope="session")
+def cnn_oracle() -> Any:
+    """Expected digits-cnn outputs of a pool of inputs (ONNX Runtime in the test process)."""
+    from tidal.bench.overload import ModelOracle
+
+    return ModelOracle("digits-cnn", pool=4)
 
 
 def reset_plan(gw: GatewayProcess, replicas: int = 2, cores: float = 0.5) -> None:

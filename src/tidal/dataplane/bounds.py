@@ -15,7 +15,8 @@ of the size in force: ``b = max(rows, min(max_batch x mean rows per queued reque
 (``rows_ahead // b``) go, in order, to the replica free first (exactly, through a heap, for up
 to `EXACT_BATCHES`; beyond that, as a fluid at each replica's rate ``b / l(b, c)``, which is
 exact for equal replicas up to one batch); the request's own batch (the rest ahead plus its
-rows) then runs on the replica free first. A 1024-row request is priced as 1024 rows, not as
+rows, filled up to ``b`` by later arrivals, as under load) then runs on the replica free
+first. A 1024-row request is priced as 1024 rows, not as
 one request.
 
 A lane whose only replicas are starting (a replacement after a death) admits a request when
@@ -113,7 +114,9 @@ def predict_finish_rows(
         t, i = heapq.heappop(free)
         heapq.heappush(free, (t + dur[i], i))
     start, i = free[0]
-    return start + margin * latency_s(rest + rows, cores[i]), start
+    # Its own batch: the rest ahead plus its rows, filled up to the batch size in force by
+    # requests that arrive after it (under load every batch leaves full).
+    return start + margin * latency_s(max(rest + rows, b), cores[i]), start
 
 
 def _fluid(free: list[tuple[float, int]], dur: list[float], k: int) -> list[tuple[float, int]]:

@@ -104,6 +104,7 @@ def scheduler_config(config: ServeConfig, **overrides: object) -> SchedulerConfi
         "expire": not config.serve_late,
         "margin": config.admission_margin,
         "max_retries": config.max_retries,
+        "adapt_latency": True,  # issue 13: admit at the replicas' measured service rate
     }
     base.update(overrides)
     return SchedulerConfig.model_validate(base)

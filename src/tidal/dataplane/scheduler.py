@@ -39,6 +39,7 @@ end (`inflight`, for a watchdog), and the `sick` replica state (`mark_sick`).
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -115,6 +116,12 @@ class SchedulerConfig(BaseModel):
     )
     max_retries: int = Field(
         default=2, ge=0, le=100, description="Replays of a request whose replica died mid-batch."
+    )
+    adapt_latency: bool = Field(
+        default=False,
+        description="Scale predicted latencies by the measured/predicted ratio of recent "
+        "batches (admission at the replicas' real service rate; issue 13). The live gateway "
+        "turns it on; the simulator's replicas take the profile's time, so it stays off.",
     )
 
 
@@ -263,6 +270,16 @@ class GroupScheduler:
         self.queued_bytes = 0
         self.cancelled = 0
         self.caps: LaneCaps | None = None
+        self.adapt = self.config.adapt_latency
+        """Issue 13: learn the replicas' real service rate (`SchedulerConfig.adapt_latency`):
+        `slowdown` =
+        the 90th percentile of measured / predicted time over the last 32 batches predicted
+        to take >= 2 ms (shorter ones measure the dispatch overhead, not the service),
+        clamped to [0.5, 20]; admission and busy-until predictions are multiplied by it. A
+        high percentile, not the mean: on a shared machine the service time varies, and an
+        admitted request that expires is worse than one refused at arrival."""
+        self.slowdown = 1.0
+        self._ratios: deque[float] = deque(maxlen=32)
         """Queued rows/bytes caps of this lane (issue 13; the driver sets them from
         ServeConfig.limits); None: unbounded."""
         self.trace: list[tuple[str, float, tuple[int, ...]]] | None = None
@@ -417,6 +434,12 @@ class GroupScheduler:
         margin = self.config.margin
         deadline = req.deadline - self.downstream_s
         lat = self.latency_s
+        if self.slowdown != 1.0:
+            k = self.slowdown
+
+            def lat(b: int, c: float) -> float:
+                return k * self.latency_s(b, c)
+
         ready = [r for r in self.replicas.values() if r.state == READY]
         if not self.queue:  # fast path: what `admit` concludes for a batch of one
             for r in ready:
@@ -536,7 +559,7 @@ class GroupScheduler:
             rows = 0
             for x in reqs:
                 rows += x.rows
-            pred = lat_bc(rows, cores)  # predicted on rows, not requests
+            pred = lat_bc(rows, cores) * self.slowdown  # on rows, at the measured rate
             start = max(now, rep.busy_until) if rep.inflight else now
             rep.busy_until = start + pred
             rep.inflight += 1
@@ -587,6 +610,12 @@ class GroupScheduler:
         if b is None:
             return None
         self.last_free = now
+        if self.adapt:
+            raw = self.latency_s(b.rows, b.replica.cores)
+            if raw >= 0.002:
+                self._ratios.append((now - b.start) / raw)
+                srt = sorted(self._ratios)
+                self.slowdown = min(20.0, max(0.5, srt[int(0.9 * (len(srt) - 1))]))
         self._log("done", now, tuple(r.id for r in b.requests))
         reqs = b.requests
         if b.cancelled:

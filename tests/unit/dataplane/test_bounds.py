@@ -35,10 +35,11 @@ def test_a_1024_row_request_is_priced_as_1024_rows() -> None:
     one, _ = predict_finish_rows(1, 0, [0.0], [1.0], lat, 1, 0.0)
     big, _ = predict_finish_rows(1024, 0, [0.0], [1.0], lat, 1024, 0.0)
     assert one == pytest.approx(lat(1, 1.0)) and big == pytest.approx(lat(1024, 1.0))
-    # 4 x 1024 rows queued ahead, batches of 1024 rows: the new row waits for all of them.
+    # 4 x 1024 rows queued ahead, batches of 1024 rows: the new row waits for all of them,
+    # and its own batch fills up with later arrivals.
     f, start = predict_finish_rows(1, 4096, [0.0], [1.0], lat, 1024, 0.0)
     assert start == pytest.approx(4 * lat(1024, 1.0))
-    assert f == pytest.approx(start + lat(1, 1.0))
+    assert f == pytest.approx(start + lat(1024, 1.0))
 
 
 def test_busy_and_idle_replicas() -> None:
@@ -62,7 +63,7 @@ def _exact(rows: int, ahead: int, free: list[float], cores: list[float], b: int)
         t, i = heapq.heappop(h)
         heapq.heappush(h, (t + lat(b, cores[i]), i))
     t, i = h[0]
-    return t + lat(rest + rows, cores[i])
+    return t + lat(max(rest + rows, b), cores[i])
 
 
 @settings(max_examples=200, deadline=None)
