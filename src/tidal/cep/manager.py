@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
 import shutil
 import tempfile
@@ -37,6 +38,7 @@ from tidal.core.errors import TidalError
 JsonList = list[dict[str, Any]]
 ByteList = list[bytes]
 NODE_RUNNER = Path(__file__).parent / "sdk" / "node" / "run.js"
+NODE_WARM = Path(__file__).parent / "sdk" / "node" / "warm.js"
 
 
 class DeployDefaults(BaseModel):
@@ -124,6 +126,7 @@ class NodeManager:
         self._ids = itertools.count(1)
         self._stop = threading.Event()
         self._forks = procs.ForkServer()
+        self._node_spare: tuple[procs.Command, Path, bool] | None = None
         self._sup = threading.Thread(target=self._supervise, name="cep-supervisor", daemon=True)
         self._sup.start()
 
@@ -174,7 +177,32 @@ class NodeManager:
     def _node(
         self, env: dict[str, str], plan: dict[str, Any], network: bool, src: str
     ) -> procs.OperatorProcess:
+        """A Node.js operator: the pre-started spare runtime when it fits (no cold start),
+        then a new spare is started for next time; else a cold `node run.js`."""
+        spare, self._node_spare = self._node_spare, None
+        if spare is not None and spare[2] == network and spare[0].exitcode() is None:
+            proc, sdir, _ = spare
+            dst = sdir / Path(src).name
+            shutil.copyfile(src, dst)
+            if "uid" in plan:
+                os.chown(dst, int(plan["uid"]), int(plan["gid"]))
+            env = {**env, "TIDAL_CEP_SOURCE": str(dst)}
+            proc.send(json.dumps({"env": env, "source": str(dst)}).encode())
+            self._start_node_spare(network)
+            return proc
+        if spare is not None:
+            spare[0].kill()
+        self._start_node_spare(network)
         return procs.Command(["node", str(NODE_RUNNER), src], env, plan, network)
+
+    def _start_node_spare(self, network: bool) -> None:
+        sdir = self.ops_dir / f"node-spare-{next(self._ids)}"
+        plan = sandbox.prepare(self.sandbox, sdir)
+        try:
+            p = procs.Command(["node", str(NODE_WARM)], {}, plan, network, stdin=True)
+        except TidalError:
+            return
+        self._node_spare = (p, sdir, network)
 
     @staticmethod
     def overrides(spec: VersionSpec) -> dict[str, Any]:
@@ -350,6 +378,9 @@ class NodeManager:
                         p.wait(3)
         self._sup.join(timeout=2)
         self._forks.close()
+        if self._node_spare is not None:
+            self._node_spare[0].kill()
+            self._node_spare[0].wait(3)
         shutil.rmtree(self.ops_dir, ignore_errors=True)
 
     # -- supervision --------------------------------------------------------------------

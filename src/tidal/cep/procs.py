@@ -143,7 +143,9 @@ class Command:
         env: Mapping[str, str],
         plan: Mapping[str, Any],
         network: bool = False,
+        stdin: bool = False,
     ) -> None:
+        """`stdin`: keep a pipe to the child's stdin (`send`), for pre-started runtimes."""
         full = sandbox.child_env(env, str(plan["cwd"]))
         try:
             self._p = subprocess.Popen(
@@ -152,6 +154,7 @@ class Command:
                 cwd=str(plan["cwd"]),
                 preexec_fn=lambda: sandbox.apply(plan, network),  # noqa: PLW1509
                 close_fds=True,
+                stdin=subprocess.PIPE if stdin else None,
             )
         except OSError as e:
             raise TidalError(f"cannot start operator command {list(argv)!r}: {e}") from None
@@ -159,6 +162,12 @@ class Command:
     @property
     def pid(self) -> int | None:
         return self._p.pid
+
+    def send(self, line: bytes) -> None:
+        """Write one line to the child's stdin and close it (an assignment)."""
+        assert self._p.stdin is not None
+        self._p.stdin.write(line.rstrip(b"\n") + b"\n")
+        self._p.stdin.close()
 
     def exitcode(self) -> int | None:
         return self._p.poll()
