@@ -197,8 +197,10 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         for s in ("1", "3", "10"):
             t.add_column(f"{s} stage(s)")
         for name, row in res["median_ms"].items():
-            q = res["p95_ms"][name]
-            t.add_row(name, *(f"{row[s]:.2f} / {q[s]:.2f}" for s in ("1", "3", "10")))
+            q, c = res["p95_ms"][name], res["cpu_p95_ms"][name]
+            t.add_row(
+                name, *(f"{row[s]:.2f} / {q[s]:.2f} (cpu p95 {c[s]:.2f})" for s in ("1", "3", "10"))
+            )
         Console().print(t)
 
     @bench.command("decisions")
