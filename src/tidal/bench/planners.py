@@ -5,8 +5,9 @@ measured), 5 variants per stage, 50 req/s, 16-core nodes. Each repeat is a fresh
 the same context, timed with the injected clock. Reports the median and the 95th percentile
 (the goal: p95 <= 50 ms at 3 stages) and the machine's load average at start and end, since
 timings on a shared machine vary with its load; and the CPU time of the decision
-(`time.process_time`, all threads of the process, median and p95), which a loaded machine does not inflate: on 2 cores at
-load average 20 a 1 ms decision can take 60 ms of wall time when the thread is preempted.
+(`time.process_time`, all threads of the process, median and p95), which a loaded machine
+inflates much less: on 2 cores at load average 20 a 1 ms decision can take 60 ms of wall time
+when the thread is preempted.
 `sponge+queue100`: Sponge with 100 queued
 requests of 300-1000 ms budgets.
 """
