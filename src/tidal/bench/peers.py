@@ -296,7 +296,8 @@ def launch_ray(m: ModelSpec, port: int, workdir: Path) -> Launch:
         }
     )
     cmd = [str(py), str(_HERE / "peers_ray_app.py"), spec]
-    env = _clean_env({"RAY_USAGE_STATS_ENABLED": "0"})
+    src = str(_HERE.parents[1])  # tidal.bench.dataplane_apps: numpy + orjson only
+    env = _clean_env({"RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": src})
     url = f"http://127.0.0.1:{port}/v2/models/{m.name}/infer"
     return Launch("ray_serve", cmd, url, env, stdin=True, startup_timeout_s=420.0)
 

@@ -1,5 +1,5 @@
 """Ray Serve app for `tidal bench goodput`, run inside `.venv-peers/ray_serve` (not imported
-by Tidal): `python peers_ray_app.py '<json spec>'`.
+by Tidal's venv): `PYTHONPATH=<tidal src> python peers_ray_app.py '<json spec>'`.
 
 One replica, `@serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=0.005)`, ONNX Runtime
 on the same file and thread settings as Tidal's worker; OIP v2 JSON (and the binary tensor
@@ -15,30 +15,10 @@ import sys
 from typing import Any
 
 import numpy as np
-import orjson
 
-
-def _decode(body: bytes, header_len: int | None) -> np.ndarray:
-    if header_len is None:
-        inp = orjson.loads(body)["inputs"][0]
-        return np.asarray(inp["data"], dtype=np.float32).reshape(inp["shape"])
-    inp = orjson.loads(body[:header_len])["inputs"][0]
-    return np.frombuffer(body[header_len:], dtype=np.float32).reshape(inp["shape"])
-
-
-def _encode(y: np.ndarray, model: str) -> bytes:
-    out = {
-        "model_name": model,
-        "outputs": [
-            {
-                "name": "output-0",
-                "datatype": "FP32",
-                "shape": list(y.shape),
-                "data": np.ascontiguousarray(y, dtype=np.float32).reshape(-1),
-            }
-        ],
-    }
-    return orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY)
+# The same OIP v2 decode/encode as the bare app of `tidal bench dataplane`: that module needs
+# only numpy and orjson, and the launcher puts Tidal's src/ on PYTHONPATH (Ray's workers too).
+from tidal.bench.dataplane_apps import _decode, _encode
 
 
 def main(spec: dict[str, Any]) -> None:
