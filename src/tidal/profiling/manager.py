@@ -146,12 +146,9 @@ class RepositoryManager:
         assert self._queue is not None
         while True:
             variant = await self._queue.get()
-            if variant in self.profiles:
-                continue
-            try:
-                get_variant(variant)
-            except TidalError:
-                continue  # unloaded meanwhile
+            sha = self._sha(variant)
+            if variant in self.profiles or sha is None:
+                continue  # measured already, or unloaded meanwhile
             log.warning("auto-profile %s: starting (bound %g s)", variant, self.budget_s)
             try:
                 res = await asyncio.to_thread(quick_profile, variant, self.budget_s)
@@ -160,36 +157,35 @@ class RepositoryManager:
                 log.warning("auto-profile %s failed: %s; keeps the conservative estimate",
                             variant, e)  # fmt: skip
                 continue
-            self._record(variant, res.profile, res.seconds)
+            key = cache_key(sha)
+            self.cache.put(
+                CacheEntry(
+                    onnx_sha256=sha, cpu_model=key.cpu_model, cores=key.cores, kind="quick",
+                    measured_s=res.seconds, profile=res.profile,
+                    created=datetime.now(UTC).isoformat(timespec="seconds"),
+                )
+            )  # fmt: skip
             log.warning(
                 "auto-profile %s: done in %.1f s (%d points): l(b,c) = %.3g*b/c + %.3g*b + "
                 "%.3g/c + %.3g ms", variant, res.seconds, res.points, res.profile.fit.gamma,
                 res.profile.fit.delta, res.profile.fit.epsilon, res.profile.fit.eta,
             )  # fmt: skip
+            if self._sha(variant) != sha:  # unloaded or replaced by other bytes meanwhile
+                log.warning("auto-profile %s: the version changed meanwhile; cached only", variant)
+                continue
+            self.profiles[variant] = res.profile
+            self.profile_kind[variant] = "quick"
+            self.profiling_s[variant] = res.seconds
+            self._set_fit(variant, res.profile)
+            self._notify()
 
-    def _record(self, variant: str, prof: VariantProfile, seconds: float) -> None:
-        spec = get_variant(variant)
-        if spec.onnx_file is not None and spec.version is not None and spec.model is not None:
-            m = self.loaded.get(spec.model)
-            v = next((x for x in m.versions if x.variant == variant), None) if m else None
-            if v is not None:
-                key = cache_key(v.sha256)
-                self.cache.put(
-                    CacheEntry(
-                        onnx_sha256=v.sha256, cpu_model=key.cpu_model, cores=key.cores,
-                        kind="quick", measured_s=seconds,
-                        created=datetime.now(UTC).isoformat(timespec="seconds"), profile=prof,
-                    )
-                )  # fmt: skip
-        self.profiles[variant] = prof
-        self.profile_kind[variant] = "quick"
-        self.profiling_s[variant] = seconds
-        self._set_fit(variant, prof)
-        for fn in list(self.listeners):
-            try:
-                fn()
-            except Exception:  # a listener bug must not stop profiling
-                log.exception("profile listener failed")
+    def _sha(self, variant: str) -> str | None:
+        """The ONNX hash of the served version `variant`, None when it is not served."""
+        for m in self.loaded.values():
+            for v in m.versions:
+                if v.variant == variant:
+                    return v.sha256
+        return None
 
     def estimated(self) -> list[str]:
         """Served versions still on the conservative estimate."""

@@ -196,3 +196,54 @@ def test_flag_estimates_appends_to_the_planner_reason() -> None:
     note = "conservative estimate (not profiled yet): m/1"
     assert FlagEstimates(Keeps(), lambda: []).plan(Ctx())[0].reason == "ok"
     assert FlagEstimates(Keeps(), lambda: ["m/1"]).plan(Ctx())[0].reason == "ok; " + note
+
+
+def test_profile_loop_applies_caches_and_survives_unload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The background loop with a FAKE quick profile (the real one needs worker processes:
+    tests/integration/test_model_repository.py): the fit replaces the estimate, the cache gets
+    the entry, listeners run; a version unloaded while it is profiled is cached, not applied,
+    and the loop keeps going."""
+    import threading
+
+    from tidal.profiling import manager as mgr_mod
+    from tidal.profiling.auto import QuickResult
+
+    tiny_model(tmp_path / "repo" / "a" / "1" / "model.onnx")
+    tiny_model(tmp_path / "repo" / "b" / "1" / "model.onnx", scale=7.0)
+    fit = LatencyFit(gamma=0.5, delta=0.0, epsilon=0.0, eta=0.1)
+    gate = threading.Event()
+
+    def fake_quick(variant: str, budget_s: float) -> QuickResult:
+        if variant == "a/1":
+            gate.wait(10)  # a/1 is being profiled while the test unloads it
+        return QuickResult(VariantProfile(name=variant, fit=fit), 4, 0.01, 0)
+
+    monkeypatch.setattr(mgr_mod, "quick_profile", fake_quick)
+    cache = ProfileCache(tmp_path / "cache")
+
+    async def main() -> None:
+        gw, mgr = await _serve(tmp_path, cache)
+        calls: list[int] = []
+        mgr.listeners.append(lambda: calls.append(1))
+        try:
+            mgr.auto_profile = True
+            mgr.start_profiling()
+            await asyncio.sleep(0.05)
+            await mgr.unload("a")
+            gate.set()
+            for _ in range(200):
+                if "b/1" in mgr.profiles:
+                    break
+                await asyncio.sleep(0.02)
+            assert gw.stages["b"].fits["b/1"] == fit and mgr.estimated() == []
+            assert "a/1" not in mgr.profiles and calls
+            assert len(list((tmp_path / "cache").glob("*.quick.json"))) == 2  # a/1 cached too
+            await mgr.load("a")  # the cached profile is used at once on reload
+            assert gw.stages["a"].fits["a/1"] == fit and mgr.estimated() == []
+        finally:
+            await mgr.stop()
+            await gw.stop()
+
+    asyncio.run(main())
