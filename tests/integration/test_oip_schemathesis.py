@@ -54,7 +54,7 @@ def test_committed_openapi_is_the_served_one(served: Served) -> None:
 
 @schema.parametrize()
 @settings(
-    max_examples=12,
+    max_examples=8,
     deadline=None,
     suppress_health_check=list(HealthCheck),
     derandomize=True,

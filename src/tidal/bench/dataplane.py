@@ -6,13 +6,13 @@ wrk (one thread, keep-alive connections, closed loop) with the identical request
 server: OIP v2 JSON (64 floats) for `noop`, and the OIP binary tensor extension (one 3x224x224
 float32 image) for `resnet18`, served at max batch 8 on the whole machine (2 cores) by both.
 
-Then (unless `protocols=False`) `tidal.bench.dataplane_protocols`: REST JSON, REST binary and
-gRPC side by side for each workload at max batch 8, and Tidal's gRPC vs Triton's gRPC.
+`tidal bench dataplane` then runs `tidal.bench.dataplane_protocols` (REST JSON, REST binary
+and gRPC side by side at max batch 8, Tidal's gRPC vs Triton's) under the key `protocols`.
 
 Output keys: `tidal`, `ray_serve`, `bare_asgi` (noop only): workload -> {rps, p50_ms, p99_ms};
 `ratios`: workload -> tidal rps / ray_serve rps; plus `one_connection` (p50 at 1 connection and
 Tidal's overhead over the bare app), `tidal_vs_bare`, `non_2xx`, the settings used (with the
-load average at start and end) and `protocols` (see tidal.bench.dataplane_protocols).
+load average at start and end).
 Figures only: nothing here is asserted by tests.
 """
 
@@ -229,19 +229,11 @@ def run_bench(
     ray: bool = True,
     workloads: list[str] | None = None,
     echo: Echo = None,
-    protocols: bool = True,
-    only_protocols: bool = False,
 ) -> dict[str, Any]:
-    """Run every server and workload in turn; return the figures (see the module docstring).
-    `protocols`: also `tidal.bench.dataplane_protocols` (key `protocols`); `only_protocols`:
-    that alone."""
+    """Run every server and workload in turn; return the figures (see the module docstring)."""
     if shutil.which("wrk") is None:
         raise TidalError("wrk not found: apt-get install wrk")
     workloads = workloads or ["noop", "resnet18"]
-    if only_protocols:
-        from tidal.bench.dataplane_protocols import run_protocols
-
-        return run_protocols(duration, workloads, echo)
     for w in workloads:
         if w not in ("noop", "resnet18"):
             raise TidalError(f"unknown workload {w!r}; valid: noop, resnet18")
@@ -314,8 +306,4 @@ def run_bench(
         one["tidal_overhead_p50_ms"] = round(one["tidal"]["p50_ms"] - one["bare_asgi"]["p50_ms"], 3)
     res.update(extra)
     res["settings"]["loadavg_at_end"] = os.getloadavg()[0]
-    if protocols:
-        from tidal.bench.dataplane_protocols import run_protocols
-
-        res["protocols"] = run_protocols(duration, workloads, echo)
     return res

@@ -179,16 +179,15 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         """Tidal vs Ray Serve vs a bare ASGI app under the same wrk load, then REST JSON, REST
         binary and gRPC side by side and Tidal's gRPC vs Triton's (figures, JSON)."""
         from tidal.bench.dataplane import run_bench
+        from tidal.bench.dataplane_protocols import run_protocols
 
-        out = run_bench(
-            duration=duration,
-            connections=connections,
-            ray=not skip_ray,
-            workloads=[w.strip() for w in workloads.split(",") if w.strip()],
-            echo=None if json_out else typer.echo,
-            protocols=protocols or only_protocols,
-            only_protocols=only_protocols,
-        )
+        names = [w.strip() for w in workloads.split(",") if w.strip()]
+        echo = None if json_out else typer.echo
+        out: dict[str, Any] = {}
+        if not only_protocols:
+            out = run_bench(duration, connections, not skip_ray, names, echo)
+        if protocols or only_protocols:
+            out["protocols"] = run_protocols(duration, names, echo)
         import json
 
         typer.echo(json.dumps(out, indent=2))

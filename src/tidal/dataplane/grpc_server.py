@@ -34,13 +34,13 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from tidal.dataplane import oip_serve
 from tidal.dataplane.grpc_v2 import grpc_predict_v2_pb2 as pb
-from tidal.dataplane.http import repository_call, repository_index
 from tidal.dataplane.oip import (
     InferRequest,
     OIPError,
     assemble,
     check_input,
     decode_raw,
+    parse_slo,
     raw_bytes,
     requested_output,
     select_outputs,
@@ -400,7 +400,7 @@ class GRPCServer:
                 raise OIPError(
                     400, "no model repository is served (start with --model-repository DIR)"
                 )
-            await repository_call(repo, action, name)
+            await oip_serve.repository_call(repo, action, name)
             # KServe's response: model_name = 1, isLoaded/isUnloaded = 2 (Triton's is empty:
             # it skips unknown fields).
             return _enc_str(1, name) + _enc_varint(2 << 3) + b"\x01"
@@ -410,7 +410,9 @@ class GRPCServer:
     async def index(self, request: bytes, context: Any) -> bytes:
         async def run() -> bytes:
             ready_only = bool(_fields(request).get(2, 0))
-            entries = repository_index(self.gw, getattr(self.gw, "repository", None), ready_only)
+            entries = oip_serve.repository_index(
+                self.gw, getattr(self.gw, "repository", None), ready_only
+            )
             return _index_response(entries)
 
         return await self._guard(context, run)
@@ -419,8 +421,6 @@ class GRPCServer:
 def _slo(value: Any, max_slo_ms: float) -> float | None:
     if value is None:
         return None
-    from tidal.dataplane.http import parse_slo
-
     if isinstance(value, bool):
         raise OIPError(400, f"slo_ms must be a number of milliseconds, got {value!r}")
     return parse_slo(value, max_slo_ms)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -32,27 +31,18 @@ from pydantic import ValidationError
 from tidal.core.errors import TidalError, first_error
 from tidal.core.plan import Plan
 from tidal.dataplane import oip_serve
+from tidal.dataplane.disconnect import ClientGone, until_disconnect
 from tidal.dataplane.gateway import Gateway
 from tidal.dataplane.http_body import read_body
-from tidal.dataplane.oip import OIPError, encode_rest, parse_rest, select_outputs
+from tidal.dataplane.oip import OIPError, encode_rest, parse_rest, parse_slo, select_outputs
 from tidal.dataplane.plancheck import PlanRejected, check_admin_plan, zero_reason
+from tidal.dataplane.planstatus import plan_status
 
 log = logging.getLogger("tidal.dataplane")
 Scope = MutableMapping[str, Any]
 _JSON = [(b"content-type", b"application/json")]
 HTTPError = OIPError  # the name earlier callers import
-NO_REPO = "no model repository is served (start with --model-repository DIR)"
-
-
-def parse_slo(value: Any, max_slo_ms: float) -> float:
-    """A valid slo_ms (float, 0 < slo <= max) or OIPError 400 naming the value."""
-    try:
-        slo = float(value)
-    except (TypeError, ValueError):
-        raise OIPError(400, f"slo_ms must be a number of milliseconds, got {value!r}") from None
-    if isinstance(value, bool) or not math.isfinite(slo) or slo <= 0 or slo > max_slo_ms:
-        raise OIPError(400, f"slo_ms must be in (0, {max_slo_ms:g}] ms, got {value!r}")
-    return slo
+__all__ = ["HTTPError", "OIPApp", "parse_slo"]
 
 
 def _allow(methods: str) -> OIPError:
@@ -238,8 +228,12 @@ class OIPApp:
             slo = parse_slo(v, self.cfg.max_slo_ms)
         elif slo_header is not None:
             slo = parse_slo(slo_header.decode("latin-1"), self.cfg.max_slo_ms)
-        try:
-            named, res, sig = await oip_serve.infer(self.gw, info, req, variant, slo)
+        try:  # a client that hangs up cancels its request (tidal.dataplane.disconnect)
+            named, res, sig = await until_disconnect(
+                receive, oip_serve.infer(self.gw, info, req, variant, slo)
+            )
+        except ClientGone:
+            return 499, b'{"error": "client closed the connection"}', []
         except OIPError as e:
             if not hasattr(e, "cause"):
                 raise
@@ -298,13 +292,13 @@ class OIPApp:
             ready_only = req.get("ready", False)
             if not isinstance(ready_only, bool):
                 raise OIPError(400, f"`ready` must be true or false, got {ready_only!r}")
-            return 200, orjson.dumps(repository_index(self.gw, repo, ready_only)), []
+            return 200, orjson.dumps(oip_serve.repository_index(self.gw, repo, ready_only)), []
         if not isinstance(req.get("parameters", {}), dict):
             raise OIPError(400, f"`parameters` must be an object, got {req['parameters']!r}")
         self._check_token(scope)
         if repo is None:
             raise OIPError(400, "no model repository is served (start with --model-repository DIR)")
-        await repository_call(repo, parts[2], parts[1])
+        await oip_serve.repository_call(repo, parts[2], parts[1])
         return 200, b"", []
 
     # ------------------------------------------------------------------ admin
@@ -326,9 +320,10 @@ class OIPApp:
         self, path: str, method: str, scope: Scope, receive: Any
     ) -> tuple[int, bytes, list[Any]]:
         if path == "/admin/plan":
-            if method == "GET":
-                plan = self.gw.current_plan()
-                return 200, (plan.model_dump_json().encode() if plan else b"null"), []
+            if method == "GET":  # target, in_force and pending, separately (planstatus)
+                if self.gw.current_plan() is None:
+                    return 200, b"null", []
+                return 200, orjson.dumps(plan_status(self.gw)), []
             if method == "PUT":
                 body = await self._body(scope, receive)
                 try:
@@ -354,26 +349,3 @@ class OIPApp:
             snaps = self.gw.metrics_snapshot()
             return 200, orjson.dumps({k: v.__dict__ for k, v in snaps.items()}), []
         raise OIPError(404, f"no admin route {method} {path}")
-
-
-def repository_index(gw: Any, repo: Any, ready_only: bool) -> list[dict[str, Any]]:
-    """The repository index: the repository's entries, else the served models (READY)."""
-    if repo is not None:
-        return list(repo.index(ready_only))
-    out = []
-    for info in gw.models.values():
-        ok = oip_serve.ready(gw, info)
-        if ok or not ready_only:
-            out.append({"name": info.name, "version": "", "state": "READY" if ok else "UNAVAILABLE",
-                        "reason": ""})  # fmt: skip
-    return out
-
-
-async def repository_call(repo: Any, action: str, model: str) -> None:
-    """`repo.load(model)` / `repo.unload(model)`: 404 unknown model, 400 other refusals."""
-    try:
-        await (repo.load(model) if action == "load" else repo.unload(model))
-    except KeyError as e:
-        raise OIPError(404, f"unknown model {model!r} in the repository: {e}") from None
-    except TidalError as e:
-        raise OIPError(400, f"{action} {model!r}: {e}") from None

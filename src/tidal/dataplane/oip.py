@@ -139,6 +139,17 @@ def _meta(m: Any) -> TensorMeta:
     return TensorMeta(str(m.name), _oip_of(dt), tuple(int(d) for d in m.shape))
 
 
+def parse_slo(value: Any, max_slo_ms: float) -> float:
+    """A valid slo_ms (float, 0 < slo <= max) or OIPError 400 naming the value."""
+    try:
+        slo = float(value)
+    except (TypeError, ValueError):
+        raise OIPError(400, f"slo_ms must be a number of milliseconds, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(slo) or slo <= 0 or slo > max_slo_ms:
+        raise OIPError(400, f"slo_ms must be in (0, {max_slo_ms:g}] ms, got {value!r}")
+    return slo
+
+
 # ---------------------------------------------------------------------------- inputs
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)

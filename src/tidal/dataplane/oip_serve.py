@@ -240,3 +240,29 @@ def result_parameters(res: Any, slo_ms: float) -> dict[str, Any]:
         "total_ms": round(res.total_ms, 3),
         "late": res.late,
     }
+
+
+NO_REPO = "no model repository is served (start with --model-repository DIR)"
+
+
+def repository_index(gw: Any, repo: Any, ready_only: bool) -> list[dict[str, Any]]:
+    """The repository index: the repository's entries, else the served models (READY)."""
+    if repo is not None:
+        return list(repo.index(ready_only))
+    out = []
+    for info in gw.models.values():
+        ok = ready(gw, info)
+        if ok or not ready_only:
+            out.append({"name": info.name, "version": "", "state": "READY" if ok else "UNAVAILABLE",
+                        "reason": ""})  # fmt: skip
+    return out
+
+
+async def repository_call(repo: Any, action: str, model: str) -> None:
+    """`repo.load(model)` / `repo.unload(model)`: 404 unknown model, 400 other refusals."""
+    try:
+        await (repo.load(model) if action == "load" else repo.unload(model))
+    except KeyError as e:
+        raise OIPError(404, f"unknown model {model!r} in the repository: {e}") from None
+    except TidalError as e:
+        raise OIPError(400, f"{action} {model!r}: {e}") from None
