@@ -151,7 +151,11 @@ class RepositoryManager:
                 continue  # measured already, or unloaded meanwhile
             log.warning("auto-profile %s: starting (bound %g s)", variant, self.budget_s)
             try:
-                res = await asyncio.to_thread(quick_profile, variant, self.budget_s)
+                # Default CPU weight: the profiler's high weight (tidal profile) would starve
+                # the serving workers on a contended machine for up to the whole budget.
+                res = await asyncio.to_thread(
+                    quick_profile, variant, self.budget_s, cpu_weight=None
+                )
             except Exception as e:  # a failed profile keeps the estimate; serving goes on
                 self.failed[variant] = str(e)
                 log.warning("auto-profile %s failed: %s; keeps the conservative estimate",

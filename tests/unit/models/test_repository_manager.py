@@ -215,7 +215,8 @@ def test_profile_loop_applies_caches_and_survives_unload(
     fit = LatencyFit(gamma=0.5, delta=0.0, epsilon=0.0, eta=0.1)
     gate = threading.Event()
 
-    def fake_quick(variant: str, budget_s: float) -> QuickResult:
+    def fake_quick(variant: str, budget_s: float, cpu_weight: int | None = 1) -> QuickResult:
+        assert cpu_weight is None  # serving-time profiles never starve the serving workers
         if variant == "a/1":
             gate.wait(10)  # a/1 is being profiled while the test unloads it
         return QuickResult(VariantProfile(name=variant, fit=fit), 4, 0.01, 0)
