@@ -7,8 +7,9 @@ import os
 import secrets
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -152,42 +153,21 @@ def bench_cmd(
             run_gap(lang, rate=gap_rate, cards=state_cards, updates=updates)
             for lang in ("python", "node")
         ]
-        load1 = os.getloadavg()
-        if as_json:
-            typer.echo(
-                json.dumps(
-                    {"load_avg_start": load0, "load_avg_end": load1, "rows": grows}, indent=1
-                )
-            )
-            return
-        typer.echo(f"load average at start {load0[0]:.2f}, at end {load1[0]:.2f} (1 min)")
-        for r in grows:
-            typer.echo(
-                f"{r['backend']:>18}: gap from results median {r['gap_median_ms']:.2f} ms, max "
-                f"{r['gap_max_ms']:.2f} ms over {r['updates']} updates at {r['rate']:,.0f} ev/s "
-                f"with {r['state_cards']:,} cards; update_ms {r['update_ms']}; lost "
-                f"{r['lost_events']} dup {r['duplicated_events']} counts {r['per_key_counts_ok']}"
-            )
+        _emit(grows, load0, as_json, lambda r: (
+            f"{r['backend']:>18}: gap from results median {r['gap_median_ms']:.2f} ms, max "
+            f"{r['gap_max_ms']:.2f} ms over {r['updates']} updates at {r['rate']:,.0f} ev/s "
+            f"with {r['state_cards']:,} cards; update_ms {r['update_ms']}; lost "
+            f"{r['lost_events']} dup {r['duplicated_events']} counts {r['per_key_counts_ok']}"
+        ))  # fmt: skip
         return
     if flink:
         from tidal.bench.cep_flink import run_flink
 
-        frows = run_flink(n=events, batch=batch)
-        load1 = os.getloadavg()
-        if as_json:
-            typer.echo(
-                json.dumps(
-                    {"load_avg_start": load0, "load_avg_end": load1, "rows": frows}, indent=1
-                )
-            )
-            return
-        typer.echo(f"load average at start {load0[0]:.2f}, at end {load1[0]:.2f} (1 min)")
-        for r in frows:
-            typer.echo(
-                f"{r['backend']:>21}: {r['events_per_s']:>11,.0f} ev/s  p50 {r['p50_ms']:.2f} ms  "
-                f"p99 {r['p99_ms']:.2f} ms  lost {r['lost_events']}  dup {r['duplicated_events']}"
-                f" ({r['loss_counted_on']})  matches {r['matches']}/{r['matches_expected']}"
-            )
+        _emit(run_flink(n=events, batch=batch), load0, as_json, lambda r: (
+            f"{r['backend']:>21}: {r['events_per_s']:>11,.0f} ev/s  p50 {r['p50_ms']:.2f} ms  "
+            f"p99 {r['p99_ms']:.2f} ms  lost {r['lost_events']}  dup {r['duplicated_events']}"
+            f" ({r['loss_counted_on']})  matches {r['matches']}/{r['matches_expected']}"
+        ))  # fmt: skip
         return
     rows = run(
         [b.strip() for b in backends.split(",") if b.strip()],
@@ -215,6 +195,23 @@ def bench_cmd(
             f"update {ms(r['update_ms'])} ms  lost {r['lost_events']}  "
             f"dup {r['duplicated_events']}"
         )
+
+
+def _emit(
+    rows: list[dict[str, Any]],
+    load0: tuple[float, float, float],
+    as_json: bool,
+    line: Callable[[dict[str, Any]], str],
+) -> None:
+    """Print benchmark rows (JSON with the load averages, or one `line` per row)."""
+    load1 = os.getloadavg()
+    if as_json:
+        doc = {"load_avg_start": load0, "load_avg_end": load1, "rows": rows}
+        typer.echo(json.dumps(doc, indent=1))
+        return
+    typer.echo(f"load average at start {load0[0]:.2f}, at end {load1[0]:.2f} (1 min)")
+    for r in rows:
+        typer.echo(line(r))
 
 
 @cep.command("query")
