@@ -147,3 +147,37 @@ def test_methods_version_and_bad_datatypes(base: str) -> None:
     assert cfg["input"] == [{"name": "input-0", "data_type": "TYPE_FP32", "dims": [64]}]
     with urllib.request.urlopen(base + "/v2/models/stats", timeout=30) as r:
         assert json.loads(r.read())["model_stats"][0]["name"] == "echo"
+
+
+def test_grpc_port_taken_explicit_fails_default_degrades() -> None:
+    """An explicit grpc_port that is taken fails the start; the default port taken only logs
+    (REST serves alone). grpc's SO_REUSEPORT is off, so a second server never shares a port."""
+    import asyncio
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+
+    async def start(**cfg: Any) -> Any:
+        app = OIPApp(Gateway(parse_serve_config({"models": [{"name": "e", "variants": ["noop"]}],
+                                                 "port": 1, **cfg})))  # fmt: skip
+        try:
+            return await app.start_grpc()
+        finally:
+            await app.stop_grpc()
+
+    hold = socket.socket()
+    try:
+        hold.bind(("127.0.0.1", 8001))  # taken by us, or already by someone else: taken
+        hold.listen()
+    except OSError:
+        pass
+    try:
+        with pytest.raises(OSError, match=f"cannot bind 127.0.0.1:{port} \\(grpc_port\\)"):
+            asyncio.run(start(grpc_port=port))
+        assert asyncio.run(start()) is None  # default 8001 taken: REST only, logged
+    finally:
+        taken.close()
+        hold.close()

@@ -87,16 +87,27 @@ class OIPApp:
                 return
 
     async def start_grpc(self) -> int | None:
-        """Start the OIP gRPC face when the config enables it; returns its port (or None)."""
+        """Start the OIP gRPC face when the config enables it; returns its port (or None).
+
+        An explicit `grpc_port` that cannot be bound fails the startup (OSError). The default
+        (8001) that is taken, e.g. by a second server on this machine, is logged and REST
+        serves alone: the default must not stop a server whose config never asked for gRPC."""
         if not getattr(self.cfg, "grpc", True):
             return None
-        port = getattr(self.cfg, "grpc_port", None)
-        if port is None:
-            port = 0 if self.cfg.port == 0 else 8001
+        explicit = getattr(self.cfg, "grpc_port", None)
+        port = explicit if explicit is not None else (0 if self.cfg.port == 0 else 8001)
         from tidal.dataplane.grpc_server import GRPCServer  # grpcio only when gRPC is served
 
         self.grpc = GRPCServer(self.gw, self.cfg.host, port)
-        bound = await self.grpc.start()
+        try:
+            bound = await self.grpc.start()
+        except (OSError, RuntimeError) as e:
+            self.grpc = None
+            if explicit is not None:
+                raise OSError(f"gRPC: cannot bind {self.cfg.host}:{port} (grpc_port): {e}") from e
+            log.warning("OIP v2 gRPC not served: default port %d is taken (%s); set grpc_port "
+                        "or --grpc-port", port, e)  # fmt: skip
+            return None
         log.warning("OIP v2 gRPC listening on %s:%d", self.cfg.host, bound)
         return bound
 
