@@ -14,7 +14,7 @@ with the model run locally on the same rows, by request id):
    deadline (goal >= 99%);
 3. abandon: 40 req/s of 1024-row requests for 15 s whose clients hang up after 50 ms; then
    what is still queued or running (goal 0) and the gateway's RSS before / after (goal within
-   10%);
+   10%); run twice, to tell a plateau from a leak;
 4. sigstop: 2 replicas under a steady load; one worker gets SIGSTOP; the time until the
    watchdog killed it, the time until its replacement was ready, and the slowest answer.
 
@@ -209,6 +209,9 @@ def run_overload(
             say(f"{level:g}x overload ({rate:.1f} req/s, slo {slo:g} ms, {n} requests): {d}")
         if abandon:
             out["abandon"] = _abandon(gw, oracle, say)
+            # A second identical run tells a plateau (allocator keeping freed pages) from a
+            # leak (growing again).
+            out["abandon_again"] = _abandon(gw, oracle, say)
     if sigstop:
         with GatewayProcess(gateway_config(variant, 2, min(cores, 0.5), batch), work) as gw2:
             out["sigstop"] = _sigstop(gw2, oracle, say)
