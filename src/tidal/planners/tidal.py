@@ -347,7 +347,9 @@ class Tidal:
     def _infeasible(self, ctx: PlanContext, chosen: list[VariantProfile], lam: float) -> Plan:
         """Overload: no plan carries `lam` with headroom on the nodes. Serve as much as the
         nodes can: the cheapest plan (at utilisation 1) for the highest rate any plan that
-        fits carries within the SLO (bisection); flagged infeasible."""
+        fits carries within the SLO (bisection), kept while the plan in force carries >= 95%
+        of that (no flapping); its reason starts with "overload:". Flagged infeasible only
+        when nothing fits at all."""
         reason = (
             f"no plan carries {lam:.4g} req/s within the {ctx.slo_ms:g} ms SLO on "
             f"{ctx.capacity.nodes} x {ctx.capacity.cores_per_node:g} cores"
@@ -367,8 +369,14 @@ class Tidal:
         if cur is not None and near and fits(cur, ctx.capacity):
             best = cur  # already (nearly) the most the nodes carry: no flapping
         if best is None:
-            best = self._dp.fastest(replace(ctx, forecast=lam), chosen, reason)
-        return best.model_copy(update={"feasible": False, "reason": reason})
+            return self._dp.fastest(replace(ctx, forecast=lam), chosen, reason)
+        # the most the nodes carry within the SLO: a plan to apply (the controller keeps the
+        # last *feasible* plan, so flagging this one would leave a smaller plan in force);
+        # the reason says the load exceeds it
+        carried = _max_rps(best, chosen)
+        return best.model_copy(
+            update={"feasible": True, "reason": f"overload: {reason}; carries {carried:.4g}"}
+        )
 
 
 def _max_rps(plan: Plan, chosen: list[VariantProfile]) -> float:
