@@ -383,6 +383,20 @@ class Gateway:
             await self._drop(name)
             raise
 
+    def add_variants(
+        self, model: str, variants: list[str], fits: dict[str, LatencyFit] | None = None
+    ) -> None:
+        """Allow new `variants` (new versions) on the stage of one-stage model `model` while it
+        serves: nothing stops, the plan decides when they get replicas. TidalError for a
+        pipeline; KeyError for an unknown model."""
+        snames = self.routes[model]
+        if len(snames) != 1:
+            raise TidalError(f"model {model!r} is a pipeline: add versions to its stage models")
+        st = self.stages[snames[0]]
+        st.allowed += [v for v in variants if v not in st.allowed]
+        st.fits.update(fits or {})
+        self._add_route(model, snames)
+
     async def remove_model(self, name: str, drain_timeout_s: float = 30.0) -> None:
         """Stop serving `name`: new requests get 503 "being unloaded" at once; requests
         already queued or running finish (up to `drain_timeout_s`, then they get 503), then

@@ -249,10 +249,13 @@ class RepositoryManager:
                 raise
             old = self.loaded.get(name)
             if old is not None:
-                if [(v.version, v.sha256) for v in old.versions] == [
-                    (v.version, v.sha256) for v in m.versions
-                ]:
+                before = {(v.version, v.sha256) for v in old.versions}
+                after = {(v.version, v.sha256) for v in m.versions}
+                if before == after:
                     return  # same bytes: nothing to do (Triton's load of a loaded model)
+                if before < after and old.inputs == m.inputs and name in self.gateway.routes:
+                    self._add_versions(name, m)  # only new versions: no interruption
+                    return
                 await self._unload_locked(name)
             self.state[name] = (LOADING, "")
             m.register()
@@ -280,6 +283,23 @@ class RepositoryManager:
                 for v in todo:
                     self._queue.put_nowait(v)
             self._notify()
+
+    def _add_versions(self, name: str, m: RepoModel) -> None:
+        """Serve the new versions of loaded model `name` next to the old ones (no restart,
+        no interruption: the planners may now choose them)."""
+        m.register()
+        self.repo.models[name] = m
+        old = set(self.loaded[name].variants())
+        new = [v for v in m.variants() if v not in old]
+        self.gateway.add_variants(name, new, {v: ESTIMATE for v in new})
+        self.loaded[name] = m
+        todo = self._prime_model(m)
+        if self._queue is not None:
+            for v in todo:
+                self._queue.put_nowait(v)
+        log.warning("model repository: %s gains versions %s (served on, no interruption)",
+                    name, new)  # fmt: skip
+        self._notify()
 
     async def unload(self, name: str) -> None:
         """Stop serving `name`: new requests get 503, in-flight ones finish. KeyError when it

@@ -248,3 +248,32 @@ def test_profile_loop_applies_caches_and_survives_unload(
             await gw.stop()
 
     asyncio.run(main())
+
+
+def test_new_version_is_added_without_interrupting_the_model(tmp_path: Path) -> None:
+    tiny_model(tmp_path / "repo" / "a" / "1" / "model.onnx")
+
+    async def main() -> None:
+        gw, mgr = await _serve(tmp_path, ProfileCache(tmp_path / "cache"))
+        try:
+            x = np.ones((1, 4), np.float32)
+            tiny_model(tmp_path / "repo" / "a" / "2" / "model.onnx", scale=4.0)
+            running = [asyncio.create_task(gw.infer("a", x)) for _ in range(5)]
+            await mgr.load("a")  # only a new version: no unload, nothing refused
+            assert all(r.variants == ["a/1"] for r in await asyncio.gather(*running))
+            assert gw.stages["a"].allowed == ["a/1", "a/2"]
+            assert gw.models["a"].versions == ["a/1", "a/2"]
+            assert [e["version"] for e in mgr.index()] == ["1", "2"]
+            assert mgr.estimated() == ["a/1", "a/2"] and gw.stages["a"].fits["a/2"] == ESTIMATE
+            sp = StagePlan(stage="a", variants=(VariantWeight(name="a/2"),), replicas=1,
+                           cores=1.0, batch=1)  # fmt: skip
+            await gw.apply_plan(Plan(stages=(sp,)))
+            assert (await gw.infer("a", x, version="a/2")).variants == ["a/2"]
+            # a changed file of an existing version is a replace (unload + load)
+            tiny_model(tmp_path / "repo" / "a" / "1" / "model.onnx", scale=9.0)
+            await mgr.load("a")
+            assert (await gw.infer("a", x)).variants == ["a/1"]  # the new initial plan
+        finally:
+            await gw.stop()
+
+    asyncio.run(main())
