@@ -196,7 +196,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 def _policy_hook(policy: str, **options: Any) -> OnStart:
     """Start the closed-loop controller when the control area provides one."""
     try:
-        from tidal.control import serve_hook  # type: ignore[attr-defined]
+        from tidal.control import serve_hook
     except ImportError:
         from tidal.core.errors import TidalError
 
