@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from tidal.dataplane.bounds import EXACT_BATCHES
 from tidal.sim.config import EXPIRED, LATE, OK, REFUSED, UNFINISHED, US
 from tidal.sim.latency import NOISE_LEN, VariantLatency
 from tidal.sim.reference import INF, NEED_INPUT, REACHED
@@ -250,15 +251,38 @@ def _admit(ist, now, d_us, p, ready, busy, pred, cores, tmp_t, tmp_c):  # type: 
         best_alone = min(best_alone, _lat_ms(p, 1, cores[i]) / 1000.0)
     if best_alone > budget:
         return False
+    # `bounds.predict_finish_rows` with one row per request: batches of b = min(B, queued+1)
+    # rows; the full batches ahead go to the replica free first (the first EXACT_BATCHES
+    # exactly, those before as a fluid, as `bounds._fluid`); its own batch is priced full.
     bmax = ist[B]
-    j = queued // bmax
-    size = min(bmax, queued + 1 - j * bmax)
+    b = min(bmax, queued + 1)
+    j = queued // b
+    size = b
+    if j > EXACT_BATCHES:
+        nf = j - EXACT_BATCHES
+        order = np.argsort(tmp_t[:m], kind="mergesort")
+        level = tmp_t[order[0]]
+        rate = 0.0
+        done = 0.0
+        jj = 0
+        while True:
+            nxt = tmp_t[order[jj]] if jj < m else np.inf
+            if rate > 0 and done + rate * (nxt - level) >= nf:
+                level += (nf - done) / rate
+                break
+            done += rate * (nxt - level)
+            level = nxt
+            rate += 1.0 / (_lat_ms(p, b, tmp_c[order[jj]]) / 1000.0)
+            jj += 1
+        for q in range(m):
+            tmp_t[q] = max(tmp_t[q], level)
+        j = EXACT_BATCHES
     for _ in range(j):
         k = 0
         for q in range(1, m):
             if tmp_t[q] < tmp_t[k]:
                 k = q
-        tmp_t[k] = tmp_t[k] + _lat_ms(p, bmax, tmp_c[k]) / 1000.0
+        tmp_t[k] = tmp_t[k] + _lat_ms(p, b, tmp_c[k]) / 1000.0
     k = 0
     for q in range(1, m):
         if tmp_t[q] < tmp_t[k]:
