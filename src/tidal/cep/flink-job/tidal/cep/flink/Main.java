@@ -33,7 +33,8 @@ import org.apache.flink.streaming.api.functions.sink.v2.DiscardingSink;
  * records of {@code --events} (written by the Python bench, the same for every backend).
  *
  * <p>Usage: {@code java -cp classes:lib/* tidal.cep.flink.Main --mode tidal|flinkcep --events F
- * --n N --expected F --out F [--url U --op NAME --flush-ms 1 --window 50000]}; the token comes from
+ * --n N --expected F --out F [--url U --op NAME --flush-ms 1 --window 50000 --watermark-ms 1]};
+ * the token comes from
  * {@code $TIDAL_CEP_TOKEN}.
  */
 public final class Main {
@@ -102,7 +103,8 @@ public final class Main {
         int n = Integer.parseInt(a.get("n"));
         StreamExecutionEnvironment env = StreamExecutionEnvironment.getExecutionEnvironment();
         env.setParallelism(1);
-        env.getConfig().setAutoWatermarkInterval(1);
+        // FlinkCEP in event time emits matches when the watermark passes: 1 ms by default
+        env.getConfig().setAutoWatermarkInterval(Long.parseLong(a.getOrDefault("watermark-ms", "1")));
         DataStream<Txn> src = env.fromSequence(0, n - 1).map(new Load(a.get("events")))
                 .returns(TypeInformation.of(Txn.class));
         DataStream<Txn> out;
