@@ -33,8 +33,11 @@ def test_overload_is_refused_at_arrival(
     assert c["wrong"] == 0 and c["lost"] == 0 and c["error"] == 0, c
     assert c["refused"] > 0, c  # it really was overloaded
     # Refused at arrival, not expired: 503s come back long before the deadline ...
+    # (client-side latency from the scheduled send: on a loaded machine a few include the
+    # client's own lag, so the bound is on the median and the 95th percentile, not the max)
     refused = [r for r in summary.results if r.outcome == "refused"]
-    assert max(r.latency_ms for r in refused) < slo_ms / 2, sorted(r.latency_ms for r in refused)
+    lat = sorted(r.latency_ms for r in refused)
+    assert lat[len(lat) // 2] < slo_ms / 10 and lat[int(0.95 * (len(lat) - 1))] < slo_ms / 2, lat
     assert all(r.retry_after is not None and int(r.retry_after) >= 1 for r in refused)
     assert all(r.cause == "refused" and r.reason for r in refused)
     # ... and expiries stay rare: the bar is <= 2% of all requests, which
