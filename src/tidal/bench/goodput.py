@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import signal
 import tempfile
 import time
 from collections.abc import Callable
@@ -238,6 +239,10 @@ def _run_server(
         srv.stop()
 
 
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def run_goodput(
     model: str = "resnet18",
     slo_ms: float = 200.0,
@@ -257,6 +262,10 @@ def run_goodput(
     for s in servers:
         if s not in LAUNCHERS:
             raise TidalError(f"unknown server {s!r}; servers: {', '.join(SERVERS)}")
+    # SIGTERM (and SIGINT, ignored in background jobs) unwind through the finally blocks, so
+    # the server being measured is stopped, not orphaned.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGINT, _exit_on_signal)
     load0 = os.getloadavg()
     echo(f"load average at start: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} (2 cores shared)")
     if install:
