@@ -124,6 +124,19 @@ async def test_keepalive_pipelining_and_chunked() -> None:
 
 
 @on_uvloop
+async def test_expect_100_continue_is_answered_before_the_body() -> None:
+    async with running(LIM) as port:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"POST /e HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n")
+        assert (
+            await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        )
+        w.write(b"ok")
+        assert (await read_response(r))[2] == b"POST /e ok"
+        w.close()
+
+
+@on_uvloop
 async def test_body_cap_is_413_without_reading_the_body() -> None:
     async with running(LIM) as port:
         r, w = await asyncio.open_connection("127.0.0.1", port)
