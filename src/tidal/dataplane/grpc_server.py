@@ -44,6 +44,7 @@ from tidal.dataplane.oip import (
     raw_bytes,
     requested_output,
     select_outputs,
+    sig_of,
 )
 from tidal.dataplane.tensors import DATATYPES, TensorError, to_bytes_array
 
@@ -345,7 +346,7 @@ class GRPCServer:
     async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         gw = self.gw
         info, variant = oip_serve.resolve(gw, request.model_name, request.model_version or None)
-        sig = oip_serve.sig_of(info)
+        sig = sig_of(info)
         req = parse_grpc(request, sig)
         slo = _slo(req.parameters.get("slo_ms"), gw.config.max_slo_ms)
         remaining = context.time_remaining()

@@ -34,7 +34,14 @@ from tidal.dataplane import oip_serve
 from tidal.dataplane.disconnect import ClientGone, until_disconnect
 from tidal.dataplane.gateway import Gateway
 from tidal.dataplane.http_body import read_body
-from tidal.dataplane.oip import OIPError, encode_rest, parse_rest, parse_slo, select_outputs
+from tidal.dataplane.oip import (
+    OIPError,
+    encode_rest,
+    parse_rest,
+    parse_slo,
+    select_outputs,
+    sig_of,
+)
 from tidal.dataplane.plancheck import PlanRejected, check_admin_plan, zero_reason
 from tidal.dataplane.planstatus import plan_status
 
@@ -229,7 +236,7 @@ class OIPApp:
             raise OIPError(
                 400, f"Inference-Header-Content-Length {header_len} out of range 1..{len(body)}"
             )
-        sig = oip_serve.sig_of(info)
+        sig = sig_of(info)
         req = parse_rest(body, header_len, sig)
         slo: float | None = None
         if "slo_ms" in req.parameters:
