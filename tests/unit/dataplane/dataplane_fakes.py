@@ -1,8 +1,10 @@
 """An in-process executor with the worker's contract, for fast unit tests of the data plane.
 
-It is NOT used by integration tests (those start real worker processes). Latency is simulated
-with `asyncio.sleep(base + per_item * b / cores)`; `kill()` makes the in-flight and later
-batches fail with the real `WorkerDied`.
+It is NOT used by integration tests (those start real worker processes). A batch takes
+`base + per_item * b / cores` seconds: on the scripted clock when the factory has `timers`
+(`tidal.dataplane.timers.ManualTimers`, the unit tests' default: ordering never depends on
+this machine's speed), else on the event loop; `kill()` makes the in-flight and later batches
+fail with the real `WorkerDied`.
 """
 
 from __future__ import annotations
@@ -13,13 +15,21 @@ import itertools
 import numpy as np
 
 from tidal.core.profile import LatencyFit
+from tidal.dataplane.timers import ManualTimers
 from tidal.dataplane.worker import WorkerDied
 
 _pids = itertools.count(10_000)
 
 
 class FakeExecutor:
-    def __init__(self, variant: str, cores: float, base: float = 0.002, per_item: float = 0.001):
+    def __init__(
+        self,
+        variant: str,
+        cores: float,
+        base: float = 0.002,
+        per_item: float = 0.001,
+        timers: ManualTimers | None = None,
+    ):
         self.variant = variant
         self.cores = cores
         self.pid = next(_pids)
@@ -32,21 +42,27 @@ class FakeExecutor:
         self._dead = False
         self._stopped = False
         self._inflight: asyncio.Future[None] | None = None
+        self.timers = timers
 
     async def infer_async(self, batch: np.ndarray) -> np.ndarray:
         if self._dead or self._stopped:
             raise WorkerDied(f"fake worker {self.pid} is gone")
         self.batches.append(int(batch.shape[0]))
         self.seen.append(batch.copy())
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        self._inflight = fut
         delay = self.base + self.per_item * batch.shape[0] / self.cores
-        handle = loop.call_later(delay, _settle, fut)
-        try:
+        if self.timers is not None:
+            fut = self.timers.sleep(delay)
+            self._inflight = fut
             await fut
-        finally:
-            handle.cancel()
+        else:
+            loop = asyncio.get_running_loop()
+            fut = loop.create_future()
+            self._inflight = fut
+            handle = loop.call_later(delay, _settle, fut)
+            try:
+                await fut
+            finally:
+                handle.cancel()
         if self._dead:
             raise WorkerDied(f"fake worker {self.pid} was killed mid-batch")
         return batch.astype(np.float32) * 2.0
@@ -81,13 +97,16 @@ def _settle(fut: asyncio.Future[None]) -> None:
 class FakeFactory:
     """Records every executor it started. `fit()` is the matching latency profile."""
 
-    def __init__(self, base: float = 0.002, per_item: float = 0.001) -> None:
+    def __init__(
+        self, base: float = 0.002, per_item: float = 0.001, timers: ManualTimers | None = None
+    ) -> None:
         self.base = base
         self.per_item = per_item
+        self.timers = timers
         self.started: list[FakeExecutor] = []
 
     def __call__(self, variant: str, cores: float) -> FakeExecutor:
-        ex = FakeExecutor(variant, cores, self.base, self.per_item)
+        ex = FakeExecutor(variant, cores, self.base, self.per_item, self.timers)
         self.started.append(ex)
         return ex
 

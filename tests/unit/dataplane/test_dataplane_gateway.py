@@ -1,8 +1,10 @@
-"""The live data plane (Gateway, stages, groups) on in-process fake executors.
+"""The live data plane (Gateway, stages, groups, schedulers) on in-process fake executors.
 
 Behaviour only: EDF order under per-request SLOs, admission refusal, expiry, serve-late,
-plans (idempotent, weights, scale in/out, resize), worker death. Real worker processes are
-exercised in tests/integration/test_dataplane_*.py.
+plans (idempotent, weights, scale in/out, resize), worker death. Every test runs the gateway
+on a SimClock: its timers and the fake executors' service times are on `ManualTimers`, so the
+order of events is scripted and never depends on this machine's load (no test sleeps). Real
+worker processes are exercised in tests/integration/test_dataplane_*.py.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from dataplane_fakes import FakeFactory
 
 from tidal.config.serve import parse_serve_config
 from tidal.core import Plan, StagePlan, VariantWeight
+from tidal.core.clock import SimClock
 from tidal.core.errors import TidalError
 from tidal.dataplane.gateway import Gateway
 from tidal.dataplane.replica import Refused
+from tidal.dataplane.timers import ManualTimers, inline
 
 
 def _gw(fac: FakeFactory, **cfg: Any) -> Gateway:
@@ -34,7 +38,41 @@ def _gw(fac: FakeFactory, **cfg: Any) -> Gateway:
     }  # fmt: skip
     config = parse_serve_config(raw)
     fit = fac.fit()
-    return Gateway(config, factory=fac, fits={"digits-mlp": fit, "digits-linear": fit})
+    clock = SimClock()
+    fac.timers = ManualTimers(clock)
+    return Gateway(
+        config,
+        factory=fac,
+        fits={"digits-mlp": fit, "digits-linear": fit},
+        clock=clock,
+        timers=fac.timers,
+        offload=inline,
+    )
+
+
+def _timers(fac: FakeFactory) -> ManualTimers:
+    assert fac.timers is not None
+    return fac.timers
+
+
+async def advance(fac: FakeFactory, dt: float) -> None:
+    """Let `dt` seconds of the scripted clock pass (timers fire in order)."""
+    t = _timers(fac)
+    await t.run_until(t.clock.now() + dt)
+
+
+async def finish(fac: FakeFactory, *aws: Any, return_exceptions: bool = False) -> list[Any]:
+    """Run the scripted clock until every awaitable is done; their results in order."""
+    t = _timers(fac)
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    while not all(x.done() for x in tasks):
+        nt = t.next_time()
+        if nt is None:
+            await t.settle()
+            assert all(x.done() for x in tasks), "stuck: nothing left to fire"
+            break
+        await t.run_until(nt)
+    return list(await asyncio.gather(*tasks, return_exceptions=return_exceptions))
 
 
 def _x(v: float) -> np.ndarray:
@@ -52,11 +90,11 @@ def test_tighter_later_request_is_served_first() -> None:
         gw = _gw(fac, batch=1)
         await gw.start()
         first = asyncio.ensure_future(gw.infer("m", _x(0), 1000))  # occupies the replica
-        await asyncio.sleep(0.005)
+        await advance(fac, 0.005)
         loose = asyncio.ensure_future(gw.infer("m", _x(1), 1000))
-        await asyncio.sleep(0.001)
+        await advance(fac, 0.001)
         tight = asyncio.ensure_future(gw.infer("m", _x(2), 200))  # later, tighter budget
-        await asyncio.gather(first, loose, tight)
+        await finish(fac, first, loose, tight)
         await gw.stop()
         return [float(b[0, 0]) for b in fac.started[0].seen]
 
@@ -69,8 +107,9 @@ def test_admission_refuses_with_reason_and_retry_after() -> None:
     async def main() -> tuple[int, list[Refused]]:
         gw = _gw(fac, batch=1)
         await gw.start()
-        tasks = [asyncio.ensure_future(gw.infer("m", _x(i), 120)) for i in range(6)]
-        out = await asyncio.gather(*tasks, return_exceptions=True)
+        out = await finish(
+            fac, *(gw.infer("m", _x(i), 120) for i in range(6)), return_exceptions=True
+        )
         snap = gw.metrics_snapshot()["m"]
         await gw.stop()
         ok = sum(1 for o in out if not isinstance(o, BaseException))
@@ -93,8 +132,9 @@ def test_expiry_answers_504_without_processing() -> None:
         # margin 0.1 makes admission optimistic, so requests are accepted and then expire
         gw = _gw(fac, batch=1, admission_margin=0.1)
         await gw.start()
-        tasks = [asyncio.ensure_future(gw.infer("m", _x(i), 100)) for i in range(3)]
-        out = await asyncio.gather(*tasks, return_exceptions=True)
+        out = await finish(
+            fac, *(gw.infer("m", _x(i), 100) for i in range(3)), return_exceptions=True
+        )
         snap = gw.metrics_snapshot()["m"]
         await gw.stop()
         return out, snap.violations["expired"]
@@ -115,7 +155,7 @@ def test_serve_late_serves_everything_and_counts_late() -> None:
     async def main() -> tuple[list[Any], dict[str, int]]:
         gw = _gw(fac, batch=1, serve_late=True)
         await gw.start()
-        out = await asyncio.gather(*(gw.infer("m", _x(i), 60) for i in range(4)))
+        out = await finish(fac, *(gw.infer("m", _x(i), 60) for i in range(4)))
         snap = gw.metrics_snapshot()["m"]
         await gw.stop()
         return out, snap.violations
@@ -131,7 +171,7 @@ def test_batches_form_under_load_and_respect_max_batch() -> None:
     async def main() -> list[int]:
         gw = _gw(fac, batch=4)
         await gw.start()
-        out = await asyncio.gather(*(gw.infer("m", _x(i), 500) for i in range(20)))
+        out = await finish(fac, *(gw.infer("m", _x(i), 500) for i in range(20)))
         await gw.stop()
         assert [float(o.output[0, 0]) for o in out] == [2.0 * i for i in range(20)]
         return fac.started[0].batches
@@ -152,10 +192,10 @@ def test_plan_apply_idempotent_scale_resize_and_unknown() -> None:
         assert len(fac.started) == 3
         snap = gw.metrics_snapshot()["m"]
         assert (snap.replicas, snap.total_cores, snap.batch) == (3, 6.0, 4)
-        await asyncio.sleep(0.01)
+        await advance(fac, 0.01)
         assert fac.started[0].resizes == [2.0]  # resized in place, same executor
         await gw.apply_plan(Plan.single("m", "digits-mlp", replicas=1, cores=0.5, batch=2))
-        await asyncio.sleep(0.01)
+        await advance(fac, 0.01)
         assert gw.metrics_snapshot()["m"].replicas == 1
         assert sum(ex.alive() for ex in fac.started) == 1
         assert gw.current_plan() == Plan.single("m", "digits-mlp", 1, 0.5, 2)
@@ -191,7 +231,7 @@ def test_weighted_variants_split_traffic() -> None:
         await gw.apply_plan(plan)
         counts: dict[str, int] = {}
         for i in range(40):
-            r = await gw.infer("m", _x(i), 500)
+            (r,) = await finish(fac, gw.infer("m", _x(i), 500))
             counts[r.variants[0]] = counts.get(r.variants[0], 0) + 1
         await gw.stop()
         return counts
@@ -207,12 +247,12 @@ def test_worker_death_mid_batch_retries_on_another_replica() -> None:
         await gw.start()
         await gw.apply_plan(Plan.single("m", "digits-mlp", replicas=2, cores=1.0, batch=4))
         tasks = [asyncio.ensure_future(gw.infer("m", _x(i), 1000)) for i in range(8)]
-        await asyncio.sleep(0.02)
+        await advance(fac, 0.02)
         victim = next(ex for ex in fac.started if ex.batches)
         victim.kill()
-        out = await asyncio.gather(*tasks)
+        out = await finish(fac, *tasks)
         assert [float(o.output[0, 0]) for o in out] == [2.0 * i for i in range(8)]
-        await asyncio.sleep(0.02)
+        await advance(fac, 0.02)
         snap = gw.metrics_snapshot()["m"]
         assert snap.replica_deaths == 1 and snap.replicas == 2  # replaced
         assert len(fac.started) == 3 and snap.completions == 8
@@ -228,10 +268,10 @@ def test_death_without_time_left_answers_5xx() -> None:
         gw = _gw(fac, batch=4, max_retries=0)
         await gw.start()
         task = asyncio.ensure_future(gw.infer("m", _x(1), 1000))
-        await asyncio.sleep(0.01)
+        await advance(fac, 0.01)
         fac.started[0].kill()
         with pytest.raises(Refused) as e:
-            await task
+            await finish(fac, task)
         assert e.value.status == 502 and "died" in e.value.reason
         assert gw.metrics_snapshot()["m"].violations["error"] == 1
         await gw.stop()
@@ -256,17 +296,17 @@ def test_scale_in_keeps_every_request() -> None:
                     results.append((k * 1000 + i, float(r.output[0, 0])))
                 except Refused as e:
                     results.append((k * 1000 + i, e.status))
-                    await asyncio.sleep(0.001)  # a refused client backs off
+                    await _timers(fac).sleep(0.001)  # a refused client backs off
                 i += 1
 
         clients = [asyncio.ensure_future(client(k)) for k in range(6)]
         for reps, cores in [(3, 1.0), (1, 1.0), (1, 2.0), (1, 0.5), (2, 0.5), (0, 0.5)]:
             await gw.apply_plan(Plan.single("m", "digits-mlp", reps, cores, 4))
-            await asyncio.sleep(0.05)
+            await advance(fac, 0.05)
         await gw.apply_plan(Plan.single("m", "digits-mlp", 1, 1.0, 4))
-        await asyncio.sleep(0.05)
+        await advance(fac, 0.05)
         stop = True
-        await asyncio.gather(*clients)
+        await finish(fac, *clients)
         snap = gw.metrics_snapshot()["m"]
         await gw.stop()
         ids = [i for i, _ in results]
@@ -286,15 +326,15 @@ def test_snapshot_counts_in_flight_and_busy_core_seconds() -> None:
         await gw.start()
         await gw.apply_plan(Plan.single("m", "digits-mlp", 1, 2.0, 4))
         tasks = [asyncio.ensure_future(gw.infer("m", _x(i), 1000)) for i in range(3)]
-        await asyncio.sleep(0.02)
+        await advance(fac, 0.02)
         mid = gw.metrics_snapshot()["m"]
         assert mid.in_flight + mid.queue_len == 3 and mid.in_flight >= 1
-        await asyncio.gather(*tasks)
+        await finish(fac, *tasks)
         end = gw.metrics_snapshot()["m"]
         await gw.stop()
         assert end.in_flight == 0 and end.completions == 3
-        assert end.busy_core_s == pytest.approx(2.0 * end.busy_s, rel=0.05)
-        assert end.busy_s > 0.05
+        assert end.busy_core_s == pytest.approx(2.0 * end.busy_s)
+        assert end.busy_s == pytest.approx(0.1)  # one batch of 1 (50 ms), then one of 2
 
     run(main())
 
