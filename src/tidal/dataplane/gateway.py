@@ -128,7 +128,11 @@ class Gateway:
         config: `serve_late` turns admission and expiry off, `admission_margin`,
         `max_retries`); `timers`/`offload`: the lanes' timers on the clock and how blocking
         calls leave the loop (default asyncio's; tests pass `tidal.dataplane.timers`'
-        `ManualTimers` on a SimClock and `inline`)."""
+        `ManualTimers` on a SimClock and `inline`). TidalError naming the field for an
+        unknown variant or a stage whose variants take different inputs."""
+        from tidal.models.resolve import check_variants
+
+        check_variants(config)
         self.config = config
         self.clock: Clock = clock or MonotonicClock()
         fac: ExecutorFactory = factory or default_factory  # type: ignore[assignment]
