@@ -294,6 +294,8 @@ def describe(summary: Summary) -> dict[str, Any]:
     """Counts and latency quantiles as plain data (for printing or JSON)."""
     out: dict[str, Any] = {k: summary.counts.get(k, 0) for k in OUTCOMES}
     out["total"] = len(summary.results)
+    lags = sorted(r.sent_lag_ms for r in summary.results)
+    out["send_lag_p99_ms"] = round(lags[int(0.99 * (len(lags) - 1))], 2) if lags else None
     for k in ("ok", "refused"):
         p50, p99 = summary.quantile(k, 0.5), summary.quantile(k, 0.99)
         out[f"{k}_p50_ms"] = None if p50 is None else round(p50, 2)

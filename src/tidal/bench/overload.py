@@ -205,6 +205,9 @@ def run_overload(
             d["slo_ms"] = slo
             d["server_refused"] = after["violations"]["refused"] - before["violations"]["refused"]
             d["server_expired"] = after["violations"]["expired"] - before["violations"]["expired"]
+            # the server's own count of answers after their deadline (the client's `late`
+            # also counts time spent in the client's and the gateway's socket queues)
+            d["server_late"] = after["violations"]["late"] - before["violations"]["late"]
             out[f"overload_{level:g}x"] = d
             say(f"{level:g}x overload ({rate:.1f} req/s, slo {slo:g} ms, {n} requests): {d}")
         if abandon:
