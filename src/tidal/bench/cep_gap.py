@@ -24,7 +24,7 @@ import numpy as np
 
 from tidal.cep import operators, workload
 from tidal.cep.client import OperatorClient
-from tidal.cep.codec import Codec
+from tidal.cep.codec import Codec, CodecName
 from tidal.cep.manager import DeployDefaults, NodeManager
 from tidal.cep.registry import VersionSpec
 from tidal.cep.sockstore import SocketStoreServer
@@ -77,7 +77,7 @@ def run_gap(
 ) -> dict[str, Any]:
     """One row: median and max gap from the results, update_ms, lost, duplicated."""
     clock = clock or MonotonicClock()
-    codec = "json" if lang == "node" else "packed"
+    codec: CodecName = "json" if lang == "node" else "packed"
     n = int(rate * (0.5 + 0.4 * updates + 0.5))
     arr = workload.transactions(n, seed=11, cards=cards)
     with tempfile.TemporaryDirectory(prefix="tidal-cep-gap-") as root:

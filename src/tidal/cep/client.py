@@ -177,7 +177,7 @@ class OperatorClient:
                 frames += self.codec.encode(arr[i : i + self.batch], self.mode)
             n = len(arr)
         else:
-            evs: list[dict[str, Any]] = [e for b in buf for e in b]  # type: ignore[union-attr]
+            evs: list[dict[str, Any]] = [e for b in buf for e in b]
             for i in range(0, len(evs), self.batch):
                 frames += self.codec.encode(evs[i : i + self.batch], self.mode)
             n = len(evs)

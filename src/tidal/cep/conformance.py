@@ -126,8 +126,8 @@ class _ReferenceOperator(threading.Thread):
                     continue
                 if len(evs) > self.batch:
                     self.errors.append(f"a frame of {len(evs)} events exceeds B={self.batch}")
-                for e in evs:
-                    s = int(e["seq"])
+                for ev in evs:
+                    s = int(ev["seq"])
                     if s != self.last_seq + 1:
                         self.errors.append(f"seq {s} after {self.last_seq}")
                     self.last_seq = s
