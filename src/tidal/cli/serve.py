@@ -183,11 +183,12 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
 
         names = [w.strip() for w in workloads.split(",") if w.strip()]
         echo = None if json_out else typer.echo
-        out: dict[str, Any] = {}
-        if not only_protocols:
+        if only_protocols:
+            out = run_protocols(duration, names, echo)
+        else:
             out = run_bench(duration, connections, not skip_ray, names, echo)
-        if protocols or only_protocols:
-            out["protocols"] = run_protocols(duration, names, echo)
+            if protocols:
+                out["protocols"] = run_protocols(duration, names, echo)
         import json
 
         typer.echo(json.dumps(out, indent=2))
