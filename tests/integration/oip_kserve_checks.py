@@ -133,6 +133,19 @@ async def grpc_checks(target: str) -> list[tuple[str, Callable[[], Awaitable[Non
         assert res.outputs[0].as_numpy().tolist() == (X @ W2).tolist()
         assert res.model_version == "2"
 
+    async def typed_contents() -> None:
+        x = InferInput("x", [2, 4], "FP32")
+        x.set_data_from_numpy(X, binary_data=False)  # InferTensorContents.fp32_contents
+        ids = InferInput("input_ids", list(IDS.shape), "INT64")
+        ids.set_data_from_numpy(IDS, binary_data=False)
+        mask = InferInput("attention_mask", list(MASK.shape), "INT64")
+        mask.set_data_from_numpy(MASK, binary_data=False)
+        res = await client.infer(InferRequest("clf", [x], model_version="2"))
+        assert res.outputs[0].as_numpy().tolist() == (X @ W2).tolist()
+        res = await client.infer(InferRequest("pair", [ids, mask]))
+        got = {o.name: o.as_numpy() for o in res.outputs}
+        assert got["masked"].tolist() == (IDS * MASK).tolist(), got
+
     async def unknown_version_not_found() -> None:
         import grpc
 
@@ -161,6 +174,7 @@ async def grpc_checks(target: str) -> list[tuple[str, Callable[[], Awaitable[Non
         ("grpc health", health),
         ("grpc two inputs (raw contents)", two_inputs_raw),
         ("grpc pinned version", pinned_version),
+        ("grpc typed contents (fp32, int64)", typed_contents),
         ("grpc unknown version NOT_FOUND", unknown_version_not_found),
         ("grpc deadline", deadline),
     ]

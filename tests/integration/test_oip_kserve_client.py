@@ -26,4 +26,4 @@ def test_kserve_rest_and_grpc_clients(tmp_path: Path) -> None:
         )
     report = out.stdout + out.stderr[-3000:]
     assert out.returncode == 0, report
-    assert "kserve: 12 passed, 0 failed" in out.stdout, report
+    assert "kserve: 13 passed, 0 failed" in out.stdout, report
