@@ -19,6 +19,7 @@ Figures only: nothing here is asserted by tests.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -261,7 +262,12 @@ def run_bench(
                 runs.append((w, "bare_asgi", bare, False))
             runs.append((w, "tidal", tidal, False))
         # Ray last: its many processes take a while to leave after shutdown.
-        if ray:
+        if ray and importlib.util.find_spec("ray") is None:
+            skip = ("ray not installed: uv pip install 'ray[serve]' (or tidal bench goodput "
+                    "--install-peers for .venv-peers/ray_serve)")  # fmt: skip
+            res["ray_serve"] = {w: {"skipped": skip} for w in workloads}
+            say(f"ray_serve skipped: {skip}")
+        elif ray:
             ray_cmd = [py, "-m", "tidal.bench.dataplane_apps", "ray", "{port}", "{w}"]
             runs += [(w, "ray_serve", ray_cmd, True) for w in workloads]
         for w, name, cmd_t, uses_stdin in runs:
@@ -276,7 +282,7 @@ def run_bench(
             srv = _Server(cmd, stdin=uses_stdin)
             try:
                 if uses_stdin:
-                    srv.wait_line("READY", 300)
+                    srv.wait_line("READY", 420)  # Ray Serve's start on a loaded 2-core box
                 _wait_http(url, body, headers, srv.proc, 300)
                 _wrk(url, lua, conns, 2.0)  # warm-up
                 fig = _wrk(url, lua, conns, duration)
