@@ -249,8 +249,13 @@ class Gateway:
         slo_ms: float | None = None,
         *,
         version: str | None = None,
+        arrival: float | None = None,
     ) -> InferResult:
         """Serve `x` (shape (n, *input)) through `model`'s stages within `slo_ms`.
+
+        `arrival`: when the request arrived on the gateway's clock (e.g. its first byte, before
+        the body was read and parsed; default now, never later than now): the deadline is
+        arrival + slo, so parsing time counts against the budget admission checks.
 
         `version`: a variant that must serve the request (pinned: the stage that may run it
         skips its weighted routing; same deadline and admission). Raises KeyError for an
@@ -269,7 +274,8 @@ class Gateway:
                     f"model {model!r} has no version {version!r}; versions: "
                     f"{self.models[model].versions}"
                 )
-        arrival = self.clock.now()
+        now0 = self.clock.now()
+        arrival = now0 if arrival is None else min(float(arrival), now0)
         budget = (slo_ms if slo_ms is not None else self.config.default_slo_ms) * 1e-3
         deadline = arrival + budget
         rid = next(self._ids)
@@ -277,7 +283,7 @@ class Gateway:
         batches: list[int] = []
         queue_s = 0.0
         cur = x
-        now = arrival
+        now = now0  # the first stage sees the request now; its deadline counts from arrival
         for s in snames:
             pin = version if s == pin_stage else None
             res = await self.stages[s].submit(rid, cur, arrival, deadline, now, pin=pin)

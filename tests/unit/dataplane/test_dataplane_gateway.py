@@ -373,3 +373,24 @@ def test_liveness_sweep_replaces_an_idle_dead_replica_on_the_sim_clock() -> None
         await gw.stop()
 
     run(main())
+
+
+def test_deadline_counts_from_the_given_arrival() -> None:
+    fac = FakeFactory(base=0.08, per_item=0.0)
+
+    async def main() -> tuple[Any, Any]:
+        gw = _gw(fac, batch=1)
+        await gw.start()
+        await advance(fac, 1.0)
+        now = _timers(fac).clock.now()
+        # The body took 100 ms to read and parse: 50 ms of a 150 ms budget are left, < 80 ms.
+        late = await finish(
+            fac, gw.infer("m", _x(1), 150, arrival=now - 0.1), return_exceptions=True
+        )
+        ok = await finish(fac, gw.infer("m", _x(2), 150))
+        await gw.stop()
+        return late[0], ok[0]
+
+    late, ok = run(main())
+    assert isinstance(late, Refused) and late.status == 503
+    assert not ok.late and ok.total_ms == pytest.approx(80.0)
