@@ -8,7 +8,7 @@ Implementations (this module and `sockstore`) are the only code that touches the
 
 - `MemoryStore`: in-process lists under one lock (the embedded default);
 - `RedisStore`: a real redis-server through redis-py (`redis://host:port/db`);
-- `tidal.cep.sockstore.SocketStore`: a `MemoryStore` served by its host process over a
+- `tidal.cep.sockwire.SocketStore`: a `MemoryStore` served by its host process over a
   unix socket (`unix:///path`), for operator processes on the same machine, no server.
 """
 
@@ -206,7 +206,7 @@ def open_store(url: str) -> Store:
     if url.startswith(("redis://", "rediss://")):
         return RedisStore(url)
     if url.startswith("unix://"):
-        from tidal.cep.sockstore import SocketStore
+        from tidal.cep.sockwire import SocketStore  # function-local: a socket client
 
         return SocketStore(url)
     raise TidalError(f"unknown store url {url!r}; use mem://name, redis://host:port or unix://path")
