@@ -7,15 +7,18 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 
 from tidal.core.plan import Plan
 from tidal.core.profile import LatencyFit, VariantProfile
 from tidal.planners import Capacity, StageCandidates, create
+from tidal.planners.base import PlanContext
 from tidal.planners.common import fits
+from tidal.planners.ipa import IPA
 from tidal.planners.synthetic import synthetic_context
-from tidal.planners.tidal import TidalState
+from tidal.planners.tidal import Tidal, TidalState
 
 
 def test_themis_stage1_reacts_to_the_observed_rate_not_a_stale_forecast() -> None:
@@ -62,7 +65,7 @@ def test_ipa_gives_cores_per_variant_from_the_profile() -> None:
         synthetic_context(1, rps=5.0, slo_ms=300.0, capacity=Capacity(1, 16.0)),
         stages=(StageCandidates("s0", (small, big)),),
     )  # fmt: skip
-    ipa = create("ipa")
+    ipa = IPA()
     assert ipa.cores_of(small, ctx) == 1.0
     assert ipa.cores_of(big, ctx) > 1.0  # 605 ms at 1 core: more cores for the big model
     high, _ = create("ipa", beta_c=0.01).plan(ctx)  # accuracy-heavy weights pick the big one
@@ -76,7 +79,11 @@ def _hog() -> list[subprocess.Popen[bytes]]:
 
 def test_milp_planners_give_the_same_plan_under_a_cpu_hog() -> None:
     ctx3 = synthetic_context(3, rps=50.0)
-    names = [("ipa", {}), ("infadapter", {"node_limit": 20}), ("sponge", {"use_solver": True})]
+    names: list[tuple[str, dict[str, Any]]] = [
+        ("ipa", {}),
+        ("infadapter", {"node_limit": 20}),
+        ("sponge", {"use_solver": True}),
+    ]
     idle = [create(n, **o).plan(ctx3)[0] for n, o in names]
     hogs = _hog()
     try:
@@ -93,15 +100,16 @@ def _noisy(rates: list[float], seed: int) -> list[float]:
     return [float(x) for x in rng.poisson(rates)]
 
 
-def _run_tidal(rates: list[float], ctx0: object, **opts: object) -> tuple[list[Plan], TidalState]:
+def _run_tidal(rates: list[float], ctx0: PlanContext, **opts: Any) -> tuple[list[Plan], TidalState]:
     planner = create("tidal", **opts)
-    plan, st = None, None
+    plan: Plan | None = None
+    st: Any = None
     hist = [rates[0]] * 60
     plans = []
     for t, r in enumerate(rates):
         hist = (hist + [r])[-1200:]
         ctx = dataclasses.replace(ctx0, now=float(t), rate_history=tuple(hist), forecast=None,
-                                  current=plan, state=st)  # type: ignore[type-var]  # fmt: skip
+                                  current=plan, state=st)  # fmt: skip
         plan, st = planner.plan(ctx)
         plans.append(plan)
     assert isinstance(st, TidalState)
@@ -131,8 +139,8 @@ def test_tidal_grows_at_once_when_the_slo_is_at_risk() -> None:
 
 def test_tidal_uses_a_forecast_only_where_it_beats_the_observed_rate() -> None:
     base = synthetic_context(1, rps=50.0, capacity=Capacity(1, 16.0))
-    planner = create("tidal")
-    st = None
+    planner = Tidal()
+    st: Any = None
     for t in range(200):  # a forecast that is always far too high
         ctx = dataclasses.replace(base, now=float(t), forecast=500.0, state=st)
         _, st = planner.plan(ctx)

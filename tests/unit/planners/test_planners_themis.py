@@ -4,6 +4,7 @@ shrinking cores, Amdahl cap."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ from tidal.planners.synthetic import synthetic_context
 from tidal.planners.themis import Themis, ThemisState, amdahl_cap
 
 
-def ctx_at(base: PlanContext, now: float, hist: list[float], forecast: float, **kw) -> PlanContext:  # type: ignore[no-untyped-def]
+def ctx_at(
+    base: PlanContext, now: float, hist: list[float], forecast: float, **kw: Any
+) -> PlanContext:
     return dataclasses.replace(base, now=now, rate_history=tuple(hist), forecast=forecast, **kw)
 
 

@@ -20,6 +20,7 @@ from tidal.planners import (
     create,
     resize_mode,
 )
+from tidal.planners.baselines.hpa import HPA
 from tidal.planners.synthetic import synthetic_context
 
 
@@ -35,7 +36,7 @@ def run(planner: Governed, steps: list[tuple[float, dict[str, float]]]) -> list[
             now=t,
             current=plan,
             state=state,
-            observations=(StageObservation("s0", **obs),),
+            observations=(StageObservation("s0", **obs),),  # type: ignore[arg-type]
         )
         plan, state = planner.plan(ctx)
         trace.append((t, plan.stages[0].replicas))
@@ -58,7 +59,7 @@ def test_hpa_scale_up_then_300s_stabilization_after_drop() -> None:
 
 
 def test_hpa_tolerance_keeps_replicas() -> None:
-    hpa = create("hpa")
+    hpa = HPA()
     assert hpa.desired(4, 0.75) == 4  # |0.75/0.7 - 1| = 7% <= 10%
     assert hpa.desired(4, 0.8) == 5
 
