@@ -75,7 +75,9 @@ class ModelOracle:
         for i in range(n):
             big = rng.random() < p_big
             pool = self.big if big else self.small
-            out.append(Req(f"{prefix}{i}", pool[int(rng.integers(len(pool)))], slo_ms, at[i]))
+            out.append(
+                Req(f"{prefix}{i}", pool[int(rng.integers(len(pool)))], slo_ms, float(at[i]))
+            )
         return out
 
 

@@ -77,7 +77,7 @@ def run_soak(
             reqs = []
             for i in range(n):
                 xs = oracle.by_size[int(rng.choice(sizes))]
-                reqs.append(Req(f"w{w}-{i}", xs[int(rng.integers(len(xs)))], slo_ms, at[i]))
+                reqs.append(Req(f"w{w}-{i}", xs[int(rng.integers(len(xs)))], slo_ms, float(at[i])))
             summ = asyncio.run(run_open_loop("127.0.0.1", gw.port, "m", reqs, oracle))
             totals.update(summ.counts)
             s = gw.stats()["m"]
