@@ -345,11 +345,12 @@ class GRPCServer:
 
     async def _infer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         gw = self.gw
+        arrival = gw.clock.now()  # before the checks and decoding: they count against the SLO
+        remaining = context.time_remaining()  # measured at `arrival`
         info, variant = oip_serve.resolve(gw, request.model_name, request.model_version or None)
         sig = sig_of(info)
         req = parse_grpc(request, sig)
         slo = _slo(req.parameters.get("slo_ms"), gw.config.max_slo_ms)
-        remaining = context.time_remaining()
         bound_by_grpc = False
         if remaining is not None:
             if remaining <= 0:
@@ -358,7 +359,7 @@ class GRPCServer:
             bound_by_grpc = remaining * 1e3 < asked
             slo = min(asked, remaining * 1e3)
         try:
-            named, res, sig = await oip_serve.infer(gw, info, req, variant, slo)
+            named, res, sig = await oip_serve.infer(gw, info, req, variant, slo, arrival)
         except OIPError as e:
             # The client's own deadline cannot be met (refused as too late, or expired while
             # queued): DEADLINE_EXCEEDED, with the gateway's reason.

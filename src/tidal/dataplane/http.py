@@ -28,6 +28,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ValidationError
 
+from tidal.core.clock import MonotonicClock
 from tidal.core.errors import TidalError, first_error
 from tidal.core.plan import Plan
 from tidal.dataplane import oip_serve
@@ -50,6 +51,13 @@ Scope = MutableMapping[str, Any]
 _JSON = [(b"content-type", b"application/json")]
 HTTPError = OIPError  # the name earlier callers import
 __all__ = ["HTTPError", "OIPApp", "parse_slo"]
+
+
+def _first_byte(scope: Scope, gw: Gateway) -> float | None:
+    """The request's first-byte time (tidal.dataplane.server puts `time.monotonic()` in the
+    scope) when the gateway runs on that clock; else None (the gateway uses its now)."""
+    t = (scope.get("state") or {}).get("tidal.t_first_byte")
+    return t if isinstance(t, float) and isinstance(gw.clock, MonotonicClock) else None
 
 
 def _allow(methods: str) -> OIPError:
@@ -248,7 +256,8 @@ class OIPApp:
             slo = parse_slo(slo_header.decode("latin-1"), self.cfg.max_slo_ms)
         try:  # a client that hangs up cancels its request (tidal.dataplane.disconnect)
             named, res, sig = await until_disconnect(
-                receive, oip_serve.infer(self.gw, info, req, variant, slo)
+                receive,
+                oip_serve.infer(self.gw, info, req, variant, slo, _first_byte(scope, self.gw)),
             )
         except ClientGone:
             return 499, b'{"error": "client closed the connection"}', []

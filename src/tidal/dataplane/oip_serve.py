@@ -6,7 +6,7 @@ Contracts:
   unknown model (with the list) or an unknown version (with the model's versions). A version
   pins one variant: a repository version through `gw.repository.version_variant`, a zoo model's
   version is its variant name.
-- `infer(gw, info, req, variant, slo_ms)` -> (named outputs, InferResult); a
+- `infer(gw, info, req, variant, slo_ms, arrival)` -> (named outputs, InferResult); a
   refusal becomes `OIPError(503 + Retry-After | 504 | 5xx)` with the gateway's reason, and
   `retry_after_s` on the error for gRPC's retry info.
 - The documents (`server_metadata`, `model_metadata`, `model_config`, `model_stats`) are
@@ -200,12 +200,16 @@ async def infer(
     req: InferRequest,
     variant: str | None,
     slo_ms: float | None,
+    arrival: float | None = None,
 ) -> tuple[dict[str, Any], Any, ModelSig]:
-    """Run one request (see the module contract)."""
+    """Run one request (see the module contract). `arrival`: on the gateway's clock (the
+    request's first byte), so reading and parsing the body count against its deadline."""
     sig = sig_of(info)
     kwargs: dict[str, Any] = {}
     if variant is not None:
         kwargs["version"] = variant
+    if arrival is not None:
+        kwargs["arrival"] = arrival
     try:
         res = await gw.infer(info.name, req.rows(), slo_ms, **kwargs)
     except Refused as e:
