@@ -378,9 +378,15 @@ def plot(res: dict[str, Any], path: str | Path) -> Path:
     cap = st["capacity_rps"]
     xs = np.array(st["levels"])
     ax.plot(xs, xs * cap, ":", color="grey", label="offered load")
-    for name, s in res["servers"].items():
+    colors = {"tidal": "tab:green", "triton": "tab:red", "mlserver": "tab:blue",
+              "ray_serve": "tab:orange"}  # fmt: skip
+    for name in sorted(res["servers"], key=lambda n: n != "tidal"):  # Tidal first, on top
+        s = res["servers"][name]
         lv = [float(k) for k in s["levels"]]
-        ax.plot(lv, [s["levels"][k]["goodput"] for k in s["levels"]], "o-", label=name)
+        ys = [s["levels"][k]["goodput"] for k in s["levels"]]
+        ax.plot(
+            lv, ys, "o-", label=name, color=colors.get(name), zorder=3 if name == "tidal" else 2
+        )
     ax.set_xlabel(f"offered load (x closed-loop capacity of Tidal, {cap:.1f} req/s)")
     ax.set_ylabel(f"goodput: answers within {st['slo_ms']:g} ms per s")
     la0, la1 = st["loadavg_start"][0], st["loadavg_end"][0]
