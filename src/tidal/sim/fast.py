@@ -65,14 +65,14 @@ def _lat_ms(p: np.ndarray, b: int, c: float) -> float:
 
 
 @njit(cache=True)
-def _emit(ist, o_id, o_a, o_d, o_e, o_c, rid, a, d, e, cause):  # type: ignore[no-untyped-def]
+def _emit(ist, o_id, o_a, o_d, o_e, o_c, rid, a, d, e, cause):
     k = ist[OUT_N]
     o_id[k], o_a[k], o_d[k], o_e[k], o_c[k] = rid, a, d, e, cause
     ist[OUT_N] = k + 1
 
 
 @njit(cache=True)
-def _expire(ist, now, r_id, r_a, r_d, o_id, o_a, o_d, o_e, o_c):  # type: ignore[no-untyped-def]
+def _expire(ist, now, r_id, r_a, r_d, o_id, o_a, o_d, o_e, o_c):
     mask = len(r_id) - 1
     while ist[QHEAD] < ist[QTAIL]:
         j = ist[QHEAD] & mask
@@ -83,7 +83,7 @@ def _expire(ist, now, r_id, r_a, r_d, o_id, o_a, o_d, o_e, o_c):  # type: ignore
 
 
 @njit(cache=True)
-def _rate(ist, now, st):  # type: ignore[no-untyped-def]
+def _rate(ist, now, st):
     sec = now // 1000000
     if sec == ist[CUR_SEC]:
         c = ist[PREV_COUNT]
@@ -96,7 +96,7 @@ def _rate(ist, now, st):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _dispatch(  # type: ignore[no-untyped-def]
+def _dispatch(
     ist,
     fst,
     now,
@@ -214,7 +214,7 @@ def _dispatch(  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _next_done(ist, busy, until, rseq):  # type: ignore[no-untyped-def]
+def _next_done(ist, busy, until, rseq):
     """Recompute the cached (time, seq, slot) of the busy replica that finishes first."""
     th = 1 << 62
     hs = 1 << 62
@@ -226,7 +226,7 @@ def _next_done(ist, busy, until, rseq):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True)
-def _admit(ist, now, d_us, p, ready, busy, pred, cores, tmp_t, tmp_c):  # type: ignore[no-untyped-def]
+def _admit(ist, now, d_us, p, ready, busy, pred, cores, tmp_t, tmp_c):
     """The scheduler's admission for a FIFO queue (fast path, then `admission.admit` on the
     predicted busy-until times); `ready[:NREADY]` = ready slots in the order they were added."""
     m = ist[NREADY]
@@ -292,7 +292,7 @@ def _admit(ist, now, d_us, p, ready, busy, pred, cores, tmp_t, tmp_c):  # type: 
 
 
 @njit(cache=True)
-def _run(  # type: ignore[no-untyped-def]
+def _run(
     t_stop,
     ready,
     ist,

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pytest
 from sim_scripted import Scripted
 
 from tidal.core.errors import TidalError
-from tidal.core.pipeline import PipelineSpec
+from tidal.core.pipeline import PipelineSpec, StageSpec
 from tidal.core.plan import Plan
 from tidal.core.profile import LatencyFit, ProfileSet, VariantProfile
 from tidal.planners.base import PlanContext
@@ -33,12 +33,12 @@ PROFILES = ProfileSet(
         "x": profile("x", 0.9, gamma=5.0),
     }
 )
-ONE = PipelineSpec(name="one", stages=[{"name": "s", "task": "t", "variants": ["a"]}])
+ONE = PipelineSpec(name="one", stages=[StageSpec(name="s", task="t", variants=["a"])])
 TWO = PipelineSpec(
     name="two",
     stages=[
-        {"name": "s1", "task": "t", "variants": ["a", "b"]},
-        {"name": "s2", "task": "t", "variants": ["x"]},
+        StageSpec(name="s1", task="t", variants=["a", "b"]),
+        StageSpec(name="s2", task="t", variants=["x"]),
     ],
 )
 
@@ -68,7 +68,7 @@ def test_conservation_every_request_ends_exactly_once(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["reference", "fast"])
-def test_determinism_under_seed(mode: str) -> None:
+def test_determinism_under_seed(mode: Literal["fast", "reference"]) -> None:
     rates = synthetic_rates("ramp", 90, 10, 200, seed=2)
 
     def run(seed: int) -> dict[str, Any]:

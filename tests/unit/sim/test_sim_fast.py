@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tidal.core.errors import TidalError
-from tidal.core.pipeline import PipelineSpec
+from tidal.core.pipeline import PipelineSpec, StageSpec
 from tidal.core.profile import LatencyFit, ProfileSet, VariantProfile
 from tidal.sim.config import SimConfig
 from tidal.sim.engine import simulate
@@ -20,7 +20,7 @@ FIT = LatencyFit(gamma=18.3, delta=4.49, epsilon=45.5, eta=1.05, p99_ratio=1.4)
 PROFILES = ProfileSet(
     variants={"m": VariantProfile(name="m", accuracy=0.7, load_time_s=3, resize_s=0.2, fit=FIT)}
 )
-ONE = PipelineSpec(name="one", stages=[{"name": "s", "task": "t", "variants": ["m"]}])
+ONE = PipelineSpec(name="one", stages=[StageSpec(name="s", task="t", variants=["m"])])
 
 
 def outcomes(path: Path) -> dict[int, tuple[str, str]]:
@@ -64,8 +64,8 @@ def test_fast_mode_refuses_cases_it_does_not_cover() -> None:
     two = PipelineSpec(
         name="two",
         stages=[
-            {"name": "a", "task": "t", "variants": ["m"]},
-            {"name": "b", "task": "t", "variants": ["m"]},
+            StageSpec(name="a", task="t", variants=["m"]),
+            StageSpec(name="b", task="t", variants=["m"]),
         ],
     )
     with pytest.raises(TidalError, match="one-stage pipelines"):
