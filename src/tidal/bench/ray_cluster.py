@@ -85,9 +85,13 @@ def format_report(r: dict[str, Any]) -> str:
     for name in ("local", "ray"):
         s = r[name]
         p99 = "-" if s["p99_ms"] is None else f"{s['p99_ms']:.0f}"
+        v = s["violations"]
+        total = sum(v.values()) if isinstance(v, dict) else v
+        causes = ", ".join(f"{k} {n}" for k, n in v.items() if n) if isinstance(v, dict) else ""
         lines.append(
-            f"{name:<10} {s['requests']:>8} {s['violations']:>10} "
+            f"{name:<10} {s['requests']:>8} {total:>10} "
             f"{100 * s['slo_violation_rate']:>7.2f}% {p99:>9} {s['core_seconds']:>8.1f}"
+            + (f"  ({causes})" if causes else "")
         )
     la0, la1 = r["loadavg_start"], r["loadavg_end"]
     lines.append(f"violations, Ray minus one machine: {r['violation_pp']:+.2f} pp")

@@ -28,4 +28,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         from tidal.bench.ray_cluster import bench_ray_cluster, format_report
 
         out = bench_ray_cluster(trace, policy, pipeline, nodes, slo_ms, duration)
-        typer.echo(json.dumps(out, indent=2, default=str) if json_out else format_report(out))
+        if json_out:
+            typer.echo(json.dumps(out, indent=2, default=str))
+            return
+        typer.echo(format_report(out))
