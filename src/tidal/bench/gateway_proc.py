@@ -75,7 +75,34 @@ class GatewayProcess:
         self._log = self.workdir / f"gateway-{self.port}.log"
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> GatewayProcess:
+    def start(self, attempts: int = 4) -> GatewayProcess:
+        """Start and wait until ready. The port is picked free before the child binds it, so
+        another process may take it in between: then retry on a new port."""
+        for i in range(attempts):
+            try:
+                return self._start_once()
+            except RuntimeError as e:
+                if (
+                    "address already in use" not in str(e).lower()
+                    and "errno 98" not in str(e).lower()
+                ):
+                    raise
+                if i == attempts - 1:
+                    raise
+                self._set_port(free_port())
+        raise AssertionError("unreachable")
+
+    def _set_port(self, port: int) -> None:
+        self.port = port
+        self.config = {**self.config, "port": port}
+        self.base = f"http://127.0.0.1:{port}"
+        self.client.close()
+        self.client = httpx.Client(
+            base_url=self.base, timeout=30, headers={"authorization": f"Bearer {TOKEN}"}
+        )
+        self._log = self.workdir / f"gateway-{port}.log"
+
+    def _start_once(self) -> GatewayProcess:
         path = self.workdir / f"serve-{self.port}.yaml"
         path.write_text(yaml.safe_dump(self.config))
         log = open(self._log, "wb")  # noqa: SIM115 (the child writes to it until it exits)
@@ -89,7 +116,7 @@ class GatewayProcess:
         deadline = time.monotonic() + self.ready_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.log_tail()}")
+                raise RuntimeError(f"gateway exited {self.proc.returncode}: {self.log_tail(60)}")
             with contextlib.suppress(httpx.TransportError):
                 if self.client.get("/v2/health/ready", timeout=2).status_code == 200:
                     self._workers |= set(self.worker_pids())
