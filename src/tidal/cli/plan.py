@@ -143,12 +143,19 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         if cpn <= 0:
             raise TidalError(f"--cores-per-node must be > 0, got {cores_per_node}")
         opts = {k: yaml.safe_load(v) for k, v in _pairs(option, "--option").items()}
+        from tidal.core.profile import ProfileSet
+
+        profiles: str | ProfileSet | None = profile
+        if profile is None or profile in ("sponge", "infadapter"):
+            from tidal.profiling import load_imported, load_reference
+
+            profiles = load_reference() if profile is None else load_imported(profile)
         out = decide(
             policy,
             pipeline,
             rps,
             slo_ms,
-            profile=profile,
+            profile=profiles,
             capacity=Capacity(nodes, cpn),
             options=opts,
             variants=_pairs(variant, "--variant") or None,

@@ -21,27 +21,24 @@ from tidal.planners.common import predicted_accuracy, predicted_latency_ms
 from tidal.planners.synthetic import synthetic_variant
 
 
-def load_profiles(spec: str | None, pipeline: PipelineSpec) -> ProfileSet:
-    """`spec`: a ProfileSet JSON path, "sponge"/"infadapter" (the papers' published profiles,
-    imported), "synthetic" (labelled, not measured), or None for the reference profile
-    (`tidal.profiling.load_reference()`)."""
+def load_profiles(spec: str | ProfileSet | None, pipeline: PipelineSpec) -> ProfileSet:
+    """`spec`: a ProfileSet (as loaded by the caller: the reference or the papers' published
+    profiles come from `tidal.profiling`, which planners do not import), a ProfileSet JSON
+    path, or "synthetic" (labelled, not measured)."""
+    if isinstance(spec, ProfileSet):
+        return spec
     if spec == "synthetic":
         out = {}
         for st in pipeline.stages:
             for i, v in enumerate(st.variants):
                 out[v] = synthetic_variant(v, i).model_copy(update={"task": st.task})
         return ProfileSet(source="synthetic", variants=out)
-    if spec in ("sponge", "infadapter"):
-        from tidal.profiling import load_imported
-
-        return load_imported(spec)
-    if spec is not None:
-        return ProfileSet.load(spec)
-    try:
-        from tidal.profiling import load_reference
-    except ImportError:  # pragma: no cover - profiling is part of the package
-        raise TidalError("no reference profile available; pass --profile FILE") from None
-    return load_reference()
+    if spec is None or spec in ("sponge", "infadapter", "reference"):
+        raise TidalError(
+            f"profile {spec or 'reference'!r} must be loaded by the caller "
+            "(tidal.profiling.load_reference / load_imported) and passed as a ProfileSet"
+        )
+    return ProfileSet.load(spec)
 
 
 def context_for(
@@ -114,7 +111,7 @@ def decide(
     pipeline_path: str | Path,
     rps: float,
     slo_ms: float,
-    profile: str | None = None,
+    profile: str | ProfileSet | None = None,
     capacity: Capacity | None = None,
     options: dict[str, Any] | None = None,
     variants: dict[str, str] | None = None,
