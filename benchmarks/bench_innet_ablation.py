@@ -8,8 +8,10 @@ exit switch's decision after k packets:
 - both: NetNN's input (earlier masking + the gap), as committed before this issue;
 - new: channel bytes (features.FIELD_POLICY) + every per-flow side feature, trained with
   re-drawn timing; also run through the switch emulator on every test packet (bit_exact).
-Prints the load average at start and end, a table, then one JSON object.
-Run: nice -n 10 .venv/bin/python benchmarks/bench_innet_ablation.py [variant ...]
+Prints the load average at start and end, one JSON line per variant as it completes, a table,
+then one JSON object.
+Run: nice -n 10 .venv/bin/python benchmarks/bench_innet_ablation.py [--epochs N] [--cap N]
+[variant ...]
 """
 
 from __future__ import annotations
@@ -19,14 +21,21 @@ import os
 import sys
 from typing import Any
 
-from tidal.innet import studies
+from tidal.innet import dataset, studies
 
 
-def main(variants: tuple[str, ...]) -> dict[str, Any]:
+def main(variants: tuple[str, ...], budget: dict[str, Any] | None = None) -> dict[str, Any]:
     load0 = os.getloadavg()
-    res = studies.logo_study(variants=variants, emulate=("new",))
+    print(f"load average {load0[0]:.1f}; budget {budget or studies.STUDY_TRAIN}", flush=True)
+    ps = dataset.load(*dataset.default_dirs())
+    res: dict[str, Any] = {}
+    for v in variants:  # one variant at a time, printed as it completes
+        r = studies.logo_study(variants=(v,), emulate=("new",), ps=ps, budget_overrides=budget)
+        res[v] = r[v]
+        res["synthetic_benign"] = r["synthetic_benign"]
+        print(json.dumps({"variant": v, **r[v]}, default=str), flush=True)
     res["loadavg_start"], res["loadavg_end"] = load0, os.getloadavg()
-    print(f"load average at start {load0[0]:.1f}, at end {res['loadavg_end'][0]:.1f}")
+    print(f"load average at end {res['loadavg_end'][0]:.1f}")
     print("variant       mean recall  mean FPR  min recall  max FPR  pooled recall  pooled FPR")
     for v in variants:
         m, p = res[v]["mean"], res[v]["pooled"]
@@ -39,5 +48,10 @@ def main(variants: tuple[str, ...]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    names = tuple(sys.argv[1:]) or tuple(studies.VARIANTS)
-    print(json.dumps(main(names), default=str))
+    args = sys.argv[1:]
+    over: dict[str, Any] = {}
+    while args and args[0].startswith("--"):  # --epochs N / --cap N: a smaller budget
+        key = {"--epochs": "epochs", "--cap": "cap_per_flow"}[args[0]]
+        over[key], args = int(args[1]), args[2:]
+    names = tuple(args) or ("new", "both", "timing_only", "bytes_only")
+    print(json.dumps(main(names, over or None), default=str))

@@ -363,10 +363,11 @@ def first_packets(ps: PacketSet, n: int) -> PacketSet:
             seen[f] = c + 1
     sub = ps.subset_flows(np.unique(ps.flow[keep]))
     rows = np.flatnonzero(keep[np.isin(ps.flow, np.unique(ps.flow[keep]))])
-    return rebuild(_rows(sub, rows), lambda fr, _ts: fr)
+    return rebuild(rows_of(sub, rows), lambda fr, _ts: fr)
 
 
-def _rows(ps: PacketSet, rows: np.ndarray) -> PacketSet:
+def rows_of(ps: PacketSet, rows: np.ndarray) -> PacketSet:
+    """The given rows of `ps` (flows unchanged)."""
     assert ps.inst is not None and ps.ts is not None and ps.paylen is not None
     return PacketSet(
         x=ps.x[rows], x_raw=ps.x_raw[rows],

@@ -16,6 +16,8 @@ path.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Literal
 
@@ -152,6 +154,10 @@ def vectorised(
     return verdict, logits, fv
 
 
+def _raise_exit(_sig: int, _frame: object) -> None:
+    raise SystemExit(143)
+
+
 def frames(
     n: int,
     covert: list[Path] | None = None,
@@ -190,6 +196,10 @@ def frames(
             raise TidalError(f"--frames needs network namespaces: {why} (use --in-process)")
         transport = "network namespaces"
     with contextlib.ExitStack() as stack:
+        if netns and threading.current_thread() is threading.main_thread():
+            # SIGTERM must unwind through the fabric's teardown (processes, namespaces)
+            old = signal.signal(signal.SIGTERM, _raise_exit)
+            stack.callback(signal.signal, signal.SIGTERM, old)
         nf = stack.enter_context(NamespaceFabric(chain, timeout=30.0)) if netns else None
         for _name, rows in by_file.items():
             fr = [ps.frames[i] for i in rows]

@@ -45,6 +45,22 @@ def _ip(*args: str) -> None:
         raise TidalError(f"`ip {' '.join(args)}` failed: {r.stderr.strip()}")
 
 
+def _quiet_ipv6(ns: str) -> None:
+    """No IPv6 on the namespace's links: the kernel would send its own neighbour / multicast
+    discovery frames into the switch ports, and the entry switch would classify them too."""
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+         "net.ipv6.conf.default.disable_ipv6=1"],
+        capture_output=True, timeout=30,
+    )  # fmt: skip
+
+
+def _disable_ipv6_host(ifname: str) -> None:
+    path = Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6")
+    if path.exists():
+        path.write_text("1")
+
+
 def unavailable() -> str | None:
     """Why network namespaces cannot be used here (None when they can)."""
     if os.geteuid() != 0:
@@ -118,6 +134,7 @@ class NamespaceFabric:
         for s in specs:
             self.namespaces.append(self.ns(s))
             _ip("netns", "add", self.ns(s))
+            _quiet_ipv6(self.ns(s))
             _ip("-n", self.ns(s), "link", "set", "lo", "up")
         for s, hop in links:
             if True:
@@ -145,6 +162,7 @@ class NamespaceFabric:
                 h = self.host_if(s)
                 _ip("link", "add", h, "type", "veth", "peer", "name", "ph", "netns", self.ns(s))
                 self.host_ifs.append(h)
+                _disable_ipv6_host(h)
                 # captured frames (TSO/jumbo) can exceed 1500 bytes: the largest veth MTU
                 _ip("link", "set", h, "mtu", "65535")
                 _ip("-n", self.ns(s), "link", "set", "ph", "mtu", "65535")
