@@ -196,7 +196,15 @@ def scaled_profiles(setup: DemoSetup, slowdown: dict[str, float]) -> Any:
 
 # The live gateway's batcher hold window, as a fraction of l(1): the scheduler's default
 # (tidal.dataplane.scheduler.SchedulerConfig, which the gateway and the simulator both run).
-LIVE_HOLD_FRACTION = SchedulerConfig().hold_fraction
+LIVE_HOLD_FRACTION = SchedulerConfig().hold_fraction  # the gateway's default as well
+
+
+def live_scheduler(setup: DemoSetup) -> SchedulerConfig:
+    """The SchedulerConfig the live gateway of this run uses (from its serve config)."""
+    from tidal.config.serve import parse_serve_config
+    from tidal.dataplane.gateway import scheduler_config
+
+    return scheduler_config(parse_serve_config(setup.serve_config))
 
 
 def simulate_same(
@@ -231,6 +239,7 @@ def simulate_same(
         gateway=like_live,
         hold_fraction=LIVE_HOLD_FRACTION if like_live else 0.0,
         skip_infeasible=like_live,
+        adapt_latency=like_live and live_scheduler(setup).adapt_latency,
         control_lead_s=lead_s if like_live else 0.0,
     )
     init = setup.serve_config.get("plan") if like_live else None

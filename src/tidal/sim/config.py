@@ -66,9 +66,15 @@ class SimConfig(BaseModel):
         default=False,
         description="Model the live gateway's predictions and timers (reference mode; `tidal "
         "validate`): the scheduler plans with the profile given as `predict_profiles` with "
-        "l(b,c) uncapped (the fit as the gateway loads it), and wakes at the queue head's "
+        "l(b,c) uncapped (the fit as the gateway loads it) and wakes at the queue head's "
         "deadline to answer an expired request at once. The scheduler itself is the same in "
         "every mode (tidal.dataplane.scheduler).",
+    )
+    adapt_latency: bool = Field(
+        default=False,
+        description="The scheduler learns the replicas' service rate from measured batch "
+        "times (SchedulerConfig.adapt_latency, on in the live gateway); reference mode only. "
+        "`tidal validate` turns it on to model the live run.",
     )
     skip_infeasible: bool = Field(
         default=True,

@@ -142,8 +142,8 @@ def fast_applies(pipeline: PipelineSpec, config: SimConfig) -> str:
         return "the fast mode runs one variant per stage"
     if config.dynamic_slo:
         return "the fast mode runs a fixed SLO (FIFO = EDF)"
-    if config.gateway:
-        return "the gateway's admission and batcher run in the reference mode"
+    if config.gateway or config.adapt_latency:
+        return "the gateway's predictions and learned service rate run in the reference mode"
     return ""
 
 
@@ -214,7 +214,11 @@ def simulate(
             cfg.hold_fraction,
             predict=predict,
             scheduler=sim_scheduler_config(
-                cfg.admission, cfg.hold_fraction, cfg.hold_anchor, expire_timer=cfg.gateway
+                cfg.admission,
+                cfg.hold_fraction,
+                cfg.hold_anchor,
+                expire_timer=cfg.gateway,
+                adapt_latency=cfg.adapt_latency,
             ),
         )
     cap = Capacity(nodes=cfg.nodes, cores_per_node=cfg.cores_per_node)

@@ -69,8 +69,11 @@ def sim_scheduler_config(
     hold_anchor: str = "latest",
     expire_timer: bool = False,
     pipeline_depth: int = 1,
+    adapt_latency: bool = False,
 ) -> SchedulerConfig:
-    """The lanes' SchedulerConfig in the simulator (expiry always on; margin 1)."""
+    """The lanes' SchedulerConfig in the simulator (expiry always on; margin 1).
+    `adapt_latency` models the live gateway's learned service rate (validate's gateway mode:
+    the scheduler measures the simulated batch times exactly as it measures real ones)."""
     return SchedulerConfig.model_validate(
         {
             "admission": admission,
@@ -79,6 +82,7 @@ def sim_scheduler_config(
             "hold_fraction": hold_fraction,
             "hold_anchor": hold_anchor,
             "pipeline_depth": pipeline_depth,
+            "adapt_latency": adapt_latency,
         }
     )
 

@@ -67,13 +67,20 @@ def test_skip_infeasible_keeps_the_plan_in_force() -> None:
     assert kept.core_seconds == pytest.approx(20) and kept.infeasible_plans > 0
 
 
-def run(predict: ProfileSet | None, gateway: bool = True, pipeline: PipelineSpec = ONE) -> Any:
+def run(
+    predict: ProfileSet | None,
+    gateway: bool = True,
+    pipeline: PipelineSpec = ONE,
+    adapt: bool = False,
+) -> Any:
     plan = Plan(
         stages=tuple(
             Plan.single(st.name, st.variants[0], 1, 1.0, 4).stages[0] for st in pipeline.stages
         )
     )
-    cfg = SimConfig(slo_ms=150.0, drain_s=2.0, mode="reference", gateway=gateway, seed=3)
+    cfg = SimConfig(
+        slo_ms=150.0, drain_s=2.0, mode="reference", gateway=gateway, seed=3, adapt_latency=adapt
+    )
     return simulate(
         pipeline, profiles(40.0), np.full(20, 40.0), Scripted([plan], [0.0]), cfg,
         predict_profiles=predict,
@@ -90,6 +97,9 @@ def test_gateway_admission_predicts_with_the_predict_profile() -> None:
     missed = lambda r: r.counts["late"] + r.counts["expired"]  # noqa: E731
     assert missed(optimistic) > missed(same)
     assert pessimistic.counts["refused"] > same.counts["refused"]
+    # Learning the service rate from measured batches (the live gateway's adapt_latency)
+    # undoes most of the optimism.
+    assert missed(run(profiles(10.0), adapt=True)) < missed(optimistic)
 
 
 def test_gateway_mode_runs_pipelines_and_only_in_reference_mode() -> None:
