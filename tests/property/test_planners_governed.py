@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tidal.core.plan import Plan
 from tidal.planners import Bounds, Governed, StageObservation, create
+from tidal.planners.baselines.hpa import HPA
 from tidal.planners.synthetic import synthetic_context
 
 
@@ -20,8 +21,9 @@ from tidal.planners.synthetic import synthetic_context
     utils=st.lists(st.floats(0.0, 5.0), min_size=1, max_size=40),
     max_replicas=st.integers(1, 40),
 )
-def test_hpa_governed_respects_bounds_limits_and_window(utils, max_replicas) -> None:  # type: ignore[no-untyped-def]
+def test_hpa_governed_respects_bounds_limits_and_window(utils, max_replicas) -> None:
     hpa = create("hpa")
+    assert isinstance(hpa, HPA)
     g = Governed(hpa, bounds=Bounds(min_replicas=1, max_replicas=max_replicas))
     base = synthetic_context(1)
     plan: Plan | None = None

@@ -73,8 +73,10 @@ def thr(v: VariantProfile, b: int, c: float) -> float:
     nodes=st.integers(1, 3),
     cpn=st.sampled_from([2.0, 4.0]),
 )
-def test_themis_matches_brute_force(data, n_stages, lam, slo, nodes, cpn) -> None:  # type: ignore[no-untyped-def]
-    stages = [(data.draw(variant(f"v{i}")),) for i in range(n_stages)]
+def test_themis_matches_brute_force(data, n_stages, lam, slo, nodes, cpn) -> None:
+    stages: list[tuple[VariantProfile, ...]] = [
+        (data.draw(variant(f"v{i}")),) for i in range(n_stages)
+    ]
     capacity = Capacity(nodes, cpn)
     ctx = ctx_of(stages, lam, slo, capacity)
     planner = create("themis", resolution_ms=slo / 200, utilization=1.0)
@@ -122,7 +124,7 @@ def test_themis_matches_brute_force(data, n_stages, lam, slo, nodes, cpn) -> Non
     budgets=st.lists(st.floats(20.0, 1500.0), max_size=30),
     cpn=st.sampled_from([2.0, 4.0, 8.0]),
 )
-def test_sponge_ip_matches_enumeration(v, lam, slo, budgets, cpn) -> None:  # type: ignore[no-untyped-def]
+def test_sponge_ip_matches_enumeration(v, lam, slo, budgets, cpn) -> None:
     sp_planner = create("sponge", max_cores=8, max_batch=8, utilization=1.0, use_solver=True)
     ctx = ctx_of([(v,)], lam, slo, Capacity(1, cpn))
     ctx = PlanContext(**{**ctx.__dict__, "budgets_ms": tuple(budgets)})
@@ -164,7 +166,7 @@ def test_sponge_ip_matches_enumeration(v, lam, slo, budgets, cpn) -> None:  # ty
     combine=st.sampled_from(["sum", "product"]),
     total=st.sampled_from([4.0, 8.0, 16.0]),
 )
-def test_ipa_matches_brute_force(data, n_stages, n_var, lam, slo, combine, total) -> None:  # type: ignore[no-untyped-def]
+def test_ipa_matches_brute_force(data, n_stages, n_var, lam, slo, combine, total) -> None:
     stages = [tuple(data.draw(variant(f"v{s}{i}")) for i in range(n_var)) for s in range(n_stages)]
     batches = (1, 2, 4)
     ctx = ctx_of(stages, lam, slo, Capacity(1, total))
@@ -225,7 +227,7 @@ def inf_variant(draw: st.DrawFn, name: str, sla: float) -> VariantProfile:
     lam=st.floats(0.0, 100.0),
     budget=st.integers(2, 8),
 )
-def test_infadapter_matches_brute_force(data, n_stages, n_var, lam, budget) -> None:  # type: ignore[no-untyped-def]
+def test_infadapter_matches_brute_force(data, n_stages, n_var, lam, budget) -> None:
     slo = 750.0 * n_stages
     stages = [
         tuple(data.draw(inf_variant(f"v{s}{i}", 750.0)) for i in range(n_var))
@@ -237,7 +239,7 @@ def test_infadapter_matches_brute_force(data, n_stages, n_var, lam, budget) -> N
     ks = list(range(2, budget + 1))
     lines = [[capacity_line(v, ks, 750.0) for v in vs] for vs in stages]
 
-    def stage_configs(vs, ls):  # type: ignore[no-untyped-def]
+    def stage_configs(vs, ls):
         for cores in itertools.product([0, *ks], repeat=len(vs)):
             if sum(cores) == 0 or sum(cores) > budget:
                 continue
@@ -266,9 +268,9 @@ def test_infadapter_matches_brute_force(data, n_stages, n_var, lam, budget) -> N
     assert plan.feasible, plan.reason
     choices = []
     for sp in plan.stages:
-        cores = {v.name: sp.replicas_of(v.name) * sp.cores_of(v.name) for v in sp.variants}
-        assert all(abs(c - round(c)) < 1e-9 for c in cores.values())
-        cores = {k: int(round(c)) for k, c in cores.items()}
+        raw = {v.name: sp.replicas_of(v.name) * sp.cores_of(v.name) for v in sp.variants}
+        assert all(abs(c - round(c)) < 1e-9 for c in raw.values())
+        cores = {k: int(round(c)) for k, c in raw.items()}
         share = {v.name: v.weight for v in sp.variants}
         choices.append(Choice(cores, share))
         for vs, ls in zip(stages, lines, strict=True):
