@@ -203,3 +203,18 @@ def test_router_smooth_weighted_round_robin() -> None:
     assert r.pick(lambda n: False) is None
     r.set_weights({"a": 1.0})
     assert r.pick(lambda n: True) == "a"
+
+
+def test_learned_slowdown_is_a_median_and_decays_while_idle() -> None:
+    s = sched(batch=1, adapt_latency=True)
+    t = 0.0
+    for i in range(9):  # batches of 15 ms predicted; one preempted batch takes 10x
+        s.push(req(i, t, slo=10.0), t)
+        (d,) = dispatches(s.step(t))
+        took = 0.15 if i == 4 else 0.03  # 2x the profile, once 10x
+        s.on_done(d.batch_id, t + took)
+        t += took
+    assert s.slowdown == pytest.approx(2.0)  # the median ignores the outlier
+    assert s._factor(t) == pytest.approx(2.0)
+    assert s._factor(t + 1.0 + 5.0) == pytest.approx(1.5)  # one half-life after 1 s idle
+    assert s._factor(t + 61.0) == pytest.approx(1.0, abs=1e-3)
