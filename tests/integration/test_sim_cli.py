@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from tidal.core.shared import repo_root, shared_path
+from tidal.core.shared import repo_root
 from tidal.planners import available
 
 TIDAL = [sys.executable, "-m", "tidal.cli.main"]
@@ -22,7 +23,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*TIDAL, *args], capture_output=True, text=True, timeout=240, env=env)
 
 
-def test_simulate_json_for_every_registered_policy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_simulate_json_for_every_registered_policy(tmp_path: Path) -> None:
     from tidal.cli.main import app
 
     policies = available()
@@ -62,9 +63,7 @@ def test_simulate_json_for_every_registered_policy(tmp_path) -> None:  # type: i
     assert (tmp_path / "p.png").stat().st_size > 10_000
 
 
-@pytest.mark.skipif(
-    shared_path("traces", "twitter_2021-08_per_second.txt") is None, reason="no ../shared trace"
-)
+@pytest.mark.shared
 @pytest.mark.parametrize(
     "window", ["bursty", "steady-low", "steady-high", "fluctuating", "infadapter", "sponge"]
 )
@@ -105,7 +104,7 @@ def test_bad_input_exits_2_naming_it(args: list[str], needle: str) -> None:
     assert "Traceback" not in p.stderr
 
 
-def test_missing_trace_file_names_path_and_alternative(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_trace_file_names_path_and_alternative(tmp_path: Path) -> None:
     # An empty shared dir (no traces/twitter file) with the real one hidden.
     empty = tmp_path / "shared"
     (empty / "traces").mkdir(parents=True)

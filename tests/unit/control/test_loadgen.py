@@ -56,11 +56,11 @@ def test_schedule_from_trace_is_seeded_and_compressed() -> None:
     assert set(d.budgets_ms) == {200.0}
 
 
+@pytest.mark.shared
 def test_lte_budgets_when_shared_data_exists() -> None:
     from tidal.core.shared import shared_path
 
-    if shared_path("traces", "lte_bandwidth_report_bus_0001.log") is None:
-        pytest.skip("no ../shared LTE log on this machine")
+    assert shared_path("traces", "lte_bandwidth_report_bus_0001.log") is not None
     s = schedule_from_rates([20] * 5, seed=1, slo_ms=1000, lte=True)
     assert len(s.budgets_ms) == 100
     assert all(b is not None and 0 <= b <= 1000 for b in s.budgets_ms)

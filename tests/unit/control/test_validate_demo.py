@@ -62,11 +62,11 @@ def test_demo_setup_sizes_the_surge_to_the_machine() -> None:
     import tidal.apps.demo as demo
 
     orig = demo.find_pipeline
-    demo.find_pipeline = lambda path=None: (spec, "p.yaml")  # type: ignore[assignment]
+    demo.find_pipeline = lambda path=None: (spec, "p.yaml")
     try:
         s = make_setup(slo_ms=500, compress=8, peak_load=0.5, profiles=ps, reserve=0.0)
     finally:
-        demo.find_pipeline = orig  # type: ignore[assignment]
+        demo.find_pipeline = orig
     cap = pipeline_capacity([FAST], s.cores, 500)
     peak_60s = max(
         sum(s.rates[i : i + 8]) / 8 for i in range(len(s.rates) - 8)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -44,7 +45,7 @@ def test_latency_fit_matches_sponge_formula() -> None:
         fit.latency_ms(1, 0)
 
 
-def test_profile_set_corrupt_file_names_problem(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_profile_set_corrupt_file_names_problem(tmp_path: Path) -> None:
     p = tmp_path / "p.json"
     p.write_text("{not json")
     with pytest.raises(TidalError, match="corrupt profile file"):

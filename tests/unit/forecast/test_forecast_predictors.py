@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -70,7 +72,7 @@ def test_split_removes_zeros_and_keeps_days() -> None:
     assert len(train_) == 14 * 86400 - 1 and len(test_) == 7 * 86400
 
 
-def test_tiny_training_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_tiny_training_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     rates = 50 + 20 * np.sin(np.arange(6000) / 300.0) + rng.normal(0, 2, 6000)
     s = SETTINGS["ipa"]
@@ -83,14 +85,21 @@ def test_tiny_training_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-
         LSTMPredictor("infadapter", weights=tmp_path / "w.npz")
 
 
-@pytest.mark.skipif(
-    shared_path("traces", "twitter_2021-08_per_second.txt") is None,
-    reason="../shared/traces/twitter_2021-08_per_second.txt not on this machine",
-)
+def _num(v: object) -> float:
+    assert isinstance(v, int | float), v
+    return float(v)
+
+
+@pytest.mark.shared
 def test_eval_on_twitter_last_week_lstm_beats_max_and_last() -> None:
     from tidal.cli.plan import _eval
 
+    assert shared_path("traces", "twitter_2021-08_per_second.txt") is not None
     rows = {r["predictor"]: r for r in _eval(["infadapter"], None)}
-    assert rows["lstm"]["samples"] == rows["max"]["samples"] > 9000
-    assert rows["lstm"]["rmse"] < rows["last"]["rmse"] < rows["max"]["rmse"]
-    assert rows["lstm"]["mape_pct"] < rows["last"]["mape_pct"]
+    lstm, last, max_ = (
+        {k: _num(rows[n][k]) for k in ("samples", "rmse", "mape_pct")}
+        for n in ("lstm", "last", "max")
+    )
+    assert lstm["samples"] == max_["samples"] > 9000
+    assert lstm["rmse"] < last["rmse"] < max_["rmse"]
+    assert lstm["mape_pct"] < last["mape_pct"]

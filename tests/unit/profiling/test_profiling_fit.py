@@ -8,15 +8,10 @@ import pytest
 
 from tidal.core.errors import TidalError
 from tidal.core.profile import LatencyFit, ProfilePoint, ProfileSet
-from tidal.core.shared import shared_path
 from tidal.profiling import load_imported, load_reference
 from tidal.profiling.fit import fit_sponge
 from tidal.profiling.importers import import_infadapter, import_sponge
 from tidal.profiling.profiler import Grid
-
-needs_shared = pytest.mark.skipif(
-    shared_path("traces", "profiles") is None, reason="../shared/traces/profiles not present"
-)
 
 
 def _grid_points(fit: LatencyFit) -> list[ProfilePoint]:
@@ -50,7 +45,7 @@ def test_fit_needs_two_batches_and_two_core_counts() -> None:
         fit_sponge(pts)
 
 
-@needs_shared
+@pytest.mark.shared
 def test_sponge_import_matches_reference_md() -> None:
     ps = load_imported("sponge")
     f = ps.get("sponge-yolov5").fit
@@ -63,7 +58,7 @@ def test_sponge_import_matches_reference_md() -> None:
     assert max(p.cores for p in ps.get("sponge-yolov5").points) == 32
 
 
-@needs_shared
+@pytest.mark.shared
 def test_infadapter_import_capacities_load_times_and_fit() -> None:
     ps = load_imported("infadapter")
     assert sorted(ps.variants) == ["resnet101", "resnet152", "resnet18", "resnet34", "resnet50"]

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from tidal.core.errors import TidalError
-from tidal.core.shared import shared_path
 from tidal.workload import (
     arrival_chunks,
     arrivals,
@@ -17,17 +16,8 @@ from tidal.workload import (
 )
 from tidal.workload import twitter as tw
 
-needs_trace = pytest.mark.skipif(
-    shared_path("traces", "twitter_2021-08_per_second.txt") is None,
-    reason="../shared/traces/twitter_2021-08_per_second.txt absent",
-)
-needs_lte = pytest.mark.skipif(
-    shared_path("traces", "lte_bandwidth_report_bus_0001.log") is None,
-    reason="../shared LTE log absent",
-)
 
-
-@needs_trace
+@pytest.mark.shared
 @pytest.mark.parametrize(
     ("name", "seconds", "damping"),
     [
@@ -50,7 +40,7 @@ def test_named_windows_have_the_papers_lengths_and_damping(
     assert np.array_equal(rates[: seg[1] - seg[0]], full[seg[0] : seg[1]] // damping)
 
 
-@needs_trace
+@pytest.mark.shared
 def test_full_trace_matches_provenance_and_window_definitions() -> None:
     full = tw.full_trace()
     assert len(full) == 1_899_061 and full.max() == 388
@@ -59,7 +49,7 @@ def test_full_trace_matches_provenance_and_window_definitions() -> None:
     assert np.array_equal(steady_high[:600], steady_high[600:])  # the window twice in a row
 
 
-@needs_trace
+@pytest.mark.shared
 def test_damping_override_and_compression_keep_every_request() -> None:
     r1 = load_trace("twitter:sponge", damping=1)
     r2 = load_trace("twitter:sponge", damping=2)
@@ -83,7 +73,7 @@ def test_bad_trace_specs_name_the_value(spec: str, needle: str) -> None:
         load_trace(spec)
 
 
-@needs_trace
+@pytest.mark.shared
 def test_out_of_range_window_names_the_trace_length() -> None:
     with pytest.raises(TidalError, match="out of range.*1899061 seconds"):
         load_trace("twitter:1899000-1900000")
@@ -139,7 +129,7 @@ def test_to_us_floors_to_microseconds() -> None:
     assert to_us(np.array([0.0000019, 1.5])).tolist() == [1, 1_500_000]
 
 
-@needs_lte
+@pytest.mark.shared
 def test_dynamic_slos_follow_sponge_formula() -> None:
     from tidal.workload.slo import lte_bandwidth
 
