@@ -63,12 +63,16 @@ def test_serve_register_request_and_clean_shutdown(tmp_path) -> None:
             except httpx.HTTPError:
                 time.sleep(0.05)
         src = Path(__file__).parents[2] / "src" / "tidal" / "cep" / "operators" / "forward.py"
-        common = dict(env=env, capture_output=True, text=True, timeout=60)
-        r = subprocess.run([TIDAL, "cep", "register", "fwd", str(src), "--url", url], **common)
+
+        def cep(*args: str) -> subprocess.CompletedProcess[str]:
+            argv = [TIDAL, "cep", *args, "--url", url]
+            return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+        r = cep("register", "fwd", str(src))
         assert r.returncode == 0 and json.loads(r.stdout)["version"] == 1, r.stderr
-        r = subprocess.run([TIDAL, "cep", "request", "fwd", "--url", url], **common)
+        r = cep("request", "fwd")
         assert json.loads(r.stdout)["store"].startswith("unix://")
-        r = subprocess.run([TIDAL, "cep", "request", "nope", "--url", url], **common)
+        r = cep("request", "nope")
         assert r.returncode == 2 and "unknown operator 'nope'" in r.stderr
         children = psutil.Process(p.pid).children(recursive=True)
         assert children  # the fork server and the operator

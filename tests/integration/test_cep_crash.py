@@ -5,7 +5,6 @@ and every card's running count reads 1, 2, ..., n across three kills."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -76,6 +75,6 @@ def test_python_operator_survives_kill9_with_state(tmp_path) -> None:
     _kill9_run(tmp_path, VersionSpec(source=operators.path("card_count").read_text()))
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+@pytest.mark.node
 def test_node_operator_survives_kill9_with_state(tmp_path) -> None:
     _kill9_run(tmp_path, VersionSpec(language="node", source=NODE_COUNT))

@@ -110,7 +110,7 @@ def test_curl_pushes_and_reads_results_over_sse(node_manager) -> None:
     assert r.stdout == "404"
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+@pytest.mark.node
 def test_node_client_pushes_and_reads_over_sse_and_websocket(node_manager) -> None:
     url = node_manager
     env = {**os.environ, "TIDAL_CEP_TOKEN": TOKEN}

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -134,7 +133,7 @@ def test_python_operator_cannot_read_secrets_or_see_the_token(tmp_path) -> None:
     print(json.dumps(r))
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+@pytest.mark.node
 def test_node_operator_cannot_read_secrets_or_see_the_token(tmp_path) -> None:
     r = _probe(tmp_path, VersionSpec(language="node", source=PROBE_JS))
     assert r["uid"] != 0 and "/tidal-cep-ops-" in r["cwd"]

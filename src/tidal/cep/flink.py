@@ -36,7 +36,7 @@ EOS_FIELD = "__tidal_eos__"
 EOS = json.dumps({EOS_FIELD: True})
 
 
-class TidalOperatorFunction(_Base):  # type: ignore[misc,valid-type]
+class TidalOperatorFunction(_Base):
     """Forwards a Flink stream of JSON strings through Tidal operator `name`."""
 
     def __init__(self, name: str, url: str, token: str, drain_timeout_s: float = 30.0) -> None:

@@ -85,7 +85,7 @@ class Recorder(Operator):
         super().__init__()
         self.sizes: list[int] = []
 
-    def process(self, batch):  # type: ignore[no-untyped-def]
+    def process(self, batch):
         self.sizes.append(len(batch))
         out = []
         for e in batch:
@@ -108,7 +108,12 @@ def test_batches_never_exceed_b_and_events_before_deployment_wait() -> None:
     th = threading.Thread(target=rt.run, daemon=True)
     th.start()
     got: list[dict] = []
-    wait_for(lambda: bool(got.extend(cl.results())) or len(got) >= 95)
+
+    def drained() -> bool:
+        got.extend(cl.results())
+        return len(got) >= 95
+
+    wait_for(drained)
     rt.stop.set()
     th.join(5)
     cl.close()
@@ -142,7 +147,7 @@ def test_handover_carries_state_at_batch_boundary(pop: str) -> None:
 
 
 class Boom(Operator):
-    def process(self, batch):  # type: ignore[no-untyped-def]
+    def process(self, batch):
         if any(e.get("poison") for e in batch):
             raise RuntimeError("boom")
         return batch
@@ -197,7 +202,8 @@ def test_example_operators_against_references() -> None:
     arr = workload.transactions(5000, seed=7, cards=30, rate=1.0, fraud_rate=0.05)
     sl = load_operator(operators.path("small_large"))
     got = np.concatenate([sl.process(arr[i : i + 333]) for i in range(0, len(arr), 333)])
-    want, last = [], {}
+    want: list[int] = []
+    last: dict[int, float] = {}
     for r in arr:
         c = int(r["card"])
         if r["amount"] > 500 and r["ts"] - last.get(c, -1e18) <= 600:

@@ -11,7 +11,7 @@ from tidal.cep.sdk.python import Operator
 class MyOperator(Operator):
     required = ("card", "amount")
 
-    def process(self, batch):  # type: ignore[no-untyped-def]
+    def process(self, batch):
         out = []
         for e in batch:
             k = str(e["card"])
