@@ -36,8 +36,10 @@ import httpx
 import numpy as np
 import pytest
 
-pytest.importorskip("skl2onnx", reason="skl2onnx is a dev dependency (pyproject [dev])")
-torch = pytest.importorskip("torch")
+pytest.importorskip(
+    "skl2onnx", reason="skl2onnx is a dev dependency: `make install` (uv pip install -e '.[dev]')"
+)
+torch = pytest.importorskip("torch", reason="torch (CPU build): `make install` installs it first")
 
 TOKEN = "repository-integration-token"
 SEQ = 16

@@ -15,7 +15,10 @@ from oip_server import serve_repository
 CHECKS = Path(__file__).with_name("oip_kserve_checks.py")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("kserve") is None, reason="kserve not installed")
+@pytest.mark.skipif(
+    importlib.util.find_spec("kserve") is None,
+    reason="kserve is a dev dependency: `make install` (uv pip install -e '.[dev]')",
+)
 def test_kserve_rest_and_grpc_clients(tmp_path: Path) -> None:
     with serve_repository(tmp_path) as s:
         out = subprocess.run(

@@ -18,7 +18,10 @@ from oip_server import Served, serve_repository
 
 from tidal.dataplane.openapi import document
 
-schemathesis = pytest.importorskip("schemathesis")
+schemathesis = pytest.importorskip(
+    "schemathesis",
+    reason="schemathesis is a dev dependency: `make install` (uv pip install -e '.[dev]')",
+)
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import negative_data_rejection  # noqa: E402

@@ -13,8 +13,9 @@ import oip_models
 import pytest
 from oip_server import TOKEN, Served, serve_repository
 
-httpclient = pytest.importorskip("tritonclient.http")
-grpcclient = pytest.importorskip("tritonclient.grpc")
+_WHY = "tritonclient[http,grpc] is a dev dependency: `make install` (uv pip install -e '.[dev]')"
+httpclient = pytest.importorskip("tritonclient.http", reason=_WHY)
+grpcclient = pytest.importorskip("tritonclient.grpc", reason=_WHY)
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 IDS = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], dtype=np.int64)
