@@ -84,6 +84,7 @@ def test_demo_setup_sizes_the_surge_to_the_machine() -> None:
     assert not math.isnan(s.slo_ms)
 
 
+@pytest.mark.shared  # the schedule is built from the twitter trace
 def test_control_lead_is_recovered_from_the_logged_rates() -> None:
     from tidal.apps.validate import control_lead_s, make_validate_setup
 
