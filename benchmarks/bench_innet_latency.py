@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from tidal.bench.innet_baseline import emulator_per_hop_ms, measure_cpu_path, modeled_switch_path
 from tidal.innet import dataset
-from tidal.innet.baseline import emulator_per_hop_ms, measure_cpu_path, modeled_switch_path
 from tidal.innet.evaluate import load_model
 from tidal.innet.mapper import map_network
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tidal.innet.baseline import decode_rows, encode_rows, measure_cpu_path
+from tidal.bench.innet_baseline import decode_rows, encode_rows, measure_cpu_path
 from tidal.innet.evaluate import load_model
 
 
