@@ -42,7 +42,10 @@ def test_python_host_conforms(redis_url) -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(shutil.which("javac") is None, reason="javac is not installed")
+@pytest.mark.skipif(
+    shutil.which("javac") is None,
+    reason="needs javac: run `sudo apt-get install -y default-jdk-headless` (or `make test`)",
+)
 def test_java_host_conforms(redis_url, tmp_path) -> None:
     srcs = [str(JAVA_SRC / f"{c}.java") for c in ("Resp", "Txn", "TidalHost", "Conformance")]
     subprocess.run(["javac", "-d", str(tmp_path), *srcs], check=True, timeout=300)
