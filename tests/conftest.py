@@ -3,8 +3,8 @@
 - ``@pytest.mark.shared``: the test reads ``../shared`` (traces, profiles, captures). Without
   it the test is skipped with a reason that names the directory, and the skip is listed in
   the ``-ra`` summary. CI always has ``../shared``.
-- ``redis``, ``chromium``, ``netns``, ``node``: the test needs that system program. When it
-  is missing the test FAILS with the one command that installs it, unless
+- ``redis``, ``chromium``, ``netns``, ``node``, ``java``, ``curl``: the test needs that system
+  program. When it is missing the test FAILS with the one command that installs it, unless
   ``TIDAL_ALLOW_MISSING_SYSTEM=1`` is set (then it is skipped, loudly). ``make test``
   installs them first (tools/system-deps.sh), so under make nothing is skipped.
 """
@@ -24,6 +24,8 @@ _SYSTEM: dict[str, tuple[tuple[str, ...], str]] = {
     "chromium": (("chromium", "chromium-browser"), "chromium"),
     "netns": (("ip",), "iproute2"),
     "node": (("node",), "nodejs"),
+    "java": (("javac",), "default-jdk-headless"),
+    "curl": (("curl",), "curl"),
 }
 
 

@@ -4,7 +4,6 @@ Node.js SDKs in the operator role (exactly once, frame bound, kill -9, poison, h
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -42,10 +41,7 @@ def test_python_host_conforms(redis_url) -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.skipif(
-    shutil.which("javac") is None,
-    reason="needs javac: run `sudo apt-get install -y default-jdk-headless` (or `make test`)",
-)
+@pytest.mark.java
 def test_java_host_conforms(redis_url, tmp_path) -> None:
     srcs = [str(JAVA_SRC / f"{c}.java") for c in ("Resp", "Txn", "TidalHost", "Conformance")]
     subprocess.run(["javac", "-d", str(tmp_path), *srcs], check=True, timeout=300)

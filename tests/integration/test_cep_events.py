@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -82,10 +81,7 @@ def curl(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["curl", "-s", *args], capture_output=True, text=True, timeout=60)
 
 
-@pytest.mark.skipif(
-    shutil.which("curl") is None,
-    reason="needs curl: run `sudo apt-get install -y curl` (or `make test`)",
-)
+@pytest.mark.curl
 def test_curl_pushes_and_reads_results_over_sse(node_manager) -> None:
     url = node_manager
     r = curl(
