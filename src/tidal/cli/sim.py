@@ -13,7 +13,7 @@ from rich.table import Table
 from tidal.core.errors import TidalError
 
 
-def _table(results: list, title: str) -> Table:  # type: ignore[type-arg]
+def _table(results: list, title: str) -> Table:
     t = Table(title=title)
     for col in (
         "policy", "requests", "viol %", "late", "refused", "expired", "unfin.", "p50 ms",

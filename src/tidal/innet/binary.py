@@ -26,19 +26,19 @@ _POP = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 
 class _SignSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: object, x: torch.Tensor, clip: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: object, x: torch.Tensor, clip: float) -> torch.Tensor:
         ctx.save_for_backward(x)  # type: ignore[attr-defined]
         ctx.clip = clip  # type: ignore[attr-defined]
         return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
 
     @staticmethod
-    def backward(ctx: object, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: object, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
         return g * (x.abs() <= ctx.clip).to(g.dtype), None  # type: ignore[attr-defined]
 
 
 def sign(x: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
-    out: torch.Tensor = _SignSTE.apply(x, clip)  # type: ignore[no-untyped-call]
+    out: torch.Tensor = _SignSTE.apply(x, clip)
     return out
 
 

@@ -24,7 +24,7 @@ from tidal.innet.header import (
 )
 
 
-class NetNNHeader(Packet):  # type: ignore[misc]
+class NetNNHeader(Packet):
     """Scapy definition of the header (used to build and dissect frames)."""
 
     name = "NetNN"

@@ -163,7 +163,7 @@ class _Builder:
         for ch in self.chunks(n):
             extra: dict[str, object] = {}
             for key, val in kw.items():
-                extra[key] = [val[i] for i in ch] if isinstance(val, list) else val  # type: ignore[index]
+                extra[key] = [val[i] for i in ch] if isinstance(val, list) else val
             tables.append(
                 Table(
                     name=self._name(kind),

@@ -4,6 +4,7 @@ the whole chain on real frames equals the vectorised path."""
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ from tidal.innet.mapper import map_network
 from tidal.innet.program import STREAM_IAT
 from tidal.innet.synthetic import synthetic_benign, synthetic_covert
 
-FRAMES: list[object] = [
+FRAMES: list[Any] = [  # scapy packets (untyped) and raw bytes
     Ether() / IP(ttl=3, tos=0x10, flags="DF") / TCP(flags="PA", urgptr=7,
         options=[("MSS", 1460), ("SAckOK", b""), ("Timestamp", (1, 2))]) / (b"x" * 30),
     Ether() / Dot1Q(vlan=5) / IP(options=b"\x94\x04\x00\x00") / UDP(sport=53) / (b"q" * 12),

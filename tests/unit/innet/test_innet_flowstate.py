@@ -24,7 +24,8 @@ def test_table_features_equal_the_vectorized_ones_and_timeout_starts_an_instance
     rng = np.random.default_rng(3)
     t = FlowTable(slots=64, timeout_us=1_000_000)
     keys = [_key(i) for i in range(8)]
-    ts, lens, inst_of, side, inst = 0, [], {}, [], []
+    ts, lens, side, inst = 0, [], [], []
+    inst_of: dict[tuple[int, int], int] = {}
     stamps = []
     for _ in range(400):
         j = int(rng.integers(0, 8))

@@ -50,7 +50,7 @@ def test_budget_too_small_names_layer_and_shortfall(net: IntNet) -> None:
         map_network(net, Budget(register_bytes=64))
 
 
-def test_programs_roundtrip_as_json(mapping: Mapping, tmp_path, samples) -> None:  # type: ignore[no-untyped-def]
+def test_programs_roundtrip_as_json(mapping: Mapping, tmp_path, samples) -> None:
     mapping.save(tmp_path)
     back = Mapping.load(tmp_path)
     x, iat = samples

@@ -37,7 +37,7 @@ def test_fresh_random_models_are_bit_exact_too() -> None:
         assert np.array_equal(torch_predict(m, x, iat), m.to_int().predict(x, iat))
 
 
-def test_save_and_load_roundtrip(net: IntNet, tmp_path, samples) -> None:  # type: ignore[no-untyped-def]
+def test_save_and_load_roundtrip(net: IntNet, tmp_path, samples) -> None:
     path = tmp_path / "n.npz"
     net.save(path)
     back = IntNet.load(path)
@@ -45,7 +45,7 @@ def test_save_and_load_roundtrip(net: IntNet, tmp_path, samples) -> None:  # typ
     assert np.array_equal(back.forward(x, iat), net.forward(x, iat))
 
 
-def test_committed_integer_weights_match_the_torch_model(net: IntNet, samples) -> None:  # type: ignore[no-untyped-def]
+def test_committed_integer_weights_match_the_torch_model(net: IntNet, samples) -> None:
     from tidal.innet.evaluate import DEFAULT_MODEL
 
     x, iat = samples
