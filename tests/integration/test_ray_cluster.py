@@ -212,3 +212,56 @@ def test_ray_cluster_end_to_end(cluster: Any) -> None:
             fac.shutdown()
 
     asyncio.run(main())
+
+
+def _alive_tidal_actors() -> list[str]:
+    from ray._private import state
+
+    out = []
+    for info in state.actors(actor_state_name="ALIVE").values():
+        if info["ActorClassName"] in ("ReplicaActor", "PlacementAuthority"):
+            out.append(info["ActorClassName"])
+    return out
+
+
+def _held_groups() -> int:
+    table = ray.util.placement_group_table()
+    return sum(1 for g in table.values() if g["state"] in ("CREATED", "PENDING", "RESCHEDULING"))
+
+
+def test_sigterm_leaves_no_actor_behind(cluster: Any, tmp_path: Any) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    c, _ = cluster
+    if not ray.is_initialized():
+        ray.init(address=c.address, namespace="tidal")
+    cfg = tmp_path / "serve.yaml"
+    plan = {"stage": "m", "variants": [{"name": "noop"}], "replicas": 2, "cores": 0.5, "batch": 4}
+    cfg.write_text(yaml.safe_dump({**CONFIG, "plan": {"stages": [plan]}}))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tidal.cli.main", "serve", str(cfg), "--port", "0",
+         "--grpc-port", "0", "--substrate", "ray", "--address", c.address],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while _alive_tidal_actors().count("ReplicaActor") < 2:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "replicas never started"
+            time.sleep(0.5)
+        assert _held_groups() == 2  # each replica's cores are held in Ray
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    deadline = time.monotonic() + 60
+    while (_alive_tidal_actors() or _held_groups()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _alive_tidal_actors() == [] and _held_groups() == 0
