@@ -213,9 +213,10 @@ def test_live_calibration_scales_the_profile_by_the_observed_slowdown() -> None:
     act = MemActuator(clock, START)
     rec = Recorder()
     c = _controller(rec, clock, act, calibrate=True)
+    assert isinstance(c.monitor, Monitor) and isinstance(c.monitor.source, Source)
     src = c.monitor.source
     # The profile predicts l(1, 1 core) = 5 + 1 + 2 + 1 = 9 ms; the machine takes 18 ms.
-    src.service_ms = 18.0  # type: ignore[attr-defined]
+    src.service_ms = 18.0
     for _ in range(4):
         c.tick()
         clock.advance(1.0)

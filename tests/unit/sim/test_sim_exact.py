@@ -76,6 +76,7 @@ def test_batcher_waits_for_company_then_dispatches_a_full_batch() -> None:
     first = list(range(0, 900_000, 5000))
     out = run(dp, [*first, 1_000_000, 1_003_000], slo_us=10_000_000, until=3_000_000)
     assert len(out) == 182 and all(c == OK for _, c in out.values())
+    assert dp.events is not None
     i = dp.events.index(("arrive@0", 1_000_000, (180,)))
     assert dp.events[i : i + 6] == [
         ("arrive@0", 1_000_000, (180,)),
@@ -108,6 +109,7 @@ def test_expired_requests_are_dropped_from_the_queue() -> None:
 def test_route_to_the_replica_with_most_cores() -> None:
     dp = plane(batch=1, cores=(1.0, 2.0))
     out = run(dp, [0], slo_us=1_000_000, until=100_000)
+    assert dp.events is not None
     assert dp.events[1] == ("dispatch@0/r1", 0, (0,))
     assert out[0] == (10_000, OK)  # l(1, 2 cores) = 10 ms
 
