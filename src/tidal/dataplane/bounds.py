@@ -96,10 +96,13 @@ def predict_finish_rows(
     batch: int,
     now: float,
     margin: float = 1.0,
+    own_latency_s: LatencyBC | None = None,
 ) -> tuple[float, float]:
     """(predicted finish of the request, start of its batch), clock seconds; see the module
     docstring. `free_at[i]`: when replica i is free (<= now: idle); `batch`: batch rows
-    (:func:`batch_rows`). `free_at` must not be empty."""
+    (:func:`batch_rows`). `free_at` must not be empty. `own_latency_s` prices the request's
+    own batch (default `latency_s`): the live scheduler prices it pessimistically, the
+    batches ahead at their typical speed."""
     if not free_at:
         raise ValueError("no replica: predict_finish_rows needs at least one")
     b = max(1, batch)
@@ -116,7 +119,8 @@ def predict_finish_rows(
     start, i = free[0]
     # Its own batch: the rest ahead plus its rows, filled up to the batch size in force by
     # requests that arrive after it (under load every batch leaves full).
-    return start + margin * latency_s(max(rest + rows, b), cores[i]), start
+    own = own_latency_s or latency_s
+    return start + margin * own(max(rest + rows, b), cores[i]), start
 
 
 def _fluid(free: list[tuple[float, int]], dur: list[float], k: int) -> list[tuple[float, int]]:
@@ -174,6 +178,7 @@ def admit_rows(
     margin: float = 1.0,
     deadline: float | None = None,
     min_retry_s: float = 0.05,
+    own_latency_s: LatencyBC | None = None,
 ) -> Admitted | Refused:
     """Admission in rows for one lane (see the module docstring): Admitted(predicted finish)
     or Refused(503, "refused", reason, retry_after_s). Ready replicas serve from their
@@ -202,11 +207,14 @@ def admit_rows(
     mean = queued_rows / n if n else float(req.rows)
     ahead = rows_ahead(queue, req, queued_rows)
     b = batch_rows(req.rows, ahead, mean, max_batch)
-    finish, start = predict_finish_rows(req.rows, ahead, free, cores, latency_s, b, now, margin)
+    own = own_latency_s or latency_s
+    finish, start = predict_finish_rows(
+        req.rows, ahead, free, cores, latency_s, b, now, margin, own
+    )
     if finish <= due:
         return Admitted(finish)
     budget = due - now
-    alone = min(margin * latency_s(req.rows, c) for c in cores)
+    alone = min(margin * own(req.rows, c) for c in cores)
     if alone > budget and not waiting:
         return Refused(
             503,

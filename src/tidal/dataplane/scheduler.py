@@ -281,8 +281,14 @@ class GroupScheduler:
         not a high percentile: on a shared machine one preempted batch must not price every
         arrival (measured: the p90 refused 123 of 132 requests at 0.9x load that Ray Serve
         served in time). While nothing is in flight the factor decays toward 1 (half-life
-        `ADAPT_HALF_LIFE_S` after 1 s idle), so a lane that refuses everything recovers."""
+        `ADAPT_HALF_LIFE_S` after 1 s idle), so a lane that refuses everything recovers.
+        `slowdown_tail` is the 90th percentile of the same ratios: it prices the arriving
+        request's OWN batch (the batches queued ahead stay at the median). A request is
+        admitted only if its own batch fits at the tail speed, so at 2x overload the 200s
+        keep their deadline (issue 13), while the queue ahead is not over-priced by one
+        preempted batch (issue 14's goodput)."""
         self.slowdown = 1.0
+        self.slowdown_tail = 1.0
         self._ratios: deque[float] = deque(maxlen=32)
         """Queued rows/bytes caps of this lane (issue 13; the driver sets them from
         ServeConfig.limits); None: unbounded."""
@@ -437,18 +443,22 @@ class GroupScheduler:
     def _admit(self, req: QueuedRequest, now: float) -> Admitted | Refused:
         margin = self.config.margin
         deadline = req.deadline - self.downstream_s
-        lat = self.latency_s
-        if self.slowdown != 1.0:
-            k = self._factor(now)
+        lat = own = self.latency_s
+        if self.slowdown != 1.0 or self.slowdown_tail != 1.0:
+            k = self._factor(now, self.slowdown)
+            kt = self._factor(now, self.slowdown_tail)
 
             def lat(b: int, c: float) -> float:
                 return k * self.latency_s(b, c)
+
+            def own(b: int, c: float) -> float:
+                return kt * self.latency_s(b, c)
 
         ready = [r for r in self.replicas.values() if r.state == READY]
         if not self.queue:  # fast path: what `admit` concludes for a batch of one
             for r in ready:
                 if not r.inflight:
-                    finish = now + margin * lat(req.rows, r.cores)
+                    finish = now + margin * own(req.rows, r.cores)
                     if finish <= deadline:
                         return Admitted(finish)
                     break
@@ -464,6 +474,7 @@ class GroupScheduler:
             max_batch=self.max_batch,
             margin=margin,
             deadline=deadline,
+            own_latency_s=own,
         )
 
     def _over_cap(self, req: QueuedRequest, now: float) -> Refused | None:
@@ -622,6 +633,7 @@ class GroupScheduler:
                 self._ratios.append((now - b.start) / raw)
                 srt = sorted(self._ratios)
                 self.slowdown = min(20.0, max(0.5, srt[(len(srt) - 1) // 2]))
+                self.slowdown_tail = min(20.0, max(0.5, srt[(9 * (len(srt) - 1)) // 10]))
         self.last_free = now
         self._log("done", now, tuple(r.id for r in b.requests))
         reqs = b.requests
@@ -637,9 +649,10 @@ class GroupScheduler:
         idle = now - self.last_free - 1.0
         return 0.5 ** (idle / ADAPT_HALF_LIFE_S) if idle > 0 else 1.0
 
-    def _factor(self, now: float) -> float:
-        """The slowdown in force at `now` (decayed toward 1 while the lane is idle)."""
-        k = self.slowdown
+    def _factor(self, now: float, k: float | None = None) -> float:
+        """The slowdown `k` (default: the median one) in force at `now`, decayed toward 1
+        while the lane is idle."""
+        k = self.slowdown if k is None else k
         if k == 1.0:
             return k
         return 1.0 + (k - 1.0) * self._decay(now)
