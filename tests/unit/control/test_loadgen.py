@@ -128,7 +128,8 @@ def test_replay_records_every_outcome(tmp_path: Path) -> None:
     assert all(s["header"] is not None for s in seen)
     out = tmp_path / "o.csv"
     write_outcomes(out, outcomes)
-    rows = list(csv.DictReader(out.open()))
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
     assert len(rows) == 40 and rows[0]["outcome"] == "refused"
     json.loads(report.to_json())
 
