@@ -27,15 +27,17 @@ from tidal.core.plan import Plan
 try:
     import ray
     from ray.cluster_utils import Cluster
+
+    HAVE_RAY = True
 except ImportError:  # `make test` deselects these (-m "not ray"); `make test-ray` installs ray
-    ray = None  # type: ignore[assignment]
+    HAVE_RAY = False
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(autouse=True)
 def _needs_ray() -> None:
-    if ray is None:
+    if not HAVE_RAY:
         pytest.fail("ray is not installed: run `make test-ray` (it installs the ray extra)")
 
 
