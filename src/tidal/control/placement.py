@@ -104,7 +104,7 @@ class PlacementBook:
                     self._where.pop(r, None)
                 del self._nodes[nid]
         for nid, spec in nodes.items():
-            if spec.cores < 0 or not spec.cpu_ids and spec.cores > 0:
+            if spec.cores < 0 or (spec.cores > 0 and not spec.cpu_ids):
                 raise ValueError(f"node {nid!r}: cores={spec.cores} with cpu_ids={spec.cpu_ids}")
             if nid in self._nodes:
                 self._nodes[nid].spec = spec
@@ -134,7 +134,7 @@ class PlacementBook:
         st = self._nodes.get(node)
         if st is None:
             return None
-        old = self._grant(replica)
+        old = self.grant(replica)
         if old is not None and old.node != node:
             return None  # a replica never moves; the caller releases and starts a new one
         held = old.cores if old is not None else 0.0
@@ -150,7 +150,7 @@ class PlacementBook:
 
     def resize(self, replica: str, cores: float) -> Grant | None:
         """Change `replica`'s cores on its node (keeping its CPUs when they fit), or None."""
-        old = self._grant(replica)
+        old = self.grant(replica)
         if old is None:
             return None
         return self.reserve(replica, old.node, cores)
@@ -162,12 +162,10 @@ class PlacementBook:
         return self._nodes[node].grants.pop(replica, None)
 
     # --------------------------------------------------------------- reading
-    def _grant(self, replica: str) -> Grant | None:
+    def grant(self, replica: str) -> Grant | None:
+        """`replica`'s grant, or None when it holds nothing."""
         node = self._where.get(replica)
         return None if node is None else self._nodes[node].grants.get(replica)
-
-    def grant(self, replica: str) -> Grant | None:
-        return self._grant(replica)
 
     def grants(self) -> list[Grant]:
         return [g for st in self._nodes.values() for g in st.grants.values()]

@@ -25,6 +25,7 @@ How a replica's cores are held, so Ray's scheduler and autoscaler see the truth:
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -566,8 +567,6 @@ class RayActuator(LocalActuator):
 
 async def wait_ready(gateway: Any, stage: str, replicas: int, timeout_s: float = 120.0) -> None:
     """Wait until `stage` has `replicas` ready replicas (tests, CLI)."""
-    import asyncio
-
     clock = gateway.clock
     t0 = clock.now()
     while gateway.metrics_snapshot()[stage].replicas != replicas:

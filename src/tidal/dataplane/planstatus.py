@@ -24,12 +24,12 @@ from typing import Any
 from tidal.core.plan import Plan
 
 
-def _target_replicas(plan: Plan) -> dict[tuple[str, str], tuple[int, float, int]]:
-    out: dict[tuple[str, str], tuple[int, float, int]] = {}
+def _target_replicas(plan: Plan) -> dict[tuple[str, str], tuple[int, float]]:
+    """(stage, variant) -> (replicas, cores per replica) that `plan` asks for."""
+    out: dict[tuple[str, str], tuple[int, float]] = {}
     for sp in plan.stages:
         for v in sp.variants:
-            n = v.replicas if v.replicas is not None else sp.replicas
-            out[(sp.stage, v.name)] = (n, sp.cores, sp.batch)
+            out[(sp.stage, v.name)] = (sp.replicas_of(v.name), sp.cores_of(v.name))
     return out
 
 
@@ -43,35 +43,36 @@ def plan_status(gw: Any) -> dict[str, Any]:
     for sname, stage in gw.stages.items():
         variants = []
         starting = []
-        weights = dict(stage.weights)  # Stage.weights: the target split, by variant
-        ready_names = [n for n, g in stage.groups.items() if g.ready()]
-        total = sum(weights.get(n, 0.0) for n in ready_names)
+        weights = stage.weights  # the target split, by variant
+        ready = {n: g.ready() for n, g in stage.groups.items()}
+        total = sum(weights.get(n, 0.0) for n, reps in ready.items() if reps)
         for vname, g in stage.groups.items():
-            ready = g.ready()
-            cores = sorted({round(float(r.cores), 6) for r in ready})
-            routed = weights.get(vname, 0.0) / total if ready and total > 0 else 0.0
+            reps = ready[vname]
+            cores = sorted({round(float(r.cores), 6) for r in reps})
+            asked = weights.get(vname, 0.0)
+            routed = asked / total if reps and total > 0 else 0.0
             entry: dict[str, Any] = {
                 "name": vname,
-                "replicas": len(ready),
+                "replicas": len(reps),
                 "cores": cores,
                 "batch": g.max_batch,
                 "weight": round(routed, 6),
             }
-            asked = weights.get(vname, 0.0)
-            if not ready and asked > 0:
+            if not reps and asked > 0:
                 entry["reason"] = "no ready replica: its traffic goes to the other variants"
-            elif ready and abs(routed - asked) > 1e-9:
+            elif reps and abs(routed - asked) > 1e-9:
                 entry["reason"] = (
                     f"weight {asked:g} renormalised over the variants with a ready replica"
                 )
             variants.append(entry)
-            if g.starting():
-                starting.append({"name": vname, "replicas": g.starting()})
-            n, c, _ = want.get((sname, vname), (0, 0.0, 0))
-            if len(ready) != n or (n and cores != [round(c, 6)]):
+            n_starting = g.starting()
+            if n_starting:
+                starting.append({"name": vname, "replicas": n_starting})
+            n, c = want.get((sname, vname), (0, 0.0))
+            if len(reps) != n or (n and cores != [round(c, 6)]):
                 converged = False
         in_force.append({"stage": sname, "variants": variants})
-        for (ws, wv), (n, _, _) in want.items():
+        for (ws, wv), (n, _) in want.items():
             if ws == sname and n and wv not in stage.groups:
                 converged = False
         if starting:
