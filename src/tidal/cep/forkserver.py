@@ -22,6 +22,10 @@ PRELOAD = [
     "numpy",
     "redis",
     "httpx",
+    # httpx imports its transport lazily, on the first Client: a sandboxed operator (a user
+    # that may not read the virtualenv, e.g. under a mode-700 directory) could not
+    "httpcore",
+    "h11",
     "tidal.cep.sdk.python.runtime",
     "tidal.cep.sockstore",
     "tidal.cep.sandbox",

@@ -174,6 +174,21 @@ class NodeManager:
         assert info.spec.command is not None
         return procs.Command(info.spec.command, env, plan, network)
 
+    def _node_sdk(self) -> Path:
+        """The Node.js SDK copied once into a directory the sandbox user owns: the checkout
+        it ships in may not be readable by that user (e.g. below a mode-700 directory)."""
+        d = self.ops_dir / "node-sdk"
+        if (d / NODE_RUNNER.name).is_file():
+            return d
+        plan = sandbox.prepare(self.sandbox, d)
+        for f in NODE_RUNNER.parent.iterdir():
+            if f.is_file():
+                dst = d / f.name
+                shutil.copyfile(f, dst)
+                if "uid" in plan:
+                    os.chown(dst, int(plan["uid"]), int(plan["gid"]))
+        return d
+
     def _node(
         self, env: dict[str, str], plan: dict[str, Any], network: bool, src: str
     ) -> procs.OperatorProcess:
@@ -193,13 +208,15 @@ class NodeManager:
         if spare is not None:
             spare[0].kill()
         self._start_node_spare(network)
-        return procs.Command(["node", str(NODE_RUNNER), src], env, plan, network)
+        runner = self._node_sdk() / NODE_RUNNER.name
+        return procs.Command(["node", str(runner), src], env, plan, network)
 
     def _start_node_spare(self, network: bool) -> None:
         sdir = self.ops_dir / f"node-spare-{next(self._ids)}"
         plan = sandbox.prepare(self.sandbox, sdir)
         try:
-            p = procs.Command(["node", str(NODE_WARM)], {}, plan, network, stdin=True)
+            warm = self._node_sdk() / NODE_WARM.name
+            p = procs.Command(["node", str(warm)], {}, plan, network, stdin=True)
         except TidalError:
             return
         self._node_spare = (p, sdir, network)

@@ -39,7 +39,12 @@ class OipModel(Operator):
         base = os.environ.get("TIDAL_CEP_OIP_URL", "http://127.0.0.1:8000").rstrip("/")
         self.model = os.environ.get("TIDAL_CEP_OIP_MODEL", "digits-mlp")
         self.url = f"{base}/v2/models/{self.model}/infer"
-        self.http = httpx.Client(timeout=float(os.environ.get("TIDAL_CEP_OIP_TIMEOUT_S", "10")))
+        # verify= only for https: for plain http no TLS is used, and loading the CA bundle
+        # would read a file a sandboxed operator may not be allowed to read.
+        self.http = httpx.Client(
+            timeout=float(os.environ.get("TIDAL_CEP_OIP_TIMEOUT_S", "10")),
+            verify=base.startswith("https://"),
+        )
         self.input_name = os.environ.get("TIDAL_CEP_OIP_INPUT") or self._input_name(base)
 
     def _input_name(self, base: str) -> str:
