@@ -80,6 +80,10 @@ class _AsyncChannel:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pending: dict[int, asyncio.Future[np.ndarray]] = {}
         self.buf = bytearray()
+        # recv_into one reused buffer: `recv(1 << 20)` allocates (mmaps) 1 MiB per call and
+        # cost ~17 us per small result here, against ~1.5 us for recv_into.
+        self._rbuf = bytearray(1 << 20)
+        self._rview = memoryview(self._rbuf)
         self.send_lock: asyncio.Lock | None = None
         self.dead: BaseException | None = None
         self.on_dead = on_dead
@@ -99,16 +103,16 @@ class _AsyncChannel:
 
     def _readable(self) -> None:
         try:
-            chunk = self.sock.recv(1 << 20)
+            n = self.sock.recv_into(self._rview)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            chunk = b""
-        if not chunk:
+            n = 0
+        if not n:
             self.close_reader()
             self.on_dead()
             return
-        self.buf += chunk
+        self.buf += self._rview[:n]
         self._parse()
 
     def _parse(self) -> None:
