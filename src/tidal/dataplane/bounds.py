@@ -96,13 +96,13 @@ def predict_finish_rows(
     batch: int,
     now: float,
     margin: float = 1.0,
-    own_latency_s: LatencyBC | None = None,
+    behind: bool = False,
 ) -> tuple[float, float]:
     """(predicted finish of the request, start of its batch), clock seconds; see the module
     docstring. `free_at[i]`: when replica i is free (<= now: idle); `batch`: batch rows
-    (:func:`batch_rows`). `free_at` must not be empty. `own_latency_s` prices the request's
-    own batch (default `latency_s`): the live scheduler prices it pessimistically, the
-    batches ahead at their typical speed."""
+    (:func:`batch_rows`). `free_at` must not be empty. `behind`: the rest of the rows ahead
+    leave as their own batch and the request rides the next one (a batch that keeps its
+    head's deadline, `SchedulerConfig.batch_deadline`, leaves it behind)."""
     if not free_at:
         raise ValueError("no replica: predict_finish_rows needs at least one")
     b = max(1, batch)
@@ -116,11 +116,14 @@ def predict_finish_rows(
     for _ in range(k):
         t, i = heapq.heappop(free)
         heapq.heappush(free, (t + dur[i], i))
+    if behind and rest:
+        t, i = heapq.heappop(free)
+        heapq.heappush(free, (t + margin * latency_s(rest, cores[i]), i))
+        rest = 0
     start, i = free[0]
     # Its own batch: the rest ahead plus its rows, filled up to the batch size in force by
     # requests that arrive after it (under load every batch leaves full).
-    own = own_latency_s or latency_s
-    return start + margin * own(max(rest + rows, b), cores[i]), start
+    return start + margin * latency_s(max(rest + rows, b), cores[i]), start
 
 
 def _fluid(free: list[tuple[float, int]], dur: list[float], k: int) -> list[tuple[float, int]]:
@@ -178,12 +181,19 @@ def admit_rows(
     margin: float = 1.0,
     deadline: float | None = None,
     min_retry_s: float = 0.05,
-    own_latency_s: LatencyBC | None = None,
+    stretch: float = 1.0,
+    head_deadline: float | None = None,
 ) -> Admitted | Refused:
     """Admission in rows for one lane (see the module docstring): Admitted(predicted finish)
     or Refused(503, "refused", reason, retry_after_s). Ready replicas serve from their
     predicted busy-until; when none is ready, replicas still starting count from their
-    `expected_ready` time (a replacement), so a request whose deadline allows waiting waits."""
+    `expected_ready` time (a replacement), so a request whose deadline allows waiting waits.
+
+    `stretch`: the feedback margin (`tidal.dataplane.calibration`): admitted only when
+    ``now + stretch x (finish - now)`` meets the deadline; the prediction returned is the
+    unstretched one. `head_deadline`: the stage deadline of the queue's head, when batches
+    keep their head's deadline: a request that would ride in the head's batch and make it
+    end after that deadline is priced in the batch after it."""
     due = req.deadline if deadline is None else deadline
     free: list[float] = []
     cores: list[float] = []
@@ -207,14 +217,15 @@ def admit_rows(
     mean = queued_rows / n if n else float(req.rows)
     ahead = rows_ahead(queue, req, queued_rows)
     b = batch_rows(req.rows, ahead, mean, max_batch)
-    own = own_latency_s or latency_s
-    finish, start = predict_finish_rows(
-        req.rows, ahead, free, cores, latency_s, b, now, margin, own
-    )
-    if finish <= due:
+    finish, start = predict_finish_rows(req.rows, ahead, free, cores, latency_s, b, now, margin)
+    if head_deadline is not None and 0 < ahead < b and finish > head_deadline:
+        finish, start = predict_finish_rows(
+            req.rows, ahead, free, cores, latency_s, b, now, margin, behind=True
+        )
+    if now + stretch * (finish - now) <= due:
         return Admitted(finish)
     budget = due - now
-    alone = min(margin * own(req.rows, c) for c in cores)
+    alone = min(margin * latency_s(req.rows, c) for c in cores)
     if alone > budget and not waiting:
         return Refused(
             503,
@@ -227,9 +238,9 @@ def admit_rows(
     return Refused(
         503,
         "refused",
-        f"predicted finish {(finish - now) * 1e3:.1f} ms exceeds the budget "
-        f"{budget * 1e3:.1f} ms ({what}{ahead} rows ahead, {len(free)} replicas, "
-        f"{req.rows} rows)",
+        f"predicted finish {(finish - now) * 1e3:.1f} ms (x{stretch:.2f} observed tail) "
+        f"exceeds the budget {budget * 1e3:.1f} ms ({what}{ahead} rows ahead, "
+        f"{len(free)} replicas, {req.rows} rows)",
         max(start - now, min_retry_s),
     )
 

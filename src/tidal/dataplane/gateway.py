@@ -105,6 +105,8 @@ def scheduler_config(config: ServeConfig, **overrides: object) -> SchedulerConfi
         "margin": config.admission_margin,
         "max_retries": config.max_retries,
         "adapt_latency": True,  # issue 13: admit at the replicas' measured service rate
+        "late_target": 0.005,  # issue 13: feedback margin, <= ~0.5% of admitted ones late
+        "batch_deadline": True,  # issue 13: joiners must not make a batch's head late
     }
     base.update(overrides)
     return SchedulerConfig.model_validate(base)

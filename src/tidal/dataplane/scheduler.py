@@ -39,7 +39,6 @@ end (`inflight`, for a watchdog), and the `sick` replica state (`mark_sick`).
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -48,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tidal.dataplane.batcher import decide_n
 from tidal.dataplane.bounds import LaneCaps, admit_rows, drain_time, over_cap
+from tidal.dataplane.calibration import LaneCalibration
 from tidal.dataplane.edf import EDFQueue
 from tidal.dataplane.request import ADMITTED_NO_CHECK, Admitted, QueuedRequest, Refused
 
@@ -124,6 +124,23 @@ class SchedulerConfig(BaseModel):
         description="Scale predicted latencies by the measured/predicted ratio of recent "
         "batches (admission at the replicas' real service rate; issue 13). The live gateway "
         "turns it on; the simulator's replicas take the profile's time, so it stays off.",
+    )
+    late_target: float = Field(
+        default=0.0,
+        ge=0.0,
+        lt=0.5,
+        description="Feedback margin (issue 13; tidal.dataplane.calibration): admission "
+        "stretches a request's predicted remaining time by a factor steered so that this "
+        "share of the admitted requests end after their deadline. 0: off (the simulator's "
+        "default: its replicas take the predicted time).",
+    )
+    batch_deadline: bool = Field(
+        default=False,
+        description="A batch keeps only the queue-head prefix whose predicted end (in rows, at "
+        "the measured rate) meets the head's deadline: later arrivals that join a batch must "
+        "not make the requests already in it late (1024-row requests in a batch of 8 "
+        "requests). Admission prices the same rule. Off in the simulator (its fast mode "
+        "mirrors the rules without it); the live gateway turns it on.",
     )
 
 
@@ -273,25 +290,12 @@ class GroupScheduler:
         self.cancelled = 0
         self.caps: LaneCaps | None = None
         self.adapt = self.config.adapt_latency
-        """Issue 13: learn the replicas' real service rate (`SchedulerConfig.adapt_latency`):
-        `slowdown` =
-        the median of measured / predicted time over the last 32 batches predicted to take
-        >= 2 ms (shorter ones measure the dispatch overhead, not the service), clamped to
-        [0.5, 20]; admission and busy-until predictions are multiplied by it. The median,
-        not a high percentile: on a shared machine one preempted batch must not price every
-        arrival (measured: the p90 refused 123 of 132 requests at 0.9x load that Ray Serve
-        served in time). While nothing is in flight the factor decays toward 1 (half-life
-        `ADAPT_HALF_LIFE_S` after 1 s idle), so a lane that refuses everything recovers.
-        `slowdown_tail` is the 90th percentile of the same ratios: it prices the arriving
-        request's OWN batch (the batches queued ahead stay at the median). A request is
-        admitted only if its own batch fits at the tail speed, so at 2x overload the 200s
-        keep their deadline (issue 13), while the queue ahead is not over-priced by one
-        preempted batch (issue 14's goodput)."""
-        self.slowdown = 1.0
-        self.slowdown_tail = 1.0
-        self._ratios: deque[float] = deque(maxlen=32)
-        """Queued rows/bytes caps of this lane (issue 13; the driver sets them from
-        ServeConfig.limits); None: unbounded."""
+        self.calib = LaneCalibration(self.config.late_target)
+        """Issue 13: the replicas' real service rate (`slowdown`, when `adapt_latency`) and
+        the feedback margin (`stretch`, when `late_target` > 0); see
+        `tidal.dataplane.calibration`. Both decay toward 1 while nothing is in flight
+        (half-life `ADAPT_HALF_LIFE_S` after 1 s idle), so a lane that refuses everything
+        recovers."""
         self.trace: list[tuple[str, float, tuple[int, ...]]] | None = None
         """Set to [] to log (event, time, ids) for exact-trace tests."""
         self._armed = INF
@@ -299,6 +303,16 @@ class GroupScheduler:
         self._expired: list[QueuedRequest] = []
         c = self.config
         self._hold_latest = c.hold_anchor == "latest"
+
+    @property
+    def slowdown(self) -> float:
+        """Measured / predicted batch time (median of recent batches; 1.0 when not adapting)."""
+        return self.calib.slowdown
+
+    @property
+    def stretch(self) -> float:
+        """The feedback margin on predicted remaining times (1.0 when off)."""
+        return self.calib.stretch
 
     # ------------------------------------------------------------------ replicas
     def add_replica(self, rep: LaneReplica) -> None:
@@ -442,26 +456,25 @@ class GroupScheduler:
 
     def _admit(self, req: QueuedRequest, now: float) -> Admitted | Refused:
         margin = self.config.margin
-        deadline = req.deadline - self.downstream_s
-        lat = own = self.latency_s
-        if self.slowdown != 1.0 or self.slowdown_tail != 1.0:
-            k = self._factor(now, self.slowdown)
-            kt = self._factor(now, self.slowdown_tail)
+        down = self.downstream_s
+        deadline = req.deadline - down
+        lat = self.latency_s
+        k = self._factor(now)
+        if k != 1.0:
 
             def lat(b: int, c: float) -> float:
                 return k * self.latency_s(b, c)
 
-            def own(b: int, c: float) -> float:
-                return kt * self.latency_s(b, c)
-
-        ready = [r for r in self.replicas.values() if r.state == READY]
-        if not self.queue:  # fast path: what `admit` concludes for a batch of one
-            for r in ready:
-                if not r.inflight:
-                    finish = now + margin * own(req.rows, r.cores)
-                    if finish <= deadline:
+        stretch = self._factor(now, self.calib.stretch)
+        q = self.queue
+        if not q:  # fast path: what `admit_rows` concludes for a batch of one
+            for r in self.replicas.values():
+                if r.state == READY and not r.inflight:
+                    finish = now + margin * lat(req.rows, r.cores)
+                    if now + stretch * (finish - now) <= deadline:
                         return Admitted(finish)
                     break
+        head = q.peek() if self.config.batch_deadline else None
         # Priced in rows: the rows queued ahead (EDF) at the batch sizes in force, on the
         # ready replicas, else on a replacement still starting (tidal.dataplane.bounds).
         return admit_rows(
@@ -474,7 +487,8 @@ class GroupScheduler:
             max_batch=self.max_batch,
             margin=margin,
             deadline=deadline,
-            own_latency_s=own,
+            stretch=stretch,
+            head_deadline=None if head is None else head.deadline - down,
         )
 
     def _over_cap(self, req: QueuedRequest, now: float) -> Refused | None:
@@ -570,12 +584,16 @@ class GroupScheduler:
                 wake = dec.dispatch_at
                 break
             reqs = q.pop_batch(dec.size)
+            f = self._factor(now)
+            start = max(now, rep.busy_until) if rep.inflight else now
+            if c.batch_deadline and len(reqs) > 1:
+                ft = max(f, self._factor(now, self.calib.slowdown_tail))
+                reqs = self._meet_head(reqs, start, cores, ft)
             self._dequeued(reqs)
             rows = 0
             for x in reqs:
                 rows += x.rows
-            pred = lat_bc(rows, cores) * self._factor(now)  # on rows, at the measured rate
-            start = max(now, rep.busy_until) if rep.inflight else now
+            pred = lat_bc(rows, cores) * f  # on rows, at the measured rate
             rep.busy_until = start + pred
             rep.inflight += 1
             self._next_batch += 1
@@ -592,6 +610,28 @@ class GroupScheduler:
             self._log("wait", wake, ())
             out.append(WakeAt(wake))
         return out
+
+    def _meet_head(
+        self, reqs: list[QueuedRequest], start: float, cores: float, f: float
+    ) -> list[QueuedRequest]:
+        """`SchedulerConfig.batch_deadline`: the longest prefix of `reqs` (EDF order) whose
+        batch, started at `start`, is predicted (latencies x `f`, the tail slowdown) to end
+        by the head's stage deadline; the rest
+        go back to the queue (same (deadline, id) order). All of `reqs` when even the head
+        alone cannot make it (it is late whatever the batch)."""
+        due = reqs[0].deadline - self.downstream_s
+        rows = 0
+        keep = 0
+        for x in reqs:
+            rows += x.rows
+            if start + f * self.latency_s(rows, cores) > due:
+                break
+            keep += 1
+        if keep == 0 or keep == len(reqs):
+            return reqs
+        for x in reqs[keep:]:
+            self.queue.push(x)
+        return reqs[:keep]
 
     def _free_replica(self, now: float) -> LaneReplica | None:
         """An idle ready replica (most cores first, lowest id on ties), else one predicted to
@@ -624,16 +664,16 @@ class GroupScheduler:
         b = self.inflight.pop(batch_id, None)
         if b is None:
             return None
+        cal = self.calib
         if self.adapt:
-            raw = self.latency_s(b.rows, b.replica.cores)
-            if raw >= 0.002:
-                f = self._decay(b.start)
-                if f < 1.0:  # the lane was idle before this batch: the old ratios decay
-                    self._ratios = deque((1.0 + (x - 1.0) * f for x in self._ratios), maxlen=32)
-                self._ratios.append((now - b.start) / raw)
-                srt = sorted(self._ratios)
-                self.slowdown = min(20.0, max(0.5, srt[(len(srt) - 1) // 2]))
-                self.slowdown_tail = min(20.0, max(0.5, srt[(9 * (len(srt) - 1)) // 10]))
+            # the lane was idle before this batch: the old ratios decay
+            cal.observe_batch(self.latency_s(b.rows, b.replica.cores), now - b.start,
+                              self._decay(b.start))  # fmt: skip
+        if cal.late_target > 0.0 and self.config.admission:
+            due = now + self.downstream_s
+            for x in b.requests:
+                if x.id not in b.cancelled:
+                    cal.observe_request(x.deadline < due)
         self.last_free = now
         self._log("done", now, tuple(r.id for r in b.requests))
         reqs = b.requests
@@ -650,9 +690,9 @@ class GroupScheduler:
         return 0.5 ** (idle / ADAPT_HALF_LIFE_S) if idle > 0 else 1.0
 
     def _factor(self, now: float, k: float | None = None) -> float:
-        """The slowdown `k` (default: the median one) in force at `now`, decayed toward 1
-        while the lane is idle."""
-        k = self.slowdown if k is None else k
+        """The factor `k` (default: the slowdown) in force at `now`, decayed toward 1 while
+        the lane is idle."""
+        k = self.calib.slowdown if k is None else k
         if k == 1.0:
             return k
         return 1.0 + (k - 1.0) * self._decay(now)

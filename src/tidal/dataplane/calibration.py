@@ -1,0 +1,93 @@
+"""Live calibration of one lane's admission (issue 13): how fast its replicas really serve,
+and how wrong the predicted finish of admitted requests turned out. Pure state: no clock
+reads, no asyncio; every time is passed in, so the simulator and tests drive it exactly.
+
+Two estimators, both fed by the lane's scheduler (`GroupScheduler.on_done`):
+
+- `slowdown` (the service rate): the median of measured / predicted time over the last
+  `BATCH_WINDOW` batches predicted to take >= `MIN_BATCH_S` (shorter ones measure the
+  dispatch overhead, not the service), clamped to [0.5, 20]. Admission and busy-until
+  predictions are multiplied by it. The median, not a high percentile: on a shared machine
+  one preempted batch must not price every arrival.
+- `slowdown_tail`: the 90th percentile of the same ratios, for a batch that must keep its
+  head's deadline (`SchedulerConfig.batch_deadline`): a batch is cut so it ends in time even
+  at the tail speed.
+- `stretch` (the feedback margin): each admitted request that completes is late (after its
+  stage deadline) or not. On a late one ``stretch *= 1 + STEP``; on one in time
+  ``stretch *= 1 - STEP x late_target / (1 - late_target)``, clamped to [1, `STRETCH_MAX`].
+  Its fixed point is a late share of exactly `late_target` among the admitted (a stochastic
+  approximation of that rate; with no late answer it falls back to 1). Admission admits a
+  request only when ``now + stretch x (predicted finish - now)`` meets its deadline, so
+  whatever makes predictions optimistic (CPU contention, the gateway's own parsing, batches
+  filled by later arrivals) is corrected from what the lane observed, in a closed loop: more
+  late answers raise it, so fewer requests are admitted and the queue shortens.
+
+Both decay toward 1 while the lane is idle (`decay`, from the scheduler: half-life
+`ADAPT_HALF_LIFE_S` after 1 s with nothing in flight), so a lane that refused everything
+recovers instead of locking in an old estimate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+BATCH_WINDOW = 32
+MIN_BATCH_S = 0.002
+SLOWDOWN_MIN, SLOWDOWN_MAX = 0.5, 20.0
+STEP = 0.05
+STRETCH_MAX = 4.0
+
+
+def _clamp(x: float, lo: float, hi: float) -> float:
+    return min(hi, max(lo, x))
+
+
+class LaneCalibration:
+    """The estimators of the module docstring for one lane. `late_target` in [0, 0.5): the
+    late share the stretch steers to (0 turns the stretch off: it stays 1.0)."""
+
+    __slots__ = ("_batch", "_down", "late_target", "slowdown", "slowdown_tail", "stretch")
+
+    def __init__(self, late_target: float = 0.0) -> None:
+        if not 0.0 <= late_target < 0.5:
+            raise ValueError(f"late_target must be in [0, 0.5), got {late_target}")
+        self.late_target = late_target
+        self._down = 1.0 - STEP * late_target / (1.0 - late_target)
+        self.slowdown = 1.0
+        self.slowdown_tail = 1.0
+        self.stretch = 1.0
+        self._batch: deque[float] = deque(maxlen=BATCH_WINDOW)
+
+    # ------------------------------------------------------------------ observations
+    def observe_batch(self, predicted_s: float, took_s: float, decay: float = 1.0) -> None:
+        """A batch predicted (at the profile's rate) to take `predicted_s` took `took_s`.
+        `decay` < 1: the lane was idle before it; old ratios and the stretch move that much
+        toward 1."""
+        if decay < 1.0:
+            self._batch = deque((1.0 + (x - 1.0) * decay for x in self._batch), BATCH_WINDOW)
+            self.stretch = self.decayed(self.stretch, decay)
+        if predicted_s < MIN_BATCH_S:
+            return
+        self._batch.append(took_s / predicted_s)
+        srt = sorted(self._batch)
+        n = len(srt) - 1
+        self.slowdown = _clamp(srt[n // 2], SLOWDOWN_MIN, SLOWDOWN_MAX)
+        self.slowdown_tail = _clamp(srt[(9 * n) // 10], SLOWDOWN_MIN, SLOWDOWN_MAX)
+
+    def observe_request(self, late: bool) -> None:
+        """An admitted request completed, after its stage deadline (`late`) or not."""
+        if self.late_target <= 0.0:
+            return
+        if late:
+            self.stretch = min(STRETCH_MAX, self.stretch * (1.0 + STEP))
+        elif self.stretch > 1.0:
+            self.stretch = max(1.0, self.stretch * self._down)
+
+    # ------------------------------------------------------------------ views
+    @staticmethod
+    def decayed(k: float, decay: float) -> float:
+        """Factor `k` after `decay` of it is left (1.0 = none decayed)."""
+        return k if k == 1.0 else 1.0 + (k - 1.0) * decay
+
+
+__all__ = ["STEP", "STRETCH_MAX", "LaneCalibration"]

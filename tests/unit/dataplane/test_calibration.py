@@ -1,0 +1,119 @@
+"""The lane calibration (issue 13): slowdown estimates and the feedback margin on admission,
+alone and inside the GroupScheduler (batches that keep their head's deadline)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tidal.dataplane.calibration import STEP, STRETCH_MAX, LaneCalibration
+from tidal.dataplane.request import Admitted, QueuedRequest, Refused
+from tidal.dataplane.scheduler import Dispatch, GroupScheduler, LaneReplica, SchedulerConfig
+
+
+def lat(b: int, c: float) -> float:
+    """l(b, c) = (0.1 b / c + 5) ms: 1024 rows take 107.4 ms."""
+    return (0.1 * b / c + 5.0) / 1000.0
+
+
+def lane(**cfg: object) -> GroupScheduler:
+    s = GroupScheduler(lat, SchedulerConfig.model_validate({"hold_fraction": 0.0, **cfg}))
+    s.max_batch = 8
+    s.add_replica(LaneReplica(1, 1.0, state="ready"))
+    return s
+
+
+def req(i: int, t: float, slo: float, rows: int = 1) -> QueuedRequest:
+    return QueuedRequest(i, t, t + slo, rows=rows, nbytes=4 * rows)
+
+
+def test_stretch_holds_still_at_the_target_late_share_and_moves_off_it() -> None:
+    def run(late_every: int, cycles: int, start: float) -> float:
+        c = LaneCalibration(late_target=0.01)
+        c.stretch = start
+        for i in range(cycles * late_every):
+            c.observe_request(late=i % late_every == 0)
+        return c.stretch
+
+    assert run(100, 20, 2.0) == pytest.approx(2.0, rel=0.05)  # 1% late: the fixed point
+    assert run(20, 40, 2.0) > 3.5  # 5% late: more margin, toward the cap
+    assert run(10_000, 1, 2.0) == 1.0  # (almost) none late: back to no margin
+    off = LaneCalibration(late_target=0.0)
+    off.observe_request(late=True)
+    assert off.stretch == 1.0
+
+
+@given(st.lists(st.booleans(), max_size=400), st.floats(0.001, 0.2))
+def test_stretch_stays_in_bounds_and_a_late_answer_never_lowers_it(
+    lates: list[bool], target: float
+) -> None:
+    c = LaneCalibration(late_target=target)
+    for late in lates:
+        before = c.stretch
+        c.observe_request(late)
+        assert 1.0 <= c.stretch <= STRETCH_MAX
+        assert (c.stretch >= before) if late else (c.stretch <= before)
+        if late and before < STRETCH_MAX / (1 + STEP):
+            assert c.stretch == pytest.approx(before * (1 + STEP))
+
+
+def test_slowdown_median_tail_and_idle_decay() -> None:
+    c = LaneCalibration(late_target=0.01)
+    for took in (0.02, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02, 0.02, 0.1):
+        c.observe_batch(0.01, took)  # 2x, once 10x
+    c.observe_batch(0.001, 1.0)  # predicted < 2 ms: a dispatch overhead, ignored
+    assert c.slowdown == pytest.approx(2.0) and c.slowdown_tail == pytest.approx(2.0)
+    c.observe_batch(0.01, 0.1)
+    assert c.slowdown_tail == pytest.approx(10.0) and c.slowdown == pytest.approx(2.0)
+    c.stretch = 3.0
+    c.observe_batch(0.01, 0.01, decay=0.5)  # idle before it: half of each factor is left
+    assert c.stretch == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="late_target"):
+        LaneCalibration(late_target=0.5)
+
+
+def test_a_batch_keeps_its_heads_deadline_and_leaves_joiners_behind() -> None:
+    for on in (True, False):
+        s = lane(batch_deadline=on, admission=False)
+        s.push(req(1, 0.0, slo=0.05), 0.0)  # 1 row, due at 50 ms
+        s.push(req(2, 0.0, slo=0.2, rows=1024), 0.0)  # would make the batch take 107 ms
+        (d,) = [a for a in s.step(0.0) if isinstance(a, Dispatch)]
+        ids = [r.id for r in d.batch.requests]
+        assert ids == ([1] if on else [1, 2])
+        assert len(s.queue) == (1 if on else 0) and s.queued_rows == (1024 if on else 0)
+        assert d.batch.predicted_end == pytest.approx(lat(1 if on else 1025, 1.0))
+
+
+def test_admission_prices_a_joiner_that_would_break_the_head_in_the_next_batch() -> None:
+    s = lane(batch_deadline=True)
+    s.replicas[1].inflight, s.replicas[1].busy_until = 1, 0.01  # busy for 10 ms
+    assert isinstance(s.push(req(1, 0.0, slo=0.05), 0.0), Admitted)
+    v = s.push(req(2, 0.0, slo=0.3, rows=1024), 0.0)
+    # not in the head's batch (10 + 107.5 ms > 50 ms): after it, 10 + 5.1 + 107.4 ms
+    assert isinstance(v, Admitted)
+    assert v.predicted_finish == pytest.approx(0.01 + lat(1, 1.0) + lat(1024, 1.0))
+    off = lane(batch_deadline=False)
+    off.replicas[1].inflight, off.replicas[1].busy_until = 1, 0.01
+    off.push(req(1, 0.0, slo=0.05), 0.0)
+    w = off.push(req(2, 0.0, slo=0.3, rows=1024), 0.0)
+    assert isinstance(w, Admitted) and w.predicted_finish == pytest.approx(0.01 + lat(1025, 1))
+
+
+def test_late_answers_stretch_admission_and_in_time_ones_relax_it() -> None:
+    s = lane(late_target=0.01)
+    t = 0.0
+    for i in range(10):  # each answer 1 ms after its 30 ms deadline: late
+        assert isinstance(s.push(req(i, t, slo=0.03), t), Admitted)
+        (d,) = [a for a in s.step(t) if isinstance(a, Dispatch)]
+        s.on_done(d.batch_id, t + 0.031)
+        t += 0.031
+    assert s.stretch == pytest.approx((1 + STEP) ** 10)
+    # 5.1 ms predicted on an idle replica, stretched x1.63 = 8.3 ms > an 8 ms budget
+    v = s.push(req(100, t, slo=0.008), t)
+    assert isinstance(v, Refused) and v.status == 503 and "x1.63" in v.reason
+    assert isinstance(s.push(req(101, t, slo=0.009), t), Admitted)
+    before = s.stretch
+    (d,) = [a for a in s.step(t) if isinstance(a, Dispatch)]
+    s.on_done(d.batch_id, t + 0.006)  # in time
+    assert s.stretch < before
