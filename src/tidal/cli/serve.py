@@ -82,6 +82,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         grpc_port: int | None = typer.Option(None, help="OIP v2 gRPC port (default 8001)."),
         host: str | None = typer.Option(None, help="Override the config's host."),
         port: int | None = typer.Option(None, help="Override the config's port."),
+        frontends: int | None = typer.Option(
+            None, help="HTTP front-end processes (config `frontends`; 1 = in-process HTTP)."
+        ),
         policy: str | None = typer.Option(
             None,
             help="Autoscaling policy: controller added by the closed-loop issue "
@@ -120,6 +123,8 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             updates["port"] = port
         if grpc_port is not None:
             updates["grpc_port"] = grpc_port
+        if frontends is not None:
+            updates["frontends"] = frontends
         if auto_profile_budget is not None:
             updates["auto_profile_budget_s"] = auto_profile_budget
         if no_auto_profile:

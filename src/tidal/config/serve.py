@@ -79,6 +79,15 @@ class ServeConfig(BaseModel):
         default_factory=LimitsConfig,
         description="Plan, queue and watchdog bounds (tidal.config.limits).",
     )
+    frontends: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="HTTP front-end processes (tidal.dataplane.frontend). 1: HTTP is served in "
+        "the scheduler process. N > 1: N processes parse HTTP on the same port (SO_REUSEPORT) "
+        "and forward requests to the one scheduler process (EDF queues and admission stay "
+        "global per stage). REST only: gRPC is served by the scheduler process either way.",
+    )
     default_slo_ms: float = Field(default=200.0, gt=0, le=600_000)
     max_slo_ms: float = Field(default=600_000.0, gt=0, description="slo_ms above this is a 400.")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="413 above this.")

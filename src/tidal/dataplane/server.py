@@ -517,9 +517,11 @@ async def serve_async(
     on_started: Callable[[list[Any]], Any] | None = None,
     stop: asyncio.Event | None = None,
     lifespan: bool = True,
+    sock: Any = None,
 ) -> None:
-    """Run the lifespan startup, listen, call `on_started(socknames)`, serve until `stop`
-    is set (or SIGINT/SIGTERM), then shut down cleanly."""
+    """Run the lifespan startup, listen (on `sock`, a listening socket, when given; else on
+    `host`:`port`), call `on_started(socknames)`, serve until `stop` is set (or SIGINT/SIGTERM),
+    then shut down cleanly."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -530,7 +532,7 @@ async def serve_async(
         await life.startup()
     server = Server(app, limits)
     try:
-        names = await server.listen(host, port, ssl_ctx)
+        names = await server.listen(host, port, ssl_ctx, sock=sock)
         if on_started is not None:
             out = on_started(names)
             if asyncio.iscoroutine(out):
@@ -585,6 +587,13 @@ def serve(
     limits = limits_from_config(config, soft)
     if os.environ.get("TIDAL_HTTP_SERVER") == "uvicorn":  # the previous layer, for A/B runs
         _serve_uvicorn(app, config, limits, on_start, log_level)
+        return
+    frontends = int(getattr(config, "frontends", 1) or 1)
+    if frontends > 1:  # HTTP in N processes, the scheduler here (tidal.dataplane.frontend)
+        from tidal.dataplane.frontend import serve_frontends
+
+        uvloop.run(serve_frontends(app, config, limits, frontends, on_started=on_start,
+                                   log_level=log_level))  # fmt: skip
         return
     ctx = ssl_context(certfile, keyfile) if certfile and keyfile else None
 

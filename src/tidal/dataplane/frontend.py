@@ -1,0 +1,505 @@
+"""Several HTTP front-end processes in front of one scheduler process (`frontends: N`).
+
+With `ServeConfig.frontends` = N > 1 (`tidal serve --frontends N`), `tidal.dataplane.server.serve`
+runs this instead of serving HTTP on its own loop:
+
+- the scheduler process (this one) runs the ASGI app (OIPApp: the Gateway, its stages, EDF
+  queues, admission, batching and workers) and its lifespan, exactly as with one process, and
+  listens on a private Unix socket (the *ingress*, in a mode-0700 temporary directory);
+- N front-end processes (`python -m tidal.dataplane.frontend`) serve HTTP/1.1 with Tidal's
+  server (`tidal.dataplane.server`: keep-alive, pipelining, the 408/idle/keep-alive timeouts,
+  the connection cap that sheds idle connections first, the body size cap, TLS). Each accepts
+  on its own listening socket bound to the same address with SO_REUSEPORT, so the kernel
+  spreads connections over them; the sockets are created by the scheduler process and handed
+  to the children, so port 0 works and a replacement front end takes over its predecessor's
+  socket (connections still in its accept queue are then served, not reset);
+- a front end forwards each complete request (method, path, query, headers, first-byte time,
+  body) to the ingress and writes back the answer; a client that disconnects first is
+  forwarded as a cancel, which the ingress turns into the ASGI `http.disconnect` the app
+  already handles (the request leaves its queue or its batch's answers, counted cancelled).
+
+So there is one EDF queue and one admission per stage, whatever N is: the front ends only do
+HTTP (parsing, connection handling, response framing). A front end that exits is reported
+(logged with its exit status) and replaced after a short back-off; the children's environment
+has no credential-like variables (`tidal.dataplane.security.child_env`): tokens are checked in
+the scheduler process only.
+
+Wire format on the ingress socket (no pickle): frames `<IBQ` (payload length, kind, request
+id) + payload. REQ payload: `<II` (meta length, headers length), meta (orjson: method, path,
+raw path, query, HTTP version, scheme, client, server, first-byte time), headers as
+`name:value\\r\\n` lines, then the body. RESP payload: `<HI` (status, headers length), headers,
+body. CANCEL has no payload. Request ids are per front end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+
+from tidal.dataplane.disconnect import ClientGone, until_disconnect
+from tidal.dataplane.security import child_env
+from tidal.dataplane.server import ASGIApp, Lifespan, ServerLimits, serve_async, ssl_context
+
+log = logging.getLogger("tidal.frontend")
+
+_FRAME = struct.Struct("<IBQ")
+_REQ_HEAD = struct.Struct("<II")
+_RESP_HEAD = struct.Struct("<HI")
+REQ, RESP, CANCEL = 1, 2, 3
+MAX_FRAME = 1 << 31
+RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+"""Delay before the k-th consecutive restart of a front end (the last one repeats)."""
+READY_TIMEOUT_S = 60.0
+
+
+def _headers_blob(headers: Any) -> bytes:
+    return b"".join(k + b":" + v + b"\r\n" for k, v in headers)
+
+
+def _parse_headers(blob: bytes) -> list[tuple[bytes, bytes]]:
+    out = []
+    for line in blob.split(b"\r\n"):
+        if line:
+            k, _, v = line.partition(b":")
+            out.append((k, v))
+    return out
+
+
+class _Framed(asyncio.Protocol):
+    """Frames over one stream; writes made in one loop iteration leave in one syscall."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        pos, n = 0, len(buf)
+        while n - pos >= _FRAME.size:
+            size, kind, rid = _FRAME.unpack_from(buf, pos)
+            end = pos + _FRAME.size + size
+            if size > MAX_FRAME:
+                self.fail(f"frame of {size} bytes")
+                return
+            if end > n:
+                break
+            self.on_frame(kind, rid, memoryview(buf)[pos + _FRAME.size : end].tobytes())
+            pos = end
+        if pos:
+            del buf[:pos]
+
+    def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def write_frame(self, kind: int, rid: int, *parts: bytes) -> None:
+        if self.closed or self.transport is None:
+            return
+        if not self.out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.out.append(_FRAME.pack(sum(len(p) for p in parts), kind, rid))
+        self.out.extend(parts)
+
+    def _flush(self) -> None:
+        if self.out and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(self.out))
+        self.out.clear()
+
+    def fail(self, why: str) -> None:
+        log.error("ingress stream broken (%s); closing it", why)
+        if self.transport is not None:
+            self.transport.close()
+
+
+# ---------------------------------------------------------------------- scheduler side
+class _IngressConn(_Framed):
+    """One front end, seen from the scheduler process: runs the app on its requests."""
+
+    def __init__(self, app: ASGIApp, conns: set[_IngressConn]) -> None:
+        super().__init__()
+        self.app = app
+        self.conns = conns
+        self.lost: dict[int, asyncio.Future[None]] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.conns.discard(self)
+        for fut in self.lost.values():  # every client of a dead front end is gone
+            if not fut.done():
+                fut.set_result(None)
+
+    def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
+        if kind == CANCEL:
+            if rid in self.tasks:  # the app may not be waiting for the disconnect yet
+                fut = self.lost.get(rid)
+                if fut is None:
+                    fut = self.lost[rid] = asyncio.get_running_loop().create_future()
+                if not fut.done():
+                    fut.set_result(None)
+            return
+        if kind != REQ:
+            self.fail(f"unexpected frame kind {kind}")
+            return
+        mlen, hlen = _REQ_HEAD.unpack_from(payload, 0)
+        o = _REQ_HEAD.size
+        meta = orjson.loads(payload[o : o + mlen])
+        headers = _parse_headers(payload[o + mlen : o + mlen + hlen])
+        body = payload[o + mlen + hlen :]
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": meta["v"],
+            "server": tuple(meta["sv"]) if meta["sv"] else None,
+            "client": tuple(meta["c"]) if meta["c"] else None,
+            "scheme": meta["s"],
+            "method": meta["m"],
+            "root_path": "",
+            "path": meta["p"],
+            "raw_path": meta["rp"].encode("latin-1"),
+            "query_string": meta["q"].encode("latin-1"),
+            "headers": headers,
+            "state": {"tidal.t_first_byte": meta["t"]},
+        }
+        task = asyncio.get_running_loop().create_task(self._run(rid, scope, body))
+        self.tasks[rid] = task
+
+    async def _run(self, rid: int, scope: dict[str, Any], body: bytes) -> None:
+        given = False
+        status = 0
+        headers: list[tuple[bytes, bytes]] = []
+        parts: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal given
+            if not given:
+                given = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            fut = self.lost.get(rid)
+            if fut is None:
+                fut = self.lost[rid] = asyncio.get_running_loop().create_future()
+                if self.closed:
+                    fut.set_result(None)
+            await fut
+            return {"type": "http.disconnect"}
+
+        async def send(msg: dict[str, Any]) -> None:
+            nonlocal status, headers
+            if msg["type"] == "http.response.start":
+                status = int(msg["status"])
+                headers = list(msg.get("headers", ()))
+            elif msg["type"] == "http.response.body":
+                parts.append(msg.get("body", b""))
+
+        try:
+            await self.app(scope, receive, send)
+        except Exception as e:  # a bug in the app must not take the ingress down
+            log.exception("ASGI app failed on %s %s", scope["method"], scope["path"])
+            status, headers = 500, [(b"content-type", b"application/json")]
+            parts = [orjson.dumps({"error": f"internal error: {e!r}"})]
+        finally:
+            self.tasks.pop(rid, None)
+            self.lost.pop(rid, None)
+        if status == 0:
+            status, headers = 500, [(b"content-type", b"application/json")]
+            parts = [b'{"error":"the app sent no response"}']
+        hb = _headers_blob(headers)
+        self.write_frame(RESP, rid, _RESP_HEAD.pack(status, len(hb)), hb, *parts)
+
+
+def listen_sockets(host: str, port: int, n: int) -> list[socket.socket]:
+    """`n` listening TCP sockets on the same address (SO_REUSEPORT); port 0 picks one."""
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    out: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            out.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            s.bind((host, port))
+            port = s.getsockname()[1]
+            s.listen(4096)
+            s.set_inheritable(True)
+    except OSError:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
+class FrontEnds:
+    """Starts, watches and replaces the front-end processes (scheduler side)."""
+
+    def __init__(self, socks: list[socket.socket], ingress: str, limits: ServerLimits,
+                 certfile: str | None, keyfile: str | None, log_level: str) -> None:  # fmt: skip
+        self.socks = socks
+        self.ingress = ingress
+        self.limits = limits
+        self.tls = (certfile, keyfile) if certfile and keyfile else None
+        self.log_level = log_level
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(socks)
+        self.restarts = [0] * len(socks)
+        self.deaths: list[tuple[int, int, int | None]] = []  # (index, pid, exit status)
+        self.stopping = False
+        self._watch: asyncio.Task[None] | None = None
+
+    def _spawn(self, i: int) -> None:
+        fd = self.socks[i].fileno()
+        cmd = [sys.executable, "-m", "tidal.dataplane.frontend", "--ingress", self.ingress,
+               "--listen-fd", str(fd), "--index", str(i), "--log-level", self.log_level,
+               "--limits", orjson.dumps(asdict(self.limits)).decode()]  # fmt: skip
+        if self.tls is not None:
+            cmd += ["--certfile", self.tls[0], "--keyfile", self.tls[1]]
+        self.procs[i] = subprocess.Popen(
+            cmd, pass_fds=(fd,), env=child_env(), start_new_session=True, stdin=subprocess.DEVNULL
+        )
+
+    def start(self) -> None:
+        for i in range(len(self.socks)):
+            self._spawn(i)
+        self._watch = asyncio.get_running_loop().create_task(self._watcher())
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p is not None and p.poll() is None]
+
+    async def _watcher(self) -> None:
+        """Poll the children; a dead one is reported and replaced (with back-off)."""
+        while not self.stopping:
+            await asyncio.sleep(0.2)
+            for i, p in enumerate(self.procs):
+                if self.stopping or p is None or p.poll() is None:
+                    continue
+                self.deaths.append((i, p.pid, p.returncode))
+                k = self.restarts[i]
+                delay = RESTART_BACKOFF_S[min(k, len(RESTART_BACKOFF_S) - 1)]
+                log.warning("front end %d (pid %d) exited with status %s; replacing it in %.1f s",
+                            i, p.pid, p.returncode, delay)  # fmt: skip
+                print(f"tidal: front end {i} (pid {p.pid}) exited with status {p.returncode}; "
+                      "replacing it", file=sys.stderr)  # fmt: skip
+                self.procs[i] = None
+                await asyncio.sleep(delay)
+                if not self.stopping:
+                    self.restarts[i] = k + 1
+                    self._spawn(i)
+
+    async def stop(self, grace_s: float) -> None:
+        """SIGTERM every front end (they finish running requests), SIGKILL after the grace."""
+        self.stopping = True
+        if self._watch is not None:
+            self._watch.cancel()
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for p in live:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(signal.SIGTERM)
+        t_end = time.monotonic() + grace_s + 2.0
+        while any(p.poll() is None for p in live) and time.monotonic() < t_end:
+            await asyncio.sleep(0.05)
+        for p in live:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for s in self.socks:
+            s.close()
+
+
+async def serve_frontends(
+    app: ASGIApp,
+    config: Any,
+    limits: ServerLimits,
+    n: int,
+    *,
+    on_started: Callable[[], Any] | None = None,
+    stop: asyncio.Event | None = None,
+    log_level: str = "warning",
+    state: dict[str, Any] | None = None,
+) -> None:
+    """The scheduler process of `frontends: n` (see the module docstring): lifespan startup,
+    ingress, `n` front ends on `config.host`:`config.port`, then `on_started()` once every
+    front end is connected; serve until `stop` (or SIGINT/SIGTERM); shut down in order (front
+    ends first, so their running requests are answered). `state` (tests) receives the bound
+    port and the `FrontEnds`."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    life = Lifespan(app)
+    await life.startup()
+    tmp = tempfile.mkdtemp(prefix="tidal-ingress-")  # mode 0700: only this user connects
+    path = os.path.join(tmp, "ingress.sock")
+    conns: set[_IngressConn] = set()
+    server = await loop.create_unix_server(lambda: _IngressConn(app, conns), path)
+    os.chmod(path, 0o600)
+    fes: FrontEnds | None = None
+    try:
+        socks = listen_sockets(config.host, config.port, n)
+        port = socks[0].getsockname()[1]
+        fes = FrontEnds(socks, path, limits, getattr(config, "tls_certfile", None),
+                        getattr(config, "tls_keyfile", None), log_level)  # fmt: skip
+        if state is not None:
+            state.update(port=port, frontends=fes, ingress=conns)
+        fes.start()
+        t_end = loop.time() + READY_TIMEOUT_S
+        while len(conns) < n and loop.time() < t_end and not stop.is_set():
+            await asyncio.sleep(0.02)
+        if len(conns) < n:
+            log.warning("only %d of %d front ends connected after %.0f s", len(conns), n,
+                        READY_TIMEOUT_S)  # fmt: skip
+        if on_started is not None:
+            out = on_started()
+            if asyncio.iscoroutine(out):
+                await out
+        await stop.wait()
+    finally:
+        if fes is not None:
+            await fes.stop(limits.shutdown_grace_s)
+        server.close()
+        for c in list(conns):
+            if c.transport is not None:
+                c.transport.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        await life.shutdown()
+
+
+# ---------------------------------------------------------------------- front-end side
+class _Upstream(_Framed):
+    """A front end's connection to the ingress: requests out, answers back by id."""
+
+    def __init__(self, on_lost: Callable[[], None]) -> None:
+        super().__init__()
+        self.pending: dict[int, asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]]] = {}
+        self.next_id = 0
+        self.on_lost = on_lost
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(ConnectionError("scheduler process gone"))
+        self.pending.clear()
+        self.on_lost()
+
+    def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
+        fut = self.pending.pop(rid, None)
+        if kind != RESP or fut is None or fut.done():
+            return
+        status, hlen = _RESP_HEAD.unpack_from(payload, 0)
+        o = _RESP_HEAD.size
+        fut.set_result((status, _parse_headers(payload[o : o + hlen]), payload[o + hlen :]))
+
+    def request(self, scope: dict[str, Any], body: bytes) -> tuple[int, asyncio.Future[Any]]:
+        self.next_id += 1
+        rid = self.next_id
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.closed:
+            fut.set_exception(ConnectionError("scheduler process gone"))
+            return rid, fut
+        self.pending[rid] = fut
+        meta = orjson.dumps({
+            "m": scope["method"], "p": scope["path"],
+            "rp": scope["raw_path"].decode("latin-1"),
+            "q": scope["query_string"].decode("latin-1"), "v": scope["http_version"],
+            "s": scope["scheme"], "c": scope["client"], "sv": scope["server"],
+            "t": scope["state"]["tidal.t_first_byte"],
+        })  # fmt: skip
+        hb = _headers_blob(scope["headers"])
+        self.write_frame(REQ, rid, _REQ_HEAD.pack(len(meta), len(hb)), meta, hb, body)
+        return rid, fut
+
+    def cancel(self, rid: int) -> None:
+        if self.pending.pop(rid, None) is not None:
+            self.write_frame(CANCEL, rid)
+
+
+class ForwardApp:
+    """The front end's ASGI app: every HTTP request goes to the scheduler process."""
+
+    def __init__(self, ingress: str, stop: asyncio.Event) -> None:
+        self.ingress = ingress
+        self.stop = stop
+        self.up: _Upstream | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    loop = asyncio.get_running_loop()
+                    _, self.up = await loop.create_unix_connection(
+                        lambda: _Upstream(self.stop.set), self.ingress
+                    )
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http" or self.up is None:
+            return
+        msg = await receive()  # tidal.dataplane.server gives the whole body in one message
+        body = msg.get("body", b"") if msg["type"] == "http.request" else b""
+        rid, fut = self.up.request(scope, body)
+        try:
+            status, headers, out = await until_disconnect(receive, fut)
+        except ClientGone:
+            self.up.cancel(rid)
+            return
+        except ConnectionError:
+            status, headers = 503, [(b"content-type", b"application/json")]
+            out = b'{"error":"the scheduler process is gone"}'
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": out})
+
+
+def _main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="A Tidal HTTP front end (started by tidal serve).")
+    ap.add_argument("--ingress", required=True)
+    ap.add_argument("--listen-fd", type=int, required=True)
+    ap.add_argument("--index", type=int, default=0)
+    ap.add_argument("--limits", required=True, help="ServerLimits as JSON")
+    ap.add_argument("--certfile")
+    ap.add_argument("--keyfile")
+    ap.add_argument("--log-level", default="warning")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper())
+    import uvloop
+
+    limits = ServerLimits(**orjson.loads(args.limits))
+    sock = socket.socket(fileno=args.listen_fd)
+    ctx = ssl_context(args.certfile, args.keyfile) if args.certfile and args.keyfile else None
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        await serve_async(ForwardApp(args.ingress, stop), "", 0, limits, ssl_ctx=ctx,
+                          stop=stop, sock=sock)  # fmt: skip
+
+    uvloop.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
