@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -52,10 +53,18 @@ def _check(sent: np.ndarray, got: np.ndarray) -> tuple[int, int]:
 
 
 def _stream(
-    cl: OperatorClient, arr: np.ndarray, clock: Clock, rate: float | None, window: int = 200_000
+    cl: OperatorClient,
+    arr: np.ndarray,
+    clock: Clock,
+    rate: float | None,
+    window: int = 200_000,
+    inbox: deque[tuple[float, Any]] | None = None,
 ) -> tuple[np.ndarray, float, list[float]]:
     """Send `arr` (paced at `rate` ev/s when given), collect all results; returns
-    (results, seconds, latencies_ms). The `ts` field carries the submit time."""
+    (results, seconds, latencies_ms). The `ts` field carries the submit time. With `inbox`
+    (filled by the client's `sink` with (receive time, batch)) a result's latency ends when
+    the host's receiver got it, not when this loop next looked (up to its 1 ms pacing step
+    later); else at `poll()`."""
     chunk = 20_000 if rate is None else max(1, int(rate / 1000))  # 1 ms of events when paced
     got: list[Any] = []
     n_got = 0
@@ -75,9 +84,12 @@ def _stream(
             i += len(part)
         else:
             time.sleep(0.0002)
-        for b0 in cl.poll():
+        if inbox is not None:
+            recv = [inbox.popleft() for _ in range(len(inbox))]
+        else:
+            recv = [(clock.now(), b0) for b0 in cl.poll()]
+        for now, b0 in recv:
             b = cast(np.ndarray, b0)
-            now = clock.now()
             got.append(b)
             n_got += len(b)
             lat.append((now - b["ts"]) * 1e3)
@@ -178,8 +190,11 @@ def run_backend(
         for _ in range(updates + 1):
             m.register("card_count", VersionSpec(source=src, env=env))
 
+        inbox: deque[tuple[float, Any]] = deque()
+
         def client(op: str) -> OperatorClient:
-            """A host client on `op`'s queues (starts the operator if needed)."""
+            """A host client on `op`'s queues (starts the operator if needed); results go
+            to `inbox` stamped with their receive time."""
             a = m.request(op)
             return OperatorClient(
                 open_store(a["store"]),
@@ -189,6 +204,7 @@ def run_backend(
                 mode=cast(Mode, mode),
                 batch=batch,
                 clock=clock,
+                sink=lambda b: inbox.append((clock.now(), b)),
             )
 
         cl = client("forward")
@@ -196,12 +212,12 @@ def run_backend(
         rates: list[float] = []
         lost = dup = 0
         for _ in range(repeats):  # this shared 2-core machine is noisy: report the median
-            res, dt, _ = _stream(cl, arr, clock, None)
+            res, dt, _ = _stream(cl, arr, clock, None, inbox=inbox)
             rates.append(n / dt)
             lo, du = _check(arr, res)
             lost, dup = lost + lo, dup + du
         paced = workload.transactions(paced_n, seed=3)
-        res2, _, lat = _stream(cl, paced, clock, rate)
+        res2, _, lat = _stream(cl, paced, clock, rate, inbox=inbox)
         l2, d2 = _check(paced, res2)
         cl.close()
         # hot update with keyed state
@@ -212,11 +228,11 @@ def run_backend(
             int(update_rate * (1.5 * updates + 1)), seed=4, cards=state_cards
         )
         first = min(len(upd) // 10, 50_000)
-        r1, _, _ = _stream(cl, upd[:first], clock, None)
+        r1, _, _ = _stream(cl, upd[:first], clock, None, inbox=inbox)
         reports: list[dict[str, Any]] = []
         th = threading.Thread(target=_updates, args=(m, updates, reports, clock), daemon=True)
         th.start()
-        r2, _, _ = _stream(cl, upd[first:], clock, update_rate)
+        r2, _, _ = _stream(cl, upd[first:], clock, update_rate, inbox=inbox)
         th.join(60)
         cl.close()
         both = np.concatenate([r1, r2])

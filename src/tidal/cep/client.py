@@ -2,9 +2,11 @@
 
 `OperatorClient.submit` appends events to a send buffer under a lock; a flusher thread swaps
 the whole buffer out under the same lock (the prototype copied and cleared it without one,
-losing events) and pushes it pipelined, every F ms or as soon as B events are buffered, in
+losing events) and pushes it pipelined, every F ms, as soon as B events are buffered, or at
+once when events arrive while no push is in flight (a quiet stream does not wait F), in
 frames of at most B events (never B+1). A receiver thread pops results atomically (MULTI;
-LRANGE 0 B-1; LTRIM B -1; EXEC) with linear back-off and queues them; the host engine takes
+LRANGE 0 B-1; LTRIM B -1; EXEC) with linear back-off, blocks on the out queue (BLPOP) once
+idle, and queues them; the host engine takes
 them with `poll()` on its own thread (the prototype emitted from a foreign thread).
 Events submitted before the operator is deployed wait in the in queue: nothing is dropped.
 """
@@ -68,6 +70,7 @@ class OperatorClient:
         self._push_lock = threading.Lock()
         self._closed = False
         self._inflight = False
+        self._kick = False  # push at once: events arrived while nothing was in flight
         self.sent = 0
         self.received = 0
         self.rejected: list[str] = []
@@ -104,9 +107,13 @@ class OperatorClient:
         if n == 0:
             return 0
         with self._cv:
+            idle = self._buffered == 0 and not self._inflight
             self._buf.append(batch)
             self._buffered += n
-            if self._buffered >= self.batch:
+            # B buffered, or the first events while no push is in flight: push now (a quiet
+            # stream pays one round trip, not F); under load events batch for up to F
+            if idle or self._buffered >= self.batch:
+                self._kick = self._kick or idle
                 self._cv.notify_all()
         return n
 
@@ -188,11 +195,23 @@ class OperatorClient:
     def _flush_loop(self) -> None:
         while not self._closed:
             with self._cv:
-                if self._buffered < self.batch:
+                if not self._kick and self._buffered < self.batch:
                     self._cv.wait(timeout=self.flush_s)
+                self._kick = False
             self._flush_once()
 
     # -- receiver thread ----------------------------------------------------------------
+    IDLE_POLLS = 3  # empty polls (with back-off) before the receiver blocks on the out queue
+    IDLE_BLOCK_S = 0.05  # one blocking wait; close() is noticed within it
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        batch = self.codec.decode(frames)
+        self.received += len(batch)
+        if self._sink is not None:
+            self._sink(batch)
+        else:
+            self._inbox.append(batch)
+
     def _recv_loop(self) -> None:
         empties = 0
         b = self.batch
@@ -202,16 +221,20 @@ class OperatorClient:
                     [("lrange", self.out_key, 0, b - 1), ("ltrim", self.out_key, b, -1)]
                 )
                 if frames:
-                    batch = self.codec.decode(frames)
-                    self.received += len(batch)
-                    if self._sink is not None:
-                        self._sink(batch)
-                    else:
-                        self._inbox.append(batch)
+                    self._deliver(frames)
             if not frames:
                 if self._closed:
                     return
                 empties += 1
-                self.sleep(min(self.backoff_s * empties, self.backoff_max_s))
-                continue
+                if empties <= self.IDLE_POLLS:
+                    self.sleep(min(self.backoff_s * empties, self.backoff_max_s))
+                    continue
+                # idle: block until the operator pushes (no polling latency, no CPU burned
+                # while the stream is quiet); the popped frame is the head of the next batch
+                with self._recv_lock:
+                    head = self._rstore.blpop(self.out_key, self.IDLE_BLOCK_S)
+                    if head is not None:
+                        self._deliver([head])
+                if head is None:
+                    continue
             empties = 0

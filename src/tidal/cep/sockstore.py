@@ -80,6 +80,8 @@ class SocketStoreServer:
             return None
         if kind == "b":
             return self.store.blpop(req[1], float(req[2]))
+        if kind == "w":
+            return self.store.wait(req[1], float(req[2]))
         raise TidalError(f"unknown store request {kind!r}")
 
     def close(self) -> None:

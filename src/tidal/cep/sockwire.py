@@ -144,6 +144,9 @@ class SocketStore:
         v = self._call(["b", key, float(timeout)])
         return None if v is None else bytes(v)
 
+    def wait(self, key: str, timeout: float) -> bool:
+        return bool(self._call(["w", key, float(timeout)]))
+
     def clone(self) -> SocketStore:
         """A second connection to the same store (calls on one connection serialize)."""
         return SocketStore(self.url)

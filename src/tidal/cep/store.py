@@ -50,6 +50,11 @@ class Store(Protocol):
         """Pop the head of `key`, waiting up to `timeout` seconds; None on timeout."""
         ...
 
+    def wait(self, key: str, timeout: float) -> bool:
+        """Block until list `key` is non-empty (True) or `timeout` seconds pass (False);
+        the list is left as it was (Redis: BLMOVE key key LEFT LEFT, a no-op rotation)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -138,6 +143,10 @@ class MemoryStore:
                 return None
             return self._lists[key].popleft()
 
+    def wait(self, key: str, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: bool(self._lists.get(key)), timeout=timeout)
+
     def close(self) -> None:
         return None
 
@@ -186,6 +195,11 @@ class RedisStore:
             return None
         v = r[1]
         return v if isinstance(v, bytes) else str(v).encode()
+
+    def wait(self, key: str, timeout: float) -> bool:
+        # the head moves to the head of the same list: nothing changes, atomically
+        t = max(timeout, 0.01)
+        return self._r.execute_command("BLMOVE", key, key, "LEFT", "LEFT", t) is not None
 
     def close(self) -> None:
         self._r.close()

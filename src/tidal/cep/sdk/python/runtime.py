@@ -173,6 +173,8 @@ class RuntimeConfig:
 
 
 SHM_MIN_BYTES = 64 * 1024
+IDLE_POLLS = 2  # empty pops (with back-off) before an idle operator blocks on its in queue
+IDLE_BLOCK_S = 0.05  # one blocking wait; a stop (SIGTERM) is noticed within it
 
 
 def encode_go(state: bytes, new_inst: str, after: list[bytes]) -> bytes:
@@ -337,7 +339,10 @@ class OperatorRuntime:
             if not frames:
                 empties += 1
                 tries_op = ("set", self.k["tries"], b"1")
-                self.sleep(min(cfg.backoff_ms * empties, cfg.backoff_max_ms) / 1000.0)
+                if empties <= IDLE_POLLS:
+                    self.sleep(min(cfg.backoff_ms * empties, cfg.backoff_max_ms) / 1000.0)
+                else:  # idle: block until the host pushes (no polling delay, no CPU burned)
+                    self.store.wait(cfg.in_key, IDLE_BLOCK_S)
                 continue
             if self._tracing and not self._first_output_done:
                 self._trace(f"pop {len(frames)} frames after {empties} empty polls")
