@@ -143,6 +143,11 @@ def run_gap(
     starts = np.r_[0, np.flatnonzero(c_s[1:] != c_s[:-1]) + 1]
     rank = np.arange(len(c_s)) - np.repeat(starts, np.diff(np.r_[starts, len(c_s)]))
     gaps = _gaps(recv, updates)
+    if os.environ.get("TIDAL_CEP_TRACE") == "1":  # host side of the phase trace
+        for u in range(1, updates + 1):
+            old = max((t for t, lo, hi in recv if lo <= u <= hi), default=0.0)
+            new = min((t for t, lo, hi in recv if lo <= u + 1 <= hi), default=0.0)
+            print(f"tidal-cep host v{u} last result t={old:.6f}, v{u + 1} first t={new:.6f}")
     return {
         "backend": f"update-gap-{lang}",
         "events": n,

@@ -147,6 +147,7 @@ async function main() {
           if (!path.basename(p).startsWith('tidal-cep-') || !['/dev/shm', '/tmp'].includes(path.dirname(p))) throw new Error(`refusing state file ${p}`);
           raw = fs.readFileSync(p);
           fs.unlinkSync(p);
+          trace('read state file');
         } else raw = Buffer.from(val);
       }
       if (raw !== null && raw.length && !cfg.emptyState && !user.emptyState) {
@@ -159,8 +160,9 @@ async function main() {
   }
   let empties = 0;
   // Frames per pop, adapted so that a pop holds about B events (frames carry 1..B events):
-  // after a backlog the first batch is ~B events, not B*B, which keeps hand-overs short.
-  perPop = cfg.batch;
+  // the first pop takes one frame (its size is unknown until then), so after a hand-over or
+  // a backlog the first result comes after one frame, not after B*B events.
+  perPop = 1;
   while (!stop) {
     let frames; let tries; let iso;
     if (prefetch.length) {  // handed over with the state: no pop round trip
@@ -207,17 +209,21 @@ async function main() {
     if (tracing && !firstDone) trace(`pop ${use.length} frames`);
     const [outs, parked] = processFrames(data);
     if (tracing && !firstDone) trace(`processed ${lastN} events`);
+    const firstNow = !firstDone;
     const ops = commitOps(outs, cut + (ctrl ? 1 : 0), parked, data);
     if (left !== null) ops.push(['SET', K.isolate, left]);
     let target = null;
     if (ctrl && ctrl[1] === 0x48) target = ctrl.toString('utf8', 2);
     if (target && target !== cfg.inst) {
+      trace(`barrier after ${lastN} events`);
       const nk = IK(target);
       if (lastOut !== null) ops.push(['SET', nk.prev, String(lastOut)]);
       const after = left === null ? use.slice(cut + 1) : [];
       ops.push(['SET', nk.at, String(now())], ['RPUSH', nk.go, goSignal(target, after)]);
     }
+    if (target && target !== cfg.inst) trace('state serialized');
     await r.multi(ops);
+    if (tracing && (firstNow || target)) trace('committed');
     if (target && target !== cfg.inst) break;
   }
   r.close();

@@ -4,7 +4,19 @@
 // skips the cold start. The assignment arrives as one JSON line on stdin,
 // {"env": {...the operator contract...}, "source": "/path/operator.js"}; then run.js runs.
 require('./resp');
-require('./sockstore');
+const { enc, dec } = require('./sockstore');
+
+// Warm the hand-over's critical path before an assignment: JSON.parse/stringify of a state of
+// about 1 MB (arrays of numbers, an object of keys) compile their fast paths and grow the heap
+// once here, not while the new version restores its predecessor's state; the store codec too.
+(function warmUp() {
+  const st = { a: new Array(65536).fill(0).map((_, i) => 1000000 + i), o: {} };
+  for (let i = 0; i < 8192; i++) st.o[`k${i}`] = { n: i, s: 'x' };
+  for (let rep = 0; rep < 2; rep++) JSON.parse(JSON.stringify(st));
+  const parts = [];
+  enc(['x', [['lrange', 'k', 0, 9], ['rpush', 'k', [Buffer.from('J[{"a":1}]')]]]], parts);
+  dec(Buffer.concat(parts), 0);
+})();
 let buf = '';
 process.stdin.setEncoding('utf8');
 process.stdin.on('data', (d) => {
