@@ -93,6 +93,8 @@ class VariantGroup:
         self.target = 0
         self.cores = 1.0
         self._timer: TimerHandle | None = None
+        self._pump_soon = False
+        self._coalesce = timers is None  # the live loop's timers (see `push`)
         self._sweep: TimerHandle | None = None
         self._next_id = 0
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -146,11 +148,25 @@ class VariantGroup:
 
     # ---------------------------------------------------------------- requests
     def push(self, req: LiveRequest, now: float) -> Admitted | Refused:
-        """Offer `req` to the scheduler at `now` (admission unless serving late), then let
-        it dispatch. A `Refused` verdict is returned, not raised."""
+        """Offer `req` to the scheduler at `now` (admission unless serving late); the
+        verdict is returned at once (a `Refused` is returned, not raised). The dispatch
+        decision runs once per event-loop iteration, after every arrival of that iteration
+        (call_soon): requests that arrive together ride one batch, and the decision is paid
+        once per burst instead of once per request (measured, issue 14: noop at 16
+        connections +17% req/s, gateway CPU per request -14%). With injected timers (a
+        simulated clock: tests, parity with the simulator) every arrival is decided at once,
+        in the simulator's event order."""
         v = self.sched.push(req, now)
-        self.pump()
+        if not self._coalesce:
+            self.pump()
+        elif not self._pump_soon:  # one decision per loop iteration's arrivals (one batch)
+            self._pump_soon = True
+            asyncio.get_running_loop().call_soon(self._pump_deferred)
         return v
+
+    def _pump_deferred(self) -> None:
+        self._pump_soon = False
+        self.pump()
 
     def cancel(self, rid: int) -> None:
         """The client of `rid` went away: drop it from the queue or its batch's answers."""
