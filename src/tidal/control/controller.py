@@ -26,6 +26,11 @@ Contract:
   force (smoothed, clamped to [0.5, 10], after at least `MIN_BATCHES` batches). On a machine
   shared with other work the profile measured on idle cores is optimistic; this keeps the
   planner's model true to the machine as it is. The factors are logged with each decision.
+  A factor belongs to the variant it was measured on and scales only that variant's profile
+  (remembered when another variant takes over): a tiny model's ratio is mostly IPC overhead
+  (measured: 10x, the clamp, for a 0.1 ms model), which says nothing of a 40 ms one's, and
+  scaling every version by it kept a planner that chooses versions by load (themis
+  `variants: auto`) from ever returning to the larger one.
 """
 
 from __future__ import annotations
@@ -115,6 +120,9 @@ class Controller:
         self.forecasts: list[ForecastPoint] = []
         self.calibrate = calibrate
         self.slowdown: dict[str, float] = {}
+        """Per stage, the factor of the variant in force (logged)."""
+        self.variant_slowdown: dict[tuple[str, str], float] = {}
+        """Per (stage, variant), the factor measured while that variant was in force."""
         self._unsettled: list[tuple[Decision, Actuation]] = []
 
     @property
@@ -181,13 +189,18 @@ class Controller:
                 if pred > 0:
                     lo, hi = SLOWDOWN_BOUNDS
                     r = min(hi, max(lo, ms / pred))
-                    old = self.slowdown.get(st.stage, r)
-                    self.slowdown[st.stage] = old + SLOWDOWN_SMOOTHING * (r - old)
-            f = self.slowdown.get(st.stage, 1.0)
-            if abs(f - 1.0) < 0.05:
+                    key = (st.stage, prof.name)
+                    old = self.variant_slowdown.get(key, r)
+                    self.variant_slowdown[key] = old + SLOWDOWN_SMOOTHING * (r - old)
+            if prof is not None and (st.stage, prof.name) in self.variant_slowdown:
+                self.slowdown[st.stage] = self.variant_slowdown[(st.stage, prof.name)]
+            f = {v.name: self.variant_slowdown.get((st.stage, v.name), 1.0) for v in st.variants}
+            if all(abs(x - 1.0) < 0.05 for x in f.values()):
                 out.append(st)
                 continue
-            scaled = tuple(_scaled(v, f) for v in st.variants)
+            scaled = tuple(
+                v if abs(f[v.name] - 1.0) < 0.05 else _scaled(v, f[v.name]) for v in st.variants
+            )
             out.append(StageCandidates(st.stage, scaled))
         return tuple(out)
 

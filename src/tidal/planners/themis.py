@@ -40,23 +40,41 @@ Amdahl cap: cores per replica stop where the profile's speed-up flattens: the pr
 Interval (reconstructed, the paper gives none): 1 s, as Sponge's vertical loop, so surges are
 absorbed within a second; the horizontal stage runs on the same tick once stable.
 Predictor: the paper's LSTM (`tidal.forecast`, IPA setting) fed as `ctx.forecast`.
-Variant: fixed per stage (`variant`; default the first candidate): Themis does not switch models.
+Variant (`variants="fixed"`, the default): fixed per stage (`variant`; default the first
+candidate): Themis does not switch models, and the paper's reproduction (docs/results.md) runs
+this way.
+Versions chosen by load (`variants="auto"`, Tidal's extension, not in the paper): per stage,
+the most accurate version whose capacity carries the load (see `Themis.pick`): a combination
+of versions is *capable* at rate r when the joint DP finds a plan for r within the SLO at the
+`utilization` headroom that fits the nodes. Every tick: if the versions in force are not
+capable at ``max(forecast, observed)``, switch at once to the most accurate capable
+combination (a cheaper, faster version as the load rises); a more accurate combination is
+taken back only once `variant_hold_s` passed since the last version change and it is capable
+at ``(1 + variant_margin)`` x the highest second of the last `variant_hold_s` (and the
+forecast): hysteresis in level and in time, so Poisson noise around a boundary does not flap
+(each change is a cold start). Accuracy of a combination: the sum of its stages' accuracies
+(unknown accuracies are 0: ties keep the versions in force, then the first candidate). A
+version change re-plans the stage with the joint DP at once (its replicas are new anyway); the
+plan's reason names the change and the rate. At most `MAX_COMBOS` combinations are ranked:
+beyond that each stage keeps its most accurate and fastest versions.
 Resize: in place. Infeasible: the fastest configuration per stage, flagged.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from tidal.core.capacity import Capacity
 from tidal.core.plan import Plan, StagePlan
 from tidal.core.profile import VariantProfile
 from tidal.planners.base import (
     RESIZE_IN_PLACE,
-    Capacity,
     PlanContext,
     PlannerOptions,
     VariantChoice,
@@ -75,6 +93,9 @@ from tidal.planners.common import (
     stage_plan,
 )
 from tidal.planners.dp import Option, min_cost
+
+MAX_COMBOS = 256
+"""`variants="auto"`: most version combinations ranked per decision (each costs one DP)."""
 
 
 def amdahl_cap(
@@ -96,10 +117,13 @@ def amdahl_cap(
 @dataclass(frozen=True)
 class ThemisState:
     """Transition bookkeeping: the target being moved to, if any, and when the plan last
-    changed (stage 2 waits a full stable window after any change: hysteresis)."""
+    changed (stage 2 waits a full stable window after any change: hysteresis), and when the
+    versions last changed."""
 
     target: Plan | None = None
     changed_at: float | None = None
+    variant_at: float | None = None
+    """`variants="auto"`: when the versions last changed (the hold of `variant_hold_s`)."""
 
 
 def stage_options(
@@ -153,6 +177,26 @@ class ThemisOptions(PlannerOptions):
     surge_rate: Literal["observed", "forecast"] = Field(
         "observed", description="Rate the 1-s surge test reads (paper: observed)."
     )
+    variants: Literal["fixed", "auto"] = Field(
+        "fixed",
+        description="fixed: one version per stage (`variant`; the paper). auto: per stage the "
+        "most accurate version whose capacity carries the load (Tidal's extension).",
+    )
+    variant_margin: float = Field(
+        0.2, ge=0, le=2, description="auto: a more accurate version must carry (1+this) x the peak."
+    )
+    variant_hold_s: int = Field(
+        30, ge=1, le=3600, description="auto: peak window and hold after a version change (s)."
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ThemisOptions:
+        if self.variants == "auto" and self.variant is not None:
+            raise ValueError(
+                f"variant ({self.variant!r}) fixes the versions; it cannot be combined with "
+                "variants ('auto'): drop one"
+            )
+        return self
 
 
 @register("themis")
@@ -174,11 +218,16 @@ class Themis:
         variant: VariantChoice = None,
         utilization: float = 0.8,
         surge_rate: str = "observed",
+        variants: str = "fixed",
+        variant_margin: float = 0.2,
+        variant_hold_s: int = 30,
     ) -> None:
         self.core_step, self.resolution_ms = core_step, resolution_ms
         self.tolerance, self.stable_window_s = tolerance, stable_window_s
         self.min_gain, self.variant = min_gain, variant
         self.utilization, self.surge_rate = utilization, surge_rate
+        self.variants, self.variant_margin = variants, variant_margin
+        self.variant_hold_s = variant_hold_s
 
     def _res(self, slo_ms: float) -> float:
         return self.resolution_ms or max(slo_ms / 2000.0, 0.01)
@@ -276,19 +325,122 @@ class Themis:
     def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
         check_context(ctx)
         prev = ctx.state if isinstance(ctx.state, ThemisState) else ThemisState()
-        plan, st = self._decide(ctx, prev)
+        if self.variants == "auto":
+            chosen, note = self.pick(ctx, prev)
+        else:
+            chosen, note = pick_variants(ctx, self.variant), ""
+        plan, st = self._decide(ctx, prev, chosen, switched=bool(note))
+        if note:
+            plan = plan.model_copy(update={"reason": "; ".join(filter(None, (note, plan.reason)))})
         changed = ctx.current is None or plan.stages != ctx.current.stages
-        return plan, replace(st, changed_at=ctx.now if changed else prev.changed_at)
+        return plan, replace(
+            st,
+            changed_at=ctx.now if changed else prev.changed_at,
+            variant_at=ctx.now if note else prev.variant_at,
+        )
 
-    def _decide(self, ctx0: PlanContext, st: ThemisState) -> tuple[Plan, ThemisState]:
-        chosen = pick_variants(ctx0, self.variant)
+    # ------------------------------------------------------------ versions by load (auto)
+    def capable(self, ctx: PlanContext, combo: list[VariantProfile], rate: float) -> bool:
+        """Whether the versions `combo` carry `rate` req/s: the joint DP finds a plan within
+        the SLO at the `utilization` headroom, and it fits the nodes."""
+        for v, g in zip(combo, self.grids(ctx, combo), strict=True):
+            # cheap bound first: every core of the cluster at the best rate per core
+            best = max(v.throughput(b, c) / c for b in BATCHES for c in g)
+            if rate > self.utilization * ctx.capacity.total_cores * best + 1e-9:
+                return False
+        target = self.solve(replace(ctx, forecast=rate), combo)
+        return target is not None and fits(target, ctx.capacity)
+
+    def ranked(self, ctx: PlanContext) -> list[list[VariantProfile]]:
+        """Combinations of one version per stage, most accurate (sum over stages) first; ties:
+        the versions in force, then candidate order. At most `MAX_COMBOS` for pipelines of up
+        to 8 stages: beyond, each stage keeps its most accurate versions and its fastest."""
+        per = [list(st.variants) for st in ctx.stages]
+        if np.prod([len(p) for p in per]) > MAX_COMBOS:
+            k = max(2, int(MAX_COMBOS ** (1.0 / len(per))))
+            per = [_trim(p, k) for p in per]
+        cur = self.in_force(ctx)
+        now = None if cur is None else [v.name for v in cur]
+        index = [{v.name: i for i, v in enumerate(st.variants)} for st in ctx.stages]
+
+        def key(combo: tuple[VariantProfile, ...]) -> tuple[float, bool, list[int]]:
+            names = [v.name for v in combo]
+            return (
+                -_accuracy(combo),
+                names != now,
+                [ix[n] for ix, n in zip(index, names, strict=True)],
+            )
+
+        return [list(c) for c in sorted(itertools.product(*per), key=key)]
+
+    def in_force(self, ctx: PlanContext) -> list[VariantProfile] | None:
+        """The version of every stage in the plan in force, or None (no plan, a stage with
+        several versions or a version that is no longer a candidate)."""
+        out = []
+        for st in ctx.stages:
+            sp = current_stage(ctx, st.stage)
+            if sp is None or len(sp.variants) != 1:
+                return None
+            v = next((v for v in st.variants if v.name == sp.variants[0].name), None)
+            if v is None:
+                return None
+            out.append(v)
+        return out
+
+    def pick(self, ctx: PlanContext, st: ThemisState) -> tuple[list[VariantProfile], str]:
+        """`variants="auto"`: the version per stage (module docstring) and, when it changes,
+        the reason ('' when the versions in force are kept)."""
+        rate = max(ctx.load, ctx.observed)
+        cur = self.in_force(ctx)
+        ranked = self.ranked(ctx)
+        if cur is not None and self.capable(ctx, cur, rate):
+            if st.variant_at is not None and ctx.now - st.variant_at < self.variant_hold_s - 1e-9:
+                return cur, ""
+            peak = max((*ctx.rate_history[-self.variant_hold_s :], rate))
+            up = (1.0 + self.variant_margin) * peak
+            for combo in ranked:
+                if _accuracy(combo) <= _accuracy(cur) + 1e-9:
+                    break
+                if self.capable(ctx, combo, up):
+                    why = (
+                        f"carries {1 + self.variant_margin:g} x {peak:.4g} req/s (the peak of the "
+                        f"last {self.variant_hold_s} s)"
+                    )
+                    return combo, _note(cur, combo, why)
+            return cur, ""
+        for combo in ranked:
+            if self.capable(ctx, combo, rate):
+                why = "the most accurate that carries"
+                if cur is not None:
+                    why = f"{_names(cur)} cannot carry"
+                why += (
+                    f" {rate:.4g} req/s within the {ctx.slo_ms:g} ms SLO on "
+                    f"{ctx.capacity.nodes} x {ctx.capacity.cores_per_node:g} cores at "
+                    f"utilisation {self.utilization:g}"
+                )
+                return combo, _note(cur, combo, why)
+        fastest = [
+            max(s.variants, key=lambda v: v.throughput(BATCHES[-1], 1.0)) for s in ctx.stages
+        ]
+        if cur is not None and [v.name for v in fastest] == [v.name for v in cur]:
+            return cur, ""
+        return fastest, _note(cur, fastest, f"no version carries {rate:.4g} req/s: the fastest")
+
+    # ------------------------------------------------------------ the two stages
+    def _decide(
+        self,
+        ctx0: PlanContext,
+        st: ThemisState,
+        chosen: list[VariantProfile],
+        switched: bool = False,
+    ) -> tuple[Plan, ThemisState]:
         # stage 1 reads the observed rate (every second); stage 2 the forecast, never below
         # what is observed now (else the next second's stage 1 undoes it)
         rate1 = ctx0.observed if self.surge_rate == "observed" else ctx0.load
         obs = replace(ctx0, forecast=rate1)
         ctx = replace(ctx0, forecast=max(ctx0.load, ctx0.observed))
-        if ctx.current is None:
-            return self._joint(ctx, chosen, st)
+        if ctx.current is None or switched:  # a new version's replicas are new: plan afresh
+            return self._joint(ctx, chosen, ThemisState() if switched else st)
         if st.target is not None:  # moving to a target: shrink cores once new replicas run
             starting = any(ctx.pending.starting_replicas.get(s.stage, 0) > 0 for s in ctx.stages)
             short = any(
@@ -339,7 +491,12 @@ class Themis:
         stages: list[StagePlan] = []
         for sp in target.stages:
             cur = current_stage(ctx, sp.stage)
-            if cur is not None and sp.replicas > cur.replicas and cur.cores > sp.cores:
+            if (
+                cur is not None
+                and cur.variants[0].name == sp.variants[0].name
+                and sp.replicas > cur.replicas
+                and cur.cores > sp.cores
+            ):
                 grow = True  # keep the larger cores until the new replicas are ready
                 stages.append(sp.model_copy(update={"cores": cur.cores, "batch": cur.batch}))
             else:
@@ -347,3 +504,26 @@ class Themis:
         if grow and fits(Plan(stages=tuple(stages)), ctx.capacity):
             return Plan(stages=tuple(stages)), ThemisState(target=target)
         return target, ThemisState()
+
+
+def _accuracy(combo: Sequence[VariantProfile]) -> float:
+    return float(sum(v.accuracy for v in combo))
+
+
+def _names(combo: Sequence[VariantProfile]) -> str:
+    return ", ".join(v.name for v in combo)
+
+
+def _note(cur: list[VariantProfile] | None, new: list[VariantProfile], why: str) -> str:
+    """The reason of a version change: the stages that change, old -> new, and why."""
+    if cur is None:
+        return f"versions (auto): {_names(new)} ({why})"
+    moves = [f"{a.name} -> {b.name}" for a, b in zip(cur, new, strict=True) if a.name != b.name]
+    return f"versions (auto): {', '.join(moves)} ({why})"
+
+
+def _trim(variants: list[VariantProfile], k: int) -> list[VariantProfile]:
+    """The `k - 1` most accurate versions and the fastest (largest batch, 1 core)."""
+    fastest = max(variants, key=lambda v: v.throughput(BATCHES[-1], 1.0))
+    top = sorted(variants, key=lambda v: -v.accuracy)[: k - 1]
+    return top + ([fastest] if fastest not in top else [])

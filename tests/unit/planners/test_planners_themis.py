@@ -126,3 +126,138 @@ def test_scales_back_down_after_a_surge_on_noisy_per_second_counts(seed: int) ->
     assert back and back[0] - 150 <= 2 * th.stable_window_s + 30, (back[:1], cores[150::10])
     # ... and stay there (no flapping back to the surge's size)
     assert max(cores[back[0] :]) < max(cores[60:150])
+
+
+# ---------------------------------------------------------------- variants="auto" (Tidal's)
+FAST = VariantProfile(
+    name="fast", accuracy=0.70, fit=LatencyFit(gamma=2.0, delta=0.0, epsilon=0.0, eta=1.0)
+)
+ACCURATE = VariantProfile(
+    name="accurate", accuracy=0.80, fit=LatencyFit(gamma=20.0, delta=0.0, epsilon=0.0, eta=5.0)
+)
+
+
+def _auto_base(stages: int = 1) -> PlanContext:
+    return PlanContext(
+        now=0.0,
+        rate_history=(1.0,) * 60,
+        forecast=None,
+        stages=tuple(StageCandidates(f"s{i}", (FAST, ACCURATE)) for i in range(stages)),
+        current=None,
+        slo_ms=500.0,
+        capacity=Capacity(1, 2.0),
+    )
+
+
+def _limit(th: Themis, base: PlanContext, combo: list[VariantProfile]) -> float:
+    """The highest rate (req/s, to 0.1) `combo` is capable of."""
+    lo, hi = 0.0, 10_000.0
+    while hi - lo > 0.1:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if th.capable(base, combo, mid) else (lo, mid)
+    return lo
+
+
+def _drive(
+    th: Themis, base: PlanContext, rates: list[float], t0: float = 0.0
+) -> tuple[list[str], list[Plan]]:
+    """One decision per second at the given observed rates; the plan in force is the last
+    plan (replicas ready at once). Returns the entry stage's version per decision."""
+    hist = list(base.rate_history)
+    plan, st = None, None
+    names, plans = [], []
+    for i, r in enumerate(rates):
+        hist = (hist + [r])[-120:]
+        ctx = dataclasses.replace(
+            base, now=t0 + i, rate_history=tuple(hist), current=plan, state=st
+        )
+        plan, st = th.plan(ctx)
+        names.append(plan.stages[0].variants[0].name)
+        plans.append(plan)
+    return names, plans
+
+
+def test_auto_takes_the_faster_version_as_load_rises_and_the_accurate_one_as_it_falls() -> None:
+    th = Themis(variants="auto", variant_hold_s=10)
+    base = _auto_base()
+    cap = _limit(th, base, [ACCURATE])
+    assert 5.0 < cap < _limit(th, base, [FAST]) / 3  # the fast version carries far more
+    low, high = 0.3 * cap, 2.0 * cap
+    names, plans = _drive(th, base, [low] * 15 + [high] * 20 + [low] * 40)
+    assert names[:15] == ["accurate"] * 15  # light load: the most accurate version
+    assert names[15] == "fast"  # the first second above its capacity: at once
+    assert set(names[15:35]) == {"fast"}
+    assert "accurate -> fast" in plans[15].reason and "cannot carry" in plans[15].reason
+    back = names.index("accurate", 35)
+    # back as soon as the surge's seconds left the 10-s peak window (the 10th low second),
+    # not before
+    assert back == 35 + 9, names[35:]
+    assert set(names[back:]) == {"accurate"}
+    assert "fast -> accurate" in plans[back].reason
+    assert all(p.feasible for p in plans)
+
+
+def test_auto_does_not_flap_on_noise_around_the_boundary() -> None:
+    th = Themis(variants="auto", variant_hold_s=10, variant_margin=0.2)
+    base = _auto_base()
+    cap = _limit(th, base, [ACCURATE])
+    # Poisson counts around 0.95 x the accurate version's capacity: some seconds exceed it
+    rng = np.random.default_rng(3)
+    rates = [float(x) for x in rng.poisson(0.95 * cap, 120)]
+    assert max(rates) > cap  # the noise does cross the boundary
+    names, _ = _drive(th, base, rates)
+    changes = sum(a != b for a, b in zip(names, names[1:], strict=False))
+    # it falls back on a second above capacity and stays: coming back needs 1.2 x the peak
+    assert names[-1] == "fast" and changes <= 2, names
+
+
+def test_auto_returns_only_beyond_the_margin_and_after_the_window() -> None:
+    th = Themis(variants="auto", variant_hold_s=10, variant_margin=0.5)
+    base = _auto_base()
+    cap = _limit(th, base, [ACCURATE])
+    # after a surge the load settles at 0.8 x capacity: within the margin, so no return
+    names, _ = _drive(th, base, [0.2 * cap] * 3 + [2 * cap] * 3 + [0.8 * cap] * 40)
+    assert names[3] == "fast" and set(names[3:]) == {"fast"}
+    # at 0.5 x capacity it returns, but only after the 10-s hold
+    names, _ = _drive(th, base, [0.2 * cap] * 3 + [2 * cap] * 3 + [0.5 * cap] * 40)
+    back = names.index("accurate", 3)
+    assert back >= 3 + 10, names
+
+
+def test_auto_chooses_per_stage() -> None:
+    th = Themis(variants="auto", variant_hold_s=5)
+    slow_acc = ACCURATE.model_copy(
+        update={"name": "slow", "fit": ACCURATE.fit.model_copy(update={"gamma": 200.0})}
+    )
+    base = dataclasses.replace(
+        _auto_base(),
+        stages=(StageCandidates("a", (FAST, ACCURATE)), StageCandidates("b", (FAST, slow_acc))),
+        capacity=Capacity(1, 4.0),
+    )
+    rate = 0.5 * _limit(th, base, [ACCURATE, FAST])
+    assert not th.capable(base, [ACCURATE, slow_acc], rate)
+    plan, _ = th.plan(dataclasses.replace(base, rate_history=(rate,) * 60))
+    assert [s.variants[0].name for s in plan.stages] == ["accurate", "fast"]
+    assert "versions (auto): accurate, fast" in plan.reason
+
+
+def test_fixed_is_the_default_and_keeps_one_version_under_any_load() -> None:
+    th = Themis()
+    base = _auto_base()
+    cap = _limit(th, base, [ACCURATE])
+    names, _ = _drive(th, base, [0.3 * cap] * 5 + [3 * cap] * 5)
+    assert set(names) == {"fast"}  # the first candidate, as the paper's Themis
+    names, _ = _drive(Themis(variant="high"), base, [0.3 * cap] * 5 + [3 * cap] * 5)
+    assert set(names) == {"accurate"}
+
+
+def test_auto_options_are_validated() -> None:
+    from tidal.core.errors import TidalError
+
+    with pytest.raises(TidalError, match="variant"):
+        create("themis", variants="auto", variant="high")
+    with pytest.raises(TidalError, match="variants"):
+        create("themis", variants="sometimes")
+    with pytest.raises(TidalError, match="variant_margin"):
+        create("themis", variants="auto", variant_margin=-0.1)
+    assert create("themis", variants="auto", variant_hold_s=5).variant_hold_s == 5  # type: ignore[attr-defined]
