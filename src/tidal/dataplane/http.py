@@ -33,6 +33,7 @@ from tidal.core.errors import TidalError, first_error
 from tidal.core.plan import Plan
 from tidal.dataplane import oip_serve
 from tidal.dataplane.disconnect import ClientGone, until_disconnect
+from tidal.dataplane.early import early_refusal
 from tidal.dataplane.gateway import Gateway
 from tidal.dataplane.http_body import read_body
 from tidal.dataplane.oip import (
@@ -244,6 +245,13 @@ class OIPApp:
             raise OIPError(
                 400, f"Inference-Header-Content-Length {header_len} out of range 1..{len(body)}"
             )
+        if variant is None:  # priced before the decode (issue 13: tidal.dataplane.early)
+            early = early_refusal(
+                self.gw, info.name, body, header_len, slo_header, _first_byte(scope, self.gw),
+                self.cfg.max_slo_ms,
+            )  # fmt: skip
+            if early is not None:
+                return early
         sig = sig_of(info)
         req = parse_rest(body, header_len, sig)
         slo: float | None = None

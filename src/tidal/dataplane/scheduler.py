@@ -454,6 +454,22 @@ class GroupScheduler:
         self._log("admit", now, (req.id,))
         return verdict
 
+    def quote(self, rows: int, deadline: float, now: float) -> Refused | None:
+        """What admission would answer now to a request of `rows` rows due at `deadline`,
+        without queueing anything (early refusal before a body is parsed,
+        `tidal.dataplane.early`): the Refused verdict, or None when it would be admitted (or
+        admission is off)."""
+        if not self.config.admission:
+            return None
+        v = self._admit(QueuedRequest(-1, now, deadline, rows=max(1, rows)), now)
+        return v if isinstance(v, Refused) else None
+
+    def pressured(self) -> bool:
+        """Something is queued, or no ready replica is idle: an arrival may be refused."""
+        if self.queue:
+            return True
+        return not any(r.state == READY and not r.inflight for r in self.replicas.values())
+
     def _admit(self, req: QueuedRequest, now: float) -> Admitted | Refused:
         margin = self.config.margin
         down = self.downstream_s

@@ -220,6 +220,34 @@ class Stage:
             c.violations["late"] += 1
         return res
 
+    def _weighted_lanes(self) -> list[VariantGroup]:
+        w = self.router.weights
+        return [g for n, g in self.groups.items() if w.get(n, 0.0) > 0.0 and g.sched.routable()]
+
+    def pressured(self) -> bool:
+        """Every lane the router may pick is under pressure (`GroupScheduler.pressured`)."""
+        lanes = self._weighted_lanes()
+        return bool(lanes) and all(g.sched.pressured() for g in lanes)
+
+    def quote(self, rows: int, deadline: float, now: float) -> Refused | None:
+        """Early refusal (`tidal.dataplane.early`): the Refused verdict when every lane the
+        router may pick would refuse `rows` rows due at `deadline` now (counted as an arrival
+        and a refusal, as `submit` counts it); None when one would admit it, when no lane is
+        under pressure, or when none is routable (`submit` then answers)."""
+        lanes = self._weighted_lanes()
+        if not lanes or not all(g.sched.pressured() for g in lanes):
+            return None
+        verdict: Refused | None = None
+        for g in lanes:
+            g.sched.downstream_s = self.downstream_s()
+            verdict = g.sched.quote(rows, deadline, now)
+            if verdict is None:
+                return None
+        c = self.counters
+        c.arrivals += 1
+        c.violations["refused"] += 1
+        return verdict
+
     # ------------------------------------------------------------------ views
     def snapshot(self, now: float) -> StageSnapshot:
         ready: list[Replica] = []
