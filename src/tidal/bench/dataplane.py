@@ -9,10 +9,18 @@ float32 image) for `resnet18`, served at max batch 8 on the whole machine (2 cor
 `tidal bench dataplane` then runs `tidal.bench.dataplane_protocols` (REST JSON, REST binary
 and gRPC side by side at max batch 8, Tidal's gRPC vs Triton's) under the key `protocols`.
 
+For noop it also measures the gateway's scaling over cores (issue 14): `tidal_1core` is
+`tidal serve` pinned to CPU 0 (`taskset -c 0`: HTTP, scheduler and the 1-core noop worker all
+on that core), `tidal_fe2` is `tidal serve --frontends 2` on the whole machine (two HTTP
+front-end processes, the scheduler process and the 2-core worker); wrk runs unpinned on the
+same machine in both. Each server's CPU per request (user+system of the server's process tree
+over the measured run: gateway processes and the worker apart) says where the time goes.
+
 Output keys: `tidal`, `ray_serve`, `bare_asgi` (noop only): workload -> {rps, p50_ms, p99_ms};
 `ratios`: workload -> tidal rps / ray_serve rps; plus `one_connection` (p50 at 1 connection and
-Tidal's overhead over the bare app), `tidal_vs_bare`, `non_2xx`, the settings used (with the
-load average at start and end).
+Tidal's overhead over the bare app), `tidal_vs_bare`, `tidal_1core_vs_bare`,
+`fe2_vs_1core` (the 2-core scaling), `cpu_us_per_request` (server -> {gateway, worker}),
+`non_2xx`, the settings used (with the load average at start and end).
 Figures only: nothing here is asserted by tests.
 """
 
@@ -197,10 +205,26 @@ class _Server:
         self.log.close()
 
 
-def _tidal_config(tmp: Path, workload: str, port: int) -> Path:
-    cores, batch = (
-        (2.0, 32) if workload == "noop" else (2.0, 8)
-    )  # the whole machine, like the peers
+def _tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user+system) of `pid` and its descendants: worker processes apart."""
+    import psutil
+
+    out = {"gateway": 0.0, "worker": 0.0}
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return out
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = p.cpu_times()
+            key = "worker" if "worker_main" in " ".join(p.cmdline()) else "gateway"
+            out[key] += t.user + t.system
+    return out
+
+
+def _tidal_config(tmp: Path, workload: str, port: int, cores: float = 2.0) -> Path:
+    """`cores`: the worker's (the whole machine, like the peers; 1 when pinned to a core)."""
+    batch = 32 if workload == "noop" else 8
     cfg = {
         "host": "127.0.0.1",
         "port": port,
@@ -219,7 +243,7 @@ def _tidal_config(tmp: Path, workload: str, port: int) -> Path:
             ]
         },
     }
-    p = tmp / f"tidal-{workload}.yaml"
+    p = tmp / f"tidal-{workload}-{cores:g}.yaml"
     p.write_text(json.dumps(cfg))  # JSON is YAML
     return p
 
@@ -240,8 +264,9 @@ def run_bench(
             raise TidalError(f"unknown workload {w!r}; valid: noop, resnet18")
     say = echo or (lambda s: None)
     py = sys.executable
-    res: dict[str, Any] = {"tidal": {}, "ray_serve": {}, "bare_asgi": {}}
-    extra: dict[str, Any] = {"one_connection": {}, "non_2xx": {}}
+    res: dict[str, Any] = {"tidal": {}, "ray_serve": {}, "bare_asgi": {}, "tidal_1core": {},
+                           "tidal_fe2": {}}  # fmt: skip
+    extra: dict[str, Any] = {"one_connection": {}, "non_2xx": {}, "cpu_us_per_request": {}}
     res["settings"] = {
         "duration_s": duration,
         "connections": connections,
@@ -261,6 +286,10 @@ def run_bench(
             if w == "noop":
                 runs.append((w, "bare_asgi", bare, False))
             runs.append((w, "tidal", tidal, False))
+            if w == "noop" and shutil.which("taskset") is not None:
+                runs.append((w, "tidal_1core", ["taskset", "-c", "0", *tidal], False))
+            if w == "noop":
+                runs.append((w, "tidal_fe2", [*tidal, "--frontends", "2"], False))
         # Ray last: its many processes take a while to leave after shutdown.
         if ray and importlib.util.find_spec("ray") is None:
             skip = ("ray not installed: uv pip install 'ray[serve]' (or tidal bench goodput "
@@ -275,7 +304,7 @@ def run_bench(
             lua = _lua(tmp, body, headers)
             conns = connections if w == "noop" else 8
             port = _free_port()
-            cfg = _tidal_config(tmp, w, port)
+            cfg = _tidal_config(tmp, w, port, 1.0 if name == "tidal_1core" else 2.0)
             cmd = [c.format(port=port, cfg=cfg, w=w) for c in cmd_t]
             url = f"http://127.0.0.1:{port}/v2/models/{w}/infer"
             say(f"[{w}] starting {name} ...")
@@ -285,12 +314,18 @@ def run_bench(
                     srv.wait_line("READY", 420)  # Ray Serve's start on a loaded 2-core box
                 _wait_http(url, body, headers, srv.proc, 300)
                 _wrk(url, lua, conns, 2.0)  # warm-up
+                cpu0 = _tree_cpu(srv.proc.pid)
                 fig = _wrk(url, lua, conns, duration)
+                cpu1 = _tree_cpu(srv.proc.pid)
+                n_req = max(1.0, fig["rps"] * max(1, round(duration)))
+                extra["cpu_us_per_request"][f"{name}/{w}"] = {
+                    k: round((cpu1[k] - cpu0[k]) / n_req * 1e6, 1) for k in cpu0
+                }
                 extra["non_2xx"][f"{name}/{w}"] = fig.pop("non_2xx")
                 fig.pop("socket_errors")
                 res[name][w] = fig
                 say(f"[{w}] {name} c={conns}: {fig}")
-                if w == "noop":
+                if w == "noop" and name in ("bare_asgi", "tidal"):
                     one = _wrk(url, lua, 1, duration / 2)
                     extra["one_connection"][name] = {"p50_ms": one["p50_ms"], "rps": one["rps"]}
                     say(f"[{w}] {name} c=1: {one}")
@@ -307,6 +342,11 @@ def run_bench(
     t, b = res["tidal"].get("noop", {}), res["bare_asgi"].get("noop", {})
     if "rps" in t and "rps" in b:
         extra["tidal_vs_bare"] = round(t["rps"] / b["rps"], 3)
+    one_core, fe2 = res["tidal_1core"].get("noop", {}), res["tidal_fe2"].get("noop", {})
+    if "rps" in one_core and "rps" in b:
+        extra["tidal_1core_vs_bare"] = round(one_core["rps"] / b["rps"], 3)
+    if "rps" in one_core and "rps" in fe2:
+        extra["fe2_vs_1core"] = round(fe2["rps"] / one_core["rps"], 3)
     one = extra["one_connection"]
     if "tidal" in one and "bare_asgi" in one:
         one["tidal_overhead_p50_ms"] = round(one["tidal"]["p50_ms"] - one["bare_asgi"]["p50_ms"], 3)
