@@ -128,9 +128,16 @@ def profile(
     import_infadapter: Path = typer.Option(None, help="Import InfAdapter's capacity CSV."),
     show: Path = typer.Option(None, help="Print an existing profile file and exit."),
     merge: bool = typer.Option(False, help="Merge the new variants into an existing --out."),
+    extrapolate: bool = typer.Option(
+        False,
+        "--extrapolate",
+        help="Let planners use the fit beyond the measured cores (default: they stay inside).",
+    ),
 ) -> None:
     """Measure p50/p99 latency over (batch, cores) in one worker resized in place, fit Sponge's
-    model, write a profile file; or import a published profile (--import-sponge/-infadapter)."""
+    model, write a profile file; or import a published profile (--import-sponge/-infadapter).
+    The file records the cores measured per variant; planners and the simulator's planners
+    never plan cores outside that range unless `--extrapolate` was given."""
     from dataclasses import replace
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -182,7 +189,7 @@ def profile(
     if max_point_ms > 0:
         budget = replace(budget, max_point_ms=max_point_ms)
     if version_dirs:
-        _profile_versions(version_dirs, grid, budget, out, console)
+        _profile_versions(version_dirs, grid, budget, out, console, extrapolate)
         return
     with Progress(
         TextColumn("{task.description}"),
@@ -202,7 +209,10 @@ def profile(
             from tidal.core.profile import ProfileSet
 
             base = ProfileSet.load(out)  # fail before measuring if it is corrupt
-        ps = profile_variants(names, grid, budget, progress=step, save_to=None if base else out)
+        ps = profile_variants(
+            names, grid, budget, progress=step, save_to=None if base else out,
+            extrapolate=extrapolate,
+        )  # fmt: skip
     if base is not None:
         from tidal.profiling.profiler import merge_profiles
 
@@ -213,7 +223,12 @@ def profile(
 
 
 def _profile_versions(
-    paths: list[str], grid: object, budget: object, out: Path, console: Console
+    paths: list[str],
+    grid: object,
+    budget: object,
+    out: Path,
+    console: Console,
+    extrapolate: bool = False,
 ) -> None:
     """`tidal profile REPO/<model>/<version>...`: full grid (default), stored in the profile
     cache (ONNX hash + CPU model + cores) so serving and planning use it, and written to --out."""
@@ -226,12 +241,23 @@ def _profile_versions(
         def step(v: str, b: int, c: float) -> None:
             console.print(f"  {v}: batch {b} x {c:g} cores measured", highlight=False)
 
-        ps, entry = profile_version(p, grid, budget, progress=step)
+        ps, entry = profile_version(p, grid, budget, progress=step, extrapolate=extrapolate)
         total = total.merged(ps).model_copy(update={"machine": ps.machine})
         console.print(f"{p}: cached as {entry}", highlight=False)
     total.save(out)
     print_profile(total, console)
     console.print(f"wrote {out}")
+
+
+def _range_text(v: object) -> str:
+    """`0.5-2 (planners stay inside)`, `... (extrapolated)` or `not recorded`."""
+    from tidal.core.profile import VariantProfile
+
+    assert isinstance(v, VariantProfile)
+    if v.cores_measured is None:
+        return "not recorded"
+    lo, hi = v.cores_measured
+    return f"{lo:g}-{hi:g} " + ("(extrapolated)" if v.extrapolate else "(planners stay inside)")
 
 
 def print_profile(ps: object, console: Console) -> None:
@@ -241,7 +267,7 @@ def print_profile(ps: object, console: Console) -> None:
     assert isinstance(ps, ProfileSet)
     t = Table(title=f"profile ({ps.source})")
     for col in ("variant", "points", "gamma", "delta", "epsilon", "eta", "R^2", "worst rel",
-                "p99/p50", "cold s", "l(1,1) ms", "l(8,2) ms"):  # fmt: skip
+                "p99/p50", "cold s", "l(1,1) ms", "l(8,2) ms", "cores measured"):  # fmt: skip
         t.add_column(col)
 
     def g(x: float) -> str:
@@ -253,6 +279,7 @@ def print_profile(ps: object, console: Console) -> None:
             v.name, str(len(v.points)), g(f.gamma), g(f.delta), g(f.epsilon),
             g(f.eta), f"{f.r2:.3f}", f"{f.max_rel_residual:.3f}", f"{f.p99_ratio:.2f}",
             f"{v.load_time_s:.2f}", f"{v.latency_ms(1, 1):.1f}", f"{v.latency_ms(8, 2):.1f}",
+            _range_text(v),
         )  # fmt: skip
     console.print(t)
 

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from tidal.core.errors import TidalError, first_error
 
@@ -71,6 +71,28 @@ class VariantProfile(BaseModel):
     max_useful_cores: float | None = Field(
         default=None, description="Where the speed-up flattens (Amdahl cap); None = no cap."
     )
+    cores_measured: tuple[float, float] | None = Field(
+        default=None,
+        description="(fewest, most) cores per replica measured; None: not recorded (older "
+        "files, synthetic profiles). Planners stay inside it unless `extrapolate`.",
+    )
+    extrapolate: bool = Field(
+        default=False, description="The fit may be used outside `cores_measured` (opt-in)."
+    )
+
+    @field_validator("cores_measured")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] <= v[1]:
+            raise ValueError(f"cores_measured must be 0 < fewest <= most, got {v}")
+        return v
+
+    def core_bounds(self) -> tuple[float, float] | None:
+        """The cores per replica a planner may use: `cores_measured`, or None (no bound) when
+        extrapolation is allowed or no range was recorded."""
+        if self.extrapolate or self.cores_measured is None:
+            return None
+        return self.cores_measured
 
     def latency_ms(self, batch: int | float, cores: float) -> float:
         """Fitted p50 latency (ms) of a batch of `batch` on `cores` cores."""

@@ -70,11 +70,24 @@ def core_grid(max_cores: float, step: float = 0.5, minimum: float | None = None)
 
 
 def max_cores_per_replica(profile: VariantProfile, capacity: Capacity) -> float:
-    """A replica cannot span nodes; vertical scaling stops where the speed-up flattens."""
+    """A replica cannot span nodes; vertical scaling stops where the speed-up flattens, and
+    at the most cores the profile measured (`VariantProfile.core_bounds`: no extrapolation
+    unless the profile allows it)."""
     cap = capacity.cores_per_node
     if profile.max_useful_cores is not None:
         cap = min(cap, profile.max_useful_cores)
+    bounds = profile.core_bounds()
+    if bounds is not None:
+        cap = min(cap, bounds[1])
     return cap
+
+
+def min_cores_per_replica(profile: VariantProfile) -> float:
+    """The fewest cores per replica a planner may give `profile`: the fewest it measured
+    (`VariantProfile.core_bounds`), or 0 when no range is recorded or extrapolation is
+    allowed."""
+    bounds = profile.core_bounds()
+    return 0.0 if bounds is None else bounds[0]
 
 
 def fits(plan: Plan, capacity: Capacity) -> bool:

@@ -81,6 +81,33 @@ def capacity_line(
     return float(a), float(b)
 
 
+def useful_cores(line: tuple[float, float] | None, ks: list[int], lam: float) -> int:
+    """The most cores worth giving one variant: the fewest in `ks` whose capacity carries the
+    whole load `lam` (more only cost more: the objective charges every core and the share is
+    at most 1); `ks[-1]` if none does; `ks[0]` if capacity does not grow with cores. Pruning
+    the larger sizes leaves the optimum unchanged and tightens the MILP's big-M bound."""
+    if line is None or line[0] <= 0:
+        return ks[0]
+    for k in ks:
+        if cap(line, k) >= lam - 1e-9:
+            return k
+    return ks[-1]
+
+
+def core_range(
+    v: VariantProfile, ks: list[int], line: tuple[float, float] | None, lam: float
+) -> tuple[int, int]:
+    """(fewest, most) cores variable `n` of `v` may take when on: the core options `ks`,
+    inside the cores the profile measured (`VariantProfile.core_bounds`), and no more than
+    `useful_cores`. ``fewest > most`` means the variant cannot be used."""
+    low, top = ks[0], useful_cores(line, ks, lam)
+    bounds = v.core_bounds()
+    if bounds is not None:
+        low = max(low, math.ceil(bounds[0] - 1e-9))
+        top = min(top, math.floor(bounds[1] + 1e-9))
+    return low, top
+
+
 def cap(line: tuple[float, float] | None, n: float, factor: float = 0.8) -> float:
     """InfAdapter's capacity of `n` cores (may be negative: that size is then unusable)."""
     if line is None:
@@ -212,13 +239,14 @@ class InfAdapter:
             pick: dict[int, float] = {}
             for v in st.variants:
                 line = capacity_line(v, ks, sla, self.capacity)
+                low, top = core_range(v, ks, line, lam)
                 on = m.var(f"on[{s},{v.name}]", binary=True)
-                n = m.var(f"n[{s},{v.name}]", lb=0, ub=ks[-1], integer=True, obj=-0.05 / budget)
+                n = m.var(f"n[{s},{v.name}]", lb=0, ub=top, integer=True, obj=-0.05 / budget)
                 ld = m.var(f"share[{s},{v.name}]", lb=0.0, ub=1.0, obj=v.accuracy)
                 var[(s, v.name)] = (on, n, ld)
-                m.constrain({n: 1.0, on: -float(ks[0])}, lb=0.0, name=f"n>=min*on {v.name}@{s}")
-                m.constrain({n: 1.0, on: -float(ks[-1])}, ub=0.0, name=f"n<=max*on {v.name}@{s}")
-                if line is None:
+                m.constrain({n: 1.0, on: -float(low)}, lb=0.0, name=f"n>=min*on {v.name}@{s}")
+                m.constrain({n: 1.0, on: -float(top)}, ub=0.0, name=f"n<=top*on {v.name}@{s}")
+                if line is None or low > top:
                     m.constrain({on: 1.0}, ub=0.0, name=f"{v.name}@{s} misses the SLA")
                 else:  # lambda*share <= 0.8*(a*n + b*on); share <= on
                     a, b = line
@@ -322,6 +350,13 @@ class InfAdapter:
         sla = ctx.slo_ms / len(ctx.stages)
         choices = []
         for st in ctx.stages:
-            best = max(st.variants, key=lambda v: cap(capacity_line(v, [k], sla, "auto"), k))
-            choices.append(Choice({best.name: k}, {best.name: 1.0}))
+
+            def size(v: VariantProfile) -> int:  # the budget, inside the measured cores
+                b = v.core_bounds()
+                return k if b is None else max(1, min(k, math.floor(b[1] + 1e-9)))
+
+            best = max(
+                st.variants, key=lambda v: cap(capacity_line(v, [size(v)], sla, "auto"), size(v))
+            )
+            choices.append(Choice({best.name: size(best)}, {best.name: 1.0}))
         return self.to_plan(ctx, choices, lam, reason)

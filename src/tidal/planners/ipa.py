@@ -140,10 +140,16 @@ class IpaOptions(IpaCommonOptions):
 
 def variant_cores(v: VariantProfile, stage_sla_ms: float, node_cores: float) -> float:
     """IPA's per-variant container size (reconstructed): the fewest cores among 1, 2, 4, ...
-    (up to the node and the profile's `max_useful_cores`) whose batch-1 p99 is at most half the
-    stage's SLA share; the largest such size if none is."""
+    (up to the node, the profile's `max_useful_cores` and its measured range) whose batch-1 p99
+    is at most half the stage's SLA share; the largest such size if none is."""
     top = node_cores if v.max_useful_cores is None else min(node_cores, v.max_useful_cores)
-    c = 1.0
+    bounds = v.core_bounds()  # never outside the cores the profile measured
+    lo = 1.0
+    if bounds is not None:
+        top = min(top, bounds[1])
+        while lo < bounds[0] - 1e-9 and lo * 2 <= top + 1e-9:
+            lo *= 2
+    c = lo
     while c * 2 <= top + 1e-9 and v.p99_ms(1, c) > 0.5 * stage_sla_ms:
         c *= 2
     return min(c, top) if top >= 1 else top

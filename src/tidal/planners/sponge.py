@@ -33,6 +33,7 @@ ties), flagged ``feasible=False``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,7 @@ from tidal.planners.common import (
     check_context,
     fits,
     max_cores_per_replica,
+    min_cores_per_replica,
     pick_variants,
     queue_ms,
     stage_plan,
@@ -127,7 +129,8 @@ class Sponge:
         self, profile: VariantProfile, lam: float, budgets_ms: np.ndarray, slo_ms: float, c_max: int
     ) -> SpongeChoice:
         """Solve the IP for one stage (budgets in EDF order, ms)."""
-        cores = list(range(1, c_max + 1))
+        lo = max(1, math.ceil(min_cores_per_replica(profile) - 1e-9))
+        cores = list(range(min(lo, c_max), c_max + 1))  # inside the measured range
         batches = list(range(1, self.max_batch + 1))
         all_pairs = [(b, c) for c in cores for b in batches]
         budgets = np.sort(np.asarray(budgets_ms, dtype=np.float64))

@@ -8,30 +8,43 @@ Knobs, fastest first:
 
 Each decision (every second):
 1. Rates. `r_fast` is the mean observed rate of the last `fast_window_s` seconds (3 s: one
-   second's count is Poisson noise of sd sqrt(rate)). `r_slow`, the rate replicas are sized
-   for over the cold-start horizon, is the highest `fast_window_s`-mean of the last
-   `slow_window_s` seconds; it becomes max(r_slow, forecast) only while the forecast has
-   beaten the observed rate on this trace: every decision logs (forecast, observed level), and
-   once the horizon has passed the realized peak scores both (absolute error, under-prediction
-   weighted `under_weight`x since it costs violations); the forecast is used only if its
-   running error is lower (`forecast="auto"`; "never" / "always" force it).
-2. The target plan: the joint problem over replicas x cores x batch of all stages (Themis'
-   optimal DP, `tidal.planners.themis.solve`) for ``r_slow / utilization`` with the latency of
-   every stage's p99 plus the batch-filling delay, within the SLO.
-3. SLO at risk (checked every second, acted on at once): the plan in force cannot carry
-   ``r_fast`` at `risk_utilization`, or its latency misses the SLO, or a queued request would
-   miss its own deadline (per-request slack, Sponge's check: the entry stage's EDF queue served
-   in batches back-to-back must finish within `budget_margin` x each remaining budget after the
-   other stages' latency). Then: grow cores in place at once keeping the replicas (the fastest
-   knob), sized for the target rate; if cores alone cannot, start replicas (keeping the larger
-   cores until they are ready, as Themis).
+   second's count is Poisson noise of sd sqrt(rate)). The observed level is the highest
+   `fast_window_s` mean of the last `slow_window_s` seconds. Replicas are sized for the level
+   times its *hedge*: the `coverage` (95%) quantile of (realized peak over the next cold-start
+   horizon) / (level), measured on the last `hedge_window_s` of this trace's own arrivals
+   (`tidal.planners.headroom`), shrunk towards `prior_hedge` (1.25 = the project's default
+   0.8 utilisation) as if the prior were 20 samples. Light, smooth load measures a hedge of a
+   few percent; bursty load a larger one; before any history, the prior. The forecast
+   replaces the level only while, on the decisions scored so far, the forecast hedged to the
+   same coverage asks for fewer req/s than the hedged level (`forecast="auto"`; "never" /
+   "always" force it): a forecast is used only where it beats the observed rate, at equal
+   coverage.
+2. The target plan: the joint problem over replicas x cores x batch of all stages (the DP of
+   `tidal.planners.dp`), minimizing total cores, where every stage's latency is its batch p99
+   + the time to fill the batch + the `wait_quantile` (99%) queueing wait behind earlier
+   batches (Erlang C with the Allen-Cunneen M/D/n correction, `headroom.wait_ms`) at the
+   hedged rate, and the sum must fit the SLO: the headroom is the queueing delay against the
+   actual slack, not a constant; `utilization` (0.95) only caps it where the model is flat.
+3. SLO at risk (checked every second, acted on at once): at `r_fast`, the plan in force's
+   processing + queueing wait misses the SLO, or a queued request would miss its own deadline
+   (per-request slack, Sponge's check: the entry stage's EDF queue served in batches
+   back-to-back must finish within `budget_margin` x each remaining budget after the other
+   stages' latency). Then: grow cores in place at once keeping the replicas (the fastest
+   knob), sized for ``r_fast`` x hedge, and in the same change start the cheaper target's
+   replicas (the bridged cores shrink once they are ready); if the node has no room in place,
+   the target, or, if the target's consolidation would dip below ``r_fast`` while its
+   resizes take effect, more replicas of today's size.
 4. Otherwise hysteresis: a change that is not urgent waits `hold_s` after the previous change,
-   a cheaper target must stay cheaper by `down_gain` for `scale_down_after_s`, and no
-   non-urgent change is made once `max_changes_per_hour` changes happened in the last hour.
-   Growth towards the target (r_slow rose) is non-urgent.
+   a cheaper target must stay cheaper by `down_gain` for `scale_down_after_s` (`hold_s` after
+   an in-place bridge), and no non-urgent change is made once `max_changes_per_hour` changes
+   happened in the last hour. Growth towards the target (the hedged level rose beyond what the
+   plan in force carries) is non-urgent and goes straight to the target (there is time for a
+   cold start). Every move avoids a dip: added replicas keep the larger cores until ready,
+   removed replicas wait until the remaining ones' larger cores are in place.
 5. The node constraint is joint: a plan whose replicas (all stages together) cannot be placed
    on the nodes (first-fit decreasing) is never chosen; if even the cheapest cannot, the plan
-   in force is kept and flagged infeasible.
+   that carries the most the nodes can (overload). Cores stay inside the profile's measured
+   range (`VariantProfile.core_bounds`).
 
 Pure and deterministic: all memory (change times, forecast scores, the pending target) is in
 `TidalState`, passed in and out.
@@ -39,8 +52,9 @@ Pure and deterministic: all memory (change times, forecast scores, the pending t
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import numpy as np
 from pydantic import Field
@@ -54,7 +68,28 @@ from tidal.planners.base import (
     VariantChoice,
     register,
 )
-from tidal.planners.common import check_context, current_stage, fits, pick_variants
+from tidal.planners.common import (
+    BATCHES,
+    check_context,
+    current_stage,
+    fits,
+    min_cores_per_replica,
+    pick_variants,
+    queue_ms,
+    replicas_needed,
+    stage_latency_ms,
+    stage_plan,
+)
+from tidal.planners.dp import Option, min_cost
+from tidal.planners.headroom import (
+    hedge,
+    measured_history,
+    observed_level,
+    peak_ratios,
+    poisson_prior,
+    sliding_means,
+    wait_ms,
+)
 from tidal.planners.themis import Themis
 
 
@@ -62,20 +97,23 @@ class TidalOptions(PlannerOptions):
     """Options of `tidal` (project defaults, chosen on days 14-17 of the Twitter trace only)."""
 
     utilization: float = Field(
-        0.8, gt=0, le=1, description="Target utilisation of the replica plan (headroom)."
+        0.95, gt=0, le=1, description="Highest planned utilisation at the hedged rate."
     )
-    risk_utilization: float = Field(
-        0.95, gt=0, le=1, description="SLO at risk above this utilisation at the fast rate."
+    coverage: float = Field(
+        0.95, gt=0.5, lt=1, description="Quantile of the measured peak/prediction ratio covered."
+    )
+    wait_quantile: float = Field(
+        0.99, gt=0.5, lt=1, description="Quantile of the queueing wait kept within the slack."
+    )
+    hedge_window_s: int = Field(
+        600, ge=60, le=7200, description="History whose peak/level ratios set the hedge (s)."
+    )
+    prior_hedge: float = Field(
+        1.25, ge=1, le=4, description="Hedge before measurements (1/0.8: the default headroom)."
     )
     fast_window_s: int = Field(3, ge=1, le=60, description="Window of the fast rate (s).")
     slow_window_s: int = Field(
-        30, ge=1, le=1200, description="Window whose peak block sizes the replicas (s)."
-    )
-    slow_block_s: int = Field(
-        3, ge=1, le=600, description="Block of the slow window: its highest mean counts."
-    )
-    urgent_margin: float = Field(
-        0.2, ge=0, le=10, description="Extra rate fraction planned for on an urgent growth."
+        30, ge=1, le=1200, description="Observed level: highest fast mean of this window (s)."
     )
     hold_s: float = Field(60.0, ge=0, le=3600, description="Least time between non-urgent changes.")
     scale_down_after_s: float = Field(
@@ -93,9 +131,6 @@ class TidalOptions(PlannerOptions):
     forecast: Literal["auto", "never", "always"] = Field(
         "auto", description="Use the forecast: when it beats the observed rate, never, always."
     )
-    under_weight: float = Field(
-        3.0, ge=1, le=100, description="Forecast scoring: weight of under-prediction."
-    )
     core_step: float = Field(0.5, gt=0, le=8, description="Grid step of cores per replica.")
     variant: VariantChoice = Field(None, description="Fixed variant per stage.")
 
@@ -103,15 +138,25 @@ class TidalOptions(PlannerOptions):
 @dataclass(frozen=True)
 class TidalState:
     """Change times (last hour), when the target became cheaper, the target being moved to,
-    and the forecast-vs-observed scores."""
+    the forecasts waiting to be scored and the scored (forecast, observed level, peak)."""
 
     changes: tuple[float, ...] = ()
     cheaper_since: float | None = None
     target: Plan | None = None
     log: tuple[tuple[float, float, float], ...] = ()  # (t, forecast, observed level)
-    err_forecast: float = 0.0
-    err_observed: float = 0.0
-    scored: int = 0
+    scored: tuple[tuple[float, float, float], ...] = ()  # (forecast, observed level, peak)
+    bridged: bool = False  # the plan in force is an in-place bridge over a cold start
+
+
+@dataclass(frozen=True)
+class Rates:
+    """One decision's rates: the fast mean, the hedged rate replicas are sized for, and the
+    observed level's hedge (peak/level quantile) that also sizes an urgent growth."""
+
+    fast: float
+    slow: float
+    hedge: float
+    forecast_used: bool
 
 
 @register("tidal")
@@ -125,110 +170,200 @@ class Tidal:
 
     def __init__(
         self,
-        utilization: float = 0.8,
-        risk_utilization: float = 0.95,
+        utilization: float = 0.95,
+        coverage: float = 0.95,
+        wait_quantile: float = 0.99,
+        hedge_window_s: int = 600,
+        prior_hedge: float = 1.25,
         fast_window_s: int = 3,
         slow_window_s: int = 30,
-        slow_block_s: int = 3,
-        urgent_margin: float = 0.2,
         hold_s: float = 60.0,
         scale_down_after_s: float = 120.0,
         down_gain: float = 0.1,
         max_changes_per_hour: int = 60,
         budget_margin: float = 0.9,
         forecast: str = "auto",
-        under_weight: float = 3.0,
         core_step: float = 0.5,
         variant: VariantChoice = None,
     ) -> None:
-        self.utilization, self.risk_utilization = utilization, risk_utilization
+        self.utilization, self.coverage = utilization, coverage
+        self.wait_quantile, self.hedge_window_s = wait_quantile, hedge_window_s
+        self.prior_hedge = prior_hedge
         self.fast_window_s, self.slow_window_s = fast_window_s, slow_window_s
-        self.slow_block_s, self.urgent_margin = slow_block_s, urgent_margin
         self.hold_s, self.scale_down_after_s = hold_s, scale_down_after_s
         self.down_gain, self.max_changes = down_gain, max_changes_per_hour
-        self.budget_margin, self.forecast, self.under_weight = budget_margin, forecast, under_weight
+        self.budget_margin, self.forecast = budget_margin, forecast
         self.variant = variant
-        # the joint DP and the Amdahl cap are Themis' (at this planner's utilisation)
+        # the core grids and the Amdahl cap are Themis'; `_full` (utilisation 1, no wait
+        # term) finds the most the nodes carry under overload
         self._dp = Themis(core_step=core_step, utilization=utilization, variant=variant)
         self._full = Themis(core_step=core_step, utilization=1.0, variant=variant)
 
     # ---- rates -------------------------------------------------------------------------
-    def horizon_s(self, chosen: list[VariantProfile]) -> float:
+    def horizon_s(self, chosen: list[VariantProfile]) -> int:
         """How far ahead replica decisions must look: the slowest cold start (>= 10 s)."""
-        return max(10.0, max(v.load_time_s for v in chosen))
+        return int(math.ceil(max(10.0, max(v.load_time_s for v in chosen))))
 
-    def rates(
-        self, ctx: PlanContext, st: TidalState, horizon: float
-    ) -> tuple[float, float, TidalState]:
-        """(r_fast, r_slow) and the state with the forecast scores updated."""
-        hist = np.asarray(ctx.rate_history, dtype=np.float64)
-        r_fast = ctx.observed_mean(self.fast_window_s)
-        r_obs = r_fast
-        if len(hist):
-            tail = hist[-self.slow_window_s :]
-            k = max(1, min(self.slow_block_s, len(tail)))
-            blocks = [float(b.mean()) for b in np.array_split(tail, max(1, len(tail) // k))]
-            r_obs = max(blocks)
-        st = self.score(ctx, st, hist, r_obs, horizon)
-        r_slow = r_obs
+    def rates(self, ctx: PlanContext, st: TidalState, horizon: int) -> tuple[Rates, TidalState]:
+        """This decision's `Rates` and the state with the forecast scores updated.
+
+        The observed level is the highest `fast_window_s` mean of the last `slow_window_s`;
+        its hedge is the `coverage` quantile of (realized peak over the next `horizon`) /
+        (level), measured on the last `hedge_window_s` of the rate history. The forecast
+        replaces the level only when, on the scored decisions, hedging it to the same coverage
+        costs less than hedging the level (`forecast="auto"`)."""
+        k, w = self.fast_window_s, self.slow_window_s
+        hist = measured_history(ctx.rate_history[-(self.hedge_window_s + w) :])
+        r_fast = ctx.observed_mean(k)
+        level = max(observed_level(hist, k, w), r_fast)
+        prior = max(self.prior_hedge, poisson_prior(level, k))
+        h_obs = max(1.0, hedge(peak_ratios(hist, k, w, horizon), self.coverage, prior))
+        st = self.score(ctx, st, hist, level, horizon)
+        slow, used = level * h_obs, False
         fc = ctx.forecast
-        use = self.forecast == "always" or (
-            self.forecast == "auto" and st.scored >= 5 and st.err_forecast < st.err_observed
-        )
-        if fc is not None and use:
-            r_slow = max(r_obs, fc)
-        return r_fast, r_slow, st
+        if fc is not None and self.forecast != "never":
+            h_fc = self.forecast_hedge(st)
+            if self.forecast == "always" or self.forecast_cheaper(st):
+                slow, used = fc * (h_fc if h_fc is not None else 1.0), True
+        return Rates(r_fast, max(slow, r_fast), h_obs, used), st
+
+    def forecast_hedge(self, st: TidalState) -> float | None:
+        """The forecast's hedge (its peak/forecast quantile), None until 20 are scored."""
+        sc = st.scored
+        ratios = [pk / f for f, _, pk in sc if f > 0]
+        return hedge(ratios, self.coverage, math.nan) if len(ratios) >= 20 else None
+
+    def forecast_cheaper(self, st: TidalState) -> bool:
+        """On the scored decisions, the forecast hedged to `coverage` asks for fewer req/s on
+        average than the observed level hedged to the same coverage."""
+        sc = st.scored
+        h_fc = self.forecast_hedge(st)
+        if h_fc is None:
+            return False
+        obs = [o for _, o, _ in sc]
+        h_o = hedge([pk / o for _, o, pk in sc if o > 0], self.coverage, math.nan)
+        return h_fc * float(np.mean([f for f, _, _ in sc])) < h_o * float(np.mean(obs))
 
     def score(
-        self, ctx: PlanContext, st: TidalState, hist: np.ndarray, r_obs: float, horizon: float
+        self, ctx: PlanContext, st: TidalState, hist: np.ndarray, level: float, horizon: int
     ) -> TidalState:
-        """Score logged (forecast, observed) pairs whose horizon has passed against the
-        realized peak of the fast-window means; log this decision's pair."""
-        log, ef, eo, n = list(st.log), st.err_forecast, st.err_observed, st.scored
-        keep = []
+        """Score logged (forecast, level) pairs whose horizon has passed against the realized
+        peak of the fast-window means; log this decision's pair."""
+        keep, scored = [], list(st.scored)
         k = self.fast_window_s
-        for t, fc, ob in log:
+        for t, fc, ob in st.log:
             age = ctx.now - t
             if age < horizon:
                 keep.append((t, fc, ob))
                 continue
             lo = len(hist) - int(round(age))
-            seg = hist[max(0, lo) : max(0, lo) + int(round(horizon))]
+            seg = hist[max(0, lo) : max(0, lo) + horizon]
             if len(seg) < k:
                 continue
-            peak = float(np.convolve(seg, np.ones(k) / k, mode="valid").max())
-            ef = 0.9 * ef + 0.1 * self.loss(fc, peak)
-            eo = 0.9 * eo + 0.1 * self.loss(ob, peak)
-            n += 1
+            scored.append((fc, ob, float(sliding_means(seg, k).max())))
         if ctx.forecast is not None:
-            keep.append((ctx.now, float(ctx.forecast), r_obs))
-        return replace(st, log=tuple(keep[-600:]), err_forecast=ef, err_observed=eo, scored=n)
+            keep.append((ctx.now, float(ctx.forecast), level))
+        return replace(st, log=tuple(keep[-600:]), scored=tuple(scored[-self.hedge_window_s :]))
 
-    def loss(self, predicted: float, actual: float) -> float:
-        err = actual - predicted
-        return err * self.under_weight if err > 0 else -err
+    # ---- the queueing model ----------------------------------------------------------------
+    def options(
+        self,
+        ctx: PlanContext,
+        chosen: list[VariantProfile],
+        lam: float,
+        replicas: list[int] | None = None,
+        cores: list[float] | None = None,
+    ) -> list[list[Option]]:
+        """Per stage, every (n, c, b) that carries `lam` below `utilization`, with its
+        latency: p99 of a batch + the time to fill it + the `wait_quantile` wait behind
+        earlier batches (`tidal.planners.headroom.wait_ms`). `replicas` fixes n, `cores` c.
+        Cores stay inside the profile's measured range (`core_bounds`)."""
+        out: list[list[Option]] = []
+        cap = ctx.capacity
+        for i, (v, grid) in enumerate(zip(chosen, self._dp.grids(ctx, chosen), strict=True)):
+            cand: list[tuple[int, int, float]] = []  # (n, b, c)
+            lo = min_cores_per_replica(v)
+            for c in grid if cores is None else [cores[i]]:
+                if c < lo - 1e-9:
+                    continue
+                slots = cap.nodes * int(cap.cores_per_node // c + 1e-9)
+                for b in BATCHES:
+                    n0 = replicas_needed(v, b, c, lam / self.utilization)
+                    if replicas is not None:
+                        ns = [replicas[i]] if n0 <= replicas[i] <= slots else []
+                    else:  # more replicas than needed only shorten the wait
+                        ns = list(range(n0, min(slots, 2 * n0 + 2) + 1))
+                    cand += [(n, b, c) for n in ns]
+            if not cand:
+                out.append([])
+                continue
+            wait = wait_ms(
+                np.asarray([n for n, _, _ in cand]),
+                np.asarray([b for _, b, _ in cand]),
+                np.asarray([v.latency_ms(b, c) for _, b, c in cand]),
+                lam,
+                self.wait_quantile,
+                v.fit.p99_ratio,
+            )
+            opts = []
+            for (n, b, c), w in zip(cand, wait.tolist(), strict=True):
+                lat = stage_latency_ms(v, b, c, lam) + w
+                if math.isfinite(lat):
+                    opts.append(Option(lat, n * c, (n, c, b)))
+            out.append(opts)
+        return out
+
+    def solve(
+        self,
+        ctx: PlanContext,
+        chosen: list[VariantProfile],
+        lam: float,
+        replicas: list[int] | None = None,
+        cores: list[float] | None = None,
+    ) -> Plan | None:
+        """The cheapest plan for `lam` within the SLO under the queueing model (the DP)."""
+        opts = self.options(ctx, chosen, lam, replicas, cores)
+        picked = min_cost(opts, ctx.slo_ms, ctx.slo_ms / 2000)
+        if picked is None:
+            return None
+        return Plan(
+            stages=tuple(
+                stage_plan(st.stage, v.name, *o.payload)
+                for st, v, o in zip(ctx.stages, chosen, picked, strict=True)
+            )
+        )
+
+    def latency_ms(self, plan: Plan, chosen: list[VariantProfile], lam: float) -> list[float]:
+        """Per stage: the planned latency of `plan` at `lam` (inf if it cannot carry it)."""
+        out = []
+        for sp, v in zip(plan.stages, chosen, strict=True):
+            wait = wait_ms(
+                np.asarray([sp.replicas]),
+                np.asarray([sp.batch]),
+                np.asarray([v.latency_ms(sp.batch, sp.cores)]),
+                lam,
+                self.wait_quantile,
+                v.fit.p99_ratio,
+            )
+            out.append(v.p99_ms(sp.batch, sp.cores) + float(wait[0]))
+        return out
 
     # ---- checks --------------------------------------------------------------------------
     def at_risk(self, ctx: PlanContext, plan: Plan, chosen: list[VariantProfile], r: float) -> bool:
-        """The plan cannot carry `r` at `risk_utilization`, misses the SLO, or a queued
-        request would miss its own deadline."""
-        lat = 0.0
-        lats = []
+        """At `r`, the plan's queueing wait plus processing misses the SLO (or it cannot
+        carry `r` at all), or a queued request would miss its own deadline."""
         for st, v in zip(ctx.stages, chosen, strict=True):
             sp = next((s for s in plan.stages if s.stage == st.stage), None)
             if sp is None or sp.variants[0].name != v.name:
                 return True
-            if sp.replicas * v.throughput(sp.batch, sp.cores) * self.risk_utilization < r:
-                return True
-            # processing latency only: the batcher dispatches partial batches, so the time to
-            # fill a batch at a lower rate is not a risk (counting it flapped the plan)
-            lats.append(v.p99_ms(sp.batch, sp.cores))
-            lat += lats[-1]
-        if lat > ctx.slo_ms + 1e-9:
+        # processing + wait only: the batcher dispatches partial batches, so the time to
+        # fill a batch at a lower rate is not a risk (counting it flapped the plan)
+        lats = self.latency_ms(plan, chosen, r)
+        if sum(lats) > ctx.slo_ms + 1e-9:
             return True
         if ctx.budgets_ms:
             sp0, v0 = plan.stages[0], chosen[0]
-            rest = lat - lats[0]
+            rest = sum(lats[1:])
             per = max(1, sp0.replicas * sp0.batch)
             q = np.arange(len(ctx.budgets_ms))
             finish = (q // per + 1) * v0.p99_ms(sp0.batch, sp0.cores) + rest
@@ -242,27 +377,22 @@ class Tidal:
         check_context(ctx)
         st = ctx.state if isinstance(ctx.state, TidalState) else TidalState()
         chosen = pick_variants(ctx, self.variant)
-        r_fast, r_slow, st = self.rates(ctx, st, self.horizon_s(chosen))
+        rates, st = self.rates(ctx, st, self.horizon_s(chosen))
         st = replace(st, changes=tuple(t for t in st.changes if ctx.now - t < 3600.0))
-        plan, st = self._decide(ctx, st, chosen, r_fast, r_slow)
+        plan, st = self._decide(ctx, st, chosen, rates)
         if ctx.current is None or plan.stages != ctx.current.stages:
             st = replace(st, changes=(*st.changes, ctx.now))
         return plan, st
 
     def _target(self, ctx: PlanContext, chosen: list[VariantProfile], lam: float) -> Plan | None:
-        """The cheapest plan for `lam` at `utilization` that fits the nodes jointly."""
-        p = self._dp.solve(replace(ctx, forecast=lam), chosen)
+        """The cheapest plan for `lam` that fits the nodes jointly."""
+        p = self.solve(ctx, chosen, lam)
         return p if p is not None and fits(p, ctx.capacity) else None
 
     def _decide(
-        self,
-        ctx: PlanContext,
-        st: TidalState,
-        chosen: list[VariantProfile],
-        r_fast: float,
-        r_slow: float,
+        self, ctx: PlanContext, st: TidalState, chosen: list[VariantProfile], rates: Rates
     ) -> tuple[Plan, TidalState]:
-        lam = max(r_fast, r_slow)
+        r_fast, lam = rates.fast, rates.slow
         target = self._target(ctx, chosen, lam)
         cur = ctx.current
         if cur is None:
@@ -271,16 +401,18 @@ class Tidal:
             return target, replace(st, cheaper_since=None, target=None)
         # a transition in progress: shrink cores once the new replicas are ready
         if st.target is not None:
-            starting = any(ctx.pending.starting_replicas.get(s.stage, 0) > 0 for s in ctx.stages)
+            starting = bool(ctx.pending.resizing_stages) or any(
+                ctx.pending.starting_replicas.get(s.stage, 0) > 0 for s in ctx.stages
+            )
             if not starting and not self.at_risk(ctx, st.target, chosen, r_fast):
                 return st.target, replace(st, target=None)
             if starting:
                 return cur, st
             st = replace(st, target=None)
-        if self.at_risk(ctx, cur, chosen, r_fast):  # urgent: fastest knob first, with margin
-            lam_u = lam * (1.0 + self.urgent_margin)
+        if self.at_risk(ctx, cur, chosen, r_fast):  # urgent: fastest knob first, hedged
+            lam_u = max(lam, r_fast * rates.hedge)
             grown, st2 = self._grow(
-                ctx, st, chosen, lam_u, self._target(ctx, chosen, lam_u) or target
+                ctx, st, chosen, lam_u, self._target(ctx, chosen, lam_u) or target, r_fast
             )
             # an urgent change must add capacity (>= 5%); else re-solving each second for a
             # noisy rate flaps the plan without helping (measured: 800 changes/hour)
@@ -294,16 +426,28 @@ class Tidal:
         quiet = not st.changes or ctx.now - st.changes[-1] >= self.hold_s - 1e-9
         budget_left = len(st.changes) < self.max_changes
         if target.total_cores > cur.total_cores + 1e-9:  # the level rose: grow, not urgent
-            if quiet and budget_left:
-                return self._grow(ctx, st, chosen, lam, target)
+            if quiet and budget_left and not self._carries(cur, chosen, lam, ctx.slo_ms):
+                # not urgent: there is time for a cold start, so no in-place bridge
+                st = replace(st, cheaper_since=None, bridged=False)
+                return self._replicas_first(ctx, st, chosen, lam, target, r_fast)
             return cur, st
         if target.total_cores < (1.0 - self.down_gain) * cur.total_cores - 1e-9:
             since = ctx.now if st.cheaper_since is None else st.cheaper_since
             st = replace(st, cheaper_since=since)
-            if ctx.now - since >= self.scale_down_after_s - 1e-9 and quiet and budget_left:
-                return self._move(ctx, replace(st, cheaper_since=None), target)
+            wait = self.hold_s if st.bridged else self.scale_down_after_s
+            if ctx.now - since >= wait - 1e-9 and quiet and budget_left:
+                moved = self._move(
+                    ctx, replace(st, cheaper_since=None, bridged=False), target, r_fast
+                )
+                return moved if moved is not None else (cur, st)
             return cur, st
         return cur, replace(st, cheaper_since=None)
+
+    def _carries(self, plan: Plan, chosen: list[VariantProfile], lam: float, slo: float) -> bool:
+        """The plan in force already carries `lam` within the SLO (a more expensive target
+        is then no reason to change)."""
+        fill = sum(queue_ms(sp.batch, lam) for sp in plan.stages)
+        return sum(self.latency_ms(plan, chosen, lam)) + fill <= slo + 1e-9
 
     def _grow(
         self,
@@ -312,36 +456,94 @@ class Tidal:
         chosen: list[VariantProfile],
         lam: float,
         target: Plan | None,
+        r_now: float,
     ) -> tuple[Plan, TidalState]:
-        """Cores in place with the replicas in force, else the target (replicas first)."""
+        """Cores in place with the replicas in force, else the target (replicas first), else
+        (the target's consolidation would dip below `r_now`) more replicas of today's size."""
         assert ctx.current is not None
         reps = [current_stage(ctx, s.stage) for s in ctx.stages]
         st = replace(st, cheaper_since=None)
         if all(r is not None for r in reps):
-            vert = self._dp.solve(
-                replace(ctx, forecast=lam), chosen, [r.replicas for r in reps if r is not None]
-            )
+            vert = self.solve(ctx, chosen, lam, [r.replicas for r in reps if r is not None])
             if vert is not None and fits(vert, ctx.capacity):
-                return vert, st  # the cheaper replica plan follows once it has held
+                adds = target is not None and any(
+                    sp.replicas > (c.replicas if (c := current_stage(ctx, sp.stage)) else 0)
+                    for sp in target.stages
+                )
+                if target is not None and adds and target.total_cores < vert.total_cores - 1e-9:
+                    # bridge in place and start the cheaper plan's replicas at once: the
+                    # bridged cores are kept only until they are ready
+                    plan, st2 = self._move(replace(ctx, current=vert), st, target)
+                    if st2.target is not None:
+                        return plan, st2
+                # the cheaper replica plan follows after `hold_s` (not a scale-down)
+                return vert, replace(st, bridged=True)
         if target is None:
             return self._infeasible(ctx, chosen, lam), st
-        return self._move(ctx, st, target)
+        return self._replicas_first(ctx, st, chosen, lam, target, r_now)
 
-    def _move(self, ctx: PlanContext, st: TidalState, target: Plan) -> tuple[Plan, TidalState]:
-        """Go to `target`; where it adds replicas but shrinks cores, keep the larger cores
-        until the new replicas are ready (never a dip in capacity during a cold start)."""
+    def _replicas_first(
+        self,
+        ctx: PlanContext,
+        st: TidalState,
+        chosen: list[VariantProfile],
+        lam: float,
+        target: Plan,
+        r_now: float,
+    ) -> tuple[Plan, TidalState]:
+        """Move to `target`; if its consolidation would dip below `r_now`, add replicas of
+        today's cores instead (they carry the load once started); the dip only if neither."""
+        moved = self._move(ctx, st, target, r_now)
+        if moved is not None:
+            return moved
+        reps = [current_stage(ctx, s.stage) for s in ctx.stages]
+        if all(r is not None for r in reps):
+            horiz = self.solve(ctx, chosen, lam, cores=[r.cores for r in reps if r is not None])
+            if horiz is not None and fits(horiz, ctx.capacity):
+                return horiz, replace(st, target=None)
+        return self._move(ctx, st, target)  # the dip is the lesser evil
+
+    @overload
+    def _move(self, ctx: PlanContext, st: TidalState, target: Plan) -> tuple[Plan, TidalState]: ...
+
+    @overload
+    def _move(
+        self, ctx: PlanContext, st: TidalState, target: Plan, r_now: float
+    ) -> tuple[Plan, TidalState] | None: ...
+
+    def _move(
+        self, ctx: PlanContext, st: TidalState, target: Plan, r_now: float | None = None
+    ) -> tuple[Plan, TidalState] | None:
+        """Go to `target` without a dip in capacity while changes take effect: where it adds
+        replicas but shrinks cores, keep the larger cores until the new replicas are ready (a
+        cold start); where it removes replicas but grows cores, keep the replicas until the
+        larger cores are in place (an in-place resize is not instant, removing is). The
+        interim must fit the nodes; if it does not, the target at once, except (with
+        `r_now`) None when the remaining replicas at today's cores could not carry `r_now`
+        for the resize: that dip would refuse requests."""
         stages: list[StagePlan] = []
-        grow = False
+        interim_needed = False
+        dip = math.inf  # the least throughput of a consolidating stage during its resize
         for sp in target.stages:
             cur = current_stage(ctx, sp.stage)
             if cur is not None and sp.replicas > cur.replicas and cur.cores > sp.cores:
-                grow = True
+                interim_needed = True
                 stages.append(sp.model_copy(update={"cores": cur.cores, "batch": cur.batch}))
+            elif cur is not None and sp.replicas < cur.replicas and sp.cores > cur.cores:
+                interim_needed = True
+                # today's batch until the cores are in place (a larger batch on the old
+                # cores would be slower than the SLO allows)
+                stages.append(sp.model_copy(update={"replicas": cur.replicas, "batch": cur.batch}))
+                v = next(s.variants for s in ctx.stages if s.stage == sp.stage)
+                prof = next((p for p in v if p.name == sp.variants[0].name), v[0])
+                dip = min(dip, sp.replicas * prof.throughput(sp.batch, cur.cores))
             else:
                 stages.append(sp)
         interim = Plan(stages=tuple(stages))
-        if grow and fits(interim, ctx.capacity):
+        if interim_needed and fits(interim, ctx.capacity):
             return interim, replace(st, target=target)
+        if r_now is not None and dip < r_now:
+            return None
         return target, replace(st, target=None)
 
     def _infeasible(self, ctx: PlanContext, chosen: list[VariantProfile], lam: float) -> Plan:

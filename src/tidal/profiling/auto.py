@@ -170,6 +170,7 @@ def quick_profile(
         load_time_s=load_s,
         resize_s=float(np.median(resize)) if resize else 0.0,
         points=points,
+        cores_measured=(min(p.cores for p in points), max(p.cores for p in points)),
     )
     return QuickResult(prof, len(points), spent, skipped)
 

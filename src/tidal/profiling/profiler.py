@@ -186,8 +186,17 @@ def spec_profile(spec: VariantSpec, fit: LatencyFit, **measured: Any) -> Variant
     )
 
 
-def to_profile(run: VariantRun) -> VariantProfile:
-    """Fit the run's points and wrap them with the catalog's metadata."""
+def measured_range(points: Sequence[ProfilePoint]) -> tuple[float, float] | None:
+    """(fewest, most) cores among measured points; None without points."""
+    if not points:
+        return None
+    cores = [p.cores for p in points]
+    return (min(cores), max(cores))
+
+
+def to_profile(run: VariantRun, extrapolate: bool = False) -> VariantProfile:
+    """Fit the run's points and wrap them with the catalog's metadata, the range of cores
+    measured, and whether planners may use the fit outside it (`extrapolate`, opt-in)."""
     resize = float(np.median(run.resize_apply_s)) if run.resize_apply_s else 0.0
     return spec_profile(
         get_variant(run.name),
@@ -195,6 +204,8 @@ def to_profile(run: VariantRun) -> VariantProfile:
         load_time_s=run.cold_start_s,
         resize_s=resize,
         points=run.points,
+        cores_measured=measured_range(run.points),
+        extrapolate=extrapolate,
     )
 
 
@@ -206,15 +217,19 @@ def profile_variants(
     clock: Clock | None = None,
     progress: ProgressFn | None = None,
     save_to: str | Path | None = None,
+    extrapolate: bool = False,
 ) -> ProfileSet:
     """Measure and fit every variant in `names`; a ProfileSet with machine information.
 
+    Each variant records the cores it was measured at (`cores_measured`); planners stay
+    inside that range unless `extrapolate` (recorded too) allows the fit beyond it.
     With `save_to`, the file is rewritten after each variant, so a long run keeps its results.
     """
     for n in names:
         get_variant(n)  # fail fast on an unknown name, before any measurement
     info: dict[str, Any] = machine_info()
     info["grid"] = {"batches": list(grid.batches), "cores": list(grid.cores)}
+    info["extrapolate"] = extrapolate
     info["budget"] = budget.__dict__.copy()
     info["fit_method"] = (
         "scipy curve_fit of l = gamma*b/c + delta*b + epsilon/c + eta on p50 (coefficients >= 0),"
@@ -227,7 +242,7 @@ def profile_variants(
             os.setpriority(os.PRIO_PROCESS, 0, -10)
     for n in names:
         run = measure_variant(n, grid, budget, clock=clock, progress=progress)
-        variants[n] = to_profile(run)
+        variants[n] = to_profile(run, extrapolate)
         info["cpu_mechanism"] = run.mechanism
         details[n] = {
             "cold_start_breakdown_s": run.cold_start_breakdown,

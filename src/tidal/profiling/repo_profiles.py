@@ -97,6 +97,7 @@ def profile_version(
     *,
     progress: Any = None,
     cache: ProfileCache | None = None,
+    extrapolate: bool = False,
 ) -> tuple[ProfileSet, Path]:
     """Full-grid profile of REPO/<model>/<version>, stored in the cache; (profile set, entry
     path). TidalError naming the path when it is not a version folder of a valid model."""
@@ -113,7 +114,7 @@ def profile_version(
                          f"{[x.version for x in m.versions]}")  # fmt: skip
     m.register()
     t0 = datetime.now(UTC)
-    ps = profile_variants([v.variant], grid, budget, progress=progress)
+    ps = profile_variants([v.variant], grid, budget, progress=progress, extrapolate=extrapolate)
     spent = (datetime.now(UTC) - t0).total_seconds()
     key = cache_key(v.sha256)
     entry = CacheEntry(

@@ -137,14 +137,32 @@ def test_tidal_grows_at_once_when_the_slo_is_at_risk() -> None:
     assert sp.replicas == before.stages[0].replicas  # cores in place first (the fast knob)
 
 
+def _forecast_run(rates: list[float], forecasts: list[float]) -> list[Any]:
+    """Run `tidal` over `rates` with a forecast per second; the Rates of every decision."""
+    base = synthetic_context(1, rps=rates[0], capacity=Capacity(1, 16.0))
+    planner, st, plan, out = Tidal(), None, None, []
+    hist: list[float] = []
+    for t, (r, f) in enumerate(zip(rates, forecasts, strict=True)):
+        hist.append(r)
+        ctx = dataclasses.replace(base, now=float(t), rate_history=tuple(hist), forecast=f,
+                                  current=plan, state=st)  # fmt: skip
+        rates_t, _ = planner.rates(ctx, st if isinstance(st, TidalState) else TidalState(), 10)
+        out.append(rates_t)
+        plan, st = planner.plan(ctx)
+    assert isinstance(st, TidalState) and len(st.scored) > 20
+    return out
+
+
 def test_tidal_uses_a_forecast_only_where_it_beats_the_observed_rate() -> None:
-    base = synthetic_context(1, rps=50.0, capacity=Capacity(1, 16.0))
-    planner = Tidal()
-    st: Any = None
-    for t in range(200):  # a forecast that is always far too high
-        ctx = dataclasses.replace(base, now=float(t), forecast=500.0, state=st)
-        _, st = planner.plan(ctx)
-    assert isinstance(st, TidalState) and st.scored > 5
-    assert st.err_forecast > st.err_observed
-    r_fast, r_slow, _ = planner.rates(dataclasses.replace(base, forecast=500.0), st, 10.0)
-    assert r_slow < 100.0  # the bad forecast is not used
+    rng = np.random.default_rng(3)
+    level = [50.0] * 300
+    noise = [float(x) for x in rng.uniform(50.0, 500.0, 300)]  # a forecast that knows nothing
+    seen = _forecast_run(_noisy(level, 1), noise)
+    assert not any(r.forecast_used for r in seen[100:])
+    assert max(r.slow for r in seen[100:]) < 100.0  # the bad forecast is not used
+    # a square wave the forecast sees coming (the peak of the next 10 s): hedged to the same
+    # coverage it asks for less than the observed level, which remembers the last high phase
+    wave = ([40.0] * 30 + [120.0] * 30) * 6
+    truth = [max(wave[t + 1 : t + 11] or [wave[-1]]) for t in range(len(wave))]
+    seen = _forecast_run(wave, truth)
+    assert any(r.forecast_used for r in seen[150:])

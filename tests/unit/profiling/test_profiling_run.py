@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from tidal.core.profile import ProfileSet
-from tidal.profiling.profiler import Budget, Grid, profile_variants
+from tidal.core.profile import ProfilePoint, ProfileSet
+from tidal.profiling.profiler import Budget, Grid, VariantRun, profile_variants, to_profile
 
 TINY = Budget(point_budget_s=0.05, min_samples=3, max_samples=5, warmup=1, cpu_weight=None)
 
@@ -34,6 +34,18 @@ def test_profile_variants_measures_every_point_in_one_resized_worker(tmp_path) -
     assert len(d["resize_apply_s"]) == 1  # started at 1 core, resized once to 0.5 in place
     assert ps.machine["cores"] == len(os.sched_getaffinity(0)) and "noisy" in ps.machine["note"]
     assert ProfileSet.load(out).get("digits-cnn").points == v.points
+    # the range measured is recorded, and planners stay inside it (no extrapolation flag)
+    assert v.cores_measured == (0.5, 1.0) and not v.extrapolate
+    assert v.core_bounds() == (0.5, 1.0) and ps.machine["extrapolate"] is False
+
+
+def test_extrapolation_is_recorded_only_when_asked() -> None:
+    pts = [ProfilePoint(batch=b, cores=c, p50_ms=10.0 * b / c + 1, p99_ms=12.0 * b / c + 1)
+           for b in (1, 4) for c in (0.5, 2.0)]  # fmt: skip
+    run = VariantRun("digits-cnn", points=pts)
+    assert to_profile(run).core_bounds() == (0.5, 2.0)
+    opened = to_profile(run, extrapolate=True)
+    assert opened.cores_measured == (0.5, 2.0) and opened.core_bounds() is None
 
 
 def test_cli_quick_profile_writes_a_loadable_file(tmp_path) -> None:
@@ -47,3 +59,5 @@ def test_cli_quick_profile_writes_a_loadable_file(tmp_path) -> None:
     ps = ProfileSet.load(out)
     assert len(ps.get("noop").points) == 4 and "R^2" in r.stdout
     assert json.loads(out.read_text())["format_version"] == 1
+    assert ps.get("noop").cores_measured == (0.5, 1.0)
+    assert "0.5-1 (planners stay inside)" in r.stdout
