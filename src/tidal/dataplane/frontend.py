@@ -48,11 +48,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from typing import Any
 
 import orjson
 
-from tidal.dataplane.disconnect import ClientGone, until_disconnect
+from tidal.dataplane.disconnect import ClientGone, disconnect_hook, until_disconnect
+from tidal.dataplane.disconnect import unregister as _unregister
 from tidal.dataplane.security import child_env
 from tidal.dataplane.server import ASGIApp, Lifespan, ServerLimits, serve_async, ssl_context
 
@@ -157,9 +159,7 @@ class _IngressConn(_Framed):
     def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
         if kind == CANCEL:
             if rid in self.tasks:  # the app may not be waiting for the disconnect yet
-                fut = self.lost.get(rid)
-                if fut is None:
-                    fut = self.lost[rid] = asyncio.get_running_loop().create_future()
+                fut = self._lost(rid)
                 if not fut.done():
                     fut.set_result(None)
             return
@@ -184,10 +184,32 @@ class _IngressConn(_Framed):
             "raw_path": meta["rp"].encode("latin-1"),
             "query_string": meta["q"].encode("latin-1"),
             "headers": headers,
-            "state": {"tidal.t_first_byte": meta["t"]},
+            "state": {"tidal.t_first_byte": meta["t"], "tidal.on_disconnect": self._hook(rid)},
         }
         task = asyncio.get_running_loop().create_task(self._run(rid, scope, body))
         self.tasks[rid] = task
+
+    def _lost(self, rid: int) -> asyncio.Future[None]:
+        fut = self.lost.get(rid)
+        if fut is None:
+            fut = self.lost[rid] = asyncio.get_running_loop().create_future()
+            if self.closed:
+                fut.set_result(None)
+        return fut
+
+    def _hook(self, rid: int) -> Callable[[Callable[[], None]], Callable[[], None]]:
+        """The `tidal.on_disconnect` hook of request `rid` (its front end's CANCEL)."""
+
+        def on_disconnect(cb: Callable[[], None]) -> Callable[[], None]:
+            fut = self._lost(rid)
+
+            def fire(_f: asyncio.Future[None]) -> None:
+                cb()
+
+            fut.add_done_callback(fire)
+            return partial(_unregister, fut, fire)
+
+        return on_disconnect
 
     async def _run(self, rid: int, scope: dict[str, Any], body: bytes) -> None:
         given = False
@@ -200,12 +222,7 @@ class _IngressConn(_Framed):
             if not given:
                 given = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            fut = self.lost.get(rid)
-            if fut is None:
-                fut = self.lost[rid] = asyncio.get_running_loop().create_future()
-                if self.closed:
-                    fut.set_result(None)
-            await fut
+            await self._lost(rid)
             return {"type": "http.disconnect"}
 
         async def send(msg: dict[str, Any]) -> None:
@@ -464,7 +481,7 @@ class ForwardApp:
         body = msg.get("body", b"") if msg["type"] == "http.request" else b""
         rid, fut = self.up.request(scope, body)
         try:
-            status, headers, out = await until_disconnect(receive, fut)
+            status, headers, out = await until_disconnect(receive, fut, disconnect_hook(scope))
         except ClientGone:
             self.up.cancel(rid)
             return

@@ -32,7 +32,7 @@ from tidal.core.clock import MonotonicClock
 from tidal.core.errors import TidalError, first_error
 from tidal.core.plan import Plan
 from tidal.dataplane import oip_serve
-from tidal.dataplane.disconnect import ClientGone, until_disconnect
+from tidal.dataplane.disconnect import ClientGone, disconnect_hook, until_disconnect
 from tidal.dataplane.early import early_refusal
 from tidal.dataplane.gateway import Gateway
 from tidal.dataplane.http_body import read_body
@@ -266,6 +266,7 @@ class OIPApp:
             named, res, sig = await until_disconnect(
                 receive,
                 oip_serve.infer(self.gw, info, req, variant, slo, _first_byte(scope, self.gw)),
+                disconnect_hook(scope),
             )
         except ClientGone:
             return 499, b'{"error": "client closed the connection"}', []

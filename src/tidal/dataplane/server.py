@@ -23,7 +23,9 @@ Contract:
   is 90% of it.
 - TLS when `ssl_certfile`/`ssl_keyfile` are given (an `ssl.SSLContext` on the listener).
 - `scope["state"]["tidal.t_first_byte"]`: `time.monotonic()` when the request's first byte
-  was parsed (its arrival: a large body's read and parse happen after it).
+  was parsed (its arrival: a large body's read and parse happen after it);
+  `scope["state"]["tidal.on_disconnect"]`: the disconnect hook of tidal.dataplane.disconnect
+  (the same event as `http.disconnect`, without a task per request).
 - SIGINT/SIGTERM: stop accepting, close idle connections, let running requests finish (up to
   `shutdown_grace_s`), then the ASGI lifespan shutdown.
 """
@@ -42,11 +44,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
+
+from tidal.dataplane.disconnect import unregister as _unregister
 
 log = logging.getLogger("tidal.server")
 
@@ -114,6 +119,10 @@ class _Request:
         self.scope = scope
         self.body = body
         self.keep_alive = keep_alive
+
+
+def _nothing() -> None:
+    return None
 
 
 def _chunk(body: bytes) -> bytes:
@@ -277,7 +286,10 @@ class _Conn(asyncio.Protocol):
             "raw_path": raw_path,
             "query_string": query,
             "headers": self.headers,
-            "state": {"tidal.t_first_byte": self.t_first},
+            "state": {
+                "tidal.t_first_byte": self.t_first,
+                "tidal.on_disconnect": self.on_disconnect,
+            },
         }
         body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.pending.append(_Request(scope, body, p.should_keep_alive()))
@@ -289,6 +301,22 @@ class _Conn(asyncio.Protocol):
             self.transport.pause_reading()
 
     # -- running requests ------------------------------------------------------------------
+    def on_disconnect(self, cb: Callable[[], None]) -> Callable[[], None]:
+        """`cb()` once the connection is gone (tidal.dataplane.disconnect's hook); returns
+        the unregister function. The same event `receive()` reports as `http.disconnect`."""
+        if self.closed:
+            self.loop.call_soon(cb)
+            return _nothing
+        if self.lost is None:
+            self.lost = self.loop.create_future()
+        lost = self.lost
+
+        def fire(_f: asyncio.Future[None]) -> None:
+            cb()
+
+        lost.add_done_callback(fire)
+        return partial(_unregister, lost, fire)
+
     async def run(self) -> None:
         """Answer pending requests in order, one app call at a time."""
         while self.pending and not self.closed:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import uvloop
 
+from tidal.dataplane.disconnect import ClientGone, disconnect_hook, until_disconnect
 from tidal.dataplane.server import ServerLimits, raise_fd_limit, serve_async, ssl_context
 
 DISCONNECTS: list[str] = []
@@ -45,6 +46,14 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"x", "more_body": True})
         nxt = await receive()
         DISCONNECTS.append(nxt["type"])
+        return
+    if scope["path"] == "/hook-disconnect":  # until_disconnect on the server's hook, no task
+        hook = disconnect_hook(scope)
+        assert hook is not None
+        try:
+            await until_disconnect(receive, asyncio.get_running_loop().create_future(), hook)
+        except ClientGone:
+            DISCONNECTS.append("hook")
         return
     if scope["path"] == "/chunked":
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -207,6 +216,22 @@ async def test_client_disconnect_reaches_the_app() -> None:
                 break
             await asyncio.sleep(0.02)
         assert DISCONNECTS == ["http.disconnect"]
+
+
+@on_uvloop
+async def test_disconnect_hook_cancels_the_waiting_request() -> None:
+    DISCONNECTS.clear()
+    async with running(LIM) as port:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(req("/hook-disconnect"))
+        await asyncio.sleep(0.1)  # the app is waiting on its (never done) work
+        assert DISCONNECTS == []
+        w.close()
+        for _ in range(100):
+            if DISCONNECTS:
+                break
+            await asyncio.sleep(0.02)
+        assert DISCONNECTS == ["hook"]
 
 
 @on_uvloop
