@@ -4,6 +4,7 @@ constraints."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -11,6 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tidal.core.plan import Plan, StagePlan, VariantWeight
 from tidal.core.profile import CapacityPoint, LatencyFit, VariantProfile
 from tidal.planners import Capacity, PlanContext, StageCandidates, create
 from tidal.planners.dp import budget_units, units
@@ -281,3 +283,48 @@ def test_infadapter_matches_brute_force(data, n_stages, n_var, lam, budget) -> N
     assert sum(sum(c.cores.values()) for c in choices) <= budget
     assert infadapter_objective(choices, stages, budget, set()) >= best - 1e-6
     assert np.isclose(sum(v.weight for v in plan.stages[0].variants), 1.0)
+
+
+@SETTINGS
+@given(
+    data=st.data(),
+    n_stages=st.integers(1, 3),
+    n_var=st.integers(1, 4),
+    lam=st.floats(0.0, 150.0),
+    budget=st.integers(2, 16),
+    running=st.integers(0, 15),
+    max_variants=st.sampled_from([None, 1, 2]),
+)
+def test_infadapter_enumeration_equals_the_proven_milp(
+    data, n_stages, n_var, lam, budget, running, max_variants
+) -> None:
+    """The enumeration (the default solver) and the MILP proven optimal give the same
+    objective, load-time term and running variants included."""
+    stages = [
+        tuple(data.draw(inf_variant(f"v{s}{i}", 750.0)) for i in range(n_var))
+        for s in range(n_stages)
+    ]
+    ctx = ctx_of(stages, lam, 750.0 * n_stages, Capacity(2, 8.0))
+    # some variants already run: switching them on costs no load time
+    run = [(s, v.name) for s, vs in enumerate(stages) for i, v in enumerate(vs)
+           if running >> ((s * n_var + i) % 4) & 1]  # fmt: skip
+    if run:
+        cur = Plan(stages=tuple(
+            StagePlan(stage=f"s{s}", variants=tuple(VariantWeight(name=n, weight=1.0 / len(ns))
+                                                   for n in ns), replicas=1, cores=2.0, batch=1)
+            for s in range(n_stages) if (ns := [n for t, n in run if t == s])
+        ))  # fmt: skip
+        ctx = dataclasses.replace(ctx, current=cur)
+    kw = {"budget": budget, "max_cores": 8, "capacity": "measured", "max_variants": max_variants}
+    fast = create("infadapter", **kw)
+    exact = create("infadapter", solver="milp", node_limit=10**6, **kw)
+    a, ra = fast.solve(ctx, lam)
+    b, rb = exact.solve(ctx, lam)
+    assert (a is None) == (b is None), (ra, rb)
+    if a is None or b is None:
+        return
+    variants = [tuple(vs) for vs in stages]
+    on = fast.running(ctx)
+    ja = infadapter_objective(a, variants, budget, on)
+    jb = infadapter_objective(b, variants, budget, on)
+    assert abs(ja - jb) <= 1e-6, (ja, jb, a, b)
