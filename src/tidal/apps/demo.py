@@ -31,6 +31,7 @@ import aiohttp
 import numpy as np
 import yaml
 
+from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
 from tidal.core.pipeline import PipelineSpec
 from tidal.core.profile import ProfileSet, VariantProfile
@@ -378,11 +379,9 @@ class Server:
         self.log.close()
 
 
-async def _sample(base: str, out: list[dict[str, Any]], stop: asyncio.Event, token: str) -> None:
-    from tidal.core.clock import MonotonicClock
-
-    clock = MonotonicClock()
-    t0 = clock.now()
+async def _sample(
+    base: str, out: list[dict[str, Any]], stop: asyncio.Event, token: str, clock: Clock, t0: float
+) -> None:
     auth = {"Authorization": f"Bearer {token}"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as s:
         while not stop.is_set():
@@ -400,6 +399,49 @@ async def _sample(base: str, out: list[dict[str, Any]], stop: asyncio.Event, tok
 
 def _core_s(snapshot: dict[str, Any]) -> float:
     return float(sum(st.get("totals", {}).get("core_s", 0.0) for st in snapshot["stages"]))
+
+
+ACCOUNT_DRAIN_S = 2.0
+"""A live run's core-seconds are integrated over [load start, load start + the trace's
+length + this]: the window the simulator integrates (`tidal validate` sets its `drain_s`)."""
+
+
+def core_readings(series: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(time, cumulative core-seconds) of each distinct monitor reading in the dashboard
+    samples, time in the sampler's frame: the sample's time plus its last monitor sample's
+    offset (the dashboard's totals are the monitor's latest reading, taken at the
+    controller's tick, not at the request)."""
+    out: list[tuple[float, float]] = []
+    for e in series:
+        stages = e["data"].get("stages", [])
+        offsets = [st["t"][-1] for st in stages if st.get("t")]
+        if not offsets or len(offsets) != len(stages):
+            continue
+        t = float(e["t"]) + max(offsets)
+        if out and t <= out[-1][0] + 1e-3:  # the same reading, read again
+            continue
+        out.append((t, _core_s(e["data"])))
+    return out
+
+
+def core_seconds_between(readings: list[tuple[float, float]], t0: float, t1: float) -> float:
+    """Core-seconds held in [t0, t1]: the cumulative count interpolated linearly between the
+    readings around each end (exact when the allocation did not change between them), and
+    extended at the first (last) interval's rate before (after) the readings; nan with
+    fewer than two readings."""
+    if len(readings) < 2:
+        return math.nan
+    ts = np.array([r[0] for r in readings])
+    cs = np.array([r[1] for r in readings])
+
+    def at(t: float) -> float:
+        if t < ts[0]:
+            return float(cs[0] - (ts[0] - t) * (cs[1] - cs[0]) / (ts[1] - ts[0]))
+        if t > ts[-1]:
+            return float(cs[-1] + (t - ts[-1]) * (cs[-1] - cs[-2]) / (ts[-1] - ts[-2]))
+        return float(np.interp(t, ts, cs))
+
+    return at(t1) - at(t0)
 
 
 def accuracy_of(outcomes: list[Outcome], profiles: ProfileSet, combine: str) -> float:
@@ -460,9 +502,10 @@ async def _replay(
     body, hlen = v2_binary_body_from_metadata(await fetch_metadata(base, setup.pipeline.name))
     series: list[dict[str, Any]] = []
     stop = asyncio.Event()
-    sampler = asyncio.create_task(_sample(base, series, stop, server.token))
-    await asyncio.sleep(1.5)  # a first sample before the load starts
-    start = series[-1]["data"] if series else None
+    clock = MonotonicClock()
+    t0 = clock.now()
+    sampler = asyncio.create_task(_sample(base, series, stop, server.token, clock, t0))
+    await asyncio.sleep(1.5)  # monitor readings before the load starts
     gen = LoadGenerator(
         url,
         body,
@@ -472,11 +515,14 @@ async def _replay(
         lag_tolerance_s=max(0.010, setup.slo_ms / 1000 / 20),
     )
     outcomes, report = await gen.run(setup.schedule)
-    await asyncio.sleep(1.2)
+    # The accounting window, in the sampler's frame: the load started `duration_s` ago.
+    load_t = clock.now() - t0 - report.duration_s
+    window_end = load_t + len(setup.rates) + ACCOUNT_DRAIN_S
+    # Readings past the window's end: the controller reads each second, the sampler too.
+    await asyncio.sleep(max(1.2, window_end - (clock.now() - t0) + 2.5))
     stop.set()
     await sampler
-    end = series[-1]["data"] if series else None
-    core_s = _core_s(end) - _core_s(start) if start and end else math.nan
+    core_s = core_seconds_between(core_readings(series), load_t, window_end)
     decisions = read_log(server.decisions) if server.decisions.is_file() else []
     acc = accuracy_of(outcomes, setup.profiles, setup.pipeline.accuracy_combine)
     return RunResult(policy, report, outcomes, core_s, acc, series, decisions, base + "/dashboard")

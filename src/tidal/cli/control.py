@@ -189,7 +189,12 @@ def _validate(
 
     from rich.progress import Progress
 
-    from tidal.apps.validate import TARGET_CORE_S_REL, TARGET_VIOLATION_PP, validate
+    from tidal.apps.validate import (
+        TARGET_CORE_S_REL,
+        TARGET_P99_REL,
+        TARGET_VIOLATION_PP,
+        validate,
+    )
 
     console = Console(stderr=as_json)
     console.print(f"validate: {policy} on {trace} ({duration:g} s), live then simulated")
@@ -246,8 +251,9 @@ def _validate(
         )
     verdict = "AGREE" if cmp.agrees else "DO NOT AGREE"
     console.print(
-        f"agreement target: violations within {TARGET_VIOLATION_PP:g} pp and core-seconds within "
-        f"{TARGET_CORE_S_REL:.0%}: simulator and live {verdict}"
+        f"agreement target: violations within {TARGET_VIOLATION_PP:g} pp, p99 within "
+        f"{TARGET_P99_REL:.0%} and core-seconds within {TARGET_CORE_S_REL:.0%}: simulator and "
+        f"live {verdict}"
     )
 
 

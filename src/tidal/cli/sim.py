@@ -94,7 +94,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             )
         from pydantic import ValidationError
 
-        from tidal.sim.config import SimConfig
+        from tidal.sim.config import SimConfig, sim_scheduler
         from tidal.sim.run import compare, load_pipeline, load_profiles
         from tidal.workload import load_trace
 
@@ -105,8 +105,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
                 slo_ms=slo_ms,
                 seed=seed,
                 dynamic_slo=dynamic_slo,
-                admission=admission,
-                hold_fraction=hold_fraction,
+                scheduler=sim_scheduler(admission=admission, hold_fraction=hold_fraction),
                 mode=mode,  # type: ignore[arg-type]
             )
         except ValidationError as e:

@@ -109,7 +109,7 @@ class StageSample:
         return self.cores * self.replicas
 
 
-def _pct(values: Sequence[float], q: float) -> float:
+def _pct(values: Sequence[float] | np.ndarray, q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if len(values) else math.nan
 
 
@@ -122,7 +122,7 @@ def window_observation(
     queue_len: int,
     in_flight: int,
     replicas: int,
-    latencies_ms: Sequence[float],
+    latencies_ms: Sequence[float] | np.ndarray,
 ) -> StageObservation:
     """The observation record of one stage over a window of samples (oldest first): sample
     durations `dt` (s), arrival rates (req/s), cores allocated (cores x replicas) and cores

@@ -7,9 +7,11 @@ event time to the microsecond the same way, so they agree request by request.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from tidal.dataplane.scheduler import SchedulerConfig
 
 US = 1_000_000
 
@@ -20,6 +22,21 @@ REFUSED = 2  # refused by admission control at a stage
 EXPIRED = 3  # deadline passed while it waited in a queue
 UNFINISHED = 4  # still in the system when the simulation ended (counted as a violation)
 CAUSES = ("ok", "late", "refused", "expired", "unfinished")
+
+# The simulator's lane config: the scheduler's own defaults (tidal.dataplane.scheduler,
+# which the live gateway runs too) except two, so that `tidal simulate` keeps its figures
+# and its speed: no batcher hold window (the gateway holds 0.1 x l(1, c)) and no wake-up at
+# the queue head's deadline (expired requests are found at the lane's next event: the same
+# outcomes with fewer events). `tidal validate` runs the gateway's own config instead.
+SIM_SCHEDULER_OVERRIDES: dict[str, Any] = {"hold_fraction": 0.0, "expire_timer": False}
+
+
+def sim_scheduler(**fields: Any) -> SchedulerConfig:
+    """`SIM_SCHEDULER` with `fields` changed, validated (errors name the field)."""
+    return SchedulerConfig.model_validate({**SIM_SCHEDULER_OVERRIDES, **fields})
+
+
+SIM_SCHEDULER = sim_scheduler()
 
 
 class SimConfig(BaseModel):
@@ -37,9 +54,6 @@ class SimConfig(BaseModel):
     noise: bool = Field(
         default=True, description="Latency noise: lognormal, median l(b,c), p99 = p99_ratio x."
     )
-    admission: bool = Field(
-        default=True, description="Refuse at once a request whose deadline cannot be met."
-    )
     resize_s: float | None = Field(
         default=None, ge=0, description="In-place resize delay; None = the profile's resize_s."
     )
@@ -50,31 +64,19 @@ class SimConfig(BaseModel):
     drain_s: float = Field(
         default=30.0, ge=0, description="Simulated time after the trace ends to let queues drain."
     )
-    hold_fraction: float = Field(
-        default=0.0,
-        ge=0.0,
-        le=10.0,
-        description="Batcher hold window (rule 4b) as a fraction of l(1, c); the live gateway "
-        "uses 0.1, 0 turns it off.",
-    )
-    hold_anchor: Literal["latest", "head"] = Field(
-        default="latest",
-        description="Where the hold window starts (tidal.dataplane.scheduler.SchedulerConfig): "
-        "latest of the head's arrival, the latest admission and batch completion; or head.",
+    scheduler: SchedulerConfig = Field(
+        default=SIM_SCHEDULER,
+        description="Every lane's GroupScheduler config (tidal.dataplane.scheduler: "
+        "admission, hold window, pipelining, learned service rate), the same model the "
+        "live gateway validates. Default `SIM_SCHEDULER`; build others with "
+        "`sim_scheduler(**fields)`; `tidal validate` passes the live gateway's own.",
     )
     gateway: bool = Field(
         default=False,
-        description="Model the live gateway's predictions and timers (reference mode; `tidal "
-        "validate`): the scheduler plans with the profile given as `predict_profiles` with "
-        "l(b,c) uncapped (the fit as the gateway loads it) and wakes at the queue head's "
-        "deadline to answer an expired request at once. The scheduler itself is the same in "
+        description="Predict as the live gateway does (reference mode; `tidal validate`): "
+        "the schedulers plan with the profile given as `predict_profiles` with l(b,c) "
+        "uncapped (the fit as the gateway loads it). The scheduler itself is the same in "
         "every mode (tidal.dataplane.scheduler).",
-    )
-    adapt_latency: bool = Field(
-        default=False,
-        description="The scheduler learns the replicas' service rate from measured batch "
-        "times (SchedulerConfig.adapt_latency, on in the live gateway); reference mode only. "
-        "`tidal validate` turns it on to model the live run.",
     )
     skip_infeasible: bool = Field(
         default=True,

@@ -41,14 +41,20 @@ from tidal.planners.base import (
     create,
 )
 from tidal.sim.actuator import SimActuator
-from tidal.sim.config import CAUSES, LATE, OK, US, SimConfig
+from tidal.sim.config import CAUSES, LATE, OK, SIM_SCHEDULER, US, SimConfig
 from tidal.sim.latency import VariantLatency, noise_table
 from tidal.sim.monitor import SeriesRecorder, SimMonitor
 from tidal.sim.outcomes import OutcomeSink
-from tidal.sim.reference import INF, NEED_INPUT, ReferenceDataPlane, sim_scheduler_config
+from tidal.sim.reference import INF, NEED_INPUT, ReferenceDataPlane
 from tidal.workload import arrival_chunks, dynamic_slos, to_us
 
 Forecaster = Callable[[Sequence[float]], float]
+
+# The scheduler fields the fast kernel implements (`tidal.sim.fast`), then two that change
+# nothing there (no simulated replica dies; prefetch acts only with pipeline_depth > 1);
+# every other field of `SimConfig.scheduler` must be the simulator's default for the fast
+# mode to apply.
+FAST_SCHEDULER_FIELDS = ("admission", "hold_fraction", "hold_anchor", "max_retries", "prefetch_s")
 
 
 @dataclass
@@ -142,8 +148,18 @@ def fast_applies(pipeline: PipelineSpec, config: SimConfig) -> str:
         return "the fast mode runs one variant per stage"
     if config.dynamic_slo:
         return "the fast mode runs a fixed SLO (FIFO = EDF)"
-    if config.gateway or config.adapt_latency:
-        return "the gateway's predictions and learned service rate run in the reference mode"
+    if config.gateway:
+        return "the gateway's predictions run in the reference mode"
+    differ = [
+        k
+        for k, v in config.scheduler.model_dump().items()
+        if k not in FAST_SCHEDULER_FIELDS and v != getattr(SIM_SCHEDULER, k)
+    ]
+    if differ:
+        return (
+            f"the fast mode runs the scheduler's {', '.join(FAST_SCHEDULER_FIELDS[:3])} only "
+            f"(here {', '.join(differ)} differ from the simulator's default)"
+        )
     return ""
 
 
@@ -189,14 +205,7 @@ def simulate(
     if mode == "fast":
         from tidal.sim.fast import FastDataPlane
 
-        dp = FastDataPlane(
-            lanes[0][0][0],
-            lanes[0][0][1],
-            eps[0],
-            cfg.admission,
-            cfg.hold_fraction,
-            cfg.hold_anchor,
-        )
+        dp = FastDataPlane(lanes[0][0][0], lanes[0][0][1], eps[0], cfg.scheduler)
     else:
         predict = None
         if predict_profiles is not None or cfg.gateway:
@@ -207,19 +216,7 @@ def simulate(
                     for pl in st_lat:
                         pl.max_cores = math.inf
         dp = ReferenceDataPlane(
-            lanes,
-            eps,
-            cfg.admission,
-            pipeline.accuracy_combine,
-            cfg.hold_fraction,
-            predict=predict,
-            scheduler=sim_scheduler_config(
-                cfg.admission,
-                cfg.hold_fraction,
-                cfg.hold_anchor,
-                expire_timer=cfg.gateway,
-                adapt_latency=cfg.adapt_latency,
-            ),
+            lanes, eps, pipeline.accuracy_combine, predict=predict, scheduler=cfg.scheduler
         )
     cap = Capacity(nodes=cfg.nodes, cores_per_node=cfg.cores_per_node)
     recreate = "recreate" in str(getattr(planner, "resize_mode", "")).lower()
@@ -259,7 +256,10 @@ def simulate(
             d = a + np.round(dynamic_slos(t, cfg.slo_ms, cfg.seed) * 1000).astype(np.int64)
         else:
             d = a + slo_us
-        np.add.at(counts_s, np.minimum(a // US, dur_s), 1)
+        if len(a):  # sorted: count over the chunk's span only
+            sec = np.minimum(a // US, dur_s)
+            n = np.bincount(sec - sec[0])
+            counts_s[sec[0] : sec[0] + len(n)] += n
         from tidal.workload.arrivals import CHUNK_S
 
         fed_until[0] = min(dur_s, fed_until[0] + CHUNK_S)
@@ -287,9 +287,9 @@ def simulate(
     series_cores: list[float] = []
     series_reps: list[int] = []
 
-    def window_latencies() -> list[float]:
+    def window_latencies() -> np.ndarray:
         lat = [x[1] for x in recent if len(x[1])]
-        return np.concatenate(lat).tolist() if lat else []
+        return np.concatenate(lat) if lat else np.zeros(0)
 
     monitor = SimMonitor(
         [st.name for st in pipeline.stages],

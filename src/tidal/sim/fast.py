@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from tidal.dataplane.bounds import EXACT_BATCHES
-from tidal.sim.config import EXPIRED, LATE, OK, REFUSED, UNFINISHED, US
+from tidal.dataplane.scheduler import SchedulerConfig
+from tidal.sim.config import EXPIRED, LATE, OK, REFUSED, SIM_SCHEDULER, UNFINISHED, US
 from tidal.sim.latency import NOISE_LEN, VariantLatency
 from tidal.sim.reference import INF, NEED_INPUT, REACHED
 
@@ -492,21 +493,21 @@ class FastDataPlane:
         lat: VariantLatency,
         accuracy: float,
         eps: np.ndarray,
-        admission_on: bool = True,
-        hold_fraction: float = 0.0,
-        hold_anchor: str = "latest",
+        scheduler: SchedulerConfig = SIM_SCHEDULER,
     ) -> None:
+        """The kernel runs `scheduler`'s admission switch and hold window (fraction and
+        anchor); the rest must be `SIM_SCHEDULER`'s (`tidal.sim.engine.fast_applies`)."""
         self.p = lat.params()
         self.accuracy = accuracy
         self.eps = np.ascontiguousarray(eps, dtype=np.float64)
         self.ist = np.zeros(NI, dtype=np.int64)
         self.ist[[TIMER_T, TIMER_SEQ, CUR_SEC, ND_I, LAST_ARR, LAST_FREE]] = -1
         self.ist[B] = 1
-        self.ist[ADMIT] = 1 if admission_on else 0
+        self.ist[ADMIT] = 1 if scheduler.admission else 0
         self.fst = np.zeros(NF)
-        self.fst[F_HOLD] = hold_fraction
+        self.fst[F_HOLD] = scheduler.hold_fraction
         self.fst[F_ARMED] = np.inf
-        self.fst[F_LATEST] = 1.0 if hold_anchor == "latest" else 0.0
+        self.fst[F_LATEST] = 1.0 if scheduler.hold_anchor == "latest" else 0.0
         self.dirty = False
         self.bsec = np.zeros(1, np.float64)
         self.pending_out: list[tuple[np.ndarray, ...]] = []

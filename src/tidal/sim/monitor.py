@@ -72,7 +72,7 @@ class SimMonitor:
         in_flight: Callable[[int], int],
         ready_replicas: Callable[[int], int],
         budgets_ms: Callable[[int], tuple[float, ...]],
-        latencies_ms: Callable[[], Sequence[float]],
+        latencies_ms: Callable[[], np.ndarray],
     ) -> None:
         self.stages = list(stages)
         self.series = series

@@ -23,6 +23,17 @@ _NB = int(HIST_MAX_MS / HIST_BIN_MS) + 1
 _LOG_EDGES = np.logspace(-1, 5.5, 66)  # ms, for the per-time-bin p99 series
 
 
+def _count_into(out: np.ndarray, idx: np.ndarray) -> None:
+    """out[i] += occurrences of i in `idx`, counting over idx's span only (a batch of
+    outcomes covers a few bins of a long run: a full-length bincount per batch would cost
+    more than the simulation)."""
+    if len(idx) == 0:
+        return
+    lo = int(idx.min())
+    n = np.bincount(idx - lo)
+    out[lo : lo + len(n)] += n
+
+
 class OutcomeSink:
     """Aggregates outcomes; `bin_s` is the width of the time-series bins."""
 
@@ -72,12 +83,11 @@ class OutcomeSink:
         self.acc_sum += float(acc[served].sum())
         self.served += int(served.sum())
         ab = np.minimum(arr // self.bin_us, self.n_bins - 1)
-        self.arrivals_t += np.bincount(ab, minlength=self.n_bins)
-        self.viol_t += np.bincount(ab[cause != OK], minlength=self.n_bins)
+        _count_into(self.arrivals_t, ab)
+        _count_into(self.viol_t, ab[cause != OK])
         eb = np.minimum(end[served] // self.bin_us, self.n_bins - 1)
         lb = np.searchsorted(_LOG_EDGES, ls)
-        w = self.lat_t.shape[1]
-        self.lat_t += np.bincount(eb * w + lb, minlength=self.lat_t.size).reshape(self.lat_t.shape)
+        _count_into(self.lat_t.reshape(-1), eb * self.lat_t.shape[1] + lb)
         if self._w is not None:
             names = np.array(self.variants + [""], dtype=object)
             cn = np.array(CAUSES, dtype=object)

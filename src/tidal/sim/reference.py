@@ -51,7 +51,7 @@ from tidal.dataplane.scheduler import (
     SchedulerConfig,
     WakeAt,
 )
-from tidal.sim.config import CAUSES, EXPIRED, LATE, OK, REFUSED, UNFINISHED, US
+from tidal.sim.config import CAUSES, EXPIRED, LATE, OK, REFUSED, SIM_SCHEDULER, UNFINISHED, US
 from tidal.sim.latency import NOISE_LEN, VariantLatency, service_us
 
 if TYPE_CHECKING:  # the queue type only; the queue itself lives in the scheduler
@@ -61,30 +61,6 @@ NEED_INPUT = 1
 REACHED = 0
 INF = 1 << 62
 _DONE, _TIMER = 0, 1
-
-
-def sim_scheduler_config(
-    admission: bool = True,
-    hold_fraction: float = 0.0,
-    hold_anchor: str = "latest",
-    expire_timer: bool = False,
-    pipeline_depth: int = 1,
-    adapt_latency: bool = False,
-) -> SchedulerConfig:
-    """The lanes' SchedulerConfig in the simulator (expiry always on; margin 1).
-    `adapt_latency` models the live gateway's learned service rate (validate's gateway mode:
-    the scheduler measures the simulated batch times exactly as it measures real ones)."""
-    return SchedulerConfig.model_validate(
-        {
-            "admission": admission,
-            "expire": True,
-            "expire_timer": expire_timer,
-            "hold_fraction": hold_fraction,
-            "hold_anchor": hold_anchor,
-            "pipeline_depth": pipeline_depth,
-            "adapt_latency": adapt_latency,
-        }
-    )
 
 
 @dataclass(slots=True, eq=False)
@@ -139,18 +115,16 @@ class ReferenceDataPlane:
         self,
         lanes: list[list[tuple[VariantLatency, float]]],
         eps: np.ndarray,
-        admission_on: bool = True,
         combine: str = "product",
-        hold_fraction: float = 0.0,
         predict: list[list[VariantLatency]] | None = None,
-        scheduler: SchedulerConfig | None = None,
+        scheduler: SchedulerConfig = SIM_SCHEDULER,
     ) -> None:
         """`lanes[s]` = (latency model, accuracy) of each candidate variant of stage s;
         `eps[v_global]` = noise factors, v_global numbering lanes stage by stage; `predict`
         (same shape) = the latency models the schedulers plan with (default: the lanes'
-        own); `scheduler`: the lanes' config (default: `sim_scheduler_config(admission_on,
-        hold_fraction)`)."""
-        cfg = scheduler or sim_scheduler_config(admission_on, hold_fraction)
+        own); `scheduler`: every lane's config (`tidal.sim.config.SIM_SCHEDULER`: the
+        scheduler's defaults without hold window and expiry timer)."""
+        cfg = scheduler
         self.config = cfg
         self.stages: list[list[Lane]] = []
         for s_i, st in enumerate(lanes):

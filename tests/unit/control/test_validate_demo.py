@@ -18,14 +18,16 @@ SLOW = VariantProfile(name="b", fit=LatencyFit(gamma=20, delta=0, epsilon=0, eta
 
 
 def test_compare_and_agreement() -> None:
-    live = {"slo_violation_rate": 0.05, "p99_ms": 110.0, "core_seconds": 105.0}
+    live = {"slo_violation_rate": 0.049, "p99_ms": 109.0, "core_seconds": 101.9}
     sim = {"slo_violation_rate": 0.04, "p99_ms": 100.0, "core_seconds": 100.0}
     c = compare(live, sim)
-    assert c.violation_pp == pytest.approx(1.0)
-    assert c.p99_rel == pytest.approx(0.1) and c.core_s_rel == pytest.approx(0.05)
-    assert c.agrees
+    assert c.violation_pp == pytest.approx(0.9)
+    assert c.p99_rel == pytest.approx(0.09) and c.core_s_rel == pytest.approx(0.019)
+    assert c.agrees  # the targets: 1 pp, 10%, 2% (issue 11)
     c = compare({**live, "slo_violation_rate": 0.2}, sim)
     assert not c.agrees and c.to_dict()["diff"]["violation_rate_pp"] == pytest.approx(16.0)
+    assert not compare({**live, "p99_ms": 111.0}, sim).agrees
+    assert not compare({**live, "core_seconds": 102.5}, sim).agrees
 
 
 def test_live_slowdown_undoes_the_smoothing_and_weights_by_rate() -> None:
@@ -99,3 +101,27 @@ def test_control_lead_is_recovered_from_the_logged_rates() -> None:
             {"stage": setup.pipeline.stages[0].name, "rate": n / 15.0}]}})  # fmt: skip
     assert control_lead_s(decisions, setup, "hpa") == pytest.approx(lead, abs=0.05)
     assert control_lead_s([], setup, "hpa") == 0.0
+
+
+def test_live_core_seconds_over_the_simulators_window() -> None:
+    """Readings are the monitor's (sample time + its last sample's offset), deduplicated;
+    the window's ends are interpolated between readings and extended at the edge rates."""
+    from tidal.apps.demo import core_readings, core_seconds_between
+
+    def sample(t: float, offset: float, core_s: float) -> dict[str, Any]:
+        st = {"t": [offset], "totals": {"core_s": core_s}}
+        return {"t": t, "data": {"stages": [st, {**st, "totals": {"core_s": 0.0}}]}}
+
+    series = [
+        {"t": 0.0, "data": {"stages": [{"t": [], "totals": {"core_s": 0.0}}]}},  # no reading
+        sample(1.0, -0.5, 10.0),  # read at 0.5 s: 1 core until 2.5 s
+        sample(2.2, -0.7, 11.0),  # the reading of 1.5 s, again
+        sample(2.5, 0.0, 12.0),
+        sample(3.6, -0.1, 15.0),  # 3 cores from 2.5 s
+    ]
+    r = core_readings(series)
+    assert [t for t, _ in r] == pytest.approx([0.5, 1.5, 2.5, 3.5])
+    assert [c for _, c in r] == [10.0, 11.0, 12.0, 15.0]
+    assert core_seconds_between(r, 1.0, 3.0) == pytest.approx(1.5 * 1 + 0.5 * 3)
+    assert core_seconds_between(r, 0.0, 4.0) == pytest.approx(2.5 * 1 + 1.5 * 3)
+    assert math.isnan(core_seconds_between(r[:1], 0.0, 1.0))

@@ -9,7 +9,7 @@ from tidal.core.profile import LatencyFit, VariantProfile
 from tidal.dataplane.edf import EDFQueue
 from tidal.dataplane.scheduler import GroupScheduler
 from tidal.sim import reference
-from tidal.sim.config import LATE, OK, REFUSED
+from tidal.sim.config import LATE, OK, REFUSED, sim_scheduler
 from tidal.sim.latency import NOISE_LEN, VariantLatency
 from tidal.sim.reference import INF, ReferenceDataPlane
 
@@ -22,7 +22,9 @@ def plane(
     admit: bool = False, batch: int = 2, cores: tuple[float, ...] = (1.0,)
 ) -> ReferenceDataPlane:
     dp = ReferenceDataPlane(
-        [[(VariantLatency(PROFILE), 0.5)]], np.ones((1, NOISE_LEN)), admission_on=admit
+        [[(VariantLatency(PROFILE), 0.5)]],
+        np.ones((1, NOISE_LEN)),
+        scheduler=sim_scheduler(admission=admit),
     )
     dp.events = []
     dp.set_lane(0, 0, batch, 1.0)

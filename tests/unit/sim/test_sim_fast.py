@@ -12,7 +12,7 @@ import pytest
 from tidal.core.errors import TidalError
 from tidal.core.pipeline import PipelineSpec, StageSpec
 from tidal.core.profile import LatencyFit, ProfileSet, VariantProfile
-from tidal.sim.config import SimConfig
+from tidal.sim.config import SimConfig, sim_scheduler
 from tidal.sim.engine import simulate
 from tidal.workload import synthetic_rates
 
@@ -46,7 +46,8 @@ def test_fast_agrees_with_reference_request_by_request(
     )
     res = {}
     for mode in ("reference", "fast"):
-        cfg = SimConfig(slo_ms=slo, mode=mode, admission=admission, seed=7, hold_fraction=hold)
+        sched = sim_scheduler(admission=admission, hold_fraction=hold)
+        cfg = SimConfig(slo_ms=slo, mode=mode, seed=7, scheduler=sched)
         r = simulate(
             ONE, PROFILES, rates, policy, cfg, tmp_path / f"{mode}.csv", policy_kwargs=kwargs
         )

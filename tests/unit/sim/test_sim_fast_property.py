@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tidal.core.profile import LatencyFit, VariantProfile
+from tidal.sim.config import sim_scheduler
 from tidal.sim.fast import FastDataPlane
 from tidal.sim.latency import VariantLatency, noise_table
 from tidal.sim.reference import INF, ReferenceDataPlane
@@ -71,8 +72,9 @@ def test_fast_equals_reference_on_random_instances(
     fit = LatencyFit(gamma=gamma, delta=delta, epsilon=epsilon, eta=eta, p99_ratio=p99)
     lat = VariantLatency(VariantProfile(name="v", accuracy=0.5, fit=fit))
     eps = noise_table([lat.sigma], seed)
-    ref = ReferenceDataPlane([[(lat, 0.5)]], eps, admission, hold_fraction=hold)
-    fast = FastDataPlane(lat, 0.5, eps[0], admission, hold_fraction=hold)
+    sched = sim_scheduler(admission=admission, hold_fraction=hold)
+    ref = ReferenceDataPlane([[(lat, 0.5)]], eps, scheduler=sched)
+    fast = FastDataPlane(lat, 0.5, eps[0], sched)
     a = to_us(arrivals(np.asarray(rates, dtype=np.float64), seed))
     d = a + int(round(slo_ms * 1000))
     live: list[int] = []

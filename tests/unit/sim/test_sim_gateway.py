@@ -14,7 +14,7 @@ from tidal.core.errors import TidalError
 from tidal.core.pipeline import PipelineSpec
 from tidal.core.plan import Plan
 from tidal.core.profile import LatencyFit, ProfileSet, VariantProfile
-from tidal.sim.config import SimConfig
+from tidal.sim.config import SimConfig, sim_scheduler
 from tidal.sim.engine import simulate
 
 
@@ -78,8 +78,10 @@ def run(
             Plan.single(st.name, st.variants[0], 1, 1.0, 4).stages[0] for st in pipeline.stages
         )
     )
+    # The gateway's scheduler wakes at the head's deadline (expire_timer).
+    sched = sim_scheduler(expire_timer=gateway, adapt_latency=adapt)
     cfg = SimConfig(
-        slo_ms=150.0, drain_s=2.0, mode="reference", gateway=gateway, seed=3, adapt_latency=adapt
+        slo_ms=150.0, drain_s=2.0, mode="reference", gateway=gateway, seed=3, scheduler=sched
     )
     return simulate(
         pipeline, profiles(40.0), np.full(20, 40.0), Scripted([plan], [0.0]), cfg,
