@@ -14,15 +14,18 @@ runs this instead of serving HTTP on its own loop:
   to the children, so port 0 works and a replacement front end takes over its predecessor's
   socket (connections still in its accept queue are then served, not reset);
 - a front end forwards each complete request (method, path, query, headers, first-byte time,
-  body) to the ingress and writes back the answer; a client that disconnects first is
-  forwarded as a cancel, which the ingress turns into the ASGI `http.disconnect` the app
-  already handles (the request leaves its queue or its batch's answers, counted cancelled).
+  body) to the ingress and writes back the answer; an infer request with JSON float tensors
+  is forwarded in the binary tensor extension (`tidal.dataplane.frontend_codec`: the numbers
+  are parsed in the front end, the scheduler reads the tensors' bytes); a client that
+  disconnects first is forwarded as a cancel, which the ingress turns into the ASGI
+  `http.disconnect` the app already handles (the request leaves its queue or its batch's
+  answers, counted cancelled).
 
 So there is one EDF queue and one admission per stage, whatever N is: the front ends only do
-HTTP (parsing, connection handling, response framing). A front end that exits is reported
-(logged with its exit status) and replaced after a short back-off; the children's environment
-has no credential-like variables (`tidal.dataplane.security.child_env`): tokens are checked in
-the scheduler process only.
+HTTP (parsing, connection handling, response framing) and the JSON number parsing. A front
+end that exits is reported (logged with its exit status) and replaced after a short back-off;
+the children's environment has no credential-like variables
+(`tidal.dataplane.security.child_env`): tokens are checked in the scheduler process only.
 
 Wire format on the ingress socket (no pickle): frames `<IBQ` (payload length, kind, request
 id) + payload. REQ payload: `<II` (meta length, headers length), meta (orjson: method, path,
@@ -55,6 +58,7 @@ import orjson
 
 from tidal.dataplane.disconnect import ClientGone, disconnect_hook, until_disconnect
 from tidal.dataplane.disconnect import unregister as _unregister
+from tidal.dataplane.frontend_codec import json_to_binary
 from tidal.dataplane.security import child_env
 from tidal.dataplane.server import ASGIApp, Lifespan, ServerLimits, serve_async, ssl_context
 
@@ -457,8 +461,10 @@ class _Upstream(_Framed):
 class ForwardApp:
     """The front end's ASGI app: every HTTP request goes to the scheduler process."""
 
-    def __init__(self, ingress: str, stop: asyncio.Event) -> None:
+    def __init__(self, ingress: str, stop: asyncio.Event, cap: int = 8 << 20) -> None:
+        """`cap`: the body cap (bytes) the scheduler applies to what it is sent."""
         self.ingress = ingress
+        self.cap = cap
         self.stop = stop
         self.up: _Upstream | None = None
 
@@ -479,6 +485,8 @@ class ForwardApp:
             return
         msg = await receive()  # tidal.dataplane.server gives the whole body in one message
         body = msg.get("body", b"") if msg["type"] == "http.request" else b""
+        if scope["method"] == "POST" and scope["path"].endswith("/infer"):
+            scope, body = _binary_tensors(scope, body, self.cap)
         rid, fut = self.up.request(scope, body)
         try:
             status, headers, out = await until_disconnect(receive, fut, disconnect_hook(scope))
@@ -490,6 +498,24 @@ class ForwardApp:
             out = b'{"error":"the scheduler process is gone"}'
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": out})
+
+
+def _binary_tensors(scope: dict[str, Any], body: bytes, cap: int) -> tuple[dict[str, Any], bytes]:
+    """An infer request with JSON float tensors, re-encoded in the binary tensor extension
+    (tidal.dataplane.frontend_codec), so the scheduler process does not parse the numbers;
+    anything else unchanged."""
+    hdrs = scope["headers"]
+    for k, _ in hdrs:
+        if k in (b"inference-header-content-length", b"content-encoding"):
+            return scope, body
+    got = json_to_binary(body, cap)
+    if got is None:
+        return scope, body
+    out, hlen = got
+    headers = [(k, v) for k, v in hdrs if k != b"content-length"]
+    headers += [(b"content-length", b"%d" % len(out)),
+                (b"inference-header-content-length", b"%d" % hlen)]  # fmt: skip
+    return {**scope, "headers": headers}, out
 
 
 def _main(argv: list[str] | None = None) -> int:
@@ -511,8 +537,8 @@ def _main(argv: list[str] | None = None) -> int:
 
     async def run() -> None:
         stop = asyncio.Event()
-        await serve_async(ForwardApp(args.ingress, stop), "", 0, limits, ssl_ctx=ctx,
-                          stop=stop, sock=sock)  # fmt: skip
+        app = ForwardApp(args.ingress, stop, limits.max_body_bytes)
+        await serve_async(app, "", 0, limits, ssl_ctx=ctx, stop=stop, sock=sock)
 
     uvloop.run(run())
     return 0
