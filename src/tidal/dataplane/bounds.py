@@ -183,15 +183,18 @@ def admit_rows(
     min_retry_s: float = 0.05,
     stretch: float = 1.0,
     head_deadline: float | None = None,
+    tail: float = 1.0,
 ) -> Admitted | Refused:
     """Admission in rows for one lane (see the module docstring): Admitted(predicted finish)
     or Refused(503, "refused", reason, retry_after_s). Ready replicas serve from their
     predicted busy-until; when none is ready, replicas still starting count from their
     `expected_ready` time (a replacement), so a request whose deadline allows waiting waits.
 
-    `stretch`: the feedback margin (`tidal.dataplane.calibration`): admitted only when
-    ``now + stretch x (finish - now)`` meets the deadline; the prediction returned is the
-    unstretched one. `head_deadline`: the stage deadline of the queue's head, when batches
+    `stretch` and `tail` (`tidal.dataplane.calibration`): admitted only when
+    ``now + stretch x wait + tail x service`` meets the deadline, where wait is the time
+    until its batch starts (the feedback margin on the queue ahead) and service its batch's
+    time (`tail`: the tail speed over the typical one); the prediction returned is the
+    plain one. `head_deadline`: the stage deadline of the queue's head, when batches
     keep their head's deadline: a request that would ride in the head's batch and make it
     end after that deadline is priced in the batch after it."""
     due = req.deadline if deadline is None else deadline
@@ -222,7 +225,7 @@ def admit_rows(
         finish, start = predict_finish_rows(
             req.rows, ahead, free, cores, latency_s, b, now, margin, behind=True
         )
-    if now + stretch * (finish - now) <= due:
+    if now + stretch * (start - now) + tail * (finish - start) <= due:
         return Admitted(finish)
     budget = due - now
     alone = min(margin * latency_s(req.rows, c) for c in cores)
@@ -238,9 +241,9 @@ def admit_rows(
     return Refused(
         503,
         "refused",
-        f"predicted finish {(finish - now) * 1e3:.1f} ms (x{stretch:.2f} observed tail) "
-        f"exceeds the budget {budget * 1e3:.1f} ms ({what}{ahead} rows ahead, "
-        f"{len(free)} replicas, {req.rows} rows)",
+        f"predicted finish {(finish - now) * 1e3:.1f} ms (wait x{stretch:.2f}, service "
+        f"x{tail:.2f}: observed tails) exceeds the budget {budget * 1e3:.1f} ms "
+        f"({what}{ahead} rows ahead, {len(free)} replicas, {req.rows} rows)",
         max(start - now, min_retry_s),
     )
 

@@ -9,18 +9,26 @@ Two estimators, both fed by the lane's scheduler (`GroupScheduler.on_done`):
   dispatch overhead, not the service), clamped to [0.5, 20]. Admission and busy-until
   predictions are multiplied by it. The median, not a high percentile: on a shared machine
   one preempted batch must not price every arrival.
-- `slowdown_tail`: the 90th percentile of the same ratios, for a batch that must keep its
-  head's deadline (`SchedulerConfig.batch_deadline`): a batch is cut so it ends in time even
-  at the tail speed.
-- `stretch` (the feedback margin): each admitted request that completes is late (after its
-  stage deadline) or not. On a late one ``stretch *= 1 + STEP``; on one in time
+- `slowdown_tail`: the 90th percentile of the same ratios. It prices the arriving request's
+  own batch (its service), and a batch that must keep its head's deadline
+  (`SchedulerConfig.batch_deadline`) is cut so it ends in time even at that speed.
+- `stretch` (the feedback margin on the wait): each admitted request that completes is late
+  (after its stage deadline) or not. On a late one ``stretch *= 1 + STEP``; on one in time
   ``stretch *= 1 - STEP x late_target / (1 - late_target)``, clamped to [1, `STRETCH_MAX`].
   Its fixed point is a late share of exactly `late_target` among the admitted (a stochastic
   approximation of that rate; with no late answer it falls back to 1). Admission admits a
-  request only when ``now + stretch x (predicted finish - now)`` meets its deadline, so
-  whatever makes predictions optimistic (CPU contention, the gateway's own parsing, batches
-  filled by later arrivals) is corrected from what the lane observed, in a closed loop: more
-  late answers raise it, so fewer requests are admitted and the queue shortens.
+  request only when ``now + stretch x wait + tail x service`` meets its deadline (wait: until
+  its batch starts; tail: ``slowdown_tail / slowdown``), so whatever makes the wait longer
+  than predicted (CPU contention, the gateway's own parsing, batches ahead that ran long) is
+  corrected from what the lane observed, in a closed loop: more late answers raise it, so
+  fewer requests are admitted and the queue shortens. It leaves a request that finds an idle
+  replica alone: an idle lane is never refused for the lateness of a queue it does not have.
+
+- `reply_s` (the answer path): the 90th percentile of the last `BATCH_WINDOW` delays from a
+  batch's end to its answer being taken up by the driver (the live gateway's event loop,
+  busy reading and refusing other requests under overload, answers late). Admission
+  subtracts it from the deadline it checks, and the stretch counts a request late by when it
+  was answered, not when its batch ended.
 
 Both decay toward 1 while the lane is idle (`decay`, from the scheduler: half-life
 `ADAPT_HALF_LIFE_S` after 1 s with nothing in flight), so a lane that refused everything
@@ -46,7 +54,16 @@ class LaneCalibration:
     """The estimators of the module docstring for one lane. `late_target` in [0, 0.5): the
     late share the stretch steers to (0 turns the stretch off: it stays 1.0)."""
 
-    __slots__ = ("_batch", "_down", "late_target", "slowdown", "slowdown_tail", "stretch")
+    __slots__ = (
+        "_batch",
+        "_down",
+        "_reply",
+        "late_target",
+        "reply_s",
+        "slowdown",
+        "slowdown_tail",
+        "stretch",
+    )
 
     def __init__(self, late_target: float = 0.0) -> None:
         if not 0.0 <= late_target < 0.5:
@@ -56,7 +73,9 @@ class LaneCalibration:
         self.slowdown = 1.0
         self.slowdown_tail = 1.0
         self.stretch = 1.0
+        self.reply_s = 0.0
         self._batch: deque[float] = deque(maxlen=BATCH_WINDOW)
+        self._reply: deque[float] = deque(maxlen=BATCH_WINDOW)
 
     # ------------------------------------------------------------------ observations
     def observe_batch(self, predicted_s: float, took_s: float, decay: float = 1.0) -> None:
@@ -66,6 +85,8 @@ class LaneCalibration:
         if decay < 1.0:
             self._batch = deque((1.0 + (x - 1.0) * decay for x in self._batch), BATCH_WINDOW)
             self.stretch = self.decayed(self.stretch, decay)
+            self._reply = deque((x * decay for x in self._reply), BATCH_WINDOW)
+            self.reply_s *= decay
         if predicted_s < MIN_BATCH_S:
             return
         self._batch.append(took_s / predicted_s)
@@ -82,6 +103,14 @@ class LaneCalibration:
             self.stretch = min(STRETCH_MAX, self.stretch * (1.0 + STEP))
         elif self.stretch > 1.0:
             self.stretch = max(1.0, self.stretch * self._down)
+
+    def observe_reply(self, delay_s: float) -> None:
+        """An answer was taken up `delay_s` after its batch ended."""
+        if self.late_target <= 0.0:
+            return
+        self._reply.append(max(0.0, delay_s))
+        srt = sorted(self._reply)
+        self.reply_s = srt[(9 * (len(srt) - 1)) // 10]
 
     # ------------------------------------------------------------------ views
     @staticmethod

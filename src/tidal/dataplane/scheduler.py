@@ -472,7 +472,7 @@ class GroupScheduler:
 
     def _admit(self, req: QueuedRequest, now: float) -> Admitted | Refused:
         margin = self.config.margin
-        down = self.downstream_s
+        down = self.downstream_s + self.calib.reply_s
         deadline = req.deadline - down
         lat = self.latency_s
         k = self._factor(now)
@@ -481,14 +481,17 @@ class GroupScheduler:
             def lat(b: int, c: float) -> float:
                 return k * self.latency_s(b, c)
 
-        stretch = self._factor(now, self.calib.stretch)
+        cal = self.calib
+        stretch = self._factor(now, cal.stretch)
+        # the request's own batch at the tail speed when the feedback margin is on
+        tail = max(1.0, self._factor(now, cal.slowdown_tail) / k) if cal.late_target else 1.0
         q = self.queue
         if not q:  # fast path: what `admit_rows` concludes for a batch of one
             for r in self.replicas.values():
                 if r.state == READY and not r.inflight:
-                    finish = now + margin * lat(req.rows, r.cores)
-                    if now + stretch * (finish - now) <= deadline:
-                        return Admitted(finish)
+                    service = margin * lat(req.rows, r.cores)
+                    if now + tail * service <= deadline:
+                        return Admitted(now + service)
                     break
         head = q.peek() if self.config.batch_deadline else None
         # Priced in rows: the rows queued ahead (EDF) at the batch sizes in force, on the
@@ -505,6 +508,7 @@ class GroupScheduler:
             deadline=deadline,
             stretch=stretch,
             head_deadline=None if head is None else head.deadline - down,
+            tail=tail,
         )
 
     def _over_cap(self, req: QueuedRequest, now: float) -> Refused | None:
@@ -635,7 +639,7 @@ class GroupScheduler:
         by the head's stage deadline; the rest
         go back to the queue (same (deadline, id) order). All of `reqs` when even the head
         alone cannot make it (it is late whatever the batch)."""
-        due = reqs[0].deadline - self.downstream_s
+        due = reqs[0].deadline - self.downstream_s - self.calib.reply_s
         rows = 0
         keep = 0
         for x in reqs:
@@ -685,11 +689,6 @@ class GroupScheduler:
             # the lane was idle before this batch: the old ratios decay
             cal.observe_batch(self.latency_s(b.rows, b.replica.cores), now - b.start,
                               self._decay(b.start))  # fmt: skip
-        if cal.late_target > 0.0 and self.config.admission:
-            due = now + self.downstream_s
-            for x in b.requests:
-                if x.id not in b.cancelled:
-                    cal.observe_request(x.deadline < due)
         self.last_free = now
         self._log("done", now, tuple(r.id for r in b.requests))
         reqs = b.requests
@@ -704,6 +703,15 @@ class GroupScheduler:
             return 1.0
         idle = now - self.last_free - 1.0
         return 0.5 ** (idle / ADAPT_HALF_LIFE_S) if idle > 0 else 1.0
+
+    def on_answered(self, req: QueuedRequest, finish: float, now: float) -> None:
+        """The driver took up `req`'s answer at `now`, its batch having ended at `finish`
+        (the live gateway calls it; the feedback margin and the answer path,
+        `tidal.dataplane.calibration`, learn from it). No effect unless `late_target` > 0."""
+        cal = self.calib
+        if cal.late_target > 0.0 and self.config.admission:
+            cal.observe_reply(now - finish)
+            cal.observe_request(now > req.deadline - self.downstream_s)
 
     def _factor(self, now: float, k: float | None = None) -> float:
         """The factor `k` (default: the slowdown) in force at `now`, decayed toward 1 while

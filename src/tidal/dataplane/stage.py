@@ -212,6 +212,7 @@ class Stage:
         except asyncio.CancelledError:
             g.cancel(rid)
             raise
+        g.sched.on_answered(req, res.finish, self.clock.now())
         c.completions += 1
         lat = res.finish - now
         c.latency.observe(lat)

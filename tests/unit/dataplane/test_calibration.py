@@ -104,16 +104,33 @@ def test_late_answers_stretch_admission_and_in_time_ones_relax_it() -> None:
     s = lane(late_target=0.01)
     t = 0.0
     for i in range(10):  # each answer 1 ms after its 30 ms deadline: late
-        assert isinstance(s.push(req(i, t, slo=0.03), t), Admitted)
+        r = req(i, t, slo=0.03)
+        assert isinstance(s.push(r, t), Admitted)
         (d,) = [a for a in s.step(t) if isinstance(a, Dispatch)]
         s.on_done(d.batch_id, t + 0.031)
+        s.on_answered(r, t + 0.031, t + 0.031)
         t += 0.031
+    assert s.calib.reply_s == 0.0
     assert s.stretch == pytest.approx((1 + STEP) ** 10)
-    # 5.1 ms predicted on an idle replica, stretched x1.63 = 8.3 ms > an 8 ms budget
-    v = s.push(req(100, t, slo=0.008), t)
-    assert isinstance(v, Refused) and v.status == 503 and "x1.63" in v.reason
-    assert isinstance(s.push(req(101, t, slo=0.009), t), Admitted)
-    before = s.stretch
+    # an idle replica: no wait to stretch, admitted on its service time alone
+    assert isinstance(s.push(req(100, t, slo=0.006), t), Admitted)
     (d,) = [a for a in s.step(t) if isinstance(a, Dispatch)]
-    s.on_done(d.batch_id, t + 0.006)  # in time
+    # behind it: a wait of 5.1 ms x1.63 + 5.1 ms = 13.4 ms > 12 ms (10.2 ms unstretched)
+    v = s.push(req(101, t, slo=0.012), t)
+    assert isinstance(v, Refused) and v.status == 503 and "wait x1.63" in v.reason
+    assert isinstance(s.push(req(102, t, slo=0.014), t), Admitted)
+    before = s.stretch
+    s.on_done(d.batch_id, t + 0.005)
+    s.on_answered(d.batch.requests[0], t + 0.005, t + 0.005)  # in time
     assert s.stretch < before
+
+
+def test_the_answer_path_delay_is_taken_off_the_deadline_admission_checks() -> None:
+    s = lane(late_target=0.01)
+    for i in range(10):  # answers taken up 4 ms after their batch ended (a busy loop)
+        r = req(i, 0.0, slo=1.0)
+        s.on_answered(r, 0.1, 0.104)
+    assert s.calib.reply_s == pytest.approx(0.004)
+    # idle replica, 5.1 ms of service: a 9 ms budget fits it, but not with 4 ms to answer
+    assert isinstance(s.push(req(20, 1.0, slo=0.009), 1.0), Refused)
+    assert isinstance(s.push(req(21, 1.0, slo=0.0095), 1.0), Admitted)
