@@ -127,12 +127,14 @@ class VariantGroup:
         return sum(1 for r in self.replicas if r.state == STARTING and not r.retire_when_started)
 
     def account(self, now: float) -> None:
-        """Integrate replica-seconds and core-seconds of ready replicas up to `now`."""
+        """Integrate replica-seconds and core-seconds held up to `now`: ready replicas and
+        starting ones (a starting worker holds its cores while it loads, as a simulated
+        replica does, `tidal.sim.actuator`; call this before any change of the set)."""
         dt = now - self._acct_t
         if dt > 0:
-            ready = self.ready()
-            self.replica_s += dt * len(ready)
-            self.core_s += dt * sum(r.cores for r in ready)
+            held = [r for r in self.replicas if r.state in (READY, STARTING)]
+            self.replica_s += dt * len(held)
+            self.core_s += dt * sum(r.cores for r in held)
         self._acct_t = now
 
     def _busy_end(self, rep: Replica, now: float) -> None:
@@ -432,6 +434,7 @@ class VariantGroup:
                 r.retire_when_started = False
                 live.append(r)
         while start and len(live) < self.target and not self.closed:
+            self.account(self.clock.now())
             self._next_id += 1
             rep = Replica(self._next_id, self.cores, variant=self.variant)
             if self._replacing and self._cold_est is not None:
@@ -464,6 +467,7 @@ class VariantGroup:
             ex = await self.offload(self.factory, self.variant, start_cores)
         except Exception as e:
             log.error("stage %s: starting %s failed: %s", self.stage, self.variant, e)
+            self.account(self.clock.now())
             self.sched.on_replica_died(rep.id, self.clock.now())
             rep.state = DEAD
             if rep in self.replicas:
@@ -480,6 +484,7 @@ class VariantGroup:
         self.counters.cold_start.observe(cold)
         self._cold_est = max(cold, self.clock.now() - t0)
         if rep.retire_when_started or self.closed:
+            self.account(self.clock.now())
             self.sched.on_replica_removed(rep.id)
             rep.state = STOPPED
             if rep in self.replicas:

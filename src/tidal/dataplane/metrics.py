@@ -81,9 +81,10 @@ class StageSnapshot:
     Counters are cumulative since start (take differences between two snapshots):
     `arrivals`, `completions`, `violations[cause]` (cause in late/refused/expired/error),
     `busy_s` (replica-seconds spent running batches), `busy_core_s` (the same weighted by each
-    replica's cores at the time), `replica_s` (replica-seconds of ready
-    replicas), `core_s` (core-seconds allocated to ready replicas). CPU utilization over an
-    interval = d(busy_s * cores) / d(core_s) ~= d(busy_s) / d(replica_s).
+    replica's cores at the time), `replica_s` (replica-seconds of ready and starting
+    replicas), `core_s` (core-seconds held by ready and starting replicas: the cost, as the
+    simulator counts it). CPU utilization over an interval = d(busy_s * cores) / d(core_s)
+    ~= d(busy_s) / d(replica_s).
     Instantaneous: `queue_len`, `in_flight` (requests in batches being run), `budgets_ms`
     (remaining budgets of queued requests, EDF order),
     `replicas` (ready), `starting` (being started), `cores` (per replica, by variant),

@@ -394,3 +394,49 @@ def test_deadline_counts_from_the_given_arrival() -> None:
     late, ok = run(main())
     assert isinstance(late, Refused) and late.status == 503
     assert not ok.late and ok.total_ms == pytest.approx(80.0)
+
+
+def test_core_seconds_count_starting_replicas() -> None:
+    """A replica holds its cores while its worker starts (2 s here), as a simulated one
+    does (tidal.sim.actuator): core-seconds are 1 ready + 2 starting cores, then 3 ready."""
+    fac = FakeFactory(base=0.01, per_item=0.0)
+    clock = SimClock()
+    fac.timers = ManualTimers(clock)
+
+    async def slow_start(fn: Any, *args: Any) -> Any:
+        if fn is fac:  # a worker start takes 2 s of the scripted clock
+            await _timers(fac).sleep(2.0)
+        return fn(*args)
+
+    raw = {
+        "models": [{"name": "m", "variants": ["digits-mlp"]}],
+        "plan": {"stages": [{"stage": "m", "variants": [{"name": "digits-mlp"}],
+                             "replicas": 1, "cores": 1.0, "batch": 1}]},
+    }  # fmt: skip
+    gw = Gateway(
+        parse_serve_config(raw),
+        factory=fac,
+        fits={"digits-mlp": fac.fit()},
+        clock=clock,
+        timers=fac.timers,
+        offload=slow_start,
+    )
+
+    async def main() -> tuple[float, float, float]:
+        started = asyncio.ensure_future(gw.start())
+        await _timers(fac).settle()  # the first worker's start is under way
+        await finish(fac, started)
+        c0 = gw.metrics_snapshot()["m"].core_s
+        grow = asyncio.ensure_future(gw.apply_plan(Plan.single("m", "digits-mlp", 2, 1.0, 1)))
+        await advance(fac, 1.0)
+        starting = gw.metrics_snapshot()["m"]
+        await finish(fac, grow)
+        await advance(fac, 2.0)
+        c2 = gw.metrics_snapshot()["m"].core_s
+        assert starting.starting == 1 and starting.replicas == 1
+        await gw.stop()
+        return c0, starting.core_s, c2
+
+    c0, c1, c2 = run(main())
+    assert c1 - c0 == pytest.approx(2.0)
+    assert c2 - c0 == pytest.approx(2.0 + 1.0 * 2 + 2.0 * 2)
