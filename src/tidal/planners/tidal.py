@@ -156,6 +156,7 @@ class Rates:
     fast: float
     slow: float
     hedge: float
+    level: float
     forecast_used: bool
 
 
@@ -225,7 +226,7 @@ class Tidal:
             h_fc = self.forecast_hedge(st)
             if self.forecast == "always" or self.forecast_cheaper(st):
                 slow, used = fc * (h_fc if h_fc is not None else 1.0), True
-        return Rates(r_fast, max(slow, r_fast), h_obs, used), st
+        return Rates(r_fast, max(slow, r_fast), h_obs, level, used), st
 
     def forecast_hedge(self, st: TidalState) -> float | None:
         """The forecast's hedge (its peak/forecast quantile), None until 20 are scored."""
@@ -273,11 +274,14 @@ class Tidal:
         lam: float,
         replicas: list[int] | None = None,
         cores: list[float] | None = None,
+        wait_rate: float | None = None,
     ) -> list[list[Option]]:
-        """Per stage, every (n, c, b) that carries `lam` below `utilization`, with its
-        latency: p99 of a batch + the time to fill it + the `wait_quantile` wait behind
-        earlier batches (`tidal.planners.headroom.wait_ms`). `replicas` fixes n, `cores` c.
-        Cores stay inside the profile's measured range (`core_bounds`)."""
+        """Per stage, every (n, c, b) that carries `lam` (the hedged peak) below
+        `utilization`, with its latency at `wait_rate` (the level the queue sees most of the
+        time; default `lam`): p99 of a batch + the time to fill it + the `wait_quantile` wait
+        behind earlier batches (`tidal.planners.headroom.wait_ms`). `replicas` fixes n,
+        `cores` c. Cores stay inside the profile's measured range (`core_bounds`)."""
+        mu = lam if wait_rate is None else min(wait_rate, lam)
         out: list[list[Option]] = []
         cap = ctx.capacity
         for i, (v, grid) in enumerate(zip(chosen, self._dp.grids(ctx, chosen), strict=True)):
@@ -301,13 +305,13 @@ class Tidal:
                 np.asarray([n for n, _, _ in cand]),
                 np.asarray([b for _, b, _ in cand]),
                 np.asarray([v.latency_ms(b, c) for _, b, c in cand]),
-                lam,
+                mu,
                 self.wait_quantile,
                 v.fit.p99_ratio,
             )
             opts = []
             for (n, b, c), w in zip(cand, wait.tolist(), strict=True):
-                lat = stage_latency_ms(v, b, c, lam) + w
+                lat = stage_latency_ms(v, b, c, mu) + w
                 if math.isfinite(lat):
                     opts.append(Option(lat, n * c, (n, c, b)))
             out.append(opts)
@@ -320,9 +324,10 @@ class Tidal:
         lam: float,
         replicas: list[int] | None = None,
         cores: list[float] | None = None,
+        wait_rate: float | None = None,
     ) -> Plan | None:
         """The cheapest plan for `lam` within the SLO under the queueing model (the DP)."""
-        opts = self.options(ctx, chosen, lam, replicas, cores)
+        opts = self.options(ctx, chosen, lam, replicas, cores, wait_rate)
         picked = min_cost(opts, ctx.slo_ms, ctx.slo_ms / 2000)
         if picked is None:
             return None
@@ -384,16 +389,18 @@ class Tidal:
             st = replace(st, changes=(*st.changes, ctx.now))
         return plan, st
 
-    def _target(self, ctx: PlanContext, chosen: list[VariantProfile], lam: float) -> Plan | None:
-        """The cheapest plan for `lam` that fits the nodes jointly."""
-        p = self.solve(ctx, chosen, lam)
+    def _target(
+        self, ctx: PlanContext, chosen: list[VariantProfile], lam: float, wait_rate: float
+    ) -> Plan | None:
+        """The cheapest plan for `lam` (latency at `wait_rate`) that fits the nodes jointly."""
+        p = self.solve(ctx, chosen, lam, wait_rate=wait_rate)
         return p if p is not None and fits(p, ctx.capacity) else None
 
     def _decide(
         self, ctx: PlanContext, st: TidalState, chosen: list[VariantProfile], rates: Rates
     ) -> tuple[Plan, TidalState]:
         r_fast, lam = rates.fast, rates.slow
-        target = self._target(ctx, chosen, lam)
+        target = self._target(ctx, chosen, lam, rates.level)
         cur = ctx.current
         if cur is None:
             if target is None:
@@ -412,7 +419,7 @@ class Tidal:
         if self.at_risk(ctx, cur, chosen, r_fast):  # urgent: fastest knob first, hedged
             lam_u = max(lam, r_fast * rates.hedge)
             grown, st2 = self._grow(
-                ctx, st, chosen, lam_u, self._target(ctx, chosen, lam_u) or target, r_fast
+                ctx, st, chosen, lam_u, self._target(ctx, chosen, lam_u, r_fast) or target, r_fast
             )
             # an urgent change must add capacity (>= 5%); else re-solving each second for a
             # noisy rate flaps the plan without helping (measured: 800 changes/hour)
@@ -426,7 +433,8 @@ class Tidal:
         quiet = not st.changes or ctx.now - st.changes[-1] >= self.hold_s - 1e-9
         budget_left = len(st.changes) < self.max_changes
         if target.total_cores > cur.total_cores + 1e-9:  # the level rose: grow, not urgent
-            if quiet and budget_left and not self._carries(cur, chosen, lam, ctx.slo_ms):
+            carried = self._carries(cur, chosen, lam, rates.level, ctx.slo_ms)
+            if quiet and budget_left and not carried:
                 # not urgent: there is time for a cold start, so no in-place bridge
                 st = replace(st, cheaper_since=None, bridged=False)
                 return self._replicas_first(ctx, st, chosen, lam, target, r_fast)
@@ -443,11 +451,16 @@ class Tidal:
             return cur, st
         return cur, replace(st, cheaper_since=None)
 
-    def _carries(self, plan: Plan, chosen: list[VariantProfile], lam: float, slo: float) -> bool:
-        """The plan in force already carries `lam` within the SLO (a more expensive target
-        is then no reason to change)."""
-        fill = sum(queue_ms(sp.batch, lam) for sp in plan.stages)
-        return sum(self.latency_ms(plan, chosen, lam)) + fill <= slo + 1e-9
+    def _carries(
+        self, plan: Plan, chosen: list[VariantProfile], lam: float, level: float, slo: float
+    ) -> bool:
+        """The plan in force already carries `lam` (below `utilization`) within the SLO at
+        `level` (a more expensive target is then no reason to change)."""
+        if _max_rps(plan, chosen) * self.utilization < lam - 1e-9:
+            return False
+        mu = min(level, lam)
+        fill = sum(queue_ms(sp.batch, mu) for sp in plan.stages)
+        return sum(self.latency_ms(plan, chosen, mu)) + fill <= slo + 1e-9
 
     def _grow(
         self,
@@ -464,7 +477,9 @@ class Tidal:
         reps = [current_stage(ctx, s.stage) for s in ctx.stages]
         st = replace(st, cheaper_since=None)
         if all(r is not None for r in reps):
-            vert = self.solve(ctx, chosen, lam, [r.replicas for r in reps if r is not None])
+            vert = self.solve(
+                ctx, chosen, lam, [r.replicas for r in reps if r is not None], wait_rate=r_now
+            )
             if vert is not None and fits(vert, ctx.capacity):
                 adds = target is not None and any(
                     sp.replicas > (c.replicas if (c := current_stage(ctx, sp.stage)) else 0)
@@ -498,7 +513,9 @@ class Tidal:
             return moved
         reps = [current_stage(ctx, s.stage) for s in ctx.stages]
         if all(r is not None for r in reps):
-            horiz = self.solve(ctx, chosen, lam, cores=[r.cores for r in reps if r is not None])
+            horiz = self.solve(
+                ctx, chosen, lam, cores=[r.cores for r in reps if r is not None], wait_rate=r_now
+            )
             if horiz is not None and fits(horiz, ctx.capacity):
                 return horiz, replace(st, target=None)
         return self._move(ctx, st, target)  # the dip is the lesser evil
