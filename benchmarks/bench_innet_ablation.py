@@ -6,10 +6,15 @@ exit switch's decision after k packets:
 - bytes_only: the bytes with the earlier masking (TTL, window, options left visible);
 - timing_only: the gap, the previous gap and their change (no bytes);
 - both: NetNN's input (earlier masking + the gap), as committed before this issue;
-- new: channel bytes (features.FIELD_POLICY) + every per-flow side feature, trained with
-  re-drawn timing; also run through the switch emulator on every test packet (bit_exact).
-Prints the load average at start and end, one JSON line per variant as it completes, a table,
-then one JSON object.
+- new: channel bytes (features.FIELD_POLICY) + every per-flow side feature (the modulation
+  counters too), trained with re-drawn timing and size alphabets; its augmentation candidate
+  and decision window are chosen per fold by nested validation inside the fold's training
+  groups (studies.CANDIDATES, studies.DECISIONS; the held-out fold is never used to choose);
+  every packet a flow verdict can depend on also runs through the switch emulator
+  (bit_exact).
+Prints the load average at start and end, one JSON line per variant as it completes, a
+per-fold table (recall, FPR, what nested validation chose), a summary table, then one JSON
+object.
 Run: nice -n 10 .venv/bin/python benchmarks/bench_innet_ablation.py [--epochs N] [--cap N]
 [variant ...]
 """
@@ -36,6 +41,16 @@ def main(variants: tuple[str, ...], budget: dict[str, Any] | None = None) -> dic
         print(json.dumps({"variant": v, **r[v]}, default=str), flush=True)
     res["loadavg_start"], res["loadavg_end"] = load0, os.getloadavg()
     print(f"load average at end {res['loadavg_end'][0]:.1f}")
+    for v in variants:
+        for f in res[v]["folds"]:
+            sel = f.get("selected") or {}
+            print(
+                f"{v:13s} {f['fold'][:40]:40s} covert {f['covert_flows']:2d} recall"
+                f" {f['covert_recall']:.2f}  benign {f['benign_flows']:3d} FPR"
+                f" {f['benign_false_positive_rate']:.4f}  return flagged"
+                f" {f['return_flagged_rate']:.2f}  chosen {sel.get('candidate', '-')}"
+                f" k={sel.get('k', '-')}  bit_exact {f.get('bit_exact', '-')}"
+            )
     print("variant       mean recall  mean FPR  min recall  max FPR  pooled recall  pooled FPR")
     for v in variants:
         m, p = res[v]["mean"], res[v]["pooled"]

@@ -39,13 +39,27 @@ def train(
     epochs: int = typer.Option(8),
     max_seconds: float = typer.Option(240.0),
     seed: int = typer.Option(0),
+    select: bool = typer.Option(
+        True, "--select/--no-select", help="choose augmentation and k by nested validation"
+    ),
     out: Path = typer.Option(None, help="model file (default: the package's weights dir)"),
 ) -> None:
-    """Train the QAT model on the training split (whole connections) of the shared captures."""
-    from tidal.innet import dataset
+    """Train the QAT model on the training split (whole connections) of the shared captures.
+    With --select (channel features, augmented), the size-alphabet augmentation candidate and
+    the decision window k are chosen first by leave-one-group-out inside the training split."""
+    from tidal.innet import dataset, studies
     from tidal.innet.evaluate import WEIGHTS, save_model
+    from tidal.innet.flowstate import DEFAULT_K
     from tidal.innet.train import TrainConfig, train_model
 
+    cov, ben = dataset.default_dirs()
+    ps = dataset.load(cov, ben)
+    tr = ps.subset_flows(dataset.split(ps)["train"])
+    over: dict[str, Any] = {}
+    k, sel = DEFAULT_K, None
+    if select and augment and features == "channel" and not unmasked:
+        sel = studies.choose(tr)
+        over, k = studies.CANDIDATES[sel["candidate"]], sel["k"]
     cfg = TrainConfig(
         features=features,  # type: ignore[arg-type]
         masked=not unmasked,
@@ -53,16 +67,18 @@ def train(
         epochs=epochs,
         max_seconds=max_seconds,
         seed=seed,
+        **over,
     )
-    cov, ben = dataset.default_dirs()
-    ps = dataset.load(cov, ben)
-    tr = ps.subset_flows(dataset.split(ps)["train"])
     model = train_model(tr, cfg)
     suffix = "" if not unmasked else "_unmasked"
     path = out or WEIGHTS / f"netnn_{features}{suffix}.pt"
-    save_model(model, path)
+    save_model(model, path, k)
     model.to_int().save(path.with_suffix(".npz"))
-    typer.echo(json.dumps({"model": str(path), "train_flows": len(tr.flows), "packets": len(tr)}))
+    chosen = {key: sel[key] for key in ("candidate", "k", "inner_folds")} if sel else None
+    typer.echo(json.dumps({
+        "model": str(path), "train_flows": len(tr.flows), "packets": len(tr), "k": k,
+        "selected": chosen, "selection_table": sel["table"] if sel else None,
+    }))  # fmt: skip
 
 
 _KEYS = [
@@ -83,7 +99,9 @@ def evaluate(
         "", help="test | train | all (default: test for the shared captures, all for given ones)"
     ),
     unmasked: bool = typer.Option(False, help="evaluate on unmasked bytes"),
-    k: int = typer.Option(16, min=1, max=255, help="flow decision after k packets"),
+    k: int = typer.Option(
+        0, min=0, max=255, help="flow decision after k packets (0: the model's validated k)"
+    ),
     need: int = typer.Option(0, min=0, max=255, help="covert votes of k to flag (0: 3/4 of k)"),
     frames: int = typer.Option(
         0, min=0, help="replay N packets of every capture as real frames through the chain"
@@ -107,10 +125,11 @@ def evaluate(
 
     if split not in ("", "test", "train", "all"):
         raise TidalError(f"split must be test, train or all, got {split!r}")
+    model_path = model or ev.DEFAULT_MODEL
+    k = k or ev.model_k(model_path)
     if need > k:
         raise TidalError(f"need must be at most k={k}, got {need}")
     budget = _budget(stages, header_bits, register_bytes, ops_per_action, strict)
-    model_path = model or ev.DEFAULT_MODEL
     res: dict[str, Any]
     if frames or logo or perturb:
         from tidal.innet import studies

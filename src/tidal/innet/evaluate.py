@@ -52,12 +52,21 @@ def load_model(path: Path = DEFAULT_MODEL) -> NetNN:
     return m.eval()
 
 
-def save_model(m: NetNN, path: Path) -> None:
+def save_model(m: NetNN, path: Path, k: int = DEFAULT_K) -> None:
+    """Save the model with the decision window `k` it was validated for."""
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = torch.tensor(
         [m.c1, m.c2, m.hidden, int(m.use_bytes), int(m.use_timing), *(int(v) for v in m.side)]
     )
-    torch.save({"state": m.state_dict(), "shape": shape}, path)
+    torch.save({"state": m.state_dict(), "shape": shape, "k": torch.tensor(k)}, path)
+
+
+def model_k(path: Path = DEFAULT_MODEL) -> int:
+    """The decision window (k voting packets) a saved model was validated for."""
+    if not path.exists():
+        return DEFAULT_K
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return int(blob["k"]) if "k" in blob else DEFAULT_K
 
 
 def select(

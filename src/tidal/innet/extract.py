@@ -38,10 +38,13 @@ from tidal.innet.flowstate import (
     DEFAULT_K,
     DEFAULT_SLOTS,
     DEFAULT_TIMEOUT_US,
+    GAP_STEP,
+    N_SIDE,
     SIG_SEED,
     TS_MASK,
     WARMUP,
     default_need,
+    len_bucket,
     quantize_len,
 )
 from tidal.innet.header import Frame, MalformedFrame, decode, encode
@@ -62,6 +65,10 @@ def replay_frame(frame: bytes, ts_us: int) -> bytes:
 def wrap(frame: bytes, ts_us: int) -> bytes:
     """`replay_frame` header + the frame."""
     return replay_frame(frame, ts_us) + frame
+
+
+LEN_BUCKET = [len_bucket(v) for v in range(0x10000)]  # the CRC hash unit on the length
+POPCOUNT8 = [bin(v).count("1") for v in range(256)]  # 4 byte-wise lookup tables + adders
 
 
 def _iat_thresholds() -> list[int]:
@@ -221,7 +228,7 @@ class Extractor:
         input_frag: int = N_BYTES,
         slots: int = DEFAULT_SLOTS,
         timeout_us: int = DEFAULT_TIMEOUT_US,
-        side_width: int = 5,
+        side_width: int = N_SIDE,
         clock: Clock | None = None,
     ) -> None:
         self.routes, self.input_frag, self.side_width = routes, input_frag, side_width
@@ -241,6 +248,13 @@ class Extractor:
         self.r_cnt = [0] * n
         self.r_gen = [0] * n
         self.r_valid = [0] * n
+        self.r_lenmap = [0] * n  # 32-bit bitmap of length buckets (popcount: nlen)
+        self.r_lchg = [0] * n  # length changes (8 bits)
+        self.r_gchg = [0] * n  # gap changes >= GAP_STEP (8 bits)
+
+    @staticmethod
+    def _first(plen: int) -> tuple[int, ...]:
+        return (0, 0, 0, bisect.bisect_right(LEN_RANGES, plen)) + (0,) * (N_SIDE - 4)
 
     @staticmethod
     def _len_code(plen: int) -> int:
@@ -265,22 +279,33 @@ class Extractor:
             fresh = True
         else:
             self.counters["flow_collisions"] += 1
-            return (0, 0, 0, self._len_code(plen), 0), -1, 0, 0
+            return self._first(plen), -1, 0, 0
         if fresh:
             self.r_valid[w], self.r_sig[w] = 1, sig
             self.r_gen[w] = (self.r_gen[w] + 1) & 0xFF
             self.r_cnt[w], self.r_iat[w], self.r_len[w], self.r_last[w] = 1, 0, plen, ts
+            self.r_lenmap[w] = 1 << LEN_BUCKET[min(plen, 0xFFFF)]
+            self.r_lchg[w] = self.r_gchg[w] = 0
             self.counters["flows_started"] += 1
-            return (0, 0, 0, self._len_code(plen), 0), w, self.r_gen[w], 1
+            return self._first(plen), w, self.r_gen[w], 1
         dt = (ts - self.r_last[w]) & TS_MASK
         iat = bisect.bisect_right(IAT_RANGES, dt)  # the range-match table
         prev = self.r_iat[w]
         dlen = 128 + max(-127, min(127, plen - self.r_len[w]))
-        diat = 128 + max(-127, min(127, iat - prev)) if self.r_cnt[w] >= 2 else 0
-        side = (iat, prev, dlen, self._len_code(plen), diat)
+        two = self.r_cnt[w] >= 2
+        diat = 128 + max(-127, min(127, iat - prev)) if two else 0
+        # modulation registers: length bitmap (OR), length / gap change counters (+1, sat.)
+        self.r_lenmap[w] |= 1 << LEN_BUCKET[min(plen, 0xFFFF)]
+        self.r_lchg[w] = min(255, self.r_lchg[w] + (plen != self.r_len[w]))
+        self.r_gchg[w] = min(255, self.r_gchg[w] + (two and abs(iat - prev) >= GAP_STEP))
+        n = self.r_cnt[w] = min(255, self.r_cnt[w] + 1)
+        nc = 16 * min(n, 15)  # the (packet number, counter) code tables
+        pop = POPCOUNT8[self.r_lenmap[w] & 0xFF] + POPCOUNT8[(self.r_lenmap[w] >> 8) & 0xFF]
+        pop += POPCOUNT8[(self.r_lenmap[w] >> 16) & 0xFF] + POPCOUNT8[self.r_lenmap[w] >> 24]
+        mod = (nc + min(pop, 15), nc + min(self.r_lchg[w], 15), nc + min(self.r_gchg[w], 15))
+        side = (iat, prev, dlen, self._len_code(plen), diat, *mod)
         self.r_iat[w], self.r_len[w], self.r_last[w] = iat, plen, ts
-        self.r_cnt[w] = min(255, self.r_cnt[w] + 1)
-        return side, w, self.r_gen[w], self.r_cnt[w]
+        return side, w, self.r_gen[w], n
 
     def receive(self, raw: bytes) -> list[tuple[int, bytes]]:
         """One frame in; (next hop, frame) pairs out. Malformed frames are counted."""
@@ -332,9 +357,10 @@ class Extractor:
 
 def extractor_resources(slots: int) -> dict[str, int]:
     """The entry switch's resource figures (the accounting is in docs/innet.md)."""
-    per_entry = 4 + 8 + 1 + 2 + 1 + 1 + 1  # sig, 48-bit ts (pair), iat, len, count, gen, valid
+    # sig, 48-bit ts (pair), iat, len, count, gen, valid, length bitmap, lchg, gchg
+    per_entry = 4 + 8 + 1 + 2 + 1 + 1 + 1 + 4 + 1 + 1
     return {
-        "stages": 8,
+        "stages": 10,
         "register_bytes": 2 * slots * per_entry,
         "header_bits_out": 112 + 8 * N_BYTES,
         "flow_entries": 2 * slots,

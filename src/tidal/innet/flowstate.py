@@ -20,7 +20,15 @@ Side features of a packet (each 0..255, the model's per-flow inputs):
 - `prev_iat`: the previous packet's `iat` (0 for the first two packets);
 - `dlen`: 128 + clip(payload length - previous payload length, -127, 127) (0 = first packet);
 - `plen`: `quantize_len(payload length)` (0 = no payload: pure ACKs);
-- `diat`: 128 + clip(iat - prev_iat, -127, 127) (0 until there are two gaps): regularity.
+- `diat`: 128 + clip(iat - prev_iat, -127, 127) (0 until there are two gaps): regularity;
+- three *modulation* features, each `flow_code(n, c)` = 16 min(n, 15) + min(c, 15) of the
+  instance's packet number n and a per-flow counter c kept in a register (so one 256-entry
+  table sees both how far the flow is and how often the event happened):
+  `nlen`: distinct payload lengths so far (popcount of a 32-bit bitmap register, one bit per
+  `len_bucket` of the length: a linear-counting sketch), `lchg`: packets whose payload
+  length differs from the previous packet's (run structure of the lengths), `gchg`: packets
+  whose gap code differs from the previous gap code by at least GAP_STEP (about 32 %: gap
+  modulation). First packets get zeros.
 
 Flow decision (the exit switch's vote registers, and `flow_decisions` here): each flow
 instance counts covert votes of its packets numbered WARMUP+1 .. WARMUP+k (the first WARMUP
@@ -40,7 +48,9 @@ import numpy as np
 
 from tidal.innet.features import FlowKey, quantize_iat
 
-N_SIDE = 5
+N_SIDE = 8
+GAP_STEP = 4  # gap-code steps (10 per octave) that count as a changed gap: ~32 %
+LEN_BUCKETS = 32
 SIG_SEED = 0x5BD1E995
 TS_MASK = (1 << 48) - 1
 DEFAULT_SLOTS = 1024
@@ -66,6 +76,16 @@ def hashes(key: FlowKey, slots: int) -> tuple[int, int, int]:
 def len_code(delta: int) -> int:
     """The `dlen` / `diat` code of a change (1..255)."""
     return 128 + max(-127, min(127, delta))
+
+
+def len_bucket(n: int) -> int:
+    """The bitmap bit of a payload length (a CRC of the 16-bit length, as a hash unit)."""
+    return zlib.crc32(min(max(n, 0), 0xFFFF).to_bytes(2, "big")) % LEN_BUCKETS
+
+
+def flow_code(n: int, c: int) -> int:
+    """A (packet number, counter) pair in one byte (module docstring)."""
+    return 16 * min(n, 15) + min(c, 15)
 
 
 def quantize_len(n: int) -> int:
@@ -98,6 +118,9 @@ class FlowTable:
         self.count = [0] * n
         self.gen = [0] * n
         self.valid = [False] * n
+        self.lenmap = [0] * n
+        self.lchg = [0] * n
+        self.gchg = [0] * n
         self.collisions = 0
 
     def _expired(self, s: int, ts: int) -> bool:
@@ -112,7 +135,7 @@ class FlowTable:
             slot = next((s for s in (a, b) if not self.valid[s] or self._expired(s, ts)), NO_SLOT)
             if slot == NO_SLOT:
                 self.collisions += 1
-                return PacketState((0, 0, 0, quantize_len(paylen), 0), NO_SLOT, 0, 0)
+                return PacketState(first_side(paylen), NO_SLOT, 0, 0)
         if new:
             self.valid[slot] = True
             self.sig[slot] = sig
@@ -121,21 +144,36 @@ class FlowTable:
             self.prev_iat[slot] = 0
             self.prev_len[slot] = paylen
             self.last[slot] = ts
-            return PacketState((0, 0, 0, quantize_len(paylen), 0), slot, self.gen[slot], 1)
+            self.lenmap[slot] = 1 << len_bucket(paylen)
+            self.lchg[slot] = self.gchg[slot] = 0
+            return PacketState(first_side(paylen), slot, self.gen[slot], 1)
         iat = quantize_iat((ts - self.last[slot]) & TS_MASK)
-        prev = self.prev_iat[slot]
+        prev, two = self.prev_iat[slot], self.count[slot] >= 2
+        self.lenmap[slot] |= 1 << len_bucket(paylen)
+        if paylen != self.prev_len[slot]:
+            self.lchg[slot] = min(255, self.lchg[slot] + 1)
+        if two and abs(iat - prev) >= GAP_STEP:
+            self.gchg[slot] = min(255, self.gchg[slot] + 1)
+        n = self.count[slot] = min(255, self.count[slot] + 1)
         side = (
             iat,
             prev,
             len_code(paylen - self.prev_len[slot]),
             quantize_len(paylen),
-            len_code(iat - prev) if self.count[slot] >= 2 else 0,
+            len_code(iat - prev) if two else 0,
+            flow_code(n, bin(self.lenmap[slot]).count("1")),
+            flow_code(n, self.lchg[slot]),
+            flow_code(n, self.gchg[slot]),
         )
         self.prev_iat[slot] = iat
         self.prev_len[slot] = paylen
         self.last[slot] = ts
-        self.count[slot] = min(255, self.count[slot] + 1)
-        return PacketState(side, slot, self.gen[slot], self.count[slot])
+        return PacketState(side, slot, self.gen[slot], n)
+
+
+def first_side(paylen: int) -> tuple[int, ...]:
+    """The side features of a flow instance's first (or an untracked) packet."""
+    return (0, 0, 0, quantize_len(paylen)) + (0,) * (N_SIDE - 4)
 
 
 def side_features(inst: np.ndarray, ts: np.ndarray, paylen: np.ndarray) -> np.ndarray:
@@ -159,9 +197,40 @@ def side_features(inst: np.ndarray, ts: np.ndarray, paylen: np.ndarray) -> np.nd
     plen = quantize_len_array(ll)
     two = same & np.r_[False, same[:-1]]
     diat = np.where(two, 128 + np.clip(iat - prev, -127, 127), 0)
-    res = np.stack([iat, prev, dlen, plen, diat], axis=1).astype(np.uint8)
+    res = np.stack(
+        [iat, prev, dlen, plen, diat, *_modulation(ii, same, two, ll, iat - prev)], axis=1
+    ).astype(np.uint8)
     out[order] = res
     return out
+
+
+_BUCKET_OF = np.array([len_bucket(v) for v in range(0x10000)], dtype=np.int64)
+
+
+def _modulation(
+    ii: np.ndarray, same: np.ndarray, two: np.ndarray, ll: np.ndarray, d_iat: np.ndarray
+) -> list[np.ndarray]:
+    """`nlen`, `lchg`, `gchg` of rows sorted by instance (module docstring)."""
+    starts = ~same
+    grp = np.cumsum(starts) - 1
+    first = np.flatnonzero(starts)
+
+    def running(event: np.ndarray) -> np.ndarray:  # events so far within the instance
+        c = np.cumsum(event.astype(np.int64))
+        return c - (c[first] - event[first])[grp]
+
+    n = np.minimum(np.arange(len(ii)) - first[grp] + 1, 255)
+    bucket = _BUCKET_OF[np.clip(ll, 0, 0xFFFF)]
+    seen = np.zeros(len(ii), dtype=np.int64)
+    for b in range(LEN_BUCKETS):  # bitmap popcount: buckets seen so far
+        seen += running(bucket == b) > 0
+    lchg = running(same & (ll != np.r_[0, ll[:-1]]))
+    gchg = running(two & (np.abs(d_iat) >= GAP_STEP))
+
+    def code(c: np.ndarray) -> np.ndarray:
+        return np.where(same, 16 * np.minimum(n, 15) + np.minimum(c, 15), 0)
+
+    return [code(seen), code(lchg), code(gchg)]
 
 
 def quantize_len_array(n: np.ndarray) -> np.ndarray:

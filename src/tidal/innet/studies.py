@@ -31,15 +31,25 @@ from tidal.innet.mapper import Budget, map_network
 from tidal.innet.train import TrainConfig, byte_view, train_model
 
 # bounded: 9 folds x variants on 2 cores
-STUDY_TRAIN: dict[str, Any] = {"epochs": 6, "cap_per_flow": 400}
+STUDY_TRAIN: dict[str, Any] = {"epochs": 12, "cap_per_flow": 400}
+INNER_TRAIN: dict[str, Any] = {"epochs": 6, "cap_per_flow": 200}  # nested selection's fits
 VARIANTS: dict[str, dict[str, Any]] = {
     # the earlier model's inputs (masking before this issue, no re-drawn timing)
     "bytes_only": {"features": "bytes", "legacy_mask": True, "augment": False},
     "timing_only": {"features": "timing", "augment": False},
     "both": {"features": "both", "legacy_mask": True, "augment": False},
-    # this issue's model: channel bytes, per-flow side features, re-drawn timing
+    # this issue's model: channel bytes, per-flow side features incl. the modulation
+    # counters, re-drawn timing and size alphabets; the augmentation candidate and the
+    # decision window are chosen per fold by nested validation (CANDIDATES, DECISIONS)
     "new": {"features": "channel", "augment": True},
 }
+# what nested validation chooses between (logo.select), inside each fold's training groups
+CANDIDATES: dict[str, dict[str, Any]] = {
+    "size+neutral": {"size_channel": 0.4, "length_redraw": 0.5, "neutral": 0.3},
+    "size": {"size_channel": 0.4, "length_redraw": 0.5, "neutral": 0.0},
+}
+DECISIONS: tuple[tuple[int, int | None], ...] = ((16, None), (32, None))  # (k, need): 3/4
+NESTED = ("new",)
 
 
 def logo_study(
@@ -50,38 +60,63 @@ def logo_study(
     emulate: tuple[str, ...] = ("new",),
     ps: dataset.PacketSet | None = None,
     budget_overrides: dict[str, Any] | None = None,
+    inner_max: int = 4,
 ) -> dict[str, Any]:
     """Leave-one-group-out for each variant (module contract); `budget_overrides` replace
-    STUDY_TRAIN's training budget (e.g. fewer epochs on a loaded machine)."""
+    STUDY_TRAIN's training budget (e.g. fewer epochs on a loaded machine). The NESTED
+    variants choose their augmentation candidate and decision window per fold by nested
+    validation on that fold's training groups (logo.select); the others use `k`/`need`."""
     if ps is None:
         ps = dataset.load(*dataset.default_dirs())
     out: dict[str, Any] = {"synthetic_benign": ps.synthetic_benign, "k": k}
     for name in variants:
-        cfg = TrainConfig(**{**STUDY_TRAIN, **(budget_overrides or {}), **VARIANTS[name]})
-
-        def train_fn(tr: dataset.PacketSet, cfg: TrainConfig = cfg) -> Any:
-            return train_model(tr, cfg).to_int()
-
-        def predict_fn(
-            net: Any, te: dataset.PacketSet, cfg: TrainConfig = cfg, name: str = name
-        ) -> Any:
-            x = byte_view(te, cfg)
-            pred = net.predict(x, te.side)
-            if name not in emulate or not net.use_bytes:
-                return pred
-            assert te.inst is not None
-            vote = np.flatnonzero((te.inst >= 0) & (instance_rank(te.inst) <= k + WARMUP))
-            xv, sv = x[vote], te.side[vote]
-            verdict, logits = Fabric(map_network(net, budget or Budget())).run_batch(xv, sv)
-            exact = np.array_equal(verdict, pred[vote]) and np.array_equal(
-                logits, net.forward(xv, sv)
-            )
-            return pred, exact
-
-        res = logo.run(ps, train_fn, predict_fn, k, need)
+        base = {**STUDY_TRAIN, **(budget_overrides or {}), **VARIANTS[name]}
+        fit = _fitter(base, name in emulate, budget)
+        if name in NESTED:
+            res = logo.run_nested(ps, fit, tuple(CANDIDATES), DECISIONS, inner_max)
+        else:
+            res = logo.run(ps, lambda tr, f=fit: f(tr, "", False), lambda m, te: m(te), k, need)
         res["pooled"] = pooled(res["folds"])
         out[name] = res
     return out
+
+
+def _fitter(base: dict[str, Any], emulate: bool, budget: Budget | None) -> logo.Fit:
+    """fit(train, candidate, inner) -> predictor, for logo.run / logo.run_nested."""
+
+    def fit(tr: dataset.PacketSet, cand: str, inner: bool) -> Any:
+        over = CANDIDATES.get(cand, {})
+        cfg = TrainConfig(**{**base, **(INNER_TRAIN if inner else {}), **over})
+        net = train_model(tr, cfg).to_int()
+        return lambda te: _predict(net, te, cfg, emulate and not inner, budget)
+
+    return fit
+
+
+def choose(tr: dataset.PacketSet, inner_max: int = 4) -> dict[str, Any]:
+    """The augmentation candidate and decision window for a model trained on `tr`, by nested
+    validation on `tr`'s own groups (logo.select), as each fold of `logo_study` does."""
+    fit = _fitter({**STUDY_TRAIN, **VARIANTS["new"]}, False, None)
+    return logo.select(tr, fit, tuple(CANDIDATES), DECISIONS, inner_max)
+
+
+def _predict(
+    net: Any, te: dataset.PacketSet, cfg: TrainConfig, emulate: bool, budget: Budget | None
+) -> Any:
+    """Verdicts of `net` on `te`; with `emulate`, also whether the switch emulator agrees on
+    every packet a flow verdict can depend on (the first DECISIONS' largest k + WARMUP of
+    each flow instance)."""
+    x = byte_view(te, cfg)
+    pred = net.predict(x, te.side)
+    if not emulate or not net.use_bytes:
+        return pred
+    assert te.inst is not None
+    k = max(d[0] for d in DECISIONS)
+    vote = np.flatnonzero((te.inst >= 0) & (instance_rank(te.inst) <= k + WARMUP))
+    xv, sv = x[vote], te.side[vote]
+    verdict, logits = Fabric(map_network(net, budget or Budget())).run_batch(xv, sv)
+    exact = np.array_equal(verdict, pred[vote]) and np.array_equal(logits, net.forward(xv, sv))
+    return pred, exact
 
 
 def pooled(folds: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,14 +7,12 @@ rest a seeded sample) so the few very long covert flows do not drown the many sh
 ones; the loss is class-balanced. RETURN flows (a covert connection's pure-ACK direction) are
 taught as benign: they carry no channel data, and the detector must not fire on pure ACKs.
 
-Augmentation (`cfg.augment`, on for the committed model): every epoch re-draws each flow
-instance's timing as another path and another configuration of the same channel would give
-it: all gaps of an instance scaled by one factor drawn log-uniformly from
-[1/`rate_spread`, `rate_spread`] (other timing parameters), plus per-gap path jitter (a
-half-normal delay with a per-instance sigma up to `jitter_us`), and, with `size_shift`, every
-non-empty payload of an instance lengthened by one offset drawn from 0..`size_shift` (the
-channel's packet size is a tool setting; pure ACKs stay empty). The side features are then
-recomputed (`flowstate.side_features`). Host fingerprints need no re-drawing here: the
+Augmentation (`cfg.augment`, on for the committed model): every epoch re-draws, per flow
+instance, what is a setting of the tool or the path rather than of the channel (`augment.py`):
+the rate and path jitter of every instance; for covert instances, with `size_channel`, a
+re-encoding as a payload-length channel with a random alphabet (and, half of the time,
+regular timing); with `length_redraw`, another fixed message size. The side features and the
+channel bytes' length fields are recomputed. Host fingerprints need no re-drawing here: the
 channel bytes do not contain them (features.FIELD_POLICY; `perturb.py` checks it).
 """
 
@@ -24,21 +22,22 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from tidal.core.clock import Clock, MonotonicClock
+from tidal.innet import augment
 from tidal.innet.dataset import PacketSet
-from tidal.innet.flowstate import side_features
 from tidal.innet.qmodel import NetNN
 
-Features = Literal["both", "bytes", "timing", "channel"]
+Features = Literal["both", "bytes", "timing", "channel5", "channel"]
 FIRST_ROWS = 32
 SIDE_OF: dict[str, tuple[bool, ...]] = {
-    "both": (True, False, False, False, False),  # NetNN's input: bytes + the gap
-    "bytes": (False, False, False, False, False),
-    "timing": (True, True, False, False, True),  # gap, previous gap, their change; no bytes
-    "channel": (True, True, True, True, True),  # bytes + every per-flow side feature
+    "both": (True,) + (False,) * 7,  # NetNN's input: bytes + the gap
+    "bytes": (False,) * 8,
+    "timing": (True, True, False, False, True, False, False, False),  # gaps only; no bytes
+    "channel5": (True,) * 5 + (False,) * 3,  # bytes + the per-packet side features
+    "channel": (True,) * 8,  # bytes + every per-flow side feature (modulation counters too)
 }
 
 
@@ -54,13 +53,30 @@ class TrainConfig(BaseModel):
     cap_per_flow: int = Field(default=1500, ge=1, description="packets sampled per flow at most")
     seed: int = Field(default=0, description="torch and numpy seed")
     features: Features = Field(
-        "channel", description="bytes, timing, both (NetNN's input) or channel (the default)"
+        default="channel",
+        description="bytes, timing, both (NetNN's input) or channel (the default)",
     )
     augment: bool = Field(default=True, description="re-draw timing per epoch (module doc)")
     rate_spread: float = Field(default=4.0, ge=1.0, le=64.0, description="max rate factor")
     jitter_us: float = Field(default=2000.0, ge=0.0, le=1e6, description="max jitter sigma")
-    size_shift: int = Field(
-        default=0, ge=0, le=9000, description="max per-instance payload-size offset (0: off)"
+    size_channel: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="covert instances re-encoded as size channels"
+    )
+    length_redraw: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="other covert instances: message size re-drawn"
+    )
+    gap_channel: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="covert instances re-encoded as gap alphabets"
+    )
+    block: int = Field(
+        default=0, ge=0, le=100_000, description="cut instances into blocks (0: whole)"
+    )
+    neutral: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="covert instances copied without channel"
+    )
+    max_symbols: int = Field(default=4, ge=2, le=64, description="size alphabet, at most")
+    max_spacing: float = Field(
+        default=64.0, ge=1.0, le=700.0, description="size symbol spacing (bytes), at most"
     )
     masked: bool = Field(default=True, description="False: train on unmasked bytes")
     legacy_mask: bool = Field(
@@ -69,6 +85,15 @@ class TrainConfig(BaseModel):
     c1: int = Field(default=4, ge=1, le=64)
     c2: int = Field(default=8, ge=1, le=64)
     hidden: int = Field(default=16, ge=2, le=256)
+
+    @model_validator(mode="after")
+    def _modes(self) -> TrainConfig:
+        if self.size_channel + self.neutral + self.gap_channel > 1.0:
+            raise ValueError(
+                "size_channel + neutral + gap_channel must be at most 1, got "
+                f"{self.size_channel} + {self.neutral} + {self.gap_channel}"
+            )
+        return self
 
 
 def byte_view(ps: PacketSet, cfg: TrainConfig) -> np.ndarray:
@@ -95,33 +120,6 @@ def capped_indices(flow: np.ndarray, cap: int, rng: np.random.Generator) -> np.n
             rows = np.sort(np.r_[head, pick])
         out.append(rows)
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
-
-
-def redraw_timing(ps: PacketSet, cfg: TrainConfig, rng: np.random.Generator) -> np.ndarray:
-    """Side features after re-drawing each instance's rate and path jitter (module doc)."""
-    assert ps.inst is not None and ps.ts is not None and ps.paylen is not None
-    inst = ps.inst
-    n_inst = int(inst.max()) + 1 if len(inst) else 0
-    lo, hi = -np.log(cfg.rate_spread), np.log(cfg.rate_spread)
-    scale = np.exp(rng.uniform(lo, hi, n_inst))
-    sigma = rng.uniform(0.0, cfg.jitter_us, n_inst)
-    order = np.lexsort((np.arange(len(inst)), inst))
-    ii, tt = inst[order], ps.ts[order].astype(np.float64)
-    same = np.r_[False, ii[1:] == ii[:-1]] & (ii >= 0)
-    gap = np.where(same, np.r_[0.0, tt[1:] - tt[:-1]], 0.0)
-    g = np.maximum(ii, 0)
-    gap = gap * scale[g] + np.where(same, np.abs(rng.normal(0.0, 1.0, len(gap))) * sigma[g], 0)
-    starts = ~same
-    new_t = np.cumsum(gap)
-    grp = np.cumsum(starts) - 1
-    base = new_t[np.flatnonzero(starts)][grp]
-    ts = np.empty(len(inst), dtype=np.int64)
-    ts[order] = np.floor(new_t - base).astype(np.int64)
-    paylen = ps.paylen
-    if cfg.size_shift:  # the channel's packet size is a tool setting: shift it per instance
-        off = rng.integers(0, cfg.size_shift + 1, n_inst)
-        paylen = np.where((paylen > 0) & (inst >= 0), paylen + off[np.maximum(inst, 0)], paylen)
-    return side_features(inst, ts, paylen)
 
 
 def train_model(
@@ -154,7 +152,12 @@ def train_model(
     n = len(rows)
     for _epoch in range(cfg.epochs):
         if cfg.augment:
-            iat = torch.from_numpy(redraw_timing(ps, cfg, rng)[rows].astype(np.int64))
+            side, xb, yb = augment.redraw(ps, cfg, rng)
+            iat = torch.from_numpy(side[rows].astype(np.int64))
+            y = torch.from_numpy(yb[rows])
+            if xb is not ps.x:  # lengths re-drawn: the channel bytes follow
+                assert cfg.masked and not cfg.legacy_mask, "size re-draws need channel bytes"
+                x = torch.from_numpy(xb[rows].astype(np.float32))
         model.train()
         perm = torch.from_numpy(rng.permutation(n))
         for i in range(0, n, cfg.batch):

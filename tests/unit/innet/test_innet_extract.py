@@ -87,7 +87,7 @@ def test_chain_on_real_frames_equals_the_vectorised_path(model_net: object = Non
     from tidal.innet.qmodel import NetNN
 
     torch.manual_seed(2)
-    net = NetNN(side=(True,) * 5).to_int()
+    net = NetNN(side=(True,) * 8).to_int()  # every side feature, the modulation counters too
     mapping = map_network(net)
     ps = _packets(None)
     verdict, logits, flows = vectorised(net, mapping, ps, 8, None)

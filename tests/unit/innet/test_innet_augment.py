@@ -1,0 +1,109 @@
+"""Modulation counters in the flow table, the size-alphabet / channel-removal augmentation,
+and nested selection inside the training groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tidal.innet import augment, dataset, logo
+from tidal.innet.flowstate import FlowTable, flow_code
+from tidal.innet.train import TrainConfig
+
+KEY = (6, b"\x0a\x00\x00\x01", b"\x0a\x00\x00\x02", 4000, 9999)
+
+
+def _run(lens: list[int], gaps: list[int]) -> list[tuple[int, ...]]:
+    t, ts, out = FlowTable(slots=16), 0, []
+    for n, g in zip(lens, gaps, strict=True):
+        ts += g
+        out.append(t.update(KEY, ts, n).side)
+    return out
+
+
+def test_modulation_counters_see_a_size_alphabet_and_a_gap_alphabet() -> None:
+    n = 12
+    size = _run([1000 + i % 2 for i in range(n)], [300_000] * n)  # size channel, regular gaps
+    const = _run([5] * n, [24_000] * n)  # polling: nothing modulated
+    timing = _run([12] * n, [40_000 if i % 2 else 80_000 for i in range(n)])  # gap channel
+    assert size[-1][5:] == (flow_code(n, 2), flow_code(n, n - 1), flow_code(n, 0))
+    assert const[-1][5:] == (flow_code(n, 1), flow_code(n, 0), flow_code(n, 0))
+    assert timing[-1][5:] == (flow_code(n, 1), flow_code(n, 0), flow_code(n, n - 2))
+    assert size[0][5:] == (0, 0, 0)  # a first packet has no flow history
+
+
+def _covert_set(n: int = 400) -> dataset.PacketSet:
+    rng = np.random.default_rng(0)
+    flows = [
+        dataset.FlowInfo("nefias/t/TCC_A_40_80.pcap", KEY, 1, False, "c1"),
+        dataset.FlowInfo("benign-zeek/http/a.pcap", KEY, 0, False, "b1"),
+    ]
+    flow = np.repeat([0, 1], n // 2)
+    x = np.zeros((n, 68), np.uint8)
+    x[:, 12:14] = (0x08, 0x00)
+    x[:, 23] = 6
+    paylen = np.where(flow == 0, 12, rng.integers(1, 1400, n))
+    x[:, 16], x[:, 17] = paylen >> 8, paylen & 0xFF
+    ts = np.cumsum(rng.choice([40_000, 80_000], n))
+    return dataset.PacketSet(
+        x=x, x_raw=x.copy(), side=np.zeros((n, 8), np.uint8), y=np.where(flow == 0, 1, 0),
+        flow=flow, flows=flows, inst=flow.copy(), ts=ts, paylen=paylen,
+    )  # fmt: skip
+
+
+def test_size_alphabet_rewrites_lengths_in_side_features_and_bytes_alike() -> None:
+    ps = _covert_set()
+    cfg = TrainConfig(size_channel=1.0, max_symbols=3)
+    side, x, y = augment.redraw(ps, cfg, np.random.default_rng(1))
+    cov = ps.flow == 0
+    new_len = x[cov, 16].astype(np.int64) << 8 | x[cov, 17]
+    assert 2 <= len(np.unique(new_len)) <= 3 and not np.all(new_len == 12)
+    assert np.array_equal(x[~cov], ps.x[~cov])  # benign flows keep their lengths
+    assert np.array_equal(y, ps.y)  # a re-encoded channel is still covert
+    assert (side[cov][-1, 5] & 15) == len(np.unique(new_len))  # nlen counts the alphabet
+
+
+def test_channel_removal_is_labeled_benign_with_constant_length_and_regular_gaps() -> None:
+    ps = _covert_set()
+    side, x, y = augment.redraw(ps, TrainConfig(neutral=1.0), np.random.default_rng(2))
+    cov = ps.flow == 0
+    assert not y[cov].any()
+    assert len(np.unique(x[cov, 16:18], axis=0)) == 1
+    assert (side[cov][-1, 6] & 15) == 0  # no length change counted
+    # the modulation is gone from the gaps: fewer changed gaps than the 40/80 ms channel
+    assert ps.inst is not None and ps.ts is not None and ps.paylen is not None
+    before = augment.side_features(ps.inst, ps.ts, ps.paylen)
+    assert (side[cov][20:, 7] & 15).max() < (before[cov][20:, 7] & 15).max()
+
+
+def test_nested_selection_sees_only_the_training_groups() -> None:
+    flows = []
+    for i, name in enumerate(["SCC_A_40", "SCC_B_40", "TCC_A_40_80", "TCC_B_40_80"]):
+        flows.append(dataset.FlowInfo(f"nefias/t/{name}.pcap", KEY, 1, False, f"c{i}"))
+    for j, fam in enumerate(["http", "ssh", "dns", "tls"]):
+        flows.append(dataset.FlowInfo(f"benign-zeek/{fam}/f.pcap", KEY, 0, False, f"b{j}"))
+    n = len(flows) * 40
+    flow = np.repeat(np.arange(len(flows)), 40)
+    y = np.array([flows[f].label for f in flow])
+    ps = dataset.PacketSet(
+        x=np.zeros((n, 68), np.uint8), x_raw=np.zeros((n, 68), np.uint8),
+        side=np.zeros((n, 8), np.uint8), y=y, flow=flow, flows=flows,
+    )  # fmt: skip
+    seen: list[set[str]] = []
+
+    def fit(tr: dataset.PacketSet, cand: str, inner: bool) -> Any:
+        seen.append({f.connection for f in tr.flows})
+        # "oracle" flags exactly the covert packets; "all" flags everything
+        return lambda te: (te.y > 0).astype(np.int64) if cand == "oracle" else np.ones(len(te))
+
+    for i, fold in enumerate(logo.folds(ps)):
+        seen.clear()
+        res = logo.run_nested(ps, fit, ("all", "oracle"), ((16, None), (8, None)), 3, only=[i])
+        rep = res["folds"][0]
+        assert rep["selected"]["candidate"] == "oracle"
+        assert rep["selected"]["inner_folds"] <= 3
+        assert rep["covert_recall"] == 1.0 and rep["benign_false_positive_rate"] == 0.0
+        held = {flows[j].connection for j in logo.fold_split(ps, fold)[1]}
+        assert len(seen) == 2 * rep["selected"]["inner_folds"] + 1
+        assert all(not (held & conns) for conns in seen)  # never fitted on its test side
