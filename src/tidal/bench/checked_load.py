@@ -300,6 +300,12 @@ def describe(summary: Summary) -> dict[str, Any]:
         p50, p99 = summary.quantile(k, 0.5), summary.quantile(k, 0.99)
         out[f"{k}_p50_ms"] = None if p50 is None else round(p50, 2)
         out[f"{k}_p99_ms"] = None if p99 is None else round(p99, 2)
+    # The refusals timed from the moment the client sent them (the gateway's part, without
+    # the client's own lag behind its schedule).
+    sent = sorted(r.latency_ms - r.sent_lag_ms for r in summary.results if r.outcome == "refused")
+    out["refused_p99_from_send_ms"] = (
+        round(sent[min(len(sent) - 1, int(0.99 * len(sent)))], 2) if sent else None
+    )
     return out
 
 

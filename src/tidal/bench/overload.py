@@ -156,6 +156,7 @@ def verdicts(d: dict[str, Any]) -> dict[str, Any]:
         "refused_share_of_not_in_time": round(refused_share, 4),
         "goal_refused_share_ge_0.95": refused_share >= 0.95,
         "refusal_p99_ms": d["refused_p99_ms"],
+        "refusal_p99_from_send_ms": d.get("refused_p99_from_send_ms"),
         "goal_refusal_p99_le_5ms": d["refused_p99_ms"] is None or d["refused_p99_ms"] <= 5.0,
         "expired_share": round(d["expired"] / total, 4) if total else 0.0,
         "goal_expired_le_0.02": (d["expired"] / total if total else 0.0) <= 0.02,
