@@ -1,102 +1,224 @@
-"""`tidal bench ray-cluster`: the same trace and policy on one machine and on a local
-multi-node Ray cluster, with the cores scaled to match.
+"""`tidal bench ray-cluster`: the two-stage example under one policy on one machine and on a
+local multi-node Ray cluster, with the cores scaled to match, on the bursty window.
 
-Both runs use `tidal validate`'s setup (`make_validate_setup`: the pipeline, the reference
-profile, the trace window turned into one open-loop schedule) and the demo's live run
-(`run_policy`: a fresh closed loop in a child process, the schedule replayed from this one).
+The load is the demo's (docs/user-guide.md, `make demo`; `tidal.apps.demo.make_setup`): the
+planners' two-stage pipeline (examples/pipelines/two-stage.yaml), the IPA "bursty" window of
+the Twitter trace (a synthetic 44 -> 220 req/s spike without ../shared, and it says so)
+compressed `compress`x and scaled so the surge's peak asks `peak_load` of the pipeline's
+capacity on `C` cores, with the profile scaled by the slowdown a probe measured here first
+(12 requests at the initial plan); the SLO is 3x the pipeline's p99 at the initial plan
+unless given. `C` is the machine's cores minus `reserve` (0.5: the gateway, the Ray processes
+and the load generator run on the same machine). One schedule (same arrival times) is
+replayed open loop on every run, each a fresh closed loop in a child process (`run_policy`,
+as the demo):
 
-- one machine: the local substrate with `C` cores (the machine's cores minus a reserve);
-- Ray: a `ray.cluster_utils.Cluster` started here with a head that hosts nothing and `nodes`
+- `local`: one machine, the local substrate, planned as 1 node x `C` cores;
+- `local-nodes`: the local substrate planned as `nodes` x `C/nodes` cores (the planners'
+  capacity model of the cluster: a replica never exceeds a node), so the only difference
+  left to `ray` is the substrate;
+- `ray`: a `ray.cluster_utils.Cluster` started here with a head that hosts nothing and `nodes`
   worker nodes, each a real raylet; the closed loop is the Ray driver
-  (``--substrate ray --address ...``) and plans for ``nodes x C/nodes`` cores.
+  (``--substrate ray --address ...``) and plans for ``nodes x C/nodes`` cores. With the
+  defaults on 2 cores that is 3 x 0.5, a multiple of themis' 0.5-core grid (with 3 x 0.667 a
+  replica could not exceed 0.5 cores and a quarter of each node stayed idle).
 
-It prints violations (refused, expired, late and errors count), p99 and core-seconds for
-both, the difference in percentage points, and the load average at start and end. This is a
-benchmark: it asserts nothing; the machine is shared and both runs see its noise.
+Runs can be split over several invocations (each short enough for the shared benchmark
+lock): `only` picks the runs, and `against` (a previous result) supplies the others, after
+checking that its setup (slowdown, SLO, requests, cores, policy) is the same; its load
+averages are kept with it.
+
+It prints requests, violations (refused, expired, late and errors count) and their rate, p99
+and core-seconds of every run, the differences in percentage points against `local`, and the
+load average at start and end. This is a benchmark: it asserts nothing; the machine is shared
+and every run sees its noise (on a 2-core machine the 3 "nodes" share the same two physical
+cores).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from tidal.core.clock import MonotonicClock
+from tidal.core.errors import TidalError
+
+RUNS = ("local", "local-nodes", "ray")
+SAME = ("policy", "slowdown", "slo_ms", "requests", "cores", "nodes", "trace")
+
 
 def bench_ray_cluster(
-    trace: str = "twitter:bursty",
     policy: str = "themis",
-    pipeline: str | None = None,
     nodes: int = 3,
-    slo_ms: float = 1000.0,
-    duration_s: float = 60.0,
+    compress: int = 8,
+    peak_load: float = 0.5,
+    slo_ms: float | None = None,
+    duration_s: float | None = 100.0,
     seed: int = 0,
+    probe: bool = True,
+    reserve: float = 0.5,
+    only: Sequence[str] = RUNS,
+    against: dict[str, Any] | None = None,
+    keep: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run both and return {"local": summary, "ray": summary, "violation_pp": ..., ...}."""
+    """Run `only` (default all of RUNS) and return {"runs": {name: summary}, "pp": {...},
+    ...}. `against`: a previous result whose runs fill the others (same setup, else
+    TidalError naming the field); its slowdown is reused instead of probing. `keep`: keep
+    each run's files (decisions, outcomes) there. `progress` gets one line per phase."""
+    from tidal.apps.demo import make_setup, probe_slowdown
+
+    bad = [r for r in only if r not in RUNS]
+    if bad or not only:
+        raise TidalError(f"unknown runs {bad or only!r}; valid: {', '.join(RUNS)}")
+    clock = MonotonicClock()
+    t0 = clock.now()
+
+    def note(msg: str) -> None:
+        if progress is not None:
+            progress(f"[{clock.now() - t0:6.1f} s] {msg}")
+
+    load0 = os.getloadavg()
+    kw: dict[str, Any] = {
+        "reserve": reserve,
+        "slo_ms": slo_ms,
+        "compress": compress,
+        "peak_load": peak_load,
+        "seed": seed,
+        "duration_s": duration_s,
+    }
+    setup = make_setup(**kw)
+    with tempfile.TemporaryDirectory(prefix="tidal-bench-ray-") as tmp:
+        work = keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        slow = 1.0
+        if against is not None:
+            slow = float(against["slowdown"])
+        elif probe:
+            (work / "probe").mkdir(exist_ok=True)
+            slow = probe_slowdown(setup, work / "probe")
+            note(f"probe: the pipeline runs x{slow:.2f} its profile here")
+        if slow > 1.05:
+            setup = make_setup(**kw, slowdown=slow)
+        out: dict[str, Any] = {
+            "trace": setup.trace_desc,
+            "policy": policy,
+            "slo_ms": setup.slo_ms,
+            "slowdown": slow,
+            "requests": len(setup.schedule.offsets),
+            "cores": setup.cores,
+            "nodes": nodes,
+            "cores_per_node": setup.cores / nodes,
+            "runs": {},
+        }
+        if against is not None:
+            for k in SAME:
+                if against.get(k) != out[k]:
+                    raise TidalError(
+                        f"the earlier result has {k}={against.get(k)!r}, this setup "
+                        f"{out[k]!r}: not the same run"
+                    )
+            for name, s in against["runs"].items():
+                if name not in only:
+                    out["runs"][name] = {**s, "earlier": True}
+        note(f"{out['requests']} requests over {setup.schedule.duration_s:.0f} s")
+        for name in (r for r in RUNS if r in only):
+            (work / name).mkdir(exist_ok=True)
+            out["runs"][name] = _run(name, setup, policy, nodes, work / name)
+            note(f"{name}: done")
+    _differences(out)
+    out["loadavg_start"], out["loadavg_end"] = load0, os.getloadavg()
+    return out
+
+
+def _run(name: str, setup: Any, policy: str, nodes: int, work: Path) -> dict[str, Any]:
+    """One run's summary, with the load average at its start and end."""
     from tidal.apps.demo import run_policy
-    from tidal.apps.validate import live_summary, make_validate_setup
+    from tidal.apps.validate import live_summary
+
+    per_node = setup.cores / nodes
+    load0 = os.getloadavg()
+    if name == "local":
+        s = live_summary(run_policy(setup, policy, work))
+    elif name == "local-nodes":
+        args = ["--nodes", str(nodes), "--cores-per-node", f"{per_node:g}"]
+        s = live_summary(run_policy(setup, policy, work, server_args=args))
+    else:
+        s = _ray_run(setup, policy, nodes, per_node, work)
+    return {**s, "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+
+
+def _ray_run(setup: Any, policy: str, nodes: int, per_node: float, work: Path) -> dict[str, Any]:
+    from tidal.apps.demo import run_policy
+    from tidal.apps.validate import live_summary
     from tidal.control.ray_substrate import _ray
 
     ray = _ray()
     from ray.cluster_utils import Cluster
 
-    load0 = os.getloadavg()
-    setup = make_validate_setup(trace, pipeline, slo_ms, None, 1, duration_s, seed)
-    per_node = setup.cores / nodes
-    out: dict[str, Any] = {
-        "trace": setup.trace_desc,
-        "policy": policy,
-        "cores": setup.cores,
-        "nodes": nodes,
-        "cores_per_node": per_node,
-    }
-    with tempfile.TemporaryDirectory(prefix="tidal-bench-ray-") as tmp:
-        work = Path(tmp)
-        (work / "local").mkdir()
-        out["local"] = live_summary(run_policy(setup, policy, work / "local"))
-        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-        try:
-            for _ in range(nodes):
-                cluster.add_node(num_cpus=max(1, round(per_node + 0.499)))
-            cluster.wait_for_nodes()
-            (work / "ray").mkdir()
-            args = ["--substrate", "ray", "--address", cluster.address, "--nodes", str(nodes)]
-            args += ["--cores-per-node", f"{per_node:g}"]
-            out["ray"] = live_summary(run_policy(setup, policy, work / "ray", server_args=args))
-        finally:
-            if ray.is_initialized():
-                ray.shutdown()
-            cluster.shutdown()
-    loc, rem = out["local"], out["ray"]
-    out["violation_pp"] = 100.0 * (rem["slo_violation_rate"] - loc["slo_violation_rate"])
-    out["loadavg_start"] = load0
-    out["loadavg_end"] = os.getloadavg()
-    return out
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(nodes):
+            cluster.add_node(num_cpus=max(1, round(per_node + 0.499)))
+        cluster.wait_for_nodes()
+        args = ["--substrate", "ray", "--address", cluster.address, "--nodes", str(nodes)]
+        args += ["--cores-per-node", f"{per_node:g}"]
+        return live_summary(run_policy(setup, policy, work, server_args=args))
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.shutdown()
+
+
+def _differences(out: dict[str, Any]) -> None:
+    runs = out["runs"]
+    out["pp"] = {}
+    if "local" in runs:
+        base = runs["local"]["slo_violation_rate"]
+        for name in ("local-nodes", "ray"):
+            if name in runs:
+                out["pp"][f"{name} - local"] = 100.0 * (runs[name]["slo_violation_rate"] - base)
+    if "local-nodes" in runs and "ray" in runs:
+        a, b = runs["ray"]["slo_violation_rate"], runs["local-nodes"]["slo_violation_rate"]
+        out["pp"]["ray - local-nodes"] = 100.0 * (a - b)
 
 
 def format_report(r: dict[str, Any]) -> str:
     """A plain table of `bench_ray_cluster`'s result."""
     lines = [
-        f"trace {r['trace']}, policy {r['policy']}: one machine with {r['cores']:g} cores vs "
-        f"Ray {r['nodes']} nodes x {r['cores_per_node']:g} cores",
-        f"{'substrate':<10} {'requests':>8} {'violations':>10} {'rate':>8} {'p99 ms':>9} "
-        f"{'core-s':>8}",
+        f"trace: {r['trace']}",
+        f"policy {r['policy']}, SLO {r['slo_ms']:g} ms (probe: x{r['slowdown']:.2f} the "
+        f"profile here), {r['requests']} requests; one machine with {r['cores']:g} cores vs "
+        f"{r['nodes']} nodes x {r['cores_per_node']:.3g} cores",
+        f"{'run':<12} {'requests':>8} {'violations':>10} {'rate':>8} {'p99 ms':>8} "
+        f"{'core-s':>7}  {'load avg start/end':<18}",
     ]
-    for name in ("local", "ray"):
-        s = r[name]
+    for name in RUNS:
+        s = r["runs"].get(name)
+        if s is None:
+            continue
         p99 = "-" if s["p99_ms"] is None else f"{s['p99_ms']:.0f}"
         v = s["violations"]
         total = sum(v.values()) if isinstance(v, dict) else v
         causes = ", ".join(f"{k} {n}" for k, n in v.items() if n) if isinstance(v, dict) else ""
+        la0, la1 = s["loadavg_start"], s["loadavg_end"]
+        flags = "" if s.get("loadgen_kept_up", True) else " [load generator fell behind]"
+        flags += " [earlier invocation]" if s.get("earlier") else ""
         lines.append(
-            f"{name:<10} {s['requests']:>8} {total:>10} "
-            f"{100 * s['slo_violation_rate']:>7.2f}% {p99:>9} {s['core_seconds']:>8.1f}"
-            + (f"  ({causes})" if causes else "")
+            f"{name:<12} {s['requests']:>8} {total:>10} "
+            f"{100 * s['slo_violation_rate']:>7.2f}% {p99:>8} {s['core_seconds']:>7.1f}  "
+            f"{la0[0]:>4.1f} / {la1[0]:<4.1f}" + (f"  ({causes})" if causes else "") + flags
         )
+    for k, pp in r["pp"].items():
+        lines.append(f"violations, {k}: {pp:+.2f} pp")
     la0, la1 = r["loadavg_start"], r["loadavg_end"]
-    lines.append(f"violations, Ray minus one machine: {r['violation_pp']:+.2f} pp")
-    lines.append(f"load average: start {la0[0]:.1f} {la0[1]:.1f}, end {la1[0]:.1f} {la1[1]:.1f}")
+    lines.append(
+        f"load average of this invocation: start {la0[0]:.1f} {la0[1]:.1f}, "
+        f"end {la1[0]:.1f} {la1[1]:.1f}"
+    )
     return "\n".join(lines)
 
 
-__all__ = ["bench_ray_cluster", "format_report"]
+__all__ = ["RUNS", "bench_ray_cluster", "format_report"]

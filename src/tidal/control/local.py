@@ -154,15 +154,17 @@ class LocalActuator:
 
     def _limits(self, plan: Plan) -> str:
         """Why `plan` (merged with the plan in force) breaks the machine limits, or ''.
-        Per-replica cores and total cores against this actuator's capacity, total replicas
-        against the config's `limits.max_replicas` (tidal.dataplane.plancheck: one check for
-        the admin endpoint and the controller). Planners may scale a stage to zero."""
+        Total cores against this actuator's capacity (all its nodes: the per-node fit is
+        `fits`'), total replicas against the config's `limits.max_replicas`
+        (tidal.dataplane.plancheck: one check for the admin endpoint and the controller).
+        Planners may scale a stage to zero. (The total was once checked against one node's
+        cores: on a 3 x 0.5-core Ray cluster every plan beyond 0.5 cores was refused.)"""
         limits = getattr(getattr(self.gateway, "config", None), "limits", None)
         max_replicas = limits.max_replicas_resolved() if limits is not None else 1 << 30
         try:
             check_plan(
                 merged(self.current(), plan),
-                capacity_cores=self._capacity.cores_per_node,
+                capacity_cores=self._capacity.total_cores,
                 max_replicas=max_replicas,
                 scale_to_zero=True,
             )
