@@ -374,7 +374,8 @@ def simulate(
         t = min(cands)
         while dp.run_until(t) == NEED_INPUT:
             feed()
-        drain_outcomes(t)
+        if t == next_tick or t >= end_us:  # the planner's window latencies; else they wait
+            drain_outcomes(t)
         cores, _ = act.allocated()
         core_us += cores * (t - now)
         for s in range(n_st):
