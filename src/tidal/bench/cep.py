@@ -164,6 +164,8 @@ def _backend(
             assert proc.stdin is not None
             proc.stdin.close()
             proc.wait(10)
+            assert proc.stdout is not None
+            proc.stdout.close()
 
 
 def run_backend(

@@ -2,7 +2,8 @@
 
 A host streams events paced at `rate` events/s (default 50,000) through a stateful
 per-card counter with `cards` cards of keyed state (default 131,072: 1 MB in the Python
-operator's `DenseKeyedState`, about 1 MB of JSON in the Node.js one) and hot-updates it
+operator's `DenseKeyedState` and in the Node.js one's Float64Array; `node-json` keeps the
+same counts in a plain array, about 1 MB of JSON to parse at a hand-over) and hot-updates it
 `updates` times. Every result carries the version that produced it (``TIDAL_CEP_STAMP``), and
 the host records when it received each result batch. The gap of one update is the time
 from the host receiving the last result of the old version to receiving the first result of
@@ -15,6 +16,7 @@ the embedded store, as `tidal cep serve` runs them.
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +33,24 @@ from tidal.cep.sockstore import SocketStoreServer
 from tidal.cep.store import MemoryStore, open_store
 from tidal.core.clock import Clock, MonotonicClock
 
+# The Node.js counterpart of the Python operator's dense keyed state: 8 bytes a card in a
+# Float64Array, which the SDK hands over as raw bytes (sdk/node/state.js).
 NODE_COUNT = """
+const V = Number(process.env.TIDAL_CEP_VERSION || 0);
+const CARDS = Number(process.env.TIDAL_CEP_STATE_CARDS || 1024);
+module.exports = {
+  process(events, state) {
+    if (!state.c) state.c = new Float64Array(CARDS);  // CARDS * 8 bytes
+    return events.map((e) => {
+      state.c[e.card] += 1;
+      return { seq: e.seq, card: e.card, flag: state.c[e.card], merchant: V };
+    });
+  },
+};
+"""
+
+# The same state as a plain JSON array (1 MB of JSON): a hand-over parses it.
+NODE_COUNT_JSON = """
 const V = Number(process.env.TIDAL_CEP_VERSION || 0);
 const CARDS = Number(process.env.TIDAL_CEP_STATE_CARDS || 1024);
 const BASE = 1000000;  // 7-digit counters: CARDS * 8 bytes of JSON state
@@ -51,8 +70,9 @@ def _spec(lang: str, cards: int) -> VersionSpec:
     env = {"TIDAL_CEP_STATE_CARDS": str(cards), "TIDAL_CEP_STAMP": "version"}
     if os.environ.get("TIDAL_CEP_TRACE") == "1":
         env["TIDAL_CEP_TRACE"] = "1"
-    if lang == "node":
-        return VersionSpec(language="node", source=NODE_COUNT, env=env)
+    if lang in ("node", "node-json"):
+        src = NODE_COUNT if lang == "node" else NODE_COUNT_JSON
+        return VersionSpec(language="node", source=src, env=env)
     return VersionSpec(source=operators.path("card_count").read_text(), env=env)
 
 
@@ -77,7 +97,21 @@ def run_gap(
 ) -> dict[str, Any]:
     """One row: median and max gap from the results, update_ms, lost, duplicated."""
     clock = clock or MonotonicClock()
-    codec: CodecName = "json" if lang == "node" else "packed"
+    # The host's threads (pacing loop, flusher, receiver) and the embedded store's serving
+    # threads share one GIL here: hand it over every 0.5 ms, not 5 ms (as `tidal cep bench`
+    # and `tidal cep serve` do), so an operator's store round trip does not wait behind them.
+    old_switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        return _run_gap(lang, rate, cards, updates, batch, clock)
+    finally:
+        sys.setswitchinterval(old_switch)
+
+
+def _run_gap(
+    lang: str, rate: float, cards: int, updates: int, batch: int, clock: Clock
+) -> dict[str, Any]:
+    codec: CodecName = "packed" if lang == "python" else "json"
     n = int(rate * (0.5 + 0.4 * updates + 0.5))
     arr = workload.transactions(n, seed=11, cards=cards)
     with tempfile.TemporaryDirectory(prefix="tidal-cep-gap-") as root:

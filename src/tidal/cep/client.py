@@ -46,8 +46,9 @@ class OperatorClient:
         sleep: Callable[[float], None] = time.sleep,
         sink: Callable[[Batch], None] | None = None,
     ) -> None:
-        """`sink`, when given, is called on the receiver thread with each result batch
-        instead of queueing it for `poll()`."""
+        """`store` is the client's own connection: `close()` closes it. `sink`, when
+        given, is called on the receiver thread with each result batch instead of queueing
+        it for `poll()`."""
         if batch < 1:
             raise TidalError(f"batch must be >= 1, got {batch}")
         if flush_ms <= 0:
@@ -160,6 +161,7 @@ class OperatorClient:
             self._receiver.join(timeout=5)
         if self._rstore is not self.store:
             self._rstore.close()
+        self.store.close()  # the client owns its store connection
 
     # -- flusher thread -----------------------------------------------------------------
     def _take(self) -> list[Batch]:

@@ -165,6 +165,7 @@ def check_host(
     try:
         rep = json.loads(r.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
+        store.close()
         return [*checks, Check("host prints its report", False, r.stdout[-300:])]
     n_in, n_out = store.execute([("llen", in_key), ("llen", out_key)])
     checks += [

@@ -425,6 +425,7 @@ class NodeManager:
         if self._node_spare is not None:
             self._node_spare[0].kill()
             self._node_spare[0].wait(3)
+        self.store.close()
         shutil.rmtree(self.ops_dir, ignore_errors=True)
 
     # -- supervision --------------------------------------------------------------------

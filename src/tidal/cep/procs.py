@@ -97,6 +97,9 @@ class ForkServer:
         except subprocess.TimeoutExpired:
             self._p.kill()
             self._p.wait()
+        self._reader.join(timeout=5)  # it reads to EOF, then the pipe can go
+        with contextlib.suppress(OSError):
+            self._out.close()
 
 
 class ForkedPython:
@@ -182,6 +185,10 @@ class Command:
 
     def wait(self, timeout: float) -> int | None:
         try:
-            return self._p.wait(timeout)
+            code = self._p.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
+        if self._p.stdin is not None:  # a spare that never got its assignment
+            with contextlib.suppress(OSError):
+                self._p.stdin.close()
+        return code

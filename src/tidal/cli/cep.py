@@ -71,6 +71,9 @@ def serve(
     if store == "embedded":
         srv = SocketStoreServer(MemoryStore("cep"), str((root / "store.sock").resolve()))
         url = srv.url
+        # the store serves operators from threads of this process (API, gateway, supervisor
+        # too): hand the GIL over every 0.5 ms, so a store round trip does not wait 5 ms
+        sys.setswitchinterval(0.0005)
     elif store == "redis":
         from tidal.cep.redis_server import RedisServer
 
@@ -133,7 +136,8 @@ def bench_cmd(
     update_gap: bool = typer.Option(
         False,
         "--update-gap",
-        help="Instead: hot-update gap measured from the result stream, Python and Node.js.",
+        help="Instead: hot-update gap measured from the result stream, Python and Node.js "
+        "(typed-array state and plain-JSON state).",
     ),
     gap_rate: float = typer.Option(50_000, help="Events/s of the --update-gap stream."),
     flink: bool = typer.Option(
@@ -151,7 +155,7 @@ def bench_cmd(
 
         grows = [
             run_gap(lang, rate=gap_rate, cards=state_cards, updates=updates)
-            for lang in ("python", "node")
+            for lang in ("python", "node", "node-json")
         ]
         _emit(grows, load0, as_json, lambda r: (
             f"{r['backend']:>18}: gap from results median {r['gap_median_ms']:.2f} ms, max "

@@ -2,11 +2,13 @@
 // Tidal CEP operator runtime for Node.js: the same queue protocol and environment contract
 // as the Python SDK, over Redis (redis://) or the embedded store (unix://) (see tidal/cep/sdk/python/runtime.py). Usage: node run.js operator.js
 // The operator module exports { process(events, state) -> events, required?, emptyState? };
-// `state` is a plain object carried across hot updates as JSON.
+// `state` is a plain object carried across hot updates and checkpoints as JSON, except its
+// top-level typed arrays, carried as raw bytes (state.js).
 const path = require('path');
 const { Resp } = require('./resp');
 const fs = require('fs');
 const { SockStore, enc, dec } = require('./sockstore');
+const { packState, unpackState } = require('./state');
 
 const env = process.env;
 const need = (k) => { if (!env[k]) { console.error(`operator environment lacks ${k}`); process.exit(2); } return env[k]; };
@@ -91,7 +93,7 @@ function commitOps(outs, consumed, parked, data) {
     let forced = false;
     if (forceCkpt) { forceCkpt -= 1; forced = forceCkpt === 0; }
     if (forced || sinceCkpt >= cfg.checkpointEvery) {
-      ops.push(['SET', K.ckpt, 'S' + JSON.stringify(state)], ['DEL', K.log]);
+      ops.push(['SET', K.ckpt, packState(state)], ['DEL', K.log]);
       sinceCkpt = 0;
     } else ops.push(['RPUSH', K.log, ...data]);
   }
@@ -106,14 +108,15 @@ function commitOps(outs, consumed, parked, data) {
 }
 
 // The go signal of a hand-over: a state over 64 KB goes through a file in /dev/shm (the queue
-// store moves a path, not MBs), in the Python SDK's 'T' format; a small one inline, 'S' + JSON.
+// store moves a path, not MBs), in the Python SDK's 'T' format; a small one inline; either way
+// packed by state.js ('S' + JSON, or 'V' with typed arrays as raw bytes).
 // `after`: the frames behind the barrier this instance already read; the new one processes
 // them without a pop round trip (they stay at the head of the in queue until it commits).
 function goSignal(target, after) {
-  const st = JSON.stringify(state);
+  const st = packState(state);
   const parts = [Buffer.from('T')];
   if (st.length <= 65536 || !fs.existsSync('/dev/shm')) {
-    enc(['S', Buffer.from(st), after], parts);
+    enc(['S', st, after], parts);
   } else {
     const p = `/dev/shm/tidal-cep-${target}-${process.pid}-${Date.now()}.state`;
     fs.writeFileSync(p, st, { mode: 0o600 });
@@ -127,7 +130,7 @@ async function main() {
   await r.ready();
   if (!cfg.standby && checkpointing) {  // after a crash: checkpoint + replay of the log
     const [ck, log] = await r.multi([['GET', K.ckpt], ['LRANGE', K.log, '0', '-1']]);
-    if (ck && ck[0] === 0x53) state = JSON.parse(ck.toString('utf8', 1));
+    if (ck && (ck[0] === 0x53 || ck[0] === 0x56)) state = unpackState(ck);
     if (log && log.length) processFrames(log);
   }
   await r.call(['RPUSH', IK(cfg.inst).ready, '1']);
@@ -138,7 +141,7 @@ async function main() {
       const g = go[1];
       trace('go');
       let raw = null;
-      if (g[0] === 0x53) raw = g.subarray(1);  // 'S' + JSON state
+      if (g[0] === 0x53 || g[0] === 0x56) raw = g;  // a packed state (state.js)
       else if (g[0] === 0x54) {  // 'T' + tagged [kind, state or path, frames]: Python's format
         const [kind, val, after] = dec(g, 1)[0];
         prefetch = (after || []).map((x) => Buffer.from(x));
@@ -151,7 +154,7 @@ async function main() {
         } else raw = Buffer.from(val);
       }
       if (raw !== null && raw.length && !cfg.emptyState && !user.emptyState) {
-        try { state = JSON.parse(raw.toString('utf8')); } catch (e) { state = {}; }
+        try { state = unpackState(raw); } catch (e) { state = {}; }
       }
       trace('restored');
       if (checkpointing) forceCkpt = 2;  // own checkpoint at the 2nd commit, off the critical path

@@ -5,6 +5,7 @@
 // {"env": {...the operator contract...}, "source": "/path/operator.js"}; then run.js runs.
 require('./resp');
 const { enc, dec } = require('./sockstore');
+const { packState, unpackState } = require('./state');
 
 // Warm the hand-over's critical path before an assignment: JSON.parse/stringify of a state of
 // about 1 MB (arrays of numbers, an object of keys) compile their fast paths and grow the heap
@@ -13,6 +14,7 @@ const { enc, dec } = require('./sockstore');
   const st = { a: new Array(65536).fill(0).map((_, i) => 1000000 + i), o: {} };
   for (let i = 0; i < 8192; i++) st.o[`k${i}`] = { n: i, s: 'x' };
   for (let rep = 0; rep < 2; rep++) JSON.parse(JSON.stringify(st));
+  unpackState(packState({ t: new Float64Array(65536), n: 1 }));
   const parts = [];
   enc(['x', [['lrange', 'k', 0, 9], ['rpush', 'k', [Buffer.from('J[{"a":1}]')]]]], parts);
   dec(Buffer.concat(parts), 0);
