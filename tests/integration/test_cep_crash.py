@@ -28,12 +28,27 @@ module.exports = {
   },
 };
 """
+# Counts in a top-level Float64Array: checkpoints carry it as raw bytes ('V', state.js)
+NODE_TYPED_COUNT = """
+module.exports = {
+  process(events, state) {
+    if (!state.c) state.c = new Float64Array(16);
+    return events.map((e) => {
+      state.c[e.card] += 1;
+      return { ...e, flag: state.c[e.card] };
+    });
+  },
+};
+"""
 N, CARDS, KILLS = 2000, 7, 3
 
 
-def _kill9_run(tmp_path: Path, spec: VersionSpec) -> None:
+def _kill9_run(tmp_path: Path, spec: VersionSpec, checkpoint_every: int | None = None) -> None:
     srv = SocketStoreServer(MemoryStore(f"crash-{tmp_path.name}"), str(tmp_path / "s.sock"))
-    m = NodeManager(tmp_path, srv.url, DeployDefaults(codec="json", batch=50))
+    d = DeployDefaults(codec="json", batch=50)
+    if checkpoint_every is not None:
+        d = d.model_copy(update={"checkpoint_every": checkpoint_every})
+    m = NodeManager(tmp_path, srv.url, d)
     assert m.defaults.checkpoint_every > 0  # on by default
     try:
         m.register("cc", spec)
@@ -78,3 +93,11 @@ def test_python_operator_survives_kill9_with_state(tmp_path) -> None:
 @pytest.mark.node
 def test_node_operator_survives_kill9_with_state(tmp_path) -> None:
     _kill9_run(tmp_path, VersionSpec(language="node", source=NODE_COUNT))
+
+
+@pytest.mark.node
+def test_node_typed_array_state_survives_kill9_through_checkpoints(tmp_path) -> None:
+    # a checkpoint every 120 events: restarts restore a 'V' snapshot, then replay the log
+    _kill9_run(
+        tmp_path, VersionSpec(language="node", source=NODE_TYPED_COUNT), checkpoint_every=120
+    )
