@@ -15,11 +15,15 @@ STATE_JS = Path(__file__).parents[3] / "src" / "tidal" / "cep" / "sdk" / "node" 
 
 SCRIPT = """
 const { packState, unpackState } = require(process.argv[1]);
-const s = { c: new Float64Array([1.5, -2, 3e9]), i: new Int32Array([7, -8]), o: { a: [1, 2] }, n: 4 };
+const s = {
+  c: new Float64Array([1.5, -2, 3e9]), i: new Int32Array([7, -8]), o: { a: [1, 2] }, n: 4,
+};
 const p = packState(s);
 const r = unpackState(p);
 const plain = packState({ o: { a: [1] } });
-const bad = Buffer.from(p); bad.writeUInt32LE(bad.readUInt32LE(5 + bad.readUInt32LE(1)) - 3, 5 + bad.readUInt32LE(1));
+const at = 5 + p.readUInt32LE(1);  // the first typed array's byte length
+const bad = Buffer.from(p);
+bad.writeUInt32LE(bad.readUInt32LE(at) - 3, at);
 let refused = false;
 try { unpackState(bad); } catch (e) { refused = true; }
 console.log(JSON.stringify({
