@@ -23,7 +23,9 @@ Each decision (every second):
    `tidal.planners.dp`), minimizing total cores, where every stage's latency is its batch p99
    + the time to fill the batch + the `wait_quantile` (99%) queueing wait behind earlier
    batches (Erlang C with the Allen-Cunneen M/D/n correction, `headroom.wait_ms`) at the
-   hedged rate, and the sum must fit the SLO: the headroom is the queueing delay against the
+   observed level, plus (`absorb_peaks`) the delay of a hedged `fast_window_s` peak above the
+   plan's capacity C: its backlog (peak - C) x 3 s drains at C, so it costs 1000 x 3 x
+   (peak/C - 1) ms; the sum must fit the SLO. The headroom is the queueing delay against the
    actual slack, not a constant; `utilization` (0.95) only caps it where the model is flat.
 3. SLO at risk (checked every second, acted on at once): at `r_fast`, the plan in force's
    processing + queueing wait misses the SLO, or a queued request would miss its own deadline
@@ -131,6 +133,9 @@ class TidalOptions(PlannerOptions):
     forecast: Literal["auto", "never", "always"] = Field(
         "auto", description="Use the forecast: when it beats the observed rate, never, always."
     )
+    absorb_peaks: bool = Field(
+        True, description="Price a hedged peak above capacity as its backlog's delay."
+    )
     core_step: float = Field(0.5, gt=0, le=8, description="Grid step of cores per replica.")
     variant: VariantChoice = Field(None, description="Fixed variant per stage.")
 
@@ -184,6 +189,7 @@ class Tidal:
         max_changes_per_hour: int = 60,
         budget_margin: float = 0.9,
         forecast: str = "auto",
+        absorb_peaks: bool = True,
         core_step: float = 0.5,
         variant: VariantChoice = None,
     ) -> None:
@@ -194,6 +200,7 @@ class Tidal:
         self.hold_s, self.scale_down_after_s = hold_s, scale_down_after_s
         self.down_gain, self.max_changes = down_gain, max_changes_per_hour
         self.budget_margin, self.forecast = budget_margin, forecast
+        self.absorb_peaks = absorb_peaks
         self.variant = variant
         # the core grids and the Amdahl cap are Themis'; `_full` (utilisation 1, no wait
         # term) finds the most the nodes carry under overload
@@ -282,6 +289,8 @@ class Tidal:
         behind earlier batches (`tidal.planners.headroom.wait_ms`). `replicas` fixes n,
         `cores` c. Cores stay inside the profile's measured range (`core_bounds`)."""
         mu = lam if wait_rate is None else min(wait_rate, lam)
+        soft = self.absorb_peaks and mu < lam
+        k = float(self.fast_window_s)
         out: list[list[Option]] = []
         cap = ctx.capacity
         for i, (v, grid) in enumerate(zip(chosen, self._dp.grids(ctx, chosen), strict=True)):
@@ -292,11 +301,14 @@ class Tidal:
                     continue
                 slots = cap.nodes * int(cap.cores_per_node // c + 1e-9)
                 for b in BATCHES:
-                    n0 = replicas_needed(v, b, c, lam / self.utilization)
+                    # the level below `utilization`; the peak either carried too or (with
+                    # `absorb_peaks`) queued and drained within the slack, priced below
+                    n0 = replicas_needed(v, b, c, (mu if soft else lam) / self.utilization)
                     if replicas is not None:
                         ns = [replicas[i]] if n0 <= replicas[i] <= slots else []
                     else:  # more replicas than needed only shorten the wait
-                        ns = list(range(n0, min(slots, 2 * n0 + 2) + 1))
+                        n_peak = replicas_needed(v, b, c, lam / self.utilization)
+                        ns = list(range(n0, min(slots, 2 * max(n0, n_peak) + 2) + 1))
                     cand += [(n, b, c) for n in ns]
             if not cand:
                 out.append([])
@@ -312,6 +324,9 @@ class Tidal:
             opts = []
             for (n, b, c), w in zip(cand, wait.tolist(), strict=True):
                 lat = stage_latency_ms(v, b, c, mu) + w
+                if soft:  # a k-s peak above capacity C queues (lam - C) k, drained at C
+                    carry = n * v.throughput(b, c) * self.utilization
+                    lat += 1000.0 * k * max(0.0, lam / carry - 1.0)
                 if math.isfinite(lat):
                     opts.append(Option(lat, n * c, (n, c, b)))
             out.append(opts)
@@ -454,13 +469,18 @@ class Tidal:
     def _carries(
         self, plan: Plan, chosen: list[VariantProfile], lam: float, level: float, slo: float
     ) -> bool:
-        """The plan in force already carries `lam` (below `utilization`) within the SLO at
-        `level` (a more expensive target is then no reason to change)."""
-        if _max_rps(plan, chosen) * self.utilization < lam - 1e-9:
-            return False
+        """The plan in force already carries `lam` within the SLO at `level`, as the target
+        is sized (`options`): a more expensive target is then no reason to change."""
         mu = min(level, lam)
-        fill = sum(queue_ms(sp.batch, mu) for sp in plan.stages)
-        return sum(self.latency_ms(plan, chosen, mu)) + fill <= slo + 1e-9
+        total = 0.0
+        for sp, v, lat in zip(plan.stages, chosen, self.latency_ms(plan, chosen, mu), strict=True):
+            carry = sp.replicas * v.throughput(sp.batch, sp.cores) * self.utilization
+            if carry < (mu if self.absorb_peaks else lam) - 1e-9:
+                return False
+            total += lat + queue_ms(sp.batch, mu)
+            if self.absorb_peaks:
+                total += 1000.0 * self.fast_window_s * max(0.0, lam / carry - 1.0)
+        return total <= slo + 1e-9
 
     def _grow(
         self,
