@@ -48,7 +48,7 @@ def run(
     """Serve `config` until SIGINT/SIGTERM with Tidal's HTTP server (tidal.dataplane.server:
     httptools on uvloop, the connection limits of `config.limits`, TLS when configured).
     `on_start(gateway)` runs on the gateway's loop once it is warm and the port listens."""
-    from tidal.dataplane.server import serve
+    from tidal.dataplane.frontend import serve  # server.serve, or N front ends (frontends: N)
 
     app, gateway = build_app(config, factory, on_build)
 

@@ -59,8 +59,10 @@ import orjson
 from tidal.dataplane.disconnect import ClientGone, disconnect_hook, until_disconnect
 from tidal.dataplane.disconnect import unregister as _unregister
 from tidal.dataplane.frontend_codec import json_to_binary
+from tidal.dataplane.lifespan import ASGIApp, Lifespan
 from tidal.dataplane.security import child_env
-from tidal.dataplane.server import ASGIApp, Lifespan, ServerLimits, serve_async, ssl_context
+from tidal.dataplane.server import ServerLimits, prepare, serve_async, ssl_context
+from tidal.dataplane.server import serve as serve_one
 
 log = logging.getLogger("tidal.frontend")
 
@@ -406,6 +408,24 @@ async def serve_frontends(
                 c.transport.close()
         shutil.rmtree(tmp, ignore_errors=True)
         await life.shutdown()
+
+
+def serve(
+    app: ASGIApp,
+    config: Any,
+    on_start: Callable[[], Any] | None = None,
+    log_level: str = "warning",
+) -> None:
+    """`tidal.dataplane.server.serve` for any `config.frontends`: HTTP in this process for 1,
+    else N front ends and this process as the scheduler (`serve_frontends`)."""
+    n = int(getattr(config, "frontends", 1) or 1)
+    if n <= 1:
+        serve_one(app, config, on_start, log_level)
+        return
+    import uvloop
+
+    limits = prepare(config, log_level)
+    uvloop.run(serve_frontends(app, config, limits, n, on_started=on_start, log_level=log_level))
 
 
 # ---------------------------------------------------------------------- front-end side

@@ -52,13 +52,14 @@ from urllib.parse import unquote
 import httptools
 
 from tidal.dataplane.disconnect import unregister as _unregister
+from tidal.dataplane.lifespan import ASGI as _ASGI
+from tidal.dataplane.lifespan import Lifespan
 
 log = logging.getLogger("tidal.server")
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 _MAX_PIPELINED = 16
 _PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
-_ASGI = {"version": "3.0", "spec_version": "2.3"}
 # States of the parser side of a connection.
 _NEW, _KEEPALIVE, _HEADERS, _BODY = 0, 1, 2, 3
 
@@ -497,37 +498,6 @@ class Server:
             self._sweeper.cancel()
 
 
-class Lifespan:
-    """The ASGI lifespan protocol, driven from the server side."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.to_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.from_app: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
-
-    async def _main(self) -> None:
-        scope = {"type": "lifespan", "asgi": _ASGI, "state": {}}
-        try:
-            await self.app(scope, self.to_app.get, self.from_app.put)
-        except Exception as e:
-            await self.from_app.put({"type": "lifespan.startup.failed", "message": repr(e)})
-
-    async def startup(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._main())
-        await self.to_app.put({"type": "lifespan.startup"})
-        msg = await self.from_app.get()
-        if msg["type"] != "lifespan.startup.complete":
-            raise RuntimeError(msg.get("message") or "application startup failed")
-
-    async def shutdown(self) -> None:
-        if self.task is None or self.task.done():
-            return
-        await self.to_app.put({"type": "lifespan.shutdown"})
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.from_app.get(), timeout=60)
-
-
 def ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -590,39 +560,43 @@ def limits_from_config(config: Any, fd_soft: int) -> ServerLimits:
     )
 
 
-def serve(
-    app: ASGIApp,
-    config: Any,
-    on_start: Callable[[], Any] | None = None,
-    log_level: str = "warning",
-) -> None:
-    """Serve `app` per `config` (a ServeConfig: host, port, limits, TLS) until SIGINT/SIGTERM.
-    `on_start()` runs on the server's loop once the lifespan startup is complete and the
-    socket listens (it may return a coroutine). Non-loopback binds are checked first."""
-    import uvloop
-
+def prepare(config: Any, log_level: str = "warning") -> ServerLimits:
+    """What every way of serving `config` does first: the log level, the bind checks
+    (non-loopback without a token is refused, without TLS warned), the descriptor limit
+    raised; returns the connection limits."""
     from tidal.dataplane.security import check_bind  # the hardening issue's bind rules
 
     logging.getLogger("tidal.server").setLevel(log_level.upper())
     certfile = getattr(config, "tls_certfile", None)
-    keyfile = getattr(config, "tls_keyfile", None)
     token = config.admin_token() if hasattr(config, "admin_token") else None
     for w in check_bind(config.host, token, tls=bool(certfile)):
         log.warning("%s", w)
         print(f"warning: {w}", file=sys.stderr)
     lim = getattr(config, "limits", None)
     soft = raise_fd_limit(getattr(lim, "fd_limit", None))
-    limits = limits_from_config(config, soft)
-    if os.environ.get("TIDAL_HTTP_SERVER") == "uvicorn":  # the previous layer, for A/B runs
-        _serve_uvicorn(app, config, limits, on_start, log_level)
-        return
-    frontends = int(getattr(config, "frontends", 1) or 1)
-    if frontends > 1:  # HTTP in N processes, the scheduler here (tidal.dataplane.frontend)
-        from tidal.dataplane.frontend import serve_frontends
+    return limits_from_config(config, soft)
 
-        uvloop.run(serve_frontends(app, config, limits, frontends, on_started=on_start,
-                                   log_level=log_level))  # fmt: skip
+
+def serve(
+    app: ASGIApp,
+    config: Any,
+    on_start: Callable[[], Any] | None = None,
+    log_level: str = "warning",
+) -> None:
+    """Serve `app` per `config` (a ServeConfig: host, port, limits, TLS) until SIGINT/SIGTERM,
+    HTTP in this process (`frontends: N` > 1 is `tidal.dataplane.frontend.serve`).
+    `on_start()` runs on the server's loop once the lifespan startup is complete and the
+    socket listens (it may return a coroutine). Non-loopback binds are checked first."""
+    import uvloop
+
+    limits = prepare(config, log_level)
+    if os.environ.get("TIDAL_HTTP_SERVER") == "uvicorn":  # the previous layer, for A/B runs
+        from tidal.dataplane.lifespan import serve_uvicorn
+
+        serve_uvicorn(app, config, limits, on_start, log_level)
         return
+    certfile = getattr(config, "tls_certfile", None)
+    keyfile = getattr(config, "tls_keyfile", None)
     ctx = ssl_context(certfile, keyfile) if certfile and keyfile else None
 
     def started(_names: list[Any]) -> Any:
@@ -632,48 +606,12 @@ def serve(
                            on_started=started))  # fmt: skip
 
 
-def _serve_uvicorn(app: ASGIApp, config: Any, limits: ServerLimits,
-                   on_start: Callable[[], Any] | None, log_level: str) -> None:  # fmt: skip
-    """uvicorn + httptools (the layer before this module), with the limits it has."""
-    import uvicorn
-
-    async def lifespan_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan" or on_start is None:
-            await app(scope, receive, send)
-            return
-
-        async def snd(msg: dict[str, Any]) -> None:
-            if msg["type"] == "lifespan.startup.complete":
-                out = on_start()
-                if asyncio.iscoroutine(out):
-                    await out
-            await send(msg)
-
-        await app(scope, receive, snd)
-
-    uvicorn.run(
-        lifespan_app,
-        host=config.host,
-        port=config.port,
-        log_level=log_level,
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        proxy_headers=False,
-        server_header=False,
-        timeout_keep_alive=int(max(1, limits.keepalive_timeout_s)),
-        limit_concurrency=limits.max_connections,
-        ssl_certfile=getattr(config, "tls_certfile", None),
-        ssl_keyfile=getattr(config, "tls_keyfile", None),
-    )
-
-
 __all__ = [
     "Lifespan",
     "Server",
     "ServerLimits",
     "limits_from_config",
+    "prepare",
     "raise_fd_limit",
     "serve",
     "serve_async",

@@ -203,6 +203,15 @@ async def test_cap_sheds_the_oldest_idle_connection_for_a_new_client() -> None:
         w.close()
 
 
+async def _disconnects() -> list[str]:
+    """DISCONNECTS once the app recorded something (or after 2 s)."""
+    for _ in range(100):
+        if DISCONNECTS:
+            break
+        await asyncio.sleep(0.02)
+    return DISCONNECTS
+
+
 @on_uvloop
 async def test_client_disconnect_reaches_the_app() -> None:
     DISCONNECTS.clear()
@@ -211,11 +220,7 @@ async def test_client_disconnect_reaches_the_app() -> None:
         w.write(req("/wait-disconnect"))
         await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 5)
         w.close()
-        for _ in range(100):
-            if DISCONNECTS:
-                break
-            await asyncio.sleep(0.02)
-        assert DISCONNECTS == ["http.disconnect"]
+        assert await _disconnects() == ["http.disconnect"]
 
 
 @on_uvloop
@@ -227,11 +232,7 @@ async def test_disconnect_hook_cancels_the_waiting_request() -> None:
         await asyncio.sleep(0.1)  # the app is waiting on its (never done) work
         assert DISCONNECTS == []
         w.close()
-        for _ in range(100):
-            if DISCONNECTS:
-                break
-            await asyncio.sleep(0.02)
-        assert DISCONNECTS == ["hook"]
+        assert await _disconnects() == ["hook"]
 
 
 @on_uvloop
