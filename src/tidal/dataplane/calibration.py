@@ -9,20 +9,23 @@ Two estimators, both fed by the lane's scheduler (`GroupScheduler.on_done`):
   dispatch overhead, not the service), clamped to [0.5, 20]. Admission and busy-until
   predictions are multiplied by it. The median, not a high percentile: on a shared machine
   one preempted batch must not price every arrival.
-- `slowdown_tail`: the 90th percentile of the same ratios. It prices the arriving request's
-  own batch (its service), and a batch that must keep its head's deadline
-  (`SchedulerConfig.batch_deadline`) is cut so it ends in time even at that speed.
+- `slowdown_tail`: the 90th percentile of the same ratios. It bounds how far the arriving
+  request's own batch (its service) is priced above the median, and a batch that must keep
+  its head's deadline (`SchedulerConfig.batch_deadline`) is cut so it ends in time even at
+  that speed.
 - `stretch` (the feedback margin on the wait): each admitted request that completes is late
   (after its stage deadline) or not. On a late one ``stretch *= 1 + STEP``; on one in time
   ``stretch *= 1 - STEP x late_target / (1 - late_target)``, clamped to [1, `STRETCH_MAX`].
   Its fixed point is a late share of exactly `late_target` among the admitted (a stochastic
   approximation of that rate; with no late answer it falls back to 1). Admission admits a
   request only when ``now + stretch x wait + tail x service`` meets its deadline (wait: until
-  its batch starts; tail: ``slowdown_tail / slowdown``), so whatever makes the wait longer
-  than predicted (CPU contention, the gateway's own parsing, batches ahead that ran long) is
-  corrected from what the lane observed, in a closed loop: more late answers raise it, so
-  fewer requests are admitted and the queue shortens. It leaves a request that finds an idle
-  replica alone: an idle lane is never refused for the lateness of a queue it does not have.
+  its batch starts; tail: ``min(stretch, slowdown_tail / slowdown)``: the own batch at the
+  median while answers are in time, up to the tail speed as late ones accumulate; pricing it
+  at the tail always refused a third of 0.5x load on a busy machine), so whatever makes the
+  wait longer than predicted (CPU contention, the gateway's own parsing, batches ahead that
+  ran long) is corrected from what the lane observed, in a closed loop: more late answers
+  raise it, so fewer requests are admitted and the queue shortens. A request that finds an
+  idle replica has no wait to stretch: it is judged on its own service.
 
 - `reply_s` (the answer path): the 90th percentile of the last `BATCH_WINDOW` delays from a
   batch's end to its answer being taken up by the driver (the live gateway's event loop,

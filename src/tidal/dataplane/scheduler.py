@@ -483,8 +483,11 @@ class GroupScheduler:
 
         cal = self.calib
         stretch = self._factor(now, cal.stretch)
-        # the request's own batch at the tail speed when the feedback margin is on
-        tail = max(1.0, self._factor(now, cal.slowdown_tail) / k) if cal.late_target else 1.0
+        # the request's own batch: at the tail speed as far as late answers ask for it (the
+        # stretch), at the median when they do not (so low load is not refused on the tail)
+        tail = 1.0
+        if cal.late_target:
+            tail = min(stretch, max(1.0, self._factor(now, cal.slowdown_tail) / k))
         q = self.queue
         if not q:  # fast path: what `admit_rows` concludes for a batch of one
             for r in self.replicas.values():
