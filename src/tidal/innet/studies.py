@@ -45,9 +45,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 # what nested validation chooses between (logo.select), inside each fold's training groups
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "size+neutral": {"size_channel": 0.4, "length_redraw": 0.5, "neutral": 0.3},
-    "size": {"size_channel": 0.4, "length_redraw": 0.5, "neutral": 0.0},
-}
+    "alphabets": {
+        "size_channel": 0.3, "gap_channel": 0.3, "neutral": 0.2, "length_redraw": 0.5,
+        "block": 48,
+    },
+    "alphabets+neutral": {
+        "size_channel": 0.25, "gap_channel": 0.25, "neutral": 0.4, "length_redraw": 0.5,
+        "block": 48,
+    },
+}  # fmt: skip
 DECISIONS: tuple[tuple[int, int | None], ...] = ((16, None), (32, None))  # (k, need): 3/4
 NESTED = ("new",)
 
