@@ -106,6 +106,14 @@ def test_answers_through_both_frontends(gw: GatewayProcess) -> None:
     assert data.index(b'"live"') < data.index(b'"name":"echo"')
 
 
+def test_frontends_get_no_secrets(gw: GatewayProcess) -> None:
+    assert "TIDAL_TOKEN" in gw.env  # the scheduler process has it (admin calls work)
+    assert gw.client.get("/admin/stats").status_code == 200
+    for pid in _frontends(gw):
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert not any(e.startswith(b"TIDAL_TOKEN=") for e in env)
+
+
 def test_disconnect_cancels_queued_and_running(gw: GatewayProcess) -> None:
     (worker,) = gw.worker_pids()
     before = gw.stats()["echo"]
