@@ -1,8 +1,9 @@
 """Training-time augmentation that re-draws what is a setting of the tool, not of the channel.
 
 Every flow instance is first cut into blocks of `block` packets that count as instances of
-their own (`blocks`). Contract: `redraw(ps, cfg, rng)` returns (side features, channel bytes, labels 0/1) for
-every row of `ps`, re-drawn once per epoch (RETURN rows are labeled benign). Per flow instance:
+their own (`blocks`). Contract: `redraw(ps, cfg, rng)` returns (side features, channel
+bytes, labels 0/1) for every row of `ps`, re-drawn once per epoch (RETURN rows are labeled
+benign). Per flow instance:
 - **timing** (every instance, `cfg.augment`): all gaps scaled by one factor, log-uniform in
   [1/`rate_spread`, `rate_spread`] (other timing parameters), plus half-normal per-gap path
   jitter with a per-instance sigma up to `jitter_us`;

@@ -4,7 +4,10 @@ ablation benchmark.
 Contract:
 - `logo_study(variants, ...)` runs leave-one-group-out (logo.py) for each training variant
   (train.TrainConfig overrides) and reports per fold and the mean, per flow (the exit
-  switch's decision after k packets) and per direction. For the variants in `emulate`, every
+  switch's decision after k packets) and per direction. The NESTED variants ("new") choose
+  their augmentation candidate (CANDIDATES) and decision window (DECISIONS) per fold by
+  nested validation inside that fold's training groups (logo.run_nested); the held-out
+  fold is never used to choose. For the variants in `emulate`, every
   packet that votes (the first k of each flow instance: every packet a flow verdict depends
   on) of every fold also runs through the switch emulator, and `bit_exact` says whether the
   integer reference and the emulator agree on all of them (verdicts and logits). Running all
