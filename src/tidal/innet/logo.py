@@ -136,14 +136,19 @@ def run(
         tr, te = ps.subset_flows(tr_ids), ps.subset_flows(te_ids)
         model = train_fn(tr)
         res = predict_fn(model, te)
-        pred, exact = res if isinstance(res, tuple) else (res, None)
-        rep = score(pred, te, k, need)
-        rep["fold"] = " / ".join(fold.names)
-        rep["benign_families"] = list(fold.benign_families)
-        if exact is not None:
-            rep["bit_exact"] = bool(exact)
-        per.append(rep)
+        per.append(_fold_report(res, te, fold, k, need))
     return {"folds": per, "mean": mean_of(per), "k": k}
+
+
+def _fold_report(res: Any, te: PacketSet, fold: Fold, k: int, need: int | None) -> dict[str, Any]:
+    """`score` of one fold's predictions (`res` = verdicts or (verdicts, bit_exact))."""
+    pred, exact = res if isinstance(res, tuple) else (res, None)
+    rep = score(pred, te, k, need)
+    rep["fold"] = " / ".join(fold.names)
+    rep["benign_families"] = list(fold.benign_families)
+    if exact is not None:
+        rep["bit_exact"] = bool(exact)
+    return rep
 
 
 Fit = Callable[[PacketSet, str, bool], Callable[[PacketSet], Any]]
@@ -209,14 +214,8 @@ def run_nested(
         tr_ids, te_ids = fold_split(ps, fold)
         tr, te = ps.subset_flows(tr_ids), ps.subset_flows(te_ids)
         sel = select(tr, fit, candidates, decisions, inner_max)
-        res = fit(tr, sel["candidate"], False)(te)
-        pred, exact = res if isinstance(res, tuple) else (res, None)
-        rep = score(pred, te, sel["k"], sel["need"])
-        rep["fold"] = " / ".join(fold.names)
-        rep["benign_families"] = list(fold.benign_families)
+        rep = _fold_report(fit(tr, sel["candidate"], False)(te), te, fold, sel["k"], sel["need"])
         rep["selected"] = sel
-        if exact is not None:
-            rep["bit_exact"] = bool(exact)
         per.append(rep)
     return {"folds": per, "mean": mean_of(per), "nested": True}
 

@@ -107,3 +107,7 @@ def test_nested_selection_sees_only_the_training_groups() -> None:
         held = {flows[j].connection for j in logo.fold_split(ps, fold)[1]}
         assert len(seen) == 2 * rep["selected"]["inner_folds"] + 1
         assert all(not (held & conns) for conns in seen)  # never fitted on its test side
+    plain = logo.run(ps, lambda tr: fit(tr, "oracle", False), lambda m, te: m(te), 8)
+    assert plain["mean"]["covert_recall"] == 1.0
+    assert plain["mean"]["benign_false_positive_rate"] == 0.0
+    assert len(plain["folds"]) == len(logo.folds(ps))
