@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +17,13 @@ from tidal.core.plan import Plan, StagePlan, VariantWeight
 from tidal.core.profile import CapacityPoint, LatencyFit, VariantProfile
 from tidal.planners import Capacity, PlanContext, StageCandidates, create
 from tidal.planners.dp import budget_units, units
-from tidal.planners.infadapter import Choice, cap, capacity_line, infadapter_objective
+from tidal.planners.infadapter import (
+    Choice,
+    InfAdapter,
+    cap,
+    capacity_line,
+    infadapter_objective,
+)
 from tidal.planners.ipa import IpaOption, ipa_objective
 from tidal.planners.themis import amdahl_cap
 
@@ -315,9 +322,10 @@ def test_infadapter_enumeration_equals_the_proven_milp(
             for s in range(n_stages) if (ns := [n for t, n in run if t == s])
         ))  # fmt: skip
         ctx = dataclasses.replace(ctx, current=cur)
-    kw = {"budget": budget, "max_cores": 8, "capacity": "measured", "max_variants": max_variants}
-    fast = create("infadapter", **kw)
-    exact = create("infadapter", solver="milp", node_limit=10**6, **kw)
+    kw: dict[str, Any] = {"budget": budget, "max_cores": 8, "capacity": "measured",
+                          "max_variants": max_variants}  # fmt: skip
+    fast = InfAdapter(**kw)
+    exact = InfAdapter(solver="milp", node_limit=10**6, **kw)
     a, ra = fast.solve(ctx, lam)
     b, rb = exact.solve(ctx, lam)
     assert (a is None) == (b is None), (ra, rb)

@@ -94,7 +94,8 @@ def stage_table(
     shares = np.zeros(rows.shape)
     left = np.ones(len(rows))
     for j in order:
-        room = caps[:, j] / lam if lam > 0 else np.where(on[:, j], np.inf, 0.0)
+        # (near) zero load: any on variant can take the whole share
+        room = caps[:, j] / lam if lam > 1e-9 else np.where(on[:, j], np.inf, 0.0)
         take = np.where(on[:, j], np.minimum(left, np.maximum(room, 0.0)), 0.0)
         shares[:, j] = take
         left = left - take

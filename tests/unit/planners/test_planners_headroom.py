@@ -57,18 +57,6 @@ def test_hedge_shrinks_towards_the_prior_and_ignores_a_flat_warm_start() -> None
     assert poisson_prior(100.0, 3) > poisson_prior(1000.0, 3) > 1.0
 
 
-def _run(planner: object, rates: list[float]) -> list[float]:
-    base = synthetic_context(1, rps=rates[0], capacity=Capacity(1, 64.0))
-    plan, st, cores = None, None, []
-    for t, r in enumerate(rates):
-        hist = tuple(rates[max(0, t - 600) : t + 1])
-        ctx = dataclasses.replace(base, now=float(t), rate_history=hist, forecast=None,
-                                  current=plan, state=st)  # fmt: skip
-        plan, st = planner.plan(ctx)  # type: ignore[attr-defined]
-        cores.append(plan.total_cores)
-    return cores
-
-
 def test_tidal_sizes_light_smooth_load_leaner_than_a_fixed_headroom() -> None:
     rng = np.random.default_rng(0)
     rates = [float(x) for x in rng.poisson(300.0, 900)]
