@@ -16,8 +16,11 @@ of the size in force: ``b = max(rows, min(max_batch x mean rows per queued reque
 to `EXACT_BATCHES`; beyond that, as a fluid at each replica's rate ``b / l(b, c)``, which is
 exact for equal replicas up to one batch); the request's own batch (the rest ahead plus its
 rows, filled up to ``b`` by later arrivals, as under load) then runs on the replica free
-first. A 1024-row request is priced as 1024 rows, not as
-one request.
+first. A 1024-row request is priced as 1024 rows, not as one request. When batches keep
+their head's deadline (``head_deadline``), a request whose joining would make the head's
+batch end after it is priced in the batch after that one (`behind`). The live scheduler
+passes its calibration (`tidal.dataplane.calibration`): the wait until the batch starts is
+stretched by the feedback margin, the batch's own service by the tail factor.
 
 A lane whose only replicas are starting (a replacement after a death) admits a request when
 ``ready_at + service`` still meets its deadline: ``ready_at`` is passed in as a replica that

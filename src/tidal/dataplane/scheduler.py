@@ -234,7 +234,7 @@ class GroupScheduler:
 
     @property
     def stretch(self) -> float:
-        """The feedback margin on predicted remaining times (1.0 when off)."""
+        """The feedback margin on a request's predicted wait (1.0 when off)."""
         return self.calib.stretch
 
     # ------------------------------------------------------------------ replicas
@@ -562,9 +562,9 @@ class GroupScheduler:
     ) -> list[QueuedRequest]:
         """`SchedulerConfig.batch_deadline`: the longest prefix of `reqs` (EDF order) whose
         batch, started at `start`, is predicted (latencies x `f`, the tail slowdown) to end
-        by the head's stage deadline; the rest
-        go back to the queue (same (deadline, id) order). All of `reqs` when even the head
-        alone cannot make it (it is late whatever the batch)."""
+        by the head's stage deadline; the rest go back to the queue (same (deadline, id)
+        order). All of `reqs` when even the head alone cannot make it (it is late whatever
+        the batch)."""
         due = reqs[0].deadline - self.downstream_s - self.calib.reply_s
         rows = 0
         keep = 0
