@@ -169,4 +169,4 @@ def test_idle_flood_does_not_lock_out_a_new_client(gw: GatewayProcess) -> None:
     finally:
         for h in holders:
             h.kill()
-            h.wait()
+            h.communicate()  # reaps it and closes its pipes

@@ -58,6 +58,8 @@ def server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def _infer_body(slo: float | None = None) -> dict[str, object]:

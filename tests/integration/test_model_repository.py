@@ -165,7 +165,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, d
         for line in proc.stdout:
             log.append(line)
 
-    threading.Thread(target=pump, daemon=True).start()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     srv = Server(proc, f"http://127.0.0.1:{port}", log)
     srv.decisions = tmp / "decisions.jsonl"  # type: ignore[attr-defined]
     srv.cache = tmp / "cache" / "profiles"  # type: ignore[attr-defined]
@@ -190,6 +191,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, d
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        reader.join(timeout=5)  # the log reader ends at the pipe's EOF
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 _EST = re.compile(r'tidal_variant_profile_estimated\{[^}]*variant="([^"]+)"[^}]*\} (\S+)')

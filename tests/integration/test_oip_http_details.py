@@ -63,7 +63,8 @@ def _post(base: str, path: str, data: bytes, headers: dict[str, str]) -> tuple[i
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read()), r.headers
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read()), e.headers
+        with e:  # an HTTPError holds the response open
+            return e.code, json.loads(e.read()), e.headers
 
 
 @pytest.mark.parametrize(
@@ -125,6 +126,7 @@ def test_methods_version_and_bad_datatypes(base: str) -> None:
         req = urllib.request.Request(base + path, method=method)
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(req, timeout=30)
+        e.value.close()  # an HTTPError holds the response open
         assert e.value.code == 405, (method, path)
         assert e.value.headers["Allow"] == allow, (method, path)
     with urllib.request.urlopen(base + "/v2", timeout=30) as r:
