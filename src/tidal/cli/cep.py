@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
@@ -109,7 +110,10 @@ def serve(
     # operators, the fork server and a private redis-server are stopped below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(make_app(m, token, gw), host=host, port=port, log_level="warning")
+        app = make_app(m, token, gw)
+        gc.collect()  # start-up objects leave the collector's generations: a full collection
+        gc.freeze()  # later does not walk them while this process serves the store
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         gw.close()
         m.close()
