@@ -68,6 +68,7 @@ class StageTable:
     new_load: np.ndarray
     rows: np.ndarray
     shares: np.ndarray
+    order: np.ndarray  # rows by cores, then value (highest first), then enumeration order
 
 
 def stage_table(
@@ -104,7 +105,9 @@ def stage_table(
     loads = np.asarray([v.new_load_s for v in variants])
     value = shares @ acc - kappa * rows.sum(axis=1)
     new_load = np.where(on, loads[None, :], 0.0).max(axis=1)
-    return StageTable(rows.sum(axis=1)[ok], value[ok], new_load[ok], rows[ok], shares[ok])
+    cores, value, idx = rows.sum(axis=1)[ok], value[ok], np.arange(int(ok.sum()))
+    by_cores = np.lexsort((idx, -value, cores))
+    return StageTable(cores, value, new_load[ok], rows[ok], shares[ok], by_cores)
 
 
 def best_per_cores(t: StageTable, limit: float, budget: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,10 +116,9 @@ def best_per_cores(t: StageTable, limit: float, budget: int) -> tuple[np.ndarray
     values the first in enumeration order."""
     val = np.full(budget + 1, -np.inf)
     arg = np.full(budget + 1, -1, dtype=np.int64)
-    idx = np.flatnonzero(t.new_load <= limit + 1e-12)
-    if not len(idx):
+    order = t.order[t.new_load[t.order] <= limit + 1e-12]
+    if not len(order):
         return val, arg
-    order = idx[np.lexsort((idx, -t.value[idx], t.cores[idx]))]  # cores, value desc, index
     cores, first = np.unique(t.cores[order], return_index=True)
     val[cores] = t.value[order[first]]
     arg[cores] = order[first]
@@ -132,7 +134,11 @@ def solve(tables: Sequence[StageTable], budget: int, mu: float) -> tuple[list[in
         if best is not None and bound - mu * lim <= best[1] + 1e-12:
             break  # larger limits only cost more
 
-        per = [best_per_cores(t, lim, budget) for t in tables]
+        memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # equal stages share a table
+        for t in tables:
+            if id(t) not in memo:
+                memo[id(t)] = best_per_cores(t, lim, budget)
+        per = [memo[id(t)] for t in tables]
         total = np.full(budget + 1, -np.inf)
         total[0] = 0.0
         picks: list[np.ndarray] = []
