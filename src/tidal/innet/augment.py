@@ -23,6 +23,13 @@ benign). Per flow instance:
   instance's first data length, the gaps regular (the same period and jitter distribution as
   above). It teaches that the tool's packet shape, rate and header bytes are not the
   channel; only their modulation is;
+- **poller** (covert instances, probability `alternate`, exclusive of the above): a
+  counterfactual copy *labeled benign* shaped like request/response polling (modbus, redis,
+  keep-alives): the data packets strictly alternate between two random lengths, the gaps
+  are one period (log-uniform in 2 ms..2 s) or alternate between it and a second level
+  (1.5..20 times it), relative jitter up to 10 %. A strict alternation changes the length
+  on every packet with only two distinct lengths, which a random 2-symbol message does on
+  16 packets with probability 2^-15; it teaches that a regular pattern is not data;
 - **length offset** (the covert instances not re-encoded, probability `length_redraw`):
   every data packet's payload length moved by one random offset (a tool's fixed message
   size), applied before the channel removal.
@@ -73,6 +80,37 @@ def set_length(x: np.ndarray, rows: np.ndarray, length: np.ndarray) -> None:
         x[ru, t + 4], x[ru, t + 5] = hi[udp], lo[udp]
 
 
+def _rank(same: np.ndarray, event: np.ndarray) -> np.ndarray:
+    """Events so far (this row included) within each instance of rows sorted by instance."""
+    c = np.cumsum(event.astype(np.int64))
+    first = np.flatnonzero(~same)
+    grp = np.cumsum(~same) - 1
+    return c - (c[first] - event[first].astype(np.int64))[grp]
+
+
+def _alternation(
+    rng: np.random.Generator, n_inst: int, g: np.ndarray, same: np.ndarray, data: np.ndarray
+) -> np.ndarray:
+    """Per sorted row: one of two distinct per-instance lengths, alternating over the data
+    packets (a poller's request/response sizes; module doc)."""
+    a = np.round(_loguniform(rng, 1.0, MAX_LEN, n_inst)).astype(np.int64)
+    b = np.round(_loguniform(rng, 1.0, MAX_LEN, n_inst)).astype(np.int64)
+    b = np.where(b == a, np.where(a < MAX_LEN, a + 1, a - 1), b)
+    return np.where(_rank(same, data) % 2 == 1, a[g], b[g])
+
+
+def _two_levels(
+    rng: np.random.Generator, n_inst: int, g: np.ndarray, same: np.ndarray
+) -> np.ndarray:
+    """Per sorted row: a poller's gap, one period or two alternating levels (module doc)."""
+    period = _loguniform(rng, 2_000.0, 2_000_000.0, n_inst)
+    ratio = np.where(rng.random(n_inst) < 0.5, 1.0, _loguniform(rng, 1.5, 20.0, n_inst))
+    odd = _rank(same, np.ones(len(g), dtype=bool)) % 2 == 1
+    level = np.where(odd, period[g] * ratio[g], period[g])
+    rel = rng.uniform(0.0, 0.1, n_inst)
+    return level * np.maximum(0.05, 1.0 + rel[g] * rng.normal(0.0, 1.0, len(g)))
+
+
 def blocks(inst: np.ndarray, block: int) -> np.ndarray:
     """Instance ids with every flow instance cut into blocks of `block` packets, each its own
     instance (so training sees the first packets of flows, where the decision is made, many
@@ -109,7 +147,9 @@ def redraw(
     mode = rng.random(n_inst)
     size = covert & (mode < cfg.size_channel)
     neutral = covert & ~size & (mode < cfg.size_channel + cfg.neutral)
-    timing = covert & ~size & ~neutral & (mode < cfg.size_channel + cfg.neutral + cfg.gap_channel)
+    used = cfg.size_channel + cfg.neutral + cfg.gap_channel
+    timing = covert & ~size & ~neutral & (mode < used)
+    alternate = covert & ~size & ~neutral & ~timing & (mode < used + cfg.alternate)
     if timing.any():  # a gap alphabet: tau * (1 + j * spacing), j < m, random symbols
         m = rng.integers(2, cfg.max_symbols + 1, n_inst)
         tau = _loguniform(rng, 2_000.0, 500_000.0, n_inst)
@@ -125,7 +165,7 @@ def redraw(
     offset = covert & ~size & (rng.random(n_inst) < cfg.length_redraw)
     data = (paylen > 0) & (inst[order] >= 0)
     label = y.copy()
-    if size.any() or offset.any() or neutral.any():
+    if size.any() or offset.any() or neutral.any() or alternate.any():
         x = ps.x.copy()
         m = rng.integers(2, cfg.max_symbols + 1, n_inst)
         spacing = np.round(_loguniform(rng, 1.0, cfg.max_spacing, n_inst)).astype(np.int64)
@@ -150,14 +190,17 @@ def redraw(
         di = np.flatnonzero(data)[::-1]  # the last write wins: the first data packet's length
         first_len[g[di]] = paylen[di]
         paylen = np.where(is_neu, first_len[g], paylen)
+        is_alt = data & alternate[g]
+        paylen = np.where(is_alt, _alternation(rng, n_inst, g, same, data), paylen)
         regular = (size & (rng.random(n_inst) < 0.5)) | neutral
         period = _loguniform(rng, 2_000.0, 2_000_000.0, n_inst)
         rel = np.where(neutral, rng.uniform(0.0, 0.1, n_inst), rng.uniform(0.0, 0.3, n_inst))
         reg_gap = period[g] * np.maximum(0.05, 1.0 + rel[g] * rng.normal(0.0, 1.0, len(gap)))
         gap = np.where(same & regular[g], reg_gap, gap)
-        changed = is_size | is_off | is_neu
+        gap = np.where(same & alternate[g], _two_levels(rng, n_inst, g, same), gap)
+        changed = is_size | is_off | is_neu | is_alt
         set_length(x, order[changed], paylen[np.flatnonzero(changed)])
-        label[order[(inst[order] >= 0) & neutral[g]]] = 0
+        label[order[(inst[order] >= 0) & (neutral | alternate)[g]]] = 0
     starts = ~same
     new_t = np.cumsum(gap)
     grp = np.cumsum(starts) - 1

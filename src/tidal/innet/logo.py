@@ -25,7 +25,7 @@ import numpy as np
 
 from tidal.innet import dataset, metrics
 from tidal.innet.dataset import BENIGN, PacketSet
-from tidal.innet.flowstate import DEFAULT_K
+from tidal.innet.flowstate import DEFAULT_K, WARMUP, instance_rank
 
 
 @dataclass(frozen=True)
@@ -167,8 +167,10 @@ def select(
     at most `inner_max` of them, evenly spaced. Each candidate is fitted on every inner
     training side (`fit(train, candidate, True)`: the inner budget) and scored on the inner
     held-out side under every decision rule (k, need). The choice maximizes the mean inner
-    covert recall minus the mean inner benign FPR; ties go to the earlier candidate and
-    rule. The outer held-out connections are never seen here.
+    covert recall minus the mean inner benign FPR; equal scores (the flow figures saturate
+    easily on few inner flows) are broken by the mean inner vote margin (`vote_margin`:
+    covert minus benign share of flagged voting packets), then by the earlier candidate
+    and rule. The outer held-out connections are never seen here.
     """
     inner = folds(tr)
     if len(inner) > inner_max:
@@ -182,7 +184,9 @@ def select(
             res = fit(tr.subset_flows(a), cand, True)(te)
             pred = res[0] if isinstance(res, tuple) else res
             for d in decisions:
-                reps[d].append(score(pred, te, d[0], d[1]))
+                reps[d].append(
+                    {**score(pred, te, d[0], d[1]), "margin": vote_margin(pred, te, d[0])}
+                )
         for d in decisions:
             m = mean_of(reps[d])
             rec, fpr = m["covert_recall"], m["benign_false_positive_rate"]
@@ -190,10 +194,25 @@ def select(
                 "candidate": cand, "k": d[0], "need": d[1],
                 "inner_recall": rec, "inner_fpr": fpr,
                 "score": (rec if rec is not None else 0.0) - (fpr if fpr is not None else 0.0),
+                "margin": float(np.mean([r["margin"] for r in reps[d]])),
             })  # fmt: skip
-    best = max(table, key=lambda r: r["score"])  # max keeps the first of equal scores
+    # max keeps the first of equal (score, margin)
+    best = max(table, key=lambda r: (r["score"], r["margin"]))
     return {"candidate": best["candidate"], "k": best["k"], "need": best["need"],
             "inner_folds": len(inner), "table": table}  # fmt: skip
+
+
+def vote_margin(pred: np.ndarray, te: PacketSet, k: int) -> float:
+    """Share of flagged voting packets (the first WARMUP + k of each flow instance) on
+    covert sender flows minus that on benign flows: how far from the decision threshold a
+    model's flow verdicts are, in [-1, 1] (0 when a class is absent)."""
+    if te.inst is None:
+        return 0.0
+    vote = (te.inst >= 0) & (instance_rank(te.inst) <= k + WARMUP)
+    cov, ben = vote & (te.y == 1), vote & (te.y == 0)
+    if not cov.any() or not ben.any():
+        return 0.0
+    return float(pred[cov].mean() - pred[ben].mean())
 
 
 def run_nested(

@@ -52,9 +52,9 @@ CANDIDATES: dict[str, dict[str, Any]] = {
         "size_channel": 0.3, "gap_channel": 0.3, "neutral": 0.2, "length_redraw": 0.5,
         "block": 48,
     },
-    "alphabets+neutral": {
-        "size_channel": 0.25, "gap_channel": 0.25, "neutral": 0.4, "length_redraw": 0.5,
-        "block": 48,
+    "alphabets+pollers": {
+        "size_channel": 0.3, "gap_channel": 0.3, "neutral": 0.1, "alternate": 0.1,
+        "length_redraw": 0.5, "block": 48,
     },
 }  # fmt: skip
 DECISIONS: tuple[tuple[int, int | None], ...] = ((16, None), (32, None))  # (k, need): 3/4

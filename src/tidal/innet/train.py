@@ -11,7 +11,9 @@ Augmentation (`cfg.augment`, on for the committed model): every epoch re-draws, 
 instance, what is a setting of the tool or the path rather than of the channel (`augment.py`):
 the rate and path jitter of every instance; for covert instances, with `size_channel`, a
 re-encoding as a payload-length channel with a random alphabet (and, half of the time,
-regular timing); with `length_redraw`, another fixed message size. The side features and the
+regular timing); with `length_redraw`, another fixed message size; with `neutral` /
+`alternate`, a copy without the channel (constant length / a request-response poller's
+strict two-length alternation) labeled benign. The side features and the
 channel bytes' length fields are recomputed. Host fingerprints need no re-drawing here: the
 channel bytes do not contain them (features.FIELD_POLICY; `perturb.py` checks it).
 """
@@ -74,6 +76,9 @@ class TrainConfig(BaseModel):
     neutral: float = Field(
         default=0.0, ge=0.0, le=1.0, description="covert instances copied without channel"
     )
+    alternate: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="covert instances copied as benign pollers"
+    )
     max_symbols: int = Field(default=4, ge=2, le=64, description="size alphabet, at most")
     max_spacing: float = Field(
         default=64.0, ge=1.0, le=700.0, description="size symbol spacing (bytes), at most"
@@ -88,10 +93,10 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _modes(self) -> TrainConfig:
-        if self.size_channel + self.neutral + self.gap_channel > 1.0:
+        if self.size_channel + self.neutral + self.gap_channel + self.alternate > 1.0:
             raise ValueError(
-                "size_channel + neutral + gap_channel must be at most 1, got "
-                f"{self.size_channel} + {self.neutral} + {self.gap_channel}"
+                "size_channel + neutral + gap_channel + alternate must be at most 1, got "
+                f"{self.size_channel} + {self.neutral} + {self.gap_channel} + {self.alternate}"
             )
         return self
 

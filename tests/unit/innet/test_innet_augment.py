@@ -111,3 +111,49 @@ def test_nested_selection_sees_only_the_training_groups() -> None:
     assert plain["mean"]["covert_recall"] == 1.0
     assert plain["mean"]["benign_false_positive_rate"] == 0.0
     assert len(plain["folds"]) == len(logo.folds(ps))
+
+
+def test_poller_copy_is_benign_with_a_strict_two_length_alternation() -> None:
+    ps = _covert_set()
+    side, x, y = augment.redraw(ps, TrainConfig(alternate=1.0), np.random.default_rng(3))
+    cov = ps.flow == 0
+    assert not y[cov].any() and np.array_equal(y[~cov], ps.y[~cov])
+    lens = (x[cov, 16].astype(np.int64) << 8) | x[cov, 17]
+    assert len(np.unique(lens)) == 2
+    assert np.all(lens[1:] != lens[:-1])  # every data packet changes the length
+    assert np.array_equal(lens[::2], np.full(len(lens[::2]), lens[0]))
+    assert (side[cov][-1, 5] & 15) == 2 and (side[cov][-1, 6] & 15) == 15
+    assert np.array_equal(x[~cov], ps.x[~cov])  # benign flows untouched
+
+
+def test_nested_selection_breaks_saturated_ties_by_the_inner_vote_margin() -> None:
+    flows = [
+        dataset.FlowInfo(f"nefias/t/{name}.pcap", KEY, 1, False, f"c{i}")
+        for i, name in enumerate(["SCC_A_40", "SCC_B_40", "TCC_A_40_80"])
+    ]
+    flows += [
+        dataset.FlowInfo(f"benign-zeek/{fam}/f.pcap", KEY, 0, False, f"b{j}")
+        for j, fam in enumerate(["http", "ssh", "dns"])
+    ]
+    n = len(flows) * 40
+    flow = np.repeat(np.arange(len(flows)), 40)
+    y = np.array([flows[f].label for f in flow])
+    ps = dataset.PacketSet(
+        x=np.zeros((n, 68), np.uint8), x_raw=np.zeros((n, 68), np.uint8),
+        side=np.zeros((n, 8), np.uint8), y=y, flow=flow, flows=flows, inst=flow.copy(),
+    )  # fmt: skip
+
+    def fit(tr: dataset.PacketSet, cand: str, inner: bool) -> Any:
+        # both flag every covert packet; "noisy" also flags every 8th benign packet, too few
+        # to flag a benign flow: equal inner recall and FPR, a smaller margin
+        def pred(te: dataset.PacketSet) -> np.ndarray:
+            noise = (np.arange(len(te)) % 8 == 0) if cand == "noisy" else np.zeros(len(te), bool)
+            return ((te.y > 0) | ((te.y == 0) & noise)).astype(np.int64)
+
+        return pred
+
+    sel = logo.select(ps, fit, ("noisy", "clean"), ((16, None),), 3)
+    rows = {r["candidate"]: r for r in sel["table"]}
+    assert rows["noisy"]["score"] == rows["clean"]["score"] == 1.0
+    assert rows["clean"]["margin"] > rows["noisy"]["margin"]
+    assert sel["candidate"] == "clean"
