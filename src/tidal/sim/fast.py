@@ -375,31 +375,32 @@ def _run(
                     ist[NIDLE] += 1
                 if st[hk] == 2:  # drained: the slot is free (the lane is stepped anyway)
                     st[hk] = 0
-            _dispatch(
-                ist,
-                fst,
-                now,
-                p,
-                eps,
-                r_id,
-                r_a,
-                r_d,
-                st,
-                busy,
-                until,
-                pred,
-                rseq,
-                bstart,
-                blen,
-                rrid,
-                cores,
-                bsec,
-                o_id,
-                o_a,
-                o_d,
-                o_e,
-                o_c,
-            )
+            if ist[QTAIL] > ist[QHEAD]:  # an empty queue: nothing to step
+                _dispatch(
+                    ist,
+                    fst,
+                    now,
+                    p,
+                    eps,
+                    r_id,
+                    r_a,
+                    r_d,
+                    st,
+                    busy,
+                    until,
+                    pred,
+                    rseq,
+                    bstart,
+                    blen,
+                    rrid,
+                    cores,
+                    bsec,
+                    o_id,
+                    o_a,
+                    o_d,
+                    o_e,
+                    o_c,
+                )
         else:
             if ta > t_stop:
                 break
@@ -437,31 +438,32 @@ def _run(
                 r_id[j], r_a[j], r_d[j] = rid, now, d
                 ist[QTAIL] += 1
                 ist[LAST_ARR] = now
-            _dispatch(
-                ist,
-                fst,
-                now,
-                p,
-                eps,
-                r_id,
-                r_a,
-                r_d,
-                st,
-                busy,
-                until,
-                pred,
-                rseq,
-                bstart,
-                blen,
-                rrid,
-                cores,
-                bsec,
-                o_id,
-                o_a,
-                o_d,
-                o_e,
-                o_c,
-            )
+            if ist[QTAIL] > ist[QHEAD]:  # an empty queue: nothing to step
+                _dispatch(
+                    ist,
+                    fst,
+                    now,
+                    p,
+                    eps,
+                    r_id,
+                    r_a,
+                    r_d,
+                    st,
+                    busy,
+                    until,
+                    pred,
+                    rseq,
+                    bstart,
+                    blen,
+                    rrid,
+                    cores,
+                    bsec,
+                    o_id,
+                    o_a,
+                    o_d,
+                    o_e,
+                    o_c,
+                )
             if not ok:
                 _emit(ist, o_id, o_a, o_d, o_e, o_c, rid, now, d, now, REFUSED)
     ist[NOW] = max(ist[NOW], t_stop)
