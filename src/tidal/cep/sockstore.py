@@ -64,7 +64,7 @@ class SocketStoreServer:
                 except TidalError as e:
                     reply = ["err", str(e)]
                 _send_msg(conn, reply)
-        except (ConnectionError, OSError, TidalError):
+        except (EOFError, OSError, TidalError):  # OSError covers ConnectionError
             pass
         finally:
             conn.close()

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidal.core.errors import TidalError
+from tidal.core.sockio import recv_exactly
 
 Op = tuple[Any, ...]
 
@@ -86,18 +87,6 @@ def decode(buf: bytes, pos: int = 0) -> tuple[Any, int]:
     raise TidalError(f"bad tag {tag!r} in store message")
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            raise ConnectionError("store socket closed")
-        got += k
-    return bytes(buf)
-
-
 def _send_msg(sock: socket.socket, v: Any) -> None:
     body = bytearray(b"\x00\x00\x00\x00")
     encode(v, body)
@@ -106,10 +95,10 @@ def _send_msg(sock: socket.socket, v: Any) -> None:
 
 
 def _recv_msg(sock: socket.socket) -> Any:
-    (n,) = _U32.unpack(_recv_exact(sock, 4))
+    (n,) = _U32.unpack(recv_exactly(sock, 4))
     if n > MAX_MESSAGE:
         raise TidalError(f"store message of {n} bytes exceeds {MAX_MESSAGE}")
-    return decode(_recv_exact(sock, n))[0]
+    return decode(bytes(recv_exactly(sock, n)))[0]
 
 
 class SocketStore:
