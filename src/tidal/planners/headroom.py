@@ -28,6 +28,16 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from tidal.core.profile import VariantProfile
+from tidal.planners.base import Capacity
+from tidal.planners.common import (
+    BATCHES,
+    min_cores_per_replica,
+    replicas_needed,
+    stage_latency_ms,
+)
+from tidal.planners.dp import Option
+
 Z99 = 2.326
 """The 99% quantile of the standard normal distribution."""
 
@@ -145,6 +155,59 @@ def poisson_prior(level: float, k: int) -> float:
     return 1.0 + Z99 * math.sqrt(1.0 / max(level * k, 1.0))
 
 
+def queue_options(
+    v: VariantProfile,
+    grid: Sequence[float],
+    capacity: Capacity,
+    lam: float,
+    mu: float,
+    utilization: float,
+    wait_quantile: float,
+    peak_s: float = 0.0,
+    replicas: int | None = None,
+    cores: float | None = None,
+) -> list[Option]:
+    """One stage's candidates (n, c, b) for the DP, with their latency at the level `mu`:
+    batch p99 + the time to fill the batch + the `wait_quantile` wait (`wait_ms`). Capacity
+    carries the hedged peak `lam` below `utilization`, or, with `peak_s` > 0, only the level,
+    and a `peak_s`-second peak above capacity C adds its backlog's drain delay,
+    ``1000 * peak_s * (lam/C - 1)`` ms (the backlog (lam - C) peak_s drains at C). `replicas`
+    fixes n, `cores` c; cores stay inside the profile's measured range."""
+    lo = min_cores_per_replica(v)
+    cand: list[tuple[int, int, float]] = []  # (n, b, c)
+    for c in grid if cores is None else [cores]:
+        if c < lo - 1e-9:
+            continue
+        slots = capacity.nodes * int(capacity.cores_per_node // c + 1e-9)
+        for b in BATCHES:
+            n0 = replicas_needed(v, b, c, (mu if peak_s > 0 else lam) / utilization)
+            if replicas is not None:
+                ns = [replicas] if n0 <= replicas <= slots else []
+            else:  # more replicas than needed only shorten the wait
+                n_peak = replicas_needed(v, b, c, lam / utilization)
+                ns = list(range(n0, min(slots, 2 * max(n0, n_peak) + 2) + 1))
+            cand += [(n, b, c) for n in ns]
+    if not cand:
+        return []
+    wait = wait_ms(
+        np.asarray([n for n, _, _ in cand]),
+        np.asarray([b for _, b, _ in cand]),
+        np.asarray([v.latency_ms(b, c) for _, b, c in cand]),
+        mu,
+        wait_quantile,
+        v.fit.p99_ratio,
+    )
+    opts = []
+    for (n, b, c), w in zip(cand, wait.tolist(), strict=True):
+        lat = stage_latency_ms(v, b, c, mu) + w
+        if peak_s > 0:
+            carry = n * v.throughput(b, c) * utilization
+            lat += 1000.0 * peak_s * max(0.0, lam / carry - 1.0)
+        if math.isfinite(lat):
+            opts.append(Option(lat, n * c, (n, c, b)))
+    return opts
+
+
 __all__ = [
     "erlang_c",
     "hedge",
@@ -152,6 +215,7 @@ __all__ = [
     "observed_level",
     "peak_ratios",
     "poisson_prior",
+    "queue_options",
     "sliding_means",
     "wait_ms",
 ]

@@ -71,15 +71,11 @@ from tidal.planners.base import (
     register,
 )
 from tidal.planners.common import (
-    BATCHES,
     check_context,
     current_stage,
     fits,
-    min_cores_per_replica,
     pick_variants,
     queue_ms,
-    replicas_needed,
-    stage_latency_ms,
     stage_plan,
 )
 from tidal.planners.dp import Option, min_cost
@@ -89,6 +85,7 @@ from tidal.planners.headroom import (
     observed_level,
     peak_ratios,
     poisson_prior,
+    queue_options,
     sliding_means,
     wait_ms,
 )
@@ -289,48 +286,22 @@ class Tidal:
         behind earlier batches (`tidal.planners.headroom.wait_ms`). `replicas` fixes n,
         `cores` c. Cores stay inside the profile's measured range (`core_bounds`)."""
         mu = lam if wait_rate is None else min(wait_rate, lam)
-        soft = self.absorb_peaks and mu < lam
-        k = float(self.fast_window_s)
-        out: list[list[Option]] = []
-        cap = ctx.capacity
-        for i, (v, grid) in enumerate(zip(chosen, self._dp.grids(ctx, chosen), strict=True)):
-            cand: list[tuple[int, int, float]] = []  # (n, b, c)
-            lo = min_cores_per_replica(v)
-            for c in grid if cores is None else [cores[i]]:
-                if c < lo - 1e-9:
-                    continue
-                slots = cap.nodes * int(cap.cores_per_node // c + 1e-9)
-                for b in BATCHES:
-                    # the level below `utilization`; the peak either carried too or (with
-                    # `absorb_peaks`) queued and drained within the slack, priced below
-                    n0 = replicas_needed(v, b, c, (mu if soft else lam) / self.utilization)
-                    if replicas is not None:
-                        ns = [replicas[i]] if n0 <= replicas[i] <= slots else []
-                    else:  # more replicas than needed only shorten the wait
-                        n_peak = replicas_needed(v, b, c, lam / self.utilization)
-                        ns = list(range(n0, min(slots, 2 * max(n0, n_peak) + 2) + 1))
-                    cand += [(n, b, c) for n in ns]
-            if not cand:
-                out.append([])
-                continue
-            wait = wait_ms(
-                np.asarray([n for n, _, _ in cand]),
-                np.asarray([b for _, b, _ in cand]),
-                np.asarray([v.latency_ms(b, c) for _, b, c in cand]),
+        peak_s = float(self.fast_window_s) if self.absorb_peaks and mu < lam else 0.0
+        return [
+            queue_options(
+                v,
+                grid,
+                ctx.capacity,
+                lam,
                 mu,
+                self.utilization,
                 self.wait_quantile,
-                v.fit.p99_ratio,
-            )
-            opts = []
-            for (n, b, c), w in zip(cand, wait.tolist(), strict=True):
-                lat = stage_latency_ms(v, b, c, mu) + w
-                if soft:  # a k-s peak above capacity C queues (lam - C) k, drained at C
-                    carry = n * v.throughput(b, c) * self.utilization
-                    lat += 1000.0 * k * max(0.0, lam / carry - 1.0)
-                if math.isfinite(lat):
-                    opts.append(Option(lat, n * c, (n, c, b)))
-            out.append(opts)
-        return out
+                peak_s,
+                None if replicas is None else replicas[i],
+                None if cores is None else cores[i],
+            )  # fmt: skip
+            for i, (v, grid) in enumerate(zip(chosen, self._dp.grids(ctx, chosen), strict=True))
+        ]
 
     def solve(
         self,
