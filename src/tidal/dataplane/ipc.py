@@ -31,6 +31,8 @@ import struct
 
 import numpy as np
 
+from tidal.core.sockio import recv_exactly
+
 MAGIC = 0x7D1A
 HEADER = struct.Struct("<HBBB3xQQQ")
 HEADER_SIZE = HEADER.size  # 32
@@ -127,19 +129,6 @@ def send_frame(sock: socket.socket, buffers: list[bytes | memoryview] | bytes) -
         return
     for b in buffers:
         sock.sendall(b)
-
-
-def recv_exactly(sock: socket.socket, n: int) -> bytearray:
-    """Blocking read of exactly `n` bytes; EOFError if the peer closed first."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            raise EOFError("peer closed the connection")
-        got += k
-    return buf
 
 
 def read_frame(
