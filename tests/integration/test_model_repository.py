@@ -315,15 +315,16 @@ def _versions(outcomes: list[Any], after_s: float) -> dict[str, int]:
     return seen
 
 
-def _switches(decisions: list[dict[str, Any]]) -> list[tuple[str, float, str]]:
-    """(version, observed rate, reason) of every applied decision that changed digits-clf's
-    version."""
+def _switches(decisions: list[dict[str, Any]], since: int = 0) -> list[tuple[str, float, str]]:
+    """(version, observed rate, reason) of every applied decision from index `since` on that
+    changed digits-clf's version (the version in force before `since` is tracked too, so an
+    applied decision that keeps it is not a change)."""
     out, last = [], None
-    for d in decisions:
+    for i, d in enumerate(decisions):
         for st in d.get("output") or []:
             if st["stage"] == "digits-clf" and d["action"] == "applied":
                 v = st["variants"][0]["name"]
-                if v != last:
+                if v != last and i >= since:
                     out.append((v, float(d["inputs"]["rate"] or 0.0), d.get("reason") or ""))
                 last = v
     return out
@@ -349,7 +350,7 @@ def test_themis_chooses_between_versions_under_load(
     before = len(_decisions(srv))
     up = _replay(srv, high, 15)
     down = _replay(srv, low, HOLD_S + 15)
-    switches = _switches(_decisions(srv)[before:])
+    switches = _switches(_decisions(srv), since=before)
     print(f"version changes (version, observed req/s, reason): {switches}")
     print(f"answers in the last 5 s of high load: {_versions(up, 10.0)}; "
           f"of low load: {_versions(down, HOLD_S + 10.0)}")  # fmt: skip
