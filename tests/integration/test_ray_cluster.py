@@ -273,6 +273,8 @@ def test_sigterm_leaves_no_actor_behind(cluster: Any, tmp_path: Any) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
     deadline = time.monotonic() + 60
     while (_alive_tidal_actors() or _held_groups()) and time.monotonic() < deadline:
         time.sleep(0.5)
