@@ -233,6 +233,14 @@ class InfAdapter:
     def core_options(self, budget: float) -> list[int]:
         return list(range(self.min_cores, int(min(self.max_cores, budget + 1e-9)) + 1))
 
+    def frame(self, ctx: PlanContext) -> tuple[float, set[tuple[int, str]], float]:
+        """What both solvers price with: the per-stage latency budget (SLO / stages), the
+        (stage, variant) pairs already running (no load time), and the longest load time
+        (the load-time term's scale)."""
+        sla = ctx.slo_ms / len(ctx.stages)
+        max_lt = max((v.load_time_s for st in ctx.stages for v in st.variants), default=1.0) or 1.0
+        return sla, self.running(ctx), max_lt
+
     def solve(self, ctx: PlanContext, lam: float) -> tuple[list[Choice] | None, str]:
         """The exact optimum for load `lam` (already with margin): by enumeration
         (`tidal.planners.infadapter_enum`, as the prototype) when every stage's core vectors
@@ -249,9 +257,7 @@ class InfAdapter:
         ks = self.core_options(budget)
         if not ks:
             return None, f"budget {budget:g} cores is below min_cores {self.min_cores}"
-        sla = ctx.slo_ms / len(ctx.stages)
-        running = self.running(ctx)
-        max_lt = max((v.load_time_s for st in ctx.stages for v in st.variants), default=1.0) or 1.0
+        sla, running, max_lt = self.frame(ctx)
         whole = int(math.floor(budget + 1e-9))
         tables = []
         seen: dict[tuple[enum.StageVariant, ...], enum.StageTable] = {}  # equal stages: once
@@ -291,9 +297,7 @@ class InfAdapter:
         ks = self.core_options(budget)
         if not ks:
             return None, f"budget {budget:g} cores is below min_cores {self.min_cores}"
-        sla = ctx.slo_ms / len(ctx.stages)
-        running = self.running(ctx)
-        max_lt = max((v.load_time_s for st in ctx.stages for v in st.variants), default=1.0) or 1.0
+        sla, running, max_lt = self.frame(ctx)
         m = Model("infadapter", sense="max")
         lc = m.var("LC", lb=0.0, obj=-0.001 / max_lt)
         var: dict[tuple[int, str], tuple[int, int, int]] = {}
