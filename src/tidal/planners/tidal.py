@@ -509,6 +509,9 @@ class Tidal:
             )
             if horiz is not None and fits(horiz, ctx.capacity):
                 return horiz, replace(st, target=None)
+        cur = ctx.current
+        if cur is not None and not self.at_risk(ctx, cur, chosen, r_now):
+            return cur, st  # the plan in force carries today's rate: better than a dip
         return self._move(ctx, st, target)  # the dip is the lesser evil
 
     @overload
@@ -531,7 +534,7 @@ class Tidal:
         for the resize: that dip would refuse requests."""
         stages: list[StagePlan] = []
         interim_needed = False
-        dip = math.inf  # the least throughput of a consolidating stage during its resize
+        dip = math.inf  # the least throughput of a shrinking stage while the move takes effect
         for sp in target.stages:
             cur = current_stage(ctx, sp.stage)
             if cur is not None and sp.replicas > cur.replicas and cur.cores > sp.cores:
@@ -542,11 +545,15 @@ class Tidal:
                 # today's batch until the cores are in place (a larger batch on the old
                 # cores would be slower than the SLO allows)
                 stages.append(sp.model_copy(update={"replicas": cur.replicas, "batch": cur.batch}))
-                v = next(s.variants for s in ctx.stages if s.stage == sp.stage)
-                prof = next((p for p in v if p.name == sp.variants[0].name), v[0])
-                dip = min(dip, sp.replicas * prof.throughput(sp.batch, cur.cores))
             else:
                 stages.append(sp)
+            if cur is not None and (sp.replicas < cur.replicas or sp.cores < cur.cores):
+                # applied at once, only the replicas both plans have run, on the smaller
+                # cores, until the new replicas start and the larger cores are in place
+                v = next(s.variants for s in ctx.stages if s.stage == sp.stage)
+                prof = next((p for p in v if p.name == sp.variants[0].name), v[0])
+                n, c = min(sp.replicas, cur.replicas), min(sp.cores, cur.cores)
+                dip = min(dip, n * prof.throughput(sp.batch, c))
         interim = Plan(stages=tuple(stages))
         if interim_needed and fits(interim, ctx.capacity):
             return interim, replace(st, target=target)

@@ -15,7 +15,7 @@ from tidal.core.plan import Plan
 from tidal.core.profile import LatencyFit, VariantProfile
 from tidal.planners import Capacity, StageCandidates, create
 from tidal.planners.base import PlanContext
-from tidal.planners.common import fits
+from tidal.planners.common import fits, stage_plan
 from tidal.planners.ipa import IPA
 from tidal.planners.synthetic import synthetic_context
 from tidal.planners.tidal import Tidal, TidalState
@@ -166,3 +166,25 @@ def test_tidal_uses_a_forecast_only_where_it_beats_the_observed_rate() -> None:
     truth = [max(wave[t + 1 : t + 11] or [wave[-1]]) for t in range(len(wave))]
     seen = _forecast_run(wave, truth)
     assert any(r.forecast_used for r in seen[150:])
+
+
+def test_tidal_never_shrinks_the_running_replicas_below_the_load_while_new_ones_start() -> None:
+    # 13 replicas x 1 core in force; the target is 27 x 0.5 cores. The interim (27 x 1 core)
+    # does not fit 16 cores, and applied at once the 13 running replicas drop to 0.5 core for
+    # the new ones' cold start: if those cannot carry today's rate, the move is not made
+    base = synthetic_context(1, rps=100.0, capacity=Capacity(1, 16.0))
+    v = base.stages[0].variants[0]
+    name = v.name
+    cur = Plan(stages=(stage_plan("s0", name, 13, 1.0, 16),))
+    target = Plan(stages=(stage_plan("s0", name, 27, 0.5, 8),))
+    ctx = dataclasses.replace(base, current=cur)
+    dip = 13 * v.throughput(8, 0.5)
+    t = Tidal()
+    assert t._move(ctx, TidalState(), target, 1.05 * dip) is None  # a dip below the rate
+    moved = t._move(ctx, TidalState(), target, 0.95 * dip)
+    assert moved is not None and moved[0].stages == target.stages  # no dip: the target
+    # the non-urgent path keeps the plan in force when it still carries the rate
+    lam = 1.05 * dip
+    assert not t.at_risk(ctx, cur, [v], lam)
+    plan, _ = t._replicas_first(ctx, TidalState(), [v], lam, target, lam)
+    assert plan.stages != target.stages
