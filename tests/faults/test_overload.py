@@ -1,8 +1,9 @@
 """2x and 10x overload of a lane whose cost is linear in rows (digits-cnn, 1- and 1024-row
 requests mixed): what cannot finish in time is refused at arrival (503 with a reason and a
-Retry-After, well before its deadline), not left to expire; every request is answered once
-with its own output; the client's and the server's counts agree exactly; nothing is left
-queued or running. The measured shares and latencies are `tidal bench overload`'s job."""
+Retry-After, decided by admission, most at the request's headers before its body is read),
+not left to expire; every request is answered once with its own output; the client's and the
+server's counts agree exactly; nothing is left queued or running. The measured shares and
+latencies (wall time) are `tidal bench overload`'s job, not this test's."""
 
 from __future__ import annotations
 
@@ -27,17 +28,21 @@ def test_overload_is_refused_at_arrival(
     n = max(40, int(rate * 3.0))  # 3 s of load
     reqs = oracle.requests(n, rate, slo_ms, 0.5, seed=int(level), prefix=f"o{level:g}-")
     before = gw.stats()["m"]
-    summary = asyncio.run(run_open_loop("127.0.0.1", gw.port, "m", reqs, oracle, timeout_s=30))
+    gw.refusals(reset=True)
+    summary = asyncio.run(
+        run_open_loop("127.0.0.1", gw.port, "m", reqs, oracle, timeout_s=30, slo_header=True)
+    )
     after = gw.wait_idle()["m"]
     c = summary.counts
     assert c["wrong"] == 0 and c["lost"] == 0 and c["error"] == 0, c
     assert c["refused"] > 0, c  # it really was overloaded
-    # Refused at arrival, not expired: 503s come back long before the deadline ...
-    # (client-side latency from the scheduled send: on a loaded machine a few include the
-    # client's own lag, so the bound is on the median and the 95th percentile, not the max)
+    # Refused at arrival, not expired: every 503 was decided by admission (at the headers,
+    # after the body, or in the scheduler), and with the deadline in a header most at the
+    # headers, before the body was read
     refused = [r for r in summary.results if r.outcome == "refused"]
-    lat = sorted(r.latency_ms for r in refused)
-    assert lat[len(lat) // 2] < slo_ms / 10 and lat[int(0.95 * (len(lat) - 1))] < slo_ms / 2, lat
+    where = gw.refusals()["counts"]
+    assert sum(where.values()) == c["refused"], (where, c)
+    assert where["headers"] > 0, where
     assert all(r.retry_after is not None and int(r.retry_after) >= 1 for r in refused)
     assert all(r.cause == "refused" and r.reason for r in refused)
     # ... and expiries stay rare: the issue's bar is <= 2% of all requests, which

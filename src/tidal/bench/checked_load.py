@@ -198,7 +198,7 @@ class _Pool:
 
 
 async def _one(
-    pool: _Pool, model: str, req: Req, t0: float, expect: Expect, timeout_s: float
+    pool: _Pool, model: str, req: Req, t0: float, expect: Expect, timeout_s: float, hdr: bool
 ) -> Result:
     delay = t0 + req.send_at - time.perf_counter()
     if delay > 0:
@@ -215,7 +215,8 @@ async def _one(
         reader, writer = conn
         reuse = False
         try:
-            writer.write(binary_request(pool.host, model, req))
+            extra = f"x-tidal-slo-ms: {req.slo_ms:g}\r\n" if hdr else ""
+            writer.write(binary_request(pool.host, model, req, extra_headers=extra))
             wait = timeout_s if req.abandon_after_s is None else req.abandon_after_s
             try:
                 status, headers, body = await asyncio.wait_for(read_response(reader), wait)
@@ -249,12 +250,17 @@ async def run_open_loop(
     *,
     max_conns: int = 512,
     timeout_s: float = 60.0,
+    slo_header: bool = False,
 ) -> Summary:
-    """Send `reqs` open loop (see the module docstring); one Result per request, in order."""
+    """Send `reqs` open loop (see the module docstring); one Result per request, in order.
+    `slo_header`: send each request's SLO in the `x-tidal-slo-ms` header as well as in the
+    body (the gateway can then refuse it from the headers, before the body is read)."""
     pool = _Pool(host, port, max_conns)
     t0 = time.perf_counter() + 0.05
     try:
-        results = await asyncio.gather(*(_one(pool, model, r, t0, expect, timeout_s) for r in reqs))
+        results = await asyncio.gather(
+            *(_one(pool, model, r, t0, expect, timeout_s, slo_header) for r in reqs)
+        )
     finally:
         await pool.close()
     return Summary(list(results))

@@ -207,6 +207,14 @@ class GatewayProcess:
         out: dict[str, Any] = r.json()
         return out
 
+    def refusals(self, reset: bool = False) -> dict[str, Any]:
+        """GET /admin/refusals: the server-side refusal latency per admission stage since the
+        last reset (`reset`: clear it after reading)."""
+        r = self.client.get("/admin/refusals" + ("?reset=true" if reset else ""))
+        r.raise_for_status()
+        out: dict[str, Any] = r.json()
+        return out
+
     def put_plan(self, plan: dict[str, Any], query: str = "") -> tuple[int, Any]:
         r = self.client.put(f"/admin/plan{query}", json=plan)
         return r.status_code, r.json()

@@ -7,11 +7,17 @@ with the model run locally on the same rows, by request id):
 
 1. capacity: a closed loop of 1024-row requests with a loose SLO measures the lane's rows/s;
 2. overload: open-loop Poisson arrivals at 2x (slo 100 ms) and 10x (slo 2000 ms) of that
-   capacity in rows, half of the requests 1 row and half 1024 rows, `duration` s each. Printed
-   per level: the outcome counts, the share of the requests not served in time that were
-   refused at arrival (goal >= 95%), the p99 client-side latency of the refusals (goal <= 5
-   ms), expired 504s over all requests (goal <= 2%), and the share of 200s within their
-   deadline (goal >= 99%);
+   capacity in rows, half of the requests 1 row and half 1024 rows, `duration` s each; the
+   SLO travels in the body's `slo_ms` and (`slo_in="both"`, the default) in the
+   `x-tidal-slo-ms` header, so the gateway may refuse at the headers. Printed per level: the
+   outcome counts, the share of the requests not served in time that were refused at arrival
+   (goal >= 95%), the p99 gateway refusal latency (goal <= 5 ms) measured both server-side
+   (`/admin/refusals`: request headers parsed -> 503 handed to the socket, and from the
+   request's first byte) and client-side (from the scheduled send, and from the actual send:
+   on this 2-core machine the load generator shares the cores, so its own queueing is in the
+   client-side figures), where the refusals were decided (headers / body / admission),
+   expired 504s over all requests (goal <= 2%), and the share of 200s within their deadline
+   (goal >= 99%);
 3. abandon: 40 req/s of 1024-row requests for 15 s whose clients hang up after 50 ms; then
    what is still queued or running (goal 0) and the gateway's RSS before / after (goal within
    10%); run twice, to tell a plateau from a leak;
@@ -157,7 +163,7 @@ def verdicts(d: dict[str, Any]) -> dict[str, Any]:
         "goal_refused_share_ge_0.95": refused_share >= 0.95,
         "refusal_p99_ms": d["refused_p99_ms"],
         "refusal_p99_from_send_ms": d.get("refused_p99_from_send_ms"),
-        "goal_refusal_p99_le_5ms": d["refused_p99_ms"] is None or d["refused_p99_ms"] <= 5.0,
+        "goal_refusal_p99_le_5ms_client": d["refused_p99_ms"] is None or d["refused_p99_ms"] <= 5.0,
         "expired_share": round(d["expired"] / total, 4) if total else 0.0,
         "goal_expired_le_0.02": (d["expired"] / total if total else 0.0) <= 0.02,
         "in_deadline_share_of_200": round(d["ok"] / answered_200, 4) if answered_200 else None,
@@ -175,15 +181,20 @@ def run_overload(
     abandon: bool = True,
     sigstop: bool = True,
     margin: float = 1.0,
+    slo_in: str = "both",
     echo: Echo | None = print,
 ) -> dict[str, Any]:
     """Run the phases of the module docstring; returns the figures (also echoed).
-    `margin`: the gateway's admission_margin (1.0 = the default config)."""
+    `margin`: the gateway's admission_margin (1.0 = the default config); `slo_in`: "both"
+    (body and header) or "body" (the body's `slo_ms` only)."""
+    if slo_in not in ("both", "body"):
+        raise ValueError(f"slo_in must be 'both' or 'body', got {slo_in!r}")
     say = echo or (lambda s: None)
     out: dict[str, Any] = {
         "load_avg_start": os.getloadavg(),
         "variant": variant,
         "admission_margin": margin,
+        "slo_in": slo_in,
     }
     say(f"load average at start: {out['load_avg_start']}")
     oracle = ModelOracle(variant)
@@ -198,12 +209,25 @@ def run_overload(
             n = int(rate * duration)
             reqs = oracle.requests(n, rate, slo, 0.5, seed=int(level), prefix=f"x{level:g}-")
             before = gw.stats()["m"]
+            gw.refusals(reset=True)
             summ = asyncio.run(
-                run_open_loop("127.0.0.1", gw.port, "m", reqs, oracle, timeout_s=slo / 1e3 + 30)
+                run_open_loop(
+                    "127.0.0.1",
+                    gw.port,
+                    "m",
+                    reqs,
+                    oracle,
+                    timeout_s=slo / 1e3 + 30,
+                    slo_header=slo_in == "both",
+                )  # fmt: skip
             )
             after = gw.wait_idle()["m"]
             d = describe(summ)
             d.update(verdicts(d))
+            srv = gw.refusals()
+            d["server_refusal"] = srv
+            p99 = srv["from_headers"]["p99_ms"]
+            d["goal_refusal_p99_le_5ms_server"] = p99 is None or p99 <= 5.0
             d["offered_req_per_s"] = round(rate, 1)
             d["slo_ms"] = slo
             d["server_refused"] = after["violations"]["refused"] - before["violations"]["refused"]

@@ -19,6 +19,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         no_abandon: bool = typer.Option(False, "--no-abandon", help="Skip the abandon run."),
         no_sigstop: bool = typer.Option(False, "--no-sigstop", help="Skip the SIGSTOP run."),
         margin: float = typer.Option(1.0, help="The gateway's admission_margin."),
+        slo_in: str = typer.Option(
+            "both", help="Where requests carry their SLO: both (body + x-tidal-slo-ms) or body."
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print JSON at the end."),
     ) -> None:
         """Outcome counts at 2x and 10x overload (1- and 1024-row requests), abandon RSS,
@@ -32,6 +35,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             abandon=not no_abandon,
             sigstop=not no_sigstop,
             margin=margin,
+            slo_in=slo_in,
         )
         if json_out:
             typer.echo(json.dumps(out, indent=2, default=str))

@@ -217,6 +217,11 @@ class ClosedLoop:
         return self._task is not None and not self._task.done()
 
     # ------------------------------------------------------------------ ASGI
+    def at_headers(self, scope: dict[str, Any]) -> Any:
+        """The data plane's admission at the headers (tidal.dataplane.server's hook)."""
+        hook = getattr(self.oip_app, "at_headers", None)
+        return None if hook is None else hook(scope)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/dashboard"):
             await self._dash(scope, receive, send)

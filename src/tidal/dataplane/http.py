@@ -6,7 +6,14 @@ Routes (the served OpenAPI document, `GET /v2/openapi.json`, lists them with the
 `POST .../infer` (JSON tensors; the binary tensor extension with `Inference-Header-Content-Length`
 for inputs and requested outputs; the classification extension), `POST /v2/repository/index`,
 `POST /v2/repository/models/{m}/load|unload` (bearer token), `GET /metrics` (Prometheus),
-`GET|PUT /admin/plan` and `GET /admin/stats` (bearer token).
+`GET|PUT /admin/plan`, `GET /admin/stats` and `GET /admin/refusals[?reset=true]` (the
+server-side refusal latency, `tidal.dataplane.early.RefusalTimes`) (bearer token).
+
+A request's SLO: the tighter of `parameters.slo_ms` in the body and the `x-tidal-slo-ms`
+header when both are given, either alone, else the model's default. Admission runs up to three
+times, each refusing only what the next would refuse too (`tidal.dataplane.early`): at the
+headers (`OIPApp.at_headers`, called by `tidal.dataplane.server` before any body byte is read),
+after the body before its decode, and in the scheduler after the decode.
 
 Status codes: 400 malformed body, unknown/missing input or output, wrong datatype or shape,
 bad `slo_ms`, NaN/inf; 401 missing or wrong token; 403 admin disabled (no token configured);
@@ -33,7 +40,13 @@ from tidal.core.errors import TidalError, first_error
 from tidal.core.plan import Plan
 from tidal.dataplane import oip_serve
 from tidal.dataplane.disconnect import ClientGone, disconnect_hook, until_disconnect
-from tidal.dataplane.early import early_refusal
+from tidal.dataplane.early import (
+    RefusalTimes,
+    early_refusal,
+    headers_refusal,
+    row_bytes,
+    rows_at_least,
+)
 from tidal.dataplane.gateway import Gateway
 from tidal.dataplane.http_body import read_body
 from tidal.dataplane.oip import (
@@ -61,6 +74,11 @@ def _first_byte(scope: Scope, gw: Gateway) -> float | None:
     return t if isinstance(t, float) and isinstance(gw.clock, MonotonicClock) else None
 
 
+def _stamp(scope: Scope, key: str) -> float | None:
+    t = (scope.get("state") or {}).get(key)
+    return t if isinstance(t, float) else None
+
+
 def _allow(methods: str) -> OIPError:
     return OIPError(
         405, f"method not allowed; allowed: {methods}", [*_JSON, (b"allow", methods.encode())]
@@ -77,6 +95,8 @@ class OIPApp:
         self.registry.register(gateway.collector())
         self.grpc: Any = None  # tidal.dataplane.grpc_server.GRPCServer once started
         self._openapi: bytes | None = None
+        self.refusals = RefusalTimes()
+        self._per_row: dict[str, int | None] = {}
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -144,6 +164,54 @@ class OIPApp:
             headers = [*_JSON, *headers]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        where = (scope.get("state") or {}).get("tidal.refused")
+        if where is not None:
+            self.refusals.record(
+                where, _stamp(scope, "tidal.t_headers"), _stamp(scope, "tidal.t_first_byte")
+            )
+
+    def at_headers(self, scope: Scope) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
+        """Admission before the body (`tidal.dataplane.server` calls this once the request
+        line and headers are parsed; `scope` has method, path, headers and state): the
+        response (status, headers, body) for an inference request the first stage would
+        refuse whatever its body says (`tidal.dataplane.early.headers_refusal`), else None
+        (the request takes the normal path). Only `POST /v2/models/{m}/infer` of a served
+        model; a pinned version, a bad header, or an idle lane is never refused here."""
+        path: str = scope["path"]
+        if scope["method"] != "POST" or not path.startswith("/v2/models/"):
+            return None
+        name = path[len("/v2/models/") : -len("/infer")] if path.endswith("/infer") else ""
+        info = self.gw.models.get(name) if name and "/" not in name else None
+        if info is None:
+            return None
+        slo_header: bytes | None = None
+        length = header_len = None
+        encoded = False
+        try:
+            for k, v in scope["headers"]:
+                if k == b"x-tidal-slo-ms":
+                    slo_header = v
+                elif k == b"content-length":
+                    length = int(v)
+                elif k == b"inference-header-content-length":
+                    header_len = int(v)
+                elif k == b"content-encoding" or k == b"transfer-encoding":
+                    encoded = encoded or v.strip().lower() not in (b"identity", b"")
+        except ValueError:
+            return None  # the full path names the bad header (400)
+        if name not in self._per_row:
+            self._per_row[name] = row_bytes(sig_of(info).inputs)
+        rows = rows_at_least(length, header_len, encoded, self._per_row[name])
+        ans = headers_refusal(
+            self.gw, name, slo_header, rows, _first_byte(scope, self.gw), self.cfg.max_slo_ms
+        )
+        if ans is None:
+            return None
+        status, body, headers = ans
+        self.refusals.record(
+            "headers", _stamp(scope, "tidal.t_headers"), _stamp(scope, "tidal.t_first_byte")
+        )
+        return status, [*_JSON, *headers], body
 
     async def _body(self, scope: Scope, receive: Any) -> bytes:
         return await read_body(scope, receive, self.cfg.max_body_bytes)
@@ -251,6 +319,7 @@ class OIPApp:
                 self.cfg.max_slo_ms,
             )  # fmt: skip
             if early is not None:
+                scope.setdefault("state", {})["tidal.refused"] = "body"
                 return early
         sig = sig_of(info)
         req = parse_rest(body, header_len, sig)
@@ -260,8 +329,9 @@ class OIPApp:
             if not isinstance(v, int | float) or isinstance(v, bool):
                 raise OIPError(400, f"slo_ms must be a number of milliseconds, got {v!r}")
             slo = parse_slo(v, self.cfg.max_slo_ms)
-        elif slo_header is not None:
-            slo = parse_slo(slo_header.decode("latin-1"), self.cfg.max_slo_ms)
+        if slo_header is not None:  # both given: the tighter one (module docstring)
+            hdr = parse_slo(slo_header.decode("latin-1"), self.cfg.max_slo_ms)
+            slo = hdr if slo is None else min(slo, hdr)
         try:  # a client that hangs up cancels its request (tidal.dataplane.disconnect)
             named, res, sig = await until_disconnect(
                 receive,
@@ -274,6 +344,8 @@ class OIPApp:
             if not hasattr(e, "cause"):
                 raise
             out: dict[str, Any] = {"error": e.message, "cause": e.cause}
+            if e.status == 503:
+                scope.setdefault("state", {})["tidal.refused"] = "admission"
             if getattr(e, "retry_after_s", None) is not None:
                 out["retry_after_ms"] = round(e.retry_after_s * 1e3, 3)  # type: ignore[attr-defined]
             return e.status, orjson.dumps(out), e.headers
@@ -379,6 +451,13 @@ class OIPApp:
                     raise OIPError(400, str(e)) from None
                 return 200, plan.model_dump_json().encode(), []
             raise _allow("GET, PUT")
+        if path == "/admin/refusals":
+            if method != "GET":
+                raise _allow("GET")
+            out = self.refusals.summary()
+            if b"reset=true" in scope.get("query_string", b""):
+                self.refusals.reset()
+            return 200, orjson.dumps(out), []
         if path == "/admin/stats":
             if method != "GET":
                 raise _allow("GET")

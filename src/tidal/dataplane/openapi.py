@@ -226,6 +226,11 @@ def document() -> dict[str, Any]:
             "get": {"summary": "Per-stage snapshots", "security": _BEARER,
                     "responses": {"200": _resp("stats"), **_err(401, 403)}}
         },
+        "/admin/refusals": {
+            "get": {"summary": "Server-side refusal latency per admission stage (?reset=true "
+                    "clears)", "security": _BEARER,
+                    "responses": {"200": _resp("refusal latency"), **_err(401, 403)}}
+        },
     }  # fmt: skip
     for action in ("load", "unload"):
         paths[f"/v2/repository/models/{{model_name}}/{action}"] = {

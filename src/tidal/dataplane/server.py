@@ -11,6 +11,13 @@ Contract:
   `http.request` message); a `Content-Length` above `max_body_bytes` is answered 413 and the
   connection closed without reading the body. After the body, `receive()` waits for the client
   to go away and returns `http.disconnect` (the gateway cancels the request then).
+- Admission at the headers: an app with an `at_headers(scope)` method (scope: method, path,
+  headers, state) is asked once the request line and headers are parsed, before any body
+  byte is read. When it returns a response `(status, headers, body)`, that is the request's
+  answer: written at once when it is the connection's next answer (else in pipeline order),
+  the app is not called, and the body is read and discarded (not buffered) so the
+  connection stays usable (keep-alive as the request asked). With `Expect: 100-continue` no
+  100 is sent and the connection closes after the answer (the client may skip the body).
 - Timeouts (`ServerLimits`, from `ServeConfig.limits`), checked by one sweep per connection
   set, not per request: request line + headers within `header_timeout_s` from the request's
   first byte, else 408 and close; the body within `body_timeout_s` after the headers, else
@@ -25,7 +32,8 @@ Contract:
 - `scope["state"]["tidal.t_first_byte"]`: `time.monotonic()` when the request's first byte
   was parsed (its arrival: a large body's read and parse happen after it);
   `scope["state"]["tidal.on_disconnect"]`: the disconnect hook of tidal.dataplane.disconnect
-  (the same event as `http.disconnect`, without a task per request).
+  (the same event as `http.disconnect`, without a task per request);
+  `scope["state"]["tidal.t_headers"]`: `time.monotonic()` when the headers were parsed.
 - SIGINT/SIGTERM: stop accepting, close idle connections, let running requests finish (up to
   `shutdown_grace_s`), then the ASGI lifespan shutdown.
 """
@@ -45,13 +53,16 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import unquote
 
 import httptools
 
 from tidal.dataplane.disconnect import unregister as _unregister
+from tidal.dataplane.http_wire import Exchange as _Exchange
+from tidal.dataplane.http_wire import chunk as _chunk
+from tidal.dataplane.http_wire import error as _error
+from tidal.dataplane.http_wire import response_head as _response_head
 from tidal.dataplane.lifespan import ASGI as _ASGI
 from tidal.dataplane.lifespan import Lifespan
 
@@ -59,7 +70,6 @@ log = logging.getLogger("tidal.server")
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 _MAX_PIPELINED = 16
-_PHRASES = {s.value: s.phrase.encode() for s in HTTPStatus}
 # States of the parser side of a connection.
 _NEW, _KEEPALIVE, _HEADERS, _BODY = 0, 1, 2, 3
 
@@ -91,76 +101,22 @@ def raise_fd_limit(target: int | None = None) -> int:
     return soft
 
 
-def _response_head(status: int, headers: list[tuple[bytes, bytes]], length: int | None,
-                   close: bool) -> bytes:  # fmt: skip
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, _PHRASES.get(status, b"Unknown"))]
-    for k, v in headers:
-        parts.append(b"%s: %s\r\n" % (k, v))
-    if length is not None:
-        parts.append(b"content-length: %d\r\n" % length)
-    else:
-        parts.append(b"transfer-encoding: chunked\r\n")
-    if close:
-        parts.append(b"connection: close\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
-
-
-def _error(status: int, message: str) -> bytes:
-    body = b'{"error":"%s"}' % message.replace('"', "'").encode()
-    return _response_head(status, [(b"content-type", b"application/json")], len(body), True) + body
-
-
 class _Request:
     """One parsed request waiting for (or in) the app."""
 
-    __slots__ = ("scope", "body", "keep_alive")
+    __slots__ = ("scope", "body", "keep_alive", "answer")
 
-    def __init__(self, scope: dict[str, Any], body: bytes, keep_alive: bool) -> None:
+    def __init__(
+        self, scope: dict[str, Any], body: bytes, keep_alive: bool, answer: bytes | None = None
+    ) -> None:
         self.scope = scope
         self.body = body
         self.keep_alive = keep_alive
+        self.answer = answer  # answered at the headers: these bytes, the app is not called
 
 
 def _nothing() -> None:
     return None
-
-
-def _chunk(body: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(body), body) if body else b""
-
-
-class _Exchange:
-    """The response side of one request/response exchange."""
-
-    __slots__ = ("keep", "status", "headers", "chunked", "done", "body_given")
-
-    def __init__(self, keep: bool) -> None:
-        self.keep = keep
-        self.status = 0
-        self.headers: list[tuple[bytes, bytes]] | None = None
-        self.chunked = False
-        self.done = False
-        self.body_given = False
-
-    def head(self, first: bytes, more: bool) -> bytes:
-        """The status line and headers, sent with the first body part."""
-        hdrs = self.headers or []
-        self.headers = None
-        length: int | None = None
-        for k, v in hdrs:
-            kl = k.lower()
-            if kl == b"content-length":
-                length = int(v)
-            elif kl == b"connection" and v.lower() == b"close":
-                self.keep = False
-        if length is not None:
-            hdrs = [h for h in hdrs if h[0].lower() != b"content-length"]
-        elif not more:
-            length = len(first)
-        else:
-            self.chunked = True
-        return _response_head(self.status, hdrs, length, not self.keep)
 
 
 class _Conn(asyncio.Protocol):
@@ -186,6 +142,9 @@ class _Conn(asyncio.Protocol):
         self.sockname: Any = None
         self.scheme = "http"
         self.t_first = 0.0
+        self.t_headers = 0.0
+        self.discard = False  # answered at the headers: the body is read and dropped
+        self.close_after = False  # ... and the connection closes once it has been read
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -255,24 +214,69 @@ class _Conn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.state = _BODY
         self.since = self.loop.time()
+        self.t_headers = time.monotonic()
+        expect = (b"expect", b"100-continue") in self.headers
+        hook = self.srv.at_headers
+        if hook is not None and self.transport is not None:
+            raw_path, _q, path = self._path()
+            early = hook({
+                "method": self.parser.get_method().decode("ascii"),
+                "path": path,
+                "headers": self.headers,
+                "state": {"tidal.t_first_byte": self.t_first, "tidal.t_headers": self.t_headers},
+            })  # fmt: skip
+            if early is not None:
+                self._answer_early(early, expect)
+                return
         # Clients (curl above 1 KB) wait up to 1 s for this before sending the body.
-        if self.transport is not None and (b"expect", b"100-continue") in self.headers:
+        if self.transport is not None and expect:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _answer_early(
+        self, early: tuple[int, list[tuple[bytes, bytes]], bytes], expect: bool
+    ) -> None:
+        status, headers, body = early
+        keep = self.parser.should_keep_alive() and not self.srv.stopping and not expect
+        data = _response_head(status, headers, len(body), not keep) + body
+        self.discard = True
+        if self.task is not None or self.pending:  # earlier answers first (pipelining)
+            self.pending.append(_Request({}, b"", keep, data))
+            return
+        assert self.transport is not None
+        self.transport.write(data)
+        if expect:  # the client may never send the body: nothing left to frame
+            self.close()
+        elif not keep:
+            self.close_after = True
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
         if self.size > self.srv.limits.max_body_bytes:
             self.fail(413, f"body exceeds the cap of {self.srv.limits.max_body_bytes} bytes")
             raise httptools.HttpParserError("body too large")
-        self.body.append(body)
+        if not self.discard:
+            self.body.append(body)
 
-    def on_message_complete(self) -> None:
+    def _path(self) -> tuple[bytes, bytes, str]:
         url = self.url
         q = url.find(b"?")
         raw_path, query = (url, b"") if q < 0 else (url[:q], url[q + 1 :])
         path = raw_path.decode("latin-1")
-        if "%" in path:
-            path = unquote(path)
+        return raw_path, query, unquote(path) if "%" in path else path
+
+    def on_message_complete(self) -> None:
+        if self.discard:  # answered at the headers
+            self.discard = False
+            self.state = _KEEPALIVE
+            self.since = self.loop.time()
+            if self.close_after:
+                self.close()
+            elif self.task is None and not self.pending:
+                self.srv.idle(self)
+            elif self.task is None:
+                self.task = self.loop.create_task(self.run())
+            return
+        raw_path, query, path = self._path()
         p = self.parser
         scope = {
             "type": "http",
@@ -289,6 +293,7 @@ class _Conn(asyncio.Protocol):
             "headers": self.headers,
             "state": {
                 "tidal.t_first_byte": self.t_first,
+                "tidal.t_headers": self.t_headers,
                 "tidal.on_disconnect": self.on_disconnect,
             },
         }
@@ -336,6 +341,10 @@ class _Conn(asyncio.Protocol):
 
     async def call(self, req: _Request) -> bool:
         """Run the app on one request; True when the connection stays open."""
+        if req.answer is not None:  # answered at the headers (`_answer_early`)
+            if not self.closed and self.transport is not None:
+                self.transport.write(req.answer)
+            return req.keep_alive
         st = _Exchange(req.keep_alive and not self.srv.stopping)
 
         async def receive() -> dict[str, Any]:
@@ -408,6 +417,7 @@ class Server:
 
     def __init__(self, app: ASGIApp, limits: ServerLimits) -> None:
         self.app = app
+        self.at_headers: Callable[[dict[str, Any]], Any] | None = getattr(app, "at_headers", None)
         self.limits = limits
         self.loop = asyncio.get_running_loop()
         self.conns: set[_Conn] = set()

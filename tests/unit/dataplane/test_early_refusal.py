@@ -27,7 +27,8 @@ def test_slo_hint_reads_the_raw_bytes_only_when_unambiguous() -> None:
         return orjson.dumps(doc)
 
     assert slo_hint(body({**GOOD, "parameters": {"slo_ms": 80}}), None, None, 500.0) == 80.0
-    assert slo_hint(b'{"parameters": {"slo_ms" : 1.5e2 }}', None, b"9", 500.0) == 150.0
+    assert slo_hint(b'{"parameters": {"slo_ms" : 1.5e2 }}', None, b"900", 500.0) == 150.0
+    assert slo_hint(b'{"parameters": {"slo_ms" : 1.5e2 }}', None, b"9", 500.0) == 9.0  # tighter
     assert slo_hint(body(GOOD), None, b"70", 500.0) == 70.0  # the header, absent in the body
     assert slo_hint(body(GOOD), None, None, 500.0) == 500.0  # the model's default
     assert slo_hint(body(GOOD), None, b"fast", 500.0) is None
