@@ -15,6 +15,11 @@ Contract:
   load; no CPU carries more than 1.0 in total. So replicas with whole cores never share a
   CPU, and fractional replicas share one only within its single core. When ``ceil(c)`` CPUs
   do not fit (fragmentation), wider sets are tried, up to all the node's CPUs.
+- Nodes on one kernel (``NodeSpec.host``: several raylets on one machine, e.g. a local
+  multi-node cluster, or pods without a cpuset) share its CPU ids: among the CPUs that fit
+  on the node, the least loaded *on the host* are chosen first, so three 1-replica nodes on
+  a 2-CPU machine do not all pin CPU 0 (measured before: every node's first replica did).
+  The hard limit (no CPU above 1.0) stays per node: the node's cores are what Ray grants.
 - ``resize(replica, cores)`` keeps the current CPUs when they still fit, else re-chooses.
 - ``release(replica)`` frees its grant (idempotent).
 
@@ -37,6 +42,8 @@ class NodeSpec:
 
     cores: float
     cpu_ids: tuple[int, ...]
+    host: str = ""
+    """The kernel the node runs on (its boot id); '' = a kernel of its own."""
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,20 @@ class _Node:
 
 
 def _choose(
-    load: dict[int, float], cores: float, prefer: tuple[int, ...] = ()
+    load: dict[int, float],
+    cores: float,
+    prefer: tuple[int, ...] = (),
+    host_load: dict[int, float] | None = None,
 ) -> tuple[int, ...] | None:
-    """A CPU set carrying `cores` with no CPU above 1.0, or None. Keeps `prefer` if it fits."""
+    """A CPU set carrying `cores` with no CPU above 1.0 in `load`, or None. Keeps `prefer` if
+    it fits. `host_load` (the node's host, all its nodes) orders the CPUs: least loaded on
+    the host first, then on the node, stable by id."""
     if prefer and len(prefer) >= math.ceil(cores - _EPS):
         share = cores / len(prefer)
         if all(c in load and load[c] + share <= 1.0 + _EPS for c in prefer):
             return prefer
-    ids = sorted(load, key=lambda c: (load[c], c))  # least loaded first, stable by id
+    host = host_load or {}
+    ids = sorted(load, key=lambda c: (host.get(c, 0.0), load[c], c))
     for n in range(max(1, math.ceil(cores - _EPS)), len(ids) + 1):
         share = cores / n
         pick = [c for c in ids if load[c] + share <= 1.0 + _EPS][:n]
@@ -140,13 +153,24 @@ class PlacementBook:
         held = old.cores if old is not None else 0.0
         if st.used - held + cores > st.spec.cores + _EPS:
             return None
-        cpus = _choose(st.cpu_load(skip=replica), cores, old.cpus if old else ())
+        host = self._host_load(node, replica)
+        cpus = _choose(st.cpu_load(skip=replica), cores, old.cpus if old else (), host)
         if cpus is None:
             return None
         g = Grant(replica, node, cores, cpus)
         st.grants[replica] = g
         self._where[replica] = node
         return g
+
+    def _host_load(self, node: str, skip: str) -> dict[int, float]:
+        """Per CPU id, the load of every node on `node`'s host (only `node` without a host)."""
+        host = self._nodes[node].spec.host
+        out: dict[int, float] = {}
+        for nid, st in self._nodes.items():
+            if nid == node or (host and st.spec.host == host):
+                for c, x in st.cpu_load(skip=skip).items():
+                    out[c] = out.get(c, 0.0) + x
+        return out
 
     def resize(self, replica: str, cores: float) -> Grant | None:
         """Change `replica`'s cores on its node (keeping its CPUs when they fit), or None."""

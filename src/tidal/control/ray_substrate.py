@@ -1,13 +1,18 @@
 """The Ray substrate: replicas as Ray actors, with capacity-true placement. All of Tidal's Ray
-API calls are made here (one thin layer per substrate); the placement logic is the pure
-:class:`tidal.control.placement.PlacementBook`.
+API calls are made here and in `tidal.control.ray_connect` (connecting, the placement
+authority); the placement logic is the pure :class:`tidal.control.placement.PlacementBook`.
 
 How a replica's cores are held, so Ray's scheduler and autoscaler see the truth:
 - Every replica's cores are held by Ray **placement groups** of one ``{"CPU": cores}`` bundle
-  (fractional allowed). A new replica first creates its hold without a node constraint: Ray
+  (fractional allowed). A new replica first holds its cores on the alive node with the most
+  free cores (`RayFactory.claim`: spread, so every node keeps room for in-place growth); when
+  no node has them, or another gateway took them first, without a node constraint: Ray
   places it on a node with room, or keeps it **pending**, which is the demand the
   KubeRay autoscaler scales on (the Kubernetes pod model: pending, then placed). The start
   waits for the hold with no retry loop of ours; Ray retries placement itself.
+- ``cores_per_node`` below a node's Ray CPUs (Ray counts whole CPUs: a 2/3-core node is a
+  1-CPU raylet): the difference is held on every node (`RayFactory._fill`), so Ray's free
+  CPUs, its placement and the demand it reports equal Tidal's book.
 - The replica actor then runs on the hold's node (hard node affinity) with ``num_cpus=0``: a
   Ray actor's resource request is fixed at creation, so the placement groups, not the actor,
   carry the cores. That is what makes resizing in place truthful in Ray's accounting:
@@ -29,7 +34,6 @@ import asyncio
 import atexit
 import logging
 import os
-import socket
 import threading
 import uuid
 from typing import Any
@@ -37,143 +41,20 @@ from typing import Any
 import numpy as np
 
 from tidal.control.local import LocalActuator
-from tidal.control.placement import Grant, NodeSpec, PlacementBook
+from tidal.control.ray_connect import (
+    AUTHORITY_NAME,
+    NAMESPACE,
+    NODE_LABEL,
+    PlacementAuthority,
+    _ray,
+    authority,
+    connect,
+)
 from tidal.core.capacity import Capacity
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
 
 log = logging.getLogger("tidal.control.ray")
-
-AUTHORITY_NAME = "tidal-placement"
-NAMESPACE = "tidal"
-NODE_LABEL = "ray.io/node-id"
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise TidalError(
-            "the Ray substrate needs ray: uv pip install --python .venv/bin/python 'ray[serve]'"
-        ) from None
-    return ray
-
-
-# ------------------------------------------------------------------ connecting
-def _diagnose(address: str | None, err: BaseException) -> str:
-    """One line naming why `ray.init(address)` failed."""
-    text = f"{type(err).__name__}: {err}"
-    low = text.lower()
-    if "auth" in low or "unauthenticated" in low or "token" in low:
-        return (
-            f"Ray at {address} refused this client's authentication ({text.splitlines()[0]}): "
-            "set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) to the "
-            "cluster's token, or start the cluster and this client with the same setting "
-            "(see docs/deploy.md)"
-        )
-    if "version" in low and ("mismatch" in low or "differ" in low or "incompatible" in low):
-        import ray
-
-        return (
-            f"Ray versions differ: this client runs ray {ray.__version__}; {text.splitlines()[0]}"
-        )
-    return f"cannot connect to Ray at {address}: {text.splitlines()[0]}"
-
-
-def _probe(address: str, timeout_s: float = 3.0) -> None:
-    """Fail fast on an address nobody listens on (ray.init would retry for a minute)."""
-    if address in ("auto", "local"):
-        return
-    hostport = address.removeprefix("ray://")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
-        raise TidalError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except OSError as e:
-        raise TidalError(f"cannot connect to Ray at {address}: {e}") from None
-
-
-def connect(address: str | None) -> None:
-    """`ray.init(address)` once per process; TidalError with one line naming the cause."""
-    ray = _ray()
-    if ray.is_initialized():
-        return
-    if address:
-        _probe(address)
-    try:
-        ray.init(
-            address=address,
-            namespace=NAMESPACE,
-            log_to_driver=False,
-            include_dashboard=False,
-            # Secrets stay out of the cluster's worker processes (they inherit this env).
-            runtime_env={"env_vars": {"TIDAL_TOKEN": "", "TIDAL_CEP_TOKEN": ""}},
-        )
-    except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError (versions)
-        raise TidalError(_diagnose(address, e)) from None
-
-
-# ------------------------------------------------------------------ the authority
-class PlacementAuthority:
-    """Body of the detached named actor that owns the cluster's PlacementBook."""
-
-    def __init__(self) -> None:
-        self.book = PlacementBook()
-
-    def reserve(
-        self, replica: str, node: str, cores: float, node_cores: float, cpu_ids: list[int]
-    ) -> Grant | None:
-        self.book.add_node(node, NodeSpec(node_cores, tuple(cpu_ids)))
-        return self.book.reserve(replica, node, cores)
-
-    def resize(self, replica: str, cores: float) -> Grant | None:
-        return self.book.resize(replica, cores)
-
-    def release(self, replica: str) -> Grant | None:
-        return self.book.release(replica)
-
-    def forget(self, dead: list[str]) -> list[str]:
-        """Drop nodes Ray reports dead; returns the replicas that were on them. (Dead, not
-        "absent from a list of alive ones": a node that joined after the caller listed the
-        alive ones must keep its grants.)"""
-        keep = {n: s for n, s in self.book.nodes().items() if n not in set(dead)}
-        return self.book.set_nodes(keep)
-
-    def used(self) -> dict[str, float]:
-        return self.book.used()
-
-    def grants(self) -> list[Grant]:
-        return self.book.grants()
-
-
-def authority() -> Any:
-    """The cluster's placement authority (created on first use, shared by every gateway).
-
-    It is pinned to the head node (the node with Ray's `node:__internal_head__` resource; a
-    soft affinity was not honoured for a 0-CPU head, measured) when there is one: its book is
-    in memory, and on a worker node that leaves (a node removed, a KubeRay pod scaled down) it
-    restarted empty. Measured in `make test-ray`: with the authority on the removed node the
-    book held 2.0 of the 3.0 cores the replicas ran with."""
-    ray = _ray()
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    cls = ray.remote(num_cpus=0, max_restarts=-1, max_concurrency=1)(PlacementAuthority)
-    head = next(
-        (
-            n["NodeID"]
-            for n in ray.nodes()
-            if n.get("Alive") and "node:__internal_head__" in n.get("Resources", {})
-        ),
-        None,
-    )
-    opts: dict[str, Any] = {}
-    if head is not None:
-        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(head, soft=False)
-    return cls.options(
-        name=AUTHORITY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, **opts
-    ).remote()
 
 
 # ------------------------------------------------------------------ replicas
@@ -184,10 +65,11 @@ class ReplicaActor:
         self.variant = variant
         self.handle: Any = None
 
-    def where(self) -> tuple[str, list[int]]:
-        """(node id, usable CPU ids) of this actor's process."""
+    def where(self) -> tuple[str, list[int], str]:
+        """(node id, usable CPU ids, kernel boot id) of this actor's process: raylets on one
+        kernel share its CPU ids (the book spreads their pins over them)."""
         ray = _ray()
-        return ray.get_runtime_context().get_node_id(), sorted(os.sched_getaffinity(0))
+        return ray.get_runtime_context().get_node_id(), sorted(os.sched_getaffinity(0)), _boot_id()
 
     def start(self, cores: float, cpus: list[int]) -> dict[str, Any]:
         from tidal.dataplane.worker import WorkerHandle
@@ -221,6 +103,15 @@ class ReplicaActor:
             self.handle.stop()
 
 
+def _boot_id() -> str:
+    """This kernel's boot id ('' where there is none: the node then has CPUs of its own)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 _ACTOR_LOCK = threading.Lock()
 _ACTOR: Any = None
 
@@ -245,6 +136,12 @@ def _hold(cores: float, node: str | None) -> Any:
     )
 
 
+def _remove(pg: Any) -> None:
+    from ray.util.placement_group import remove_placement_group
+
+    remove_placement_group(pg)
+
+
 def _hold_node(pg: Any) -> str:
     from ray.util.placement_group import placement_group_table
 
@@ -267,6 +164,7 @@ class RayExecutor:
         *,
         pending_timeout_s: float = 600.0,
         grow_timeout_s: float = 5.0,
+        spread_timeout_s: float = 3.0,
     ) -> None:
         ray = _ray()
         self.factory = factory
@@ -279,10 +177,18 @@ class RayExecutor:
         self._stopped = False
         self.actor: Any = None
         auth = factory.authority
+        claim = factory.claim(cores)
         try:
-            pg = _hold(cores, None)
+            pg = _hold(cores, claim)
             self._holds.append(pg)
-            ready, _ = ray.wait([pg.ready()], timeout=pending_timeout_s)
+            ready, _ = ray.wait([pg.ready()], timeout=spread_timeout_s if claim else 0.0)
+            if claim and not ready:  # another gateway took the node: let Ray choose
+                self._holds.remove(pg)
+                _remove(pg)
+                pg = _hold(cores, None)
+                self._holds.append(pg)
+            if not ready:
+                ready, _ = ray.wait([pg.ready()], timeout=pending_timeout_s)
             if not ready:
                 raise TidalError(
                     f"replica of {variant} ({cores:g} cores) stayed pending for "
@@ -291,10 +197,10 @@ class RayExecutor:
             self.node = _hold_node(pg)
             strategy = _node_affinity(self.node)
             self.actor = _actor_class().options(scheduling_strategy=strategy).remote(variant)
-            node, cpu_ids = ray.get(self.actor.where.remote(), timeout=120)
+            node, cpu_ids, host = ray.get(self.actor.where.remote(), timeout=120)
             grant = ray.get(
                 auth.reserve.remote(
-                    self.replica_id, node, cores, factory.node_cores(node), cpu_ids
+                    self.replica_id, node, cores, factory.node_cores(node), cpu_ids, host
                 ),
                 timeout=30,
             )
@@ -308,6 +214,8 @@ class RayExecutor:
         except BaseException:
             self._cleanup()
             raise
+        finally:
+            factory.unclaim(claim, cores)
         self.pid: int = int(info["pid"])
         self.cold_start_s: float = float(info["cold_start_s"])
         self.mechanism = str(info["mechanism"])
@@ -460,6 +368,9 @@ class RayFactory:
         self._live: dict[str, RayExecutor] = {}  # replica id -> executor
         self._monitor: threading.Thread | None = None
         self._closing = threading.Event()
+        self._fillers: dict[str, Any] = {}  # node -> hold of its CPUs beyond cores_per_node
+        self._fill_lock = threading.Lock()
+        self._claims: dict[str, float] = {}  # node -> cores of the starts in flight from here
 
     def track(self, ex: RayExecutor) -> None:
         """Watch `ex`: it reports not alive() once Ray reports its node dead."""
@@ -522,7 +433,32 @@ class RayFactory:
                 dead.append(n["NodeID"])
             elif cpus > 0:
                 alive[n["NodeID"]] = self.cores_per_node or cpus
+                self._fill(n["NodeID"], cpus)
+        for node in dead:
+            self._fillers.pop(node, None)
         return dict(sorted(alive.items())), dead
+
+    def _fill(self, node: str, cpus: float, timeout_s: float = 10.0) -> None:
+        """Hold `node`'s Ray CPUs beyond `cores_per_node` (Ray counts whole CPUs only; a
+        2/3-core node is a 1-CPU raylet), so Ray places replicas, and reports the demand of
+        pending ones, with the cores Tidal's book counts. Without it Ray put a replica where
+        the book had no room and the start failed. A hold not placed within `timeout_s`
+        (replicas took the CPUs first) is dropped and tried again on the next call."""
+        extra = cpus - (self.cores_per_node or cpus)
+        if extra < 1e-4 or node in self._fillers:
+            return
+        from ray.util.placement_group import remove_placement_group
+
+        with self._fill_lock:
+            if node in self._fillers or self._closing.is_set():
+                return
+            pg = _hold(extra, node)
+            ready, _ = _ray().wait([pg.ready()], timeout=timeout_s)
+            if ready:
+                self._fillers[node] = pg
+                return
+            remove_placement_group(pg)
+        log.warning("node %s: could not hold its %.3g CPUs beyond Tidal's", node[:8], extra)
 
     def node_cores(self, node: str) -> float:
         cores = self.nodes().get(node)
@@ -548,6 +484,31 @@ class RayFactory:
         out: dict[str, float] = _ray().get(self.authority.used.remote(), timeout=30)
         return out
 
+    def claim(self, cores: float) -> str | None:
+        """The alive node with the most free cores (the book, less the starts in flight from
+        here) if it has `cores`, claimed until `unclaim`; None: no node has them (Ray
+        chooses, or the hold stays pending). Spreading keeps room on every node for the
+        planners' in-place growth (themis' vertical stage); Ray alone packed replicas."""
+        nodes = self.nodes()
+        used = self.used()
+        with self._lock:
+            free = {n: c - used.get(n, 0.0) - self._claims.get(n, 0.0) for n, c in nodes.items()}
+            best = max(free, key=lambda n: (free[n], n), default=None)
+            if best is None or free[best] < cores - 1e-6:
+                return None
+            self._claims[best] = self._claims.get(best, 0.0) + cores
+            return best
+
+    def unclaim(self, node: str | None, cores: float) -> None:
+        if node is None:
+            return
+        with self._lock:
+            left = self._claims.get(node, 0.0) - cores
+            if left > 1e-9:
+                self._claims[node] = left
+            else:
+                self._claims.pop(node, None)
+
     def __call__(self, variant: str, cores: float) -> RayExecutor:
         self.connect()
         return RayExecutor(self, variant, cores, pending_timeout_s=self.pending_timeout_s)
@@ -558,6 +519,15 @@ class RayFactory:
         if self._authority is None:
             return
         ray = _ray()
+        from ray.util.placement_group import remove_placement_group
+
+        with self._fill_lock:
+            for pg in self._fillers.values():
+                try:
+                    remove_placement_group(pg)
+                except Exception as e:  # its node is gone
+                    log.info("removing a node hold: %s", e)
+            self._fillers = {}
         try:
             if not ray.get(self._authority.grants.remote(), timeout=10):
                 ray.kill(self._authority, no_restart=True)
@@ -592,3 +562,16 @@ async def wait_ready(gateway: Any, stage: str, replicas: int, timeout_s: float =
         if clock.now() - t0 > timeout_s:
             raise TidalError(f"stage {stage!r} did not reach {replicas} replicas in {timeout_s} s")
         await asyncio.sleep(0.1)
+
+
+__all__ = [
+    "AUTHORITY_NAME",
+    "NAMESPACE",
+    "PlacementAuthority",
+    "RayActuator",
+    "RayExecutor",
+    "RayFactory",
+    "authority",
+    "connect",
+    "wait_ready",
+]

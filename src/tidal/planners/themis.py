@@ -37,6 +37,11 @@ utilisation 1: a surge is load the plan in force cannot carry at all.
 Amdahl cap: cores per replica stop where the profile's speed-up flattens: the profile's
 `max_useful_cores`, else the size beyond which one more `core_step` gains under `min_gain`
 (5%) of latency at batch 1; never more than a node.
+Grid on small nodes (`node_step`): when a node's cores are not a multiple of `core_step`, the
+step shrinks to the largest that divides them (1/3 on 2/3-core nodes), so a replica can fill
+its node and the vertical stage can grow it to the node's size; with 0.5 on 2/3-core nodes a
+replica could not exceed 0.5 cores and a quarter of every node stayed idle. Nodes that are a
+multiple (1.5, 2, 4 ... cores) keep `core_step` unchanged.
 Interval (reconstructed, the paper gives none): 1 s, as Sponge's vertical loop, so surges are
 absorbed within a second; the horizontal stage runs on the same tick once stable.
 Predictor: the paper's LSTM (`tidal.forecast`, IPA setting) fed as `ctx.forecast`.
@@ -63,6 +68,7 @@ Resize: in place. Infeasible: the fastest configuration per stage, flagged.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -114,6 +120,22 @@ def amdahl_cap(
     return max(step, min(c, cap))
 
 
+def node_step(step: float, node_cores: float) -> float:
+    """`step`, or the largest step below it that divides `node_cores` into whole steps (see
+    the module docstring)."""
+    if node_cores <= 0:
+        return step
+    k = math.ceil(node_cores / step - 1e-6)
+    return step if abs(k * step - node_cores) <= 1e-6 else node_cores / k
+
+
+def node_grid(cap: float, step: float) -> list[float]:
+    """Multiples of `step` up to `cap` (tolerant to `step` not being a decimal: 1/3), never
+    above `cap`; at least one point."""
+    out = [min(k * step, cap) for k in range(1, int(cap / step + 1e-6) + 1)]
+    return out or [cap]
+
+
 @dataclass(frozen=True)
 class ThemisState:
     """Transition bookkeeping: the target being moved to, if any, and when the plan last
@@ -139,7 +161,7 @@ def stage_options(
     out = []
     per_node = capacity.cores_per_node
     for c in cores:
-        slots = capacity.nodes * int(per_node // c + 1e-9)
+        slots = capacity.nodes * int(per_node / c + 1e-9)
         for b in BATCHES:
             n = replicas_needed(profile, b, c, lam / utilization)
             if replicas is not None:
@@ -233,10 +255,12 @@ class Themis:
         return self.resolution_ms or max(slo_ms / 2000.0, 0.01)
 
     def grids(self, ctx: PlanContext, chosen: list[VariantProfile]) -> list[list[float]]:
-        return [
-            core_grid(amdahl_cap(v, ctx.capacity, self.core_step, self.min_gain), self.core_step)
-            for v in chosen
-        ]
+        step = node_step(self.core_step, ctx.capacity.cores_per_node)
+        if step == self.core_step:
+            return [
+                core_grid(amdahl_cap(v, ctx.capacity, step, self.min_gain), step) for v in chosen
+            ]
+        return [node_grid(amdahl_cap(v, ctx.capacity, step, self.min_gain), step) for v in chosen]
 
     def solve(
         self,
@@ -276,7 +300,11 @@ class Themis:
                 Option(
                     0.0,
                     0.0,
-                    (ctx.capacity.nodes * int(ctx.capacity.cores_per_node // g[-1]), g[-1], 1),
+                    (
+                        ctx.capacity.nodes * int(ctx.capacity.cores_per_node / g[-1] + 1e-9),
+                        g[-1],
+                        1,
+                    ),
                 )
             ]
             n, c, b = min(opts, key=lambda o: (o.latency_ms, o.cost)).payload

@@ -78,3 +78,19 @@ def test_no_cpu_ever_carries_more_than_one_core(sizes: list[float]) -> None:
             load[cpu] = load.get(cpu, 0.0) + g.cores / len(g.cpus)
     assert all(v <= 1.0 + 1e-9 for v in load.values()), load
     assert sum(g.cores for g in b.grants()) <= 4.0 + 1e-9
+
+
+def test_nodes_on_one_host_spread_over_its_cpus() -> None:
+    """Three raylets on one 2-CPU kernel: their first replicas do not all pin CPU 0; the
+    1.0-per-CPU limit stays per node (each node's cores are its own)."""
+    b = PlacementBook()
+    b.set_nodes({n: NodeSpec(2 / 3, (0, 1), host="boot-1") for n in "abc"})
+    b.add_node("d", NodeSpec(2 / 3, (0, 1)))  # another kernel: its own CPU ids
+    pins = [b.reserve(f"r{n}", n, 2 / 3) for n in "abc"]
+    assert all(g is not None and len(g.cpus) == 1 for g in pins)
+    assert {g.cpus[0] for g in pins if g is not None} == {0, 1}
+    other = b.reserve("rd", "d", 2 / 3)
+    assert other is not None and other.cpus == (0,)
+    full = PlacementBook()
+    full.set_nodes({n: NodeSpec(2.0, (0, 1), host="h") for n in "ab"})
+    assert all(full.reserve(f"r{n}{i}", n, 1.0) is not None for n in "ab" for i in range(2))

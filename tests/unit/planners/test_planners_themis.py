@@ -261,3 +261,23 @@ def test_auto_options_are_validated() -> None:
     with pytest.raises(TidalError, match="variant_margin"):
         create("themis", variants="auto", variant_margin=-0.1)
     assert create("themis", variants="auto", variant_hold_s=5).variant_hold_s == 5  # type: ignore[attr-defined]
+
+
+def test_small_nodes_grid_fills_a_node() -> None:
+    """On 2/3-core nodes (not a multiple of core_step 0.5) the surge grows a replica to the
+    node's size: the step shrinks to 1/3. With 0.5 a replica stopped at 0.5 cores and every
+    node kept 1/6 idle. Nodes that are a multiple keep the 0.5 grid."""
+    th = Themis(utilization=1.0)
+    # l(b, c) = 30b/c ms: throughput 1000c/30 req/s whatever the batch
+    v = VariantProfile(name="x", fit=LatencyFit(gamma=30.0, delta=0.0, epsilon=0.0, eta=0.0))
+    base = dataclasses.replace(
+        synthetic_context(1, rps=5.0, slo_ms=1000.0, capacity=Capacity(3, 2 / 3)),
+        stages=(StageCandidates("s0", (v,)),),
+    )
+    p0, st = th.plan(base)
+    cap = 1000.0 / v.latency_ms(1, 2 / 3)  # one replica at the node's size, batch 1
+    surge = ctx_at(base, 1.0, [5.0] * 30 + [0.9 * cap] * 2, 0.9 * cap, current=p0, state=st)
+    p1, _ = th.plan(surge)
+    assert p1.feasible and p1.stages[0].replicas == p0.stages[0].replicas == 1
+    assert p1.stages[0].cores == pytest.approx(2 / 3)
+    assert th.grids(dataclasses.replace(base, capacity=Capacity(3, 1.5)), [v]) == [[0.5, 1.0, 1.5]]
