@@ -7,10 +7,11 @@ the Twitter trace (a synthetic 44 -> 220 req/s spike without ../shared, and it s
 compressed `compress`x and scaled so the surge's peak asks `peak_load` of the pipeline's
 capacity on `C` cores, with the profile scaled by the slowdown a probe measured here first
 (12 requests at the initial plan); the SLO is 3x the pipeline's p99 at the initial plan
-unless given. `C` is the machine's cores minus `reserve` (0.5: the gateway, the Ray processes
-and the load generator run on the same machine). One schedule (same arrival times) is
-replayed open loop on every run, each a fresh closed loop in a child process (`run_policy`,
-as the demo):
+unless given. `C` is the machine's cores minus `reserve` (default 0: with 3 nodes on a
+2-core machine, 3 x 2/3 cores against one machine of 2 cores; the gateway, the Ray processes
+and the load generator share the machine in every run). One schedule (same arrival times)
+is replayed open loop on every run, each a fresh closed loop in a child process
+(`run_policy`, as the demo):
 
 - `local`: one machine, the local substrate, planned as 1 node x `C` cores;
 - `local-nodes`: the local substrate planned as `nodes` x `C/nodes` cores (the planners'
@@ -18,9 +19,10 @@ as the demo):
   left to `ray` is the substrate;
 - `ray`: a `ray.cluster_utils.Cluster` started here with a head that hosts nothing and `nodes`
   worker nodes, each a real raylet; the closed loop is the Ray driver
-  (``--substrate ray --address ...``) and plans for ``nodes x C/nodes`` cores. With the
-  defaults on 2 cores that is 3 x 0.5, a multiple of themis' 0.5-core grid (with 3 x 0.667 a
-  replica could not exceed 0.5 cores and a quarter of each node stayed idle).
+  (``--substrate ray --address ...``) and plans for ``nodes x C/nodes`` cores. Ray counts
+  whole CPUs, so a 2/3-core node is a 1-CPU raylet whose other 1/3 the Ray substrate holds
+  (`RayFactory._fill`): Ray's free CPUs equal Tidal's. Themis' grid divides such a node
+  (step 1/3, `tidal.planners.themis.node_step`), so a replica can grow to a whole node.
 
 Runs can be split over several invocations (each short enough for the shared benchmark
 lock): `only` picks the runs, and `against` (a previous result) supplies the others, after
@@ -58,7 +60,7 @@ def bench_ray_cluster(
     duration_s: float | None = 100.0,
     seed: int = 0,
     probe: bool = True,
-    reserve: float = 0.5,
+    reserve: float = 0.0,
     only: Sequence[str] = RUNS,
     against: dict[str, Any] | None = None,
     keep: Path | None = None,

@@ -25,7 +25,7 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         ),
         duration: float = typer.Option(100.0, min=5.0, help="Seconds of the window replayed."),
         reserve: float = typer.Option(
-            0.5, min=0.0, max=64.0, help="Cores left to the gateway and load generator."
+            0.0, min=0.0, max=64.0, help="Cores left to the gateway and load generator."
         ),
         no_probe: bool = typer.Option(
             False, "--no-probe", help="Size the load on the profile (no slowdown probe)."
