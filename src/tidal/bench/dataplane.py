@@ -18,9 +18,11 @@ over the measured run: gateway processes and the worker apart) says where the ti
 
 Output keys: `tidal`, `ray_serve`, `bare_asgi` (noop only): workload -> {rps, p50_ms, p99_ms};
 `ratios`: workload -> tidal rps / ray_serve rps; plus `one_connection` (p50 at 1 connection and
-Tidal's overhead over the bare app), `tidal_vs_bare`, `tidal_1core_vs_bare`,
-`fe2_vs_1core` (the 2-core scaling), `cpu_us_per_request` (server -> {gateway, worker}),
-`non_2xx`, the settings used (with the load average at start and end).
+Tidal's overhead over the bare app), `tidal_vs_bare`, `tidal_1core_vs_bare`, the 2-core
+scaling as `fe2_vs_1core` (two front ends) and `tidal_2core_vs_1core` (one gateway process and
+its worker on the whole machine, against the same pinned to one core), `cpu_us_per_request`
+(server -> {gateway, worker}), `non_2xx`, the settings used (with the load average at start
+and end).
 Figures only: nothing here is asserted by tests.
 """
 
@@ -347,6 +349,8 @@ def run_bench(
         extra["tidal_1core_vs_bare"] = round(one_core["rps"] / b["rps"], 3)
     if "rps" in one_core and "rps" in fe2:
         extra["fe2_vs_1core"] = round(fe2["rps"] / one_core["rps"], 3)
+    if "rps" in one_core and "rps" in t:
+        extra["tidal_2core_vs_1core"] = round(t["rps"] / one_core["rps"], 3)
     one = extra["one_connection"]
     if "tidal" in one and "bare_asgi" in one:
         one["tidal_overhead_p50_ms"] = round(one["tidal"]["p50_ms"] - one["bare_asgi"]["p50_ms"], 3)

@@ -2,9 +2,10 @@
 
 - `bare_app`: a bare inline ASGI app on uvicorn: parses the same OIP v2 JSON body, computes the
   noop (identity) inline and answers; no queue, no worker process. The ceiling of any gateway.
-- `python -m tidal.bench.dataplane_apps ray PORT WORKLOAD`: the same endpoint on Ray Serve
-  (one replica, `@serve.batch(max_batch_size=8)`); the resnet18 replica runs the same ONNX file
-  with ONNX Runtime as Tidal's worker. Prints READY, serves until stdin closes.
+- `python -m tidal.bench.dataplane_apps ray PORT WORKLOAD`: the same endpoint on Ray Serve,
+  the app of `tidal bench goodput` (`tidal.bench.peers_ray_app`: one replica,
+  `@serve.batch(max_batch_size=8)`); the resnet18 replica runs the same ONNX file with ONNX
+  Runtime as Tidal's worker. Prints READY, serves until stdin closes.
 """
 
 from __future__ import annotations
@@ -70,61 +71,17 @@ async def bare_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 def _ray_main(port: int, workload: str) -> None:  # pragma: no cover - run by the benchmark
-    import logging
-
-    import ray
-    from ray import serve
-    from starlette.requests import Request
-    from starlette.responses import Response
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    """Ray Serve on the same app as `tidal bench goodput`'s peer (tidal.bench.peers_ray_app):
+    one replica, max batch 8, 2 threads; the noop inline, resnet18 on the cached ONNX file."""
+    # Function-local: peers_ray_app imports this module (its decode/encode) at its top.
+    from tidal.bench.peers_ray_app import main
 
     onnx_file = None
     if workload != "noop":
-        from tidal.models.onnx_cache import onnx_path
+        from tidal.models.onnx_cache import onnx_path  # the model zoo only for resnet18
 
         onnx_file = str(onnx_path(workload))
-
-    @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
-    class Model:
-        def __init__(self, path: str | None) -> None:
-            self.sess = None
-            if path is not None:
-                import onnxruntime as ort
-
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = 2
-                so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-                self.name = self.sess.get_inputs()[0].name
-
-        @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-        async def run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-            x = np.concatenate(xs)
-            y = x * 1.0 if self.sess is None else self.sess.run(None, {self.name: x})[0]
-            out, i = [], 0
-            for a in xs:
-                out.append(y[i : i + a.shape[0]])
-                i += a.shape[0]
-            return out
-
-        async def __call__(self, request: Request) -> Response:
-            body = await request.body()
-            h = request.headers.get("inference-header-content-length")
-            x = _decode(body, int(h) if h else None)
-            y = await self.run(x)
-            return Response(_encode(y, workload), media_type="application/json")
-
-    serve.run(
-        Model.bind(onnx_file),  # type: ignore[attr-defined]
-        route_prefix=f"/v2/models/{workload}/infer",
-        name=workload,
-    )
-    print("READY", flush=True)
-    sys.stdin.read()
-    serve.shutdown()
-    ray.shutdown()
+    main({"port": port, "model": workload, "max_batch": 8, "threads": 2, "onnx": onnx_file})
 
 
 if __name__ == "__main__":  # pragma: no cover

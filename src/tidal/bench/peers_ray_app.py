@@ -1,10 +1,14 @@
-"""Ray Serve app for `tidal bench goodput`, run inside `.venv-peers/ray_serve` (not imported
-by Tidal's venv): `PYTHONPATH=<tidal src> python peers_ray_app.py '<json spec>'`.
+"""The Ray Serve peer of `tidal bench goodput` and `tidal bench dataplane`.
+
+`tidal bench goodput` runs it inside `.venv-peers/ray_serve` (not imported by Tidal's venv):
+`PYTHONPATH=<tidal src> python peers_ray_app.py '<json spec>'`; `tidal bench dataplane` calls
+`main(spec)` through `python -m tidal.bench.dataplane_apps ray PORT WORKLOAD`.
 
 One replica, `@serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=0.005)`, ONNX Runtime
-on the same file and thread settings as Tidal's worker; OIP v2 JSON (and the binary tensor
-extension) at `/v2/models/<model>/infer`. The SLO is the proxy's `request_timeout_s` (HTTP 408
-past it). Prints READY, serves until stdin closes.
+on the same file and thread settings as Tidal's worker (spec `onnx`: null runs the noop, the
+identity, inline); OIP v2 JSON (and the binary tensor extension) at `/v2/models/<model>/infer`.
+The SLO, when the spec has `request_timeout_s`, is the proxy's request timeout (HTTP 408 past
+it). Prints READY, serves until stdin closes.
 """
 
 from __future__ import annotations
@@ -44,18 +48,18 @@ def main(spec: dict[str, Any]) -> None:
             if attempt == 2:
                 raise
             print(f"ray.init failed ({e}); retrying", file=sys.stderr, flush=True)
-    serve.start(
-        http_options={
-            "host": "127.0.0.1",
-            "port": spec["port"],
-            "request_timeout_s": spec["request_timeout_s"],
-        }
-    )
+    http: dict[str, Any] = {"host": "127.0.0.1", "port": spec["port"]}
+    if spec.get("request_timeout_s") is not None:
+        http["request_timeout_s"] = spec["request_timeout_s"]
+    serve.start(http_options=http)
     model, max_batch = spec["model"], spec["max_batch"]
 
     @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
     class Model:
-        def __init__(self, path: str, threads: int) -> None:
+        def __init__(self, path: str | None, threads: int) -> None:
+            self.sess: Any = None
+            if path is None:  # the noop: the identity, inline
+                return
             import onnxruntime as ort
 
             so = ort.SessionOptions()
@@ -69,7 +73,8 @@ def main(spec: dict[str, Any]) -> None:
 
         @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=0.005)
         async def run(self, xs: list[np.ndarray]) -> list[np.ndarray]:
-            y = self.sess.run(None, {self.name: np.concatenate(xs)})[0]
+            x = np.concatenate(xs)
+            y = x * 1.0 if self.sess is None else self.sess.run(None, {self.name: x})[0]
             out, i = [], 0
             for a in xs:
                 out.append(y[i : i + a.shape[0]])
@@ -83,7 +88,7 @@ def main(spec: dict[str, Any]) -> None:
             return Response(_encode(y, model), media_type="application/json")
 
     serve.run(
-        Model.bind(spec["onnx"], spec["threads"]),  # type: ignore[attr-defined]
+        Model.bind(spec.get("onnx"), spec["threads"]),  # type: ignore[attr-defined]
         route_prefix=f"/v2/models/{model}/infer",
         name=model,
     )

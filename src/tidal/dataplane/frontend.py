@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import shutil
@@ -419,13 +420,24 @@ def serve(
     """`tidal.dataplane.server.serve` for any `config.frontends`: HTTP in this process for 1,
     else N front ends and this process as the scheduler (`serve_frontends`)."""
     n = int(getattr(config, "frontends", 1) or 1)
+    started = partial(_freeze_then, on_start)
     if n <= 1:
-        serve_one(app, config, on_start, log_level)
+        serve_one(app, config, started, log_level)
         return
     import uvloop
 
     limits = prepare(config, log_level)
-    uvloop.run(serve_frontends(app, config, limits, n, on_started=on_start, log_level=log_level))
+    uvloop.run(serve_frontends(app, config, limits, n, on_started=started, log_level=log_level))
+
+
+def _freeze_then(on_start: Callable[[], Any] | None, *_: Any) -> Any:
+    """Once a serving process is up: `gc.freeze()` (the start-up heap, ~90k objects of
+    imports and the loaded gateway, leaves the cyclic collector's view: a full collection
+    while serving then scans only the objects made since, measured 0.5 ms instead of 60-70 ms
+    of stalled requests), then `on_start()`. Only processes that serve until they exit call
+    it (never a test's in-process server), so nothing that is frozen had to be collected."""
+    gc.freeze()
+    return on_start() if on_start is not None else None
 
 
 # ---------------------------------------------------------------------- front-end side
@@ -558,7 +570,8 @@ def _main(argv: list[str] | None = None) -> int:
     async def run() -> None:
         stop = asyncio.Event()
         app = ForwardApp(args.ingress, stop, limits.max_body_bytes)
-        await serve_async(app, "", 0, limits, ssl_ctx=ctx, stop=stop, sock=sock)
+        await serve_async(app, "", 0, limits, ssl_ctx=ctx, stop=stop, sock=sock,
+                          on_started=partial(_freeze_then, None))  # fmt: skip
 
     uvloop.run(run())
     return 0
