@@ -184,9 +184,15 @@ def control_lead_s(
     return best
 
 
-def scaled_profiles(setup: DemoSetup, slowdown: dict[str, float]) -> Any:
-    """The reference profile with each stage's variants scaled by the live slowdown."""
+def scaled_profiles(setup: DemoSetup, slowdown: dict[str, float], noise: bool = True) -> Any:
+    """The reference profile with each stage's variants scaled so that a simulated batch
+    takes, on average, the live time: the live slowdown is a ratio of mean service times
+    (measured batches) to the profile's l(b, c), a median; a simulated batch is l(b, c) times
+    lognormal noise of mean exp(sigma^2 / 2) (`tidal.sim.latency`, with `noise`), so the
+    profile is scaled by the slowdown over that mean. The simulated controller's calibration
+    then measures the live factor."""
     from tidal.control.controller import _scaled
+    from tidal.sim.latency import VariantLatency
 
     ps = setup.profiles.model_copy(deep=True)
     for st in setup.pipeline.stages:
@@ -194,7 +200,8 @@ def scaled_profiles(setup: DemoSetup, slowdown: dict[str, float]) -> Any:
         if f:
             for v in st.variants:
                 if v in ps.variants:
-                    ps.variants[v] = _scaled(ps.variants[v], f)
+                    mean = math.exp(VariantLatency(ps.variants[v]).sigma ** 2 / 2) if noise else 1.0
+                    ps.variants[v] = _scaled(ps.variants[v], f / mean)
     return ps
 
 
@@ -239,6 +246,7 @@ def simulate_same(
         gateway=like_live,
         scheduler=live_scheduler(setup) if like_live else SIM_SCHEDULER,
         skip_infeasible=like_live,
+        calibrate=like_live,
         control_lead_s=lead_s if like_live else 0.0,
     )
     init = setup.serve_config.get("plan") if like_live else None

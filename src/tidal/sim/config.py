@@ -84,6 +84,15 @@ class SimConfig(BaseModel):
         "one Controller's rule, live and simulated (tidal.control.controller); False applies "
         "it anyway (the live controller's --best-effort).",
     )
+    calibrate: bool = Field(
+        default=False,
+        description="The controller's live calibration (tidal.control.controller, "
+        "`calibrate`): the planner's profile is scaled per (stage, variant) by the ratio of "
+        "the batches' simulated service time to the profile's l(b, c), learned as the run "
+        "goes, as the live controller learns it from measured batches. With "
+        "`predict_profiles` the planner starts from that profile (what the live system "
+        "loads) while batches take the simulated profile's time. `tidal validate` sets it.",
+    )
     control_lead_s: float = Field(
         default=0.0,
         ge=0.0,

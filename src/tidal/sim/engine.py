@@ -150,6 +150,8 @@ def fast_applies(pipeline: PipelineSpec, config: SimConfig) -> str:
         return "the fast mode runs a fixed SLO (FIFO = EDF)"
     if config.gateway:
         return "the gateway's predictions run in the reference mode"
+    if config.calibrate:
+        return "the controller's calibration runs in the reference mode"
     differ = [
         k
         for k, v in config.scheduler.model_dump().items()
@@ -178,8 +180,10 @@ def simulate(
 ) -> SimResult:
     """Replay `rates` (requests per second) through `pipeline` under `policy`.
 
-    `predict_profiles`: the profile admission and the batcher plan with (reference mode;
-    default `profiles`, which always gives the simulated service times). `initial_plan`: in
+    `predict_profiles`: the profile the system believes (reference mode; default
+    `profiles`, which always gives the simulated service times): admission and the batcher
+    predict with it and the planner plans with it (with `SimConfig.calibrate`, scaled by the
+    slowdown the controller learns from the simulated batches, as live). `initial_plan`: in
     force (ready) at t=0 before the planner's first decision, whose new replicas then pay their
     cold start, as a live gateway started from its config's plan; default: the planner's
     first plan is in force at t=0 (``warm_start``)."""
@@ -190,9 +194,17 @@ def simulate(
     stage_profiles = _profiles_for(pipeline, profiles)
     planner = _planner(policy, **(policy_kwargs or {}))
     pname = planner.name
+    # The planner decides at 0, then at k x interval - lead; the monitor's seconds end at
+    # those ticks (a live monitor samples at its controller's ticks): every per-second
+    # series is shifted by the ticks' offset into the second.
+    interval_us = max(1, int(round(planner.interval_s * US)))
+    lead_us = int(round(cfg.control_lead_s * US)) % interval_us
+    shift_us = lead_us % US
     why_not = fast_applies(pipeline, cfg)
     if not why_not and (predict_profiles is not None or initial_plan is not None):
         why_not = "predict_profiles and initial_plan run in the reference mode"
+    if not why_not and shift_us:
+        why_not = "control ticks within a second (control_lead_s) run in the reference mode"
     mode = cfg.mode
     if mode == "auto":
         mode = "reference" if why_not else "fast"
@@ -228,9 +240,14 @@ def simulate(
         recreate,
         cfg.resize_s,
     )
+    # The planner plans with what the system believes (`predict_profiles`, as the live
+    # controller plans with the profile the gateway loads), the batches take `profiles`' time.
+    plan_profiles = (
+        stage_profiles if predict_profiles is None else _profiles_for(pipeline, predict_profiles)
+    )
     candidates = tuple(
         StageCandidates(st.name, tuple(vs))
-        for st, vs in zip(pipeline.stages, stage_profiles, strict=True)
+        for st, vs in zip(pipeline.stages, plan_profiles, strict=True)
     )
     variant_names = [v.name for vs in stage_profiles[-1:] for v in vs]
     dur_s = len(rates)
@@ -257,7 +274,7 @@ def simulate(
         else:
             d = a + slo_us
         if len(a):  # sorted: count over the chunk's span only
-            sec = np.minimum(a // US, dur_s)
+            sec = np.minimum((a + shift_us) // US, dur_s)
             n = np.bincount(sec - sec[0])
             counts_s[sec[0] : sec[0] + len(n)] += n
         from tidal.workload.arrivals import CHUNK_S
@@ -272,16 +289,15 @@ def simulate(
     # The control loop: the live Controller (monitor -> forecast -> Governed planner ->
     # actuation, the same plan-handling rules) over a monitor of the run's per-second series.
     n_st = len(pipeline.stages)
-    rec = SeriesRecorder(n_st, dur_s + int(math.ceil(cfg.drain_s)) + 2)
+    rec = SeriesRecorder(n_st, dur_s + int(math.ceil(cfg.drain_s)) + 2, service=cfg.calibrate)
     if mode == "fast":
         dp.record_series(rec.busy_core_us[0])
     else:
-        dp.record_series(rec.arrivals, rec.busy_core_us)
+        dp.record_series(rec.arrivals, rec.busy_core_us, rec.service, shift_us)
     recent: deque[tuple[np.ndarray, np.ndarray]] = deque()
     inner = getattr(planner, "inner", planner)
     window_s = getattr(inner, "window_s", None) or getattr(inner, "look_back", None)
     window_us = int(float(window_s or planner.interval_s or 1) * US)
-    interval_us = max(1, int(round(planner.interval_s * US)))
     core_us = 0.0
     series_t: list[float] = []
     series_cores: list[float] = []
@@ -302,6 +318,7 @@ def simulate(
         act.ready_count,
         dp.entry_budgets_ms,
         window_latencies,
+        shift_us,
     )
     clock = SimClock()
     controller = Controller(
@@ -314,6 +331,7 @@ def simulate(
         forecaster=_held(forecaster, clock) if forecaster is not None else None,
         apply_best_effort=not cfg.skip_infeasible,
         policy=pname,
+        calibrate=cfg.calibrate,
         timer=MonotonicClock(),
         strict=True,
     )
@@ -362,7 +380,6 @@ def simulate(
     tick(0)
     dp.kick(0)
     now = 0
-    lead_us = int(round(cfg.control_lead_s * US)) % interval_us
     next_tick = interval_us - lead_us
     sample_us = int(bin_s * US)
     next_sample = 0
@@ -379,7 +396,7 @@ def simulate(
         cores, _ = act.allocated()
         core_us += cores * (t - now)
         for s in range(n_st):
-            rec.add_alloc(s, now, t, act.ready_cores(s))
+            rec.add_alloc(s, now + shift_us, t + shift_us, act.ready_cores(s))
         now = t
         act.advance(t)
         if t == next_tick and t < end_us:

@@ -53,6 +53,7 @@ from tidal.dataplane.scheduler import (
 )
 from tidal.sim.config import CAUSES, EXPIRED, LATE, OK, REFUSED, SIM_SCHEDULER, UNFINISHED, US
 from tidal.sim.latency import NOISE_LEN, VariantLatency, service_us
+from tidal.sim.monitor import ServiceSeries
 
 if TYPE_CHECKING:  # the queue type only; the queue itself lives in the scheduler
     from tidal.dataplane.edf import EDFQueue
@@ -159,10 +160,22 @@ class ReferenceDataPlane:
         self._started: list[tuple[int, tuple[int, int, int]]] = []
         self._arr_s: np.ndarray | None = None
         self._busy_s: np.ndarray | None = None
+        self._service: ServiceSeries | None = None
+        self._shift = 0
 
-    def record_series(self, arrivals: np.ndarray, busy_core_us: np.ndarray) -> None:
-        """Count arrivals and busy core-us per (stage, second) into these arrays."""
-        self._arr_s, self._busy_s = arrivals, busy_core_us
+    def record_series(
+        self,
+        arrivals: np.ndarray,
+        busy_core_us: np.ndarray,
+        service: ServiceSeries | None = None,
+        shift_us: int = 0,
+    ) -> None:
+        """Count arrivals and busy core-us per (stage, second) into these arrays (at dispatch),
+        and each batch's service time into `service` (at its end, as the live gateway).
+        Second k is [k*1e6 - shift_us, (k+1)*1e6 - shift_us) (the monitor's seconds end at
+        the control ticks, `tidal.sim.monitor`)."""
+        self._arr_s, self._busy_s, self._service = arrivals, busy_core_us, service
+        self._shift = shift_us
 
     # ---- inputs -------------------------------------------------------------------------
     def feed(self, arr_us: np.ndarray, dl_us: np.ndarray, horizon_us: int) -> None:
@@ -322,8 +335,8 @@ class ReferenceDataPlane:
             self._log(f"arrive@{s}", now, (req.id,))
         self.counters[s].arrivals += 1
         arr_s = self._arr_s
-        if arr_s is not None and now // US < arr_s.shape[1]:
-            arr_s[s, now // US] += 1
+        if arr_s is not None and (sec := (now + self._shift) // US) < arr_s.shape[1]:
+            arr_s[s, sec] += 1
         lanes = self.stages[s]
         pick = self.routers[s].pick(lambda name: lanes[int(name)].sched.routable())
         if pick is None:
@@ -357,8 +370,10 @@ class ReferenceDataPlane:
                 rep.until_us = end
                 self.counters[s].busy_core_us += dur * cores
                 busy_s = self._busy_s
-                if busy_s is not None and now // US < busy_s.shape[1]:
-                    busy_s[s, now // US] += dur * cores
+                if busy_s is not None and (sec := (now + self._shift) // US) < busy_s.shape[1]:
+                    busy_s[s, sec] += dur * cores
+                if self._service is not None:
+                    self._service.add(s, end + self._shift, dur, len(reqs))
                 self._started.append((end, (s, li, b.id)))
             elif isinstance(a, Expired):
                 for r in a.requests:

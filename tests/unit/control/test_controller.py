@@ -231,3 +231,48 @@ def test_live_calibration_scales_the_profile_by_the_observed_slowdown() -> None:
         c2.tick()
         clock.advance(1.0)
     assert rec2.seen[-1].stages[0].variants[0].fit.latency_ms(1, 1.0) == pytest.approx(9.0)
+
+
+def test_run_ticks_on_a_fixed_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each tick's own work (0.3 s here) does not push the next tick later: decisions at
+    0, 1, 2, ... (they drifted to 0, 1.3, 2.6 when the loop waited tick_s after the work);
+    a tick that overruns its slot (2.5 s of work) skips the slots it missed."""
+    import asyncio
+
+    clock = SimClock()
+    act = MemActuator(clock, START)
+
+    class Keep:
+        name = "keep"
+        interval_s = 1.0
+
+        def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+            return START, None
+
+    c = _controller(Keep(), clock, act)
+    work = {3: 2.5}
+    seen: list[float] = []
+    real_tick = c.tick
+
+    def tick() -> Any:
+        seen.append(clock.now())
+        d = real_tick()
+        clock.advance(work.get(len(seen), 0.3))
+        return d
+
+    c.tick = tick  # type: ignore[method-assign]
+    stop = asyncio.Event()
+
+    async def wait_for(aw: Any, timeout: float) -> None:  # the clock jumps to the timeout
+        aw.close()
+        assert timeout > 0
+        clock.advance(timeout)
+        if len(seen) >= 7:
+            stop.set()
+        raise TimeoutError
+
+    monkeypatch.setattr(asyncio, "wait_for", wait_for)
+    asyncio.run(c.run(1.0, stop))
+    assert seen == pytest.approx([0.0, 1.0, 2.0, 5.0, 6.0, 7.0, 8.0])
+    decided = [d["t"] for d in c.decisions.recent(20)]
+    assert decided == pytest.approx(seen)  # every tick decided (interval 1 s = the tick)

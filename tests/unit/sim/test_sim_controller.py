@@ -79,3 +79,43 @@ def test_the_simulator_calls_the_live_controller(monkeypatch: pytest.MonkeyPatch
     actions = [d["action"] for d in c.decisions.recent(10)]
     assert actions[0] == "applied" and "kept-last-feasible" in actions
     assert r.core_seconds == pytest.approx(30.0)  # the infeasible 3-replica plan never ran
+
+
+@dataclass
+class StageRecorder:
+    """Keeps 2 x 1 core, batch 4, and records the candidates' first fit it was shown."""
+
+    name: str = "stage-recorder"
+    interval_s: float = 1.0
+    resize_mode: str = "in_place"
+    gammas: list[float] = field(default_factory=list)
+
+    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+        self.gammas.append(ctx.stages[0].variants[0].fit.gamma)
+        return Plan.single("s", "a", 2, 1.0, 4), None
+
+
+def test_calibration_learns_the_true_slowdown_from_simulated_batches() -> None:
+    """The planner starts from the profile the system believes (`predict_profiles`) and, with
+    `calibrate`, the live controller's calibration scales it by the simulated batches'
+    measured service time over the profile's: here the truth is 2x slower."""
+    slow = FIT.model_copy(
+        update={k: 2.0 * getattr(FIT, k) for k in ("gamma", "delta", "epsilon", "eta")}
+    )
+    truth = ProfileSet(variants={"a": VariantProfile(name="a", accuracy=0.6, fit=slow)})
+    rates = np.full(40, 15.0)
+    rec = StageRecorder()
+    cfg = SimConfig(drain_s=0, mode="reference", calibrate=True, seed=1)
+    simulate(ONE, truth, rates, rec, cfg, predict_profiles=PROFILES)
+    assert rec.gammas[0] == FIT.gamma  # learned, not known from the start
+    assert rec.gammas[-1] / FIT.gamma == pytest.approx(2.0, rel=0.1)
+    # Without calibration the planner keeps the believed profile; without a believed one
+    # it plans with the simulated truth (and learns nothing more: the ratio is ~1).
+    off = StageRecorder()
+    simulate(ONE, truth, rates, off, cfg.model_copy(update={"calibrate": False}),
+             predict_profiles=PROFILES)  # fmt: skip
+    assert set(off.gammas) == {FIT.gamma}
+    same = StageRecorder()
+    simulate(ONE, truth, rates, same, cfg)
+    assert same.gammas[0] == slow.gamma
+    assert same.gammas[-1] / slow.gamma == pytest.approx(1.0, abs=0.1)
