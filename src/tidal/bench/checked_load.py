@@ -10,7 +10,11 @@ connection that dies without an answer (`lost`).
 Contract of :func:`run_open_loop`:
 - request i leaves at ``start + send_at`` whatever happened to the others (open loop), over a
   pool of keep-alive connections (a new one is opened when none is idle, up to `max_conns`);
-  its latency is measured from the scheduled send time (no coordinated omission);
+  its latency is measured from the scheduled send time (no coordinated omission), and the
+  SLO it carries is what is left of its budget when it is written (``slo_ms`` minus the
+  client's lag behind the schedule, at least 1 us: deadline propagation, as a gRPC client
+  sends its remaining timeout), so the server is judged against the deadline the client
+  holds it to;
 - inputs travel in the binary tensor extension (cheap to build at 1024 rows);
 - every request ends with exactly one :class:`Result` whose `outcome` is one of
   ``ok`` (200, the id and the output match, within the deadline), ``late`` (200 and correct,
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -58,6 +63,7 @@ class Result:
     status: int = 0
     latency_ms: float = 0.0
     sent_lag_ms: float = 0.0
+    connect_ms: float | None = None  # when a new connection was opened for it
     cause: str = ""
     reason: str = ""
     retry_after: str | None = None
@@ -69,6 +75,7 @@ class Summary:
 
     results: list[Result]
     counts: Counter[str] = field(default_factory=Counter)
+    loop_lag_ms: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.counts = Counter(r.outcome for r in self.results)
@@ -207,16 +214,22 @@ async def _one(
     res = Result(req.rid, int(req.x.shape[0]), "lost")
     async with pool.sem:
         res.sent_lag_ms = (time.perf_counter() - scheduled) * 1e3
+        t_c = time.perf_counter()
+        opened = pool.opened
         try:
             conn = await pool.get()
+            if pool.opened != opened:
+                res.connect_ms = (time.perf_counter() - t_c) * 1e3
         except OSError as e:
             res.reason = f"connect failed: {e}"
             return res
         reader, writer = conn
         reuse = False
         try:
-            extra = f"x-tidal-slo-ms: {req.slo_ms:g}\r\n" if hdr else ""
-            writer.write(binary_request(pool.host, model, req, extra_headers=extra))
+            left = max(1e-3, req.slo_ms - (time.perf_counter() - scheduled) * 1e3)
+            sent = dataclasses.replace(req, slo_ms=round(left, 3))
+            extra = f"x-tidal-slo-ms: {sent.slo_ms:g}\r\n" if hdr else ""
+            writer.write(binary_request(pool.host, model, sent, extra_headers=extra))
             wait = timeout_s if req.abandon_after_s is None else req.abandon_after_s
             try:
                 status, headers, body = await asyncio.wait_for(read_response(reader), wait)
@@ -257,13 +270,25 @@ async def run_open_loop(
     body (the gateway can then refuse it from the headers, before the body is read)."""
     pool = _Pool(host, port, max_conns)
     t0 = time.perf_counter() + 0.05
+    lags: list[float] = []
+    ticker = asyncio.ensure_future(_loop_lag(lags))
     try:
         results = await asyncio.gather(
             *(_one(pool, model, r, t0, expect, timeout_s, slo_header) for r in reqs)
         )
     finally:
+        ticker.cancel()
         await pool.close()
-    return Summary(list(results))
+    return Summary(list(results), loop_lag_ms=lags)
+
+
+async def _loop_lag(out: list[float], period_s: float = 0.005) -> None:
+    """The client's own event-loop lag: how late a `period_s` sleep wakes up (ms), for as
+    long as the run lasts. A saturated load generator answers late whatever the server."""
+    while True:
+        t = time.perf_counter()
+        await asyncio.sleep(period_s)
+        out.append((time.perf_counter() - t - period_s) * 1e3)
 
 
 def make_requests(
@@ -312,6 +337,13 @@ def describe(summary: Summary) -> dict[str, Any]:
     out["refused_p99_from_send_ms"] = (
         round(sent[min(len(sent) - 1, int(0.99 * len(sent)))], 2) if sent else None
     )
+    # Where a client-side figure comes from: the load generator's own loop lag, and the
+    # connections it had to open (connect + the server's accept) on the way.
+    lag = sorted(summary.loop_lag_ms)
+    out["client_loop_lag_p99_ms"] = round(lag[int(0.99 * (len(lag) - 1))], 2) if lag else None
+    con = sorted(r.connect_ms for r in summary.results if r.connect_ms is not None)
+    out["new_connections"] = len(con)
+    out["connect_p99_ms"] = round(con[int(0.99 * (len(con) - 1))], 2) if con else None
     return out
 
 

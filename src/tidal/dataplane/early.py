@@ -24,9 +24,10 @@ between):
   (`slo_hint`: the body's ``"slo_ms"`` when named exactly once, min'd with the header), at
   least 1 row.
 
-Each asks the model's first stage (`Stage.quote`): a refusal is returned only when every lane
-the router may pick is under pressure (something queued, or no idle replica: an idle lane is
-never refused early) and would refuse those rows by that deadline. `RefusalTimes` keeps the
+Each asks the model's first stage (`Stage.quote`, the scheduler's own admission without
+queueing anything): a refusal is returned only when every lane the router may pick would
+refuse those rows by that deadline (an idle lane only refuses a batch longer than the
+budget, as the scheduler does). `RefusalTimes` keeps the
 server-side refusal latency (headers parsed -> 503 handed to the transport), per stage.
 """
 
@@ -119,8 +120,6 @@ def _quote(gw: Any, model: str, rows: int, slo_ms: float, arrival: float | None)
     if not snames or model in getattr(gw, "_unloading", ()):
         return None
     stage = gw.stages[snames[0]]
-    if not stage.pressured():
-        return None
     now = gw.clock.now()
     t0 = now if arrival is None else min(arrival, now)
     v: Refused | None = stage.quote(rows, t0 + slo_ms * 1e-3, now)
@@ -166,9 +165,12 @@ def early_refusal(
 
 
 class RefusalTimes:
-    """Server-side latency of the refusals, per stage (`WHERE`): from the request's headers
-    parsed, and from its first byte, to the 503 handed to the transport (milliseconds; the
-    last `keep` of each). `clock`: the same monotonic clock as the scope's stamps."""
+    """Server-side latency of the refusals, per stage (`WHERE`) and over all: from the
+    request's headers parsed, and from its first byte, to the 503 handed to the transport
+    (milliseconds; the last `keep` of each). `clock`: the same monotonic clock as the
+    scope's stamps. The wall time includes any time this process was not running (on a
+    loaded machine, preemption by other processes); `cpu_ms` is the refusal decision's own
+    CPU time at the headers (`record_cpu`)."""
 
     def __init__(self, keep: int = 65536, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -177,35 +179,50 @@ class RefusalTimes:
 
     def reset(self) -> None:
         self.counts = dict.fromkeys(WHERE, 0)
-        self.from_headers: deque[float] = deque(maxlen=self.keep)
-        self.from_first_byte: deque[float] = deque(maxlen=self.keep)
+        self.samples: dict[str, tuple[deque[float], deque[float]]] = {
+            w: (deque(maxlen=self.keep), deque(maxlen=self.keep)) for w in WHERE
+        }
+        self.cpu: deque[float] = deque(maxlen=self.keep)
 
     def record(self, where: str, t_headers: float | None, t_first: float | None) -> None:
         self.counts[where] += 1
         now = self.clock()
+        hs, fs = self.samples[where]
         if t_headers is not None:
-            self.from_headers.append((now - t_headers) * 1e3)
+            hs.append((now - t_headers) * 1e3)
         if t_first is not None:
-            self.from_first_byte.append((now - t_first) * 1e3)
+            fs.append((now - t_first) * 1e3)
+
+    def record_cpu(self, seconds: float) -> None:
+        self.cpu.append(seconds * 1e3)
 
     def summary(self) -> dict[str, Any]:
-        """Counts per stage, and p50/p99/max of both latencies (None without samples)."""
+        """Counts per stage; p50/p99/max of both latencies per stage and over all, and of
+        the decision CPU (None without samples)."""
 
-        def q(xs: deque[float]) -> dict[str, float | None]:
-            s = sorted(xs)
+        def q(*parts: Iterable[float]) -> dict[str, float | None]:
+            s = sorted(x for p in parts for x in p)
             if not s:
-                return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+                return {"n": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
             return {
+                "n": len(s),
                 "p50_ms": round(s[len(s) // 2], 3),
                 "p99_ms": round(s[min(len(s) - 1, int(0.99 * len(s)))], 3),
                 "max_ms": round(s[-1], 3),
             }
 
-        return {
+        out: dict[str, Any] = {
             "counts": dict(self.counts),
-            "from_headers": q(self.from_headers),
-            "from_first_byte": q(self.from_first_byte),
+            "from_headers": q(*(self.samples[w][0] for w in WHERE)),
+            "from_first_byte": q(*(self.samples[w][1] for w in WHERE)),
+            "decision_cpu_at_headers": q(self.cpu),
         }
+        for w in WHERE:
+            out[w] = {
+                "from_headers": q(self.samples[w][0]),
+                "from_first_byte": q(self.samples[w][1]),
+            }
+        return out
 
 
 __all__ = [

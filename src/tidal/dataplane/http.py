@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -199,6 +200,7 @@ class OIPApp:
                     encoded = encoded or v.strip().lower() not in (b"identity", b"")
         except ValueError:
             return None  # the full path names the bad header (400)
+        cpu0 = time.thread_time()
         if name not in self._per_row:
             self._per_row[name] = row_bytes(sig_of(info).inputs)
         rows = rows_at_least(length, header_len, encoded, self._per_row[name])
@@ -208,6 +210,7 @@ class OIPApp:
         if ans is None:
             return None
         status, body, headers = ans
+        self.refusals.record_cpu(time.thread_time() - cpu0)
         self.refusals.record(
             "headers", _stamp(scope, "tidal.t_headers"), _stamp(scope, "tidal.t_first_byte")
         )

@@ -233,10 +233,11 @@ class Stage:
     def quote(self, rows: int, deadline: float, now: float) -> Refused | None:
         """Early refusal (`tidal.dataplane.early`): the Refused verdict when every lane the
         router may pick would refuse `rows` rows due at `deadline` now (counted as an arrival
-        and a refusal, as `submit` counts it); None when one would admit it, when no lane is
-        under pressure, or when none is routable (`submit` then answers)."""
+        and a refusal, as `submit` counts it); None when one would admit it, or when none is
+        routable (`submit` then answers). An idle lane is priced too (its fast path): it
+        refuses what `submit` would refuse there, a batch longer than the budget."""
         lanes = self._weighted_lanes()
-        if not lanes or not all(g.sched.pressured() for g in lanes):
+        if not lanes:
             return None
         verdict: Refused | None = None
         for g in lanes:

@@ -1,6 +1,6 @@
 """Early refusal (tidal.dataplane.early): a request the lane would refuse even at one row is
-answered 503 before its body is decoded; an idle lane, or an SLO only the full parse can
-tell, takes the full path."""
+answered 503 before its body is decoded (an idle lane only when one batch is longer than the
+budget); an SLO only the full parse can tell takes the full path."""
 
 from __future__ import annotations
 
@@ -56,9 +56,12 @@ def test_a_busy_lane_refuses_before_the_decode_an_idle_one_decodes() -> None:
     url = "/v2/models/digits/infer"
 
     async def fn(c: httpx.AsyncClient, gw: Gateway) -> None:
-        # idle lane: the full path decodes the bad body and answers 400
-        r = await c.post(url, content=orjson.dumps({**BAD, "parameters": {"slo_ms": 50}}))
+        # idle lane: a deadline one batch can meet is decoded (the bad body answers 400);
+        # one shorter than a batch (300 ms) is refused, as the scheduler itself would
+        r = await c.post(url, content=orjson.dumps({**BAD, "parameters": {"slo_ms": 4000}}))
         assert r.status_code == 400, r.text
+        r = await c.post(url, content=orjson.dumps({**BAD, "parameters": {"slo_ms": 50}}))
+        assert r.status_code == 503 and "service time" in r.json()["error"], r.text
         busy = asyncio.ensure_future(c.post(url, content=orjson.dumps(GOOD)))
         while not gw.stages["digits"].pressured():
             await asyncio.sleep(0.005)
@@ -76,6 +79,6 @@ def test_a_busy_lane_refuses_before_the_decode_an_idle_one_decodes() -> None:
         assert r.status_code == 400, r.text
         assert (await busy).status_code == 200
         snap = gw.stages["digits"].counters
-        assert snap.violations["refused"] == 2 and snap.arrivals >= 3
+        assert snap.violations["refused"] == 3 and snap.arrivals >= 4
 
     asyncio.run(_run(fn))
