@@ -12,7 +12,7 @@ import pytest
 from tidal.core.plan import Plan
 from tidal.core.profile import LatencyFit, VariantProfile
 from tidal.planners import Capacity, Pending, PlanContext, StageCandidates, create
-from tidal.planners.common import pick_variants
+from tidal.planners.common import fits, pick_variants
 from tidal.planners.synthetic import synthetic_context
 from tidal.planners.themis import Themis, ThemisState, amdahl_cap
 
@@ -281,3 +281,23 @@ def test_small_nodes_grid_fills_a_node() -> None:
     assert p1.feasible and p1.stages[0].replicas == p0.stages[0].replicas == 1
     assert p1.stages[0].cores == pytest.approx(2 / 3)
     assert th.grids(dataclasses.replace(base, capacity=Capacity(3, 1.5)), [v]) == [[0.5, 1.0, 1.5]]
+
+
+def test_overload_plans_the_most_that_fits_the_nodes() -> None:
+    """A surge beyond what the nodes hold: the plan fits them (all the cores it can use,
+    flagged, the rate it serves named), instead of a plan the actuator must refuse, which
+    left the surge on the smaller plan in force."""
+    th = Themis(utilization=1.0)
+    v = VariantProfile(name="x", fit=LatencyFit(gamma=30.0, delta=0.0, epsilon=0.0, eta=0.0))
+    for cap in (Capacity(1, 2.0), Capacity(3, 2 / 3)):
+        base = dataclasses.replace(
+            synthetic_context(2, rps=5.0, slo_ms=1000.0, capacity=cap),
+            stages=(StageCandidates("s0", (v,)), StageCandidates("s1", (v,))),
+        )
+        p0, st = th.plan(base)
+        # 1000c/30 req/s per stage: 2 cores carry 33 req/s through both stages; ask 60
+        surge = ctx_at(base, 1.0, [5.0] * 30 + [60.0] * 2, 60.0, current=p0, state=st)
+        p1, _ = th.plan(surge)
+        assert fits(p1, cap) and not p1.feasible
+        assert "the most that fits" in p1.reason
+        assert p1.total_cores == pytest.approx(2.0)
