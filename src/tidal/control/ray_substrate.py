@@ -61,8 +61,8 @@ log = logging.getLogger("tidal.control.ray")
 class ReplicaActor:
     """Body of a replica actor: one Tidal worker process pinned to the granted CPUs."""
 
-    def __init__(self, variant: str) -> None:
-        self.variant = variant
+    def __init__(self, variant: str = "") -> None:
+        self.variant = variant  # '' for a standby: `start` names it
         self.handle: Any = None
 
     def where(self) -> tuple[str, list[int], str]:
@@ -71,9 +71,10 @@ class ReplicaActor:
         ray = _ray()
         return ray.get_runtime_context().get_node_id(), sorted(os.sched_getaffinity(0)), _boot_id()
 
-    def start(self, cores: float, cpus: list[int]) -> dict[str, Any]:
+    def start(self, cores: float, cpus: list[int], variant: str = "") -> dict[str, Any]:
         from tidal.dataplane.worker import WorkerHandle
 
+        self.variant = variant or self.variant
         self.handle = WorkerHandle.start(self.variant, cores, cpus=tuple(cpus))
         return {
             "pid": self.handle.pid,
@@ -195,8 +196,7 @@ class RayExecutor:
                     f"{pending_timeout_s:g} s: no Ray node had the cores"
                 )
             self.node = _hold_node(pg)
-            strategy = _node_affinity(self.node)
-            self.actor = _actor_class().options(scheduling_strategy=strategy).remote(variant)
+            self.actor = factory.take_standby(self.node)
             node, cpu_ids, host = ray.get(self.actor.where.remote(), timeout=120)
             grant = ray.get(
                 auth.reserve.remote(
@@ -210,7 +210,7 @@ class RayExecutor:
                     f"{node[:8]} (used {ray.get(auth.used.remote(), timeout=30)})"
                 )
             self.cpus: tuple[int, ...] = tuple(grant.cpus)
-            info = ray.get(self.actor.start.remote(cores, list(self.cpus)), timeout=300)
+            info = ray.get(self.actor.start.remote(cores, list(self.cpus), variant), timeout=300)
         except BaseException:
             self._cleanup()
             raise
@@ -371,6 +371,7 @@ class RayFactory:
         self._fillers: dict[str, Any] = {}  # node -> hold of its CPUs beyond cores_per_node
         self._fill_lock = threading.Lock()
         self._claims: dict[str, float] = {}  # node -> cores of the starts in flight from here
+        self._standby: dict[str, Any] = {}  # node -> an idle replica actor, already started
 
     def track(self, ex: RayExecutor) -> None:
         """Watch `ex`: it reports not alive() once Ray reports its node dead."""
@@ -434,9 +435,31 @@ class RayFactory:
             elif cpus > 0:
                 alive[n["NodeID"]] = self.cores_per_node or cpus
                 self._fill(n["NodeID"], cpus)
+                self._spare(n["NodeID"])
         for node in dead:
             self._fillers.pop(node, None)
+            with self._lock:
+                self._standby.pop(node, None)
         return dict(sorted(alive.items())), dead
+
+    def _spare(self, node: str) -> None:
+        """Keep one idle replica actor per node (no cores: ``num_cpus=0``, no worker process),
+        so a start on that node skips Ray's worker-process start-up (the Python process,
+        `import ray`, the runtime env): measured in `tidal bench ray-cluster`, below."""
+        with self._lock:
+            if node in self._standby or self._closing.is_set():
+                return
+            strategy = _node_affinity(node)
+            self._standby[node] = _actor_class().options(scheduling_strategy=strategy).remote()
+
+    def take_standby(self, node: str) -> Any:
+        """The idle actor on `node` (a new one if there is none); the node watch replaces it
+        within a second (not here: its start-up would compete with this replica's)."""
+        with self._lock:
+            actor = self._standby.pop(node, None)
+        if actor is None:
+            actor = _actor_class().options(scheduling_strategy=_node_affinity(node)).remote()
+        return actor
 
     def _fill(self, node: str, cpus: float, timeout_s: float = 10.0) -> None:
         """Hold `node`'s Ray CPUs beyond `cores_per_node` (Ray counts whole CPUs only; a
@@ -521,6 +544,13 @@ class RayFactory:
         ray = _ray()
         from ray.util.placement_group import remove_placement_group
 
+        with self._lock:
+            spares, self._standby = list(self._standby.values()), {}
+        for actor in spares:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as e:  # its node is gone
+                log.info("killing a standby actor: %s", e)
         with self._fill_lock:
             for pg in self._fillers.values():
                 try:
