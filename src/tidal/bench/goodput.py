@@ -15,7 +15,9 @@ One invocation, same machine, one server at a time in rotated order:
    which opens a new connection instead of waiting for a busy one.
 
 The SLO (default 200 ms) travels in every request as Tidal's `slo_ms` and as Triton's
-per-request `timeout` (us, enforced by its dynamic batcher's REJECT queue policy); Ray Serve
+per-request `timeout` (us, enforced by its dynamic batcher's REJECT queue policy), and in
+the `x-tidal-slo-ms` header (every server gets the same body bytes and headers; only Tidal
+reads this one: it can refuse from the headers, before an 887 KB body is read); Ray Serve
 gets it as the proxy's `request_timeout_s`; MLServer has no per-request timeout.
 
 Outcomes per request: good (200 within the SLO from the scheduled send), late (200 after it,
@@ -210,7 +212,7 @@ async def open_loop(
 
     offsets = poisson_offsets(rate, duration_s, seed)
     gen = LoadGenerator(url, body, max_in_flight=4000, timeout_s=max(2.0, 10 * slo_ms / 1000))
-    outcomes, rep = await gen.run(Schedule(offsets))
+    outcomes, rep = await gen.run(Schedule(offsets, (slo_ms,) * len(offsets)))
     out = summarize(outcomes, slo_ms, duration_s)
     out["offered_rps"] = round(len(offsets) / duration_s, 2)
     out["max_dispatch_lag_ms"] = round(rep.max_lag_ms, 1)
