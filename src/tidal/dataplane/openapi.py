@@ -136,7 +136,8 @@ _SLO_HEADER = {
     "name": "x-tidal-slo-ms",
     "in": "header",
     "required": False,
-    "description": "Tidal: the request's latency SLO in ms (the body's slo_ms wins).",
+    "description": "Tidal: the request's latency SLO in ms (with the body's slo_ms too: "
+    "the tighter one); an overloaded lane may answer 503 from the headers alone.",
     "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 600000},
 }
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
