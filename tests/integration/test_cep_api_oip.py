@@ -172,30 +172,97 @@ def test_operator_calls_served_model_over_oip_v2(tmp_path, gateway) -> None:
         srv.close()
 
 
+# The template's counting, stamped with the version whose code produced each result and
+# with a value of the version's own environment (spec.env), read at module load.
+NODE_STAMPED = """
+const V = Number(process.env.TIDAL_CEP_VERSION);
+const TAG = process.env.TAG || '';
+module.exports = {
+  required: ['card'],
+  process(events, state) {
+    return events.map((e) => {
+      const k = String(e.card);
+      state[k] = (state[k] || 0) + 1;
+      return { seq: e.seq, card: e.card, seen: state[k], v: V, tag: TAG, env: process.env.TAG };
+    });
+  },
+};
+"""
+
+
 @pytest.mark.node
-def test_node_operator_on_the_embedded_store(tmp_path) -> None:
+@pytest.mark.parametrize("node_update", ["swap", "process"])
+def test_node_operator_on_the_embedded_store(tmp_path, node_update) -> None:
+    """Two hot updates (in place, or to a new process) at stream boundaries: every event
+    once and in order, the per-card counts carried, each result from exactly one version
+    with that version's environment (the old one's TAG does not leak into the new one)."""
     from tidal.cep.registry import VersionSpec
 
-    template = Path(operators.__file__).parent.parent / "sdk" / "node" / "template.js"
     srv = SocketStoreServer(MemoryStore("node-emb"), str(tmp_path / "s.sock"))
-    m = NodeManager(tmp_path, srv.url, DeployDefaults(codec="json", batch=50))
+    d = DeployDefaults(codec="json", batch=50, node_update=node_update)
+    m = NodeManager(tmp_path, srv.url, d)
     try:
-        m.register("nodeop", VersionSpec(language="node", source=template.read_text()))
-        m.register("nodeop", VersionSpec(language="node", source=template.read_text()))
+        for tag in ("one", "two", ""):
+            env = {"TAG": tag} if tag else {}
+            m.register("nodeop", VersionSpec(language="node", source=NODE_STAMPED, env=env))
+        m.request("nodeop", 1)
         cl = connect(m, "nodeop")
-        evs = [{"card": i % 4, "amount": 10.0 * i, "seq": i} for i in range(400)]
-        cl.submit(evs[:200])
-        cl.flush()
-        m.update("nodeop", 2)  # state (events seen per card) carried across, as JSON
-        cl.submit(evs[200:])
+        evs = [{"card": i % 4, "seq": i} for i in range(600)]
+        reports = []
+        for k, v in enumerate((2, 3)):
+            cl.submit(evs[200 * k : 200 * (k + 1)])
+            cl.flush()
+            reports.append(m.update("nodeop", v))
+        cl.submit(evs[400:])
         got: list[dict] = []
         t = time.monotonic()
-        while len(got) < 400 and time.monotonic() - t < 20:
+        while len(got) < 600 and time.monotonic() - t < 20:
             got += cl.results()
             time.sleep(0.005)
         cl.close()
-        assert [e["seq"] for e in got] == list(range(400))
-        assert [e["seen"] for e in got if e["card"] == 1] == list(range(1, 101))
+        assert [e["seq"] for e in got] == list(range(600))
+        assert [e["seen"] for e in got if e["card"] == 1] == list(range(1, 151))
+        vs = [e["v"] for e in got]
+        assert vs == sorted(vs) and vs[0] == 1 and vs[-1] == 3  # no interleaving of versions
+        want = {1: "one", 2: "two", 3: ""}
+        assert all(e["tag"] == want[e["v"]] for e in got)
+        assert all(e.get("env") == (want[e["v"]] or None) for e in got)
+        assert [bool(r.get("in_place")) for r in reports] == [node_update == "swap"] * 2
+    finally:
+        m.close()
+        srv.close()
+
+
+@pytest.mark.node
+def test_node_in_place_update_that_cannot_load_fails_and_the_old_version_serves(
+    tmp_path,
+) -> None:
+    """Make-before-break in place: a version whose module throws at load is refused with
+    its error, before any barrier; the running version keeps its state and serves on."""
+    from tidal.cep.registry import VersionSpec
+
+    srv = SocketStoreServer(MemoryStore("node-bad"), str(tmp_path / "s.sock"))
+    m = NodeManager(tmp_path, srv.url, DeployDefaults(codec="json", batch=50))
+    try:
+        m.register("nodeop", VersionSpec(language="node", source=NODE_STAMPED))
+        bad = "throw new Error('broken at load');\n"
+        m.register("nodeop", VersionSpec(language="node", source=bad))
+        m.request("nodeop", 1)
+        cl = connect(m, "nodeop")
+        cl.submit([{"card": 0, "seq": i} for i in range(10)])
+        cl.flush()
+        with pytest.raises(TidalError, match="broken at load"):
+            m.update("nodeop", 2)
+        cl.submit([{"card": 0, "seq": i} for i in range(10, 20)])
+        got: list[dict] = []
+        t = time.monotonic()
+        while len(got) < 20 and time.monotonic() - t < 20:
+            got += cl.results()
+            time.sleep(0.005)
+        cl.close()
+        assert [e["seen"] for e in got] == list(range(1, 21))
+        assert {e["v"] for e in got} == {1}
+        assert m.deployments["nodeop"].version == 1
     finally:
         m.close()
         srv.close()

@@ -10,7 +10,12 @@ from the host receiving the last result of the old version to receiving the firs
 the new one (0 when both arrive in the same poll). Lost and duplicated events are counted
 by sequence number and every card's counts must read 1..n (state carried, order kept).
 Python runs the packed codec, Node.js the json codec (the only one it speaks); both over
-the embedded store, as `tidal cep serve` runs them.
+the embedded store, as `tidal cep serve` runs them. A Node.js update is in place by default
+(`node_update="swap"`: the running runtime loads the new module and switches at the barrier,
+the state stays in memory); `node_update="process"` measures the hand-over to a new
+(pre-started) runtime instead. The peer figure of each row, from the same run, is the longest
+time between two consecutive result receipts of one version (`steady_max_interval_ms`): the
+stream's own stalls on this machine, with no update involved.
 """
 
 from __future__ import annotations
@@ -88,6 +93,18 @@ def _gaps(recv: list[tuple[float, int, int]], updates: int) -> list[float]:
     return out
 
 
+def _steady_max_ms(recv: list[tuple[float, int, int]]) -> float | None:
+    """The peer of the gap in the same run: the longest time between two consecutive result
+    receipts of one version (no update between them), in ms."""
+    ts = sorted(recv)
+    out = [
+        (b[0] - a[0]) * 1e3
+        for a, b in zip(ts, ts[1:], strict=False)
+        if a[1] == a[2] == b[1] == b[2]
+    ]
+    return max(out) if out else None
+
+
 def run_gap(
     lang: str,
     rate: float = 50_000,
@@ -95,8 +112,10 @@ def run_gap(
     updates: int = 5,
     batch: int = 1000,
     clock: Clock | None = None,
+    node_update: str = "swap",
 ) -> dict[str, Any]:
-    """One row: median and max gap from the results, update_ms, lost, duplicated."""
+    """One row: median and max gap from the results, update_ms, lost, duplicated.
+    `node_update`: how a Node.js version replaces the running one (DeployDefaults)."""
     clock = clock or MonotonicClock()
     # The host's threads (pacing loop, flusher, receiver) and the embedded store's serving
     # threads share one GIL here: hand it over every 0.5 ms, not 5 ms (as `tidal cep bench`
@@ -108,21 +127,22 @@ def run_gap(
     gc.collect()
     gc.freeze()
     try:
-        return _run_gap(lang, rate, cards, updates, batch, clock)
+        return _run_gap(lang, rate, cards, updates, batch, clock, node_update)
     finally:
         gc.unfreeze()
         sys.setswitchinterval(old_switch)
 
 
 def _run_gap(
-    lang: str, rate: float, cards: int, updates: int, batch: int, clock: Clock
+    lang: str, rate: float, cards: int, updates: int, batch: int, clock: Clock, node_update: str
 ) -> dict[str, Any]:
     codec: CodecName = "packed" if lang == "python" else "json"
     n = int(rate * (0.5 + 0.4 * updates + 0.5))
     arr = workload.transactions(n, seed=11, cards=cards)
     with tempfile.TemporaryDirectory(prefix="tidal-cep-gap-") as root:
         srv = SocketStoreServer(MemoryStore(f"gap-{lang}"), f"{root}/store.sock")
-        m = NodeManager(root, srv.url, DeployDefaults(codec=codec, batch=batch))
+        d = DeployDefaults(codec=codec, batch=batch, node_update=node_update)
+        m = NodeManager(root, srv.url, d)
         try:
             for _ in range(updates + 1):
                 m.register("cc", _spec(lang, cards))
@@ -189,7 +209,8 @@ def _run_gap(
             new = min((t for t, lo, hi in recv if lo <= u + 1 <= hi), default=0.0)
             print(f"tidal-cep host v{u} last result t={old:.6f}, v{u + 1} first t={new:.6f}")
     return {
-        "backend": f"update-gap-{lang}",
+        "backend": f"update-gap-{lang}"
+        + ("-process" if lang != "python" and node_update == "process" else ""),
         "events": n,
         "rate": rate,
         "state_cards": cards,
@@ -197,6 +218,8 @@ def _run_gap(
         "gap_from_results_ms": [round(g, 2) for g in gaps],
         "gap_median_ms": float(np.median(gaps)) if gaps else None,
         "gap_max_ms": max(gaps) if gaps else None,
+        "steady_max_interval_ms": _steady_max_ms(recv),
+        "node_update": node_update if lang.startswith("node") else None,
         "update_ms": [round(r["update_ms"], 1) for r in reports],
         "lost_events": int(n - len(uniq)),
         "duplicated_events": int(len(s_all) - len(uniq)),

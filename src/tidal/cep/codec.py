@@ -52,6 +52,18 @@ def handover_frame(instance: str) -> bytes:
     return HANDOVER + instance.encode()
 
 
+def swap_prepare_frame(instance: str, env: dict[str, str], source: str) -> bytes:
+    """`\0P` + JSON: load version `instance` (its environment, its source) beside the running
+    one, in the same Node.js runtime (docs/cep-protocol.md, step 7b)."""
+    msg = {"instance": instance, "env": env, "source": source}
+    return CTRL + b"P" + json.dumps(msg).encode()
+
+
+def swap_frame(instance: str) -> bytes:
+    """`\0W<instance>`: the barrier of an in-place update to the prepared `instance`."""
+    return CTRL + b"W" + instance.encode()
+
+
 class Codec:
     """Encodes batches into frames and decodes frames into one batch.
 

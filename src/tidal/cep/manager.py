@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from tidal.cep import procs, sandbox
-from tidal.cep.codec import handover_frame
+from tidal.cep.codec import handover_frame, swap_frame, swap_prepare_frame
 from tidal.cep.registry import Registry, VersionInfo, VersionSpec
 from tidal.cep.sdk.python.runtime import RuntimeConfig, inst_keys, keys
 from tidal.cep.store import Store, open_store
@@ -62,6 +62,13 @@ class DeployDefaults(BaseModel):
         description="K > 0: checkpoint keyed state once K events were consumed since the "
         "last checkpoint, so a crash replays fewer than K events (0: off, a restarted "
         "operator starts empty).",
+    )
+    node_update: str = Field(
+        default="swap",
+        pattern="^(swap|process)$",
+        description="Hot update of a Node.js operator to a Node.js version: swap = load the "
+        "new module in the running runtime and switch at the barrier, keeping the state in "
+        "memory; process = a new process in standby and the state handed over.",
     )
     ready_timeout_s: float = Field(default=30.0, gt=0)
     allow_command: bool = Field(
@@ -133,17 +140,39 @@ class NodeManager:
         self._sup.start()
 
     # -- processes ----------------------------------------------------------------------
+    def _network(self, info: VersionInfo) -> bool:
+        return info.spec.network or not self.store_url.startswith("unix://")
+
+    @staticmethod
+    def _copy_source(info: VersionInfo, plan: dict[str, Any], name: str) -> str:
+        """The operator reads its own copy in its directory, not the registry's."""
+        if info.source_file is None:
+            return ""
+        dst = Path(plan["cwd"]) / name
+        dst.write_bytes(info.source_file.read_bytes())
+        if "uid" in plan:
+            os.chown(dst, int(plan["uid"]), int(plan["gid"]))
+        return str(dst)  # absolute: the store socket and the sources stay visible
+
     def _spawn(self, info: VersionInfo, instance: str, standby: bool) -> procs.OperatorProcess:
-        d = self.defaults.model_copy(update=self.overrides(info.spec))
         plan = sandbox.prepare(self.sandbox, self.ops_dir / instance)
-        src = ""
-        if info.source_file is not None:  # the operator reads its own copy, not the registry
-            dst = Path(plan["cwd"]) / info.source_file.name
-            dst.write_bytes(info.source_file.read_bytes())
-            if "uid" in plan:
-                os.chown(dst, int(plan["uid"]), int(plan["gid"]))
-            src = str(dst)  # absolute: the store socket and the sources stay visible
-        network = info.spec.network or not self.store_url.startswith("unix://")
+        src = self._copy_source(info, plan, info.source_file.name if info.source_file else "")
+        network = self._network(info)
+        env = self._contract(info, instance, standby, src)
+        if info.spec.language == "python":
+            return procs.ForkedPython(self._forks, env, plan, network)
+        if info.spec.language == "node":
+            return self._node(env, plan, network, src)
+        if not self.defaults.allow_command:
+            raise Forbidden("language 'command' is disabled on this node manager")
+        assert info.spec.command is not None
+        return procs.Command(info.spec.command, env, plan, network)
+
+    def _contract(
+        self, info: VersionInfo, instance: str, standby: bool, src: str
+    ) -> dict[str, str]:
+        """The environment contract of one instance of version `info`."""
+        d = self.defaults.model_copy(update=self.overrides(info.spec))
         cfg = RuntimeConfig(
             store=self.op_store_url,
             in_key=f"cep:{info.name}:in",
@@ -167,14 +196,7 @@ class NodeManager:
         env["TIDAL_CEP_VERSION"] = str(info.version)
         if info.spec.empty_state:
             env["TIDAL_CEP_EMPTY_STATE"] = "1"
-        if info.spec.language == "python":
-            return procs.ForkedPython(self._forks, env, plan, network)
-        if info.spec.language == "node":
-            return self._node(env, plan, network, src)
-        if not self.defaults.allow_command:
-            raise Forbidden("language 'command' is disabled on this node manager")
-        assert info.spec.command is not None
-        return procs.Command(info.spec.command, env, plan, network)
+        return env
 
     def _node_sdk(self) -> Path:
         """The Node.js SDK copied once into a directory the sandbox user owns: the checkout
@@ -333,6 +355,10 @@ class NodeManager:
             dep = self.deployments.get(name)
             if dep is None or dep.stopped:
                 raise NotRunning(f"operator {name!r} is not running; request it first")
+            swap = self._swappable(dep, info)
+        if swap:
+            return self._swap(dep, info)
+        with self._lock:
             t0 = self.clock.now()
             inst = self._new_instance(name, info.version)
             proc = self._spawn(info, inst, standby=True)
@@ -361,6 +387,65 @@ class NodeManager:
             "handover_wait_ms": (float(at) - t_ready) * 1e3 if at else None,
             "old_exit": code,
             "empty_state": info.spec.empty_state,
+        }
+        dep.updates.append(report)
+        return report
+
+    def _swappable(self, dep: Deployment, info: VersionInfo) -> bool:
+        """A Node.js version replacing a running Node.js runtime with the same network
+        setting (`node_update: swap`): updated in place (`_swap`)."""
+        old = self.registry.get(dep.name, dep.version)
+        return (
+            self.defaults.node_update == "swap"
+            and info.spec.language == "node"
+            and old.spec.language == "node"
+            and self._network(info) == self._network(old)
+            and isinstance(dep.proc, procs.Command)
+            and dep.proc.exitcode() is None
+        )
+
+    def _swap(self, dep: Deployment, info: VersionInfo) -> dict[str, Any]:
+        """In-place hot update of a Node.js runtime (docs/cep-protocol.md, step 7b): the new
+        module is loaded beside the running one (`\0P`, answered on ``ready``), then the
+        barrier `\0W<new>` switches versions between two batches; the keyed state stays in
+        memory."""
+        with self._lock:
+            t0 = self.clock.now()
+            proc = dep.proc
+            assert isinstance(proc, procs.Command)
+            inst = self._new_instance(dep.name, info.version)
+            name = f"{inst}-{info.source_file.name}" if info.source_file else ""
+            src = self._copy_source(info, proc.plan, name)
+            env = sandbox.child_env(self._contract(info, inst, False, src), str(proc.cwd))
+            self.store.push(dep.in_key, [swap_prepare_frame(inst, env, src)])
+            key = inst_keys(inst)
+            deadline = t0 + self.defaults.ready_timeout_s
+            answer = None
+            while answer is None and self.clock.now() < deadline and proc.exitcode() is None:
+                answer = self.store.blpop(key["ready"], 0.05)
+            if answer is None or answer[:1] != b"1":
+                why = "no answer" if answer is None else answer[1:].decode(errors="replace")
+                raise TidalError(
+                    f"operator {dep.name!r} could not load version {info.version}: {why}"
+                )
+            t_ready = self.clock.now()
+            dep.instance, dep.version = inst, info.version
+            self.store.push(dep.in_key, [swap_frame(inst)])
+        done = None
+        while done is None and self.clock.now() < deadline and proc.exitcode() is None:
+            done = self.store.blpop(key["swapped"], 0.05)
+        t_done = self.clock.now()
+        at = self.store.execute([("get", key["handover_at"])])[0]
+        report = {
+            "name": dep.name,
+            "version": info.version,
+            "instance": inst,
+            "start_ms": (t_ready - t0) * 1e3,
+            "update_ms": (t_done - t0) * 1e3,
+            "handover_wait_ms": (float(at) - t_ready) * 1e3 if at else None,
+            "old_exit": proc.exitcode(),
+            "empty_state": info.spec.empty_state,
+            "in_place": True,
         }
         dep.updates.append(report)
         return report

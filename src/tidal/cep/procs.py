@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
 from tidal.cep import sandbox
@@ -150,6 +151,8 @@ class Command:
     ) -> None:
         """`stdin`: keep a pipe to the child's stdin (`send`), for pre-started runtimes."""
         full = sandbox.child_env(env, str(plan["cwd"]))
+        self.cwd = Path(plan["cwd"])  # the process's working directory (its sandbox)
+        self.plan = dict(plan)
         try:
             self._p = subprocess.Popen(
                 list(argv),

@@ -141,7 +141,7 @@ def bench_cmd(
         False,
         "--update-gap",
         help="Instead: hot-update gap measured from the result stream, Python and Node.js "
-        "(typed-array state and plain-JSON state).",
+        "(typed-array state and plain-JSON state in place; typed-array state to a new process).",
     ),
     gap_rate: float = typer.Option(50_000, help="Events/s of the --update-gap stream."),
     flink: bool = typer.Option(
@@ -157,15 +157,24 @@ def bench_cmd(
     if update_gap:
         from tidal.bench.cep_gap import run_gap
 
+        gap_rows = [
+            ("python", "swap"),
+            ("node", "swap"),
+            ("node-json", "swap"),
+            ("node", "process"),
+        ]
         grows = [
-            run_gap(lang, rate=gap_rate, cards=state_cards, updates=updates)
-            for lang in ("python", "node", "node-json")
+            run_gap(lang, rate=gap_rate, cards=state_cards, updates=updates, node_update=how)
+            for lang, how in gap_rows
         ]
         _emit(grows, load0, as_json, lambda r: (
-            f"{r['backend']:>18}: gap from results median {r['gap_median_ms']:.2f} ms, max "
-            f"{r['gap_max_ms']:.2f} ms over {r['updates']} updates at {r['rate']:,.0f} ev/s "
-            f"with {r['state_cards']:,} cards; update_ms {r['update_ms']}; lost "
-            f"{r['lost_events']} dup {r['duplicated_events']} counts {r['per_key_counts_ok']}"
+            f"{r['backend']:>26}: gap from results median {r['gap_median_ms']:.2f} ms, max "
+            f"{r['gap_max_ms']:.2f} ms (steady stream's longest interval "
+            f"{r['steady_max_interval_ms']:.2f} ms) over {r['updates']} updates at "
+            f"{r['rate']:,.0f} ev/s with {r['state_cards']:,} cards; update_ms "
+            f"{r['update_ms']}; gaps {r['gap_from_results_ms']}; lost {r['lost_events']} dup "
+            f"{r['duplicated_events']} counts "
+            f"{r['per_key_counts_ok']}"
         ))  # fmt: skip
         return
     if flink:

@@ -12,7 +12,9 @@ const { packState, unpackState } = require('./state');
 
 const env = process.env;
 const need = (k) => { if (!env[k]) { console.error(`operator environment lacks ${k}`); process.exit(2); } return env[k]; };
-const cfg = {
+// The operator contract, read from the environment (again at an in-process update, step 7b
+// of docs/cep-protocol.md: the new version may change B, N, K or the pop mode).
+const readCfg = () => ({
   store: need('TIDAL_CEP_STORE'), inKey: need('TIDAL_CEP_IN'), outKey: need('TIDAL_CEP_OUT'),
   op: need('TIDAL_CEP_OPERATOR'), inst: env.TIDAL_CEP_INSTANCE || 'node0',
   batch: Number(env.TIDAL_CEP_BATCH || 1000), mode: env.TIDAL_CEP_MODE || 'blob',
@@ -25,19 +27,23 @@ const cfg = {
   // instance restores and replays the log (outputs discarded): fewer than K events.
   checkpointEvery: Number(env.TIDAL_CEP_CHECKPOINT_EVERY || 0),
   pop: env.TIDAL_CEP_POP || 'commit',
-};
+});
+let cfg = readCfg();
 if ((env.TIDAL_CEP_CODEC || 'json') !== 'json') { console.error('Node SDK speaks the json codec only'); process.exit(2); }
-const user = require(path.resolve(process.argv[2]));
+let user = require(path.resolve(process.argv[2]));
+let userPath = require.resolve(path.resolve(process.argv[2]));
 const K = { tries: `cep:${cfg.op}:tries`, isolate: `cep:${cfg.op}:isolate`, parked: `cep:${cfg.op}:parked`,
   last: `cep:${cfg.op}:last_output`, ckpt: `cep:${cfg.op}:checkpoint`, log: `cep:${cfg.op}:log` };
-const checkpointing = cfg.checkpointEvery > 0 && cfg.pop === 'commit';
+let checkpointing = cfg.checkpointEvery > 0 && cfg.pop === 'commit';
 let sinceCkpt = 0;  // events consumed since the last checkpoint
 let forceCkpt = 0;  // > 0: checkpoint at that many commits from now
 let lastN = 0;
 let perPop = 1;  // set in main()
 let prefetch = [];  // frames handed over with the state
 const IK = (i) => ({ ready: `cep:${i}:ready`, go: `cep:${i}:go`, state: `cep:${i}:state`,
-  first: `cep:${i}:first_output`, prev: `cep:${i}:prev_last_output`, at: `cep:${i}:handover_at` });
+  first: `cep:${i}:first_output`, prev: `cep:${i}:prev_last_output`, at: `cep:${i}:handover_at`,
+  swapped: `cep:${i}:swapped` });
+let prepared = null;  // {inst, env, module, path}: a version loaded in this process (step 7b)
 const now = () => Number(process.hrtime.bigint()) / 1e9; // CLOCK_MONOTONIC, same as Python's
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const tracing = env.TIDAL_CEP_TRACE === '1';
@@ -123,6 +129,54 @@ function goSignal(target, after) {
     enc(['F', p, after], parts);
   }
   return Buffer.concat(parts);
+}
+
+// In-process hot update (docs/cep-protocol.md, step 7b): the manager sends `\0P` + JSON
+// {instance, env, source}; this runtime loads that version's module beside the running one
+// (its environment in force while its top-level code runs) and answers on
+// cep:<instance>:ready: '1', or 'E' + the error (the update fails, nothing changed). The
+// running version keeps serving. At the barrier `\0W<instance>` the prepared version takes
+// over from the next event with the same in-memory state: nothing is serialized or parsed.
+function applyEnv(next) {
+  for (const k of Object.keys(process.env)) if (!(k in next)) delete process.env[k];
+  for (const [k, v] of Object.entries(next)) process.env[k] = String(v);
+}
+function prepare(frame) {
+  let inst = '';
+  const before = { ...process.env };
+  try {
+    const msg = JSON.parse(frame.toString('utf8', 2));
+    inst = String(msg.instance);
+    applyEnv(msg.env);
+    const p = require.resolve(path.resolve(String(msg.source)));
+    delete require.cache[p];
+    const mod = require(p);
+    if (!mod || typeof mod.process !== 'function') throw new Error(`${p} exports no process(events, state)`);
+    prepared = { inst, env: { ...msg.env }, module: mod, path: p };
+    trace(`prepared ${inst}`);
+    return ['RPUSH', IK(inst).ready, '1'];
+  } catch (e) {
+    return ['RPUSH', IK(inst).ready, `E${(e && e.message) || e}`];
+  } finally {
+    applyEnv(before);
+  }
+}
+function swap() {
+  const p = prepared;
+  prepared = null;
+  if (typeof user.close === 'function') {
+    try { user.close(); } catch (e) { console.error(`tidal-cep: close() of the old version failed: ${e}`); }
+  }
+  if (userPath !== p.path) delete require.cache[userPath];
+  applyEnv(p.env);
+  cfg = readCfg();
+  checkpointing = cfg.checkpointEvery > 0 && cfg.pop === 'commit';
+  user = p.module;
+  userPath = p.path;
+  if (cfg.emptyState || user.emptyState) state = {};
+  firstDone = false;
+  if (checkpointing) forceCkpt = 2;  // as a process hand-over: a checkpoint of its own soon
+  trace('swapped');
 }
 
 async function main() {
@@ -217,6 +271,18 @@ async function main() {
     if (left !== null) ops.push(['SET', K.isolate, left]);
     let target = null;
     if (ctrl && ctrl[1] === 0x48) target = ctrl.toString('utf8', 2);
+    let swapping = false;
+    if (ctrl && ctrl[1] === 0x50) ops.push(prepare(ctrl));
+    if (ctrl && ctrl[1] === 0x57) {
+      const to = ctrl.toString('utf8', 2);
+      // not prepared: a restarted instance already runs that version; the barrier is consumed
+      if (prepared && prepared.inst === to) {
+        const nk = IK(to);
+        if (lastOut !== null) ops.push(['SET', nk.prev, String(lastOut)]);
+        ops.push(['SET', nk.at, String(now())], ['RPUSH', nk.swapped, '1']);
+        swapping = true;
+      }
+    }
     if (target && target !== cfg.inst) {
       trace(`barrier after ${lastN} events`);
       const nk = IK(target);
@@ -228,6 +294,10 @@ async function main() {
     await r.multi(ops);
     if (tracing && (firstNow || target)) trace('committed');
     if (target && target !== cfg.inst) break;
+    if (swapping) {
+      swap();
+      if (left === null) prefetch = use.slice(cut + 1);  // still at the head of the in queue
+    }
   }
   r.close();
 }

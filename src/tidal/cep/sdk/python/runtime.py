@@ -81,6 +81,7 @@ def inst_keys(inst: str) -> dict[str, str]:
         "first_output": f"cep:{inst}:first_output",
         "prev_last_output": f"cep:{inst}:prev_last_output",
         "handover_at": f"cep:{inst}:handover_at",
+        "swapped": f"cep:{inst}:swapped",
     }
 
 
