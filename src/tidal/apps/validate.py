@@ -4,9 +4,12 @@ The live run comes first: the demo's `run_policy` (a fresh gateway + controller 
 process, open-loop replay from this process). The simulator (`tidal.sim.simulate`) then gets
 the same per-second rates (hence the same arrival times: both use `tidal.workload.arrivals`
 with the same seed), the same SLO, policy and arguments, forecaster and capacity (worker
-cores), and the live machine's profile: the reference profile measured here, scaled per
+cores), and the live machine's speed: batches take the reference profile's time scaled per
 stage by the slowdown the live controller observed (batch service time vs profile; see
-`tidal.control.controller`). The simulator on the unscaled profile is reported too.
+`tidal.control.controller`), while the simulated system (gateway and planner) starts from
+the unscaled reference profile, as the live one does, and its controller learns the
+slowdown from the simulated batches through the same calibration
+(`SimConfig.calibrate`). The simulator on the unscaled profile is reported too.
 Differences: violation rate (percentage points), p99 and core-seconds (relative), against a
 stated agreement target.
 """
@@ -40,6 +43,9 @@ from tidal.workload.loadgen import schedule_from_rates
 TARGET_VIOLATION_PP = 1.0
 TARGET_P99_REL = 0.10
 TARGET_CORE_S_REL = 0.02
+# Live slowdown measurements averaged into the simulated machine's speed at each point of
+# the trace (see `slowdown_schedule`).
+SCHEDULE_SPAN = 5
 
 
 @dataclass
@@ -113,33 +119,102 @@ def make_validate_setup(
     )
 
 
-def live_slowdown(decisions: list[dict[str, Any]]) -> dict[str, float]:
-    """Per-stage slowdown the live controller measured: how much slower the live machine ran
-    than the profile. The controller logs a smoothed factor with each decision (an EWMA,
-    `SLOWDOWN_SMOOTHING`, started at its first measurement, usually taken at a trickle of
-    batch-1 requests before a surge); each decision's own measurement is recovered from two
-    consecutive logged values, and the factors are averaged weighted by the stage's arrival
-    rate at each decision (the plain mean when no rate was logged), so the factor is the one
-    under which the requests were served."""
+def measured_slowdowns(
+    decisions: list[dict[str, Any]],
+) -> list[tuple[float | None, str, float, float, bool]]:
+    """Each decision's own slowdown measurement per stage, recovered from the smoothed
+    factor the live controller logs (an EWMA, `SLOWDOWN_SMOOTHING`, started at its first
+    measurement): (decision time or None, stage, factor, the stage's logged arrival rate,
+    whether the factor changed, i.e. the controller measured at that decision)."""
     from tidal.control.controller import SLOWDOWN_BOUNDS, SLOWDOWN_SMOOTHING
 
-    acc: dict[str, list[tuple[float, float]]] = {}
+    out: list[tuple[float | None, str, float, float, bool]] = []
     prev: dict[str, float] = {}
     for d in decisions:
         inputs = d.get("inputs", {})
         rates = {s.get("stage"): float(s.get("rate") or 0.0) for s in inputs.get("stages", [])}
+        t = float(d["t"]) if "t" in d else None
         for k, v in (inputs.get("slowdown") or {}).items():
             v = float(v)
             raw = v if k not in prev else prev[k] + (v - prev[k]) / SLOWDOWN_SMOOTHING
+            changed = k not in prev or v != prev[k]
             prev[k] = v
             raw = min(SLOWDOWN_BOUNDS[1], max(SLOWDOWN_BOUNDS[0], raw))
-            acc.setdefault(k, []).append((raw, rates.get(k, 0.0)))
+            out.append((t, k, raw, rates.get(k, 0.0), changed))
+    return out
+
+
+def live_slowdown(decisions: list[dict[str, Any]]) -> dict[str, float]:
+    """Per-stage slowdown the live controller measured: how much slower the live machine ran
+    than the profile. Each decision's own measurement (`measured_slowdowns`, usually taken
+    first at a trickle of batch-1 requests before a surge) is averaged weighted by the
+    stage's arrival rate at each decision (the plain mean when no rate was logged), so the
+    factor is the one under which the requests were served."""
+    acc: dict[str, list[tuple[float, float]]] = {}
+    for _, k, raw, rate, _ in measured_slowdowns(decisions):
+        acc.setdefault(k, []).append((raw, rate))
     out = {}
     for k, pairs in acc.items():
         f = np.array([p[0] for p in pairs])
         w = np.array([p[1] for p in pairs])
         out[k] = float((f * w).sum() / w.sum()) if w.sum() > 0 else float(f.mean())
     return out
+
+
+def slowdown_schedule(
+    decisions: list[dict[str, Any]],
+    stages: list[str],
+    lead_s: float,
+    window_s: float = 1.0,
+    span: int = SCHEDULE_SPAN,
+) -> list[tuple[float, list[float]]]:
+    """The live machine's slowdown over the trace's time, per stage in `stages` order: each
+    live measurement (`measured_slowdowns`, decisions where the factor changed) covers the
+    planner's window before its decision, at trace time ``t - t_first - lead_s`` (the
+    controller's first decision came `lead_s` before the load); a stage's factor is the mean
+    of its `span` measurements centred there (one 1-s measurement carries the noise of a
+    few batches, which the simulator adds again), held until the next; before a stage's
+    first measurement, its first factor; 1.0 for a stage never measured. [] when nothing
+    was measured."""
+    t0 = next((float(d["t"]) for d in decisions if "t" in d), None)
+    meas: dict[str, list[tuple[float, float]]] = {}
+    for t, k, raw, _, changed in measured_slowdowns(decisions):
+        if t is not None and t0 is not None and changed and k in stages:
+            meas.setdefault(k, []).append((t - t0 - lead_s - window_s, raw))
+    if not meas:
+        return []
+    half = max(0, span // 2)
+    smooth: dict[str, list[tuple[float, float]]] = {}
+    for k, pts in meas.items():
+        vals = [f for _, f in pts]
+        smooth[k] = [
+            (t, float(np.mean(vals[max(0, i - half) : i + half + 1])))
+            for i, (t, _) in enumerate(pts)
+        ]
+    times = sorted({max(0.0, t) for pts in smooth.values() for t, _ in pts} | {0.0})
+    out: list[tuple[float, list[float]]] = []
+    for t in times:
+        row = []
+        for k in stages:
+            got = smooth.get(k)
+            if not got:
+                row.append(1.0)
+                continue
+            at = [f for tt, f in got if max(0.0, tt) <= t]
+            row.append(at[-1] if at else got[0][1])
+        if not out or row != out[-1][1]:
+            out.append((t, row))
+    return out
+
+
+def planner_window_s(policy: str) -> float:
+    """The metric window the live controller measures `policy`'s observations over."""
+    from tidal.planners.base import create
+
+    planner = create(policy, **POLICY_KWARGS.get(policy, {}))
+    inner = getattr(planner, "inner", planner)
+    interval = float(getattr(planner, "interval_s", 1.0) or 1.0)
+    return max(1.0, float(getattr(inner, "window_s", None) or interval))
 
 
 def control_lead_s(
@@ -149,12 +224,7 @@ def control_lead_s(
     starts, then the load generator): the lead that best reproduces the first stage's arrival
     rate logged with each decision from the schedule's arrival times (over the planner's
     metric window, as the controller measures it); 0 when nothing was logged."""
-    from tidal.planners.base import create
-
-    planner = create(policy, **POLICY_KWARGS.get(policy, {}))
-    inner = getattr(planner, "inner", planner)
-    interval = float(getattr(planner, "interval_s", 1.0) or 1.0)
-    w = max(1.0, float(getattr(inner, "window_s", None) or interval))
+    w = planner_window_s(policy)
     first = setup.pipeline.stages[0].name
     ts, rs = [], []
     for d in decisions:
@@ -220,17 +290,21 @@ def simulate_same(
     profiles: Any = None,
     like_live: bool = True,
     lead_s: float = 0.0,
+    slowdown: list[tuple[float, list[float]]] | None = None,
 ) -> dict[str, Any]:
     """The simulator's result for the live run's inputs (summary dict of `tidal simulate`).
 
     `like_live` models the live system where it differs from the simulator's defaults: the
     gateway's scheduler config (its hold window, expiry timer and learned service rate) and
     predictions (`SimConfig.gateway`: the profile the gateway loaded, the reference profile
-    unscaled, while batches take the `profiles` time), the config's initial plan in force
+    unscaled, while batches take the `profiles` time), the planner starting from that
+    profile too and the controller's calibration learning the slowdown from the simulated
+    batches (`SimConfig.calibrate`), the config's initial plan in force
     at t=0 (the planner's first plan then pays its cold start), and an infeasible plan
     left unapplied (the live controller keeps the last feasible one); `lead_s`: the live
     controller's lead over the load (`control_lead_s`), so that the planner decides at the
-    same points of the trace."""
+    same points of the trace; `slowdown`: the live machine's slowdown over time
+    (`slowdown_schedule`), applied to the batches of `profiles`."""
     from tidal.control.closedloop import make_forecaster
     from tidal.core.plan import Plan
     from tidal.sim.config import SIM_SCHEDULER, SimConfig
@@ -266,6 +340,7 @@ def simulate_same(
         policy_kwargs=POLICY_KWARGS.get(policy, {}),
         predict_profiles=setup.profiles if like_live else None,
         initial_plan=Plan.model_validate(init) if init else None,
+        slowdown=slowdown or (),
     )
     out: dict[str, Any] = res.summary()
     return out
@@ -320,11 +395,20 @@ def validate(
         work = workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         live = run_policy(setup, policy, work, on_ready=on_ready, on_progress=on_progress)
-    # The simulator runs on the live machine's profile: the reference profile scaled by the
-    # per-stage slowdown the live controller measured (1.0 on an idle machine).
+    # The simulated batches run at the live machine's speed: the reference profile scaled
+    # by the slowdown the live controller measured over the run (1.0 on an idle machine),
+    # as it changed (the schedule), else its rate-weighted mean.
     slow = live_slowdown(live.decisions)
     lead = control_lead_s(live.decisions, setup, policy)
-    sim = simulate_same(setup, policy, seed, scaled_profiles(setup, slow), lead_s=lead)
+    names = [st.name for st in setup.pipeline.stages]
+    sched = slowdown_schedule(live.decisions, names, lead, planner_window_s(policy))
+    if sched:
+        ones = dict.fromkeys(names, 1.0)  # the noise's mean only; the schedule scales
+        sim = simulate_same(
+            setup, policy, seed, scaled_profiles(setup, ones), lead_s=lead, slowdown=sched
+        )
+    else:
+        sim = simulate_same(setup, policy, seed, scaled_profiles(setup, slow), lead_s=lead)
     raw = simulate_same(setup, policy, seed, lead_s=lead) if slow else None
     cmp = compare(live_summary(live), sim)
     cmp.slowdown = slow

@@ -13,7 +13,13 @@ Contract of `simulate`:
 - The forecaster (if any) is called at ticks, at most once per its ``refresh_s`` (the
   predictor's bucket: 10 s for IPA's setting), and its value is held in between.
 - Each planner's observations are taken over its own metric window (``window_s`` or
-  ``look_back`` attribute of the inner planner, e.g. Ray Serve's 30 s, else its interval).
+  ``look_back`` attribute of the inner planner, e.g. Ray Serve's 30 s, else its interval),
+  in whole seconds ending at the control ticks (with ``control_lead_s`` the ticks fall
+  within a second and every per-second series is shifted to end there, as a live monitor
+  samples at its controller's ticks).
+- The planner plans with `predict_profiles` when given (what the live system loads), else
+  with `profiles`; with ``calibrate`` the live controller's calibration scales it by the
+  slowdown measured on the simulated batches (`tidal.sim.monitor.SimMonitor.service`).
 - After the trace ends the system drains for ``drain_s``; what is left is `unfinished`.
 """
 
@@ -177,6 +183,7 @@ def simulate(
     n_bins: int = 600,
     predict_profiles: ProfileSet | None = None,
     initial_plan: Plan | None = None,
+    slowdown: Sequence[tuple[float, Sequence[float]]] = (),
 ) -> SimResult:
     """Replay `rates` (requests per second) through `pipeline` under `policy`.
 
@@ -186,7 +193,9 @@ def simulate(
     slowdown the controller learns from the simulated batches, as live). `initial_plan`: in
     force (ready) at t=0 before the planner's first decision, whose new replicas then pay their
     cold start, as a live gateway started from its config's plan; default: the planner's
-    first plan is in force at t=0 (``warm_start``)."""
+    first plan is in force at t=0 (``warm_start``). `slowdown`: the machine's speed over time
+    (reference mode), (t, factors) sorted by t: from t (s) on, stage k's batches take
+    factors[k] x the `profiles` time (a live run's measured slowdown, `tidal validate`)."""
     cfg = config or SimConfig()
     rates = np.asarray(rates, dtype=np.float64)
     if len(rates) == 0:
@@ -203,6 +212,8 @@ def simulate(
     why_not = fast_applies(pipeline, cfg)
     if not why_not and (predict_profiles is not None or initial_plan is not None):
         why_not = "predict_profiles and initial_plan run in the reference mode"
+    if not why_not and slowdown:
+        why_not = "a slowdown schedule runs in the reference mode"
     if not why_not and shift_us:
         why_not = "control ticks within a second (control_lead_s) run in the reference mode"
     mode = cfg.mode
@@ -374,6 +385,21 @@ def simulate(
         while len(recent) > 1 and len(recent[0][0]) == 0:
             recent.popleft()
 
+    speed = [(int(round(t * US)), f) for t, f in slowdown]
+    if any(len(f) != n_st for _, f in speed) or any(
+        b[0] < a[0] for a, b in zip(speed, speed[1:], strict=False)
+    ):
+        raise TidalError(f"slowdown: expected (t, {n_st} factors) sorted by t")
+    k_speed = 0
+
+    def set_speed(now: int) -> None:
+        nonlocal k_speed
+        while k_speed < len(speed) and speed[k_speed][0] <= now:
+            for s in range(n_st):
+                dp.set_slowdown(s, float(speed[k_speed][1][s]))
+            k_speed += 1
+
+    set_speed(0)
     if initial_plan is not None:
         act.apply(initial_plan, warm=True)
         controller.last_feasible = initial_plan
@@ -385,6 +411,8 @@ def simulate(
     next_sample = 0
     while True:
         cands = [next_tick, next_sample, end_us]
+        if k_speed < len(speed):
+            cands.append(max(speed[k_speed][0], now))
         ne = act.next_event()
         if ne >= 0:
             cands.append(max(ne, now))
@@ -398,6 +426,7 @@ def simulate(
         for s in range(n_st):
             rec.add_alloc(s, now + shift_us, t + shift_us, act.ready_cores(s))
         now = t
+        set_speed(t)
         act.advance(t)
         if t == next_tick and t < end_us:
             tick(t)

@@ -90,6 +90,7 @@ class Lane:
     timer_seq: int = -1
     pred: VariantLatency | None = None
     dirty: bool = False
+    scale: float = 1.0  # the machine's slowdown: batches take scale x l(b, c)
 
     @property
     def queue(self) -> EDFQueue[QueuedRequest]:
@@ -213,6 +214,12 @@ class ReferenceDataPlane:
                 assert pred is not None
                 total += pred.l_s(1, h[1])
         return total
+
+    def set_slowdown(self, stage: int, factor: float) -> None:
+        """From now on every batch of `stage` takes `factor` x its profile time (the machine
+        slowed down or sped up; the schedulers' predictions are unchanged)."""
+        for ln in self.stages[stage]:
+            ln.scale = factor
 
     def add_replica(self, rid: int, stage: int, lane: int, cores: float) -> None:
         """A ready replica (the simulated substrate adds replicas once warm)."""
@@ -365,7 +372,7 @@ class ReferenceDataPlane:
                 self.batches += 1
                 eps = float(self.eps[self.vindex[s][li], k % NOISE_LEN])
                 cores = rep.cores
-                dur = service_us(ln.lat.l_ms(len(reqs), cores), eps)
+                dur = service_us(ln.lat.l_ms(len(reqs), cores) * ln.scale, eps)
                 end = max(now, rep.until_us) + dur
                 rep.until_us = end
                 self.counters[s].busy_core_us += dur * cores

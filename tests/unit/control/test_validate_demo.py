@@ -125,3 +125,26 @@ def test_live_core_seconds_over_the_simulators_window() -> None:
     assert core_seconds_between(r, 1.0, 3.0) == pytest.approx(1.5 * 1 + 0.5 * 3)
     assert core_seconds_between(r, 0.0, 4.0) == pytest.approx(2.5 * 1 + 1.5 * 3)
     assert math.isnan(core_seconds_between(r[:1], 0.0, 1.0))
+
+
+def test_slowdown_schedule_places_each_measurement_at_its_window_on_the_trace() -> None:
+    from tidal.apps.validate import slowdown_schedule
+    from tidal.control.controller import SLOWDOWN_SMOOTHING as A
+
+    # Controller started at t=100, 2 s before the load; measured 2.0 at 105, 4.0 at 107
+    # (logged as the EWMA); nothing measured for "b"; 106 repeats 105's value (no batches).
+    e1 = 2.0
+    e2 = e1 + A * (4.0 - e1)
+    decisions: list[dict[str, Any]] = [
+        {"t": 100.0, "inputs": {}},
+        {"t": 105.0, "inputs": {"slowdown": {"a": e1}}},
+        {"t": 106.0, "inputs": {"slowdown": {"a": e1}}},
+        {"t": 107.0, "inputs": {"slowdown": {"a": e2}}},
+    ]
+    out = slowdown_schedule(decisions, ["a", "b"], lead_s=2.0, window_s=1.0, span=1)
+    # At trace time 105 - 100 - 2 - 1 = 2 s (held back to 0: the first factor) and 4 s.
+    assert out == [(0.0, [2.0, 1.0]), (4.0, [pytest.approx(4.0), 1.0])]
+    # Centred means over 3 measurements: both points become their mean.
+    out = slowdown_schedule(decisions, ["a", "b"], lead_s=2.0, window_s=1.0, span=3)
+    assert [row[0] for _, row in out] == [pytest.approx(3.0)]
+    assert slowdown_schedule([{"t": 1.0, "inputs": {}}], ["a"], 0.0) == []

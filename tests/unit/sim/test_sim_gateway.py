@@ -4,6 +4,8 @@ planner's first plan paying its cold start, and infeasible plans left unapplied.
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -125,3 +127,26 @@ def test_control_lead_shifts_the_planner_ticks() -> None:
         ONE, profiles(20.0), rates, planner, cfg.model_copy(update={"control_lead_s": 3.0})
     )
     assert r.core_seconds == pytest.approx(17 + 2 * 23) and r.decisions == 5
+
+
+def test_slowdown_schedule_scales_the_batches_from_its_times_on(tmp_path: Path) -> None:
+    """No noise, batch 1 of 21 ms, a trickle (a request rarely waits): x3 from t = 10 s on,
+    so the requests served alone take 21 ms before and 63 ms after (the schedulers still
+    predict 20 ms)."""
+    plan = Plan.single("s", "a", 1, 1.0, 1)
+    rates = np.full(20, 2.0)
+    cfg = SimConfig(drain_s=2.0, mode="reference", noise=False, seed=2)
+    out = tmp_path / "rows.csv"
+    simulate(
+        ONE, profiles(20.0), rates, Scripted([plan], [0.0]), cfg, csv_path=out,
+        slowdown=[(0.0, [1.0]), (10.0, [3.0])],
+    )  # fmt: skip
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) > 20
+    before = {round(float(r["latency_ms"])) for r in rows if float(r["end_s"]) < 10.0}
+    after = {round(float(r["latency_ms"])) for r in rows if float(r["arrival_s"]) > 10.0}
+    assert min(before) == 21 and min(after) == 63  # l(1, 1) = 20 + 1 ms
+    with pytest.raises(TidalError, match="slowdown"):
+        simulate(ONE, profiles(20.0), rates, Scripted([plan], [0.0]), cfg,
+                 slowdown=[(5.0, [1.0]), (1.0, [2.0])])  # fmt: skip
