@@ -3,7 +3,9 @@ served model over the Open Inference Protocol v2 (the real `tidal serve` gateway
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -207,21 +209,30 @@ def test_node_operator_on_the_embedded_store(tmp_path, node_update) -> None:
             m.register("nodeop", VersionSpec(language="node", source=NODE_STAMPED, env=env))
         m.request("nodeop", 1)
         cl = connect(m, "nodeop")
-        evs = [{"card": i % 4, "seq": i} for i in range(600)]
+        evs = [{"card": i % 4, "seq": i} for i in range(800)]
         reports = []
         for k, v in enumerate((2, 3)):
             cl.submit(evs[200 * k : 200 * (k + 1)])
             cl.flush()
             reports.append(m.update("nodeop", v))
-        cl.submit(evs[400:])
+        cl.submit(evs[400:600])
         got: list[dict] = []
         t = time.monotonic()
         while len(got) < 600 and time.monotonic() - t < 20:
             got += cl.results()
             time.sleep(0.005)
+        # kill -9 after the updates: the restart runs version 3 with the checkpointed state
+        pid = m.deployments["nodeop"].proc.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        cl.submit(evs[600:])
+        while len(got) < 800 and time.monotonic() - t < 30:
+            got += cl.results()
+            time.sleep(0.005)
         cl.close()
-        assert [e["seq"] for e in got] == list(range(600))
-        assert [e["seen"] for e in got if e["card"] == 1] == list(range(1, 151))
+        assert [e["seq"] for e in got] == list(range(800))
+        assert [e["seen"] for e in got if e["card"] == 1] == list(range(1, 201))
+        assert m.deployments["nodeop"].restarts == 1
         vs = [e["v"] for e in got]
         assert vs == sorted(vs) and vs[0] == 1 and vs[-1] == 3  # no interleaving of versions
         want = {1: "one", 2: "two", 3: ""}

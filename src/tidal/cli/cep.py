@@ -52,6 +52,11 @@ def serve(
     sandbox: bool = typer.Option(
         True, help="Run operators as an unprivileged user with limits (when root)."
     ),
+    node_update: str = typer.Option(
+        "swap",
+        help="Node.js hot update: swap (new module in the running runtime, state kept in "
+        "memory) | process (a new process, state handed over).",
+    ),
 ) -> None:
     """Run the node manager's HTTP API (bearer token from $TIDAL_CEP_TOKEN or <root>/token)."""
     import uvicorn
@@ -94,6 +99,7 @@ def serve(
             checkpoint_every=checkpoint_every,
             max_failures=max_failures,
             allow_command=allow_command,
+            node_update=node_update,
         )
         gw_limits = {"max_pending": max_pending}
     except ValueError as e:
