@@ -124,6 +124,12 @@ class TidalOptions(PlannerOptions):
     max_changes_per_hour: int = Field(
         60, ge=1, le=3600, description="No non-urgent change beyond this many per hour."
     )
+    change_credit: int = Field(
+        0, ge=0, le=60, description="Changes allowed beyond the pro-rata budget of a first hour."
+    )
+    escalate: float = Field(
+        2.0, ge=1, le=8, description="An urgent change soon after another carries this x more."
+    )
     budget_margin: float = Field(
         0.9, gt=0, le=1, description="Per-request slack: fraction of each budget (Sponge 0.9)."
     )
@@ -148,6 +154,8 @@ class TidalState:
     log: tuple[tuple[float, float, float], ...] = ()  # (t, forecast, observed level)
     scored: tuple[tuple[float, float, float], ...] = ()  # (forecast, observed level, peak)
     bridged: bool = False  # the plan in force is an in-place bridge over a cold start
+    start: float | None = None  # the first decision's time (the change budget's clock)
+    urgent_at: float | None = None  # the last urgent change's time
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,8 @@ class Tidal:
         scale_down_after_s: float = 120.0,
         down_gain: float = 0.1,
         max_changes_per_hour: int = 60,
+        change_credit: int = 0,
+        escalate: float = 2.0,
         budget_margin: float = 0.9,
         forecast: str = "auto",
         absorb_peaks: bool = True,
@@ -196,6 +206,7 @@ class Tidal:
         self.fast_window_s, self.slow_window_s = fast_window_s, slow_window_s
         self.hold_s, self.scale_down_after_s = hold_s, scale_down_after_s
         self.down_gain, self.max_changes = down_gain, max_changes_per_hour
+        self.change_credit, self.escalate = change_credit, escalate
         self.budget_margin, self.forecast = budget_margin, forecast
         self.absorb_peaks = absorb_peaks
         self.variant = variant
@@ -222,7 +233,8 @@ class Tidal:
         r_fast = ctx.observed_mean(k)
         level = max(observed_level(hist, k, w), r_fast)
         prior = max(self.prior_hedge, poisson_prior(level, k))
-        h_obs = max(1.0, hedge(peak_ratios(hist, k, w, horizon), self.coverage, prior))
+        ratios = peak_ratios(hist, k, w, horizon)
+        h_obs = max(1.0, hedge(ratios, self.coverage, prior))
         st = self.score(ctx, st, hist, level, horizon)
         slow, used = level * h_obs, False
         fc = ctx.forecast
@@ -230,7 +242,10 @@ class Tidal:
             h_fc = self.forecast_hedge(st)
             if self.forecast == "always" or self.forecast_cheaper(st):
                 slow, used = fc * (h_fc if h_fc is not None else 1.0), True
-        return Rates(r_fast, max(slow, r_fast), h_obs, level, used), st
+        slow = max(slow, r_fast)
+        # no peak measured yet (a first decision): no evidence that a peak above the level
+        # passes within a few seconds, so the plan carries the whole hedged rate
+        return Rates(r_fast, slow, h_obs, level if len(ratios) else slow, used), st
 
     def forecast_hedge(self, st: TidalState) -> float | None:
         """The forecast's hedge (its peak/forecast quantile), None until 20 are scored."""
@@ -369,11 +384,25 @@ class Tidal:
         st = ctx.state if isinstance(ctx.state, TidalState) else TidalState()
         chosen = pick_variants(ctx, self.variant)
         rates, st = self.rates(ctx, st, self.horizon_s(chosen))
-        st = replace(st, changes=tuple(t for t in st.changes if ctx.now - t < 3600.0))
+        st = replace(
+            st,
+            changes=tuple(t for t in st.changes if ctx.now - t < 3600.0),
+            start=ctx.now if st.start is None else st.start,
+        )
         plan, st = self._decide(ctx, st, chosen, rates)
-        if ctx.current is None or plan.stages != ctx.current.stages:
-            st = replace(st, changes=(*st.changes, ctx.now))
+        if ctx.current is not None and plan.stages != ctx.current.stages:
+            st = replace(st, changes=(*st.changes, ctx.now))  # the first plan is no change
         return plan, st
+
+    def budget_left(
+        self, ctx: PlanContext, st: TidalState, more: int = 1, at: float | None = None
+    ) -> bool:
+        """`more` changes (by time `at`, default now) stay within `max_changes_per_hour`,
+        pro rata over a first hour (a 5-minute run: 5 changes), plus `change_credit`."""
+        now = ctx.now if at is None else at
+        elapsed = min(3600.0, now - (ctx.now if st.start is None else st.start))
+        allowed = self.max_changes * elapsed / 3600.0 + self.change_credit
+        return len(st.changes) + more <= allowed + 1e-9
 
     def _target(
         self, ctx: PlanContext, chosen: list[VariantProfile], lam: float, wait_rate: float
@@ -404,6 +433,12 @@ class Tidal:
             st = replace(st, target=None)
         if self.at_risk(ctx, cur, chosen, r_fast):  # urgent: fastest knob first, hedged
             lam_u = max(lam, r_fast * rates.hedge)
+            horizon = self.horizon_s(chosen)
+            if st.urgent_at is not None and ctx.now - st.urgent_at < horizon:
+                # still at risk within a cold start of the last urgent change: the surge
+                # outruns the fast rate, so escalate (each step carries `escalate` x more)
+                # instead of one change per second behind it
+                lam_u = max(lam_u, self.escalate * _max_rps(cur, chosen))
             grown, st2 = self._grow(
                 ctx, st, chosen, lam_u, self._target(ctx, chosen, lam_u, r_fast) or target, r_fast
             )
@@ -412,12 +447,12 @@ class Tidal:
             if _max_rps(grown, chosen) >= 1.05 * _max_rps(cur, chosen) or not fits(
                 cur, ctx.capacity
             ):
-                return grown, st2
+                return grown, replace(st2, urgent_at=ctx.now)
             return cur, st
         if target is None:
             return cur, st
         quiet = not st.changes or ctx.now - st.changes[-1] >= self.hold_s - 1e-9
-        budget_left = len(st.changes) < self.max_changes
+        budget_left = self.budget_left(ctx, st)
         if target.total_cores > cur.total_cores + 1e-9:  # the level rose: grow, not urgent
             carried = self._carries(cur, chosen, lam, rates.level, ctx.slo_ms)
             if quiet and budget_left and not carried:
@@ -510,7 +545,9 @@ class Tidal:
             if horiz is not None and fits(horiz, ctx.capacity):
                 return horiz, replace(st, target=None)
         cur = ctx.current
-        if cur is not None and not self.at_risk(ctx, cur, chosen, r_now):
+        if cur is not None and (
+            not self.at_risk(ctx, cur, chosen, r_now) or _max_rps(cur, chosen) >= r_now
+        ):
             return cur, st  # the plan in force carries today's rate: better than a dip
         return self._move(ctx, st, target)  # the dip is the lesser evil
 
