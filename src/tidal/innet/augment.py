@@ -190,6 +190,12 @@ def redraw(
         di = np.flatnonzero(data)[::-1]  # the last write wins: the first data packet's length
         first_len[g[di]] = paylen[di]
         paylen = np.where(is_neu, first_len[g], paylen)
+        # a protocol preamble before the steady state: the first `pre` packets of a neutral
+        # copy get random lengths (data packets) and random gaps
+        pre = np.where(neutral, rng.integers(0, cfg.preamble + 1, n_inst), 0)
+        in_pre = same & (_rank(same, np.ones(len(g), dtype=bool)) <= pre[g] + 1)
+        pre_len = np.round(_loguniform(rng, 1.0, MAX_LEN, len(g))).astype(np.int64)
+        paylen = np.where(is_neu & in_pre, pre_len, paylen)
         is_alt = data & alternate[g]
         paylen = np.where(is_alt, _alternation(rng, n_inst, g, same, data), paylen)
         regular = (size & (rng.random(n_inst) < 0.5)) | neutral
@@ -197,6 +203,7 @@ def redraw(
         rel = np.where(neutral, rng.uniform(0.0, 0.1, n_inst), rng.uniform(0.0, 0.3, n_inst))
         reg_gap = period[g] * np.maximum(0.05, 1.0 + rel[g] * rng.normal(0.0, 1.0, len(gap)))
         gap = np.where(same & regular[g], reg_gap, gap)
+        gap = np.where(in_pre, _loguniform(rng, 20.0, 2_000_000.0, len(g)), gap)
         gap = np.where(same & alternate[g], _two_levels(rng, n_inst, g, same), gap)
         changed = is_size | is_off | is_neu | is_alt
         set_length(x, order[changed], paylen[np.flatnonzero(changed)])

@@ -249,7 +249,8 @@ class Extractor:
         self.r_gen = [0] * n
         self.r_valid = [0] * n
         self.r_lenmap = [0] * n  # 32-bit bitmap of length buckets (popcount: nlen)
-        self.r_lchg = [0] * n  # length changes (8 bits)
+        self.r_ldata = [0] * n  # the last data packet's payload length (16 bits; 0: none)
+        self.r_lchg = [0] * n  # data-length changes (8 bits)
         self.r_gchg = [0] * n  # gap changes >= GAP_STEP (8 bits)
 
     @staticmethod
@@ -284,7 +285,8 @@ class Extractor:
             self.r_valid[w], self.r_sig[w] = 1, sig
             self.r_gen[w] = (self.r_gen[w] + 1) & 0xFF
             self.r_cnt[w], self.r_iat[w], self.r_len[w], self.r_last[w] = 1, 0, plen, ts
-            self.r_lenmap[w] = 1 << LEN_BUCKET[min(plen, 0xFFFF)]
+            self.r_lenmap[w] = (1 << LEN_BUCKET[min(plen, 0xFFFF)]) if plen > 0 else 0
+            self.r_ldata[w] = plen
             self.r_lchg[w] = self.r_gchg[w] = 0
             self.counters["flows_started"] += 1
             return self._first(plen), w, self.r_gen[w], 1
@@ -295,8 +297,12 @@ class Extractor:
         two = self.r_cnt[w] >= 2
         diat = 128 + max(-127, min(127, iat - prev)) if two else 0
         # modulation registers: length bitmap (OR), length / gap change counters (+1, sat.)
-        self.r_lenmap[w] |= 1 << LEN_BUCKET[min(plen, 0xFFFF)]
-        self.r_lchg[w] = min(255, self.r_lchg[w] + (plen != self.r_len[w]))
+        # (pure ACKs carry no length symbol: no bitmap bit, no change, last_data kept)
+        if plen > 0:
+            self.r_lenmap[w] |= 1 << LEN_BUCKET[min(plen, 0xFFFF)]
+            changed = self.r_ldata[w] > 0 and plen != self.r_ldata[w]
+            self.r_lchg[w] = min(255, self.r_lchg[w] + changed)
+            self.r_ldata[w] = plen
         self.r_gchg[w] = min(255, self.r_gchg[w] + (two and abs(iat - prev) >= GAP_STEP))
         n = self.r_cnt[w] = min(255, self.r_cnt[w] + 1)
         nc = 16 * min(n, 15)  # the (packet number, counter) code tables
@@ -357,8 +363,9 @@ class Extractor:
 
 def extractor_resources(slots: int) -> dict[str, int]:
     """The entry switch's resource figures (the accounting is in docs/innet.md)."""
-    # sig, 48-bit ts (pair), iat, len, count, gen, valid, length bitmap, lchg, gchg
-    per_entry = 4 + 8 + 1 + 2 + 1 + 1 + 1 + 4 + 1 + 1
+    # sig, 48-bit ts (pair), iat, len, count, gen, valid, length bitmap, last data length,
+    # lchg, gchg
+    per_entry = 4 + 8 + 1 + 2 + 1 + 1 + 1 + 4 + 2 + 1 + 1
     return {
         "stages": 10,
         "register_bytes": 2 * slots * per_entry,

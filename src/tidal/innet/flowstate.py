@@ -24,9 +24,12 @@ Side features of a packet (each 0..255, the model's per-flow inputs):
 - three *modulation* features, each `flow_code(n, c)` = 16 min(n, 15) + min(c, 15) of the
   instance's packet number n and a per-flow counter c kept in a register (so one 256-entry
   table sees both how far the flow is and how often the event happened):
-  `nlen`: distinct payload lengths so far (popcount of a 32-bit bitmap register, one bit per
-  `len_bucket` of the length: a linear-counting sketch), `lchg`: packets whose payload
-  length differs from the previous packet's (run structure of the lengths), `gchg`: packets
+  `nlen`: distinct payload lengths of the data packets so far (popcount of a 32-bit bitmap
+  register, one bit per `len_bucket` of the length: a linear-counting sketch), `lchg`: data
+  packets whose payload length differs from the previous *data* packet's (run structure of
+  the lengths; a `last_data` register holds it). Pure ACKs carry no length symbol: they set
+  no bit and neither count nor break a run (counting them encoded the handshake and the ACK
+  interleaving of the TCP stack, not a channel). `gchg`: packets
   whose gap code differs from the previous gap code by at least GAP_STEP (about 32 %: gap
   modulation). First packets get zeros.
 
@@ -83,6 +86,11 @@ def len_bucket(n: int) -> int:
     return zlib.crc32(min(max(n, 0), 0xFFFF).to_bytes(2, "big")) % LEN_BUCKETS
 
 
+def data_bit(paylen: int) -> int:
+    """The bitmap bit a packet sets: its length bucket's, none for a pure ACK."""
+    return 1 << len_bucket(paylen) if paylen > 0 else 0
+
+
 def flow_code(n: int, c: int) -> int:
     """A (packet number, counter) pair in one byte (module docstring)."""
     return 16 * min(n, 15) + min(c, 15)
@@ -119,6 +127,7 @@ class FlowTable:
         self.gen = [0] * n
         self.valid = [False] * n
         self.lenmap = [0] * n
+        self.last_data = [0] * n  # the last data packet's payload length (0: none yet)
         self.lchg = [0] * n
         self.gchg = [0] * n
         self.collisions = 0
@@ -144,14 +153,17 @@ class FlowTable:
             self.prev_iat[slot] = 0
             self.prev_len[slot] = paylen
             self.last[slot] = ts
-            self.lenmap[slot] = 1 << len_bucket(paylen)
+            self.lenmap[slot] = data_bit(paylen)
+            self.last_data[slot] = paylen
             self.lchg[slot] = self.gchg[slot] = 0
             return PacketState(first_side(paylen), slot, self.gen[slot], 1)
         iat = quantize_iat((ts - self.last[slot]) & TS_MASK)
         prev, two = self.prev_iat[slot], self.count[slot] >= 2
-        self.lenmap[slot] |= 1 << len_bucket(paylen)
-        if paylen != self.prev_len[slot]:
+        self.lenmap[slot] |= data_bit(paylen)
+        if paylen > 0 and self.last_data[slot] > 0 and paylen != self.last_data[slot]:
             self.lchg[slot] = min(255, self.lchg[slot] + 1)
+        if paylen > 0:
+            self.last_data[slot] = paylen
         if two and abs(iat - prev) >= GAP_STEP:
             self.gchg[slot] = min(255, self.gchg[slot] + 1)
         n = self.count[slot] = min(255, self.count[slot] + 1)
@@ -219,12 +231,17 @@ def _modulation(
         c = np.cumsum(event.astype(np.int64))
         return c - (c[first] - event[first])[grp]
 
-    n = np.minimum(np.arange(len(ii)) - first[grp] + 1, 255)
-    bucket = _BUCKET_OF[np.clip(ll, 0, 0xFFFF)]
+    idx = np.arange(len(ii))
+    n = np.minimum(idx - first[grp] + 1, 255)
+    data = ll > 0  # pure ACKs carry no length symbol
+    bucket = np.where(data, _BUCKET_OF[np.clip(ll, 0, 0xFFFF)], -1)
     seen = np.zeros(len(ii), dtype=np.int64)
     for b in range(LEN_BUCKETS):  # bitmap popcount: buckets seen so far
         seen += running(bucket == b) > 0
-    lchg = running(same & (ll != np.r_[0, ll[:-1]]))
+    # the previous data packet of the same instance (forward fill of data rows)
+    prev = np.r_[-1, np.maximum.accumulate(np.where(data, idx, -1))[:-1]]
+    has = (prev >= 0) & (prev >= first[grp])
+    lchg = running(data & has & (ll != ll[np.maximum(prev, 0)]))
     gchg = running(two & (np.abs(d_iat) >= GAP_STEP))
 
     def code(c: np.ndarray) -> np.ndarray:

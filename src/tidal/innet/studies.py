@@ -48,13 +48,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 # what nested validation chooses between (logo.select), inside each fold's training groups
 CANDIDATES: dict[str, dict[str, Any]] = {
-    "alphabets": {
-        "size_channel": 0.3, "gap_channel": 0.3, "neutral": 0.2, "length_redraw": 0.5,
-        "block": 48,
-    },
+    # size / gap alphabets, channel-removed copies with a protocol preamble, pollers
     "alphabets+pollers": {
         "size_channel": 0.3, "gap_channel": 0.3, "neutral": 0.1, "alternate": 0.1,
-        "length_redraw": 0.5, "block": 48,
+        "length_redraw": 0.5, "block": 48, "preamble": 4,
     },
 }  # fmt: skip
 DECISIONS: tuple[tuple[int, int | None], ...] = ((16, None), (32, None))  # (k, need): 3/4

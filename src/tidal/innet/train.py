@@ -79,6 +79,9 @@ class TrainConfig(BaseModel):
     alternate: float = Field(
         default=0.0, ge=0.0, le=1.0, description="covert instances copied as benign pollers"
     )
+    preamble: int = Field(
+        default=0, ge=0, le=64, description="channel-removed copies: preamble packets, at most"
+    )
     max_symbols: int = Field(default=4, ge=2, le=64, description="size alphabet, at most")
     max_spacing: float = Field(
         default=64.0, ge=1.0, le=700.0, description="size symbol spacing (bytes), at most"

@@ -33,6 +33,17 @@ def test_modulation_counters_see_a_size_alphabet_and_a_gap_alphabet() -> None:
     assert size[0][5:] == (0, 0, 0)  # a first packet has no flow history
 
 
+def test_pure_acks_carry_no_length_symbol() -> None:
+    # request/ACK interleaving and a handshake of empty segments are not length modulation:
+    # the counters see the data packets' lengths only (flowstate module docstring)
+    n = 12
+    acked = _run([0, 0] + [5, 0] * 5, [24_000] * n)
+    assert acked[-1][5:7] == (flow_code(n, 1), flow_code(n, 0))  # one length, no change
+    two = _run([0, 7, 0, 5, 0, 5, 0, 7, 0, 7, 0, 5], [24_000] * n)
+    assert two[-1][5:7] == (flow_code(n, 2), flow_code(n, 3))  # 7 5 5 7 7 5: 3 changes
+    assert acked[1][5:7] == (flow_code(2, 0), flow_code(2, 0))  # no data packet yet
+
+
 def _covert_set(n: int = 400) -> dataset.PacketSet:
     rng = np.random.default_rng(0)
     flows = [
@@ -75,6 +86,22 @@ def test_channel_removal_is_labeled_benign_with_constant_length_and_regular_gaps
     assert ps.inst is not None and ps.ts is not None and ps.paylen is not None
     before = augment.side_features(ps.inst, ps.ts, ps.paylen)
     assert (side[cov][20:, 7] & 15).max() < (before[cov][20:, 7] & 15).max()
+
+
+def test_channel_removal_preamble_varies_only_the_first_packets() -> None:
+    ps = _covert_set()
+    cfg = TrainConfig(neutral=1.0, preamble=4)
+    firsts = set()
+    for seed in range(8):
+        _side, x, y = augment.redraw(ps, cfg, np.random.default_rng(seed))
+        cov = np.flatnonzero(ps.flow == 0)
+        lens = (x[cov, 16].astype(np.int64) << 8) | x[cov, 17]
+        assert not y[cov].any()
+        assert len(np.unique(lens[5:])) == 1  # the steady state: one length after packet 5
+        firsts.add(len(np.unique(lens[:5])))
+    assert max(firsts) > 1  # a preamble of other lengths, on some draws
+    without = augment.redraw(ps, TrainConfig(neutral=1.0), np.random.default_rng(0))[1]
+    assert len(np.unique(without[ps.flow == 0, 16:18], axis=0)) == 1
 
 
 def test_nested_selection_sees_only_the_training_groups() -> None:
