@@ -107,6 +107,7 @@ def scheduler_config(config: ServeConfig, **overrides: object) -> SchedulerConfi
         "adapt_latency": True,  # issue 13: admit at the replicas' measured service rate
         "late_target": 0.005,  # issue 13: feedback margin, <= ~0.5% of admitted ones late
         "batch_deadline": True,  # issue 13: joiners must not make a batch's head late
+        "expire_hopeless": not config.serve_late,  # issue 13: no replica time on late answers
     }
     base.update(overrides)
     return SchedulerConfig.model_validate(base)

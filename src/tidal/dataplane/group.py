@@ -227,15 +227,14 @@ class VariantGroup:
             elif isinstance(a, Expired):
                 for req in a.requests:
                     self.counters.violations["expired"] += 1
-                    _answer_error(
-                        req,
-                        Refused(
-                            504,
-                            "expired",
-                            f"deadline passed while queued at stage {self.stage!r} "
-                            f"({(now - req.deadline) * 1e3:.1f} ms ago)",
-                        ),
+                    why = (
+                        f"deadline passed while queued at stage {self.stage!r} "
+                        f"({(now - req.deadline) * 1e3:.1f} ms ago)"
+                        if now >= req.deadline
+                        else f"cannot finish by its deadline at stage {self.stage!r} "
+                        f"({(req.deadline - now) * 1e3:.1f} ms left, less than its service)"
                     )
+                    _answer_error(req, Refused(504, "expired", why))
             elif isinstance(a, WakeAt):
                 if self._timer is not None:
                     self._timer.cancel()

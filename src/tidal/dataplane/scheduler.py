@@ -532,6 +532,10 @@ class GroupScheduler:
             reqs = q.pop_batch(dec.size)
             f = self._factor(now)
             start = max(now, rep.busy_until) if rep.inflight else now
+            if c.expire_hopeless and c.expire:
+                reqs = self._drop_hopeless(reqs, start, cores, f, out)
+                if not reqs:
+                    continue
             if c.batch_deadline and len(reqs) > 1:
                 ft = max(f, self._factor(now, self.calib.slowdown_tail))
                 reqs = self._meet_head(reqs, start, cores, ft)
@@ -556,6 +560,31 @@ class GroupScheduler:
             self._log("wait", wake, ())
             out.append(WakeAt(wake))
         return out
+
+    def _drop_hopeless(
+        self,
+        reqs: list[QueuedRequest],
+        start: float,
+        cores: float,
+        f: float,
+        out: list[Action],
+    ) -> list[QueuedRequest]:
+        """`SchedulerConfig.expire_hopeless`: the requests of `reqs` that can finish by their
+        stage deadline in a batch of their own started at `start` (latency x `f`, the
+        median slowdown); the others are expired (an `Expired` action in `out`)."""
+        down = self.downstream_s + self.calib.reply_s
+        keep: list[QueuedRequest] = []
+        gone: list[QueuedRequest] = []
+        for x in reqs:
+            if start + f * self.latency_s(x.rows, cores) > x.deadline - down:
+                gone.append(x)
+            else:
+                keep.append(x)
+        if gone:
+            self._dequeued(gone)
+            self._log("expire", start, tuple(x.id for x in gone))
+            out.append(Expired(gone))
+        return keep
 
     def _meet_head(
         self, reqs: list[QueuedRequest], start: float, cores: float, f: float

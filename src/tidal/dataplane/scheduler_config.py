@@ -81,6 +81,14 @@ class SchedulerConfig(BaseModel):
         "requests). Admission prices the same rule. Off in the simulator (its fast mode "
         "mirrors the rules without it); the live gateway turns it on.",
     )
+    expire_hopeless: bool = Field(
+        default=False,
+        description="At dispatch, a request that cannot finish by its stage deadline even in "
+        "a batch of its own (predicted at the measured median rate from the batch's start) "
+        "is expired (504) instead of run: its answer would be late whatever, and the replica "
+        "time goes to requests that can still make theirs. Off in the simulator; the live "
+        "gateway turns it on.",
+    )
 
 
 __all__ = ["SchedulerConfig"]

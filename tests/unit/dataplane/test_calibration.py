@@ -134,3 +134,19 @@ def test_the_answer_path_delay_is_taken_off_the_deadline_admission_checks() -> N
     # idle replica, 5.1 ms of service: a 9 ms budget fits it, but not with 4 ms to answer
     assert isinstance(s.push(req(20, 1.0, slo=0.009), 1.0), Refused)
     assert isinstance(s.push(req(21, 1.0, slo=0.0095), 1.0), Admitted)
+
+
+def test_a_request_that_cannot_finish_even_alone_is_expired_at_dispatch() -> None:
+    from tidal.dataplane.scheduler import Expired
+
+    for on in (True, False):
+        s = lane(expire_hopeless=on, admission=False)
+        s.replicas[1].inflight, s.replicas[1].busy_until = 1, 0.05  # busy for 50 ms
+        s.push(req(1, 0.0, slo=0.1, rows=1024), 0.0)  # needs 107 ms: cannot make 100 ms
+        s.push(req(2, 0.0, slo=0.2), 0.0)  # 1 row: 5.1 ms, can
+        s.replicas[1].inflight = 0  # the busy batch ended at 50 ms
+        acts = s.step(0.05)
+        gone = [r.id for a in acts if isinstance(a, Expired) for r in a.requests]
+        ran = [r.id for a in acts if isinstance(a, Dispatch) for r in a.batch.requests]
+        assert (gone, ran) == (([1], [2]) if on else ([], [1, 2]))
+        assert len(s.queue) == 0 and s.queued_rows == 0

@@ -140,13 +140,13 @@ def test_expiry_answers_504_without_processing() -> None:
         return out, snap.violations["expired"]
 
     out, expired = run(main())
-    # r0 runs 0-80 ms; r1 starts at 80 ms (still in time to start) and ends late;
-    # r2 is still queued when its deadline passes at 100 ms: 504, never processed
-    assert not out[0].late and out[1].late
-    assert all(isinstance(o, Refused) and o.status == 504 for o in out[2:])
-    assert "deadline passed" in out[2].reason
-    assert expired == 1
-    assert fac.started[0].batches == [1, 1]
+    # r0 runs 0-80 ms; r1 and r2 could start at 80 ms but not finish by 100 ms: 504 at
+    # dispatch (`expire_hopeless`), never processed
+    assert not out[0].late
+    assert all(isinstance(o, Refused) and o.status == 504 for o in out[1:])
+    assert all("cannot finish by its deadline" in o.reason for o in out[1:])
+    assert expired == 2
+    assert fac.started[0].batches == [1]
 
 
 def test_serve_late_serves_everything_and_counts_late() -> None:
