@@ -9,19 +9,21 @@ Two estimators, both fed by the lane's scheduler (`GroupScheduler.on_done`):
   dispatch overhead, not the service), clamped to [0.5, 20]. Admission and busy-until
   predictions are multiplied by it. The median, not a high percentile: on a shared machine
   one preempted batch must not price every arrival.
-- `slowdown_tail`: the 90th percentile of the same ratios. It bounds how far the arriving
-  request's own batch (its service) is priced above the median, and a batch that must keep
-  its head's deadline (`SchedulerConfig.batch_deadline`) is cut so it ends in time even at
-  that speed.
+- `slowdown_tail`: the 90th percentile of the same ratios: a batch that must keep its head's
+  deadline (`SchedulerConfig.batch_deadline`) is cut so it ends in time even at that speed.
+- `slowdown_top`: the largest of the same ratios (the window's ~97th percentile). It bounds
+  how far the arriving request's own batch (its service) is priced above the median.
 - `stretch` (the feedback margin on the wait): each admitted request that completes is late
   (after its stage deadline) or not. On a late one ``stretch *= 1 + STEP``; on one in time
   ``stretch *= 1 - STEP x late_target / (1 - late_target)``, clamped to [1, `STRETCH_MAX`].
   Its fixed point is a late share of exactly `late_target` among the admitted (a stochastic
   approximation of that rate; with no late answer it falls back to 1). Admission admits a
   request only when ``now + stretch x wait + tail x service`` meets its deadline (wait: until
-  its batch starts; tail: ``min(stretch, slowdown_tail / slowdown)``: the own batch at the
-  median while answers are in time, up to the tail speed as late ones accumulate; pricing it
-  at the tail always refused a third of 0.5x load on a busy machine), so whatever makes the
+  its batch starts; tail: ``min(stretch, slowdown_top / slowdown)``: the own batch at the
+  median while answers are in time, up to the slowest recent speed as late ones accumulate;
+  pricing it at a fixed tail always refused a third of 0.5x load on a busy machine, and a cap
+  at the 90th percentile left the late share at ~3% where one batch in ten ran 1.5-2x the
+  median: the controller could not reach its target), so whatever makes the
   wait longer than predicted (CPU contention, the gateway's own parsing, batches ahead that
   ran long) is corrected from what the lane observed, in a closed loop: more late answers
   raise it, so fewer requests are admitted and the queue shortens. A request that finds an
@@ -65,6 +67,7 @@ class LaneCalibration:
         "reply_s",
         "slowdown",
         "slowdown_tail",
+        "slowdown_top",
         "stretch",
     )
 
@@ -75,6 +78,7 @@ class LaneCalibration:
         self._down = 1.0 - STEP * late_target / (1.0 - late_target)
         self.slowdown = 1.0
         self.slowdown_tail = 1.0
+        self.slowdown_top = 1.0
         self.stretch = 1.0
         self.reply_s = 0.0
         self._batch: deque[float] = deque(maxlen=BATCH_WINDOW)
@@ -97,6 +101,7 @@ class LaneCalibration:
         n = len(srt) - 1
         self.slowdown = _clamp(srt[n // 2], SLOWDOWN_MIN, SLOWDOWN_MAX)
         self.slowdown_tail = _clamp(srt[(9 * n) // 10], SLOWDOWN_MIN, SLOWDOWN_MAX)
+        self.slowdown_top = _clamp(srt[n], SLOWDOWN_MIN, SLOWDOWN_MAX)
 
     def observe_request(self, late: bool) -> None:
         """An admitted request completed, after its stage deadline (`late`) or not."""

@@ -410,7 +410,7 @@ class GroupScheduler:
         # stretch), at the median when they do not (so low load is not refused on the tail)
         tail = 1.0
         if cal.late_target:
-            tail = min(stretch, max(1.0, self._factor(now, cal.slowdown_tail) / k))
+            tail = min(stretch, max(1.0, self._factor(now, cal.slowdown_top) / k))
         q = self.queue
         if not q:  # fast path: what `admit_rows` concludes for a batch of one
             for r in self.replicas.values():

@@ -64,6 +64,7 @@ def test_slowdown_median_tail_and_idle_decay() -> None:
         c.observe_batch(0.01, took)  # 2x, once 10x
     c.observe_batch(0.001, 1.0)  # predicted < 2 ms: a dispatch overhead, ignored
     assert c.slowdown == pytest.approx(2.0) and c.slowdown_tail == pytest.approx(2.0)
+    assert c.slowdown_top == pytest.approx(10.0)  # the slowest of the window
     c.observe_batch(0.01, 0.1)
     assert c.slowdown_tail == pytest.approx(10.0) and c.slowdown == pytest.approx(2.0)
     c.stretch = 3.0
@@ -150,3 +151,13 @@ def test_a_request_that_cannot_finish_even_alone_is_expired_at_dispatch() -> Non
         ran = [r.id for a in acts if isinstance(a, Dispatch) for r in a.batch.requests]
         assert (gone, ran) == (([1], [2]) if on else ([], [1, 2]))
         assert len(s.queue) == 0 and s.queued_rows == 0
+
+
+def test_the_own_batch_is_priced_up_to_the_slowest_recent_speed_as_the_stretch_asks() -> None:
+    # a 1024-row batch takes 107.4 ms at the profile; budget 150 ms, on an idle replica
+    for stretch, top, admitted in ((1.0, 3.0, True), (2.0, 3.0, False), (2.0, 1.2, True)):
+        s = lane(late_target=0.01)
+        s.calib.stretch, s.calib.slowdown_top = stretch, top
+        s.last_free = 0.0  # busy until now: nothing decayed yet
+        v = s.push(req(1, 0.0, slo=0.15, rows=1024), 0.0)
+        assert isinstance(v, Admitted) == admitted, (stretch, top, v)
