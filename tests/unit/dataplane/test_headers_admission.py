@@ -15,14 +15,14 @@ from typing import Any
 
 import orjson
 from dataplane_fakes import FakeFactory
-from test_server import on_uvloop, read_response
+from test_server import on_uvloop, read_response, running
 
 from tidal.config.serve import parse_serve_config
 from tidal.core.tensors import TensorMeta
 from tidal.dataplane.early import row_bytes, rows_at_least, slo_hint
 from tidal.dataplane.gateway import Gateway
 from tidal.dataplane.http import OIPApp
-from tidal.dataplane.server import ServerLimits, serve_async
+from tidal.dataplane.server import ServerLimits
 
 CFG = {"models": [{"name": "digits", "variants": ["digits-mlp"]}], "default_slo_ms": 5000,
        "grpc": False}  # fmt: skip
@@ -50,24 +50,10 @@ async def serving() -> AsyncIterator[tuple[int, Gateway, OIPApp]]:
     gw = Gateway(parse_serve_config(CFG), factory=fac, fits={"digits-mlp": fac.fit()})
     await gw.start()
     app = OIPApp(gw)
-    stop = asyncio.Event()
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.create_task(
-        serve_async(
-            app,
-            "127.0.0.1",
-            0,
-            LIM,
-            stop=stop,
-            lifespan=False,
-            on_started=lambda n: ready.set_result(n[0][1]),
-        )  # fmt: skip
-    )
     try:
-        yield await asyncio.wait_for(ready, 10), gw, app
+        async with running(LIM, app=app, lifespan=False) as port:
+            yield port, gw, app
     finally:
-        stop.set()
-        await asyncio.wait_for(task, 20)
         await gw.stop()
 
 

@@ -66,18 +66,22 @@ async def echo_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def running(limits: ServerLimits, ctx: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+async def running(
+    limits: ServerLimits, ctx: ssl.SSLContext | None = None, app: Any = echo_app,
+    lifespan: bool = True,
+) -> AsyncIterator[int]:  # fmt: skip
     stop = asyncio.Event()
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(
         serve_async(
-            echo_app,
+            app,
             "127.0.0.1",
             0,
             limits,
             ssl_ctx=ctx,
             stop=stop,
             on_started=lambda n: ready.set_result(n[0][1]),
+            lifespan=lifespan,
         )  # fmt: skip
     )
     port = await asyncio.wait_for(ready, 10)
