@@ -309,6 +309,13 @@ class Themis:
             ]
             n, c, b = min(opts, key=lambda o: (o.latency_ms, o.cost)).payload
             stages.append(stage_plan(st.stage, v.name, n, c, b))
+        # the nodes hold it: fewer replicas of the largest stage until it fits (else the
+        # actuator refuses it and the plan in force stays, however small)
+        while not fits(Plan(stages=tuple(stages)), ctx.capacity):
+            i = max(range(len(stages)), key=lambda k: stages[k].total_cores)
+            if stages[i].replicas <= 1:
+                break
+            stages[i] = stages[i].model_copy(update={"replicas": stages[i].replicas - 1})
         return Plan(stages=tuple(stages), feasible=False, reason=reason)
 
     def most_that_fits(
@@ -532,6 +539,15 @@ class Themis:
             capped, rate = self.most_that_fits(ctx, chosen)
             if capped is not None:
                 why += f"; planned for {rate:.4g} req/s, the most that fits {where}"
+                held = ctx.current
+                # the plan in force as good as the capped one: no transition (each one is a
+                # cold start; measured: 5 x 1/3 <-> 2 x 2/3 flapped on Ray mid-surge)
+                if (
+                    held is not None
+                    and fits(held, ctx.capacity)
+                    and self.carries(replace(ctx, forecast=rate), chosen)
+                ):
+                    return held.model_copy(update={"feasible": False, "reason": why}), st
                 return capped.model_copy(update={"feasible": False, "reason": why}), ThemisState()
             if target is None:
                 return self.fastest(ctx, chosen, why), ThemisState()
