@@ -1,7 +1,8 @@
 """`tidal bench dataplane`: Tidal vs Ray Serve vs a bare inline ASGI app, same wrk load.
 
 Each server runs in its own process (Tidal: `tidal serve` with a generated config; bare:
-`tidal.bench.dataplane_apps:bare_app` on uvicorn; Ray Serve: `bench_apps ray`). Load comes from
+`tidal.bench.dataplane_apps:bare_app` on uvicorn; Ray Serve: `tidal.bench.peers_ray_app`, the
+app `tidal bench goodput` runs). Load comes from
 wrk (one thread, keep-alive connections, closed loop) with the identical request body for every
 server: OIP v2 JSON (64 floats) for `noop`, and the OIP binary tensor extension (one 3x224x224
 float32 image) for `resnet18`, served at max batch 8 on the whole machine (2 cores) by both.
@@ -250,6 +251,17 @@ def _tidal_config(tmp: Path, workload: str, port: int, cores: float = 2.0) -> Pa
     return p
 
 
+def _ray_spec(port: int, workload: str) -> dict[str, Any]:
+    """Ray Serve's app (tidal.bench.peers_ray_app, the one `tidal bench goodput` runs): one
+    replica, max batch 8, 2 threads; the noop inline, resnet18 on Tidal's cached ONNX file."""
+    onnx_file = None
+    if workload != "noop":
+        from tidal.models.onnx_cache import onnx_path  # the model zoo only for resnet18
+
+        onnx_file = str(onnx_path(workload))
+    return {"port": port, "model": workload, "max_batch": 8, "threads": 2, "onnx": onnx_file}
+
+
 def run_bench(
     duration: float = 8.0,
     connections: int = 16,
@@ -299,8 +311,8 @@ def run_bench(
             res["ray_serve"] = {w: {"skipped": skip} for w in workloads}
             say(f"ray_serve skipped: {skip}")
         elif ray:
-            ray_cmd = [py, "-m", "tidal.bench.dataplane_apps", "ray", "{port}", "{w}"]
-            runs += [(w, "ray_serve", ray_cmd, True) for w in workloads]
+            runs += [(w, "ray_serve", [py, "-m", "tidal.bench.peers_ray_app"], True)
+                     for w in workloads]  # fmt: skip
         for w, name, cmd_t, uses_stdin in runs:
             body, headers = bodies[w]
             lua = _lua(tmp, body, headers)
@@ -308,6 +320,8 @@ def run_bench(
             port = _free_port()
             cfg = _tidal_config(tmp, w, port, 1.0 if name == "tidal_1core" else 2.0)
             cmd = [c.format(port=port, cfg=cfg, w=w) for c in cmd_t]
+            if name == "ray_serve":
+                cmd.append(json.dumps(_ray_spec(port, w)))
             url = f"http://127.0.0.1:{port}/v2/models/{w}/infer"
             say(f"[{w}] starting {name} ...")
             srv = _Server(cmd, stdin=uses_stdin)

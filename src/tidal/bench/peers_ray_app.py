@@ -1,8 +1,8 @@
 """The Ray Serve peer of `tidal bench goodput` and `tidal bench dataplane`.
 
 `tidal bench goodput` runs it inside `.venv-peers/ray_serve` (not imported by Tidal's venv):
-`PYTHONPATH=<tidal src> python peers_ray_app.py '<json spec>'`; `tidal bench dataplane` calls
-`main(spec)` through `python -m tidal.bench.dataplane_apps ray PORT WORKLOAD`.
+`PYTHONPATH=<tidal src> python peers_ray_app.py '<json spec>'`; `tidal bench dataplane` runs
+`python -m tidal.bench.peers_ray_app '<json spec>'` in Tidal's venv (when Ray is installed).
 
 One replica, `@serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=0.005)`, ONNX Runtime
 on the same file and thread settings as Tidal's worker (spec `onnx`: null runs the noop, the
