@@ -115,7 +115,17 @@ async def test_pipelined_answers_keep_their_order_and_expect_gets_503_then_close
         assert await asyncio.wait_for(r.read(), 5) == b""  # then closed
         w.close()
         assert await first == 200
-        assert app.refusals.summary()["counts"]["headers"] == 2
+        first = await busy(port, gw)
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        body = orjson.dumps(ONE)
+        w.write(head(len(body), "x-tidal-slo-ms: 50\r\nConnection: close\r\n"))
+        status, hdrs, _ = await read_response(r)  # answered before the body ...
+        assert status == 503 and hdrs[b"connection"] == b"close"
+        w.write(body)  # ... which is read, then the connection closes
+        assert await asyncio.wait_for(r.read(), 5) == b""
+        w.close()
+        assert await first == 200
+        assert app.refusals.summary()["counts"]["headers"] == 3
 
 
 def test_slo_precedence_is_the_tighter_of_body_and_header() -> None:
