@@ -594,14 +594,5 @@ async def wait_ready(gateway: Any, stage: str, replicas: int, timeout_s: float =
         await asyncio.sleep(0.1)
 
 
-__all__ = [
-    "AUTHORITY_NAME",
-    "NAMESPACE",
-    "PlacementAuthority",
-    "RayActuator",
-    "RayExecutor",
-    "RayFactory",
-    "authority",
-    "connect",
-    "wait_ready",
-]
+__all__ = ["AUTHORITY_NAME", "NAMESPACE", "PlacementAuthority", "RayActuator", "RayExecutor"]
+__all__ += ["RayFactory", "authority", "connect", "wait_ready"]
