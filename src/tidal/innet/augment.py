@@ -22,7 +22,8 @@ benign). Per flow instance:
   counterfactual copy with the modulation taken out, *labeled benign*: every data packet the
   instance's first data length, the gaps regular (the same period and jitter distribution as
   above). It teaches that the tool's packet shape, rate and header bytes are not the
-  channel; only their modulation is;
+  channel; only their modulation is. Its first 0..`preamble` packets get random lengths
+  (1..MAX_LEN) and random gaps (20 us..2 s): a protocol's greeting before its steady state;
 - **poller** (covert instances, probability `alternate`, exclusive of the above): a
   counterfactual copy *labeled benign* shaped like request/response polling (modbus, redis,
   keep-alives): the data packets strictly alternate between two random lengths, the gaps
