@@ -34,15 +34,20 @@ Each decision (every second):
    stages' latency). Then: grow cores in place at once keeping the replicas (the fastest
    knob), sized for ``r_fast`` x hedge, and in the same change start the cheaper target's
    replicas (the bridged cores shrink once they are ready); if the node has no room in place,
-   the target, or, if the target's consolidation would dip below ``r_fast`` while its
-   resizes take effect, more replicas of today's size.
-4. Otherwise hysteresis: a change that is not urgent waits `hold_s` after the previous change,
-   a cheaper target must stay cheaper by `down_gain` for `scale_down_after_s` (`hold_s` after
-   an in-place bridge), and no non-urgent change is made once `max_changes_per_hour` changes
-   happened in the last hour. Growth towards the target (the hedged level rose beyond what the
-   plan in force carries) is non-urgent and goes straight to the target (there is time for a
-   cold start). Every move avoids a dip: added replicas keep the larger cores until ready,
-   removed replicas wait until the remaining ones' larger cores are in place.
+   the target, or more replicas of today's size. Still at risk within a cold start of the
+   last urgent change, the next one carries `escalate` (2) x more (a surge outruns the 3-s
+   rate: one change per second behind it was measured). The first decisions, before a peak
+   was measured, carry the whole hedged rate.
+4. Otherwise hysteresis: a change that is not urgent waits `hold_s` after the previous one, a
+   cheaper target must stay cheaper by `down_gain` for `scale_down_after_s` (`hold_s` after
+   a bridge), and needs change budget: `max_changes_per_hour` pro rata since the first
+   decision over a first hour (a 5-minute run: 5; urgent changes count too), then per hour.
+   A scale-down that needs two changes (replicas one way, cores the other) is made as one
+   (today's replicas or today's cores) when that is within `down_gain` of it. Growth towards
+   the target is non-urgent and goes straight to the target. No move dips: added replicas
+   keep the larger cores until ready, removed replicas wait for the larger cores, and a move
+   whose running replicas would carry less than today's rate meanwhile is not made while
+   the plan in force carries it (`tidal.planners.tidal_moves`).
 5. The node constraint is joint: a plan whose replicas (all stages together) cannot be placed
    on the nodes (first-fit decreasing) is never chosen; if even the cheapest cannot, the plan
    that carries the most the nodes can (overload). Cores stay inside the profile's measured
@@ -61,8 +66,9 @@ from typing import Any, Literal, overload
 import numpy as np
 from pydantic import Field
 
-from tidal.core.plan import Plan, StagePlan
+from tidal.core.plan import Plan
 from tidal.core.profile import VariantProfile
+from tidal.planners import tidal_moves as moves
 from tidal.planners.base import (
     RESIZE_IN_PLACE,
     PlanContext,
@@ -116,10 +122,10 @@ class TidalOptions(PlannerOptions):
     )
     hold_s: float = Field(60.0, ge=0, le=3600, description="Least time between non-urgent changes.")
     scale_down_after_s: float = Field(
-        120.0, ge=0, le=3600, description="A cheaper target must hold this long (s)."
+        60.0, ge=0, le=3600, description="A cheaper target must hold this long (s)."
     )
     down_gain: float = Field(
-        0.1, ge=0, lt=1, description="Least relative saving worth a scale-down."
+        0.05, ge=0, lt=1, description="Least relative saving worth a scale-down."
     )
     max_changes_per_hour: int = Field(
         60, ge=1, le=3600, description="No non-urgent change beyond this many per hour."
@@ -189,8 +195,8 @@ class Tidal:
         fast_window_s: int = 3,
         slow_window_s: int = 30,
         hold_s: float = 60.0,
-        scale_down_after_s: float = 120.0,
-        down_gain: float = 0.1,
+        scale_down_after_s: float = 60.0,
+        down_gain: float = 0.05,
         max_changes_per_hour: int = 60,
         change_credit: int = 0,
         escalate: float = 2.0,
@@ -394,15 +400,10 @@ class Tidal:
             st = replace(st, changes=(*st.changes, ctx.now))  # the first plan is no change
         return plan, st
 
-    def budget_left(
-        self, ctx: PlanContext, st: TidalState, more: int = 1, at: float | None = None
-    ) -> bool:
-        """`more` changes (by time `at`, default now) stay within `max_changes_per_hour`,
-        pro rata over a first hour (a 5-minute run: 5 changes), plus `change_credit`."""
-        now = ctx.now if at is None else at
-        elapsed = min(3600.0, now - (ctx.now if st.start is None else st.start))
-        allowed = self.max_changes * elapsed / 3600.0 + self.change_credit
-        return len(st.changes) + more <= allowed + 1e-9
+    def budget_left(self, ctx: PlanContext, st: TidalState) -> bool:
+        """One more change stays within the change budget (`within_budget`)."""
+        start = ctx.now if st.start is None else st.start
+        return moves.within_budget(st.changes, start, ctx.now, self.max_changes, self.change_credit)
 
     def _target(
         self, ctx: PlanContext, chosen: list[VariantProfile], lam: float, wait_rate: float
@@ -419,7 +420,7 @@ class Tidal:
         cur = ctx.current
         if cur is None:
             if target is None:
-                return self._infeasible(ctx, chosen, lam), st
+                return moves.overload_plan(self._full, self._dp, ctx, chosen, lam), st
             return target, replace(st, cheaper_since=None, target=None)
         # a transition in progress: shrink cores once the new replicas are ready
         if st.target is not None:
@@ -438,13 +439,13 @@ class Tidal:
                 # still at risk within a cold start of the last urgent change: the surge
                 # outruns the fast rate, so escalate (each step carries `escalate` x more)
                 # instead of one change per second behind it
-                lam_u = max(lam_u, self.escalate * _max_rps(cur, chosen))
+                lam_u = max(lam_u, self.escalate * moves.max_rps(cur, chosen))
             grown, st2 = self._grow(
                 ctx, st, chosen, lam_u, self._target(ctx, chosen, lam_u, r_fast) or target, r_fast
             )
             # an urgent change must add capacity (>= 5%); else re-solving each second for a
             # noisy rate flaps the plan without helping (measured: 800 changes/hour)
-            if _max_rps(grown, chosen) >= 1.05 * _max_rps(cur, chosen) or not fits(
+            if moves.max_rps(grown, chosen) >= 1.05 * moves.max_rps(cur, chosen) or not fits(
                 cur, ctx.capacity
             ):
                 return grown, replace(st2, urgent_at=ctx.now)
@@ -465,12 +466,40 @@ class Tidal:
             st = replace(st, cheaper_since=since)
             wait = self.hold_s if st.bridged else self.scale_down_after_s
             if ctx.now - since >= wait - 1e-9 and quiet and budget_left:
+                target = self._one_step(ctx, chosen, lam, rates.level, target)
                 moved = self._move(
                     ctx, replace(st, cheaper_since=None, bridged=False), target, r_fast
                 )
                 return moved if moved is not None else (cur, st)
             return cur, st
         return cur, replace(st, cheaper_since=None)
+
+    def _one_step(
+        self, ctx: PlanContext, chosen: list[VariantProfile], lam: float, level: float, target: Plan
+    ) -> Plan:
+        """A scale-down whose consolidation needs an interim plan (two changes: replicas one
+        way, cores the other) becomes the cheapest one-change plan (today's replicas, or
+        today's cores) when that saves `down_gain` too and costs within `down_gain` of it."""
+        cur = ctx.current
+        reps = [current_stage(ctx, s.stage) for s in ctx.stages]
+        if cur is None or any(r is None for r in reps) or not moves.two_step(ctx, target):
+            return target
+        n = [r.replicas for r in reps if r is not None]
+        c = [r.cores for r in reps if r is not None]
+        alts = [
+            p
+            for p in (
+                self.solve(ctx, chosen, lam, replicas=n, wait_rate=level),
+                self.solve(ctx, chosen, lam, cores=c, wait_rate=level),
+            )
+            if p is not None
+            and fits(p, ctx.capacity)
+            and p.total_cores < (1.0 - self.down_gain) * cur.total_cores - 1e-9
+        ]
+        best = min(alts, key=lambda p: p.total_cores, default=None)
+        if best is not None and best.total_cores <= (1.0 + self.down_gain) * target.total_cores:
+            return best
+        return target
 
     def _carries(
         self, plan: Plan, chosen: list[VariantProfile], lam: float, level: float, slo: float
@@ -520,7 +549,7 @@ class Tidal:
                 # the cheaper replica plan follows after `hold_s` (not a scale-down)
                 return vert, replace(st, bridged=True)
         if target is None:
-            return self._infeasible(ctx, chosen, lam), st
+            return moves.overload_plan(self._full, self._dp, ctx, chosen, lam), st
         return self._replicas_first(ctx, st, chosen, lam, target, r_now)
 
     def _replicas_first(
@@ -546,7 +575,7 @@ class Tidal:
                 return horiz, replace(st, target=None)
         cur = ctx.current
         if cur is not None and (
-            not self.at_risk(ctx, cur, chosen, r_now) or _max_rps(cur, chosen) >= r_now
+            not self.at_risk(ctx, cur, chosen, r_now) or moves.max_rps(cur, chosen) >= r_now
         ):
             return cur, st  # the plan in force carries today's rate: better than a dip
         return self._move(ctx, st, target)  # the dip is the lesser evil
@@ -562,83 +591,11 @@ class Tidal:
     def _move(
         self, ctx: PlanContext, st: TidalState, target: Plan, r_now: float | None = None
     ) -> tuple[Plan, TidalState] | None:
-        """Go to `target` without a dip in capacity while changes take effect: where it adds
-        replicas but shrinks cores, keep the larger cores until the new replicas are ready (a
-        cold start); where it removes replicas but grows cores, keep the replicas until the
-        larger cores are in place (an in-place resize is not instant, removing is). The
-        interim must fit the nodes; if it does not, the target at once, except (with
-        `r_now`) None when the remaining replicas at today's cores could not carry `r_now`
-        for the resize: that dip would refuse requests."""
-        stages: list[StagePlan] = []
-        interim_needed = False
-        dip = math.inf  # the least throughput of a shrinking stage while the move takes effect
-        for sp in target.stages:
-            cur = current_stage(ctx, sp.stage)
-            if cur is not None and sp.replicas > cur.replicas and cur.cores > sp.cores:
-                interim_needed = True
-                stages.append(sp.model_copy(update={"cores": cur.cores, "batch": cur.batch}))
-            elif cur is not None and sp.replicas < cur.replicas and sp.cores > cur.cores:
-                interim_needed = True
-                # today's batch until the cores are in place (a larger batch on the old
-                # cores would be slower than the SLO allows)
-                stages.append(sp.model_copy(update={"replicas": cur.replicas, "batch": cur.batch}))
-            else:
-                stages.append(sp)
-            if cur is not None and (sp.replicas < cur.replicas or sp.cores < cur.cores):
-                # applied at once, only the replicas both plans have run, on the smaller
-                # cores, until the new replicas start and the larger cores are in place
-                v = next(s.variants for s in ctx.stages if s.stage == sp.stage)
-                prof = next((p for p in v if p.name == sp.variants[0].name), v[0])
-                n, c = min(sp.replicas, cur.replicas), min(sp.cores, cur.cores)
-                dip = min(dip, n * prof.throughput(sp.batch, c))
-        interim = Plan(stages=tuple(stages))
-        if interim_needed and fits(interim, ctx.capacity):
-            return interim, replace(st, target=target)
-        if r_now is not None and dip < r_now:
+        """`interim_move`, with the target remembered while an interim is in force."""
+        plan = moves.interim_move(ctx, target, r_now)
+        if plan is None:
             return None
-        return target, replace(st, target=None)
-
-    def _infeasible(self, ctx: PlanContext, chosen: list[VariantProfile], lam: float) -> Plan:
-        """Overload: no plan carries `lam` with headroom on the nodes. Serve as much as the
-        nodes can: the cheapest plan (at utilisation 1) for the highest rate any plan that
-        fits carries within the SLO (bisection), kept while the plan in force carries >= 95%
-        of that (no flapping); its reason starts with "overload:". Flagged infeasible only
-        when nothing fits at all."""
-        reason = (
-            f"no plan carries {lam:.4g} req/s within the {ctx.slo_ms:g} ms SLO on "
-            f"{ctx.capacity.nodes} x {ctx.capacity.cores_per_node:g} cores"
-        )
-        lo, hi, best = 0.0, lam, None
-        for _ in range(10):
-            mid = (lo + hi) / 2
-            p = self._full.solve(replace(ctx, forecast=mid), chosen)
-            if p is not None and fits(p, ctx.capacity):
-                lo, best = mid, p
-            else:
-                hi = mid
-        cur = ctx.current
-        near = best is None or (
-            cur is not None and _max_rps(cur, chosen) >= 0.95 * _max_rps(best, chosen)
-        )
-        if cur is not None and near and fits(cur, ctx.capacity):
-            best = cur  # already (nearly) the most the nodes carry: no flapping
-        if best is None:
-            return self._dp.fastest(replace(ctx, forecast=lam), chosen, reason)
-        # the most the nodes carry within the SLO: a plan to apply (the controller keeps the
-        # last *feasible* plan, so flagging this one would leave a smaller plan in force);
-        # the reason says the load exceeds it
-        carried = _max_rps(best, chosen)
-        return best.model_copy(
-            update={"feasible": True, "reason": f"overload: {reason}; carries {carried:.4g}"}
-        )
-
-
-def _max_rps(plan: Plan, chosen: list[VariantProfile]) -> float:
-    """The rate a plan carries at full utilisation: its slowest stage's throughput."""
-    return min(
-        sp.replicas * v.throughput(sp.batch, sp.cores)
-        for sp, v in zip(plan.stages, chosen, strict=False)
-    )
+        return plan, replace(st, target=None if plan is target else target)
 
 
 __all__ = ["Tidal", "TidalOptions", "TidalState"]

@@ -188,3 +188,75 @@ def test_tidal_never_shrinks_the_running_replicas_below_the_load_while_new_ones_
     assert not t.at_risk(ctx, cur, [v], lam)
     plan, _ = t._replicas_first(ctx, TidalState(), [v], lam, target, lam)
     assert plan.stages != target.stages
+
+
+def test_tidal_change_budget_is_pro_rata_over_a_first_hour() -> None:
+    from tidal.planners.tidal_moves import within_budget
+
+    # 60 an hour: by 100 s one change is allowed (100/60 = 1.67), a second not yet
+    assert within_budget((), 0.0, 100.0, 60)
+    assert not within_budget((30.0,), 0.0, 100.0, 60)
+    assert within_budget((30.0,), 0.0, 120.0, 60)
+    # after the first hour: 60 in the last hour
+    assert within_budget(tuple(float(t) for t in range(59)), 0.0, 4000.0, 60)
+    assert not within_budget(tuple(float(t) for t in range(60)), 0.0, 4000.0, 60)
+    # the planner counts what the scoreboard counts: the first plan is no change
+    base = synthetic_context(1, rps=60.0, capacity=Capacity(1, 16.0))
+    plans, st = _run_tidal(_noisy([60.0] * 100 + [100.0] * 100 + [70.0] * 100, 2), base)
+    changes = sum(1 for a, b in zip(plans, plans[1:], strict=False) if a.stages != b.stages)
+    assert len(st.changes) == changes
+    # a non-urgent scale-down waits for budget: two changes at 10 s and 20 s use it up
+    cur = plans[-1]
+    assert not Tidal().budget_left(
+        dataclasses.replace(base, now=100.0, current=cur),
+        TidalState(changes=(10.0, 20.0), start=0.0),
+    )
+
+
+def test_tidal_escalates_behind_a_surge_instead_of_one_change_per_second() -> None:
+    # a plan in force that a surge has outrun: the first urgent change sizes for the fast
+    # rate x hedge; still at risk within a cold start of it, the next carries 2x more
+    base = synthetic_context(1, rps=20.0, capacity=Capacity(1, 64.0))
+    v = base.stages[0].variants[0]
+    cur = Plan(stages=(stage_plan("s0", v.name, 2, 1.0, 8),))
+    r = 1.2 * 2 * v.throughput(8, 1.0)  # 1.2x what it carries
+    hist = tuple([20.0] * 100 + [r] * 3)
+    ctx = dataclasses.replace(base, now=103.0, rate_history=hist, forecast=None, current=cur)
+
+    def carried(plan: Plan, st: Any) -> float:
+        goal = st.target if st.target is not None else plan  # where a bridge is heading
+        return float(min(s.replicas * v.throughput(s.batch, s.cores) for s in goal.stages))
+
+    first = Tidal().plan(dataclasses.replace(ctx, state=TidalState(start=0.0)))
+    again = Tidal().plan(
+        dataclasses.replace(ctx, state=TidalState(start=0.0, urgent_at=101.0, changes=(101.0,)))
+    )
+    assert r <= carried(*first) < 2 * carried(cur, TidalState())  # sized for the surge
+    # escalated: sized for 2x what the plan in force carries (the peak above the level is
+    # priced as its backlog's drain, so the capacity itself may stay a little below that)
+    assert carried(*again) > 1.2 * carried(*first)
+    off = Tidal(escalate=1.0).plan(
+        dataclasses.replace(ctx, state=TidalState(start=0.0, urgent_at=101.0, changes=(101.0,)))
+    )
+    assert carried(*off) < carried(*again)
+    assert again[1].urgent_at == 103.0
+
+
+def test_tidal_scales_down_in_one_change_when_two_would_save_little_more() -> None:
+    # 13 x 0.5 core in force; the cheapest plan for a lower load is 5 x 1 core (fewer
+    # replicas, more cores each: an interim and two changes). Fewer replicas at 0.5 core
+    # is one change; it is chosen when it costs within down_gain of the two-change plan
+    base = synthetic_context(1, rps=40.0, capacity=Capacity(1, 16.0))
+    v = base.stages[0].variants[0]
+    cur = Plan(stages=(stage_plan("s0", v.name, 13, 0.5, 8),))
+    ctx = dataclasses.replace(base, current=cur)
+    far = Plan(stages=(stage_plan("s0", v.name, 5, 1.0, 8),))
+    t = Tidal()
+    one = t._one_step(ctx, [v], 40.0, 40.0, far)
+    assert one.stages[0].cores == 0.5 or one.stages[0].replicas == 13  # one knob moved
+    assert one.total_cores < cur.total_cores
+    if one.total_cores > 1.05 * far.total_cores + 1e-9:
+        raise AssertionError("kept a one-change plan costing more than down_gain extra")
+    strict = Tidal(down_gain=0.0)  # no tolerance: the two-change plan unless one ties it
+    two = strict._one_step(ctx, [v], 40.0, 40.0, far)
+    assert two.total_cores <= far.total_cores + 1e-9
