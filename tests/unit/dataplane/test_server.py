@@ -261,3 +261,29 @@ def test_raise_fd_limit_never_lowers() -> None:
 
     before = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     assert raise_fd_limit() >= before
+
+
+class _HookedApp:
+    """echo_app with an `at_headers` hook: refuses /refuse, raises on /boom."""
+
+    def at_headers(self, scope: dict[str, Any]) -> Any:
+        if scope["path"] == "/boom":
+            raise RuntimeError("bug in the hook")
+        if scope["path"] == "/refuse":
+            return 503, [(b"content-type", b"application/json")], b'{"error":"no"}'
+        return None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await echo_app(scope, receive, send)
+
+
+@on_uvloop
+async def test_at_headers_answers_before_the_body_and_a_failing_hook_is_ignored() -> None:
+    async with running(LIM, app=_HookedApp()) as port:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"POST /refuse HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\n")
+        assert (await read_response(r))[::2] == (503, b'{"error":"no"}')  # body not sent yet
+        w.write(b"abc" + req("/boom", b"x") + req("/ok", b"y"))
+        assert (await read_response(r))[2] == b"POST /boom x"  # the normal path
+        assert (await read_response(r))[2] == b"POST /ok y"
+        w.close()
