@@ -121,12 +121,14 @@ class SimMonitor:
 
     def rate_history(self, stage: str | None = None) -> tuple[float, ...]:
         """Entry arrivals per second, oldest first (the last `history_s` whole seconds). At
-        t = 0 the service was already running: 60 s at the trace's first rate."""
+        t = 0 the service was already running: 60 s at the trace's first rate. The seconds of
+        the drain after the trace are 0-rate seconds, as a live monitor counts them (the
+        history keeps growing; it does not freeze on the trace's last second)."""
         sec = (self.now_us + self.shift_us) // US
         if self.now_us == 0:
             return tuple([self.warm_rate] * 60)
         lo = max(0, sec - self.history_s)
-        return tuple(self.entry_counts[lo:sec].astype(np.float64).tolist())
+        return tuple(_window(self.entry_counts, lo, sec).tolist())
 
     @property
     def budgets_ms(self) -> tuple[float, ...]:

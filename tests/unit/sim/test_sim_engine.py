@@ -176,3 +176,26 @@ def test_control_loop_runs_at_the_planner_interval() -> None:
 
     simulate(ONE, PROFILES, np.full(30, 2.0), Probe(), SimConfig(drain_s=0))
     assert calls == [0.0, 7.0, 14.0, 21.0, 28.0]
+
+
+def test_rate_history_counts_the_drain_as_zero_rate_seconds() -> None:
+    """After the trace's last second the planner sees 0-rate seconds appended, as a live
+    monitor would, not a history frozen at the trace's end."""
+    seen: dict[float, tuple[float, ...]] = {}
+
+    @dataclass
+    class Probe:
+        name: str = "probe"
+        interval_s: float = 5.0
+
+        def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+            seen[ctx.now] = ctx.rate_history
+            return Plan.single("s", "a", 1, 1.0, 1), None
+
+    simulate(ONE, PROFILES, np.full(10, 3.0), Probe(), SimConfig(drain_s=12))
+    late = [t for t in seen if t >= 15.0]
+    assert late, sorted(seen)
+    for t in late:
+        h = seen[t]
+        assert len(h) == int(t), (t, len(h))
+        assert sum(h[:10]) == pytest.approx(30.0) and all(r == 0.0 for r in h[10:]), (t, h)
