@@ -71,11 +71,11 @@ __all__ = ["HTTPError", "OIPApp", "parse_slo"]
 def _first_byte(scope: Scope, gw: Gateway) -> float | None:
     """The request's first-byte time (tidal.dataplane.server puts `time.monotonic()` in the
     scope) when the gateway runs on that clock; else None (the gateway uses its now)."""
-    t = (scope.get("state") or {}).get("tidal.t_first_byte")
-    return t if isinstance(t, float) and isinstance(gw.clock, MonotonicClock) else None
+    return _stamp(scope, "tidal.t_first_byte") if isinstance(gw.clock, MonotonicClock) else None
 
 
 def _stamp(scope: Scope, key: str) -> float | None:
+    """A float time the server put in the scope's state under `key`, else None."""
     t = (scope.get("state") or {}).get(key)
     return t if isinstance(t, float) else None
 
@@ -316,10 +316,10 @@ class OIPApp:
             raise OIPError(
                 400, f"Inference-Header-Content-Length {header_len} out of range 1..{len(body)}"
             )
+        t_first = _first_byte(scope, self.gw)
         if variant is None:  # priced before the decode (issue 13: tidal.dataplane.early)
             early = early_refusal(
-                self.gw, info.name, body, header_len, slo_header, _first_byte(scope, self.gw),
-                self.cfg.max_slo_ms,
+                self.gw, info.name, body, header_len, slo_header, t_first, self.cfg.max_slo_ms,
             )  # fmt: skip
             if early is not None:
                 scope.setdefault("state", {})["tidal.refused"] = "body"
@@ -338,7 +338,7 @@ class OIPApp:
         try:  # a client that hangs up cancels its request (tidal.dataplane.disconnect)
             named, res, sig = await until_disconnect(
                 receive,
-                oip_serve.infer(self.gw, info, req, variant, slo, _first_byte(scope, self.gw)),
+                oip_serve.infer(self.gw, info, req, variant, slo, t_first),
                 disconnect_hook(scope),
             )
         except ClientGone:
