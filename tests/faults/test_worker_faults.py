@@ -81,3 +81,24 @@ def test_worker_fault_under_load(
         # `tidal bench overload`, not asserted here: tests do not assert wall time.)
         slow = [r.latency_ms for r in summary.results if r.latency_ms > 4000]
         assert slow == [], slow
+
+
+def test_sigstopped_idle_worker_is_replaced_without_traffic(echo_gateway: GatewayProcess) -> None:
+    """No request is sent: the stopped worker never holds a batch, so only the idle-replica
+    liveness probe can find it (without it the victim stays a ready replica forever)."""
+    gw = echo_gateway
+    reset_plan(gw, 2)
+    _wait_replaced(gw, -1, 2)
+    gw.wait_idle()
+    before = gw.stats()["echo"]
+    victim = gw.worker_pids()[0]
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        _wait_replaced(gw, victim, 2, timeout_s=30)
+    finally:
+        if victim in gw.worker_pids():  # not replaced: let the gateway's stop reap it
+            os.kill(victim, signal.SIGCONT)
+    after = gw.stats()["echo"]
+    assert after["watchdog_kills"] - before["watchdog_kills"] == 1
+    assert after["replica_deaths"] - before["replica_deaths"] == 1
+    assert after["arrivals"] == before["arrivals"]  # found without any request

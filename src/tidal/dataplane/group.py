@@ -50,7 +50,7 @@ from tidal.dataplane.scheduler import (
     WakeAt,
 )
 from tidal.dataplane.timers import LoopTimers, Offload, TimerHandle, Timers
-from tidal.dataplane.watchdog import LaneWatchdog, Sick, WatchdogConfig
+from tidal.dataplane.watchdog import IDLE, LaneWatchdog, Sick, WatchdogConfig
 from tidal.dataplane.worker import WorkerDied
 
 log = logging.getLogger("tidal.dataplane")
@@ -102,10 +102,11 @@ class VariantGroup:
         self.core_s = 0.0
         self._acct_t = clock.now()
         self.closed = False
-        # Issue 13: the batch watchdog (overdue or stalled batch -> replica sick, killed and
-        # replaced) and the cold-start estimate that lets requests wait for a replacement.
+        # Issue 13: the batch watchdog (overdue or stalled batch, or a stopped idle worker ->
+        # replica sick, killed and replaced) and the cold-start estimate that lets requests
+        # wait for a replacement.
         self.watchdog = LaneWatchdog(
-            watchdog or WatchdogConfig(), clock, self.timers, self._on_sick
+            watchdog or WatchdogConfig(), clock, self.timers, self._on_sick, self._idle_ready
         )
         self._cold_est: float | None = None
         self._replacing = False
@@ -122,6 +123,14 @@ class VariantGroup:
     # ---------------------------------------------------------------- accounting
     def ready(self) -> list[Replica]:
         return [r for r in self.replicas if r.state == READY]
+
+    def _idle_ready(self) -> list[tuple[int, Any]]:
+        """(id, executor) of the ready replicas with nothing in flight (the idle probe's)."""
+        return [
+            (r.id, r.executor)
+            for r in self.replicas
+            if r.state == READY and not r.busy and r.executor is not None
+        ]
 
     def starting(self) -> int:
         return sum(1 for r in self.replicas if r.state == STARTING and not r.retire_when_started)
@@ -495,15 +504,22 @@ class VariantGroup:
         self.sched.on_replica_ready(rep.id, now)
         rep.ready_at = now
         self._arm_sweep()
+        self.watchdog.arm()
         if rep.applied_cores != rep.cores:
             self._spawn(self._resize_idle(rep))
         self.pump()
 
     def _on_sick(self, sick: Sick) -> None:
-        """The watchdog found `sick.replica`'s batch overdue or its worker stalled: no new
-        batches on it, kill the worker; the death path retries or answers the batch."""
+        """The watchdog found `sick.replica`'s batch overdue or its worker stalled, or the
+        idle replica's worker stopped (`IDLE`): no new batches on it, kill the worker; the
+        death path retries or answers the batch (an idle one has none) and replaces it."""
         rep = next((r for r in self.replicas if r.id == sick.replica), None)
-        if rep is None or rep.state == DEAD or sick.batch_id not in self.sched.inflight:
+        if rep is None or rep.state == DEAD:
+            return
+        idle = sick.batch_id == IDLE
+        if idle and (rep.state != READY or rep.busy):
+            return  # it took a batch meanwhile: the batch rules judge it
+        if not idle and sick.batch_id not in self.sched.inflight:
             return
         self.counters.watchdog_kills += 1
         rep.sick_reason = sick.reason  # type: ignore[attr-defined]
@@ -518,7 +534,7 @@ class VariantGroup:
         kill = getattr(ex, "kill", None)
         if callable(kill):
             kill()  # the batch's call then fails with WorkerDied: the death path runs
-        else:
+        if idle or not callable(kill):  # no batch call to fail: take the death path now
             self._on_death(rep, f"killed by the watchdog: {sick.reason}")
 
     def _stop(self, rep: Replica) -> None:

@@ -9,20 +9,34 @@ the driver probing every `PROBE_S`, a SIGSTOPped worker is found within ``predic
 + PROBE_S`` of the stop (defaults: predicted + 0.75 s + 0.1 s, inside the issue's 1 s +
 predicted).
 
+An *idle* replica (ready, no batch watched on it) has no batch to be late: its worker is
+probed too (`check_idle`), and one found stopped (state ``T``/``t``) on every probe for
+``stall_s`` is sick, so a SIGSTOPped idle worker is replaced within ``stall_s + 2 x PROBE_S``
+of the stop instead of being found only once a request is sent to it. An idle worker is
+asleep on its socket and uses no CPU, so only the stopped state counts there (no "no CPU
+progress" rule); a replica holding a batch is judged by the batch rules only, so a long batch
+that makes progress is never killed by the idle probe. What the state probe cannot see: an
+idle worker hung while runnable or sleeping (e.g. a deadlocked reader thread); that one is
+found by the batch rules the first time it holds a batch.
+
 The driver's contract (`tidal.dataplane.group`): `watch` each dispatched batch, `forget` it when
-it ends, call `check(now, probe)` every `PROBE_S` while batches are in flight; for each
-verdict mark the replica sick in the scheduler, SIGKILL its worker, and let the death path
-retry the batch on another replica (deadline permitting) or answer 504 with the reason.
+it ends, call `check(now, probe)` every `PROBE_S` while batches are in flight and
+`check_idle(now, idle, probe)` while idle replicas have a process to probe; for each verdict
+mark the replica sick in the scheduler, SIGKILL its worker, and let the death path retry the
+batch on another replica (deadline permitting) or answer 504 with the reason (an idle
+verdict, `batch_id == IDLE`, has nothing to retry: the replica is replaced).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 PROBE_S = 0.1
+IDLE = -1
+"""`Sick.batch_id` of a verdict on an idle replica (no batch)."""
 Probe = Callable[[int], "tuple[str, int] | None"]
 """pid -> (process state letter, cumulative CPU ticks) or None when the process is gone."""
 
@@ -69,6 +83,7 @@ class Watchdog:
     def __init__(self, cfg: WatchdogConfig | None = None) -> None:
         self.cfg = cfg or WatchdogConfig()
         self._w: dict[int, _Watch] = {}
+        self._stopped: dict[int, float] = {}  # idle replica -> first probe that saw it stopped
 
     def __len__(self) -> int:
         return len(self._w)
@@ -119,6 +134,35 @@ class Watchdog:
                 del self._w[bid]
         return out
 
+    def check_idle(self, now: float, idle: Mapping[int, int], probe: Probe) -> list[Sick]:
+        """Idle replicas (`idle`: replica id -> worker pid) whose worker every probe found
+        stopped for `stall_s` by `now` (each reported once). A replica with a watched batch,
+        no pid, or a gone process (the death path's case) is skipped and its history reset."""
+        busy = {w.replica for w in self._w.values()}
+        for rep in [r for r in self._stopped if r not in idle or r in busy]:
+            del self._stopped[rep]
+        out: list[Sick] = []
+        for rep, pid in idle.items():
+            if rep in busy or not pid:
+                continue
+            got = probe(pid)
+            if got is None or got[0] not in ("T", "t"):
+                self._stopped.pop(rep, None)
+                continue
+            since = self._stopped.setdefault(rep, now)
+            if now - since >= self.cfg.stall_s:
+                del self._stopped[rep]
+                out.append(
+                    Sick(
+                        IDLE,
+                        rep,
+                        pid,
+                        f"idle worker {pid} stopped (state {got[0]}) for {now - since:.3f} s "
+                        f"(liveness probe every {PROBE_S:g} s)",
+                    )
+                )
+        return out
+
     def next_check(self, now: float) -> float:
         """When the next check is due (inf with nothing in flight)."""
         if not self._w:
@@ -126,12 +170,18 @@ class Watchdog:
         return now + PROBE_S
 
 
+IdleReplicas = Callable[[], Iterable[tuple[int, Any]]]
+"""The lane's idle ready replicas now: (replica id, executor) pairs."""
+
+
 class LaneWatchdog:
     """The driver side for one lane: a `Watchdog`, its one timer on the injected clock, and
     the executors to probe. `on_sick(Sick)` is called for each verdict (the driver marks the
     replica sick and kills its worker). Executors are probed through their own
     `progress()` (WorkerHandle: its child's /proc entry), never by a bare pid: an in-process
-    fake has no process, and a pid alone could name someone else's process."""
+    fake has no process, and a pid alone could name someone else's process. `idle()` lists
+    the idle ready replicas for the idle probe; the timer runs while a batch is watched or an
+    idle replica has a `progress()` to probe (call `arm` when a replica becomes ready)."""
 
     def __init__(
         self,
@@ -139,11 +189,13 @@ class LaneWatchdog:
         clock: Any,
         timers: Any,
         on_sick: Callable[[Sick], None],
+        idle: IdleReplicas | None = None,
     ) -> None:
         self.dog = Watchdog(cfg)
         self.clock = clock
         self.timers = timers
         self.on_sick = on_sick
+        self.idle = idle
         self._execs: dict[int, Any] = {}
         self._timer: Any = None
 
@@ -155,6 +207,21 @@ class LaneWatchdog:
         self.dog.watch(batch_id, replica, pid, start, end, due)
         if self._timer is None:
             self._timer = self.timers.call_at(start + PROBE_S, self._tick)
+
+    def arm(self) -> None:
+        """Start the timer if it is not running (a replica became ready: probe it idle)."""
+        if self._timer is None and self._idle_probes():
+            self._timer = self.timers.call_at(self.clock.now() + PROBE_S, self._tick)
+
+    def _idle_probes(self) -> dict[int, Any]:
+        """replica id -> executor, for the idle replicas whose executor can be probed."""
+        if self.idle is None:
+            return {}
+        return {
+            rid: ex
+            for rid, ex in self.idle()
+            if int(getattr(ex, "pid", 0) or 0) and callable(getattr(ex, "progress", None))
+        }
 
     def on_end(self, batch_id: int) -> None:
         self.dog.forget(batch_id)
@@ -173,7 +240,13 @@ class LaneWatchdog:
         for sick in self.dog.check(now, self._probe_for):
             self._execs.pop(sick.batch_id, None)
             self.on_sick(sick)
-        if len(self.dog):
+        idle = self._idle_probes()
+        if idle:
+            pids = {rid: int(ex.pid) for rid, ex in idle.items()}
+            by_pid = {int(ex.pid): ex for ex in idle.values()}
+            for sick in self.dog.check_idle(now, pids, lambda pid: by_pid[pid].progress()):
+                self.on_sick(sick)
+        if len(self.dog) or self._idle_probes():
             self._timer = self.timers.call_at(now + PROBE_S, self._tick)
 
     def close(self) -> None:
@@ -198,7 +271,9 @@ def proc_progress(pid: int) -> tuple[str, int] | None:
 
 
 __all__ = [
+    "IDLE",
     "PROBE_S",
+    "IdleReplicas",
     "LaneWatchdog",
     "Sick",
     "Watchdog",
