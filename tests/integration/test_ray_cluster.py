@@ -1,7 +1,8 @@
 """The Ray substrate on a real local multi-node cluster (`ray.cluster_utils.Cluster`: one
 head with no CPU, worker nodes of 2 logical CPUs, each a real raylet with its own processes).
 
-Under open-loop load through the live gateway it checks: scale-out across nodes; Ray's own
+Under open-loop load through the live gateway it checks: scale-out across nodes; batches
+sent straight from the gateway to each worker process (not through its actor); Ray's own
 resource view equals Tidal's cores (placement groups hold them); CPU pins that never overlap
 on a node, and an in-place resize read back from the kernel inside the actors; an
 over-capacity plan that stays pending and is placed once a node is added; a node removed
@@ -11,8 +12,11 @@ duplicated). Marked `ray`: `make test-ray` runs it (CI does)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -64,6 +68,28 @@ async def until(cond: Any, timeout_s: float = 60.0) -> None:
             return
         await asyncio.sleep(0.1)
     assert cond()
+
+
+def tcp_sockets(pid: int) -> list[tuple[str, str]]:
+    """(local, remote) hex address:port of the TCP sockets `pid` holds (/proc/PID/net/tcp)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    rows = [ln.split() for ln in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]]
+    return [(r[1], r[2]) for r in rows if r[9] in inodes]
+
+
+def assert_direct(worker_pid: int) -> None:
+    """The worker's data sockets are two TCP connections whose other ends this process (the
+    gateway) holds: batches do not pass through its actor (the relay had Unix socketpairs
+    between the actor and the worker)."""
+    conns = tcp_sockets(worker_pid)
+    assert len(conns) == 2, conns
+    here = {local for local, _ in tcp_sockets(os.getpid())}
+    assert {remote for _, remote in conns} <= here, (conns, here)
 
 
 def ready_execs(gw: Any) -> list[RayExecutor]:
@@ -167,6 +193,8 @@ def test_ray_cluster_end_to_end(cluster: Any) -> None:
                     for b in sets[i + 1 :]:
                         assert a.isdisjoint(b), by_node
             pids = {e.pid for e in execs}
+            for pid in pids:
+                assert_direct(pid)
 
             # 2) Resize in place 1 -> 0.5 cores: same processes; the kernel and Ray agree.
             await gw.apply_plan(Plan.single("m", "noop", replicas=3, cores=0.5, batch=4))

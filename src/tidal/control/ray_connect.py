@@ -152,3 +152,33 @@ def authority() -> Any:
     return cls.options(
         name=AUTHORITY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True, **opts
     ).remote()
+
+
+# ------------------------------------------------------------------ holds and affinity
+def _hold(cores: float, node: str | None) -> Any:
+    """A placement group holding `cores` CPUs (on `node` when given)."""
+    from ray.util.placement_group import placement_group
+
+    selector = [{NODE_LABEL: node}] if node else None
+    return placement_group(
+        [{"CPU": float(cores)}], strategy="STRICT_PACK", bundle_label_selector=selector
+    )
+
+
+def _remove(pg: Any) -> None:
+    from ray.util.placement_group import remove_placement_group
+
+    remove_placement_group(pg)
+
+
+def _hold_node(pg: Any) -> str:
+    from ray.util.placement_group import placement_group_table
+
+    node: str = placement_group_table(pg)["bundles_to_node_id"][0]
+    return node
+
+
+def _node_affinity(node: str) -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=node, soft=False)

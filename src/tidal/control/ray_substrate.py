@@ -22,8 +22,13 @@ How a replica's cores are held, so Ray's scheduler and autoscaler see the truth:
 - One **placement authority** per cluster, a detached named actor (``tidal-placement`` in
   namespace ``tidal``) holding the book, pins CPUs per node without overlap across every
   actor and gateway; nothing is counted privately in an actor process.
-- The gateway routes batches to actors (`infer_async`); an actor whose node died raises
-  `WorkerDied`, the gateway retries the batch within its deadline and replaces the replica.
+- Batches do not pass through the actor: it starts the replica's worker process on two TCP
+  connections the gateway opened to it (`tidal.control.ray_worker`: 127.0.0.1 on the
+  gateway's host, token-checked), and the gateway sends each batch straight to the worker
+  with the data plane's frame codec, as on the local substrate. The actor owns the worker's
+  lifetime (start, resize in place, kill, stop). A worker whose node or actor died closes its
+  connection: `WorkerDied`, the gateway retries the batch within its deadline and replaces
+  the replica.
 
 ``tidal serve config.yaml --substrate ray --address ADDR`` wires these in.
 """
@@ -44,75 +49,27 @@ from tidal.control.local import LocalActuator
 from tidal.control.ray_connect import (
     AUTHORITY_NAME,
     NAMESPACE,
-    NODE_LABEL,
     PlacementAuthority,
+    _hold,
+    _hold_node,
+    _node_affinity,
     _ray,
+    _remove,
     authority,
     connect,
 )
+from tidal.control.ray_worker import DirectWorker, ReplicaActor, kernel_id, open_channels, shares
 from tidal.core.capacity import Capacity
+from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
+from tidal.dataplane.worker import START_TIMEOUT_S, WorkerDied
 
 log = logging.getLogger("tidal.control.ray")
+WORKER_BINDS = ("loopback", "node")
 
 
 # ------------------------------------------------------------------ replicas
-class ReplicaActor:
-    """Body of a replica actor: one Tidal worker process pinned to the granted CPUs."""
-
-    def __init__(self, variant: str = "") -> None:
-        self.variant = variant  # '' for a standby: `start` names it
-        self.handle: Any = None
-
-    def where(self) -> tuple[str, list[int], str]:
-        """(node id, usable CPU ids, kernel boot id) of this actor's process: raylets on one
-        kernel share its CPU ids (the book spreads their pins over them)."""
-        ray = _ray()
-        return ray.get_runtime_context().get_node_id(), sorted(os.sched_getaffinity(0)), _boot_id()
-
-    def start(self, cores: float, cpus: list[int], variant: str = "") -> dict[str, Any]:
-        from tidal.dataplane.worker import WorkerHandle
-
-        self.variant = variant or self.variant
-        self.handle = WorkerHandle.start(self.variant, cores, cpus=tuple(cpus))
-        return {
-            "pid": self.handle.pid,
-            "cold_start_s": self.handle.cold_start_s,
-            "mechanism": self.handle.mechanism,
-        }
-
-    def infer(self, batch: Any) -> Any:
-        return self.handle.infer(batch)
-
-    def resize(self, cores: float, cpus: list[int]) -> float:
-        return float(self.handle.resize(cores, tuple(cpus)))
-
-    def cpu_state(self) -> dict[str, Any]:
-        """The quota and CPU sets in force, read back from the kernel inside the actor."""
-        st = self.handle.cpu_state()
-        return {
-            "mechanism": st.mechanism,
-            "quota_cores": st.quota_cores,
-            "cpus": list(st.cpus),
-            "threads_agree": st.threads_agree,
-            "pid": self.handle.pid,
-        }
-
-    def stop(self) -> None:
-        if self.handle is not None:
-            self.handle.stop()
-
-
-def _boot_id() -> str:
-    """This kernel's boot id ('' where there is none: the node then has CPUs of its own)."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
-
-
 _ACTOR_LOCK = threading.Lock()
 _ACTOR: Any = None
 
@@ -125,29 +82,6 @@ def _actor_class() -> Any:
             # max_concurrency=1: one batch or resize at a time, as the data plane expects.
             _ACTOR = _ray().remote(num_cpus=0, max_restarts=0, max_concurrency=1)(ReplicaActor)
         return _ACTOR
-
-
-def _hold(cores: float, node: str | None) -> Any:
-    """A placement group holding `cores` CPUs (on `node` when given)."""
-    from ray.util.placement_group import placement_group
-
-    selector = [{NODE_LABEL: node}] if node else None
-    return placement_group(
-        [{"CPU": float(cores)}], strategy="STRICT_PACK", bundle_label_selector=selector
-    )
-
-
-def _remove(pg: Any) -> None:
-    from ray.util.placement_group import remove_placement_group
-
-    remove_placement_group(pg)
-
-
-def _hold_node(pg: Any) -> str:
-    from ray.util.placement_group import placement_group_table
-
-    node: str = placement_group_table(pg)["bundles_to_node_id"][0]
-    return node
 
 
 class RayExecutor:
@@ -177,6 +111,8 @@ class RayExecutor:
         self._dead = False
         self._stopped = False
         self.actor: Any = None
+        self.direct: DirectWorker | None = None
+        self.cold_start_s = 0.0
         auth = factory.authority
         claim = factory.claim(cores)
         try:
@@ -197,53 +133,106 @@ class RayExecutor:
                 )
             self.node = _hold_node(pg)
             self.actor = factory.take_standby(self.node)
-            node, cpu_ids, host = ray.get(self.actor.where.remote(), timeout=120)
+            at = ray.get(self.actor.where.remote(), timeout=120)
+            node, cpu_ids = at["node"], at["cpus"]
             grant = ray.get(
                 auth.reserve.remote(
-                    self.replica_id, node, cores, factory.node_cores(node), cpu_ids, host
+                    self.replica_id, node, cores, factory.node_cores(node), cpu_ids,
+                    at["kernel"]["boot"],
                 ),
                 timeout=30,
-            )
+            )  # fmt: skip
             if grant is None:
                 raise TidalError(
                     f"the placement authority has no CPUs for {cores:g} cores on node "
                     f"{node[:8]} (used {ray.get(auth.used.remote(), timeout=30)})"
                 )
             self.cpus: tuple[int, ...] = tuple(grant.cpus)
-            info = ray.get(self.actor.start.remote(cores, list(self.cpus), variant), timeout=300)
+            info = self._start_worker(at, cores)
         except BaseException:
             self._cleanup()
             raise
         finally:
             factory.unclaim(claim, cores)
         self.pid: int = int(info["pid"])
-        self.cold_start_s: float = float(info["cold_start_s"])
         self.mechanism = str(info["mechanism"])
         factory.track(self)
 
-    async def infer_async(self, batch: np.ndarray) -> np.ndarray:
-        from tidal.dataplane.worker import WorkerDied
-
+    def _start_worker(self, at: dict[str, Any], cores: float) -> dict[str, Any]:
+        """The direct data path (`tidal.control.ray_worker`): the actor listens, this
+        gateway connects, the actor spawns the worker on those connections, and its READY
+        comes here. 127.0.0.1 when this gateway shares the node's network namespace, else
+        the node's address if `worker_bind` is "node" (TidalError naming it otherwise)."""
         ray = _ray()
+        here = kernel_id()
+        if shares(here, at["kernel"], "net"):
+            host = "127.0.0.1"
+        elif self.factory.worker_bind == "node":
+            host = str(at["ip"])
+        else:
+            raise TidalError(
+                f"Ray node {self.node[:8]} ({at['ip']}) is another host: its worker would "
+                "have to listen on the node's address; allow it with worker_bind='node' "
+                "(TIDAL_RAY_WORKER_BIND=node; docs/deploy.md, multi-host)"
+            )
+        t0 = self.factory.clock.now()
+        port, token = ray.get(self.actor.listen.remote(host), timeout=30)
+        sync, asock = open_channels(host, int(port), token)
+        where = f"on node {self.node[:8]}"
+        self.direct = DirectWorker.attach(
+            self.variant, cores, sync, asock, where=where,
+            local_pid=shares(here, at["kernel"], "pid"),
+            on_kill=lambda: self.actor.kill_worker.remote(),
+        )  # fmt: skip
+        info: dict[str, Any] = ray.get(
+            self.actor.start.remote(cores, list(self.cpus), self.variant), timeout=300
+        )
         try:
-            out: np.ndarray = await self.actor.infer.remote(batch)
-            return out
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as e:
+            self.direct.wait_ready(START_TIMEOUT_S)
+        except WorkerDied as e:
+            tail = ray.get(self.actor.stderr_tail.remote(), timeout=30)
+            raise WorkerDied(f"{e}: {tail}") from None
+        ray.get(self.actor.settle.remote(), timeout=30)
+        self.cold_start_s = self.factory.clock.now() - t0
+        if not info.get("main_thread", True):
+            log.warning("replica %s: its actor spawned the worker off its main thread; the "
+                        "worker may outlive the actor", self.replica_id)  # fmt: skip
+        return info
+
+    def _conn(self) -> DirectWorker:
+        if self.direct is None:
+            raise WorkerDied(f"replica {self.replica_id} has no worker connection")
+        return self.direct
+
+    async def infer_async(self, batch: np.ndarray) -> np.ndarray:
+        """One batch straight to the worker (no Ray call); WorkerDied once it is gone."""
+        try:
+            return await self._conn().infer_async(batch)
+        except WorkerDied:
             self._dead = True
-            raise WorkerDied(
-                f"Ray actor of {self.variant} on node {self.node[:8]} died: {e}"
-            ) from e
+            raise
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Blocking variant (the gateway's calibration uses it)."""
-        out: np.ndarray = _ray().get(self.actor.infer.remote(batch), timeout=60)
-        return out
+        try:
+            return self._conn().infer(batch)
+        except WorkerDied:
+            self._dead = True
+            raise
+
+    def progress(self) -> tuple[str, int] | None:
+        """The watchdog's probe where this gateway shares the worker's pid namespace."""
+        return self.direct.progress() if self.direct is not None else None
+
+    def kill(self) -> None:
+        """SIGKILL the worker through its actor (the watchdog found it sick): its connection
+        closes and pending batches fail with WorkerDied."""
+        if self.direct is not None:
+            self.direct.kill()
 
     def resize(self, cores: float) -> float:
         """Resize in place, holding the cores in Ray first; TidalError (unchanged) if the node
         has no room, WorkerDied if the actor is gone."""
-        from tidal.dataplane.worker import WorkerDied
-
         ray = _ray()
         auth = self.factory.authority
         old = self.cores
@@ -268,13 +257,11 @@ class RayExecutor:
 
     def _rehold(self, old: float, new: float) -> None:
         ray = _ray()
-        from ray.util.placement_group import remove_placement_group
-
         if new > old + 1e-9:
             pg = _hold(new - old, self.node)
             ready, _ = ray.wait([pg.ready()], timeout=self.grow_timeout_s)
             if not ready:
-                remove_placement_group(pg)
+                _remove(pg)
                 raise TidalError(
                     f"Ray has no {new - old:g} free CPUs on node {self.node[:8]} to grow "
                     f"{self.variant} to {new:g} cores"
@@ -284,7 +271,7 @@ class RayExecutor:
             # Release first, then hold the smaller size on the same node (it fits: we just
             # freed more than we ask). Ray counts the new size from here on.
             for pg in self._holds:
-                remove_placement_group(pg)
+                _remove(pg)
             self._holds = []
             pg = _hold(new, self.node)
             ray.wait([pg.ready()], timeout=30)
@@ -297,8 +284,8 @@ class RayExecutor:
 
     def _cleanup(self) -> None:
         ray = _ray()
-        from ray.util.placement_group import remove_placement_group
-
+        if self.direct is not None:
+            self.direct.stop()
         if self.actor is not None:
             try:
                 ray.kill(self.actor, no_restart=True)
@@ -306,7 +293,7 @@ class RayExecutor:
                 log.info("killing %s: %s", self.replica_id, e)
         for pg in self._holds:
             try:
-                remove_placement_group(pg)
+                _remove(pg)
             except Exception as e:
                 log.info("removing a hold of %s: %s", self.replica_id, e)
         self._holds = []
@@ -322,6 +309,8 @@ class RayExecutor:
         self._stopped = True
         ray = _ray()
         try:
+            if self.direct is not None:
+                self.direct.stop()  # SHUTDOWN, connections closed: the worker exits
             if not self._dead and self.actor is not None:
                 ray.get(self.actor.stop.remote(), timeout=10)
         except Exception as e:  # dead node or actor: nothing left to stop
@@ -330,17 +319,12 @@ class RayExecutor:
             self._cleanup()
 
     def alive(self) -> bool:
-        return not self._dead and not self._stopped
+        direct = self.direct
+        return not self._dead and not self._stopped and direct is not None and direct.alive()
 
     def mark_dead(self) -> None:
         """Its node is gone (the factory's node watch): not alive() from now on."""
         self._dead = True
-
-
-def _node_affinity(node: str) -> Any:
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    return NodeAffinitySchedulingStrategy(node_id=node, soft=False)
 
 
 class RayFactory:
@@ -349,6 +333,11 @@ class RayFactory:
     `autoscale_max_nodes`: when the cluster can grow (KubeRay's autoscaler), the planners see
     that many nodes of the current node size; replicas beyond the nodes present stay pending
     until the autoscaler adds a node.
+
+    `worker_bind` (default: $TIDAL_RAY_WORKER_BIND, else "loopback"): where a replica's
+    worker listens for this gateway's connections. "loopback": 127.0.0.1 only, so a replica
+    on a node in another network namespace (another host) fails to start, naming this
+    option; "node": the node's address (token-checked, unencrypted: docs/deploy.md).
     """
 
     def __init__(
@@ -358,7 +347,17 @@ class RayFactory:
         *,
         autoscale_max_nodes: int | None = None,
         pending_timeout_s: float = 600.0,
+        worker_bind: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        bind = worker_bind or os.environ.get("TIDAL_RAY_WORKER_BIND") or "loopback"
+        if bind not in WORKER_BINDS:
+            raise TidalError(
+                f"worker_bind {bind!r} is not one of {', '.join(WORKER_BINDS)} "
+                "(TIDAL_RAY_WORKER_BIND or RayFactory(worker_bind=...))"
+            )
+        self.worker_bind = bind
+        self.clock: Clock = clock or MonotonicClock()
         self.address = address
         self.cores_per_node = cores_per_node
         self.autoscale_max_nodes = autoscale_max_nodes
@@ -470,8 +469,6 @@ class RayFactory:
         extra = cpus - (self.cores_per_node or cpus)
         if extra < 1e-4 or node in self._fillers:
             return
-        from ray.util.placement_group import remove_placement_group
-
         with self._fill_lock:
             if node in self._fillers or self._closing.is_set():
                 return
@@ -480,7 +477,7 @@ class RayFactory:
             if ready:
                 self._fillers[node] = pg
                 return
-            remove_placement_group(pg)
+            _remove(pg)
         log.warning("node %s: could not hold its %.3g CPUs beyond Tidal's", node[:8], extra)
 
     def node_cores(self, node: str) -> float:
@@ -542,8 +539,6 @@ class RayFactory:
         if self._authority is None:
             return
         ray = _ray()
-        from ray.util.placement_group import remove_placement_group
-
         with self._lock:
             spares, self._standby = list(self._standby.values()), {}
         for actor in spares:
@@ -554,7 +549,7 @@ class RayFactory:
         with self._fill_lock:
             for pg in self._fillers.values():
                 try:
-                    remove_placement_group(pg)
+                    _remove(pg)
                 except Exception as e:  # its node is gone
                     log.info("removing a node hold: %s", e)
             self._fillers = {}
