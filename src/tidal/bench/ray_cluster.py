@@ -30,10 +30,11 @@ checking that its setup (slowdown, SLO, requests, cores, policy) is the same; it
 averages are kept with it.
 
 It prints requests, violations (refused, expired, late and errors count) and their rate, p99
-and core-seconds of every run, the differences in percentage points against `local`, and the
-load average at start and end. This is a benchmark: it asserts nothing; the machine is shared
-and every run sees its noise (on a 2-core machine the 3 "nodes" share the same two physical
-cores).
+and core-seconds of every run, each stage's observed latency over its profile's (median and
+p90 over the controller's decisions, from the decision log), the differences in percentage
+points against `local`, and the load average at start and end. This is a benchmark: it
+asserts nothing; the machine is shared and every run sees its noise (on a 2-core machine the
+3 "nodes" share the same two physical cores).
 """
 
 from __future__ import annotations
@@ -154,7 +155,31 @@ def _run(name: str, setup: Any, policy: str, nodes: int, work: Path) -> dict[str
         s = live_summary(run_policy(setup, policy, work, server_args=args))
     else:
         s = _ray_run(setup, policy, nodes, per_node, work)
-    return {**s, "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+    slow = stage_slowdowns(work / f"decisions-{policy}.jsonl")
+    return {**s, "stage_slowdown": slow, "loadavg_start": load0, "loadavg_end": os.getloadavg()}
+
+
+def stage_slowdowns(path: Path) -> dict[str, dict[str, float]]:
+    """Per stage, the median and p90 over the run's decisions of the latency the controller
+    observed divided by the profile's (`inputs.slowdown` in the decision log; decisions
+    without traffic on a stage report none), and how many decisions reported one."""
+    import json
+
+    import numpy as np
+
+    per: dict[str, list[float]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            for stage, v in (json.loads(line).get("inputs", {}).get("slowdown") or {}).items():
+                per.setdefault(stage, []).append(float(v))
+    return {
+        st: {
+            "median": float(np.median(v)),
+            "p90": float(np.percentile(v, 90)),
+            "decisions": float(len(v)),
+        }
+        for st, v in sorted(per.items())
+    }
 
 
 def _ray_run(setup: Any, policy: str, nodes: int, per_node: float, work: Path) -> dict[str, Any]:
@@ -219,6 +244,16 @@ def format_report(r: dict[str, Any]) -> str:
             f"{100 * s['slo_violation_rate']:>7.2f}% {p99:>8} {s['core_seconds']:>7.1f}  "
             f"{la0[0]:>4.1f} / {la1[0]:<4.1f}" + (f"  ({causes})" if causes else "") + flags
         )
+    lines.append("observed / profile latency per stage over the decisions (median, p90):")
+    for name in RUNS:
+        s = r["runs"].get(name)
+        if s is None or not s.get("stage_slowdown"):
+            continue
+        parts = [
+            f"{st} x{v['median']:.2f} (p90 x{v['p90']:.2f})"
+            for st, v in s["stage_slowdown"].items()
+        ]
+        lines.append(f"  {name:<12} " + ", ".join(parts))
     for k, pp in r["pp"].items():
         lines.append(f"violations, {k}: {pp:+.2f} pp")
     la0, la1 = r["loadavg_start"], r["loadavg_end"]

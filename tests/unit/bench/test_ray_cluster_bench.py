@@ -3,6 +3,7 @@ setup, and the report prints every run with its load average and the differences
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -54,3 +55,25 @@ def test_report_has_every_run_and_the_differences() -> None:
     text = format_report(r)
     assert "local" in text and "2.00%" in text and "[earlier invocation]" in text
     assert "5.00%" in text and "ray - local: +3.00 pp" in text and "4.0 / 5.0" in text
+
+
+def test_stage_slowdowns_read_the_decision_log(tmp_path: Any) -> None:
+    from tidal.bench.ray_cluster import stage_slowdowns
+
+    log = tmp_path / "decisions-themis.jsonl"
+    rows = [{"inputs": {"slowdown": {}}}] + [
+        {"inputs": {"slowdown": {"nlp": float(k), "classify": 2.0}}} for k in range(1, 12)
+    ]
+    log.write_text("\n".join(json.dumps(r) for r in rows))
+    got = stage_slowdowns(log)
+    assert got["nlp"]["median"] == pytest.approx(6.0)
+    assert got["nlp"]["p90"] == pytest.approx(10.0)
+    assert got["classify"] == {"median": 2.0, "p90": 2.0, "decisions": 11.0}
+    assert stage_slowdowns(tmp_path / "missing.jsonl") == {}
+    r = {
+        "trace": "t", "policy": "themis", "slo_ms": 350.0, "slowdown": 1.0, "requests": 100,
+        "cores": 1.5, "nodes": 3, "cores_per_node": 0.5, "pp": {},
+        "runs": {"ray": {**_summary(0.05), "stage_slowdown": got}},
+        "loadavg_start": (4.0, 4.0, 4.0), "loadavg_end": (5.0, 5.0, 5.0),
+    }  # fmt: skip
+    assert "nlp x6.00 (p90 x10.00)" in format_report(r)
