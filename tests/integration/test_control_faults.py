@@ -74,7 +74,8 @@ class Infeasible:
     interval_s = 1.0
 
     def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
-        p = Plan.single("m", "noop", replicas=1, cores=0.5, batch=1)
+        # more cores than the machine has: a flagged plan that fits would be applied
+        p = Plan.single("m", "noop", replicas=64, cores=1.0, batch=1)
         return p.model_copy(update={"feasible": False, "reason": "no plan meets 2000 ms"}), None
 
 

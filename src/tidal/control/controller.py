@@ -10,12 +10,18 @@ Contract:
   planner for a decision when the planner's ``interval_s`` has elapsed since the last one.
   The planner is called through the planners' wrapper (bounds, cool-downs, stabilization)
   when the caller passes a wrapped planner; the controller itself adds nothing to the policy.
-- A plan flagged ``feasible=False``, a plan the actuator refuses, or a planner exception
-  leaves the plan in force unchanged (the last feasible one) and the reason is logged, unless
-  ``apply_best_effort`` is set, in which case a flagged-infeasible plan that the actuator
-  accepts is applied (and still logged as infeasible). With no plan in force at all (a
-  simulation started without an initial plan) the first plan is applied as best effort:
-  there is nothing to keep.
+- A plan flagged ``feasible=False`` is the planner's best effort under overload (themis'
+  most-that-fits, sponge's cores scaled down to the nodes, ipa's and infadapter's fastest
+  options): it is applied when it fits the capacity (`tidal.planners.common.fits`) and logged
+  as infeasible with its reason; keeping the plan in force instead would serve a surge on a
+  plan sized for less load (measured: themis kept 1 of its 1.5 cores idle for a whole surge).
+  A flagged plan that does not fit the nodes (the planner asked for more than exists), a
+  plan the actuator refuses, or a planner exception leaves the plan in force unchanged and
+  logs the reason (``kept-last-feasible``). ``apply_best_effort`` (``--best-effort``) also
+  hands a flagged plan that does not fit to the actuator (the simulator's and Ray's leave
+  the replicas that do not fit pending; the local one refuses it). With no plan in force at
+  all (a simulation started without an initial plan) the first plan is applied as best
+  effort: there is nothing to keep.
 - The controller holds no serving state: the data plane keeps serving the last applied plan
   if the controller stops or crashes, and a new controller starts from ``actuator.current()``.
 - Every decision goes to the DecisionLog with its inputs, output, decision time and, once the
@@ -50,6 +56,7 @@ from tidal.core.clock import Clock
 from tidal.core.plan import Plan
 from tidal.core.profile import VariantProfile
 from tidal.planners.base import PlanContext, Planner, StageCandidates
+from tidal.planners.common import fits
 
 log = logging.getLogger("tidal.control")
 
@@ -225,7 +232,12 @@ class Controller:
             return self._record(now, inputs, None, False, f"planner raised {e!r}", "error", t0)
         decision_ms = (self.timer.now() - t0) * 1000.0
         self.state = new_state
-        if not plan.feasible and not self.apply_best_effort and ctx.current is not None:
+        if (
+            not plan.feasible
+            and not self.apply_best_effort
+            and ctx.current is not None
+            and not fits(plan, ctx.capacity)
+        ):
             reason = plan.reason or "planner flagged the plan infeasible"
             return self._record(
                 now, inputs, plan, False, reason, "kept-last-feasible", t0, decision_ms

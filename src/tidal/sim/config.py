@@ -80,9 +80,11 @@ class SimConfig(BaseModel):
     )
     skip_infeasible: bool = Field(
         default=True,
-        description="Keep the plan in force when the planner flags its plan infeasible: the "
-        "one Controller's rule, live and simulated (tidal.control.controller); False applies "
-        "it anyway (the live controller's --best-effort).",
+        description="The one Controller's rule, live and simulated "
+        "(tidal.control.controller): a plan the planner flags infeasible (its best effort "
+        "under overload) is applied when it fits the nodes, else the plan in force is kept; "
+        "False also applies a flagged plan that does not fit, its extra replicas pending "
+        "(the live controller's --best-effort).",
     )
     calibrate: bool = Field(
         default=False,

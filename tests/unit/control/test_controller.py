@@ -153,6 +153,26 @@ def test_infeasible_plan_keeps_last_feasible_and_logs_reason() -> None:
     assert act.current() == START and not act.applied
 
 
+class MostThatFits:
+    name = "most"
+    interval_s = 1.0
+
+    def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
+        p = Plan.single("s", "v", replicas=4, cores=2.0, batch=1)  # 8 cores: fits 1 x 8
+        return p.model_copy(update={"feasible": False, "reason": "planned for 60 req/s"}), 0
+
+
+def test_flagged_plan_that_fits_is_applied_by_default() -> None:
+    clock = SimClock()
+    act = MemActuator(clock, START)
+    c = _controller(MostThatFits(), clock, act)
+    d = c.tick()
+    assert d is not None and d.action == "applied" and not d.feasible
+    assert d.reason == "planned for 60 req/s"
+    assert act.current() is not None and act.current().stages[0].replicas == 4  # type: ignore[union-attr]
+    assert c.last_feasible == START  # a best-effort plan is not recorded as feasible
+
+
 def test_best_effort_applies_flagged_plan() -> None:
     clock = SimClock()
     act = MemActuator(clock, START)

@@ -63,22 +63,26 @@ def test_the_simulator_calls_the_live_controller(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(engine, "Controller", Spy)
     small = Plan.single("s", "a", 1, 1.0, 1)
-    bad = Plan.single("s", "a", 3, 1.0, 1).model_copy(update={"feasible": False})
+    flagged = {"feasible": False, "reason": "overload"}
+    most = Plan.single("s", "a", 2, 1.0, 1).model_copy(update=flagged)  # fits 16 cores
+    bad = Plan.single("s", "a", 20, 1.0, 1).model_copy(update=flagged)  # does not
 
     @dataclass
-    class Two:
-        name: str = "two"
+    class Three:
+        name: str = "three"
         interval_s: float = 10.0
         resize_mode: str = "in_place"
 
         def plan(self, ctx: PlanContext) -> tuple[Plan, Any]:
-            return (small if ctx.now < 10 else bad), None
+            return (small if ctx.now < 10 else most if ctx.now < 20 else bad), None
 
-    r = simulate(ONE, PROFILES, np.full(30, 5.0), Two(), SimConfig(drain_s=0))
+    r = simulate(ONE, PROFILES, np.full(30, 5.0), Three(), SimConfig(drain_s=0))
     (c,) = made
-    actions = [d["action"] for d in c.decisions.recent(10)]
-    assert actions[0] == "applied" and "kept-last-feasible" in actions
-    assert r.core_seconds == pytest.approx(30.0)  # the infeasible 3-replica plan never ran
+    ds = c.decisions.recent(10)
+    assert [d["action"] for d in ds] == ["applied", "applied", "kept-last-feasible"]
+    assert not ds[1]["feasible"] and ds[1]["reason"] == "overload"
+    # the flagged plan that fits ran (the live rule); the 20-replica one never did
+    assert r.core_seconds == pytest.approx(10.0 + 2 * 20.0)
 
 
 @dataclass

@@ -56,17 +56,21 @@ def test_initial_plan_is_warm_and_the_first_plan_pays_its_cold_start() -> None:
     assert r.replica_starts == 2 and r.requests == warm.requests
 
 
-def test_skip_infeasible_keeps_the_plan_in_force() -> None:
+def test_skip_infeasible_keeps_a_plan_that_does_not_fit() -> None:
     small = Plan.single("s", "a", 1, 1.0, 1)
     big = Plan.single("s", "a", 2, 1.0, 1).model_copy(update={"feasible": False})
-    planner = Scripted([small, big], [0.0, 10.0])
     rates = np.full(20, 5.0)
-    applied = simulate(
-        ONE, profiles(20.0), rates, planner, SimConfig(drain_s=0, skip_infeasible=False)
-    )
-    kept = simulate(ONE, profiles(20.0), rates, planner, SimConfig(drain_s=0))  # the default
-    assert applied.core_seconds == pytest.approx(10 + 2 * 10)
+    cfg = SimConfig(drain_s=0, cores_per_node=1.5)  # the flagged 2-core plan does not fit
+    kept = simulate(ONE, profiles(20.0), rates, Scripted([small, big], [0.0, 10.0]), cfg)
     assert kept.core_seconds == pytest.approx(20) and kept.infeasible_plans > 0
+    # --best-effort: handed to the actuator, whose second replica stays pending (no cores)
+    cfg = cfg.model_copy(update={"skip_infeasible": False})
+    tried = simulate(ONE, profiles(20.0), rates, Scripted([small, big], [0.0, 10.0]), cfg)
+    assert tried.core_seconds == pytest.approx(20) and tried.requests == kept.requests
+    # a flagged plan that fits is applied by default (the planner's best effort)
+    roomy = SimConfig(drain_s=0, cores_per_node=2.0)
+    fit = simulate(ONE, profiles(20.0), rates, Scripted([small, big], [0.0, 10.0]), roomy)
+    assert fit.core_seconds == pytest.approx(10 + 2 * 10) and fit.infeasible_plans > 0
 
 
 def run(
