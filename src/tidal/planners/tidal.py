@@ -38,7 +38,11 @@ Each decision (every second):
    last urgent change, the next one carries `escalate` (2) x more (a surge outruns the 3-s
    rate: one change per second behind it was measured). The first decisions, before a peak
    was measured, carry the whole hedged rate.
-4. Otherwise hysteresis: a change that is not urgent waits `hold_s` after the previous one, a
+4. Arrivals stopped (zero seconds that Poisson arrivals at the rate before them would
+   give with probability < `idle_p`): no growth, and at once (within the budget) the
+   cheapest plan for the rate the zeros still allow, keeping the replicas that carry the
+   hedged level grown in place, if the queued requests keep their deadlines on it.
+5. Otherwise hysteresis: a change that is not urgent waits `hold_s` after the previous one, a
    cheaper target must stay cheaper by `down_gain` for `scale_down_after_s` (`hold_s` after
    a bridge), and needs change budget: `max_changes_per_hour` pro rata since the first
    decision over a first hour (a 5-minute run: 5; urgent changes count too), then per hour.
@@ -47,8 +51,8 @@ Each decision (every second):
    the target is non-urgent and goes straight to the target. No move dips: added replicas
    keep the larger cores until ready, removed replicas wait for the larger cores, and a move
    whose running replicas would carry less than today's rate meanwhile is not made while
-   the plan in force carries it (`tidal.planners.tidal_moves`).
-5. The node constraint is joint: a plan whose replicas (all stages together) cannot be placed
+   the plan in force carries it (`tidal.planners.tidal_moves`, `tidal.planners.tidal_down`).
+6. The node constraint is joint: a plan whose replicas (all stages together) cannot be placed
    on the nodes (first-fit decreasing) is never chosen; if even the cheapest cannot, the plan
    that carries the most the nodes can (overload). Cores stay inside the profile's measured
    range (`VariantProfile.core_bounds`).
@@ -68,6 +72,7 @@ from pydantic import Field
 
 from tidal.core.plan import Plan
 from tidal.core.profile import VariantProfile
+from tidal.planners import tidal_down as down
 from tidal.planners import tidal_moves as moves
 from tidal.planners.base import (
     RESIZE_IN_PLACE,
@@ -96,6 +101,7 @@ from tidal.planners.headroom import (
     wait_ms,
 )
 from tidal.planners.themis import Themis
+from tidal.planners.tidal_state import TidalState
 
 
 class TidalOptions(PlannerOptions):
@@ -146,22 +152,10 @@ class TidalOptions(PlannerOptions):
         True, description="Price a hedged peak above capacity as its backlog's delay."
     )
     core_step: float = Field(0.5, gt=0, le=8, description="Grid step of cores per replica.")
+    idle_p: float = Field(
+        1e-3, ge=0, lt=0.5, description="Arrivals stopped: zero seconds this unlikely (0: off)."
+    )
     variant: VariantChoice = Field(None, description="Fixed variant per stage.")
-
-
-@dataclass(frozen=True)
-class TidalState:
-    """Change times (last hour), when the target became cheaper, the target being moved to,
-    the forecasts waiting to be scored and the scored (forecast, observed level, peak)."""
-
-    changes: tuple[float, ...] = ()
-    cheaper_since: float | None = None
-    target: Plan | None = None
-    log: tuple[tuple[float, float, float], ...] = ()  # (t, forecast, observed level)
-    scored: tuple[tuple[float, float, float], ...] = ()  # (forecast, observed level, peak)
-    bridged: bool = False  # the plan in force is an in-place bridge over a cold start
-    start: float | None = None  # the first decision's time (the change budget's clock)
-    urgent_at: float | None = None  # the last urgent change's time
 
 
 @dataclass(frozen=True)
@@ -204,6 +198,7 @@ class Tidal:
         forecast: str = "auto",
         absorb_peaks: bool = True,
         core_step: float = 0.5,
+        idle_p: float = 1e-3,
         variant: VariantChoice = None,
     ) -> None:
         self.utilization, self.coverage = utilization, coverage
@@ -214,7 +209,7 @@ class Tidal:
         self.down_gain, self.max_changes = down_gain, max_changes_per_hour
         self.change_credit, self.escalate = change_credit, escalate
         self.budget_margin, self.forecast = budget_margin, forecast
-        self.absorb_peaks = absorb_peaks
+        self.absorb_peaks, self.idle_p = absorb_peaks, idle_p
         self.variant = variant
         # the core grids and the Amdahl cap are Themis'; `_full` (utilisation 1, no wait
         # term) finds the most the nodes carry under overload
@@ -225,6 +220,10 @@ class Tidal:
     def horizon_s(self, chosen: list[VariantProfile]) -> int:
         """How far ahead replica decisions must look: the slowest cold start (>= 10 s)."""
         return int(math.ceil(max(10.0, max(v.load_time_s for v in chosen))))
+
+    def grids(self, ctx: PlanContext, chosen: list[VariantProfile]) -> list[list[float]]:
+        """The cores per replica each stage may use (Themis' grids, Amdahl-capped)."""
+        return self._dp.grids(ctx, chosen)
 
     def rates(self, ctx: PlanContext, st: TidalState, horizon: int) -> tuple[Rates, TidalState]:
         """This decision's `Rates` and the state with the forecast scores updated.
@@ -432,6 +431,10 @@ class Tidal:
             if starting:
                 return cur, st
             st = replace(st, target=None)
+        idle = down.idle(self, ctx, st, chosen, lam)
+        if idle is not None:  # before the risk check: the fast rate predates the stop
+            return idle
+        st = replace(st, idle=False)
         if self.at_risk(ctx, cur, chosen, r_fast):  # urgent: fastest knob first, hedged
             lam_u = max(lam, r_fast * rates.hedge)
             horizon = self.horizon_s(chosen)
@@ -466,40 +469,13 @@ class Tidal:
             st = replace(st, cheaper_since=since)
             wait = self.hold_s if st.bridged else self.scale_down_after_s
             if ctx.now - since >= wait - 1e-9 and quiet and budget_left:
-                target = self._one_step(ctx, chosen, lam, rates.level, target)
+                target = down.one_step(self, ctx, chosen, lam, rates.level, target)
                 moved = self._move(
                     ctx, replace(st, cheaper_since=None, bridged=False), target, r_fast
                 )
                 return moved if moved is not None else (cur, st)
             return cur, st
         return cur, replace(st, cheaper_since=None)
-
-    def _one_step(
-        self, ctx: PlanContext, chosen: list[VariantProfile], lam: float, level: float, target: Plan
-    ) -> Plan:
-        """A scale-down whose consolidation needs an interim plan (two changes: replicas one
-        way, cores the other) becomes the cheapest one-change plan (today's replicas, or
-        today's cores) when that saves `down_gain` too and costs within `down_gain` of it."""
-        cur = ctx.current
-        reps = [current_stage(ctx, s.stage) for s in ctx.stages]
-        if cur is None or any(r is None for r in reps) or not moves.two_step(ctx, target):
-            return target
-        n = [r.replicas for r in reps if r is not None]
-        c = [r.cores for r in reps if r is not None]
-        alts = [
-            p
-            for p in (
-                self.solve(ctx, chosen, lam, replicas=n, wait_rate=level),
-                self.solve(ctx, chosen, lam, cores=c, wait_rate=level),
-            )
-            if p is not None
-            and fits(p, ctx.capacity)
-            and p.total_cores < (1.0 - self.down_gain) * cur.total_cores - 1e-9
-        ]
-        best = min(alts, key=lambda p: p.total_cores, default=None)
-        if best is not None and best.total_cores <= (1.0 + self.down_gain) * target.total_cores:
-            return best
-        return target
 
     def _carries(
         self, plan: Plan, chosen: list[VariantProfile], lam: float, level: float, slo: float

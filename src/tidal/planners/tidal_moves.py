@@ -1,6 +1,7 @@
 """How `tidal` moves between plans: the interim that avoids a dip while replicas start or
-cores resize, the plans that need one (two changes), and the most the nodes carry under
-overload, and the change budget. Pure functions; `tidal.planners.tidal` keeps the state."""
+cores resize, the plans that need one (two changes), the most the nodes carry under
+overload, the change budget, and when arrivals stopped (and the replicas an idle plan keeps).
+Pure functions; `tidal.planners.tidal` keeps the state."""
 
 from __future__ import annotations
 
@@ -108,6 +109,42 @@ def max_rps(plan: Plan, chosen: list[VariantProfile]) -> float:
     )
 
 
+def arrivals_stopped(
+    history: tuple[float, ...], window: int, p: float
+) -> tuple[float, float] | None:
+    """Arrivals stopped: the trailing seconds of `history` with no arrival are z, and z
+    zero seconds at the mean rate m of the `window` seconds before them would happen with
+    probability exp(-m z) < `p` under Poisson arrivals. Then (the highest rate consistent
+    with z zero seconds at that confidence, -ln(p) / z; m), else None (also when `p` is 0,
+    no second is zero, or nothing came before the zeros)."""
+    if p <= 0:
+        return None
+    n, z = len(history), 0
+    while z < n and history[n - 1 - z] <= 0:
+        z += 1
+    before = history[max(0, n - z - window) : n - z]
+    if z == 0 or not before:
+        return None
+    m = sum(before) / len(before)
+    if m * z <= -math.log(p):
+        return None
+    return -math.log(p) / z, m
+
+
+def keep_replicas(
+    plan: Plan, chosen: list[VariantProfile], grids: list[list[float]], rate: float, util: float
+) -> list[int]:
+    """Per stage, the fewest replicas (at most today's, at least 1) that carry `rate` at
+    `util` once grown in place to the largest cores of the stage's grid at today's batch:
+    the replicas an idle plan keeps so that a return of `rate` needs no cold start."""
+    out = []
+    for sp, v, g in zip(plan.stages, chosen, grids, strict=True):
+        per = v.throughput(sp.batch, max(g)) * util
+        need = math.ceil(rate / per - 1e-9) if per > 0 else sp.replicas
+        out.append(max(1, min(sp.replicas, need)))
+    return out
+
+
 def within_budget(
     changes: tuple[float, ...],
     start: float,
@@ -122,4 +159,12 @@ def within_budget(
     return len(changes) + 1 <= per_hour * elapsed / 3600.0 + credit + 1e-9
 
 
-__all__ = ["interim_move", "max_rps", "overload_plan", "two_step", "within_budget"]
+__all__ = [
+    "arrivals_stopped",
+    "interim_move",
+    "keep_replicas",
+    "max_rps",
+    "overload_plan",
+    "two_step",
+    "within_budget",
+]

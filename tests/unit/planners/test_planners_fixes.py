@@ -19,6 +19,7 @@ from tidal.planners.common import fits, stage_plan
 from tidal.planners.ipa import IPA
 from tidal.planners.synthetic import synthetic_context
 from tidal.planners.tidal import Tidal, TidalState
+from tidal.planners.tidal_down import one_step
 
 
 def test_themis_stage1_reacts_to_the_observed_rate_not_a_stale_forecast() -> None:
@@ -252,11 +253,11 @@ def test_tidal_scales_down_in_one_change_when_two_would_save_little_more() -> No
     ctx = dataclasses.replace(base, current=cur)
     far = Plan(stages=(stage_plan("s0", v.name, 5, 1.0, 8),))
     t = Tidal()
-    one = t._one_step(ctx, [v], 40.0, 40.0, far)
+    one = one_step(t, ctx, [v], 40.0, 40.0, far)
     assert one.stages[0].cores == 0.5 or one.stages[0].replicas == 13  # one knob moved
     assert one.total_cores < cur.total_cores
     if one.total_cores > 1.05 * far.total_cores + 1e-9:
         raise AssertionError("kept a one-change plan costing more than down_gain extra")
     strict = Tidal(down_gain=0.0)  # no tolerance: the two-change plan unless one ties it
-    two = strict._one_step(ctx, [v], 40.0, 40.0, far)
+    two = one_step(strict, ctx, [v], 40.0, 40.0, far)
     assert two.total_cores <= far.total_cores + 1e-9
