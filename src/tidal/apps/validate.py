@@ -44,8 +44,12 @@ TARGET_VIOLATION_PP = 1.0
 TARGET_P99_REL = 0.10
 TARGET_CORE_S_REL = 0.02
 # Live slowdown measurements averaged into the simulated machine's speed at each point of
-# the trace (see `slowdown_schedule`).
-SCHEDULE_SPAN = 5
+# the trace (see `slowdown_schedule`): 1 = each measurement for its own window. A centred
+# mean of 5 leaked the throttled seconds after the surge's start into the seconds before it
+# (a 0.5-core replica runs at up to a whole core's speed while its CPU quota lasts: live
+# 0.65, 0.90 then 1.62, 1.50), so the simulated controller measured a slower machine than
+# the live one at the surge's first decision and chose a larger batch (b4 against b2).
+SCHEDULE_SPAN = 1
 
 
 @dataclass
@@ -172,10 +176,11 @@ def slowdown_schedule(
     live measurement (`measured_slowdowns`, decisions where the factor changed) covers the
     planner's window before its decision, at trace time ``t - t_first - lead_s`` (the
     controller's first decision came `lead_s` before the load); a stage's factor is the mean
-    of its `span` measurements centred there (one 1-s measurement carries the noise of a
-    few batches, which the simulator adds again), held until the next; before a stage's
-    first measurement, its first factor; 1.0 for a stage never measured. [] when nothing
-    was measured."""
+    of its `span` measurements centred there (default 1: the measurement itself; a wider
+    span averages out the noise of a few batches, which the simulator adds again, but
+    smears a change of speed into the seconds before it), held until the next; before a
+    stage's first measurement, its first factor; 1.0 for a stage never measured. [] when
+    nothing was measured."""
     t0 = next((float(d["t"]) for d in decisions if "t" in d), None)
     meas: dict[str, list[tuple[float, float]]] = {}
     for t, k, raw, _, changed in measured_slowdowns(decisions):
