@@ -62,6 +62,9 @@ class Comparison:
     sim_profile_as_measured: dict[str, Any] | None = None
     slowdown: dict[str, float] | None = None
     control_lead_s: float = 0.0
+    loadavg_start: tuple[float, ...] = ()
+    loadavg_end: tuple[float, ...] = ()
+    """The machine's load averages (1, 5, 15 min) before the live run and after it."""
 
     @property
     def agrees(self) -> bool:
@@ -88,6 +91,8 @@ class Comparison:
             "agrees": self.agrees,
             "slowdown": self.slowdown,
             "control_lead_s": round(self.control_lead_s, 2),
+            "loadavg_start": [round(x, 2) for x in self.loadavg_start],
+            "loadavg_end": [round(x, 2) for x in self.loadavg_end],
             "sim_with_reference_profile": self.sim_profile_as_measured,
         }
 
@@ -393,13 +398,16 @@ def validate(
     on_ready: Any = None,
 ) -> Comparison:
     """Run `policy` on `trace` live and simulated; compare."""
+    import os
     import tempfile
 
     setup = make_validate_setup(trace, pipeline, slo_ms, damping, compress, duration_s, seed)
+    load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="tidal-validate-") as tmp:
         work = workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         live = run_policy(setup, policy, work, on_ready=on_ready, on_progress=on_progress)
+    load1 = os.getloadavg()
     # The simulated batches run at the live machine's speed: the reference profile scaled
     # by the slowdown the live controller measured over the run (1.0 on an idle machine),
     # as it changed (the schedule), else its rate-weighted mean.
@@ -418,5 +426,6 @@ def validate(
     cmp = compare(live_summary(live), sim)
     cmp.slowdown = slow
     cmp.control_lead_s = lead
+    cmp.loadavg_start, cmp.loadavg_end = load0, load1
     cmp.sim_profile_as_measured = raw
     return cmp
