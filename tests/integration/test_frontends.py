@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -149,3 +150,87 @@ def test_killed_frontend_is_reported_and_replaced(gw: GatewayProcess) -> None:
                        timeout=30)  # fmt: skip
         assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [float(i)] * 64
     assert old[1] in _frontends(gw)  # the other one was left alone
+
+
+def _binary_body(vals: list[float]) -> tuple[bytes, int]:
+    inp = {"name": "input-0", "shape": [1, 64], "datatype": "FP32",
+           "parameters": {"binary_data_size": 256}}  # fmt: skip
+    out = {"name": "output-0", "parameters": {"binary_data": True}}
+    head = orjson.dumps({"inputs": [inp], "outputs": [out]})
+    return head + struct.pack("<64f", *vals), len(head)
+
+
+def _cases() -> list[tuple[str, bytes, dict[str, str]]]:
+    """(path, body, headers): infer requests the front ends check and decode themselves (the
+    compact path, tidal.dataplane.frontend_infer) and some they forward whole."""
+    ok = _body([float(j) for j in range(64)])
+    one = {"inputs": [{"name": "input-0", "shape": [1, 64], "datatype": "FP32",
+                       "data": [1.0] * 64}]}  # fmt: skip
+    binary, hlen = _binary_body([0.5] * 64)
+    js = {"content-type": "application/json"}
+    return [
+        ("/v2/models/echo/infer", ok, js),
+        (
+            "/v2/models/echo/infer",
+            orjson.dumps({**one, "id": "r1", "parameters": {"slo_ms": 9e4}}),
+            {**js, "x-tidal-slo-ms": "60000"},
+        ),  # fmt: skip
+        (
+            "/v2/models/echo/infer",
+            orjson.dumps(
+                {**one, "outputs": [{"name": "output-0", "parameters": {"classification": 3}}]}
+            ),
+            js,
+        ),  # fmt: skip
+        ("/v2/models/echo/infer", binary, {"inference-header-content-length": str(hlen)}),
+        ("/v2/models/echo/infer", binary, {"inference-header-content-length": "x"}),
+        ("/v2/models/echo/infer", binary, {"inference-header-content-length": "99999"}),
+        ("/v2/models/echo/infer", b'{"inputs": [}', js),
+        ("/v2/models/echo/infer", b"[]", js),
+        (
+            "/v2/models/echo/infer",
+            orjson.dumps({"inputs": [{**one["inputs"][0], "shape": [1, 63]}]}),
+            js,
+        ),
+        (
+            "/v2/models/echo/infer",
+            orjson.dumps({"inputs": [{**one["inputs"][0], "name": "zz"}]}),
+            js,
+        ),
+        ("/v2/models/echo/infer", orjson.dumps({**one, "parameters": {"slo_ms": "fast"}}), js),
+        ("/v2/models/echo/infer", orjson.dumps({**one, "parameters": {"slo_ms": -1}}), js),
+        ("/v2/models/echo/infer", ok, {**js, "x-tidal-slo-ms": "1e-9"}),  # refused: no budget
+        ("/v2/models/echo/infer", orjson.dumps({**one, "outputs": [{"name": "nope"}]}), js),
+        ("/v2/models/echo/versions/noop/infer", ok, js),
+        ("/v2/models/echo/versions/9/infer", ok, js),
+        ("/v2/models/nope/infer", ok, js),
+    ]
+
+
+def _answer(r: httpx.Response) -> tuple[int, Any, str | None, str | None]:
+    """What must be equal: status, body (timings dropped), content type, Retry-After."""
+    if r.headers.get("content-type", "").startswith("application/json"):
+        body: Any = r.json()
+        for k in ("queue_ms", "total_ms", "batch_size", "batch_sizes"):
+            body.get("parameters", {}).pop(k, None)
+        if "remaining budget" in str(body.get("error", "")):  # the budget is measured
+            body["error"] = body["error"].split(" is below")[-1]
+    else:
+        hlen = int(r.headers["inference-header-content-length"])
+        head = orjson.loads(r.content[:hlen])
+        for k in ("queue_ms", "total_ms", "batch_size", "batch_sizes"):
+            head["parameters"].pop(k, None)
+        body = (head, r.content[hlen:])
+    return r.status_code, body, r.headers.get("content-type"), r.headers.get("retry-after")
+
+
+def test_frontend_answers_equal_one_process(gw: GatewayProcess, tmp_path: Path) -> None:
+    """Every status code and message through the front ends is the one-process server's."""
+    with GatewayProcess({**_config(), "frontends": 1}, tmp_path) as one:
+        for path, body, headers in _cases():
+            got = [_answer(httpx.post(g.base + path, content=body, headers=headers, timeout=30))
+                   for g in (gw, one)]  # fmt: skip
+            assert got[0] == got[1], (path, body[:80], headers)
+    codes = [httpx.post(gw.base + p, content=b, headers=h, timeout=30).status_code
+             for p, b, h in _cases()]  # fmt: skip
+    assert codes.count(200) == 5 and 503 in codes and 404 in codes and codes.count(400) >= 8

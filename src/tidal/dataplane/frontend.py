@@ -13,25 +13,35 @@ runs this instead of serving HTTP on its own loop:
   spreads connections over them; the sockets are created by the scheduler process and handed
   to the children, so port 0 works and a replacement front end takes over its predecessor's
   socket (connections still in its accept queue are then served, not reset);
-- a front end forwards each complete request (method, path, query, headers, first-byte time,
-  body) to the ingress and writes back the answer; an infer request with JSON float tensors
-  is forwarded in the binary tensor extension (`tidal.dataplane.frontend_codec`: the numbers
-  are parsed in the front end, the scheduler reads the tensors' bytes); a client that
-  disconnects first is forwarded as a cancel, which the ingress turns into the ASGI
-  `http.disconnect` the app already handles (the request leaves its queue or its batch's
-  answers, counted cancelled).
+- an infer request of a served model (`POST /v2/models/{m}/infer`, no version, no
+  Content-Encoding) takes the compact path (`tidal.dataplane.frontend_infer`): the front end
+  checks and decodes it with the scheduler process's own code and sends only the model, the
+  SLO, the arrival times and the input tensors; the scheduler runs it through the gateway
+  and sends back the output tensors and the run's summary, from which the front end encodes
+  the HTTP answer (refusals and errors come back as complete answers). So the scheduler
+  process does no HTTP or JSON work for it. The front end learns the served models from the
+  catalog the scheduler sends when it connects (and again when the model set changes);
+- every other request is forwarded whole (method, path, query, headers, first-byte time,
+  body) and answered by the ASGI app in the scheduler process; an infer request outside the
+  compact path with JSON float tensors is forwarded in the binary tensor extension
+  (`tidal.dataplane.frontend_codec`); a client that disconnects first is forwarded as a
+  cancel, which the ingress turns into the ASGI `http.disconnect` the app already handles,
+  or, on the compact path, into the cancel of the request's task (either way the request
+  leaves its queue or its batch's answers, counted cancelled).
 
-So there is one EDF queue and one admission per stage, whatever N is: the front ends only do
-HTTP (parsing, connection handling, response framing) and the JSON number parsing. A front
-end that exits is reported (logged with its exit status) and replaced after a short back-off;
-the children's environment has no credential-like variables
-(`tidal.dataplane.security.child_env`): tokens are checked in the scheduler process only.
+So there is one EDF queue and one admission per stage, whatever N is: the front ends do
+HTTP (parsing, connection handling, response framing) and the JSON work. A front
+end that exits is reported (logged with its exit status) and replaced after a short back-off
+(`tidal.dataplane.frontend_procs`); the children's environment has no credential-like
+variables (`tidal.dataplane.security.child_env`): tokens are checked in the scheduler process
+only.
 
 Wire format on the ingress socket (no pickle): frames `<IBQ` (payload length, kind, request
 id) + payload. REQ payload: `<II` (meta length, headers length), meta (orjson: method, path,
 raw path, query, HTTP version, scheme, client, server, first-byte time), headers as
 `name:value\\r\\n` lines, then the body. RESP payload: `<HI` (status, headers length), headers,
-body. CANCEL has no payload. Request ids are per front end.
+body. CANCEL has no payload. HELLO, INFER, RESULT and RETRY: `tidal.dataplane.frontend_infer`.
+Request ids are per front end.
 """
 
 from __future__ import annotations
@@ -46,12 +56,9 @@ import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
-from dataclasses import asdict
 from functools import partial
 from typing import Any
 
@@ -60,8 +67,30 @@ import orjson
 from tidal.dataplane.disconnect import ClientGone, disconnect_hook, until_disconnect
 from tidal.dataplane.disconnect import unregister as _unregister
 from tidal.dataplane.frontend_codec import json_to_binary
+from tidal.dataplane.frontend_infer import (
+    HELLO,
+    INFER,
+    RESP,
+    RESP_HEAD,
+    RESULT,
+    RETRY,
+    Catalog,
+    CompactInfer,
+    Prepared,
+    compact_sig,
+    headers_blob,
+    infer_parts,
+    oip_app_of,
+    parse_headers,
+    parse_resp,
+    resp_parts,
+    result_answer,
+)
+from tidal.dataplane.frontend_infer import prepare as prepare_infer
+from tidal.dataplane.frontend_procs import FrontEnds, listen_sockets
+from tidal.dataplane.infer_rest import error_answer, internal_answer, with_content_type
 from tidal.dataplane.lifespan import ASGIApp, Lifespan
-from tidal.dataplane.security import child_env
+from tidal.dataplane.oip import OIPError
 from tidal.dataplane.server import ServerLimits, prepare, serve_async, ssl_context
 from tidal.dataplane.server import serve as serve_one
 
@@ -69,25 +98,9 @@ log = logging.getLogger("tidal.frontend")
 
 _FRAME = struct.Struct("<IBQ")
 _REQ_HEAD = struct.Struct("<II")
-_RESP_HEAD = struct.Struct("<HI")
-REQ, RESP, CANCEL = 1, 2, 3
+REQ, CANCEL = 1, 3  # RESP = 2, HELLO, INFER, RESULT, RETRY: tidal.dataplane.frontend_infer
 MAX_FRAME = 1 << 31
-RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
-"""Delay before the k-th consecutive restart of a front end (the last one repeats)."""
 READY_TIMEOUT_S = 60.0
-
-
-def _headers_blob(headers: Any) -> bytes:
-    return b"".join(k + b":" + v + b"\r\n" for k, v in headers)
-
-
-def _parse_headers(blob: bytes) -> list[tuple[bytes, bytes]]:
-    out = []
-    for line in blob.split(b"\r\n"):
-        if line:
-            k, _, v = line.partition(b":")
-            out.append((k, v))
-    return out
 
 
 class _Framed(asyncio.Protocol):
@@ -151,10 +164,15 @@ class _IngressConn(_Framed):
         self.conns = conns
         self.lost: dict[int, asyncio.Future[None]] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.infers: dict[int, asyncio.Task[None]] = {}  # compact INFER requests
+        oip = oip_app_of(app)  # the compact path runs on the OIP app's gateway
+        self.compact = CompactInfer(oip) if oip is not None else None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self.conns.add(self)
+        if self.compact is not None:
+            self.write_frame(HELLO, 0, self.compact.hello())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -162,13 +180,20 @@ class _IngressConn(_Framed):
         for fut in self.lost.values():  # every client of a dead front end is gone
             if not fut.done():
                 fut.set_result(None)
+        for task in list(self.infers.values()):
+            task.cancel()
 
     def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
+        if kind == INFER and self.compact is not None:
+            self.infers[rid] = asyncio.get_running_loop().create_task(self._infer(rid, payload))
+            return
         if kind == CANCEL:
             if rid in self.tasks:  # the app may not be waiting for the disconnect yet
                 fut = self._lost(rid)
                 if not fut.done():
                     fut.set_result(None)
+            elif rid in self.infers:
+                self.infers[rid].cancel()
             return
         if kind != REQ:
             self.fail(f"unexpected frame kind {kind}")
@@ -176,7 +201,9 @@ class _IngressConn(_Framed):
         mlen, hlen = _REQ_HEAD.unpack_from(payload, 0)
         o = _REQ_HEAD.size
         meta = orjson.loads(payload[o : o + mlen])
-        headers = _parse_headers(payload[o + mlen : o + mlen + hlen])
+        if self.compact is not None and meta["p"].endswith("/infer") and self.compact.stale():
+            self.write_frame(HELLO, 0, self.compact.hello())  # a model loaded or unloaded
+        headers = parse_headers(payload[o + mlen : o + mlen + hlen])
         body = payload[o + mlen + hlen :]
         scope = {
             "type": "http",
@@ -195,6 +222,23 @@ class _IngressConn(_Framed):
         }
         task = asyncio.get_running_loop().create_task(self._run(rid, scope, body))
         self.tasks[rid] = task
+
+    async def _infer(self, rid: int, payload: bytes) -> None:
+        """A compact request (tidal.dataplane.frontend_infer): its answer frame, or nothing
+        when its front end cancelled it (the client is gone)."""
+        assert self.compact is not None
+        try:
+            kind, parts = await self.compact.run(payload)
+        except asyncio.CancelledError:
+            return
+        except Exception as e:  # a bug must not take the ingress down: 500, as OIPApp
+            log.exception("compact infer failed")
+            kind, parts = resp_parts(internal_answer(e))
+        finally:
+            self.infers.pop(rid, None)
+        if kind == RETRY:  # the model changed since the catalog: a fresh one first
+            self.write_frame(HELLO, 0, self.compact.hello())
+        self.write_frame(kind, rid, *parts)
 
     def _lost(self, rid: int) -> asyncio.Future[None]:
         fut = self.lost.get(rid)
@@ -252,104 +296,8 @@ class _IngressConn(_Framed):
         if status == 0:
             status, headers = 500, [(b"content-type", b"application/json")]
             parts = [b'{"error":"the app sent no response"}']
-        hb = _headers_blob(headers)
-        self.write_frame(RESP, rid, _RESP_HEAD.pack(status, len(hb)), hb, *parts)
-
-
-def listen_sockets(host: str, port: int, n: int) -> list[socket.socket]:
-    """`n` listening TCP sockets on the same address (SO_REUSEPORT); port 0 picks one."""
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    out: list[socket.socket] = []
-    try:
-        for _ in range(n):
-            s = socket.socket(fam, socket.SOCK_STREAM)
-            out.append(s)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind((host, port))
-            port = s.getsockname()[1]
-            s.listen(4096)
-            s.set_inheritable(True)
-    except OSError:
-        for s in out:
-            s.close()
-        raise
-    return out
-
-
-class FrontEnds:
-    """Starts, watches and replaces the front-end processes (scheduler side)."""
-
-    def __init__(self, socks: list[socket.socket], ingress: str, limits: ServerLimits,
-                 certfile: str | None, keyfile: str | None, log_level: str) -> None:  # fmt: skip
-        self.socks = socks
-        self.ingress = ingress
-        self.limits = limits
-        self.tls = (certfile, keyfile) if certfile and keyfile else None
-        self.log_level = log_level
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * len(socks)
-        self.restarts = [0] * len(socks)
-        self.deaths: list[tuple[int, int, int | None]] = []  # (index, pid, exit status)
-        self.stopping = False
-        self._watch: asyncio.Task[None] | None = None
-
-    def _spawn(self, i: int) -> None:
-        fd = self.socks[i].fileno()
-        cmd = [sys.executable, "-m", "tidal.dataplane.frontend", "--ingress", self.ingress,
-               "--listen-fd", str(fd), "--index", str(i), "--log-level", self.log_level,
-               "--limits", orjson.dumps(asdict(self.limits)).decode()]  # fmt: skip
-        if self.tls is not None:
-            cmd += ["--certfile", self.tls[0], "--keyfile", self.tls[1]]
-        self.procs[i] = subprocess.Popen(
-            cmd, pass_fds=(fd,), env=child_env(), start_new_session=True, stdin=subprocess.DEVNULL
-        )
-
-    def start(self) -> None:
-        for i in range(len(self.socks)):
-            self._spawn(i)
-        self._watch = asyncio.get_running_loop().create_task(self._watcher())
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs if p is not None and p.poll() is None]
-
-    async def _watcher(self) -> None:
-        """Poll the children; a dead one is reported and replaced (with back-off)."""
-        while not self.stopping:
-            await asyncio.sleep(0.2)
-            for i, p in enumerate(self.procs):
-                if self.stopping or p is None or p.poll() is None:
-                    continue
-                self.deaths.append((i, p.pid, p.returncode))
-                k = self.restarts[i]
-                delay = RESTART_BACKOFF_S[min(k, len(RESTART_BACKOFF_S) - 1)]
-                log.warning("front end %d (pid %d) exited with status %s; replacing it in %.1f s",
-                            i, p.pid, p.returncode, delay)  # fmt: skip
-                print(f"tidal: front end {i} (pid {p.pid}) exited with status {p.returncode}; "
-                      "replacing it", file=sys.stderr)  # fmt: skip
-                self.procs[i] = None
-                await asyncio.sleep(delay)
-                if not self.stopping:
-                    self.restarts[i] = k + 1
-                    self._spawn(i)
-
-    async def stop(self, grace_s: float) -> None:
-        """SIGTERM every front end (they finish running requests), SIGKILL after the grace."""
-        self.stopping = True
-        if self._watch is not None:
-            self._watch.cancel()
-        live = [p for p in self.procs if p is not None and p.poll() is None]
-        for p in live:
-            with contextlib.suppress(ProcessLookupError):
-                p.send_signal(signal.SIGTERM)
-        t_end = time.monotonic() + grace_s + 2.0
-        while any(p.poll() is None for p in live) and time.monotonic() < t_end:
-            await asyncio.sleep(0.05)
-        for p in live:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        for s in self.socks:
-            s.close()
+        hb = headers_blob(headers)
+        self.write_frame(RESP, rid, RESP_HEAD.pack(status, len(hb)), hb, *parts)
 
 
 async def serve_frontends(
@@ -446,9 +394,10 @@ class _Upstream(_Framed):
 
     def __init__(self, on_lost: Callable[[], None]) -> None:
         super().__init__()
-        self.pending: dict[int, asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]]] = {}
+        self.pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}  # (kind, payload)
         self.next_id = 0
         self.on_lost = on_lost
+        self.catalog: Catalog | None = None  # the compact path's, once the scheduler sent it
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -459,21 +408,38 @@ class _Upstream(_Framed):
         self.on_lost()
 
     def on_frame(self, kind: int, rid: int, payload: bytes) -> None:
-        fut = self.pending.pop(rid, None)
-        if kind != RESP or fut is None or fut.done():
+        if kind == HELLO:
+            self.catalog = Catalog.decode(payload)
             return
-        status, hlen = _RESP_HEAD.unpack_from(payload, 0)
-        o = _RESP_HEAD.size
-        fut.set_result((status, _parse_headers(payload[o : o + hlen]), payload[o + hlen :]))
+        fut = self.pending.pop(rid, None)
+        if kind not in (RESP, RESULT, RETRY) or fut is None or fut.done():
+            return
+        fut.set_result((kind, payload))
 
-    def request(self, scope: dict[str, Any], body: bytes) -> tuple[int, asyncio.Future[Any]]:
+    def _new(self) -> tuple[int, asyncio.Future[Any]]:
         self.next_id += 1
         rid = self.next_id
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.closed:
             fut.set_exception(ConnectionError("scheduler process gone"))
+        else:
+            self.pending[rid] = fut
+        return rid, fut
+
+    def infer(self, p: Prepared, scope: dict[str, Any]) -> tuple[int, asyncio.Future[Any]]:
+        """A compact request (tidal.dataplane.frontend_infer); the future gets (kind, payload)."""
+        rid, fut = self._new()
+        if not self.closed:
+            st = scope["state"]
+            self.write_frame(INFER, rid, *infer_parts(p, st["tidal.t_first_byte"],
+                                                      st.get("tidal.t_headers", 0.0)))  # fmt: skip
+        return rid, fut
+
+    def request(self, scope: dict[str, Any], body: bytes) -> tuple[int, asyncio.Future[Any]]:
+        """A whole request; the future gets (kind, payload)."""
+        rid, fut = self._new()
+        if self.closed:
             return rid, fut
-        self.pending[rid] = fut
         meta = orjson.dumps({
             "m": scope["method"], "p": scope["path"],
             "rp": scope["raw_path"].decode("latin-1"),
@@ -481,7 +447,7 @@ class _Upstream(_Framed):
             "s": scope["scheme"], "c": scope["client"], "sv": scope["server"],
             "t": scope["state"]["tidal.t_first_byte"],
         })  # fmt: skip
-        hb = _headers_blob(scope["headers"])
+        hb = headers_blob(scope["headers"])
         self.write_frame(REQ, rid, _REQ_HEAD.pack(len(meta), len(hb)), meta, hb, body)
         return rid, fut
 
@@ -517,19 +483,57 @@ class ForwardApp:
             return
         msg = await receive()  # tidal.dataplane.server gives the whole body in one message
         body = msg.get("body", b"") if msg["type"] == "http.request" else b""
+        up = self.up
+        cat = up.catalog
+        sig = compact_sig(scope, cat) if cat is not None else None
+        if cat is not None and sig is not None:  # checked and decoded here (frontend_infer)
+            try:
+                p = prepare_infer(scope, body, sig, cat)
+            except OIPError as e:
+                await _send(send, *error_answer(e))
+                return
+            except Exception as e:  # a bug must not take the front end down: 500, as OIPApp
+                log.exception("infer request check failed on %s", scope["path"])
+                await _send(send, *internal_answer(e))
+                return
+            got = await self._wait(up, *up.infer(p, scope), receive, scope)
+            if got is None:
+                return
+            kind, payload = got
+            if kind == RESULT:
+                await _send(send, *result_answer(p, payload, cat))
+                return
+            if kind == RESP:
+                status, headers, out = parse_resp(payload)
+                await _send(send, status, out, headers)
+                return  # else RETRY: the model changed, the whole request is forwarded
         if scope["method"] == "POST" and scope["path"].endswith("/infer"):
             scope, body = _binary_tensors(scope, body, self.cap)
-        rid, fut = self.up.request(scope, body)
+        got = await self._wait(up, *up.request(scope, body), receive, scope)
+        if got is not None:
+            status, headers, out = parse_resp(got[1])
+            await _send(send, status, out, headers)
+
+    async def _wait(
+        self, up: _Upstream, rid: int, fut: asyncio.Future[Any], receive: Any, scope: Any
+    ) -> tuple[int, bytes] | None:
+        """The answer frame (kind, payload); None when the client left (the scheduler is
+        told, the request leaves its queue). A scheduler that is gone answers 503."""
         try:
-            status, headers, out = await until_disconnect(receive, fut, disconnect_hook(scope))
+            got: tuple[int, bytes] = await until_disconnect(receive, fut, disconnect_hook(scope))
         except ClientGone:
-            self.up.cancel(rid)
-            return
+            up.cancel(rid)
+            return None
         except ConnectionError:
-            status, headers = 503, [(b"content-type", b"application/json")]
-            out = b'{"error":"the scheduler process is gone"}'
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": out})
+            kind, parts = resp_parts((503, b'{"error":"the scheduler process is gone"}', []))
+            return kind, b"".join(parts)
+        return got
+
+
+async def _send(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers = with_content_type(headers)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _binary_tensors(scope: dict[str, Any], body: bytes, cap: int) -> tuple[dict[str, Any], bytes]:

@@ -50,14 +50,17 @@ from tidal.dataplane.early import (
 )
 from tidal.dataplane.gateway import Gateway
 from tidal.dataplane.http_body import read_body
-from tidal.dataplane.oip import (
-    OIPError,
-    encode_rest,
-    parse_rest,
-    parse_slo,
-    select_outputs,
-    sig_of,
+from tidal.dataplane.infer_rest import (
+    check_header_len,
+    error_answer,
+    infer_answer,
+    infer_headers,
+    internal_answer,
+    refusal_answer,
+    request_slo,
+    with_content_type,
 )
+from tidal.dataplane.oip import OIPError, parse_rest, parse_slo, sig_of
 from tidal.dataplane.plancheck import PlanRejected, check_admin_plan, zero_reason
 from tidal.dataplane.planstatus import plan_status
 
@@ -157,12 +160,11 @@ class OIPApp:
         try:
             status, body, headers = await self._route(scope, receive)
         except OIPError as e:
-            status, body, headers = e.status, orjson.dumps({"error": e.message}), e.headers
+            status, body, headers = error_answer(e)
         except Exception as e:  # a bug must not take the server down: 500 with the reason
             log.exception("internal error on %s", scope.get("path"))
-            status, body, headers = 500, orjson.dumps({"error": f"internal error: {e!r}"}), []
-        if not any(k == b"content-type" for k, _ in headers):
-            headers = [*_JSON, *headers]
+            status, body, headers = internal_answer(e)
+        headers = with_content_type(headers)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         where = (scope.get("state") or {}).get("tidal.refused")
@@ -301,21 +303,9 @@ class OIPApp:
     async def _infer(
         self, scope: Scope, receive: Any, info: Any, variant: str | None
     ) -> tuple[int, bytes, list[Any]]:
-        header_len: int | None = None
-        slo_header: bytes | None = None
-        for k, v in scope["headers"]:
-            if k == b"x-tidal-slo-ms":
-                slo_header = v
-            elif k == b"inference-header-content-length":
-                try:
-                    header_len = int(v)
-                except ValueError:
-                    raise OIPError(400, f"bad Inference-Header-Content-Length {v!r}") from None
+        header_len, slo_header = infer_headers(scope["headers"])
         body = await self._body(scope, receive)
-        if header_len is not None and not 0 < header_len <= len(body):
-            raise OIPError(
-                400, f"Inference-Header-Content-Length {header_len} out of range 1..{len(body)}"
-            )
+        check_header_len(header_len, body)
         t_first = _first_byte(scope, self.gw)
         if variant is None:  # priced before the decode (issue 13: tidal.dataplane.early)
             early = early_refusal(
@@ -326,15 +316,7 @@ class OIPApp:
                 return early
         sig = sig_of(info)
         req = parse_rest(body, header_len, sig)
-        slo: float | None = None
-        if "slo_ms" in req.parameters:
-            v = req.parameters["slo_ms"]
-            if not isinstance(v, int | float) or isinstance(v, bool):
-                raise OIPError(400, f"slo_ms must be a number of milliseconds, got {v!r}")
-            slo = parse_slo(v, self.cfg.max_slo_ms)
-        if slo_header is not None:  # both given: the tighter one (module docstring)
-            hdr = parse_slo(slo_header.decode("latin-1"), self.cfg.max_slo_ms)
-            slo = hdr if slo is None else min(slo, hdr)
+        slo = request_slo(req, slo_header, self.cfg.max_slo_ms)
         try:  # a client that hangs up cancels its request (tidal.dataplane.disconnect)
             named, res, sig = await until_disconnect(
                 receive,
@@ -346,32 +328,11 @@ class OIPApp:
         except OIPError as e:
             if not hasattr(e, "cause"):
                 raise
-            out: dict[str, Any] = {"error": e.message, "cause": e.cause}
             if e.status == 503:
                 scope.setdefault("state", {})["tidal.refused"] = "admission"
-            if getattr(e, "retry_after_s", None) is not None:
-                out["retry_after_ms"] = round(e.retry_after_s * 1e3, 3)  # type: ignore[attr-defined]
-            return e.status, orjson.dumps(out), e.headers
-        outputs = select_outputs(sig, named, req)
-        resp, hlen = encode_rest(
-            info.name,
-            oip_serve.version_of(info.name, res.variants[-1]),
-            outputs,
-            req.id,
-            oip_serve.result_parameters(
-                res, slo if slo is not None else self.gw.config.default_slo_ms
-            ),
-        )
-        if hlen is None:
-            return 200, resp, []
-        return (
-            200,
-            resp,
-            [
-                (b"content-type", b"application/octet-stream"),
-                (b"inference-header-content-length", str(hlen).encode()),
-            ],
-        )
+            return refusal_answer(e)
+        default = self.gw.config.default_slo_ms
+        return infer_answer(info.name, sig, named, req, res, slo if slo is not None else default)
 
     def openapi(self) -> bytes:
         if self._openapi is None:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import unquote
 
 import httptools
@@ -26,15 +26,27 @@ from tidal.dataplane.http_wire import error as _error
 from tidal.dataplane.http_wire import response_head as _response_head
 from tidal.dataplane.lifespan import ASGI as _ASGI
 
-if TYPE_CHECKING:
-    from tidal.dataplane.server import Server
-
 log = logging.getLogger("tidal.server")
 
 MAX_PIPELINED = 16
 """Reading pauses while more than this many complete requests wait on one connection."""
 # States of the parser side of a connection (the Server's sweep reads them).
 NEW, KEEPALIVE, HEADERS, BODY = 0, 1, 2, 3
+
+
+class Server(Protocol):
+    """What a connection uses of `tidal.dataplane.server.Server` (no import: no cycle)."""
+
+    loop: asyncio.AbstractEventLoop
+    limits: Any  # ServerLimits
+    app: Any
+    at_headers: Callable[[dict[str, Any]], Any] | None
+    stopping: bool
+
+    def admit(self, c: Conn) -> bool: ...
+    def forget(self, c: Conn) -> None: ...
+    def busy(self, c: Conn) -> None: ...
+    def idle(self, c: Conn) -> None: ...
 
 
 class _Request:

@@ -222,7 +222,9 @@ def encode_set(
     return HEADER.pack(MAGIC, kind, NO_DTYPE, 0, req_id, len(payload), count) + payload
 
 
-def decode_set(payload: bytearray | bytes, count: int | None = None) -> dict[str, np.ndarray]:
+def decode_set(
+    payload: bytearray | bytes | memoryview, count: int | None = None
+) -> dict[str, np.ndarray]:
     """The named tensors of a set frame's payload; FramingError on any inconsistency."""
     mv = memoryview(payload)
     out: dict[str, np.ndarray] = {}
