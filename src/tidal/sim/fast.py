@@ -97,31 +97,14 @@ def _rate(ist, now, st):
 
 
 @njit(cache=True)
-def _dispatch(
-    ist,
-    fst,
-    now,
-    p,
-    eps,
-    r_id,
-    r_a,
-    r_d,
-    st,
-    busy,
-    until,
-    pred,
-    rseq,
-    bstart,
-    blen,
-    rrid,
-    cores,
-    bsec,
-    o_id,
-    o_a,
-    o_d,
-    o_e,
-    o_c,
-):
+def _dispatch(ist, fst, now, p, eps, ring, reps, outs):
+    """Step the lane at `now`: expire, then dispatch batches to idle ready replicas or arm
+    the lane's timer. `ring` = the queue's (r_id, r_a, r_d), `reps` = the replica slots'
+    (st, busy, until, pred, rseq, bstart, blen, rrid, cores, bsec), `outs` = the outcome
+    buffers (o_id, o_a, o_d, o_e, o_c): tuples, unpacked at compile time."""
+    r_id, r_a, r_d = ring
+    st, busy, until, pred, rseq, bstart, blen, rrid, cores, bsec = reps
+    o_id, o_a, o_d, o_e, o_c = outs
     mask = len(r_id) - 1
     t = now / 1e6
     bmax = ist[B]
@@ -322,6 +305,9 @@ def _run(
     o_c,
 ):
     big = 1 << 62
+    ring = (r_id, r_a, r_d)
+    reps = (st, busy, until, pred, rseq, bstart, blen, rrid, cores, bsec)
+    outs = (o_id, o_a, o_d, o_e, o_c)
     mask = len(r_id) - 1
     cap = len(r_id)
     ocap = len(o_id)
@@ -376,31 +362,7 @@ def _run(
                 if st[hk] == 2:  # drained: the slot is free (the lane is stepped anyway)
                     st[hk] = 0
             if ist[QTAIL] > ist[QHEAD]:  # an empty queue: nothing to step
-                _dispatch(
-                    ist,
-                    fst,
-                    now,
-                    p,
-                    eps,
-                    r_id,
-                    r_a,
-                    r_d,
-                    st,
-                    busy,
-                    until,
-                    pred,
-                    rseq,
-                    bstart,
-                    blen,
-                    rrid,
-                    cores,
-                    bsec,
-                    o_id,
-                    o_a,
-                    o_d,
-                    o_e,
-                    o_c,
-                )
+                _dispatch(ist, fst, now, p, eps, ring, reps, outs)
         else:
             if ta > t_stop:
                 break
@@ -439,31 +401,7 @@ def _run(
                 ist[QTAIL] += 1
                 ist[LAST_ARR] = now
             if ist[QTAIL] > ist[QHEAD]:  # an empty queue: nothing to step
-                _dispatch(
-                    ist,
-                    fst,
-                    now,
-                    p,
-                    eps,
-                    r_id,
-                    r_a,
-                    r_d,
-                    st,
-                    busy,
-                    until,
-                    pred,
-                    rseq,
-                    bstart,
-                    blen,
-                    rrid,
-                    cores,
-                    bsec,
-                    o_id,
-                    o_a,
-                    o_d,
-                    o_e,
-                    o_c,
-                )
+                _dispatch(ist, fst, now, p, eps, ring, reps, outs)
             if not ok:
                 _emit(ist, o_id, o_a, o_d, o_e, o_c, rid, now, d, now, REFUSED)
     ist[NOW] = max(ist[NOW], t_stop)
@@ -640,7 +578,7 @@ class FastDataPlane:
                     self._flush_out()
                     continue
                 a = self._args()
-                _dispatch(a[0], a[1], t_stop, *a[2:4], *a[6:])
+                _dispatch(a[0], a[1], t_stop, a[2], a[3], a[6:9], a[9:19], a[19:])
                 return REACHED
             status = int(_run(t_stop, self.ready, *self._args()))
             if status == OUT_FULL:
