@@ -36,8 +36,11 @@ Each decision (every second):
    replicas (the bridged cores shrink once they are ready); if the node has no room in place,
    the target, or more replicas of today's size. Still at risk within a cold start of the
    last urgent change, the next one carries `escalate` (2) x more (a surge outruns the 3-s
-   rate: one change per second behind it was measured). The first decisions, before a peak
-   was measured, carry the whole hedged rate.
+   rate: one change per second behind it was measured); an escalated rate no plan carries
+   gets the most the nodes carry (not the smaller level target). While a move's new
+   replicas start, the rate outgrowing both the plan in force and the one moved to is acted
+   on at once (not after the cold start). The first decisions, before a peak was
+   measured, carry the whole hedged rate.
 4. Arrivals stopped (zero seconds that Poisson arrivals at the rate before them would
    give with probability < `idle_p`): no growth, and at once (within the budget) the
    cheapest plan for the rate the zeros still allow, keeping the replicas that carry the
@@ -426,10 +429,14 @@ class Tidal:
             starting = bool(ctx.pending.resizing_stages) or any(
                 ctx.pending.starting_replicas.get(s.stage, 0) > 0 for s in ctx.stages
             )
-            if not starting and not self.at_risk(ctx, st.target, chosen, r_fast):
+            target_ok = not self.at_risk(ctx, st.target, chosen, r_fast)
+            if not starting and target_ok:
                 return st.target, replace(st, target=None)
-            if starting:
+            if starting and (target_ok or not self.at_risk(ctx, cur, chosen, r_fast)):
                 return cur, st
+            # the rate outgrew both the plan in force and the one being moved to: drop it,
+            # act on the risk now (the replicas already starting keep starting) rather than
+            # after their cold start
             st = replace(st, target=None)
         idle = down.idle(self, ctx, st, chosen, lam)
         if idle is not None:  # before the risk check: the fast rate predates the stop
@@ -444,7 +451,7 @@ class Tidal:
                 # instead of one change per second behind it
                 lam_u = max(lam_u, self.escalate * moves.max_rps(cur, chosen))
             grown, st2 = self._grow(
-                ctx, st, chosen, lam_u, self._target(ctx, chosen, lam_u, r_fast) or target, r_fast
+                ctx, st, chosen, lam_u, self._target(ctx, chosen, lam_u, r_fast), r_fast
             )
             # an urgent change must add capacity (>= 5%); else re-solving each second for a
             # noisy rate flaps the plan without helping (measured: 800 changes/hour)

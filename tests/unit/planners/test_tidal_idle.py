@@ -1,5 +1,6 @@
-"""`tidal` when arrivals stop: one shrink at once (no hold), the replicas that carry the level
-kept so a return of the load is an in-place resize, and no shrink under queued work at risk."""
+"""`tidal` when arrivals stop (one shrink at once, no hold; the replicas that carry the level
+kept so a return of the load is an in-place resize; no shrink under queued work at risk),
+and when a surge outruns a move in progress."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from typing import Any
 
 from tidal.core.plan import Plan
 from tidal.planners import Capacity, create
-from tidal.planners.base import PlanContext
+from tidal.planners.base import Pending, PlanContext
 from tidal.planners.common import stage_plan
 from tidal.planners.synthetic import synthetic_context
-from tidal.planners.tidal import Tidal
+from tidal.planners.tidal import Tidal, TidalState
 from tidal.planners.tidal_moves import arrivals_stopped, keep_replicas
 
 
@@ -82,3 +83,23 @@ def test_tidal_keeps_its_plan_in_a_stop_while_queued_requests_need_it() -> None:
     queued = tuple([400.0] * 200)  # 200 requests waiting, 400 ms left each
     held, _ = planner.plan(dataclasses.replace(ctx, budgets_ms=queued))
     assert held.total_cores > shrunk.total_cores
+
+
+def test_tidal_acts_during_a_cold_start_when_the_rate_outgrows_the_plan_moved_to() -> None:
+    base = synthetic_context(1, rps=40.0, capacity=Capacity(1, 16.0))
+    v = base.stages[0].variants[0]
+    cur = Plan(stages=(stage_plan("s0", v.name, 4, 1.0, 8),))  # the interim in force
+    target = Plan(stages=(stage_plan("s0", v.name, 4, 0.5, 8),))  # once the replicas start
+    starting = Pending(starting_replicas={"s0": 2})
+    st = TidalState(start=0.0, target=target)
+    ctx = dataclasses.replace(base, now=300.0, rate_history=(40.0,) * 300, forecast=None,
+                              current=cur, pending=starting, state=st)  # fmt: skip
+    carried = v.throughput(8, 1.0) * 4
+    low = dataclasses.replace(ctx, rate_history=(0.5 * carried,) * 300)
+    kept, _ = Tidal().plan(low)  # the plan in force carries it: wait for the replicas
+    assert kept.stages == cur.stages
+    high = dataclasses.replace(ctx, rate_history=(0.5 * carried,) * 297 + (1.5 * carried,) * 3)
+    grown, st2 = Tidal().plan(high)  # it outgrew both: grow now, not after the cold start
+    sp = grown.stages[0]
+    assert sp.replicas * v.throughput(sp.batch, sp.cores) > 1.5 * carried
+    assert isinstance(st2, TidalState) and st2.urgent_at == 300.0
