@@ -9,6 +9,17 @@ Two estimators, both fed by the lane's scheduler (`GroupScheduler.on_done`):
   dispatch overhead, not the service), clamped to [0.5, 20]. Admission and busy-until
   predictions are multiplied by it. The median, not a high percentile: on a shared machine
   one preempted batch must not price every arrival.
+- `slowdown_now` (admission's price of the service rate): `slowdown`, or the median of the
+  last `RECENT` of the same ratios when that is higher. A sustained slowdown (the machine got
+  busier: runs of batches at 2.5-4x, measured) prices new arrivals within a few batches
+  instead of after half the window, while a recovery is believed only once the window
+  agrees. Only admission uses it: the expiry of already-admitted requests at dispatch and the
+  dispatched batches' busy-until keep the window median, so a short spike does not expire
+  work that was admitted in good faith.
+- `overrun_end(start, predicted_raw_s, now)`: when a batch still runs past its predicted end,
+  when it is now expected to end: at the median of the window's ratios that exceed what it
+  has run so far, or, when it has outrun all of them, as far past `now` as it is past its
+  prediction (admission prices the arrivals behind it from that, not from "free now").
 - `slowdown_tail`: the 90th percentile of the same ratios: a batch that must keep its head's
   deadline (`SchedulerConfig.batch_deadline`) is cut so it ends in time even at that speed.
 - `slowdown_top`: the largest of the same ratios (the window's ~97th percentile). It bounds
@@ -45,6 +56,7 @@ from __future__ import annotations
 from collections import deque
 
 BATCH_WINDOW = 32
+RECENT = 5
 MIN_BATCH_S = 0.002
 SLOWDOWN_MIN, SLOWDOWN_MAX = 0.5, 20.0
 STEP = 0.05
@@ -66,6 +78,7 @@ class LaneCalibration:
         "late_target",
         "reply_s",
         "slowdown",
+        "slowdown_now",
         "slowdown_tail",
         "slowdown_top",
         "stretch",
@@ -77,6 +90,7 @@ class LaneCalibration:
         self.late_target = late_target
         self._down = 1.0 - STEP * late_target / (1.0 - late_target)
         self.slowdown = 1.0
+        self.slowdown_now = 1.0
         self.slowdown_tail = 1.0
         self.slowdown_top = 1.0
         self.stretch = 1.0
@@ -100,6 +114,9 @@ class LaneCalibration:
         srt = sorted(self._batch)
         n = len(srt) - 1
         self.slowdown = _clamp(srt[n // 2], SLOWDOWN_MIN, SLOWDOWN_MAX)
+        recent = sorted(list(self._batch)[-RECENT:])
+        now = _clamp(recent[(len(recent) - 1) // 2], SLOWDOWN_MIN, SLOWDOWN_MAX)
+        self.slowdown_now = max(self.slowdown, now)
         self.slowdown_tail = _clamp(srt[(9 * n) // 10], SLOWDOWN_MIN, SLOWDOWN_MAX)
         self.slowdown_top = _clamp(srt[n], SLOWDOWN_MIN, SLOWDOWN_MAX)
 
@@ -121,6 +138,18 @@ class LaneCalibration:
         self.reply_s = srt[(9 * (len(srt) - 1)) // 10]
 
     # ------------------------------------------------------------------ views
+    def overrun_end(self, start: float, predicted_raw_s: float, now: float, end: float) -> float:
+        """When a batch started at `start`, predicted (at the profile's rate) to take
+        `predicted_raw_s` and to end at `end` (<= `now`), still running at `now`, is now
+        expected to end (see the module docstring)."""
+        if predicted_raw_s <= 0.0:
+            return now
+        ran = (now - start) / predicted_raw_s
+        longer = sorted(x for x in self._batch if x > ran)
+        if longer:
+            return start + predicted_raw_s * longer[(len(longer) - 1) // 2]
+        return now + (now - end)
+
     @staticmethod
     def decayed(k: float, decay: float) -> float:
         """Factor `k` after `decay` of it is left (1.0 = none decayed)."""

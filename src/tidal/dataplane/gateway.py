@@ -108,6 +108,7 @@ def scheduler_config(config: ServeConfig, **overrides: object) -> SchedulerConfi
         "late_target": 0.005,  # issue 13: feedback margin, <= ~0.5% of admitted ones late
         "batch_deadline": True,  # issue 13: joiners must not make a batch's head late
         "expire_hopeless": not config.serve_late,  # issue 13: no replica time on late answers
+        "price_overrun": True,  # issue 13: arrivals behind an overrunning batch priced later
     }
     base.update(overrides)
     return SchedulerConfig.model_validate(base)

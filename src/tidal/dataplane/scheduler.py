@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import replace
 
 from tidal.dataplane.batcher import decide_n
 from tidal.dataplane.bounds import LaneCaps, admit_rows, drain_time, over_cap
@@ -281,13 +282,13 @@ class GroupScheduler:
         down = self.downstream_s + self.calib.reply_s
         deadline = req.deadline - down
         lat = self.latency_s
-        k = self._factor(now)
+        cal = self.calib
+        k = self._factor(now, cal.slowdown_now)  # the recent speed when slower (calibration)
         if k != 1.0:
 
             def lat(b: int, c: float) -> float:
                 return k * self.latency_s(b, c)
 
-        cal = self.calib
         stretch = self._factor(now, cal.stretch)
         # the request's own batch: at the tail speed as far as late answers ask for it (the
         # stretch), at the median when they do not (so low load is not refused on the tail)
@@ -310,7 +311,7 @@ class GroupScheduler:
             now,
             queue=self.queue,
             queued_rows=self.queued_rows,
-            replicas=self.replicas.values(),
+            replicas=(self.config.price_overrun and self._overrun(now)) or self.replicas.values(),
             latency_s=lat,
             max_batch=self.max_batch,
             margin=margin,
@@ -319,6 +320,22 @@ class GroupScheduler:
             head_deadline=None if head is None else head.deadline - down,
             tail=tail,
         )
+
+    def _overrun(self, now: float) -> list[LaneReplica] | None:
+        """The replicas as admission should see them at `now` when a batch runs past its
+        predicted end (None when none does): that replica busy until the batch's expected
+        end (`LaneCalibration.overrun_end`), not free now. Views: nothing is changed."""
+        late = [b for b in self.inflight.values() if b.replica.busy_until < now]
+        if not late:
+            return None
+        reps = dict(self.replicas)
+        for b in late:
+            r = reps.get(b.replica.id, b.replica)
+            raw = self.latency_s(b.rows, r.cores)
+            end = self.calib.overrun_end(b.start, raw, now, b.predicted_end)
+            if end > r.busy_until:
+                reps[r.id] = replace(r, busy_until=end)
+        return list(reps.values())
 
     def _over_cap(self, req: QueuedRequest, now: float) -> Refused | None:
         """Refused(503) at once when `req` would pass the lane's rows or bytes cap."""

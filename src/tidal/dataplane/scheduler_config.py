@@ -89,6 +89,14 @@ class SchedulerConfig(BaseModel):
         "time goes to requests that can still make theirs. Off in the simulator; the live "
         "gateway turns it on.",
     )
+    price_overrun: bool = Field(
+        default=False,
+        description="Admission sees a replica whose batch runs past its predicted end as busy "
+        "until the batch's expected end (tidal.dataplane.calibration `overrun_end`), not as "
+        "free now: the arrivals behind a long batch are priced from when it will really "
+        "end. Off in the simulator (its fast mode does not mirror it); the live gateway "
+        "turns it on.",
+    )
 
 
 __all__ = ["SchedulerConfig"]

@@ -161,3 +161,61 @@ def test_the_own_batch_is_priced_up_to_the_slowest_recent_speed_as_the_stretch_a
         s.last_free = 0.0  # busy until now: nothing decayed yet
         v = s.push(req(1, 0.0, slo=0.15, rows=1024), 0.0)
         assert isinstance(v, Admitted) == admitted, (stretch, top, v)
+
+
+def test_a_sustained_slowdown_prices_admission_within_a_few_batches() -> None:
+    c = LaneCalibration()
+    for _ in range(30):
+        c.observe_batch(0.01, 0.01)  # the profile's speed
+    c.observe_batch(0.01, 0.03)  # one preempted batch: priced by neither
+    assert c.slowdown == pytest.approx(1.0) and c.slowdown_now == pytest.approx(1.0)
+    for _ in range(2):
+        c.observe_batch(0.01, 0.03)  # three of the last five at 3x: a new regime
+    assert c.slowdown_now == pytest.approx(3.0)
+    assert c.slowdown == pytest.approx(1.0)  # the window's median: expiry and busy-until
+    for _ in range(3):
+        c.observe_batch(0.01, 0.01)  # recovered: the last five and the window agree
+    assert c.slowdown_now == pytest.approx(1.0)
+    for _ in range(5):
+        c.observe_batch(0.01, 0.005)  # faster than the window: the window still prices it
+    assert c.slowdown_now == c.slowdown == pytest.approx(1.0)
+
+
+def test_admission_prices_at_the_recent_speed_but_dispatch_expiry_at_the_median() -> None:
+    s = lane(expire_hopeless=True)
+    for _ in range(30):
+        s.calib.observe_batch(0.01, 0.01)
+    for _ in range(3):
+        s.calib.observe_batch(0.01, 0.02)  # the last batches ran at 2x
+    s.replicas[1].inflight, s.replicas[1].busy_until = 1, 0.05  # busy for 50 ms
+    s.last_free = 0.0  # busy until now: nothing decayed yet
+    # 1024 rows: 107.4 ms at the profile, 214.8 ms at 2x; after 50 ms: 157 / 265 ms
+    assert isinstance(s.push(req(1, 0.0, slo=0.2, rows=1024), 0.0), Refused)
+    s.calib.slowdown_now = 1.0  # (what the median alone would have priced)
+    assert isinstance(s.push(req(2, 0.0, slo=0.2, rows=1024), 0.0), Admitted)
+    s.replicas[1].inflight = 0
+    ran = [r.id for a in s.step(0.05) if isinstance(a, Dispatch) for r in a.batch.requests]
+    assert ran == [2]  # expiry at dispatch judges at the median: it can still make it
+
+
+def test_overrun_end_from_the_longer_batches_of_the_window_or_as_late_again() -> None:
+    c = LaneCalibration()
+    for took in (0.01, 0.01, 0.01, 0.02, 0.04):
+        c.observe_batch(0.01, took)
+    # started at 0, 10 ms predicted, still running at 15 ms: ratios above 1.5 are 2 and 4
+    assert c.overrun_end(0.0, 0.01, 0.015, 0.01) == pytest.approx(0.02)
+    # still running at 50 ms, longer than every batch seen: as far past now as past its end
+    assert c.overrun_end(0.0, 0.01, 0.05, 0.01) == pytest.approx(0.09)
+
+
+def test_admission_sees_an_overrunning_batch_as_busy_until_its_expected_end() -> None:
+    for on in (True, False):
+        s = lane(price_overrun=on)
+        s.push(req(1, 0.0, slo=1.0), 0.0)
+        (d,) = [a for a in s.step(0.0) if isinstance(a, Dispatch)]
+        assert d.batch.predicted_end == pytest.approx(lat(1, 1.0))  # 5.1 ms
+        # at 40 ms it still runs (predicted to end at 5.1 ms): expected end 74.9 ms, so a
+        # 1024-row request (107.4 ms) due at 150 ms cannot make it; priced as free now, it can
+        v = s.push(req(2, 0.04, slo=0.11, rows=1024), 0.04)
+        assert isinstance(v, Refused if on else Admitted), (on, v)
+        assert s.replicas[1].busy_until == pytest.approx(lat(1, 1.0))  # nothing changed
