@@ -247,6 +247,19 @@ def test_ray_cluster_end_to_end(cluster: Any) -> None:
             assert crowded not in {e.node for e in ready_execs(gw)}
             load.check()
             assert sum(fac.used().values()) == pytest.approx(3.0)
+
+            # 5) The watchdog's kill (through the actor) ends the worker: its connection
+            # closes, the gateway replaces the replica, and no request is lost.
+            victim_ex = ready_execs(gw)[0]
+            load = Load(gw)
+            bg = asyncio.create_task(load.run(6.0, 10))
+            await asyncio.sleep(1.0)
+            victim_ex.kill()
+            await until(lambda: not victim_ex.alive(), timeout_s=30)
+            await bg
+            await wait_ready(gw, "m", 3, timeout_s=180)
+            assert victim_ex.pid not in {e.pid for e in ready_execs(gw)}
+            load.check()
         finally:
             await gw.stop()
             fac.shutdown()
