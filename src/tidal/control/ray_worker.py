@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hmac
 import json
 import os
@@ -42,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -94,7 +94,8 @@ class Endpoint:
     """A one-shot listening socket for one worker's two connections (see the module
     docstring). `host` is where it binds: 127.0.0.1 unless the caller decided otherwise."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", clock: Clock | None = None) -> None:
+        self.clock: Clock = clock or MonotonicClock()
         self.token = secrets.token_bytes(TOKEN_BYTES)
         self.sock = socket.create_server((host, 0), backlog=8)
         self.host = host
@@ -104,10 +105,10 @@ class Endpoint:
         """The (sync, async) connections that presented the token; TidalError after
         `timeout_s` without both. The listener is closed either way."""
         got: dict[bytes, socket.socket] = {}
-        deadline = time.monotonic() + timeout_s
+        deadline = self.clock.now() + timeout_s
         try:
             while len(got) < 2:
-                left = deadline - time.monotonic()
+                left = deadline - self.clock.now()
                 if left <= 0:
                     raise TidalError(
                         f"worker endpoint {self.host}:{self.port}: the gateway did not connect "
@@ -150,11 +151,13 @@ class Endpoint:
         self.sock.close()
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: no dlopen between fork and exec
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the forked child
     """SIGKILL this process when its parent (the actor) dies; exit now if it already did."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() == 1:
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
         os._exit(1)
 
 
@@ -169,6 +172,7 @@ class WorkerProcess:
         cpus: tuple[int, ...],
         sync: socket.socket,
         asock: socket.socket,
+        clock: Clock | None = None,
     ) -> None:
         from tidal.models.catalog import get_variant
         from tidal.models.onnx_cache import onnx_path
@@ -192,8 +196,9 @@ class WorkerProcess:
         if variant == "noop":
             argv.append("--echo")
         self.variant = variant
+        self.clock: Clock = clock or MonotonicClock()
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 (closed in stop())
-        self.t_spawn = time.monotonic()
+        die = functools.partial(_die_with_parent, os.getpid())
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -202,7 +207,7 @@ class WorkerProcess:
                 stdout=subprocess.DEVNULL,
                 stderr=self._stderr,
                 env=env,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (no locks taken: one prctl)
+                preexec_fn=die,  # noqa: PLW1509 (one prctl, no lock taken)
             )
         finally:
             sync.close()  # the worker holds them now
@@ -228,13 +233,13 @@ class WorkerProcess:
 
     def resize(self, cores: float, cpus: tuple[int, ...]) -> float:
         """Quota and pins in place (same PID); the seconds it took. WorkerDied if gone."""
-        t0 = time.monotonic()
+        t0 = self.clock.now()
         try:
             self.cpu.apply(cores, cpus)
         except (OSError, ProcessLookupError):
             raise WorkerDied(f"worker {self.pid} ({self.variant}) is gone") from None
         self.cores, self.cpus = cores, cpus
-        return time.monotonic() - t0
+        return self.clock.now() - t0
 
     def cpu_state(self) -> dict[str, Any]:
         """The quota and CPU sets in force, read back from the kernel."""
