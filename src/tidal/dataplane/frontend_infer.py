@@ -34,6 +34,7 @@ a set frame of the outputs. HELLO: the catalog. RETRY: empty.
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,8 @@ from tidal.dataplane.infer_rest import (
 )
 from tidal.dataplane.ipc import HEADER_SIZE, decode_set, encode_set
 from tidal.dataplane.oip import InferRequest, ModelSig, OIPError, parse_rest, sig_of
+
+log = logging.getLogger("tidal.frontend")
 
 HELLO, INFER, RESULT, RETRY = 4, 5, 6, 7
 _INFER_HEAD = struct.Struct("<ddI")
@@ -82,7 +85,14 @@ class Catalog:
 
     @classmethod
     def of(cls, gw: Any) -> Catalog:
-        sigs = {name: sig_of(info) for name, info in gw.models.items()}
+        """The gateway's served models; one whose signature cannot be derived is left out
+        (its requests are forwarded whole, and the full path answers them)."""
+        sigs: dict[str, ModelSig] = {}
+        for name, info in gw.models.items():
+            try:
+                sigs[name] = sig_of(info)
+            except Exception:  # noqa: BLE001 (any failure: the full path decides)
+                log.warning("model %r left out of the front ends' catalog", name, exc_info=True)
         return cls(sigs, float(gw.config.max_slo_ms), float(gw.config.default_slo_ms))
 
     def encode(self) -> bytes:
