@@ -185,12 +185,12 @@ def stage_slowdowns(path: Path) -> dict[str, dict[str, float]]:
 def _ray_run(setup: Any, policy: str, nodes: int, per_node: float, work: Path) -> dict[str, Any]:
     from tidal.apps.demo import run_policy
     from tidal.apps.validate import live_summary
-    from tidal.control.ray_substrate import _ray
+    from tidal.control.ray_connect import _ray
 
     ray = _ray()
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    cluster: Any = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         for _ in range(nodes):
             cluster.add_node(num_cpus=max(1, round(per_node + 0.499)))
