@@ -22,7 +22,8 @@ Output keys: `tidal`, `ray_serve`, `bare_asgi` (noop only): workload -> {rps, p5
 Tidal's overhead over the bare app), `tidal_vs_bare`, `tidal_1core_vs_bare`, the 2-core
 scaling as `fe2_vs_1core` (two front ends) and `tidal_2core_vs_1core` (one gateway process and
 its worker on the whole machine, against the same pinned to one core), `cpu_us_per_request`
-(server -> {gateway, worker}), `non_2xx`, the settings used (with the load average at start
+(server -> {gateway, worker, frontends}: `frontends` is the front-end processes' share of
+`gateway`), `non_2xx`, the settings used (with the load average at start
 and end).
 Figures only: nothing here is asserted by tests.
 """
@@ -209,10 +210,12 @@ class _Server:
 
 
 def _tree_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user+system) of `pid` and its descendants: worker processes apart."""
+    """CPU seconds (user+system) of `pid` and its descendants: `gateway` (every gateway
+    process, front ends included), `worker`, and `frontends` (the HTTP front-end processes
+    of `--frontends N` alone, 0 without them: the scheduler process is gateway - frontends)."""
     import psutil
 
-    out = {"gateway": 0.0, "worker": 0.0}
+    out = {"gateway": 0.0, "worker": 0.0, "frontends": 0.0}
     try:
         procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
@@ -220,8 +223,11 @@ def _tree_cpu(pid: int) -> dict[str, float]:
     for p in procs:
         with contextlib.suppress(psutil.Error):
             t = p.cpu_times()
-            key = "worker" if "worker_main" in " ".join(p.cmdline()) else "gateway"
+            cmd = " ".join(p.cmdline())
+            key = "worker" if "worker_main" in cmd else "gateway"
             out[key] += t.user + t.system
+            if "tidal.dataplane.frontend" in cmd:
+                out["frontends"] += t.user + t.system
     return out
 
 
