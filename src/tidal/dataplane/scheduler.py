@@ -562,11 +562,15 @@ class GroupScheduler:
     def on_answered(self, req: QueuedRequest, finish: float, now: float) -> None:
         """The driver took up `req`'s answer at `now`, its batch having ended at `finish`
         (the live gateway calls it; the feedback margin and the answer path,
-        `tidal.dataplane.calibration`, learn from it). No effect unless `late_target` > 0."""
+        `tidal.dataplane.calibration`, learn from it). No effect unless `late_target` > 0.
+        Late counts from `now` plus the answer path's learned delay (`reply_s`): what is
+        left of the answer's way (encoding, the write, the client's read) goes through the
+        same busy loop and is not seen here, so an answer with less slack than that counts
+        as late (measured: about as many 200s were late at the client as at the server)."""
         cal = self.calib
         if cal.late_target > 0.0 and self.config.admission:
             cal.observe_reply(now - finish)
-            cal.observe_request(now > req.deadline - self.downstream_s)
+            cal.observe_request(now + cal.reply_s > req.deadline - self.downstream_s)
 
     def _factor(self, now: float, k: float | None = None) -> float:
         """The factor `k` (default: the slowdown) in force at `now`, decayed toward 1 while

@@ -219,3 +219,14 @@ def test_admission_sees_an_overrunning_batch_as_busy_until_its_expected_end() ->
         v = s.push(req(2, 0.04, slo=0.11, rows=1024), 0.04)
         assert isinstance(v, Refused if on else Admitted), (on, v)
         assert s.replicas[1].busy_until == pytest.approx(lat(1, 1.0))  # nothing changed
+
+
+def test_an_answer_with_less_slack_than_the_answer_path_counts_as_late() -> None:
+    s = lane(late_target=0.01)
+    for i in range(10):  # answers taken up 4 ms after their batch ended: reply_s = 4 ms
+        s.on_answered(req(i, 0.0, slo=1.0), 0.1, 0.104)
+    assert s.stretch == 1.0 and s.calib.reply_s == pytest.approx(0.004)
+    s.on_answered(req(20, 0.0, slo=0.2), 0.193, 0.197)  # 3 ms before its deadline
+    assert s.stretch == pytest.approx(1 + STEP)  # the rest of its way takes ~4 ms: late
+    s.on_answered(req(21, 0.0, slo=0.2), 0.19, 0.194)  # 6 ms of slack: in time
+    assert s.stretch < 1 + STEP
