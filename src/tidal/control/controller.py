@@ -14,7 +14,8 @@ Contract:
   most-that-fits, sponge's cores scaled down to the nodes, ipa's and infadapter's fastest
   options): it is applied when it fits the capacity (`tidal.planners.common.fits`) and logged
   as infeasible with its reason; keeping the plan in force instead would serve a surge on a
-  plan sized for less load (measured: themis kept 1 of its 1.5 cores idle for a whole surge).
+  plan sized for less load (measured with themis' overload plan kept out, `tidal bench
+  ray-cluster`: 1.5 of 2 cores used for the whole surge; `Themis.most_that_fits`).
   A flagged plan that does not fit the nodes (the planner asked for more than exists), a
   plan the actuator refuses, or a planner exception leaves the plan in force unchanged and
   logs the reason (``kept-last-feasible``). ``apply_best_effort`` (``--best-effort``) also
