@@ -1,6 +1,6 @@
-"""The Ray substrate: replicas as Ray actors, with capacity-true placement. All of Tidal's Ray
-API calls are made here and in `tidal.control.ray_connect` (connecting, the placement
-authority); the placement logic is the pure :class:`tidal.control.placement.PlacementBook`.
+"""The Ray substrate: replicas as Ray actors, with capacity-true placement. Tidal's Ray calls
+are here, in `tidal.control.ray_connect` (connecting, the placement authority) and in
+`tidal.control.ray_worker` (the replica actor); placement logic: `control.placement`.
 
 How a replica's cores are held, so Ray's scheduler and autoscaler see the truth:
 - Every replica's cores are held by Ray **placement groups** of one ``{"CPU": cores}`` bundle
@@ -8,8 +8,8 @@ How a replica's cores are held, so Ray's scheduler and autoscaler see the truth:
   free cores (`RayFactory.claim`: spread, so every node keeps room for in-place growth); when
   no node has them, or another gateway took them first, without a node constraint: Ray
   places it on a node with room, or keeps it **pending**, which is the demand the
-  KubeRay autoscaler scales on (the Kubernetes pod model: pending, then placed). The start
-  waits for the hold with no retry loop of ours; Ray retries placement itself.
+  KubeRay autoscaler scales on (the Kubernetes pod model: pending, then placed); Ray
+  retries the placement itself.
 - ``cores_per_node`` below a node's Ray CPUs (Ray counts whole CPUs: a 2/3-core node is a
   1-CPU raylet): the difference is held on every node (`RayFactory._fill`), so Ray's free
   CPUs, its placement and the demand it reports equal Tidal's book.
@@ -113,7 +113,6 @@ class RayExecutor:
         self.actor: Any = None
         self.direct: DirectWorker | None = None
         self.cold_start_s = 0.0
-        auth = factory.authority
         claim = factory.claim(cores)
         try:
             pg = _hold(cores, claim)
@@ -135,18 +134,7 @@ class RayExecutor:
             self.actor = factory.take_standby(self.node)
             at = ray.get(self.actor.where.remote(), timeout=120)
             node, cpu_ids = at["node"], at["cpus"]
-            grant = ray.get(
-                auth.reserve.remote(
-                    self.replica_id, node, cores, factory.node_cores(node), cpu_ids,
-                    at["kernel"]["boot"],
-                ),
-                timeout=30,
-            )  # fmt: skip
-            if grant is None:
-                raise TidalError(
-                    f"the placement authority has no CPUs for {cores:g} cores on node "
-                    f"{node[:8]} (used {ray.get(auth.used.remote(), timeout=30)})"
-                )
+            grant = self._reserve(node, cores, cpu_ids, at["kernel"]["boot"])
             self.cpus: tuple[int, ...] = tuple(grant.cpus)
             info = self._start_worker(at, cores)
         except BaseException:
@@ -157,6 +145,29 @@ class RayExecutor:
         self.pid: int = int(info["pid"])
         self.mechanism = str(info["mechanism"])
         factory.track(self)
+
+    def _reserve(self, node: str, cores: float, cpu_ids: list[int], boot: str) -> Any:
+        """The authority's grant on `node`, where Ray placed this replica's hold. Ray holds
+        the cores, so a refusal is the book lagging Ray (a grow booked before its hold, now
+        refused within `grow_timeout_s`; a release after its holds went): asked again until
+        that has passed, then TidalError. (A start failed on that race mid-surge, measured.)"""
+        ray = _ray()
+        auth, fac = self.factory.authority, self.factory
+        deadline = fac.clock.now() + self.grow_timeout_s + 2.0
+        while True:
+            grant = ray.get(
+                auth.reserve.remote(
+                    self.replica_id, node, cores, fac.node_cores(node), cpu_ids, boot
+                ),
+                timeout=30,
+            )
+            if grant is not None:
+                return grant
+            if fac.clock.now() >= deadline or fac._closing.wait(0.2):
+                raise TidalError(
+                    f"the placement authority has no CPUs for {cores:g} cores on node "
+                    f"{node[:8]} (used {ray.get(auth.used.remote(), timeout=30)})"
+                )
 
     def _start_worker(self, at: dict[str, Any], cores: float) -> dict[str, Any]:
         """The direct data path (`tidal.control.ray_worker`): the actor listens, this
