@@ -148,3 +148,33 @@ def test_slowdown_schedule_places_each_measurement_at_its_window_on_the_trace() 
     out = slowdown_schedule(decisions, ["a", "b"], lead_s=2.0, window_s=1.0, span=3)
     assert [row[0] for _, row in out] == [pytest.approx(3.0)]
     assert slowdown_schedule([{"t": 1.0, "inputs": {}}], ["a"], 0.0) == []
+
+
+def test_live_cold_start_is_read_from_the_decisions_that_added_replicas() -> None:
+    from tidal.apps.validate import live_start_times, make_validate_setup, scaled_profiles
+
+    def stage(name: str, variant: str, n: int, cores: float = 0.5) -> dict[str, Any]:
+        vs = [{"name": variant, "replicas": n}]
+        return {"stage": name, "variants": vs, "replicas": n, "cores": cores}
+
+    one = [stage("classify", "resnet18", 1), stage("nlp", "bert-tiny", 1)]
+    two = [stage("classify", "resnet18", 2), stage("nlp", "bert-tiny", 1)]
+    both = [stage("classify", "resnet18", 3), stage("nlp", "bert-tiny", 2)]
+    bigger = [stage("classify", "resnet18", 2, 1.0), stage("nlp", "bert-tiny", 1)]
+    decisions: list[dict[str, Any]] = [
+        {"action": "applied", "inputs": {"current": one}, "output": two, "time_to_effect_s": 1.2},
+        {"action": "applied", "inputs": {"current": two}, "output": one, "time_to_effect_s": 0.0},
+        {"action": "applied", "inputs": {"current": one}, "output": two, "time_to_effect_s": 1.6},
+        # two stages grew at once: whose start it was is unknown, not counted
+        {"action": "applied", "inputs": {"current": two}, "output": both, "time_to_effect_s": 9},
+        # a resize only, and a decision kept out: not counted
+        {"action": "applied", "inputs": {"current": two}, "output": bigger, "time_to_effect_s": 0},
+        {"action": "kept-last-feasible", "inputs": {"current": one}, "output": two},
+    ]
+    got = live_start_times(decisions)
+    assert got == {"resnet18": pytest.approx(1.4)}
+    assert live_start_times([{"action": "unchanged", "inputs": {}}]) == {}
+    setup = make_validate_setup("synthetic:spike:60:5:20", None, 500.0, None, 1, 10.0, 0)
+    ps = scaled_profiles(setup, {}, start_s=got)
+    assert ps.variants["resnet18"].load_time_s == pytest.approx(1.4)
+    assert ps.variants["bert-tiny"].load_time_s == setup.profiles.variants["bert-tiny"].load_time_s
