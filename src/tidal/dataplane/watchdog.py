@@ -11,8 +11,9 @@ predicted).
 
 An *idle* replica (ready, no batch watched on it) has no batch to be late: its worker is
 probed too (`check_idle`), and one found stopped (state ``T``/``t``) on every probe for
-``stall_s`` is sick, so a SIGSTOPped idle worker is replaced within ``stall_s + 2 x PROBE_S``
-of the stop instead of being found only once a request is sent to it. An idle worker is
+``stall_s`` is sick, so a SIGSTOPped idle worker is killed within ``stall_s + 2 x PROBE_S``
+of the stop (its replacement starting then) instead of being found only once a request is
+sent to it. An idle worker is
 asleep on its socket and uses no CPU, so only the stopped state counts there (no "no CPU
 progress" rule); a replica holding a batch is judged by the batch rules only, so a long batch
 that makes progress is never killed by the idle probe. What the state probe cannot see: an
