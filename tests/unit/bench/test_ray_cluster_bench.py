@@ -61,7 +61,7 @@ def test_stage_slowdowns_read_the_decision_log(tmp_path: Any) -> None:
     from tidal.bench.ray_cluster import stage_slowdowns
 
     log = tmp_path / "decisions-themis.jsonl"
-    rows = [{"inputs": {"slowdown": {}}}] + [
+    rows: list[dict[str, Any]] = [{"inputs": {"slowdown": {}}}] + [
         {"inputs": {"slowdown": {"nlp": float(k), "classify": 2.0}}} for k in range(1, 12)
     ]
     log.write_text("\n".join(json.dumps(r) for r in rows))
