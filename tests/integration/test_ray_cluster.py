@@ -303,9 +303,11 @@ def test_sigterm_leaves_no_actor_behind(cluster: Any, tmp_path: Any) -> None:
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 240
-        while _alive_tidal_actors().count("ReplicaActor") < 2:
+        # warm standby actors are ReplicaActors too, so the count alone can be
+        # reached before the plan's replicas hold their cores: wait for both
+        while _alive_tidal_actors().count("ReplicaActor") < 2 or _held_groups() < 2:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "replicas never started"
+            assert time.monotonic() < deadline, f"replicas never held ({_held_groups()})"
             time.sleep(0.5)
         assert _held_groups() == 2  # each replica's cores are held in Ray
         proc.send_signal(signal.SIGTERM)
