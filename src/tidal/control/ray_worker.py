@@ -406,12 +406,7 @@ class DirectWorker(WorkerHandle):
         if self._stopped:
             return
         self._stopped = True
-        if self._sync_lock.acquire(timeout=0.2):
-            try:
-                with contextlib.suppress(OSError):
-                    ipc.send_frame(self._sync, ipc.encode_bytes(ipc.SHUTDOWN, 0, b""))
-            finally:
-                self._sync_lock.release()
+        self._send_shutdown()  # a busy sync lock: closing the connections ends the worker
         self._close()
 
     def _close(self) -> None:

@@ -299,15 +299,8 @@ class WorkerHandle:
         if self._stopped:
             return
         self._stopped = True
-        # SHUTDOWN must not interleave with a frame another thread is sending: take the sync
-        # lock briefly; if a blocking call holds it, terminate instead (the call gets WorkerDied).
-        if self._sync_lock.acquire(timeout=0.2):
-            try:
-                with contextlib.suppress(OSError):
-                    ipc.send_frame(self._sync, ipc.encode_bytes(ipc.SHUTDOWN, 0, b""))
-            finally:
-                self._sync_lock.release()
-        else:
+        # if a blocking call holds the sync lock, terminate instead (the call gets WorkerDied)
+        if not self._send_shutdown():
             with contextlib.suppress(OSError):
                 self._proc.terminate()
         try:
@@ -320,6 +313,20 @@ class WorkerHandle:
         self._finalizer()
         with contextlib.suppress(Exception):
             self._stderr.close()
+
+    def _send_shutdown(self) -> bool:
+        """Send SHUTDOWN on the sync connection; False if the sync lock stayed busy.
+
+        SHUTDOWN must not interleave with a frame another thread is sending, so it is sent
+        under the sync lock, taken for at most 0.2 s. A closed connection is not an error."""
+        if not self._sync_lock.acquire(timeout=0.2):
+            return False
+        try:
+            with contextlib.suppress(OSError):
+                ipc.send_frame(self._sync, ipc.encode_bytes(ipc.SHUTDOWN, 0, b""))
+        finally:
+            self._sync_lock.release()
+        return True
 
     def __enter__(self) -> WorkerHandle:
         return self
