@@ -9,8 +9,12 @@ InfAdapter's ResNet-18..152 (.6976 .. .7831, 6.44 .. 8.52 s). These are NOT meas
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
+from tidal.core.plan import Plan
 from tidal.core.profile import LatencyFit, ProfileSet, VariantProfile
-from tidal.planners.base import Capacity, PlanContext, StageCandidates
+from tidal.planners.base import Capacity, PlanContext, Planner, StageCandidates
 
 _ACC = (0.6976, 0.7331, 0.7613, 0.7737, 0.7831)
 _LOAD = (6.44, 6.79, 6.82, 7.77, 8.52)
@@ -58,3 +62,22 @@ def synthetic_context(
         slo_ms=slo_ms,
         capacity=capacity or Capacity(nodes=max(4, n_stages), cores_per_node=16.0),
     )
+
+
+def replay(planner: Planner, rates: list[float], ctx0: PlanContext) -> tuple[list[Plan], Any]:
+    """Drive `planner` one decision per second over `rates` (req/s), from `ctx0`.
+
+    Second t sees the rates so far (the first rate repeated 60 s before it, at most the last
+    1,200 s), no forecast, the plan it returned at t-1 as the current plan and its state passed
+    back. Returns every plan, in order, and the final state. Pure and deterministic."""
+    plan: Plan | None = None
+    st: Any = None
+    hist = [rates[0]] * 60
+    plans: list[Plan] = []
+    for t, r in enumerate(rates):
+        hist = (hist + [r])[-1200:]
+        ctx = dataclasses.replace(ctx0, now=float(t), rate_history=tuple(hist), forecast=None,
+                                  current=plan, state=st)  # fmt: skip
+        plan, st = planner.plan(ctx)
+        plans.append(plan)
+    return plans, st

@@ -17,7 +17,7 @@ from tidal.planners import Capacity, StageCandidates, create
 from tidal.planners.base import PlanContext
 from tidal.planners.common import fits, stage_plan
 from tidal.planners.ipa import IPA
-from tidal.planners.synthetic import synthetic_context
+from tidal.planners.synthetic import replay, synthetic_context
 from tidal.planners.tidal import Tidal, TidalState
 from tidal.planners.tidal_down import one_step
 
@@ -102,17 +102,7 @@ def _noisy(rates: list[float], seed: int) -> list[float]:
 
 
 def _run_tidal(rates: list[float], ctx0: PlanContext, **opts: Any) -> tuple[list[Plan], TidalState]:
-    planner = create("tidal", **opts)
-    plan: Plan | None = None
-    st: Any = None
-    hist = [rates[0]] * 60
-    plans = []
-    for t, r in enumerate(rates):
-        hist = (hist + [r])[-1200:]
-        ctx = dataclasses.replace(ctx0, now=float(t), rate_history=tuple(hist), forecast=None,
-                                  current=plan, state=st)  # fmt: skip
-        plan, st = planner.plan(ctx)
-        plans.append(plan)
+    plans, st = replay(create("tidal", **opts), rates, ctx0)
     assert isinstance(st, TidalState)
     return plans, st
 

@@ -11,24 +11,13 @@ from tidal.core.plan import Plan
 from tidal.planners import Capacity, create
 from tidal.planners.base import Pending, PlanContext
 from tidal.planners.common import stage_plan
-from tidal.planners.synthetic import synthetic_context
+from tidal.planners.synthetic import replay, synthetic_context
 from tidal.planners.tidal import Tidal, TidalState
 from tidal.planners.tidal_moves import arrivals_stopped, keep_replicas
 
 
 def _run(rates: list[float], ctx0: PlanContext, **opts: Any) -> tuple[list[Plan], Any]:
-    planner = create("tidal", **opts)
-    plan: Plan | None = None
-    st: Any = None
-    hist = [rates[0]] * 60
-    plans = []
-    for t, r in enumerate(rates):
-        hist = (hist + [r])[-1200:]
-        ctx = dataclasses.replace(ctx0, now=float(t), rate_history=tuple(hist), forecast=None,
-                                  current=plan, state=st)  # fmt: skip
-        plan, st = planner.plan(ctx)
-        plans.append(plan)
-    return plans, st
+    return replay(create("tidal", **opts), rates, ctx0)
 
 
 def test_arrivals_stopped_needs_zeros_unlikely_at_the_rate_before_them() -> None:
