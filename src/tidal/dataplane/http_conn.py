@@ -25,6 +25,7 @@ from tidal.dataplane.http_wire import chunk as _chunk
 from tidal.dataplane.http_wire import error as _error
 from tidal.dataplane.http_wire import response_head as _response_head
 from tidal.dataplane.lifespan import ASGI as _ASGI
+from tidal.dataplane.looplag import LoopWait
 
 log = logging.getLogger("tidal.server")
 
@@ -42,6 +43,7 @@ class Server(Protocol):
     app: Any
     at_headers: Callable[[dict[str, Any]], Any] | None
     stopping: bool
+    wait: LoopWait  # the socket wait before a request is read (its `estimate_s`)
 
     def admit(self, c: Conn) -> bool: ...
     def forget(self, c: Conn) -> None: ...
@@ -91,6 +93,7 @@ class Conn(asyncio.Protocol):
         self.scheme = "http"
         self.t_first = 0.0
         self.t_headers = 0.0
+        self.t_wait = 0.0
         self.discard = False  # answered at the headers: the body is read and dropped
         self.close_after = False  # ... and the connection closes once it has been read
 
@@ -138,6 +141,7 @@ class Conn(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.t_first = time.monotonic()  # the request's arrival, for its deadline
+        self.t_wait = self.srv.wait.estimate_s  # ... minus its estimated wait in the socket
         if self.state != HEADERS:
             self.state = HEADERS
             self.since = self.loop.time()
@@ -173,7 +177,8 @@ class Conn(asyncio.Protocol):
                     "path": path,
                     "headers": self.headers,
                     "state": {"tidal.t_first_byte": self.t_first,
-                              "tidal.t_headers": self.t_headers},
+                              "tidal.t_headers": self.t_headers,
+                              "tidal.socket_wait_s": self.t_wait},
                 })  # fmt: skip
             except Exception:  # a bug in the hook: the request takes the normal path
                 log.exception("at_headers failed on %s", path)
@@ -247,6 +252,7 @@ class Conn(asyncio.Protocol):
             "state": {
                 "tidal.t_first_byte": self.t_first,
                 "tidal.t_headers": self.t_headers,
+                "tidal.socket_wait_s": self.t_wait,
                 "tidal.on_disconnect": self.on_disconnect,
             },
         }

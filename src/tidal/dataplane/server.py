@@ -33,7 +33,11 @@ Contract:
   was parsed (its arrival: a large body's read and parse happen after it);
   `scope["state"]["tidal.on_disconnect"]`: the disconnect hook of tidal.dataplane.disconnect
   (the same event as `http.disconnect`, without a task per request);
-  `scope["state"]["tidal.t_headers"]`: `time.monotonic()` when the headers were parsed.
+  `scope["state"]["tidal.t_headers"]`: `time.monotonic()` when the headers were parsed;
+  `scope["state"]["tidal.socket_wait_s"]`: how long the first byte is estimated to have
+  waited in the socket before the loop read it (`tidal.dataplane.looplag.LoopWait`, online:
+  a high quantile of the loop's recent lateness), so the request's arrival is estimated as
+  `t_first_byte - socket_wait_s`.
 - SIGINT/SIGTERM: stop accepting, close idle connections, let running requests finish (up to
   `shutdown_grace_s`), then the ASGI lifespan shutdown.
 """
@@ -58,6 +62,7 @@ from tidal.dataplane.http_conn import HEADERS as _HEADERS
 from tidal.dataplane.http_conn import NEW as _NEW
 from tidal.dataplane.http_conn import Conn as _Conn
 from tidal.dataplane.lifespan import Lifespan
+from tidal.dataplane.looplag import LoopWait
 
 log = logging.getLogger("tidal.server")
 
@@ -107,6 +112,7 @@ class Server:
         self.timed_out = 0
         self._servers: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self.wait = LoopWait(self.loop)  # the socket wait before a request is read
 
     def admit(self, c: _Conn) -> bool:
         if self.stopping:
@@ -168,6 +174,7 @@ class Server:
         self._servers.append(s)
         if self._sweeper is None:
             self._arm()
+        self.wait.start()
         return [x.getsockname() for x in s.sockets]
 
     async def shutdown(self) -> None:
@@ -185,6 +192,7 @@ class Server:
             c.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.wait.stop()
 
 
 def ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext:
