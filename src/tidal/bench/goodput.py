@@ -17,7 +17,10 @@ One invocation, same machine, one server at a time in rotated order:
 The SLO (default 200 ms) travels in every request as Tidal's `slo_ms` and as Triton's
 per-request `timeout` (us, enforced by its dynamic batcher's REJECT queue policy), and in
 the `x-tidal-slo-ms` header (every server gets the same body bytes and headers; only Tidal
-reads this one: it can refuse from the headers, before an 887 KB body is read); Ray Serve
+reads this one: it can refuse from the headers, before an 887 KB body is read). The header
+carries what is left of the SLO when the request is sent (the SLO less the load generator's
+lag behind the schedule: deadline propagation, as a gRPC client sends its remaining timeout),
+so a server that reads it is judged against the same deadline as the client; Ray Serve
 gets it as the proxy's `request_timeout_s`; MLServer has no per-request timeout.
 
 Outcomes per request: good (200 within the SLO from the scheduled send), late (200 after it,
@@ -211,7 +214,8 @@ async def open_loop(
     from tidal.workload.loadgen import LoadGenerator, Schedule
 
     offsets = poisson_offsets(rate, duration_s, seed)
-    gen = LoadGenerator(url, body, max_in_flight=4000, timeout_s=max(2.0, 10 * slo_ms / 1000))
+    gen = LoadGenerator(url, body, max_in_flight=4000, timeout_s=max(2.0, 10 * slo_ms / 1000),
+                        propagate_budget=True)  # fmt: skip
     outcomes, rep = await gen.run(Schedule(offsets, (slo_ms,) * len(offsets)))
     out = summarize(outcomes, slo_ms, duration_s)
     out["offered_rps"] = round(len(offsets) / duration_s, 2)

@@ -229,6 +229,8 @@ class LoadGenerator:
     `body` is the JSON request body (the same for every request, serialized once), or raw
     bytes with `header_length` for the binary tensor extension. Each request carries its own
     budget in the `x-tidal-slo-ms` header, and for a JSON body also as the `slo_ms` parameter.
+    `propagate_budget`: the budget sent is what is left of it when the request is sent (less
+    the dispatch lag behind its scheduled time; deadline propagation), not the scheduled one.
     `on_progress(sent, total)` is called about every 0.25 s of replay.
     """
 
@@ -243,11 +245,13 @@ class LoadGenerator:
         clock: Clock | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         lag_tolerance_s: float = LAG_TOLERANCE_S,
+        propagate_budget: bool = False,
     ) -> None:
         if max_in_flight < 1:
             raise TidalError(f"max_in_flight must be >= 1, got {max_in_flight}")
         self.url = url
         self.lag_tolerance_s = lag_tolerance_s
+        self.propagate_budget = propagate_budget
         self.body = body
         self.header_length = header_length
         if isinstance(body, bytes):
@@ -276,6 +280,8 @@ class LoadGenerator:
                 "content-type": "application/octet-stream",
                 "inference-header-content-length": str(self.header_length),
             }
+        if budget is not None and self.propagate_budget:  # what is left of it by now
+            budget = max(1e-3, budget - (self.clock.now() - t0 - o.scheduled_s) * 1000.0)
         if budget is not None:
             headers["x-tidal-slo-ms"] = f"{budget:.3f}"
             if self._split is not None:

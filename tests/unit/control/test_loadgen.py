@@ -157,3 +157,40 @@ def test_binary_body_from_metadata() -> None:
     head = json.loads(body[:n])
     assert head["inputs"][0]["parameters"]["binary_data_size"] == 24
     assert list(np.frombuffer(body[n:], dtype="<i8")) == [1, 1, 1]
+
+
+class _LateClock:
+    """Real time, plus 80 ms from the second reading on: every request seems to start 80 ms
+    after its scheduled time (the first reading is the replay's t0)."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._mono = time.monotonic
+        self.calls = 0
+
+    def now(self) -> float:
+        self.calls += 1
+        return self._mono() + (0.08 if self.calls > 1 else 0.0)
+
+
+@pytest.mark.parametrize("propagate", [False, True])
+def test_propagate_budget_sends_what_is_left(propagate: bool) -> None:
+    seen: list[dict] = []
+
+    async def main() -> None:
+        runner, url = await _serve(0.0, seen)
+        try:
+            gen = LoadGenerator(url, {"inputs": []}, clock=_LateClock(),
+                                propagate_budget=propagate)  # fmt: skip
+            await gen.run(Schedule((0.0, 0.0), (200.0, 200.0)))
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(main())
+    sent = [float(s["header"]) for s in seen]
+    assert [s["body"]["parameters"]["slo_ms"] for s in seen] == pytest.approx(sent)
+    if propagate:  # 200 ms less the 80 ms (and a little real) lag
+        assert all(100.0 < b <= 120.0 for b in sent), sent
+    else:
+        assert sent == [200.0, 200.0]
