@@ -9,7 +9,11 @@ stage by the slowdown the live controller observed (batch service time vs profil
 `tidal.control.controller`), while the simulated system (gateway and planner) starts from
 the unscaled reference profile, as the live one does, and its controller learns the
 slowdown from the simulated batches through the same calibration
-(`SimConfig.calibrate`). The simulator on the unscaled profile is reported too.
+(`SimConfig.calibrate`). Each fractional-core replica runs under its CPU quota on both
+sides (live the cgroup's `cpu.max`, simulated `SimConfig.cpu_quota`), so a live slowdown
+measurement holds the quota's bursts as well as the machine's speed: the simulated speed is
+solved for so that the simulated controller measures what the live one did (`fit_speed`).
+The simulator on the unscaled profile is reported too.
 Differences: violation rate (percentage points), p99 and core-seconds (relative), against a
 stated agreement target.
 """
@@ -50,6 +54,10 @@ TARGET_CORE_S_REL = 0.02
 # 0.65, 0.90 then 1.62, 1.50), so the simulated controller measured a slower machine than
 # the live one at the surge's first decision and chose a larger batch (b4 against b2).
 SCHEDULE_SPAN = 1
+# `fit_speed`: simulations solving for the machine's speed under the simulated CPU quota, and
+# the range a speed factor is kept in.
+SPEED_ROUNDS = 4
+SPEED_BOUNDS = (0.2, 10.0)
 
 
 @dataclass
@@ -172,28 +180,32 @@ def live_slowdown(decisions: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def slowdown_schedule(
+def schedule_points(
     decisions: list[dict[str, Any]],
     stages: list[str],
     lead_s: float,
     window_s: float = 1.0,
-    span: int = SCHEDULE_SPAN,
-) -> list[tuple[float, list[float]]]:
-    """The live machine's slowdown over the trace's time, per stage in `stages` order: each
-    live measurement (`measured_slowdowns`, decisions where the factor changed) covers the
-    planner's window before its decision, at trace time ``t - t_first - lead_s`` (the
-    controller's first decision came `lead_s` before the load); a stage's factor is the mean
-    of its `span` measurements centred there (default 1: the measurement itself; a wider
-    span averages out the noise of a few batches, which the simulator adds again, but
-    smears a change of speed into the seconds before it), held until the next; before a
-    stage's first measurement, its first factor; 1.0 for a stage never measured. [] when
-    nothing was measured."""
+) -> dict[str, list[tuple[float, float]]]:
+    """Per stage in `stages`, the live measurements (`measured_slowdowns`, decisions where the
+    factor changed) placed on the trace: (``t - t_first - lead_s - window_s``, factor), the
+    planner's window before the decision (the controller's first decision came `lead_s`
+    before the load)."""
     t0 = next((float(d["t"]) for d in decisions if "t" in d), None)
     meas: dict[str, list[tuple[float, float]]] = {}
     for t, k, raw, _, changed in measured_slowdowns(decisions):
         if t is not None and t0 is not None and changed and k in stages:
             meas.setdefault(k, []).append((t - t0 - lead_s - window_s, raw))
-    if not meas:
+    return meas
+
+
+def schedule_of(
+    meas: dict[str, list[tuple[float, float]]], stages: list[str], span: int = SCHEDULE_SPAN
+) -> list[tuple[float, list[float]]]:
+    """The machine's speed over the trace from per-stage (time, factor) points
+    (`schedule_points`): a stage's factor is the mean of its `span` points centred there,
+    held until the next; before a stage's first point, its first factor; 1.0 for a stage
+    without points. [] without points."""
+    if not any(meas.values()):
         return []
     half = max(0, span // 2)
     smooth: dict[str, list[tuple[float, float]]] = {}
@@ -217,6 +229,69 @@ def slowdown_schedule(
         if not out or row != out[-1][1]:
             out.append((t, row))
     return out
+
+
+def slowdown_schedule(
+    decisions: list[dict[str, Any]],
+    stages: list[str],
+    lead_s: float,
+    window_s: float = 1.0,
+    span: int = SCHEDULE_SPAN,
+) -> list[tuple[float, list[float]]]:
+    """The live machine's slowdown over the trace's time, per stage in `stages` order: each
+    live measurement (`schedule_points`) covers the planner's window before its decision; a
+    stage's factor is the mean of its `span` measurements centred there (default 1: the
+    measurement itself; a wider span averages out the noise of a few batches, which the
+    simulator adds again, but smears a change of speed into the seconds before it), held
+    until the next (`schedule_of`). [] when nothing was measured."""
+    return schedule_of(schedule_points(decisions, stages, lead_s, window_s), stages, span)
+
+
+def fit_speed(
+    live: dict[str, list[tuple[float, float]]],
+    stages: list[str],
+    window_s: float,
+    run: Any,
+    rounds: int = SPEED_ROUNDS,
+) -> tuple[Any, list[tuple[float, list[float]]], float]:
+    """The simulated machine's speed that makes the simulated controller measure what the
+    live one measured. With the CPU quota simulated (`SimConfig.cpu_quota`), a live
+    measurement (mean batch time over the profile's l(b, c)) holds both the machine's speed
+    and the quota's bursts (a 0.5-core replica runs a lone batch at a whole CPU's speed),
+    which the simulator now adds itself; so the speed is solved for: start from the live
+    factors (`live`, `schedule_points`), simulate (`run(schedule) -> (result, decisions)`,
+    the simulated decision log), and correct each point by live / simulated factor at the
+    same decision (the simulated decisions' own measurements, on the trace's time:
+    decision time - `window_s`), `rounds` times. Returns the (result, schedule, error) of
+    the round whose simulated measurements were closest to the live ones (mean squared log
+    ratio over the points both measured; the choice looks at the measurements only, never
+    at the outcome being validated)."""
+    speed = {k: [(t, f) for t, f in pts] for k, pts in live.items()}
+    best: tuple[Any, list[tuple[float, list[float]]], float] | None = None
+    for _ in range(max(1, rounds)):
+        sched = schedule_of(speed, stages)
+        res, decs = run(sched)
+        got: dict[str, list[tuple[float, float]]] = {}
+        for t, k, raw, _, changed in measured_slowdowns(decs):
+            if t is not None and changed:
+                got.setdefault(k, []).append((t - window_s, raw))
+        errs: list[float] = []
+        for k, pts in live.items():
+            sim_pts = got.get(k, [])
+            new = []
+            for (t, f_live), (_, s) in zip(pts, speed[k], strict=True):
+                near = [f for tt, f in sim_pts if abs(tt - t) < 0.05]
+                if near and near[0] > 0 and f_live > 0:
+                    r = f_live / near[0]
+                    errs.append(math.log(r) ** 2)
+                    s = min(SPEED_BOUNDS[1], max(SPEED_BOUNDS[0], s * r))
+                new.append((t, s))
+            speed[k] = new
+        err = float(np.mean(errs)) if errs else 0.0
+        if best is None or err < best[2]:
+            best = (res, sched, err)
+    assert best is not None
+    return best
 
 
 def planner_window_s(policy: str) -> float:
@@ -341,6 +416,7 @@ def simulate_same(
     like_live: bool = True,
     lead_s: float = 0.0,
     slowdown: list[tuple[float, list[float]]] | None = None,
+    decisions: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The simulator's result for the live run's inputs (summary dict of `tidal simulate`).
 
@@ -354,8 +430,13 @@ def simulate_same(
     left unapplied (the live controller keeps the last feasible one); `lead_s`: the live
     controller's lead over the load (`control_lead_s`), so that the planner decides at the
     same points of the trace; `slowdown`: the live machine's slowdown over time
-    (`slowdown_schedule`), applied to the batches of `profiles`."""
+    (`slowdown_schedule`), applied to the batches of `profiles`; with `like_live` also each
+    fractional-core replica's CPU quota (`SimConfig.cpu_quota`). `decisions`, when given, is
+    filled with the simulated controller's decision records (the live log's format)."""
+    from dataclasses import asdict
+
     from tidal.control.closedloop import make_forecaster
+    from tidal.control.decisions import DecisionLog
     from tidal.core.plan import Plan
     from tidal.sim.config import SIM_SCHEDULER, SimConfig
     from tidal.sim.engine import simulate
@@ -372,6 +453,7 @@ def simulate_same(
         skip_infeasible=like_live,
         calibrate=like_live,
         control_lead_s=lead_s if like_live else 0.0,
+        cpu_quota=like_live,
     )
     init = setup.serve_config.get("plan") if like_live else None
     fc = make_forecaster(FORECAST.get(policy))
@@ -380,6 +462,7 @@ def simulate_same(
         v = fc(history) if fc is not None else None
         return float(v) if v is not None else float(history[-1]) if len(history) else 0.0
 
+    log = DecisionLog(keep=1 << 20)
     res = simulate(
         setup.pipeline,
         profiles if profiles is not None else setup.profiles,
@@ -391,7 +474,10 @@ def simulate_same(
         predict_profiles=setup.profiles if like_live else None,
         initial_plan=Plan.model_validate(init) if init else None,
         slowdown=slowdown or (),
+        decisions=log,
     )
+    if decisions is not None:
+        decisions.extend(asdict(d) for d in log.entries)
     out: dict[str, Any] = res.summary()
     return out
 
@@ -454,12 +540,21 @@ def validate(
     slow = live_slowdown(live.decisions)
     lead = control_lead_s(live.decisions, setup, policy)
     names = [st.name for st in setup.pipeline.stages]
-    sched = slowdown_schedule(live.decisions, names, lead, planner_window_s(policy))
+    window = planner_window_s(policy)
+    points = schedule_points(live.decisions, names, lead, window)
     starts = live_start_times(live.decisions)
-    if sched:
+    if any(points.values()):
         ones = dict.fromkeys(names, 1.0)  # the noise's mean only; the schedule scales
         prof = scaled_profiles(setup, ones, start_s=starts)
-        sim = simulate_same(setup, policy, seed, prof, lead_s=lead, slowdown=sched)
+
+        def run(sched: list[tuple[float, list[float]]]) -> tuple[Any, list[dict[str, Any]]]:
+            decs: list[dict[str, Any]] = []
+            out = simulate_same(
+                setup, policy, seed, prof, lead_s=lead, slowdown=sched, decisions=decs
+            )
+            return out, decs
+
+        sim, _, _ = fit_speed(points, names, window, run)
     else:
         prof = scaled_profiles(setup, slow, start_s=starts)
         sim = simulate_same(setup, policy, seed, prof, lead_s=lead)

@@ -95,6 +95,15 @@ class SimConfig(BaseModel):
         "`predict_profiles` the planner starts from that profile (what the live system "
         "loads) while batches take the simulated profile's time. `tidal validate` sets it.",
     )
+    cpu_quota: bool = Field(
+        default=False,
+        description="Simulate each fractional-core replica's CPU quota (reference mode; "
+        "`tidal.sim.latency.quota_run`): its batches run at the speed of its ceil(c) CPUs "
+        "(the profile's l(b, ceil(c))) while the worker's quota of c cores per 100-ms "
+        "period lasts and are throttled to the period's end when it runs out, as a cgroup "
+        "`cpu.max` does live; off: every batch takes l(b, c), the quota-bound mean. "
+        "`tidal validate` sets it.",
+    )
     control_lead_s: float = Field(
         default=0.0,
         ge=0.0,

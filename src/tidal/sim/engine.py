@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from tidal.control.controller import Controller
+from tidal.control.decisions import DecisionLog
 from tidal.core.clock import Clock, MonotonicClock, SimClock
 from tidal.core.errors import TidalError
 from tidal.core.pipeline import PipelineSpec
@@ -184,6 +185,7 @@ def simulate(
     predict_profiles: ProfileSet | None = None,
     initial_plan: Plan | None = None,
     slowdown: Sequence[tuple[float, Sequence[float]]] = (),
+    decisions: DecisionLog | None = None,
 ) -> SimResult:
     """Replay `rates` (requests per second) through `pipeline` under `policy`.
 
@@ -195,7 +197,8 @@ def simulate(
     cold start, as a live gateway started from its config's plan; default: the planner's
     first plan is in force at t=0 (``warm_start``). `slowdown`: the machine's speed over time
     (reference mode), (t, factors) sorted by t: from t (s) on, stage k's batches take
-    factors[k] x the `profiles` time (a live run's measured slowdown, `tidal validate`)."""
+    factors[k] x the `profiles` time (a live run's measured slowdown, `tidal validate`).
+    `decisions`: the controller's decision log (default a bounded one of its own)."""
     cfg = config or SimConfig()
     rates = np.asarray(rates, dtype=np.float64)
     if len(rates) == 0:
@@ -214,6 +217,8 @@ def simulate(
         why_not = "predict_profiles and initial_plan run in the reference mode"
     if not why_not and slowdown:
         why_not = "a slowdown schedule runs in the reference mode"
+    if not why_not and cfg.cpu_quota:
+        why_not = "the CPU quota model (cpu_quota) runs in the reference mode"
     if not why_not and shift_us:
         why_not = "control ticks within a second (control_lead_s) run in the reference mode"
     mode = cfg.mode
@@ -239,7 +244,12 @@ def simulate(
                     for pl in st_lat:
                         pl.max_cores = math.inf
         dp = ReferenceDataPlane(
-            lanes, eps, pipeline.accuracy_combine, predict=predict, scheduler=cfg.scheduler
+            lanes,
+            eps,
+            pipeline.accuracy_combine,
+            predict=predict,
+            scheduler=cfg.scheduler,
+            cpu_quota=cfg.cpu_quota,
         )
     cap = Capacity(nodes=cfg.nodes, cores_per_node=cfg.cores_per_node)
     recreate = "recreate" in str(getattr(planner, "resize_mode", "")).lower()
@@ -340,6 +350,7 @@ def simulate(
         cfg.slo_ms,
         clock,
         forecaster=_held(forecaster, clock) if forecaster is not None else None,
+        decisions=decisions,
         apply_best_effort=not cfg.skip_infeasible,
         policy=pname,
         calibrate=cfg.calibrate,

@@ -58,3 +58,55 @@ def noise_table(sigmas: list[float], seed: int, enabled: bool = True) -> np.ndar
         return np.ones((len(sigmas), NOISE_LEN))
     z = np.random.default_rng([seed, 11]).standard_normal(NOISE_LEN)
     return np.exp(np.outer(np.asarray(sigmas, dtype=np.float64), z))
+
+
+# The CPU quota's period (a worker's cgroup `cpu.max`, `tidal.dataplane.worker_cpu.PERIOD_US`;
+# not imported: the simulator does not load the worker's module).
+QUOTA_PERIOD_US = 100_000
+
+
+def quota_rate(lat: VariantLatency, b: int, c: float) -> float:
+    """Cores a batch of `b` uses while it runs on a replica of `c` (fractional) cores, whose
+    worker has ``ceil(c)`` CPUs and a quota of ``c`` cores per period: on one CPU (c < 1) a
+    whole CPU (a batch is compute-bound); on k >= 2 CPUs the rate that makes the quota-bound
+    back-to-back time ``l(b, c)`` (what the profiler measures) out of the unthrottled
+    ``l(b, k)``: ``c x l(b, c) / l(b, k)``, between c and k."""
+    k = math.ceil(c)
+    if k <= 1:
+        return 1.0
+    return min(float(k), max(c, c * lat.l_ms(b, c) / lat.l_ms(b, k)))
+
+
+def quota_run(
+    start_us: int,
+    cpu_us: float,
+    rate: float,
+    quota_us: float,
+    period: int,
+    used_us: float,
+    period_us: int = QUOTA_PERIOD_US,
+) -> tuple[int, int, float]:
+    """CFS bandwidth control of one worker: a batch needing `cpu_us` CPU-us, run at `rate`
+    cores from `start_us`, in periods of `period_us` (aligned at t = 0) each granting
+    `quota_us` CPU-us; (`period`, `used_us`): the period the quota was last charged in and
+    what it used there (unused quota does not carry over). The batch runs while the
+    period's quota lasts, is throttled to the period's end when it runs out, and goes on in
+    the next: a batch either fits (a whole CPU's speed) or waits for the next period.
+    Returns (end in integer us, >= start + 1; the period and its use after the batch)."""
+    t = float(start_us)
+    left = float(cpu_us)
+    while True:
+        n = int(t // period_us)
+        if n != period:
+            period, used_us = n, 0.0
+        p_end = float((n + 1) * period_us)
+        avail = quota_us - used_us
+        run = min(left / rate, avail / rate, p_end - t)
+        if run > 0.0:
+            t += run
+            left -= run * rate
+            used_us += run * rate
+        if left <= 1e-6:
+            break
+        t = p_end  # the quota ran out (throttled to the period's end) or the period ended
+    return max(start_us + 1, math.floor(t + 0.5)), period, used_us

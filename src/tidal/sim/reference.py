@@ -52,7 +52,14 @@ from tidal.dataplane.scheduler import (
     WakeAt,
 )
 from tidal.sim.config import CAUSES, EXPIRED, LATE, OK, REFUSED, SIM_SCHEDULER, UNFINISHED, US
-from tidal.sim.latency import NOISE_LEN, VariantLatency, service_us
+from tidal.sim.latency import (
+    NOISE_LEN,
+    QUOTA_PERIOD_US,
+    VariantLatency,
+    quota_rate,
+    quota_run,
+    service_us,
+)
 from tidal.sim.monitor import ServiceSeries
 
 if TYPE_CHECKING:  # the queue type only; the queue itself lives in the scheduler
@@ -79,6 +86,8 @@ class SimReplica(LaneReplica):
     stage: int = 0
     lane: int = 0
     until_us: int = 0  # simulated end of the work in flight (pipelining queues behind it)
+    q_period: int = -1  # the CPU quota's period last charged (`cpu_quota`) and its use
+    q_used: float = 0.0
 
 
 @dataclass
@@ -120,14 +129,17 @@ class ReferenceDataPlane:
         combine: str = "product",
         predict: list[list[VariantLatency]] | None = None,
         scheduler: SchedulerConfig = SIM_SCHEDULER,
+        cpu_quota: bool = False,
     ) -> None:
         """`lanes[s]` = (latency model, accuracy) of each candidate variant of stage s;
         `eps[v_global]` = noise factors, v_global numbering lanes stage by stage; `predict`
         (same shape) = the latency models the schedulers plan with (default: the lanes'
         own); `scheduler`: every lane's config (`tidal.sim.config.SIM_SCHEDULER`: the
-        scheduler's defaults without hold window and expiry timer)."""
+        scheduler's defaults without hold window and expiry timer); `cpu_quota`: a
+        fractional-core replica's batches run under its CPU quota (`SimConfig.cpu_quota`)."""
         cfg = scheduler
         self.config = cfg
+        self.cpu_quota = cpu_quota
         self.stages: list[list[Lane]] = []
         for s_i, st in enumerate(lanes):
             row = []
@@ -372,8 +384,23 @@ class ReferenceDataPlane:
                 self.batches += 1
                 eps = float(self.eps[self.vindex[s][li], k % NOISE_LEN])
                 cores = rep.cores
-                dur = service_us(ln.lat.l_ms(len(reqs), cores) * ln.scale, eps)
-                end = max(now, rep.until_us) + dur
+                start = max(now, rep.until_us)
+                if self.cpu_quota and cores != math.floor(cores):
+                    n = len(reqs)
+                    rate = quota_rate(ln.lat, n, cores)
+                    fast_ms = ln.lat.l_ms(n, math.ceil(cores)) * ln.scale * eps
+                    end, rep.q_period, rep.q_used = quota_run(
+                        start,
+                        fast_ms * 1000.0 * rate,
+                        rate,
+                        cores * QUOTA_PERIOD_US,
+                        rep.q_period,
+                        rep.q_used,
+                    )
+                    dur = end - start
+                else:
+                    dur = service_us(ln.lat.l_ms(len(reqs), cores) * ln.scale, eps)
+                    end = start + dur
                 rep.until_us = end
                 self.counters[s].busy_core_us += dur * cores
                 busy_s = self._busy_s

@@ -178,3 +178,40 @@ def test_live_cold_start_is_read_from_the_decisions_that_added_replicas() -> Non
     ps = scaled_profiles(setup, {}, start_s=got)
     assert ps.variants["resnet18"].load_time_s == pytest.approx(1.4)
     assert ps.variants["bert-tiny"].load_time_s == setup.profiles.variants["bert-tiny"].load_time_s
+
+
+def _log(t0: float, raws: list[float], stage: str = "a") -> list[dict[str, Any]]:
+    """A decision log (the smoothed factor, as the controller logs it) measuring `raws` at
+    t0 + 1, t0 + 2, ..."""
+    from tidal.control.controller import SLOWDOWN_SMOOTHING as A
+
+    out: list[dict[str, Any]] = [{"t": t0, "inputs": {}}]
+    e: float | None = None
+    for i, r in enumerate(raws):
+        e = r if e is None else e + A * (r - e)
+        out.append({"t": t0 + 1 + i, "inputs": {"slowdown": {stage: e}}})
+    return out
+
+
+def test_fit_speed_solves_for_the_speed_that_the_simulated_controller_measures_as_live() -> None:
+    from tidal.apps.validate import fit_speed, schedule_points
+
+    live = schedule_points(_log(100.0, [1.2, 2.4, 2.0]), ["a"], lead_s=0.0, window_s=1.0)
+    assert [round(t, 6) for t, _ in live["a"]] == [0.0, 1.0, 2.0]
+    calls: list[list[tuple[float, list[float]]]] = []
+
+    def run(sched: list[tuple[float, list[float]]]) -> tuple[str, list[dict[str, Any]]]:
+        # A simulated machine whose batches measure half the speed factor (a quota's burst;
+        # above the controller's lower bound on a measurement, 0.5).
+        calls.append(sched)
+        at = {round(t): f[0] for t, f in sched}
+        speed = [at.get(k, sched[-1][1][0]) for k in range(3)]
+        return f"run{len(calls)}", _log(0.0, [0.5 * s for s in speed])
+
+    res, sched, err = fit_speed(live, ["a"], 1.0, run, rounds=3)
+    # Round 1 simulates the live factors; round 2 their doubles, which reproduce them exactly.
+    assert [t for t, _ in calls[0]] == [0.0, 1.0, 2.0]
+    assert [f[0] for _, f in calls[0]] == pytest.approx([1.2, 2.4, 2.0])
+    assert res == "run2" and err == pytest.approx(0.0, abs=1e-12)
+    assert [f[0] for _, f in sched] == pytest.approx([2.4, 4.8, 4.0])
+    assert len(calls) == 3
