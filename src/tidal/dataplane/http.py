@@ -72,9 +72,15 @@ __all__ = ["HTTPError", "OIPApp", "parse_slo"]
 
 
 def _first_byte(scope: Scope, gw: Gateway) -> float | None:
-    """The request's first-byte time (tidal.dataplane.server puts `time.monotonic()` in the
-    scope) when the gateway runs on that clock; else None (the gateway uses its now)."""
-    return _stamp(scope, "tidal.t_first_byte") if isinstance(gw.clock, MonotonicClock) else None
+    """The request's arrival when the gateway runs on `time.monotonic()`, else None (the
+    gateway uses its now): its first-byte time (tidal.dataplane.server puts it in the scope)
+    less the wait in the socket the server estimated for it (`tidal.socket_wait_s`,
+    `tidal.dataplane.looplag`; 0 when absent). The deadline counts from there."""
+    if not isinstance(gw.clock, MonotonicClock):
+        return None
+    t = _stamp(scope, "tidal.t_first_byte")
+    wait = _stamp(scope, "tidal.socket_wait_s")
+    return t - wait if t is not None and wait is not None else t
 
 
 def _stamp(scope: Scope, key: str) -> float | None:
