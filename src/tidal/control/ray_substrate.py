@@ -1,5 +1,6 @@
 """The Ray substrate: replicas as Ray actors, with capacity-true placement. Tidal's Ray calls
-are here, in `tidal.control.ray_connect` (connecting, the placement authority) and in
+are here, in `tidal.control.ray_factory` (the gateway's executor factory),
+`tidal.control.ray_connect` (connecting, the placement authority) and in
 `tidal.control.ray_worker` (the replica actor); placement logic: `control.placement`.
 
 How a replica's cores are held, so Ray's scheduler and autoscaler see the truth:
@@ -18,7 +19,11 @@ How a replica's cores are held, so Ray's scheduler and autoscaler see the truth:
   carry the cores. That is what makes resizing in place truthful in Ray's accounting:
   growing adds a hold of the difference on the same node (``bundle_label_selector`` on
   ``ray.io/node-id``) and is refused, the replica unchanged, when it is not placed within
-  ``grow_timeout_s``; shrinking swaps the holds for one of the new size.
+  ``grow_timeout_s``; shrinking swaps the holds for one of the new size. A growth the node
+  has no room for (another replica holds it) **moves** the replica instead, make before
+  break: a replica of the new size starts on a node with room and the executor takes it
+  over before the old one stops (`RayExecutor._move_or_refuse`); refused, the replica
+  unchanged, only when no node has room.
 - One **placement authority** per cluster, a detached named actor (``tidal-placement`` in
   namespace ``tidal``) holding the book, pins CPUs per node without overlap across every
   actor and gateway; nothing is counted privately in an actor process.
@@ -36,10 +41,8 @@ How a replica's cores are held, so Ray's scheduler and autoscaler see the truth:
 from __future__ import annotations
 
 import asyncio
-import atexit
+import itertools
 import logging
-import os
-import threading
 import uuid
 from typing import Any
 
@@ -52,36 +55,36 @@ from tidal.control.ray_connect import (
     PlacementAuthority,
     _hold,
     _hold_node,
-    _node_affinity,
     _ray,
     _remove,
     authority,
     connect,
 )
-from tidal.control.ray_worker import DirectWorker, ReplicaActor, kernel_id, open_channels, shares
+from tidal.control.ray_factory import RayFactory
+from tidal.control.ray_worker import DirectWorker, kernel_id, open_channels, shares
 from tidal.core.capacity import Capacity
-from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
 from tidal.core.plan import Plan
 from tidal.dataplane.worker import START_TIMEOUT_S, WorkerDied
 
 log = logging.getLogger("tidal.control.ray")
-WORKER_BINDS = ("loopback", "node")
 
 
-# ------------------------------------------------------------------ replicas
-_ACTOR_LOCK = threading.Lock()
-_ACTOR: Any = None
+_INCARNATION: tuple[str, ...] = ("replica_id", "_holds", "actor", "direct", "node", "cpus")
+_INCARNATION += ("pid", "mechanism", "cores", "cold_start_s")
+"""The fields of one placed replica (`RayExecutor._move_or_refuse` swaps them)."""
 
 
-def _actor_class() -> Any:
-    global _ACTOR
-    with _ACTOR_LOCK:
-        if _ACTOR is None:
-            # num_cpus=0: the placement groups hold the cores (see the module docstring);
-            # max_concurrency=1: one batch or resize at a time, as the data plane expects.
-            _ACTOR = _ray().remote(num_cpus=0, max_restarts=0, max_concurrency=1)(ReplicaActor)
-        return _ACTOR
+def kept_holds(holds: list[Any], cores: float) -> list[Any] | None:
+    """The largest subset of `holds` (placement groups of one CPU bundle) that holds exactly
+    `cores`, or None: a shrink back to a size held before some growths releases their holds
+    and waits for no new one (Ray places a new group in its own time, more so under load)."""
+    sizes = [float(pg.bundle_specs[0].get("CPU", 0.0)) for pg in holds]
+    for r in range(len(holds) - 1, 0, -1):
+        for idx in itertools.combinations(range(len(holds)), r):
+            if abs(sum(sizes[i] for i in idx) - cores) <= 1e-6:
+                return [holds[i] for i in idx]
+    return None
 
 
 class RayExecutor:
@@ -100,7 +103,10 @@ class RayExecutor:
         pending_timeout_s: float = 600.0,
         grow_timeout_s: float = 5.0,
         spread_timeout_s: float = 3.0,
+        avoid: str | None = None,
     ) -> None:
+        """`avoid`: a move (`resize`): start on a node other than `avoid` that has the cores
+        free, or TidalError at once; never pending, never where Ray chooses."""
         ray = _ray()
         self.factory = factory
         self.variant = variant
@@ -113,11 +119,15 @@ class RayExecutor:
         self.actor: Any = None
         self.direct: DirectWorker | None = None
         self.cold_start_s = 0.0
-        claim = factory.claim(cores)
+        claim = factory.claim(cores, avoid=avoid)
+        if avoid is not None and claim is None:
+            raise TidalError(f"no node but {avoid[:8]} has {cores:g} cores free")
         try:
             pg = _hold(cores, claim)
             self._holds.append(pg)
             ready, _ = ray.wait([pg.ready()], timeout=spread_timeout_s if claim else 0.0)
+            if avoid is not None and not ready:
+                raise TidalError(f"Ray did not place {cores:g} cores on node {claim}")
             if claim and not ready:  # another gateway took the node: let Ray choose
                 self._holds.remove(pg)
                 _remove(pg)
@@ -242,22 +252,32 @@ class RayExecutor:
             self.direct.kill()
 
     def resize(self, cores: float) -> float:
-        """Resize in place, holding the cores in Ray first; TidalError (unchanged) if the node
-        has no room, WorkerDied if the actor is gone."""
+        """Resize in place, holding the cores in Ray first; WorkerDied if the actor is gone.
+        A growth the node has no room for (the book, less the starts in flight from this
+        gateway) moves the replica instead (`_move_or_refuse`), and TidalError (unchanged) when no
+        other node has the cores either."""
         ray = _ray()
-        auth = self.factory.authority
+        auth, fac = self.factory.authority, self.factory
         old = self.cores
-        grant = ray.get(auth.resize.remote(self.replica_id, cores), timeout=30)
-        if grant is None:
-            raise TidalError(
-                f"no room on node {self.node[:8]} to resize {self.variant} {old:g} -> "
-                f"{cores:g} cores (used {ray.get(auth.used.remote(), timeout=30)})"
-            )
+        room = fac.claim(cores - old, only=self.node) if cores > old + 1e-9 else self.node
         try:
-            self._rehold(old, cores)
-        except TidalError:
-            ray.get(auth.resize.remote(self.replica_id, old), timeout=30)
-            raise
+            grant = None
+            if room is not None:
+                grant = ray.get(auth.resize.remote(self.replica_id, cores), timeout=30)
+            if grant is None:
+                why = (
+                    f"no room on node {self.node[:8]} to resize {self.variant} {old:g} -> "
+                    f"{cores:g} cores (used {ray.get(auth.used.remote(), timeout=30)})"
+                )
+                return self._move_or_refuse(cores, why)
+            try:
+                self._rehold(old, cores)
+            except TidalError as e:
+                ray.get(auth.resize.remote(self.replica_id, old), timeout=30)
+                return self._move_or_refuse(cores, str(e))
+        finally:
+            if room is not None and cores > old + 1e-9:
+                fac.unclaim(room, cores - old)
         try:
             dur = float(ray.get(self.actor.resize.remote(cores, list(grant.cpus)), timeout=60))
         except ray.exceptions.RayActorError as e:
@@ -265,6 +285,35 @@ class RayExecutor:
             raise WorkerDied(f"Ray actor of {self.variant} died during resize: {e}") from e
         self.cores, self.cpus = cores, tuple(grant.cpus)
         return dur
+
+    def _move_or_refuse(self, cores: float, why: str) -> float:
+        """Make before break: a replica of `cores` on another node with them free (the warm
+        actor there), then this executor takes it over and the old one stops (SHUTDOWN, its
+        holds and grant released); the data plane keeps one replica throughout. Returns the
+        move's duration; TidalError naming `why` (unchanged) when no node has the room or
+        the start fails. Only growths move: shrinking always fits in place. (Measured: a
+        classify replica that shared its 2/3-core node with nlp stayed at 1/3 core through
+        the surge while another node was idle.)"""
+        if cores <= self.cores + 1e-9:
+            raise TidalError(why)
+        t0 = self.factory.clock.now()
+        try:
+            new = RayExecutor(self.factory, self.variant, cores, avoid=self.node,
+                              grow_timeout_s=self.grow_timeout_s)  # fmt: skip
+        except TidalError as e:
+            raise TidalError(f"{why}; not moved: {e}") from None
+        log.warning("replica %s of %s: moved from node %s (%g cores) to node %s (%g cores): %s",
+                    self.replica_id, self.variant, self.node[:8], self.cores, new.node[:8],
+                    cores, why)  # fmt: skip
+        for k in _INCARNATION:
+            mine, theirs = getattr(self, k), getattr(new, k)
+            setattr(self, k, theirs)
+            setattr(new, k, mine)
+        with self.factory._lock:
+            self.factory._live[self.replica_id] = self
+            self.factory._live[new.replica_id] = new
+        new.stop()  # the old incarnation, now idle: the data plane serialises its operations
+        return self.factory.clock.now() - t0
 
     def _rehold(self, old: float, new: float) -> None:
         ray = _ray()
@@ -279,6 +328,13 @@ class RayExecutor:
                 )
             self._holds.append(pg)
         elif new < old - 1e-9:
+            keep = kept_holds(self._holds, new)
+            if keep is not None:  # back to the size before some growths: release their holds
+                for pg in self._holds:
+                    if not any(pg is k for k in keep):
+                        _remove(pg)
+                self._holds = keep
+                return
             # Release first, then hold the smaller size on the same node (it fits: we just
             # freed more than we ask). Ray counts the new size from here on.
             for pg in self._holds:
@@ -336,240 +392,6 @@ class RayExecutor:
     def mark_dead(self) -> None:
         """Its node is gone (the factory's node watch): not alive() from now on."""
         self._dead = True
-
-
-class RayFactory:
-    """The gateway's ExecutorFactory for Ray: connects once to `address`, places replicas.
-
-    `autoscale_max_nodes`: when the cluster can grow (KubeRay's autoscaler), the planners see
-    that many nodes of the current node size; replicas beyond the nodes present stay pending
-    until the autoscaler adds a node.
-
-    `worker_bind` (default: $TIDAL_RAY_WORKER_BIND, else "loopback"): where a replica's
-    worker listens for this gateway's connections. "loopback": 127.0.0.1 only, so a replica
-    on a node in another network namespace (another host) fails to start, naming this
-    option; "node": the node's address (token-checked, unencrypted: docs/deploy.md).
-    """
-
-    def __init__(
-        self,
-        address: str | None,
-        cores_per_node: float | None = None,
-        *,
-        autoscale_max_nodes: int | None = None,
-        pending_timeout_s: float = 600.0,
-        worker_bind: str | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        bind = worker_bind or os.environ.get("TIDAL_RAY_WORKER_BIND") or "loopback"
-        if bind not in WORKER_BINDS:
-            raise TidalError(
-                f"worker_bind {bind!r} is not one of {', '.join(WORKER_BINDS)} "
-                "(TIDAL_RAY_WORKER_BIND or RayFactory(worker_bind=...))"
-            )
-        self.worker_bind = bind
-        self.clock: Clock = clock or MonotonicClock()
-        self.address = address
-        self.cores_per_node = cores_per_node
-        self.autoscale_max_nodes = autoscale_max_nodes
-        self.pending_timeout_s = pending_timeout_s
-        self._authority: Any = None
-        self._lock = threading.Lock()
-        self._live: dict[str, RayExecutor] = {}  # replica id -> executor
-        self._monitor: threading.Thread | None = None
-        self._closing = threading.Event()
-        self._fillers: dict[str, Any] = {}  # node -> hold of its CPUs beyond cores_per_node
-        self._fill_lock = threading.Lock()
-        self._claims: dict[str, float] = {}  # node -> cores of the starts in flight from here
-        self._standby: dict[str, Any] = {}  # node -> an idle replica actor, already started
-
-    def track(self, ex: RayExecutor) -> None:
-        """Watch `ex`: it reports not alive() once Ray reports its node dead."""
-        with self._lock:
-            self._live[ex.replica_id] = ex
-            if self._monitor is None:
-                self._monitor = threading.Thread(
-                    target=self._watch_nodes, name="tidal-ray-nodes", daemon=True
-                )
-                self._monitor.start()
-
-    def untrack(self, ex: RayExecutor) -> None:
-        with self._lock:
-            self._live.pop(ex.replica_id, None)
-
-    def _watch_nodes(self, period_s: float = 1.0) -> None:
-        """Once a second: replicas on nodes Ray reports dead are marked dead, so the data
-        plane's liveness sweep replaces them even when no batch is routed to them."""
-        while not self._closing.wait(period_s):
-            try:
-                _, dead = self._nodes()
-            except Exception as e:  # the cluster is unreachable: try again next period
-                log.info("ray node watch: %s", e)
-                continue
-            gone = set(dead)
-            with self._lock:
-                lost = [ex for ex in self._live.values() if ex.node in gone]
-            for ex in lost:
-                if ex.alive():
-                    log.warning("replica %s: its Ray node %s died", ex.replica_id, ex.node[:8])
-                    ex.mark_dead()
-
-    def connect(self) -> None:
-        with self._lock:
-            connect(self.address)
-            if self._authority is None:
-                self._authority = authority()
-                # At exit (after a SIGTERM'd gateway has stopped its replicas): remove the
-                # detached authority if nothing holds cores any more. Replica actors and their
-                # placement groups belong to this driver's job; Ray removes them with it.
-                atexit.register(self.shutdown)
-
-    @property
-    def authority(self) -> Any:
-        self.connect()
-        return self._authority
-
-    def nodes(self) -> dict[str, float]:
-        """Alive nodes with CPUs -> their cores (a head started with 0 CPUs hosts nothing)."""
-        return self._nodes()[0]
-
-    def _nodes(self) -> tuple[dict[str, float], list[str]]:
-        """(alive nodes with CPUs -> cores, ids of the nodes Ray reports dead)."""
-        self.connect()
-        alive: dict[str, float] = {}
-        dead: list[str] = []
-        for n in _ray().nodes():
-            cpus = float(n.get("Resources", {}).get("CPU", 0.0))
-            if not n.get("Alive"):
-                dead.append(n["NodeID"])
-            elif cpus > 0:
-                alive[n["NodeID"]] = self.cores_per_node or cpus
-                self._fill(n["NodeID"], cpus)
-                self._spare(n["NodeID"])
-        for node in dead:
-            self._fillers.pop(node, None)
-            with self._lock:
-                self._standby.pop(node, None)
-        return dict(sorted(alive.items())), dead
-
-    def _spare(self, node: str) -> None:
-        """Keep one idle replica actor per node (no cores: ``num_cpus=0``, no worker process),
-        so a start on that node skips Ray's worker-process start-up (the Python process,
-        `import ray`, the runtime env): measured in `tidal bench ray-cluster`, below."""
-        with self._lock:
-            if node in self._standby or self._closing.is_set():
-                return
-            strategy = _node_affinity(node)
-            self._standby[node] = _actor_class().options(scheduling_strategy=strategy).remote()
-
-    def take_standby(self, node: str) -> Any:
-        """The idle actor on `node` (a new one if there is none); the node watch replaces it
-        within a second (not here: its start-up would compete with this replica's)."""
-        with self._lock:
-            actor = self._standby.pop(node, None)
-        if actor is None:
-            actor = _actor_class().options(scheduling_strategy=_node_affinity(node)).remote()
-        return actor
-
-    def _fill(self, node: str, cpus: float, timeout_s: float = 10.0) -> None:
-        """Hold `node`'s Ray CPUs beyond `cores_per_node` (Ray counts whole CPUs only; a
-        2/3-core node is a 1-CPU raylet), so Ray places replicas, and reports the demand of
-        pending ones, with the cores Tidal's book counts. Without it Ray put a replica where
-        the book had no room and the start failed. A hold not placed within `timeout_s`
-        (replicas took the CPUs first) is dropped and tried again on the next call."""
-        extra = cpus - (self.cores_per_node or cpus)
-        if extra < 1e-4 or node in self._fillers:
-            return
-        with self._fill_lock:
-            if node in self._fillers or self._closing.is_set():
-                return
-            pg = _hold(extra, node)
-            ready, _ = _ray().wait([pg.ready()], timeout=timeout_s)
-            if ready:
-                self._fillers[node] = pg
-                return
-            _remove(pg)
-        log.warning("node %s: could not hold its %.3g CPUs beyond Tidal's", node[:8], extra)
-
-    def node_cores(self, node: str) -> float:
-        cores = self.nodes().get(node)
-        if cores is None:
-            raise TidalError(f"Ray node {node[:8]} is not alive")
-        return cores
-
-    def capacity(self) -> Capacity:
-        """The planners' capacity from the cluster's real resources, refreshed per call; the
-        authority forgets nodes that left."""
-        nodes, dead = self._nodes()
-        try:
-            if dead:
-                _ray().get(self.authority.forget.remote(dead), timeout=30)
-        except Exception as e:
-            log.warning("placement authority: %s", e)
-        if not nodes:
-            return Capacity(nodes=1, cores_per_node=0.0)
-        n = max(len(nodes), self.autoscale_max_nodes or 0)
-        return Capacity(nodes=n, cores_per_node=min(nodes.values()))
-
-    def used(self) -> dict[str, float]:
-        out: dict[str, float] = _ray().get(self.authority.used.remote(), timeout=30)
-        return out
-
-    def claim(self, cores: float) -> str | None:
-        """The alive node with the most free cores (the book, less the starts in flight from
-        here) if it has `cores`, claimed until `unclaim`; None: no node has them (Ray
-        chooses, or the hold stays pending). Spreading keeps room on every node for the
-        planners' in-place growth (themis' vertical stage); Ray alone packed replicas."""
-        nodes = self.nodes()
-        used = self.used()
-        with self._lock:
-            free = {n: c - used.get(n, 0.0) - self._claims.get(n, 0.0) for n, c in nodes.items()}
-            best = max(free, key=lambda n: (free[n], n), default=None)
-            if best is None or free[best] < cores - 1e-6:
-                return None
-            self._claims[best] = self._claims.get(best, 0.0) + cores
-            return best
-
-    def unclaim(self, node: str | None, cores: float) -> None:
-        if node is None:
-            return
-        with self._lock:
-            left = self._claims.get(node, 0.0) - cores
-            if left > 1e-9:
-                self._claims[node] = left
-            else:
-                self._claims.pop(node, None)
-
-    def __call__(self, variant: str, cores: float) -> RayExecutor:
-        self.connect()
-        return RayExecutor(self, variant, cores, pending_timeout_s=self.pending_timeout_s)
-
-    def shutdown(self) -> None:
-        """Remove the authority when no replica holds anything (SIGTERM leaves no actor)."""
-        self._closing.set()
-        if self._authority is None:
-            return
-        ray = _ray()
-        with self._lock:
-            spares, self._standby = list(self._standby.values()), {}
-        for actor in spares:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception as e:  # its node is gone
-                log.info("killing a standby actor: %s", e)
-        with self._fill_lock:
-            for pg in self._fillers.values():
-                try:
-                    _remove(pg)
-                except Exception as e:  # its node is gone
-                    log.info("removing a node hold: %s", e)
-            self._fillers = {}
-        try:
-            if not ray.get(self._authority.grants.remote(), timeout=10):
-                ray.kill(self._authority, no_restart=True)
-        except Exception as e:
-            log.info("placement authority at shutdown: %s", e)
-        self._authority = None
 
 
 class RayActuator(LocalActuator):
