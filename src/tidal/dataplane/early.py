@@ -19,10 +19,14 @@ between):
   any body may carry); the rows are at least 1, and for the binary tensor extension at least
   ``ceil((Content-Length - Inference-Header-Content-Length) / bytes per row of all inputs)``
   (every binary byte belongs to an input's rows; identity encoding and fixed sample shapes
-  only);
+  only). A one-row request without a header deadline is priced here only while its first
+  stage is refusing (`RECENT_S`): at the loosest deadline an admitting stage never refuses
+  it, and the body stage prices it once with its real deadline;
 - `early_refusal`, after the body, before the decode: the SLO from the raw bytes
   (`slo_hint`: the body's ``"slo_ms"`` when named exactly once, min'd with the header), at
-  least 1 row.
+  least 1 row. When it admits, the lane carries the verdict to the same request's
+  `GroupScheduler.push` (the deadline, rows and lane unchanged, within `QUOTE_TTL_S`):
+  the request is priced once on its way, not again in the scheduler.
 
 Each asks the model's first stage (`Stage.quote`, the scheduler's own admission without
 queueing anything): a refusal is returned only when every lane the router may pick would
@@ -45,6 +49,10 @@ import orjson
 from tidal.dataplane.replica import Refused
 from tidal.dataplane.tensors import DATATYPES
 
+RECENT_S = 1.0
+"""A one-row request without a header deadline is priced at its headers only when its first
+stage refused a request within this many seconds (it could be refused only at the loosest
+deadline any body may carry, which an admitting stage never refuses)."""
 _KEY = b'"slo_ms"'
 _VALUE = re.compile(rb"\s*:\s*(-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)\s*[,}]")
 Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
@@ -115,12 +123,17 @@ def _answer(v: Refused) -> Answer:
     return v.status, orjson.dumps(out), headers
 
 
-def _quote(gw: Any, model: str, rows: int, slo_ms: float, arrival: float | None) -> Answer | None:
+def _quote(
+    gw: Any, model: str, rows: int, slo_ms: float, arrival: float | None, lazy: bool = False
+) -> Answer | None:
+    """`lazy`: skip the pricing (None) unless the stage refused within `RECENT_S`."""
     snames = gw.routes.get(model)
     if not snames or model in getattr(gw, "_unloading", ()):
         return None
     stage = gw.stages[snames[0]]
     now = gw.clock.now()
+    if lazy and now - stage.last_refused > RECENT_S:
+        return None
     t0 = now if arrival is None else min(arrival, now)
     v: Refused | None = stage.quote(rows, t0 + slo_ms * 1e-3, now)
     return None if v is None else _answer(v)
@@ -144,7 +157,9 @@ def headers_refusal(
         return None  # the full path names the bad value (400)
     else:
         bound = hdr
-    return _quote(gw, model, rows, bound, arrival)
+    # one row at the loosest deadline: priced only while the stage is refusing (else the
+    # body stage, the first to know the deadline, prices it once for the whole path)
+    return _quote(gw, model, rows, bound, arrival, lazy=hdr is None and rows <= 1)
 
 
 def early_refusal(

@@ -9,13 +9,12 @@ decision, the rate estimate or the replica states.
 
 It owns:
 - the EDF queue (`tidal.dataplane.edf.EDFQueue`) and the rows/bytes queued;
-- admission (`push`): its fast path (empty queue and an idle replica: a batch of one), else
-  `tidal.dataplane.admission.admit` on the stage deadline (the request's deadline minus
-  `downstream_s`, the later stages' batch-1 time), with the replicas' *predicted* busy-until
-  times (the scheduler never knows actual durations before `on_done`);
-- the batching decision (`step`): `tidal.dataplane.batcher.decide_n` for the free replica with
-  the most cores, with the hold window and its anchor and the pipelining rule of
-  `SchedulerConfig`;
+- admission (`push`, `quote`): its fast path (empty queue, an idle replica), else
+  `tidal.dataplane.bounds.admit_rows` on the stage deadline (the deadline minus
+  `downstream_s`) with the replicas' *predicted* busy-until times; a `quote` that admitted
+  is carried to the same request's `push` while the lane is unchanged (priced once);
+- the batching decision (`step`): `tidal.dataplane.batcher.decide_n`, then the replica and
+  the batch's trim (`tidal.dataplane.dispatch_rules`), with `SchedulerConfig`'s rules;
 - the rate estimate (`ArrivalRate`: arrivals offered to the lane per whole clock second);
 - each replica's state: starting, ready, busy (ready with work in flight), draining, sick, dead.
 
@@ -39,11 +38,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import replace
 
 from tidal.dataplane.batcher import decide_n
 from tidal.dataplane.bounds import LaneCaps, admit_rows, drain_time, over_cap
 from tidal.dataplane.calibration import LaneCalibration
+from tidal.dataplane.dispatch_rules import free_replica, head_prefix, split_hopeless
 from tidal.dataplane.edf import EDFQueue
 from tidal.dataplane.lane import (
     BUSY,
@@ -69,6 +68,9 @@ from tidal.dataplane.scheduler_config import SchedulerConfig
 INF = math.inf
 ADAPT_HALF_LIFE_S = 5.0
 """Half-life of the learned slowdown while a lane has nothing in flight (after 1 s idle)."""
+QUOTE_TTL_S = 0.002
+"""How long a `quote` that admitted stands for the `push` of the same request (same deadline
+and rows, the lane unchanged since): the request is then priced once, at arrival."""
 
 
 class GroupScheduler:
@@ -108,6 +110,8 @@ class GroupScheduler:
         self._armed = INF
         self._next_batch = 0
         self._expired: list[QueuedRequest] = []
+        self._epoch = 0  # bumped by replica and calibration changes (the carried quote's key)
+        self._quoted: tuple[float, int, float, tuple[float, ...], Admitted] | None = None
         c = self.config
         self._hold_latest = c.hold_anchor == "latest"
 
@@ -124,6 +128,7 @@ class GroupScheduler:
     # ------------------------------------------------------------------ replicas
     def add_replica(self, rep: LaneReplica) -> None:
         """Track `rep` (normally `starting`; `ready` for warm replicas)."""
+        self._epoch += 1
         if rep.id in self.replicas:
             raise ValueError(f"replica {rep.id} is already in lane {self.name!r}")
         if rep.applied_cores is None and rep.state == READY:
@@ -132,6 +137,7 @@ class GroupScheduler:
 
     def on_replica_ready(self, rid: int, now: float) -> None:
         """`rid` is warm: it takes batches from the next `step`."""
+        self._epoch += 1
         r = self.replicas[rid]
         r.state = READY
         r.busy_until = now
@@ -140,6 +146,7 @@ class GroupScheduler:
 
     def set_cores(self, rid: int, cores: float) -> None:
         """New allocation of `rid`, in force from its next batch."""
+        self._epoch += 1
         self.replicas[rid].cores = cores
 
     def on_resized(self, rid: int, cores: float) -> None:
@@ -149,6 +156,7 @@ class GroupScheduler:
 
     def reserve(self, rid: int, now: float) -> None:
         """The driver runs a non-batch operation (e.g. an idle resize) on `rid`: busy."""
+        self._epoch += 1
         r = self.replicas[rid]
         r.inflight += 1
         r.busy_until = max(r.busy_until, now)
@@ -163,6 +171,7 @@ class GroupScheduler:
     def on_replica_removed(self, rid: int) -> bool:
         """Retire `rid`: no new batches. True when the driver may stop it now (idle or not
         started); False while a batch is in flight (`on_done` later says `stop`)."""
+        self._epoch += 1
         r = self.replicas.get(rid)
         if r is None:
             return False
@@ -176,6 +185,7 @@ class GroupScheduler:
     def mark_sick(self, rid: int) -> None:
         """`rid` is unhealthy (e.g. a batch overdue): no new batches, not counted by
         admission; the driver kills it and reports `on_replica_died`."""
+        self._epoch += 1
         r = self.replicas.get(rid)
         if r is not None and r.state in (READY, DRAINING, STARTING):
             r.state = SICK
@@ -186,6 +196,7 @@ class GroupScheduler:
         """`rid` is gone. Its in-flight requests go back to the queue (original deadlines)
         when retries and the deadline allow. Returns (requeued, failed); cancelled requests
         are dropped."""
+        self._epoch += 1
         r = self.replicas.pop(rid, None)
         requeued: list[QueuedRequest] = []
         failed: list[QueuedRequest] = []
@@ -242,6 +253,8 @@ class GroupScheduler:
         self.rate.count(now)
         c = self.config
         q = self.queue
+        if self._quoted is not None and self._quoted[3] != self._key():
+            self._quoted = None  # the lane changed since the quote: price again
         if c.expire and q:
             exp = q.expire(now)
             if exp:
@@ -252,7 +265,9 @@ class GroupScheduler:
             if full is not None:
                 self._log("refuse", now, (req.id,))
                 return full
-        verdict = self._admit(req, now) if c.admission else ADMITTED_NO_CHECK
+        verdict: Admitted | Refused | None = self._quoted and self._carried(req, now)
+        if verdict is None:
+            verdict = self._admit(req, now) if c.admission else ADMITTED_NO_CHECK
         if isinstance(verdict, Refused):
             self._log("refuse", now, (req.id,))
             return verdict
@@ -269,7 +284,26 @@ class GroupScheduler:
         if not self.config.admission:
             return None
         v = self._admit(QueuedRequest(-1, now, deadline, rows=max(1, rows)), now)
-        return v if isinstance(v, Refused) else None
+        if isinstance(v, Refused):
+            return v
+        self._quoted = (deadline, max(1, rows), now, self._key(), v)
+        return None
+
+    def _key(self) -> tuple[float, ...]:
+        """What admission reads that changes while serving (a carried quote's key)."""
+        return (self._epoch, self._next_batch, len(self.inflight), len(self.queue),
+                self.queued_rows, self.max_batch, self.downstream_s, self.last_free)  # fmt: skip
+
+    def _carried(self, req: QueuedRequest, now: float) -> Admitted | None:
+        """The last `quote`'s Admitted verdict when it was for this request (same deadline
+        and rows, at most `QUOTE_TTL_S` ago, the lane unchanged since: `push` checks
+        `_key`): the request is priced once, at arrival (`tidal.dataplane.early`), not
+        again here. None: price it."""
+        deadline, rows, at, _, v = self._quoted  # type: ignore[misc]
+        self._quoted = None
+        if deadline == req.deadline and rows == req.rows and 0.0 <= now - at <= QUOTE_TTL_S:
+            return v
+        return None
 
     def pressured(self) -> bool:
         """Something is queued, or no ready replica is idle: an arrival may be refused."""
@@ -334,7 +368,8 @@ class GroupScheduler:
             raw = self.latency_s(b.rows, r.cores)
             end = self.calib.overrun_end(b.start, raw, now, b.predicted_end)
             if end > r.busy_until:
-                reps[r.id] = replace(r, busy_until=end)
+                reps[r.id] = LaneReplica(r.id, r.cores, r.state, r.inflight, end,
+                                         r.applied_cores, r.expected_ready)  # fmt: skip
         return list(reps.values())
 
     def _over_cap(self, req: QueuedRequest, now: float) -> Refused | None:
@@ -404,7 +439,7 @@ class GroupScheduler:
         wake = INF
         lat_bc = self.latency_s
         while q:
-            rep = self._free_replica(now)
+            rep = free_replica(self.replicas.values(), now, c.pipeline_depth, c.prefetch_s)
             if rep is None:
                 break
             cores = rep.cores
@@ -432,13 +467,21 @@ class GroupScheduler:
             reqs = q.pop_batch(dec.size)
             f = self._factor(now)
             start = max(now, rep.busy_until) if rep.inflight else now
-            if c.expire_hopeless and c.expire:
-                reqs = self._drop_hopeless(reqs, start, cores, f, out)
+            down = self.downstream_s + self.calib.reply_s
+            if c.expire_hopeless and c.expire:  # tidal.dataplane.batch_trim
+                reqs, gone = split_hopeless(reqs, start, cores, f, down, lat_bc)
+                if gone:
+                    self._dequeued(gone)
+                    self._log("expire", start, tuple(x.id for x in gone))
+                    out.append(Expired(gone))
                 if not reqs:
                     continue
             if c.batch_deadline and len(reqs) > 1:
                 ft = max(f, self._factor(now, self.calib.slowdown_tail))
-                reqs = self._meet_head(reqs, start, cores, ft)
+                keep = head_prefix(reqs, start, cores, ft, down, lat_bc)
+                for x in reqs[keep:]:
+                    q.push(x)
+                reqs = reqs[:keep]
             self._dequeued(reqs)
             rows = 0
             for x in reqs:
@@ -460,78 +503,6 @@ class GroupScheduler:
             self._log("wait", wake, ())
             out.append(WakeAt(wake))
         return out
-
-    def _drop_hopeless(
-        self,
-        reqs: list[QueuedRequest],
-        start: float,
-        cores: float,
-        f: float,
-        out: list[Action],
-    ) -> list[QueuedRequest]:
-        """`SchedulerConfig.expire_hopeless`: the requests of `reqs` that can finish by their
-        stage deadline in a batch of their own started at `start` (latency x `f`, the
-        median slowdown); the others are expired (an `Expired` action in `out`)."""
-        down = self.downstream_s + self.calib.reply_s
-        keep: list[QueuedRequest] = []
-        gone: list[QueuedRequest] = []
-        for x in reqs:
-            if start + f * self.latency_s(x.rows, cores) > x.deadline - down:
-                gone.append(x)
-            else:
-                keep.append(x)
-        if gone:
-            self._dequeued(gone)
-            self._log("expire", start, tuple(x.id for x in gone))
-            out.append(Expired(gone))
-        return keep
-
-    def _meet_head(
-        self, reqs: list[QueuedRequest], start: float, cores: float, f: float
-    ) -> list[QueuedRequest]:
-        """`SchedulerConfig.batch_deadline`: the longest prefix of `reqs` (EDF order) whose
-        batch, started at `start`, is predicted (latencies x `f`, the tail slowdown) to end
-        by the head's stage deadline; the rest go back to the queue (same (deadline, id)
-        order). All of `reqs` when even the head alone cannot make it (it is late whatever
-        the batch)."""
-        due = reqs[0].deadline - self.downstream_s - self.calib.reply_s
-        rows = 0
-        keep = 0
-        for x in reqs:
-            rows += x.rows
-            if start + f * self.latency_s(rows, cores) > due:
-                break
-            keep += 1
-        if keep == 0 or keep == len(reqs):
-            return reqs
-        for x in reqs[keep:]:
-            self.queue.push(x)
-        return reqs[:keep]
-
-    def _free_replica(self, now: float) -> LaneReplica | None:
-        """An idle ready replica (most cores first, lowest id on ties), else one predicted to
-        finish within `prefetch_s` (pipelining, when `pipeline_depth` > 1)."""
-        best: LaneReplica | None = None
-        soon: LaneReplica | None = None
-        depth = self.config.pipeline_depth
-        for r in self.replicas.values():
-            if r.state != READY:
-                continue
-            if r.inflight == 0:
-                if (
-                    best is None
-                    or r.cores > best.cores
-                    or (r.cores == best.cores and r.id < best.id)
-                ):
-                    best = r
-            elif (
-                r.inflight < depth
-                and r.applied_cores == r.cores
-                and r.busy_until - now <= self.config.prefetch_s
-                and (soon is None or r.busy_until < soon.busy_until)
-            ):
-                soon = r
-        return best or soon
 
     def on_done(self, batch_id: int, now: float) -> Finished | None:
         """Batch `batch_id` ended at `now` (with a result or an error: the driver answers).
@@ -567,6 +538,7 @@ class GroupScheduler:
         left of the answer's way (encoding, the write, the client's read) goes through the
         same busy loop and is not seen here, so an answer with less slack than that counts
         as late (measured: about as many 200s were late at the client as at the server)."""
+        self._epoch += 1
         cal = self.calib
         if cal.late_target > 0.0 and self.config.admission:
             cal.observe_reply(now - finish)

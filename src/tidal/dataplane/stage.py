@@ -65,6 +65,9 @@ class Stage:
         self.router = Router()
         self.plan: StagePlan | None = None
         self.downstream_s: Callable[[], float] = lambda: 0.0
+        self.last_refused = -float("inf")
+        """When this stage last refused a request (clock seconds; `tidal.dataplane.early`
+        prices a one-row request at its headers only while refusals are recent)."""
         # Issue 13 (set by the Gateway from ServeConfig.limits): each lane's queue caps and
         # its batch watchdog's settings.
         self.caps_for: Callable[[str], Any] | None = None
@@ -171,6 +174,7 @@ class Stage:
             pg = self.groups.get(pin)
             if pg is None or not pg.sched.routable():
                 c.violations["refused"] += 1
+                self.last_refused = now
                 raise Refused(
                     503,
                     "refused",
@@ -182,6 +186,7 @@ class Stage:
             name = self.router.pick(self._routable)
         if name is None:
             c.violations["refused"] += 1
+            self.last_refused = now
             starting = any(gg.starting() for gg in self.groups.values())
             raise Refused(
                 503,
@@ -206,6 +211,7 @@ class Stage:
         verdict = g.push(req, now)
         if isinstance(verdict, Refused):
             c.violations["refused"] += 1
+            self.last_refused = now
             raise verdict
         try:
             res = await fut
@@ -248,6 +254,7 @@ class Stage:
         c = self.counters
         c.arrivals += 1
         c.violations["refused"] += 1
+        self.last_refused = now
         return verdict
 
     # ------------------------------------------------------------------ views

@@ -218,3 +218,53 @@ def test_learned_slowdown_is_a_median_and_decays_while_idle() -> None:
     assert s._factor(t) == pytest.approx(2.0)
     assert s._factor(t + 1.0 + 5.0) == pytest.approx(1.5)  # one half-life after 1 s idle
     assert s._factor(t + 61.0) == pytest.approx(1.0, abs=1e-3)
+
+
+def _counting(s: GroupScheduler) -> list[int]:
+    calls: list[int] = []
+    admit = s._admit
+
+    def counted(r: QueuedRequest, now: float) -> Admitted | Refused:
+        calls.append(r.id)
+        return admit(r, now)
+
+    s._admit = counted  # type: ignore[method-assign,assignment]
+    return calls
+
+
+def test_a_quote_that_admitted_is_carried_to_the_same_requests_push() -> None:
+    s = sched(batch=4)
+    s.push(req(1, 0.0), 0.0)  # something queued: the full pricing, not the fast path
+    calls = _counting(s)
+    r = req(2, 0.0)
+    assert s.quote(1, r.deadline, 0.0001) is None
+    assert isinstance(s.push(r, 0.0002), Admitted)
+    assert calls == [-1]  # priced once (by the quote), not again in push
+    assert [q.id for q in s.queue.requests()] == [1, 2]
+
+
+def test_a_carried_quote_is_priced_again_when_anything_differs() -> None:
+    s = sched(batch=4)
+    s.push(req(1, 0.0), 0.0)
+    calls = _counting(s)
+    # another deadline, more rows, too old, or the lane changed in between: priced again
+    r2, r3, r4, r5 = req(2, 0.0), req(3, 0.0, rows=2), req(4, 0.0), req(5, 0.0)
+    s.quote(1, r2.deadline + 0.1, 0.0)
+    s.push(r2, 0.0)
+    s.quote(1, r3.deadline, 0.0)
+    s.push(r3, 0.0)
+    s.quote(1, r4.deadline, 0.0)
+    s.push(r4, 0.1)
+    s.quote(1, r5.deadline, 0.1)
+    s.step(0.1)  # a dispatch: the lane is not the one that was priced
+    s.push(r5, 0.1)
+    assert calls == [-1, 2, -1, 3, -1, 4, -1, 5]
+
+
+def test_a_refusing_quote_is_not_carried_and_push_still_refuses() -> None:
+    s = sched(batch=1)
+    verdicts = [s.push(req(i, 0.0), 0.0) for i in range(100)]  # 15 ms each, 1 s deadline
+    assert isinstance(verdicts[-1], Refused)
+    r = req(100, 0.0)  # the same deadline: behind the full queue too
+    assert isinstance(s.quote(1, r.deadline, 0.0), Refused)
+    assert isinstance(s.push(r, 0.0), Refused)

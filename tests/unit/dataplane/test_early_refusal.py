@@ -82,3 +82,22 @@ def test_a_busy_lane_refuses_before_the_decode_an_idle_one_decodes() -> None:
         assert snap.violations["refused"] == 3 and snap.arrivals >= 4
 
     asyncio.run(_run(fn))
+
+
+def test_one_row_without_a_header_deadline_is_priced_at_the_headers_only_while_refusing() -> None:
+    from types import SimpleNamespace
+
+    from tidal.dataplane.early import RECENT_S, headers_refusal
+
+    calls: list[tuple[int, float]] = []
+    stage = SimpleNamespace(last_refused=-1e9, quote=lambda r, d, n: calls.append((r, d)))
+    clock = SimpleNamespace(now=lambda: 100.0)
+    gw = SimpleNamespace(routes={"m": ["s"]}, stages={"s": stage}, clock=clock,
+                         config=SimpleNamespace(default_slo_ms=500.0))  # fmt: skip
+    assert headers_refusal(gw, "m", None, 1, 100.0, 9000.0) is None
+    assert calls == []  # an admitting stage: the body stage prices it once
+    headers_refusal(gw, "m", b"50", 1, 100.0, 9000.0)  # a header deadline: priced
+    headers_refusal(gw, "m", None, 3, 100.0, 9000.0)  # rows from the lengths: priced
+    stage.last_refused = 100.0 - RECENT_S / 2
+    headers_refusal(gw, "m", None, 1, 100.0, 9000.0)  # the stage is refusing: priced
+    assert [r for r, _ in calls] == [1, 3, 1]
