@@ -194,9 +194,11 @@ def _log(t0: float, raws: list[float], stage: str = "a") -> list[dict[str, Any]]
 
 
 def test_fit_speed_solves_for_the_speed_that_the_simulated_controller_measures_as_live() -> None:
-    from tidal.apps.validate import fit_speed, schedule_points
+    from tidal.apps.validate import fit_speed, held_slowdowns, schedule_points
 
-    live = schedule_points(_log(100.0, [1.2, 2.4, 2.0]), ["a"], lead_s=0.0, window_s=1.0)
+    log = _log(100.0, [1.2, 2.4, 2.0])
+    live = schedule_points(log, ["a"], lead_s=0.0, window_s=1.0)
+    held = held_slowdowns(log, 100.0, 1.0)  # what the live controller planned with
     assert [round(t, 6) for t, _ in live["a"]] == [0.0, 1.0, 2.0]
     calls: list[list[tuple[float, list[float]]]] = []
 
@@ -208,10 +210,11 @@ def test_fit_speed_solves_for_the_speed_that_the_simulated_controller_measures_a
         speed = [at.get(k, sched[-1][1][0]) for k in range(3)]
         return f"run{len(calls)}", _log(0.0, [0.5 * s for s in speed])
 
-    res, sched, err = fit_speed(live, ["a"], 1.0, run, rounds=3)
+    res, sched, err = fit_speed(live, held, ["a"], 1.0, run, rounds=3)
     # Round 1 simulates the live factors; round 2 their doubles, which reproduce them exactly.
     assert [t for t, _ in calls[0]] == [0.0, 1.0, 2.0]
     assert [f[0] for _, f in calls[0]] == pytest.approx([1.2, 2.4, 2.0])
+    # the same smoothed slowdowns as live at every decision: the best round
     assert res == "run2" and err == pytest.approx(0.0, abs=1e-12)
     assert [f[0] for _, f in sched] == pytest.approx([2.4, 4.8, 4.0])
     assert len(calls) == 3
