@@ -9,7 +9,10 @@ resize takes seconds, not the profile's 10 ms).
 
 Windows (`windows()`), each `WINDOW_S` seconds of the Twitter trace:
 - the papers' windows: IPA's bursty start, Sponge's, InfAdapter's;
-- `tune`: 10 windows of days 14-17 (the only ones `tidal`'s defaults were looked at on);
+- `tune`: 10 windows of days 14-17 (with `tune2`, the only ones `tidal`'s defaults were
+  looked at on);
+- `tune2`: 13 windows of days 1-13, a second tuning set (in the LSTM's training span, so the
+  forecast there is in-sample; not in the default groups);
 - `holdout`: 8 windows of days 18-21, never used for tuning: the evidence.
 Load levels: each window is damped (multiplied by a factor, counts floored) so its peak 10-s
 mean is 30%, 70% or 110% of the cluster's capacity (`capacity_rps`: the highest rate some plan
@@ -80,6 +83,12 @@ def windows(window_s: int = WINDOW_S) -> list[Window]:
                   (17, 4), (17, 18)]  # fmt: skip
     for d, h in tune_hours:
         out.append(Window(f"d{d}h{h:02d}", "tune", d * DAY + h * 3600, window_s))
+    # tune2: a second tuning set, days 1-13 (inside the LSTM's training span, days 0-13, so
+    # the forecast is in-sample there); start hours fixed before any run, spread over the day.
+    tune2_hours = [(1, 7), (2, 19), (3, 10), (4, 22), (5, 3), (6, 14), (7, 8), (8, 17),
+                   (9, 1), (10, 12), (11, 5), (12, 20), (13, 15)]  # fmt: skip
+    for d, h in tune2_hours:
+        out.append(Window(f"d{d}h{h:02d}", "tune2", d * DAY + h * 3600, window_s))
     hold_hours = [(18, 3), (18, 14), (19, 8), (19, 21), (20, 1), (20, 12), (21, 5), (21, 16)]
     for d, h in hold_hours:
         out.append(Window(f"d{d}h{h:02d}", "holdout", d * DAY + h * 3600, window_s))

@@ -32,8 +32,11 @@ Each decision (every second):
    (per-request slack, Sponge's check: the entry stage's EDF queue served in batches
    back-to-back must finish within `budget_margin` x each remaining budget after the other
    stages' latency). Then: grow cores in place at once keeping the replicas (the fastest
-   knob), sized for ``r_fast`` x hedge, and in the same change start the cheaper target's
-   replicas (the bridged cores shrink once they are ready); if the node has no room in place,
+   knob), sized for ``r_fast`` x hedge, on the finer `in_place_step` grid (0.25 core: one
+   0.5-core step doubles a small replica), and in the same change start the cheaper target's
+   replicas (the bridged cores, on the coarse grid, shrink once they are ready; if that
+   target no longer carries the fast rate by then, the replicas in force are resized in
+   place for it instead, `tidal_down.follow_up`); if the node has no room in place,
    the target, or more replicas of today's size. Still at risk within a cold start of the
    last urgent change, the next one carries `escalate` (2) x more (a surge outruns the 3-s
    rate: one change per second behind it was measured); an escalated rate no plan carries
@@ -136,6 +139,9 @@ class TidalOptions(PlannerOptions):
     down_gain: float = Field(
         0.05, ge=0, lt=1, description="Least relative saving worth a scale-down."
     )
+    in_place_step: float = Field(
+        0.25, ge=0, le=8, description="Core step of an in-place resize alone (0: core_step)."
+    )
     max_changes_per_hour: int = Field(
         60, ge=1, le=3600, description="No non-urgent change beyond this many per hour."
     )
@@ -194,6 +200,7 @@ class Tidal:
         hold_s: float = 60.0,
         scale_down_after_s: float = 60.0,
         down_gain: float = 0.05,
+        in_place_step: float = 0.25,
         max_changes_per_hour: int = 60,
         change_credit: int = 0,
         escalate: float = 2.0,
@@ -218,6 +225,8 @@ class Tidal:
         # term) finds the most the nodes carry under overload
         self._dp = Themis(core_step=core_step, utilization=utilization, variant=variant)
         self._full = Themis(core_step=core_step, utilization=1.0, variant=variant)
+        step = in_place_step if in_place_step > 0 else core_step
+        self._fine = Themis(core_step=step, utilization=utilization, variant=variant)
 
     # ---- rates -------------------------------------------------------------------------
     def horizon_s(self, chosen: list[VariantProfile]) -> int:
@@ -302,6 +311,7 @@ class Tidal:
         replicas: list[int] | None = None,
         cores: list[float] | None = None,
         wait_rate: float | None = None,
+        fine: bool = False,
     ) -> list[list[Option]]:
         """Per stage, every (n, c, b) that carries `lam` (the hedged peak) below
         `utilization`, with its latency at `wait_rate` (the level the queue sees most of the
@@ -323,7 +333,9 @@ class Tidal:
                 None if replicas is None else replicas[i],
                 None if cores is None else cores[i],
             )  # fmt: skip
-            for i, (v, grid) in enumerate(zip(chosen, self._dp.grids(ctx, chosen), strict=True))
+            for i, (v, grid) in enumerate(
+                zip(chosen, (self._fine if fine else self._dp).grids(ctx, chosen), strict=True)
+            )
         ]
 
     def solve(
@@ -334,9 +346,11 @@ class Tidal:
         replicas: list[int] | None = None,
         cores: list[float] | None = None,
         wait_rate: float | None = None,
+        fine: bool = False,
     ) -> Plan | None:
-        """The cheapest plan for `lam` within the SLO under the queueing model (the DP)."""
-        opts = self.options(ctx, chosen, lam, replicas, cores, wait_rate)
+        """The cheapest plan for `lam` within the SLO under the queueing model (the DP);
+        `fine`: on the in-place grid (`in_place_step`)."""
+        opts = self.options(ctx, chosen, lam, replicas, cores, wait_rate, fine)
         picked = min_cost(opts, ctx.slo_ms, ctx.slo_ms / 2000)
         if picked is None:
             return None
@@ -434,6 +448,11 @@ class Tidal:
                 return st.target, replace(st, target=None)
             if starting and (target_ok or not self.at_risk(ctx, cur, chosen, r_fast)):
                 return cur, st
+            if not starting:
+                lam_f = max(rates.slow, r_fast * rates.hedge)
+                follow = down.follow_up(self, ctx, chosen, lam_f, r_fast)
+                if follow is not None:
+                    return follow, replace(st, target=None)
             # the rate outgrew both the plan in force and the one being moved to: drop it,
             # act on the risk now (the replicas already starting keep starting) rather than
             # after their cold start
@@ -515,9 +534,8 @@ class Tidal:
         reps = [current_stage(ctx, s.stage) for s in ctx.stages]
         st = replace(st, cheaper_since=None)
         if all(r is not None for r in reps):
-            vert = self.solve(
-                ctx, chosen, lam, [r.replicas for r in reps if r is not None], wait_rate=r_now
-            )
+            n = [r.replicas for r in reps if r is not None]
+            vert = self.solve(ctx, chosen, lam, n, wait_rate=r_now)
             if vert is not None and fits(vert, ctx.capacity):
                 adds = target is not None and any(
                     sp.replicas > (c.replicas if (c := current_stage(ctx, sp.stage)) else 0)
@@ -529,6 +547,11 @@ class Tidal:
                     plan, st2 = self._move(replace(ctx, current=vert), st, target)
                     if st2.target is not None:
                         return plan, st2
+                # in place alone: on the finer in-place grid (a bridge keeps the coarse
+                # step: its replicas carry the surge until the new ones start)
+                fine = self.solve(ctx, chosen, lam, n, wait_rate=r_now, fine=True)
+                if fine is not None and fits(fine, ctx.capacity):
+                    vert = fine if fine.total_cores < vert.total_cores else vert
                 # the cheaper replica plan follows after `hold_s` (not a scale-down)
                 return vert, replace(st, bridged=True)
         if target is None:

@@ -1,6 +1,6 @@
-"""`tidal`'s scale-down moves: the shrink when arrivals stopped (`idle`) and the one-change
-consolidation (`one_step`). Functions of the planner (its options, solver and checks); pure:
-the state is passed in and out."""
+"""`tidal`'s scale-down moves: the shrink when arrivals stopped (`idle`), the one-change
+consolidation (`one_step`) and a move's follow-up on today's rates (`follow_up`). Functions
+of the planner (its options, solver and checks); pure: the state is passed in and out."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ class Tidal(Protocol):
         replicas: list[int] | None = None,
         cores: list[float] | None = None,
         wait_rate: float | None = None,
+        fine: bool = False,
     ) -> Plan | None: ...
 
     def budget_left(self, ctx: PlanContext, st: TidalState) -> bool: ...
@@ -99,4 +100,29 @@ def one_step(
     return target
 
 
-__all__ = ["idle", "one_step"]
+def follow_up(
+    t: Tidal, ctx: PlanContext, chosen: list[VariantProfile], lam: float, r_fast: float
+) -> Plan | None:
+    """A move's new replicas are ready but the target it moved to no longer carries the
+    fast rate `r_fast`: the replicas in force resized in place (the fast knob, on the
+    in-place grid) for `lam` (the hedged fast rate, as an urgent growth), if that saves
+    `down_gain` on the interim in force and is not at risk; else None (the interim stays).
+    The follow-up change the move had planned anyway, sized on today's rates instead of
+    the stale target (measured on days 1-13: a 13.5-core interim kept for 120 s)."""
+    cur = ctx.current
+    reps = [current_stage(ctx, s.stage) for s in ctx.stages]
+    if cur is None or any(r is None for r in reps):
+        return None
+    n = [r.replicas for r in reps if r is not None]
+    p = t.solve(ctx, chosen, lam, replicas=n, wait_rate=r_fast, fine=True)
+    if (
+        p is None
+        or not fits(p, ctx.capacity)
+        or p.total_cores >= (1.0 - t.down_gain) * cur.total_cores - 1e-9
+        or t.at_risk(ctx, p, chosen, r_fast)
+    ):
+        return None
+    return p
+
+
+__all__ = ["follow_up", "idle", "one_step"]

@@ -1,0 +1,47 @@
+"""`tidal`'s in-place knob: an urgent growth in place alone uses the finer `in_place_step`
+grid, and a move's follow-up, when its target no longer carries the fast rate, resizes the
+replicas in force instead of keeping the interim's larger cores."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tidal.core.plan import Plan
+from tidal.planners import Capacity
+from tidal.planners.common import stage_plan
+from tidal.planners.synthetic import synthetic_context
+from tidal.planners.tidal import Tidal, TidalState
+
+
+def test_an_urgent_growth_in_place_takes_the_finer_core_step() -> None:
+    base = synthetic_context(1, rps=40.0, capacity=Capacity(1, 16.0))
+    v = base.stages[0].variants[0]
+    cur = Plan(stages=(stage_plan("s0", v.name, 10, 0.5, 8),))
+    carried = 10 * v.throughput(8, 0.5)
+    hist = (0.8 * carried,) * 297 + (1.2 * carried,) * 3  # a surge past the plan in force
+    ctx = dataclasses.replace(base, now=300.0, rate_history=hist, forecast=None, current=cur,
+                              state=TidalState(start=0.0))  # fmt: skip
+    fine, st = Tidal().plan(ctx)
+    coarse, _ = Tidal(in_place_step=0.0).plan(ctx)
+    sp, sc = fine.stages[0], coarse.stages[0]
+    assert isinstance(st, TidalState) and st.urgent_at == 300.0  # urgent, in place
+    assert sp.replicas == sc.replicas == 10
+    assert sp.cores == 0.75 and sc.cores == 1.0  # +50% cores, not +100%
+    assert 10 * v.throughput(sp.batch, sp.cores) > 1.2 * carried
+
+
+def test_a_follow_up_resizes_in_place_when_its_target_no_longer_carries_the_rate() -> None:
+    base = synthetic_context(1, rps=40.0, capacity=Capacity(1, 16.0))
+    v = base.stages[0].variants[0]
+    interim = Plan(stages=(stage_plan("s0", v.name, 9, 1.5, 8),))  # new replicas ready
+    target = Plan(stages=(stage_plan("s0", v.name, 9, 0.5, 8),))  # too small by now
+    r = 1.2 * 9 * v.throughput(8, 0.5)
+    st0 = TidalState(start=0.0, target=target)
+    ctx = dataclasses.replace(base, now=300.0, rate_history=(r,) * 300, forecast=None,
+                              current=interim, state=st0)  # fmt: skip
+    planner = Tidal()
+    plan, st = planner.plan(ctx)
+    sp = plan.stages[0]
+    assert sp.replicas == 9 and 0.5 < sp.cores < 1.5  # resized, neither target nor interim
+    assert not planner.at_risk(ctx, plan, [v], r)
+    assert isinstance(st, TidalState) and st.target is None
