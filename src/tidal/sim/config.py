@@ -102,7 +102,7 @@ class SimConfig(BaseModel):
         "(the profile's l(b, ceil(c))) while the worker's quota of c cores per 100-ms "
         "period lasts and are throttled to the period's end when it runs out, as a cgroup "
         "`cpu.max` does live; off: every batch takes l(b, c), the quota-bound mean. "
-        "`tidal validate` sets it.",
+        "`tidal validate` reports a simulation with it (`sim_other_quota_model`).",
     )
     control_lead_s: float = Field(
         default=0.0,
