@@ -329,6 +329,7 @@ def test_a_growth_without_room_moves_the_replica(cluster: Any) -> None:
     """A replica whose node is full grows by moving (make before break): a replica of the
     new size starts on a node with room, the executor takes it over and the old worker,
     holds and grant go; a growth no node has room for is refused, the replica unchanged."""
+    import threading
     import time
 
     from tidal.control.ray_substrate import RayFactory
@@ -374,13 +375,19 @@ def test_a_growth_without_room_moves_the_replica(cluster: Any) -> None:
         assert fac.used()[full] == pytest.approx(1.0)
         assert float(keep.infer(x + 1).ravel()[0]) == 1.0
 
-        # In place 1 -> 2 (a second hold), back to 1: the growth's hold goes, Ray agrees.
+        # In place 1 -> 2 (a second hold) while every node is full: the growth is asked
+        # again until a replica that is going away frees the room; back to 1: the growth's
+        # hold goes, Ray agrees.
         free = ray_free_cpus()
+        third = fac("noop", 1.0)
+        execs.append(third)
+        assert third.node == full
+        threading.Timer(0.5, third.stop).start()
         keep.resize(2.0)
         assert keep.node == full and keep.pid == pid and len(keep._holds) == 2
         keep.resize(1.0)
         assert len(keep._holds) == 1 and keep.cores == 1.0
-        for _ in range(50):
+        for _ in range(100):
             if ray_free_cpus() == pytest.approx(free):
                 break
             time.sleep(0.1)

@@ -87,6 +87,10 @@ def kept_holds(holds: list[Any], cores: float) -> list[Any] | None:
     return None
 
 
+class NoRoom(TidalError):
+    """No node has the cores for a growth now (`RayExecutor.resize` asks again)."""
+
+
 class RayExecutor:
     """One replica (the data plane's Executor contract), started as described above.
 
@@ -112,6 +116,7 @@ class RayExecutor:
         self.variant = variant
         self.cores = cores
         self.grow_timeout_s = grow_timeout_s
+        self.room_wait_s = 2.0
         self.replica_id = f"{variant}-{uuid.uuid4().hex[:10]}"
         self._holds: list[Any] = []
         self._dead = False
@@ -121,7 +126,7 @@ class RayExecutor:
         self.cold_start_s = 0.0
         claim = factory.claim(cores, avoid=avoid)
         if avoid is not None and claim is None:
-            raise TidalError(f"no node but {avoid[:8]} has {cores:g} cores free")
+            raise NoRoom(f"no node but {avoid[:8]} has {cores:g} cores free")
         try:
             pg = _hold(cores, claim)
             self._holds.append(pg)
@@ -254,8 +259,20 @@ class RayExecutor:
     def resize(self, cores: float) -> float:
         """Resize in place, holding the cores in Ray first; WorkerDied if the actor is gone.
         A growth the node has no room for (the book, less the starts in flight from this
-        gateway) moves the replica instead (`_move_or_refuse`), and TidalError (unchanged) when no
-        other node has the cores either."""
+        gateway) moves the replica instead (`_move_or_refuse`). While no node has the room,
+        it is asked again for `room_wait_s` (replicas a plan retires free their cores once
+        their batch is done: measured, a 1/3 -> 2/3 growth refused at once stayed refused
+        for the plan's life), then TidalError, the replica unchanged."""
+        fac = self.factory
+        deadline = fac.clock.now() + self.room_wait_s
+        while True:
+            try:
+                return self._resize_once(cores)
+            except NoRoom as e:
+                if fac.clock.now() >= deadline or fac._closing.wait(0.1):
+                    raise TidalError(str(e)) from None
+
+    def _resize_once(self, cores: float) -> float:
         ray = _ray()
         auth, fac = self.factory.authority, self.factory
         old = self.cores
@@ -301,7 +318,8 @@ class RayExecutor:
             new = RayExecutor(self.factory, self.variant, cores, avoid=self.node,
                               grow_timeout_s=self.grow_timeout_s)  # fmt: skip
         except TidalError as e:
-            raise TidalError(f"{why}; not moved: {e}") from None
+            cls = NoRoom if isinstance(e, NoRoom) else TidalError
+            raise cls(f"{why}; not moved: {e}") from None
         log.warning("replica %s of %s: moved from node %s (%g cores) to node %s (%g cores): %s",
                     self.replica_id, self.variant, self.node[:8], self.cores, new.node[:8],
                     cores, why)  # fmt: skip
