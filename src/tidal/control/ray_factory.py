@@ -1,7 +1,8 @@
 """The Ray substrate's executor factory: one per gateway (`tidal.control.ray_substrate`
 describes how replicas hold their cores). It connects once, keeps the cluster's view (alive
 nodes and their cores, the node holds beyond ``cores_per_node``, one warm standby actor per
-node, the starts and growths in flight from this gateway) and builds `RayExecutor`s.
+node, the starts and growths in flight from this gateway). `tidal.control.ray_substrate`'s
+`RayFactory` builds `RayExecutor`s on it; this module never imports that one.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import atexit
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tidal.control.ray_connect import _hold, _node_affinity, _ray, _remove, authority, connect
 from tidal.control.ray_worker import ReplicaActor
@@ -18,8 +19,18 @@ from tidal.core.capacity import Capacity
 from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
 
-if TYPE_CHECKING:
-    from tidal.control.ray_substrate import RayExecutor
+
+class TrackedReplica(Protocol):
+    """What the node watch needs of an executor it tracks (`RayExecutor` in
+    `tidal.control.ray_substrate`, which builds on this module: no import back)."""
+
+    replica_id: str
+    node: str
+
+    def alive(self) -> bool: ...
+
+    def mark_dead(self) -> None: ...
+
 
 log = logging.getLogger("tidal.control.ray")
 WORKER_BINDS = ("loopback", "node")
@@ -38,8 +49,10 @@ def _actor_class() -> Any:
         return _ACTOR
 
 
-class RayFactory:
-    """The gateway's ExecutorFactory for Ray: connects once to `address`, places replicas.
+class RayFactoryBase:
+    """The cluster view behind the gateway's Ray ExecutorFactory (`RayFactory` in
+    `tidal.control.ray_substrate` adds ``__call__``, which builds a `RayExecutor`): connects
+    once to `address`, places replicas.
 
     `autoscale_max_nodes`: when the cluster can grow (KubeRay's autoscaler), the planners see
     that many nodes of the current node size; replicas beyond the nodes present stay pending
@@ -75,7 +88,7 @@ class RayFactory:
         self.pending_timeout_s = pending_timeout_s
         self._authority: Any = None
         self._lock = threading.Lock()
-        self._live: dict[str, RayExecutor] = {}  # replica id -> executor
+        self._live: dict[str, TrackedReplica] = {}  # replica id -> executor
         self._monitor: threading.Thread | None = None
         self._closing = threading.Event()
         self._fillers: dict[str, Any] = {}  # node -> hold of its CPUs beyond cores_per_node
@@ -83,7 +96,7 @@ class RayFactory:
         self._claims: dict[str, float] = {}  # node -> cores of the starts in flight from here
         self._standby: dict[str, Any] = {}  # node -> an idle replica actor, already started
 
-    def track(self, ex: RayExecutor) -> None:
+    def track(self, ex: TrackedReplica) -> None:
         """Watch `ex`: it reports not alive() once Ray reports its node dead."""
         with self._lock:
             self._live[ex.replica_id] = ex
@@ -93,7 +106,7 @@ class RayFactory:
                 )
                 self._monitor.start()
 
-    def untrack(self, ex: RayExecutor) -> None:
+    def untrack(self, ex: TrackedReplica) -> None:
         with self._lock:
             self._live.pop(ex.replica_id, None)
 
@@ -247,12 +260,6 @@ class RayFactory:
             else:
                 self._claims.pop(node, None)
 
-    def __call__(self, variant: str, cores: float) -> RayExecutor:
-        self.connect()
-        from tidal.control.ray_substrate import RayExecutor
-
-        return RayExecutor(self, variant, cores, pending_timeout_s=self.pending_timeout_s)
-
     def shutdown(self) -> None:
         """Remove the authority when no replica holds anything (SIGTERM leaves no actor)."""
         self._closing.set()
@@ -281,4 +288,4 @@ class RayFactory:
         self._authority = None
 
 
-__all__ = ["WORKER_BINDS", "RayFactory"]
+__all__ = ["WORKER_BINDS", "RayFactoryBase", "TrackedReplica"]

@@ -60,7 +60,7 @@ from tidal.control.ray_connect import (
     authority,
     connect,
 )
-from tidal.control.ray_factory import RayFactory
+from tidal.control.ray_factory import RayFactoryBase
 from tidal.control.ray_worker import DirectWorker, kernel_id, open_channels, shares
 from tidal.core.capacity import Capacity
 from tidal.core.errors import TidalError
@@ -438,6 +438,15 @@ async def wait_ready(gateway: Any, stage: str, replicas: int, timeout_s: float =
         if clock.now() - t0 > timeout_s:
             raise TidalError(f"stage {stage!r} did not reach {replicas} replicas in {timeout_s} s")
         await asyncio.sleep(0.1)
+
+
+class RayFactory(RayFactoryBase):
+    """The gateway's ExecutorFactory for Ray (`RayFactoryBase` holds the cluster view):
+    ``factory(variant, cores)`` connects once and builds a `RayExecutor`."""
+
+    def __call__(self, variant: str, cores: float) -> RayExecutor:
+        self.connect()
+        return RayExecutor(self, variant, cores, pending_timeout_s=self.pending_timeout_s)
 
 
 __all__ = ["AUTHORITY_NAME", "NAMESPACE", "PlacementAuthority", "RayActuator", "RayExecutor"]
