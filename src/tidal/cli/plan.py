@@ -216,7 +216,9 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
             Path("results/decisions.jsonl"), help="JSON-lines file of rows (appended, resumable)."
         ),
         group: list[str] = typer.Option(
-            [], help="paper, tune (days 14-17), holdout (days 18-21); default all."
+            [],
+            help="paper, tune (days 14-17), holdout (days 18-21), tune2 (days 1-13, opt-in); "
+            "default paper, tune and holdout.",
         ),
         level: list[str] = typer.Option([], help="Load levels: 0.3, 0.7, 1.1, raw (default all)."),
         policy: list[str] = typer.Option([], help="Policies (default: tidal and the peers)."),
