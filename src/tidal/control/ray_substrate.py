@@ -327,9 +327,8 @@ class RayExecutor:
             mine, theirs = getattr(self, k), getattr(new, k)
             setattr(self, k, theirs)
             setattr(new, k, mine)
-        with self.factory._lock:
-            self.factory._live[self.replica_id] = self
-            self.factory._live[new.replica_id] = new
+        self.factory.track(self)  # the swapped ids: each executor under its new id
+        self.factory.track(new)
         new.stop()  # the old incarnation, now idle: the data plane serialises its operations
         return self.factory.clock.now() - t0
 

@@ -468,7 +468,7 @@ class GroupScheduler:
             f = self._factor(now)
             start = max(now, rep.busy_until) if rep.inflight else now
             down = self.downstream_s + self.calib.reply_s
-            if c.expire_hopeless and c.expire:  # tidal.dataplane.batch_trim
+            if c.expire_hopeless and c.expire:  # tidal.dataplane.dispatch_rules
                 reqs, gone = split_hopeless(reqs, start, cores, f, down, lat_bc)
                 if gone:
                     self._dequeued(gone)
