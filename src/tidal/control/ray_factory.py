@@ -8,9 +8,11 @@ node, the starts and growths in flight from this gateway). `tidal.control.ray_su
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from tidal.control.ray_connect import _hold, _node_affinity, _ray, _remove, authority, connect
@@ -95,6 +97,9 @@ class RayFactoryBase:
         self._fill_lock = threading.Lock()
         self._claims: dict[str, float] = {}  # node -> cores of the starts in flight from here
         self._standby: dict[str, Any] = {}  # node -> an idle replica actor, already started
+        self._starts = 0  # replica starts in flight from this gateway
+        self._quiet_since = float("-inf")  # when the last of them ended
+        self.standby_quiet_s = 2.0
 
     def track(self, ex: TrackedReplica) -> None:
         """Watch `ex`: it reports not alive() once Ray reports its node dead."""
@@ -165,19 +170,54 @@ class RayFactoryBase:
                 self._standby.pop(node, None)
         return dict(sorted(alive.items())), dead
 
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Around one replica start (`RayExecutor`'s constructor; a move's new replica is
+        one): no standby is replaced while it runs, nor for `standby_quiet_s` after the last
+        one ends. A start waiting for room leaves the window (`idle`): nothing runs then."""
+        self._start_window(+1)
+        try:
+            yield
+        finally:
+            self._start_window(-1)
+
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """Inside `starting`: a stretch (a hold pending for room) that starts nothing."""
+        self._start_window(-1)
+        try:
+            yield
+        finally:
+            self._start_window(+1)
+
+    def _start_window(self, delta: int) -> None:
+        with self._lock:
+            self._starts += delta
+            if delta < 0:
+                self._quiet_since = self.clock.now()
+
     def _spare(self, node: str) -> None:
         """Keep one idle replica actor per node (no cores: ``num_cpus=0``, no worker process),
         so a start on that node skips Ray's worker-process start-up (the Python process,
-        `import ray`, the runtime env): measured in `tidal bench ray-cluster`, below."""
+        `import ray`, the runtime env): measured in `tidal bench ray-cluster`, below.
+
+        Not while a start from this gateway is in flight, nor within `standby_quiet_s` of the
+        last: the new actor's process (Python, `import ray`) runs under no quota, so it took
+        CPU from the replicas starting and serving at their quotas (each `nodes()` call
+        replaced a standby at once, mid-start). The node watch (once a second) replaces it
+        once the starts are over."""
         with self._lock:
             if node in self._standby or self._closing.is_set():
+                return
+            if self._starts or self.clock.now() - self._quiet_since < self.standby_quiet_s:
                 return
             strategy = _node_affinity(node)
             self._standby[node] = _actor_class().options(scheduling_strategy=strategy).remote()
 
     def take_standby(self, node: str) -> Any:
         """The idle actor on `node` (a new one if there is none); the node watch replaces it
-        within a second (not here: its start-up would compete with this replica's)."""
+        once no start is in flight (`_spare`; not here: its start-up would compete with this
+        replica's)."""
         with self._lock:
             actor = self._standby.pop(node, None)
         if actor is None:

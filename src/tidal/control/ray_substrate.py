@@ -124,39 +124,41 @@ class RayExecutor:
         self.actor: Any = None
         self.direct: DirectWorker | None = None
         self.cold_start_s = 0.0
-        claim = factory.claim(cores, avoid=avoid)
-        if avoid is not None and claim is None:
-            raise NoRoom(f"no node but {avoid[:8]} has {cores:g} cores free")
-        try:
-            pg = _hold(cores, claim)
-            self._holds.append(pg)
-            ready, _ = ray.wait([pg.ready()], timeout=spread_timeout_s if claim else 0.0)
-            if avoid is not None and not ready:
-                raise TidalError(f"Ray did not place {cores:g} cores on node {claim}")
-            if claim and not ready:  # another gateway took the node: let Ray choose
-                self._holds.remove(pg)
-                _remove(pg)
-                pg = _hold(cores, None)
+        with factory.starting():  # no standby replaced meanwhile (RayFactoryBase._spare)
+            claim = factory.claim(cores, avoid=avoid)
+            if avoid is not None and claim is None:
+                raise NoRoom(f"no node but {avoid[:8]} has {cores:g} cores free")
+            try:
+                pg = _hold(cores, claim)
                 self._holds.append(pg)
-            if not ready:
-                ready, _ = ray.wait([pg.ready()], timeout=pending_timeout_s)
-            if not ready:
-                raise TidalError(
-                    f"replica of {variant} ({cores:g} cores) stayed pending for "
-                    f"{pending_timeout_s:g} s: no Ray node had the cores"
-                )
-            self.node = _hold_node(pg)
-            self.actor = factory.take_standby(self.node)
-            at = ray.get(self.actor.where.remote(), timeout=120)
-            node, cpu_ids = at["node"], at["cpus"]
-            grant = self._reserve(node, cores, cpu_ids, at["kernel"]["boot"])
-            self.cpus: tuple[int, ...] = tuple(grant.cpus)
-            info = self._start_worker(at, cores)
-        except BaseException:
-            self._cleanup()
-            raise
-        finally:
-            factory.unclaim(claim, cores)
+                ready, _ = ray.wait([pg.ready()], timeout=spread_timeout_s if claim else 0.0)
+                if avoid is not None and not ready:
+                    raise TidalError(f"Ray did not place {cores:g} cores on node {claim}")
+                if claim and not ready:  # another gateway took the node: let Ray choose
+                    self._holds.remove(pg)
+                    _remove(pg)
+                    pg = _hold(cores, None)
+                    self._holds.append(pg)
+                if not ready:
+                    with factory.idle():  # pending: no start runs while it waits for room
+                        ready, _ = ray.wait([pg.ready()], timeout=pending_timeout_s)
+                if not ready:
+                    raise TidalError(
+                        f"replica of {variant} ({cores:g} cores) stayed pending for "
+                        f"{pending_timeout_s:g} s: no Ray node had the cores"
+                    )
+                self.node = _hold_node(pg)
+                self.actor = factory.take_standby(self.node)
+                at = ray.get(self.actor.where.remote(), timeout=120)
+                node, cpu_ids = at["node"], at["cpus"]
+                grant = self._reserve(node, cores, cpu_ids, at["kernel"]["boot"])
+                self.cpus: tuple[int, ...] = tuple(grant.cpus)
+                info = self._start_worker(at, cores)
+            except BaseException:
+                self._cleanup()
+                raise
+            finally:
+                factory.unclaim(claim, cores)
         self.pid: int = int(info["pid"])
         self.mechanism = str(info["mechanism"])
         factory.track(self)
