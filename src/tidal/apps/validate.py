@@ -40,6 +40,18 @@ from tidal.apps.demo import (
     run_policy,
     serve_config,
 )
+from tidal.apps.validate_speed import SCHEDULE_SPAN as SCHEDULE_SPAN
+from tidal.apps.validate_speed import SPEED_BOUNDS as SPEED_BOUNDS
+from tidal.apps.validate_speed import SPEED_ROUNDS as SPEED_ROUNDS
+from tidal.apps.validate_speed import (
+    fit_speed,
+    held_slowdowns,
+    live_slowdown,
+    schedule_of,
+    schedule_points,
+)
+from tidal.apps.validate_speed import measured_slowdowns as measured_slowdowns
+from tidal.apps.validate_speed import slowdown_schedule as slowdown_schedule
 from tidal.core.errors import TidalError
 from tidal.dataplane.scheduler import SchedulerConfig
 from tidal.workload import load_trace
@@ -50,17 +62,6 @@ from tidal.workload.loadgen import schedule_from_rates
 TARGET_VIOLATION_PP = 1.0
 TARGET_P99_REL = 0.10
 TARGET_CORE_S_REL = 0.02
-# Live slowdown measurements averaged into the simulated machine's speed at each point of
-# the trace (see `slowdown_schedule`): 1 = each measurement for its own window. A centred
-# mean of 5 leaked the throttled seconds after the surge's start into the seconds before it
-# (a 0.5-core replica runs at up to a whole core's speed while its CPU quota lasts: live
-# 0.65, 0.90 then 1.62, 1.50), so the simulated controller measured a slower machine than
-# the live one at the surge's first decision and chose a larger batch (b4 against b2).
-SCHEDULE_SPAN = 1
-# `fit_speed`: simulations solving for the machine's speed under the simulated CPU quota, and
-# the range a speed factor is kept in.
-SPEED_ROUNDS = 5
-SPEED_BOUNDS = (0.2, 10.0)
 # Whether `validate` compares the simulation with the CPU quota modelled (see `validate`).
 VALIDATE_CPU_QUOTA = False
 
@@ -81,6 +82,12 @@ class Comparison:
     """The machine's load averages (1, 5, 15 min) before the live run and after it."""
     sim_other_quota_model: dict[str, Any] | None = None
     """The simulation with the other CPU-quota model than `sim` (`validate(cpu_quota=)`)."""
+    replayed: Comparison | None = None
+    """Live against the simulation of the live decisions (`tidal.apps.validate_replay`)."""
+    replay_ticks: int = 0
+    """Simulated ticks that replayed a live decision's plan."""
+    divergence: dict[str, Any] | None = None
+    """Where the closed-loop simulated controller first chose another plan than the live one."""
 
     @property
     def agrees(self) -> bool:
@@ -90,15 +97,18 @@ class Comparison:
             and abs(self.core_s_rel) <= TARGET_CORE_S_REL
         )
 
+    def diff(self) -> dict[str, Any]:
+        return {
+            "violation_rate_pp": round(self.violation_pp, 2),
+            "p99_rel": None if math.isnan(self.p99_rel) else round(self.p99_rel, 3),
+            "core_seconds_rel": round(self.core_s_rel, 3),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "live": self.live,
             "sim": self.sim,
-            "diff": {
-                "violation_rate_pp": round(self.violation_pp, 2),
-                "p99_rel": None if math.isnan(self.p99_rel) else round(self.p99_rel, 3),
-                "core_seconds_rel": round(self.core_s_rel, 3),
-            },
+            "diff": self.diff(),
             "target": {
                 "violation_rate_pp": TARGET_VIOLATION_PP,
                 "p99_rel": TARGET_P99_REL,
@@ -112,6 +122,15 @@ class Comparison:
             "loadavg_end": [round(x, 2) for x in self.loadavg_end],
             "sim_with_reference_profile": self.sim_profile_as_measured,
             "sim_other_quota_model": self.sim_other_quota_model,
+            "divergence": self.divergence,
+            "sim_live_decisions": None
+            if self.replayed is None
+            else {
+                "sim": self.replayed.sim,
+                "diff": self.replayed.diff(),
+                "agrees": self.replayed.agrees,
+                "ticks_replayed": self.replay_ticks,
+            },
         }
 
 
@@ -144,185 +163,6 @@ def make_validate_setup(
     return DemoSetup(
         spec, pfile, ps, slo_ms, cores, sched, rates, desc, False, serve_config(spec, slo_ms)
     )
-
-
-def measured_slowdowns(
-    decisions: list[dict[str, Any]],
-) -> list[tuple[float | None, str, float, float, bool]]:
-    """Each decision's own slowdown measurement per stage, recovered from the smoothed
-    factor the live controller logs (an EWMA, `SLOWDOWN_SMOOTHING`, started at its first
-    measurement): (decision time or None, stage, factor, the stage's logged arrival rate,
-    whether the factor changed, i.e. the controller measured at that decision)."""
-    from tidal.control.controller import SLOWDOWN_BOUNDS, SLOWDOWN_SMOOTHING
-
-    out: list[tuple[float | None, str, float, float, bool]] = []
-    prev: dict[str, float] = {}
-    for d in decisions:
-        inputs = d.get("inputs", {})
-        rates = {s.get("stage"): float(s.get("rate") or 0.0) for s in inputs.get("stages", [])}
-        t = float(d["t"]) if "t" in d else None
-        for k, v in (inputs.get("slowdown") or {}).items():
-            v = float(v)
-            raw = v if k not in prev else prev[k] + (v - prev[k]) / SLOWDOWN_SMOOTHING
-            changed = k not in prev or v != prev[k]
-            prev[k] = v
-            raw = min(SLOWDOWN_BOUNDS[1], max(SLOWDOWN_BOUNDS[0], raw))
-            out.append((t, k, raw, rates.get(k, 0.0), changed))
-    return out
-
-
-def live_slowdown(decisions: list[dict[str, Any]]) -> dict[str, float]:
-    """Per-stage slowdown the live controller measured: how much slower the live machine ran
-    than the profile. Each decision's own measurement (`measured_slowdowns`, usually taken
-    first at a trickle of batch-1 requests before a surge) is averaged weighted by the
-    stage's arrival rate at each decision (the plain mean when no rate was logged), so the
-    factor is the one under which the requests were served."""
-    acc: dict[str, list[tuple[float, float]]] = {}
-    for _, k, raw, rate, _ in measured_slowdowns(decisions):
-        acc.setdefault(k, []).append((raw, rate))
-    out = {}
-    for k, pairs in acc.items():
-        f = np.array([p[0] for p in pairs])
-        w = np.array([p[1] for p in pairs])
-        out[k] = float((f * w).sum() / w.sum()) if w.sum() > 0 else float(f.mean())
-    return out
-
-
-def schedule_points(
-    decisions: list[dict[str, Any]],
-    stages: list[str],
-    lead_s: float,
-    window_s: float = 1.0,
-) -> dict[str, list[tuple[float, float]]]:
-    """Per stage in `stages`, the live measurements (`measured_slowdowns`, decisions where the
-    factor changed) placed on the trace: (``t - t_first - lead_s - window_s``, factor), the
-    planner's window before the decision (the controller's first decision came `lead_s`
-    before the load)."""
-    t0 = next((float(d["t"]) for d in decisions if "t" in d), None)
-    meas: dict[str, list[tuple[float, float]]] = {}
-    for t, k, raw, _, changed in measured_slowdowns(decisions):
-        if t is not None and t0 is not None and changed and k in stages:
-            meas.setdefault(k, []).append((t - t0 - lead_s - window_s, raw))
-    return meas
-
-
-def schedule_of(
-    meas: dict[str, list[tuple[float, float]]], stages: list[str], span: int = SCHEDULE_SPAN
-) -> list[tuple[float, list[float]]]:
-    """The machine's speed over the trace from per-stage (time, factor) points
-    (`schedule_points`): a stage's factor is the mean of its `span` points centred there,
-    held until the next; before a stage's first point, its first factor; 1.0 for a stage
-    without points. [] without points."""
-    if not any(meas.values()):
-        return []
-    half = max(0, span // 2)
-    smooth: dict[str, list[tuple[float, float]]] = {}
-    for k, pts in meas.items():
-        vals = [f for _, f in pts]
-        smooth[k] = [
-            (t, float(np.mean(vals[max(0, i - half) : i + half + 1])))
-            for i, (t, _) in enumerate(pts)
-        ]
-    times = sorted({max(0.0, t) for pts in smooth.values() for t, _ in pts} | {0.0})
-    out: list[tuple[float, list[float]]] = []
-    for t in times:
-        row = []
-        for k in stages:
-            got = smooth.get(k)
-            if not got:
-                row.append(1.0)
-                continue
-            at = [f for tt, f in got if max(0.0, tt) <= t]
-            row.append(at[-1] if at else got[0][1])
-        if not out or row != out[-1][1]:
-            out.append((t, row))
-    return out
-
-
-def slowdown_schedule(
-    decisions: list[dict[str, Any]],
-    stages: list[str],
-    lead_s: float,
-    window_s: float = 1.0,
-    span: int = SCHEDULE_SPAN,
-) -> list[tuple[float, list[float]]]:
-    """The live machine's slowdown over the trace's time, per stage in `stages` order: each
-    live measurement (`schedule_points`) covers the planner's window before its decision; a
-    stage's factor is the mean of its `span` measurements centred there (default 1: the
-    measurement itself; a wider span averages out the noise of a few batches, which the
-    simulator adds again, but smears a change of speed into the seconds before it), held
-    until the next (`schedule_of`). [] when nothing was measured."""
-    return schedule_of(schedule_points(decisions, stages, lead_s, window_s), stages, span)
-
-
-def held_slowdowns(
-    decisions: list[dict[str, Any]], offset_s: float, window_s: float
-) -> dict[str, list[tuple[float, float]]]:
-    """Per stage, the smoothed slowdown each decision planned with (as logged), at
-    ``t - offset_s - window_s`` (the trace's time of the decision's window, as
-    `schedule_points`)."""
-    out: dict[str, list[tuple[float, float]]] = {}
-    for d in decisions:
-        if "t" not in d:
-            continue
-        for k, v in (d.get("inputs", {}).get("slowdown") or {}).items():
-            out.setdefault(k, []).append((float(d["t"]) - offset_s - window_s, float(v)))
-    return out
-
-
-def fit_speed(
-    live: dict[str, list[tuple[float, float]]],
-    held: dict[str, list[tuple[float, float]]],
-    stages: list[str],
-    window_s: float,
-    run: Any,
-    rounds: int = SPEED_ROUNDS,
-) -> tuple[Any, list[tuple[float, list[float]]], float]:
-    """The simulated machine's speed that makes the simulated controller measure what the
-    live one measured. With the CPU quota simulated (`SimConfig.cpu_quota`), a live
-    measurement (mean batch time over the profile's l(b, c)) holds both the machine's speed
-    and the quota's bursts (a 0.5-core replica runs a lone batch at a whole CPU's speed),
-    which the simulator now adds itself; so the speed is solved for: start from the live
-    factors (`live`, `schedule_points`), simulate (`run(schedule) -> (result, decisions)`,
-    the simulated decision log), and correct each point by live / simulated factor at the
-    same decision (the simulated decisions' own measurements, on the trace's time:
-    decision time - `window_s`), `rounds` times. Returns the (result, schedule, error) of
-    the round whose simulated controller planned with the slowdowns closest to the live
-    one's (`held`, `held_slowdowns` of the live log: mean squared log ratio over the live
-    decisions, a simulated decision that had not measured yet counting as 1.0, the
-    controller's default). The choice looks at the controller's inputs only, never at the
-    outcome being validated."""
-    speed = {k: [(t, f) for t, f in pts] for k, pts in live.items()}
-    best: tuple[Any, list[tuple[float, list[float]]], float] | None = None
-    for _ in range(max(1, rounds)):
-        sched = schedule_of(speed, stages)
-        res, decs = run(sched)
-        got: dict[str, list[tuple[float, float]]] = {}
-        for t, k, raw, _, changed in measured_slowdowns(decs):
-            if t is not None and changed:
-                got.setdefault(k, []).append((t - window_s, raw))
-        for k, pts in live.items():
-            sim_pts = got.get(k, [])
-            new = []
-            for (t, f_live), (_, s) in zip(pts, speed[k], strict=True):
-                near = [f for tt, f in sim_pts if abs(tt - t) < 0.05]
-                if near and near[0] > 0 and f_live > 0:
-                    s = min(SPEED_BOUNDS[1], max(SPEED_BOUNDS[0], s * f_live / near[0]))
-                new.append((t, s))
-            speed[k] = new
-        sim_held = held_slowdowns(decs, 0.0, window_s)
-        errs: list[float] = []
-        for k, pts in held.items():
-            sim_pts = sim_held.get(k, [])
-            for t, v in pts:
-                near = [f for tt, f in sim_pts if abs(tt - t) < 0.05]
-                if v > 0:
-                    errs.append(math.log(v / (near[0] if near and near[0] > 0 else 1.0)) ** 2)
-        err = float(np.mean(errs)) if errs else 0.0
-        if best is None or err < best[2]:
-            best = (res, sched, err)
-    assert best is not None
-    return best
 
 
 def planner_window_s(policy: str) -> float:
@@ -449,6 +289,7 @@ def simulate_same(
     slowdown: list[tuple[float, list[float]]] | None = None,
     decisions: list[dict[str, Any]] | None = None,
     cpu_quota: bool | None = None,
+    planner: Any = None,
 ) -> dict[str, Any]:
     """The simulator's result for the live run's inputs (summary dict of `tidal simulate`).
 
@@ -465,7 +306,8 @@ def simulate_same(
     (`slowdown_schedule`), applied to the batches of `profiles`; with `like_live` also each
     fractional-core replica's CPU quota (`SimConfig.cpu_quota`; `cpu_quota` overrides).
     `decisions`, when given, is filled with the simulated controller's decision records
-    (the live log's format)."""
+    (the live log's format). `planner`: the planner to run instead of `policy`'s (the
+    replay of the live decisions, `validate_replay.ReplayPlanner`)."""
     from dataclasses import asdict
 
     from tidal.control.closedloop import make_forecaster
@@ -500,7 +342,7 @@ def simulate_same(
         setup.pipeline,
         profiles if profiles is not None else setup.profiles,
         setup.rates,
-        policy,
+        policy if planner is None else planner,
         cfg,
         forecaster=forecaster if fc is not None else None,
         policy_kwargs=POLICY_KWARGS.get(policy, {}),
@@ -556,11 +398,12 @@ def validate(
     on_progress: Any = None,
     on_ready: Any = None,
     cpu_quota: bool = VALIDATE_CPU_QUOTA,
+    save_live: Path | None = None,
 ) -> Comparison:
-    """Run `policy` on `trace` live and simulated; compare. `cpu_quota`: the compared
-    simulation models the replicas' CPU quota (`SimConfig.cpu_quota`, the speed solved for
-    by `fit_speed`); else the speed is the live measurements as they are, without the
-    quota. The other one is reported too (`sim_other_quota_model`)."""
+    """Run `policy` on `trace` live and simulated; compare (`simulate_live`). `save_live`:
+    write the live run (its summary, decision log and load averages) there as JSON, for
+    `simulate_live` to re-simulate later."""
+    import json
     import os
     import tempfile
 
@@ -571,16 +414,57 @@ def validate(
         work.mkdir(parents=True, exist_ok=True)
         live = run_policy(setup, policy, work, on_ready=on_ready, on_progress=on_progress)
     load1 = os.getloadavg()
+    summary = live_summary(live)
+    if save_live is not None:
+        args = {
+            "trace": trace,
+            "policy": policy,
+            "pipeline": pipeline,
+            "slo_ms": slo_ms,
+            "damping": damping,
+            "compress": compress,
+            "duration_s": duration_s,
+            "seed": seed,
+        }
+        doc: dict[str, Any] = {"args": args, "live": summary, "decisions": live.decisions}
+        doc["loadavg"] = [list(load0), list(load1)]
+        save_live.write_text(json.dumps(doc, default=str))
+    cmp = simulate_live(setup, policy, seed, summary, live.decisions, cpu_quota)
+    cmp.loadavg_start, cmp.loadavg_end = load0, load1
+    return cmp
+
+
+def simulate_live(
+    setup: DemoSetup,
+    policy: str,
+    seed: int,
+    live: dict[str, Any],
+    live_decisions: list[dict[str, Any]],
+    cpu_quota: bool = VALIDATE_CPU_QUOTA,
+) -> Comparison:
+    """Simulate a live run (`live`: `live_summary`, with its decision log) and compare.
+    `cpu_quota`: the compared simulation models the replicas' CPU quota
+    (`SimConfig.cpu_quota`, the speed solved for by `fit_speed`); else the speed is the live
+    measurements as they are, without the quota. The other one is reported too
+    (`sim_other_quota_model`). Also: the simulation of the live run's own decisions
+    (`replayed`, `validate_replay.ReplayPlanner`) and where the closed-loop simulated
+    controller first chose another plan (`divergence`)."""
+    from tidal.apps.validate_replay import ReplayPlanner, divergence
+    from tidal.planners.base import create, resize_mode
+
     # The simulated batches run at the live machine's speed: the reference profile scaled
     # by the slowdown the live controller measured over the run (1.0 on an idle machine),
     # as it changed (the schedule), else its rate-weighted mean.
-    slow = live_slowdown(live.decisions)
-    lead = control_lead_s(live.decisions, setup, policy)
+    slow = live_slowdown(live_decisions)
+    lead = control_lead_s(live_decisions, setup, policy)
     names = [st.name for st in setup.pipeline.stages]
     window = planner_window_s(policy)
-    points = schedule_points(live.decisions, names, lead, window)
-    starts = live_start_times(live.decisions)
+    points = schedule_points(live_decisions, names, lead, window)
+    starts = live_start_times(live_decisions)
     quota_sim: dict[str, Any] | None = None
+    sched: list[tuple[float, list[float]]] = []
+    qsched: list[tuple[float, list[float]]] = []
+    plain_decs: list[dict[str, Any]] = []
     if any(points.values()):
         ones = dict.fromkeys(names, 1.0)  # the noise's mean only; the schedule scales
         prof = scaled_profiles(setup, ones, start_s=starts)
@@ -592,24 +476,54 @@ def validate(
             )
             return out, decs
 
-        t0 = next((float(d["t"]) for d in live.decisions if "t" in d), 0.0)
-        held = held_slowdowns(live.decisions, t0 + lead, window)
-        quota_sim, _, _ = fit_speed(points, held, names, window, run)
+        t0 = next((float(d["t"]) for d in live_decisions if "t" in d), 0.0)
+        held = held_slowdowns(live_decisions, t0 + lead, window)
+        quota_sim, qsched, _ = fit_speed(points, held, names, window, run)
         sched = schedule_of(points, names)
-        plain = simulate_same(
-            setup, policy, seed, prof, lead_s=lead, slowdown=sched, cpu_quota=False
-        )
     else:
         prof = scaled_profiles(setup, slow, start_s=starts)
-        plain = simulate_same(setup, policy, seed, prof, lead_s=lead, cpu_quota=False)
+    plain = simulate_same(
+        setup,
+        policy,
+        seed,
+        prof,
+        lead_s=lead,
+        slowdown=sched,
+        cpu_quota=False,
+        decisions=plain_decs,
+    )
     sim = quota_sim if cpu_quota and quota_sim is not None else plain
     other = plain if sim is quota_sim else quota_sim
     raw = simulate_same(setup, policy, seed, lead_s=lead) if slow else None
-    cmp = compare(live_summary(live), sim)
+    # The like-for-like comparison: the live plans, tick by tick, on the simulated data
+    # plane (the same profile, speed schedule and quota model as the compared `sim`).
+    live_planner = create(policy, **POLICY_KWARGS.get(policy, {}))
+    replay = ReplayPlanner(
+        str(live_planner.name),
+        float(live_planner.interval_s),
+        live_decisions,
+        lead,
+        resize_mode(live_planner),
+    )
+    replayed = simulate_same(
+        setup,
+        policy,
+        seed,
+        prof,
+        lead_s=lead,
+        slowdown=qsched if sim is quota_sim else sched,
+        cpu_quota=sim is quota_sim,
+        planner=replay,
+    )
+    cmp = compare(live, sim)
     cmp.slowdown = slow
     cmp.start_s = starts
     cmp.control_lead_s = lead
-    cmp.loadavg_start, cmp.loadavg_end = load0, load1
     cmp.sim_profile_as_measured = raw
     cmp.sim_other_quota_model = other
+    cmp.replayed = compare(live, replayed)
+    cmp.replay_ticks = replay.used
+    if sim is plain:
+        div = divergence(live_decisions, plain_decs, lead)
+        cmp.divergence = None if div is None else div.to_dict()
     return cmp

@@ -184,6 +184,7 @@ def _validate(
     duration: float,
     seed: int,
     as_json: bool,
+    save_live: Path | None = None,
 ) -> None:
     import json
 
@@ -211,6 +212,7 @@ def _validate(
             seed=seed,
             on_progress=lambda d, t: prog.update(task, completed=d, total=t),
             on_ready=lambda url: prog.console.print(f"dashboard: {url}"),
+            save_live=save_live,
         )
     if as_json:
         print(json.dumps(cmp.to_dict(), indent=2))
@@ -253,8 +255,34 @@ def _validate(
     console.print(
         f"agreement target: violations within {TARGET_VIOLATION_PP:g} pp, p99 within "
         f"{TARGET_P99_REL:.0%} and core-seconds within {TARGET_CORE_S_REL:.0%}: simulator and "
-        f"live {verdict}"
+        f"live {verdict} (closed loop: each side's controller decides)"
     )
+    if cmp.divergence:
+        dv = cmp.divergence
+
+        def side(x: dict[str, Any]) -> str:
+            plan = ", ".join(
+                f"{p['stage']} {p['replicas']}x{p['cores']:g} b{p['batch']}" for p in x["plan"]
+            )
+            return f"{plan} (rate {x['rate']}, slowdown {x['slowdown']})"
+
+        console.print(
+            escape(
+                f"first different plan at t={dv['t']:g} s (decision {dv['decision']}): live "
+                f"{side(dv['live'])}, simulated {side(dv['sim'])}"
+            )
+        )
+    if cmp.replayed is not None:
+        rp = cmp.replayed.to_dict()
+        d = rp["diff"]
+        console.print(
+            f"the live decisions simulated ({cmp.replay_ticks} ticks replayed): "
+            f"{rp['sim']['slo_violation_rate']:.2%} violations, difference "
+            f"{d['violation_rate_pp']:+.2f} pp, p99 "
+            + ("n/a" if d["p99_rel"] is None else f"{d['p99_rel']:+.1%}")
+            + f", core-seconds {d['core_seconds_rel']:+.1%}: "
+            + ("AGREE" if rp["agrees"] else "DO NOT AGREE")
+        )
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
@@ -273,11 +301,16 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         duration: float = typer.Option(60.0, min=5, help="Seconds of trace to replay."),
         seed: int = typer.Option(0),
         as_json: bool = typer.Option(False, "--json"),
+        save_live: Path | None = typer.Option(
+            None, help="Write the live run (summary, decision log) to this JSON file."
+        ),
     ) -> None:
         """Run the same short trace and policy live and in the simulator; compare them."""
         if slo_ms <= 0:
             raise TidalError(f"--slo-ms must be > 0, got {slo_ms}")
-        _validate(trace, policy, pipeline, slo_ms, damping, compress, duration, seed, as_json)
+        _validate(
+            trace, policy, pipeline, slo_ms, damping, compress, duration, seed, as_json, save_live
+        )
 
     @app.command()
     def loadgen(
