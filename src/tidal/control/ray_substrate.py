@@ -68,6 +68,9 @@ from tidal.core.plan import Plan
 from tidal.dataplane.worker import START_TIMEOUT_S, WorkerDied
 
 log = logging.getLogger("tidal.control.ray")
+SLOW_START_S = 3.0
+"""A start slower than this is logged with its phases (placed: the hold; actor: the standby
+or a new actor answering; granted: the authority's CPUs; ready: the worker's READY)."""
 
 
 _INCARNATION: tuple[str, ...] = ("replica_id", "_holds", "actor", "direct", "node", "cpus")
@@ -124,6 +127,8 @@ class RayExecutor:
         self.actor: Any = None
         self.direct: DirectWorker | None = None
         self.cold_start_s = 0.0
+        clock = factory.clock
+        marks = [("begin", clock.now())]  # the start's phases, logged when it was slow
         with factory.starting():  # no standby replaced meanwhile (RayFactoryBase._spare)
             claim = factory.claim(cores, avoid=avoid)
             if avoid is not None and claim is None:
@@ -148,12 +153,16 @@ class RayExecutor:
                         f"{pending_timeout_s:g} s: no Ray node had the cores"
                     )
                 self.node = _hold_node(pg)
+                marks.append(("placed", clock.now()))
                 self.actor = factory.take_standby(self.node)
                 at = ray.get(self.actor.where.remote(), timeout=120)
+                marks.append(("actor", clock.now()))
                 node, cpu_ids = at["node"], at["cpus"]
                 grant = self._reserve(node, cores, cpu_ids, at["kernel"]["boot"])
                 self.cpus: tuple[int, ...] = tuple(grant.cpus)
+                marks.append(("granted", clock.now()))
                 info = self._start_worker(at, cores)
+                marks.append(("ready", clock.now()))
             except BaseException:
                 self._cleanup()
                 raise
@@ -161,6 +170,12 @@ class RayExecutor:
                 factory.unclaim(claim, cores)
         self.pid: int = int(info["pid"])
         self.mechanism = str(info["mechanism"])
+        self.start_phases = {b[0]: round(b[1] - a[1], 3) for a, b in itertools.pairwise(marks)}
+        took = marks[-1][1] - marks[0][1]
+        if took > SLOW_START_S:
+            phases = ", ".join(f"{k} +{v:.2f}" for k, v in self.start_phases.items())
+            log.warning("replica %s (%g cores) on node %s started in %.2f s: %s",
+                        self.replica_id, cores, self.node[:8], took, phases)  # fmt: skip
         factory.track(self)
 
     def _reserve(self, node: str, cores: float, cpu_ids: list[int], boot: str) -> Any:
