@@ -86,6 +86,8 @@ class Comparison:
     """Live against the simulation of the live decisions (`tidal.apps.validate_replay`)."""
     replay_ticks: int = 0
     """Simulated ticks that replayed a live decision's plan."""
+    replay_actions_differ: int = 0
+    """Replayed ticks whose controller action (applied, unchanged, kept) differs from live."""
     divergence: dict[str, Any] | None = None
     """Where the closed-loop simulated controller first chose another plan than the live one."""
 
@@ -130,6 +132,7 @@ class Comparison:
                 "diff": self.replayed.diff(),
                 "agrees": self.replayed.agrees,
                 "ticks_replayed": self.replay_ticks,
+                "actions_differ": self.replay_actions_differ,
             },
         }
 
@@ -449,7 +452,7 @@ def simulate_live(
     (`sim_other_quota_model`). Also: the simulation of the live run's own decisions
     (`replayed`, `validate_replay.ReplayPlanner`) and where the closed-loop simulated
     controller first chose another plan (`divergence`)."""
-    from tidal.apps.validate_replay import ReplayPlanner, divergence
+    from tidal.apps.validate_replay import ReplayPlanner, actions_differ, divergence
     from tidal.planners.base import create, resize_mode
 
     # The simulated batches run at the live machine's speed: the reference profile scaled
@@ -505,6 +508,7 @@ def simulate_live(
         lead,
         resize_mode(live_planner),
     )
+    replay_decs: list[dict[str, Any]] = []
     replayed = simulate_same(
         setup,
         policy,
@@ -514,6 +518,7 @@ def simulate_live(
         slowdown=qsched if sim is quota_sim else sched,
         cpu_quota=sim is quota_sim,
         planner=replay,
+        decisions=replay_decs,
     )
     cmp = compare(live, sim)
     cmp.slowdown = slow
@@ -523,6 +528,7 @@ def simulate_live(
     cmp.sim_other_quota_model = other
     cmp.replayed = compare(live, replayed)
     cmp.replay_ticks = replay.used
+    cmp.replay_actions_differ = actions_differ(live_decisions, replay_decs, lead)
     if sim is plain:
         div = divergence(live_decisions, plain_decs, lead)
         cmp.divergence = None if div is None else div.to_dict()

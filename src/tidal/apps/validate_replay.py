@@ -188,16 +188,34 @@ def divergence(
 ) -> Divergence | None:
     """The first tick (in trace time, live decisions aligned to simulated ones within
     `ALIGN_TOL_S`) after which the allocations in force differ; None if they never do."""
-    lt = trace_times(live, lead_s)
-    st = [float(d.get("t", math.nan)) for d in sim]  # the simulated ticks are trace times
     lf, sf = _in_force(live), _in_force(sim)
+    for i, j in _aligned(live, sim, lead_s):
+        if lf[i] != sf[j]:
+            return Divergence(
+                max(0.0, trace_times(live, lead_s)[i]), i, _side(live[i]), _side(sim[j])
+            )
+    return None
+
+
+def _aligned(
+    live: list[dict[str, Any]], sim: list[dict[str, Any]], lead_s: float
+) -> list[tuple[int, int]]:
+    """(live index, simulated index) of the decisions at the same tick (`ALIGN_TOL_S`)."""
+    st = [float(d.get("t", math.nan)) for d in sim]  # the simulated ticks are trace times
+    out = []
     j = 0
-    for i, t in enumerate(lt):
+    for i, t in enumerate(trace_times(live, lead_s)):
         target = max(0.0, t)
         while j + 1 < len(st) and st[j + 1] <= target + ALIGN_TOL_S:
             j += 1
-        if j >= len(st) or abs(st[j] - target) > ALIGN_TOL_S:
-            continue
-        if lf[i] != sf[j]:
-            return Divergence(t, i, _side(live[i]), _side(sim[j]))
-    return None
+        if j < len(st) and abs(st[j] - target) <= ALIGN_TOL_S:
+            out.append((i, j))
+    return out
+
+
+def actions_differ(live: list[dict[str, Any]], sim: list[dict[str, Any]], lead_s: float) -> int:
+    """Aligned ticks whose controller action differs (e.g. a plan the live actuator refused
+    and the simulated one applied); 0 when the replay took every live decision as live."""
+    return sum(
+        live[i].get("action") != sim[j].get("action") for i, j in _aligned(live, sim, lead_s)
+    )

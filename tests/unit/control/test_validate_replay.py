@@ -11,7 +11,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tidal.apps.validate_replay import ReplayPlanner, divergence, plan_from_summary
+from tidal.apps.validate_replay import (
+    ReplayPlanner,
+    actions_differ,
+    divergence,
+    plan_from_summary,
+)
 from tidal.control.decisions import DecisionLog, plan_summary
 from tidal.core.pipeline import PipelineSpec, StageSpec
 from tidal.core.plan import Plan, StagePlan, VariantWeight
@@ -90,6 +95,9 @@ def test_replaying_a_runs_own_decisions_reproduces_the_run(policy: str) -> None:
         (d["t"], d["action"], d["output"]) for d in decisions
     ]
     assert divergence(decisions, again, 0.0) is None
+    assert actions_differ(decisions, again, 0.0) == 0
+    again[applied[1]["seq"] - 1]["action"] = "kept-last-feasible"
+    assert actions_differ(decisions, again, 0.0) == 1
 
 
 def test_replay_keeps_the_plan_in_force_between_live_decisions() -> None:
