@@ -437,6 +437,28 @@ def validate(
     return cmp
 
 
+def revalidate(path: Path, cpu_quota: bool = VALIDATE_CPU_QUOTA) -> Comparison:
+    """Re-simulate a live run saved by `validate(save_live=)` (its own arguments, summary,
+    decision log and load averages) and compare, without running it again."""
+    import json
+
+    doc = json.loads(Path(path).read_text())
+    a = doc["args"]
+    setup = make_validate_setup(
+        a["trace"],
+        a["pipeline"],
+        a["slo_ms"],
+        a["damping"],
+        a["compress"],
+        a["duration_s"],
+        a["seed"],
+    )
+    cmp = simulate_live(setup, a["policy"], a["seed"], doc["live"], doc["decisions"], cpu_quota)
+    loads = doc.get("loadavg") or [[], []]
+    cmp.loadavg_start, cmp.loadavg_end = tuple(loads[0]), tuple(loads[1])
+    return cmp
+
+
 def simulate_live(
     setup: DemoSetup,
     policy: str,

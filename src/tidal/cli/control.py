@@ -185,23 +185,44 @@ def _validate(
     seed: int,
     as_json: bool,
     save_live: Path | None = None,
+    from_live: Path | None = None,
 ) -> None:
-    import json
+    console = Console(stderr=as_json)
+    if from_live is None:
+        console.print(f"validate: {policy} on {trace} ({duration:g} s), live then simulated")
+    else:
+        console.print(f"validate: the live run saved in {from_live}, simulated")
+    if from_live is not None:
+        from tidal.apps.validate import revalidate
 
+        cmp = revalidate(from_live)
+        policy = str(cmp.live.get("policy", policy))
+    else:
+        cmp = _validate_live(
+            trace, policy, pipeline, slo_ms, damping, compress, duration, seed, console, save_live
+        )
+    _print_validate(cmp, policy, console, as_json)
+
+
+def _validate_live(
+    trace: str,
+    policy: str,
+    pipeline: str | None,
+    slo_ms: float,
+    damping: int | None,
+    compress: int,
+    duration: float,
+    seed: int,
+    console: Console,
+    save_live: Path | None,
+) -> Any:
     from rich.progress import Progress
 
-    from tidal.apps.validate import (
-        TARGET_CORE_S_REL,
-        TARGET_P99_REL,
-        TARGET_VIOLATION_PP,
-        validate,
-    )
+    from tidal.apps.validate import validate
 
-    console = Console(stderr=as_json)
-    console.print(f"validate: {policy} on {trace} ({duration:g} s), live then simulated")
     with Progress(console=console, transient=True) as prog:
         task = prog.add_task("live replay", total=None)
-        cmp = validate(
+        return validate(
             trace,
             policy,
             pipeline=pipeline,
@@ -214,6 +235,13 @@ def _validate(
             on_ready=lambda url: prog.console.print(f"dashboard: {url}"),
             save_live=save_live,
         )
+
+
+def _print_validate(cmp: Any, policy: str, console: Console, as_json: bool) -> None:
+    import json
+
+    from tidal.apps.validate import TARGET_CORE_S_REL, TARGET_P99_REL, TARGET_VIOLATION_PP
+
     if as_json:
         print(json.dumps(cmp.to_dict(), indent=2))
         return
@@ -304,12 +332,27 @@ def register(app: typer.Typer, bench: typer.Typer) -> None:
         save_live: Path | None = typer.Option(
             None, help="Write the live run (summary, decision log) to this JSON file."
         ),
+        from_live: Path | None = typer.Option(
+            None,
+            help="Re-simulate a live run saved with --save-live (its own options) instead "
+            "of running one.",
+        ),
     ) -> None:
         """Run the same short trace and policy live and in the simulator; compare them."""
         if slo_ms <= 0:
             raise TidalError(f"--slo-ms must be > 0, got {slo_ms}")
         _validate(
-            trace, policy, pipeline, slo_ms, damping, compress, duration, seed, as_json, save_live
+            trace,
+            policy,
+            pipeline,
+            slo_ms,
+            damping,
+            compress,
+            duration,
+            seed,
+            as_json,
+            save_live,
+            from_live,
         )
 
     @app.command()
