@@ -157,6 +157,10 @@ class RayExecutor:
                 self.actor = factory.take_standby(self.node)
                 at = ray.get(self.actor.where.remote(), timeout=120)
                 marks.append(("actor", clock.now()))
+                if at.get("nice", 0) > 0:
+                    why = "Ray's worker niceness; docs/deploy.md"
+                    log.warning("replica %s: its Ray actor runs at nice %s (%s)",
+                                self.replica_id, at["nice"], why)  # fmt: skip
                 node, cpu_ids = at["node"], at["cpus"]
                 grant = self._reserve(node, cores, cpu_ids, at["kernel"]["boot"])
                 self.cpus: tuple[int, ...] = tuple(grant.cpus)
