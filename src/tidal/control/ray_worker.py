@@ -46,7 +46,7 @@ import threading
 from collections.abc import Callable
 from typing import IO, Any
 
-from tidal.control.ray_connect import _ray
+from tidal.control.ray_connect import _ray, unnice
 from tidal.core.clock import Clock, MonotonicClock
 from tidal.core.errors import TidalError
 from tidal.core.sockio import recv_exactly
@@ -421,34 +421,6 @@ class DirectWorker(WorkerHandle):
 
 
 # ------------------------------------------------------------------ the actor
-def unnice(target: int = 0) -> str | None:
-    """Set every thread of this process to nice `target`; None if done, else why not.
-
-    Ray starts its worker processes at nice 15 (the raylet's ``worker_niceness``), so a
-    replica actor, every thread of it (Linux nice is per thread: each is set), and the
-    worker it spawns ran at 15 where the local substrate's gateway and workers run at 0.
-    The actor's calls are on the replica's critical path (start, in-place resize), and on a
-    shared node they queued behind every niced job (measured: `where` 0.9 s, a fresh actor
-    8 s, load ~6). The Python start-up and `import ray` of a standby, before this runs,
-    stay at 15: background work. Lowering nice needs CAP_SYS_NICE (root here; a container
-    without it gets the reason, and ``RAY_worker_niceness=0`` on the raylet does the same,
-    docs/deploy.md)."""
-    try:
-        tids = [int(t) for t in os.listdir("/proc/self/task")]
-    except OSError:
-        tids = [0]
-    why = None
-    for tid in tids:
-        try:
-            if os.getpriority(os.PRIO_PROCESS, tid) != target:
-                os.setpriority(os.PRIO_PROCESS, tid, target)
-        except ProcessLookupError:  # the thread ended meanwhile
-            continue
-        except OSError as e:
-            why = f"cannot set nice {target} on thread {tid}: {e}"
-    return why
-
-
 class ReplicaActor:
     """Body of a replica actor: places one worker process on its node and owns its lifetime
     (start, resize in place, kernel read-back, kill, stop). Batches never pass through it:

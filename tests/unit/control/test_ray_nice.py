@@ -1,4 +1,4 @@
-"""`tidal.control.ray_worker.unnice` without Ray: a process started at nice 10 with a second
+"""`tidal.control.ray_connect.unnice` without Ray: a process started at nice 10 with a second
 thread (Ray starts its workers at nice 15, every thread inheriting it) ends with every
 thread at nice 0 when the process may lower its nice (root, CAP_SYS_NICE), else it is told
 why, and nothing is half-claimed."""
@@ -16,7 +16,7 @@ os.nice(10)
 stop = threading.Event()
 t = threading.Thread(target=stop.wait)
 t.start()
-from tidal.control.ray_worker import unnice
+from tidal.control.ray_connect import unnice
 why = unnice()
 nices = [os.getpriority(os.PRIO_PROCESS, int(tid)) for tid in os.listdir("/proc/self/task")]
 stop.set()
