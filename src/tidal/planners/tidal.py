@@ -449,7 +449,7 @@ class Tidal:
             if starting and (target_ok or not self.at_risk(ctx, cur, chosen, r_fast)):
                 return cur, st
             if not starting:
-                lam_f = max(rates.slow, r_fast * rates.hedge)
+                lam_f = max(rates.level, r_fast)
                 follow = down.follow_up(self, ctx, chosen, lam_f, r_fast)
                 if follow is not None:
                     return follow, replace(st, target=None)

@@ -105,7 +105,8 @@ def follow_up(
 ) -> Plan | None:
     """A move's new replicas are ready but the target it moved to no longer carries the
     fast rate `r_fast`: the replicas in force resized in place (the fast knob, on the
-    in-place grid) for `lam` (the hedged fast rate, as an urgent growth), if that saves
+    in-place grid) for `lam` (the observed level: the peak the move outran, not hedged
+    again; hedging it held 9 x 1.0 cores where 9 x 0.75 carried the surge), if that saves
     `down_gain` on the interim in force and is not at risk; else None (the interim stays).
     The follow-up change the move had planned anyway, sized on today's rates instead of
     the stale target (measured on days 1-13: a 13.5-core interim kept for 120 s)."""

@@ -45,3 +45,27 @@ def test_a_follow_up_resizes_in_place_when_its_target_no_longer_carries_the_rate
     assert sp.replicas == 9 and 0.5 < sp.cores < 1.5  # resized, neither target nor interim
     assert not planner.at_risk(ctx, plan, [v], r)
     assert isinstance(st, TidalState) and st.target is None
+
+
+def test_a_follow_up_is_sized_for_the_fast_rate_not_hedged_again() -> None:
+    # the fast rate is already the peak the move outran: hedging it again (peak/level
+    # quantile of a bursty history) held 9 x 1.0 cores where 9 x 0.75 carried the surge
+    base = synthetic_context(1, rps=40.0, capacity=Capacity(1, 16.0))
+    v = base.stages[0].variants[0]
+    interim = Plan(stages=(stage_plan("s0", v.name, 9, 1.5, 8),))
+    target = Plan(stages=(stage_plan("s0", v.name, 9, 0.5, 8),))
+    r = 1.2 * 9 * v.throughput(8, 0.5)
+    spikes = tuple(r if t % 60 < 5 else 0.6 * r for t in range(570))
+    hist = spikes + (r,) * 30  # bursty before: a hedge well above 1
+    st0 = TidalState(start=0.0, target=target)
+    ctx = dataclasses.replace(base, now=600.0, rate_history=hist, forecast=None,
+                              current=interim, state=st0)  # fmt: skip
+    planner = Tidal()
+    rates, _ = planner.rates(ctx, TidalState(), planner.horizon_s([v]))
+    assert rates.hedge > 1.2 and abs(rates.fast - r) < 1e-6
+    plan, _ = planner.plan(ctx)
+    hedged = planner.solve(ctx, [v], r * rates.hedge, [9], wait_rate=r, fine=True)
+    assert hedged is not None
+    sp = plan.stages[0]
+    assert sp.replicas == 9 and plan.total_cores < hedged.total_cores
+    assert not planner.at_risk(ctx, plan, [v], r)
