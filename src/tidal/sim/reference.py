@@ -430,15 +430,25 @@ class ReferenceDataPlane:
         reqs: list[SimRequest] = fin.requests  # type: ignore[assignment]
         for req in reqs:
             req.acc = req.acc * acc if self.product else req.acc + acc
+        # The live stage tells its lane when each answer was taken up (`on_answered`: the
+        # feedback margin learns the late share, `SchedulerConfig.late_target`); here at the
+        # batch's end, after the lane's step as live (the requests' coroutines resume after
+        # the group's pump). Only with the margin on: it does nothing else.
+        answered = ln.sched.config.late_target > 0.0
         if s == len(self.stages) - 1:
             for req in reqs:
                 self._record(req, now, LATE if now > req.d_us else OK, li)
             self._execute(s, li, ln.sched.step(now / US), now)
+            if answered:
+                for req in reqs:
+                    ln.sched.on_answered(req, now / US, now / US)
             return
         # As live: the lane is stepped before the next stage sees the requests (the gateway
         # resolves their futures; their coroutines resume after the group's pump).
         self._execute(s, li, ln.sched.step(now / US), now)
         for req in reqs:
+            if answered:
+                ln.sched.on_answered(req, now / US, now / US)
             self._arrive(req, s + 1, now)
 
     def finish(self) -> None:

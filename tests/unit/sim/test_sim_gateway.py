@@ -78,6 +78,7 @@ def run(
     gateway: bool = True,
     pipeline: PipelineSpec = ONE,
     adapt: bool = False,
+    late_target: float = 0.0,
 ) -> Any:
     plan = Plan(
         stages=tuple(
@@ -85,7 +86,7 @@ def run(
         )
     )
     # The gateway's scheduler wakes at the head's deadline (expire_timer).
-    sched = sim_scheduler(expire_timer=gateway, adapt_latency=adapt)
+    sched = sim_scheduler(expire_timer=gateway, adapt_latency=adapt, late_target=late_target)
     cfg = SimConfig(
         slo_ms=150.0, drain_s=2.0, mode="reference", gateway=gateway, seed=3, scheduler=sched
     )
@@ -108,6 +109,23 @@ def test_gateway_admission_predicts_with_the_predict_profile() -> None:
     # Learning the service rate from measured batches (the live gateway's adapt_latency)
     # undoes most of the optimism.
     assert missed(run(profiles(10.0), adapt=True)) < missed(optimistic)
+
+
+def test_the_feedback_margin_learns_from_the_simulated_answers_as_live() -> None:
+    """The live stage tells its lane when each answer was taken up (`on_answered`), and the
+    lane's feedback margin (`late_target`) stretches its admission until that share of the
+    admitted is late; the simulator calls it too. Optimistic prediction (10 ms predicted,
+    40 ms served) at saturation: with the margin, fewer admitted requests miss, more are
+    refused at arrival; without the calls (before) the margin changed nothing."""
+    base = run(profiles(10.0))
+    margin = run(profiles(10.0), late_target=0.005)
+    missed = lambda r: r.counts["late"] + r.counts["expired"]  # noqa: E731
+    assert margin.requests == base.requests
+    assert missed(margin) < 0.7 * missed(base)
+    assert margin.counts["refused"] > base.counts["refused"]
+    # and on a two-stage pipeline (each stage's lane answers its own requests)
+    two = run(profiles(10.0), pipeline=TWO, late_target=0.005)
+    assert missed(two) < missed(run(profiles(10.0), pipeline=TWO))
 
 
 def test_gateway_mode_runs_pipelines_and_only_in_reference_mode() -> None:
