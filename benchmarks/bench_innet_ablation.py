@@ -44,12 +44,20 @@ def main(variants: tuple[str, ...], budget: dict[str, Any] | None = None) -> dic
     for v in variants:
         for f in res[v]["folds"]:
             sel = f.get("selected") or {}
+            fx = f.get("nested_quorum")
+            was = (
+                f"  (nested quorum need={fx['need']}: recall {fx['covert_recall']:.2f} FPR"
+                f" {fx['benign_false_positive_rate']:.4f})"
+                if fx
+                else ""
+            )
             print(
                 f"{v:13s} {f['fold'][:40]:40s} covert {f['covert_flows']:2d} recall"
                 f" {f['covert_recall']:.2f}  benign {f['benign_flows']:3d} FPR"
                 f" {f['benign_false_positive_rate']:.4f}  return flagged"
                 f" {f['return_flagged_rate']:.2f}  chosen {sel.get('candidate', '-')}"
-                f" k={sel.get('k', '-')}  bit_exact {f.get('bit_exact', '-')}"
+                f" k={sel.get('k', '-')} need={f.get('need', '-')}"
+                f"  bit_exact {f.get('bit_exact', '-')}{was}"
             )
     print("variant       mean recall  mean FPR  min recall  max FPR  pooled recall  pooled FPR")
     for v in variants:
@@ -59,6 +67,14 @@ def main(variants: tuple[str, ...], budget: dict[str, Any] | None = None) -> dic
             f" {m['min_covert_recall']:11.3f} {m['max_benign_false_positive_rate']:8.4f}"
             f" {p['covert_recall']:14.3f} {p['benign_false_positive_rate']:11.4f}"
         )
+        if "mean_nested_quorum" in res[v]:
+            m, p = res[v]["mean_nested_quorum"], res[v]["pooled_nested_quorum"]
+            print(
+                f"{v + ' (nq)':13s} {m['covert_recall']:11.3f}"
+                f" {m['benign_false_positive_rate']:9.4f} {m['min_covert_recall']:11.3f}"
+                f" {m['max_benign_false_positive_rate']:8.4f}"
+                f" {p['covert_recall']:14.3f} {p['benign_false_positive_rate']:11.4f}"
+            )
     return res
 
 

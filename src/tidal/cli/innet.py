@@ -56,10 +56,10 @@ def train(
     ps = dataset.load(cov, ben)
     tr = ps.subset_flows(dataset.split(ps)["train"])
     over: dict[str, Any] = {}
-    k, sel = DEFAULT_K, None
+    k, need, sel = DEFAULT_K, None, None
     if select and augment and features == "channel" and not unmasked:
         sel = studies.choose(tr)
-        over, k = studies.CANDIDATES[sel["candidate"]], sel["k"]
+        over, k, need = studies.CANDIDATES[sel["candidate"]], sel["k"], sel["need"]
     cfg = TrainConfig(
         features=features,  # type: ignore[arg-type]
         masked=not unmasked,
@@ -72,12 +72,17 @@ def train(
     model = train_model(tr, cfg)
     suffix = "" if not unmasked else "_unmasked"
     path = out or WEIGHTS / f"netnn_{features}{suffix}.pt"
-    save_model(model, path, k)
+    save_model(model, path, k, need)
     model.to_int().save(path.with_suffix(".npz"))
-    chosen = {key: sel[key] for key in ("candidate", "k", "inner_folds")} if sel else None
+    chosen = (
+        {key: sel[key] for key in ("candidate", "k", "need", "nested_quorum", "inner_folds")}
+        if sel
+        else None
+    )
     typer.echo(json.dumps({
         "model": str(path), "train_flows": len(tr.flows), "packets": len(tr), "k": k,
-        "selected": chosen, "selection_table": sel["table"] if sel else None,
+        "need": need, "selected": chosen, "selection_table": sel["table"] if sel else None,
+        "quorum_table": sel["quorum_table"] if sel else None,
     }))  # fmt: skip
 
 
@@ -85,7 +90,8 @@ _KEYS = [
     "covert_recall", "benign_false_positive_rate", "flow_accuracy", "f1", "packet_accuracy",
     "benign_packet_accuracy", "return_flagged_rate", "bit_exact", "switches",
     "max_stages_per_switch", "header_bits", "register_bytes", "flows", "covert_flows",
-    "benign_flows", "return_flows", "packets", "k", "mean_packets_to_decision", "per_direction",
+    "benign_flows", "return_flows", "packets", "k", "need", "mean_packets_to_decision",
+    "per_direction",
     "split", "synthetic_benign",
 ]  # fmt: skip
 
@@ -102,7 +108,12 @@ def evaluate(
     k: int = typer.Option(
         0, min=0, max=255, help="flow decision after k packets (0: the model's validated k)"
     ),
-    need: int = typer.Option(0, min=0, max=255, help="covert votes of k to flag (0: 3/4 of k)"),
+    need: int = typer.Option(
+        0,
+        min=0,
+        max=255,
+        help="covert votes of k to flag (0: the model's stored quorum, else 3/4 of k)",
+    ),
     frames: int = typer.Option(
         0, min=0, help="replay N packets of every capture as real frames through the chain"
     ),
@@ -126,6 +137,8 @@ def evaluate(
     if split not in ("", "test", "train", "all"):
         raise TidalError(f"split must be test, train or all, got {split!r}")
     model_path = model or ev.DEFAULT_MODEL
+    if not k and not need:  # the model's validated decision rule (its k and quorum)
+        need = ev.model_need(model_path) or 0
     k = k or ev.model_k(model_path)
     if need > k:
         raise TidalError(f"need must be at most k={k}, got {need}")

@@ -28,7 +28,13 @@ from tidal.core.errors import TidalError
 from tidal.innet import dataset, metrics
 from tidal.innet.chain import Chain, flows_from_decisions
 from tidal.innet.fabric import Fabric
-from tidal.innet.flowstate import DEFAULT_K, DEFAULT_SLOTS, DEFAULT_TIMEOUT_US, flow_decisions
+from tidal.innet.flowstate import (
+    DEFAULT_K,
+    DEFAULT_SLOTS,
+    DEFAULT_TIMEOUT_US,
+    default_need,
+    flow_decisions,
+)
 from tidal.innet.mapper import Budget, Mapping, map_network
 from tidal.innet.netns import NamespaceFabric
 from tidal.innet.qmodel import NetNN, torch_predict
@@ -52,13 +58,17 @@ def load_model(path: Path = DEFAULT_MODEL) -> NetNN:
     return m.eval()
 
 
-def save_model(m: NetNN, path: Path, k: int = DEFAULT_K) -> None:
-    """Save the model with the decision window `k` it was validated for."""
+def save_model(m: NetNN, path: Path, k: int = DEFAULT_K, need: int | None = None) -> None:
+    """Save the model with the decision window `k` and the quorum `need` (covert votes of
+    k that flag a flow; None: 3/4 of k) it was validated for."""
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = torch.tensor(
         [m.c1, m.c2, m.hidden, int(m.use_bytes), int(m.use_timing), *(int(v) for v in m.side)]
     )
-    torch.save({"state": m.state_dict(), "shape": shape, "k": torch.tensor(k)}, path)
+    blob: dict[str, Any] = {"state": m.state_dict(), "shape": shape, "k": torch.tensor(k)}
+    if need is not None:
+        blob["need"] = torch.tensor(need)
+    torch.save(blob, path)
 
 
 def model_k(path: Path = DEFAULT_MODEL) -> int:
@@ -67,6 +77,14 @@ def model_k(path: Path = DEFAULT_MODEL) -> int:
         return DEFAULT_K
     blob = torch.load(path, map_location="cpu", weights_only=True)
     return int(blob["k"]) if "k" in blob else DEFAULT_K
+
+
+def model_need(path: Path = DEFAULT_MODEL) -> int | None:
+    """The quorum a saved model was validated for (None: not stored, 3/4 of its k)."""
+    if not path.exists():
+        return None
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return int(blob["need"]) if "need" in blob else None
 
 
 def select(
@@ -138,6 +156,7 @@ def evaluate(
         "return_flows": rep["return_flows"],
         "packets": rep["packets"],
         "k": k,
+        "need": default_need(k) if need is None else need,
         "mean_packets_to_decision": rep["mean_packets_to_decision"],
         "per_direction": rep["per_direction"],
         "missed_covert": rep["missed_covert"],
@@ -232,5 +251,7 @@ def frames(
         "transport": transport,
         "frames_per_capture": n,
         "switches": len(chain.ids()),
+        "k": k,
+        "need": default_need(k) if need is None else need,
         "synthetic_benign": ps.synthetic_benign,
     }

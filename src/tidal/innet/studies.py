@@ -83,6 +83,8 @@ def logo_study(
         else:
             res = logo.run(ps, lambda tr, f=fit: f(tr, "", False), lambda m, te: m(te), k, need)
         res["pooled"] = pooled(res["folds"])
+        if name in NESTED:  # the same models under the nested quorum (an ablation)
+            res["pooled_nested_quorum"] = pooled([f["nested_quorum"] for f in res["folds"]])
         out[name] = res
     return out
 

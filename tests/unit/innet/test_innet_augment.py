@@ -184,3 +184,87 @@ def test_nested_selection_breaks_saturated_ties_by_the_inner_vote_margin() -> No
     assert rows["noisy"]["score"] == rows["clean"]["score"] == 1.0
     assert rows["clean"]["margin"] > rows["noisy"]["margin"]
     assert sel["candidate"] == "clean"
+
+
+def _vote_set(shares: list[tuple[int, int]]) -> dataset.PacketSet:
+    """One 40-packet flow per (label, covert votes of its 32 voting packets); packets 1-2
+    (warm-up) and 35-40 never vote covert."""
+    names = iter(["SCC_A_40", "SCC_B_40", "TCC_A_40_80", "TCC_B_40_80"])
+    fams = iter(["http", "ssh", "dns", "tls"])
+    flows = [
+        dataset.FlowInfo(f"nefias/t/{next(names)}.pcap", KEY, 1, False, f"c{i}")
+        if lab
+        else dataset.FlowInfo(f"benign-zeek/{next(fams)}/f.pcap", KEY, 0, False, f"b{i}")
+        for i, (lab, _) in enumerate(shares)
+    ]
+    flow = np.repeat(np.arange(len(flows)), 40)
+    y = np.array([flows[f].label for f in flow])
+    n = len(flow)
+    return dataset.PacketSet(
+        x=np.zeros((n, 68), np.uint8), x_raw=np.zeros((n, 68), np.uint8),
+        side=np.zeros((n, 8), np.uint8), y=y, flow=flow, flows=flows, inst=flow.copy(),
+    )  # fmt: skip
+
+
+def _votes(shares: list[tuple[int, int]]) -> np.ndarray:
+    out = []
+    for _, v in shares:
+        p = np.zeros(40, np.int64)
+        p[2 : 2 + v] = 1  # the first v voting packets vote covert
+        out.append(p)
+    return np.concatenate(out)
+
+
+def test_quorum_is_the_centre_of_the_best_inner_quorums() -> None:
+    # inner covert flows got 30 and 31 covert votes of 32, benign ones 20 and 4: quorums
+    # 21..30 separate them; the centre (lower middle) is 25
+    shares = [(1, 30), (1, 31), (0, 20), (0, 4)]
+    need, rows = logo.choose_need([(_votes(shares), _vote_set(shares))], 32)
+    assert need == 25
+    assert rows is not None and [r["need"] for r in rows] == list(range(17, 33))
+    best = [r["need"] for r in rows if r["score"] == 1.0]
+    assert best == list(range(21, 31))
+    # benign flows far below half: the majority floor bounds the interval (17..30 -> 23)
+    low = [(1, 30), (1, 31), (0, 3), (0, 4)]
+    assert logo.choose_need([(_votes(low), _vote_set(low))], 32)[0] == 23
+    # no separating quorum: the best score's quorums still decide (recall 1/2, FPR 0 at
+    # 26..32 beats 1 - 1/2 below: FPR counts as much as recall)
+    mixed = [(1, 31), (1, 20), (0, 25), (0, 4)]
+    need, _ = logo.choose_need([(_votes(mixed), _vote_set(mixed))], 32)
+    assert need is not None and 17 <= need <= 32
+
+
+def test_quorum_needs_inner_predictions() -> None:
+    assert logo.choose_need([], 32) == (None, None)
+
+
+def test_nested_selection_keeps_the_rule_quorum_and_reports_the_nested_one() -> None:
+    shares = [(1, 30), (1, 31), (1, 29), (0, 25), (0, 4), (0, 19)]
+    ps = _vote_set(shares)
+    votes = {f.connection: v for f, (_, v) in zip(ps.flows, shares, strict=True)}
+
+    def fit(tr: dataset.PacketSet, cand: str, inner: bool) -> Any:
+        def pred(te: dataset.PacketSet) -> np.ndarray:
+            return _votes([(f.label, votes[f.connection]) for f in te.flows])
+
+        return pred
+
+    res = logo.run_nested(ps, fit, ("only",), ((32, None),), 3)
+    flagged = 0
+    for i, rep in enumerate(res["folds"]):
+        sel = rep["selected"]
+        assert sel["need"] is None and rep["need"] == 24  # the rule's 3/4 quorum is kept
+        assert sel["quorum_table"] is not None and 17 <= sel["nested_quorum"] <= 32
+        alt = rep["nested_quorum"]
+        assert alt["need"] == sel["nested_quorum"]
+        _, te_ids = logo.fold_split(ps, logo.folds(ps)[i])
+        te = ps.subset_flows(te_ids)
+        again = logo.score(
+            _votes([(f.label, votes[f.connection]) for f in te.flows]), te, 32, alt["need"]
+        )
+        assert alt["benign_false_positive_rate"] == again["benign_false_positive_rate"]
+        assert alt["covert_recall"] == again["covert_recall"]
+        flagged += round(rep["benign_false_positive_rate"] * rep["benign_flows"])
+    assert flagged == 1  # the benign flow with 25 of 32 covert votes, at 24
+    assert res["mean"]["covert_recall"] == 1.0
+    assert res["mean_nested_quorum"]["folds"] == len(res["folds"])

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -51,3 +53,19 @@ def test_committed_integer_weights_match_the_torch_model(net: IntNet, samples) -
     x, iat = samples
     committed = IntNet.load(DEFAULT_MODEL.with_suffix(".npz"))
     assert np.array_equal(committed.forward(x, iat), net.forward(x, iat))
+
+
+def test_saved_model_keeps_its_decision_window_and_quorum(tmp_path: Path) -> None:
+    from tidal.innet.evaluate import load_model, model_k, model_need, save_model
+
+    m = NetNN()
+    save_model(m, tmp_path / "a.pt", k=32, need=26)
+    assert model_k(tmp_path / "a.pt") == 32 and model_need(tmp_path / "a.pt") == 26
+    save_model(m, tmp_path / "b.pt", k=16)  # no quorum stored: 3/4 of k
+    assert model_k(tmp_path / "b.pt") == 16 and model_need(tmp_path / "b.pt") is None
+    assert model_need(tmp_path / "missing.pt") is None
+    back = load_model(tmp_path / "a.pt")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(back.state_dict().values(), m.state_dict().values(), strict=True)
+    )
