@@ -162,6 +162,16 @@ def headers_refusal(
     return _quote(gw, model, rows, bound, arrival, lazy=hdr is None and rows <= 1)
 
 
+def headers_priced(gw: Any, model: str) -> bool:
+    """Whether `headers_refusal` would price a one-row request to `model` without a header
+    deadline (its first stage refused within `RECENT_S`); True when that needs the full
+    call (an unknown model or route: `headers_refusal` answers None itself)."""
+    snames = gw.routes.get(model)
+    if not snames:
+        return True
+    return bool(gw.clock.now() - gw.stages[snames[0]].last_refused <= RECENT_S)
+
+
 def early_refusal(
     gw: Any,
     model: str,
@@ -245,6 +255,7 @@ __all__ = [
     "RefusalTimes",
     "early_refusal",
     "headers_refusal",
+    "headers_priced",
     "row_bytes",
     "rows_at_least",
     "slo_hint",

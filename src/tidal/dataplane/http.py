@@ -26,10 +26,11 @@ stops with this app's lifespan when enabled.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
-from collections.abc import MutableMapping
+from collections.abc import Coroutine, MutableMapping
 from typing import Any
 
 import orjson
@@ -44,6 +45,7 @@ from tidal.dataplane.disconnect import ClientGone, disconnect_hook, until_discon
 from tidal.dataplane.early import (
     RefusalTimes,
     early_refusal,
+    headers_priced,
     headers_refusal,
     row_bytes,
     rows_at_least,
@@ -63,10 +65,13 @@ from tidal.dataplane.infer_rest import (
 from tidal.dataplane.oip import OIPError, parse_rest, parse_slo, sig_of
 from tidal.dataplane.plancheck import PlanRejected, check_admin_plan, zero_reason
 from tidal.dataplane.planstatus import plan_status
+from tidal.dataplane.replica import Refused
+from tidal.dataplane.tensors import as_named
 
 log = logging.getLogger("tidal.dataplane")
 Scope = MutableMapping[str, Any]
 _JSON = [(b"content-type", b"application/json")]
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
 HTTPError = OIPError  # the name earlier callers import
 __all__ = ["HTTPError", "OIPApp", "parse_slo"]
 
@@ -208,10 +213,12 @@ class OIPApp:
                     encoded = encoded or v.strip().lower() not in (b"identity", b"")
         except ValueError:
             return None  # the full path names the bad header (400)
-        cpu0 = time.thread_time()
         if name not in self._per_row:
             self._per_row[name] = row_bytes(sig_of(info).inputs)
         rows = rows_at_least(length, header_len, encoded, self._per_row[name])
+        if slo_header is None and rows <= 1 and not headers_priced(self.gw, name):
+            return None  # the lazy case: no CPU-clock system call (issue 14)
+        cpu0 = time.thread_time()
         ans = headers_refusal(
             self.gw, name, slo_header, rows, _first_byte(scope, self.gw), self.cfg.max_slo_ms
         )
@@ -223,6 +230,44 @@ class OIPApp:
             "headers", _stamp(scope, "tidal.t_headers"), _stamp(scope, "tidal.t_first_byte")
         )
         return status, [*_JSON, *headers], body
+
+    def direct(self, scope: Scope, body: bytes) -> Coroutine[Any, Any, Answer] | None:
+        """The server's direct path (`tidal.dataplane.server`, issue 14: no ASGI messages
+        and half the coroutine layers per request): for `POST /v2/models/{m}/infer` of a
+        served model, no version in the URL, no Content-Encoding and a body within the cap,
+        a coroutine answering (status, body, headers) exactly as the ASGI call would (the
+        same checks, admission, deadline, disconnect cancellation and refusal records);
+        None for every other request (the server then makes the ASGI call). The answer's
+        headers never carry Content-Length or Connection (the server frames it)."""
+        path: str = scope["path"]
+        if scope["method"] != "POST" or not path.endswith("/infer"):
+            return None
+        if not path.startswith("/v2/models/") or len(body) > self.cfg.max_body_bytes:
+            return None
+        name = path[11:-6]  # len("/v2/models/"), len("/infer")
+        info = self.gw.models.get(name) if name and "/" not in name else None
+        if info is None:
+            return None
+        for k, _v in scope["headers"]:
+            if k == b"content-encoding":  # read_body's decoding: the ASGI path
+                return None
+        return self._direct(scope, body, info)
+
+    async def _direct(self, scope: Scope, body: bytes, info: Any) -> Answer:
+        try:
+            hdrs = infer_headers(scope["headers"])
+            status, out, headers = await self._infer_body(scope, None, body, info, None, hdrs)
+        except OIPError as e:
+            status, out, headers = error_answer(e)
+        except Exception as e:  # a bug must not take the server down: 500 with the reason
+            log.exception("internal error on %s", scope.get("path"))
+            status, out, headers = internal_answer(e)
+        where = scope["state"].get("tidal.refused")
+        if where is not None:
+            self.refusals.record(
+                where, _stamp(scope, "tidal.t_headers"), _stamp(scope, "tidal.t_first_byte")
+            )
+        return status, out, with_content_type(headers)
 
     async def _body(self, scope: Scope, receive: Any) -> bytes:
         return await read_body(scope, receive, self.cfg.max_body_bytes)
@@ -309,8 +354,22 @@ class OIPApp:
     async def _infer(
         self, scope: Scope, receive: Any, info: Any, variant: str | None
     ) -> tuple[int, bytes, list[Any]]:
-        header_len, slo_header = infer_headers(scope["headers"])
+        hdrs = infer_headers(scope["headers"])  # a bad header length: 400 before the body
         body = await self._body(scope, receive)
+        return await self._infer_body(scope, receive, body, info, variant, hdrs)
+
+    async def _infer_body(
+        self,
+        scope: Scope,
+        receive: Any,
+        body: bytes,
+        info: Any,
+        variant: str | None,
+        hdrs: tuple[int | None, bytes | None],
+    ) -> tuple[int, bytes, list[Any]]:
+        """The infer request once its body is read (`receive`: None on the direct path,
+        where the server's disconnect hook is always in the scope; `hdrs`: `infer_headers`)."""
+        header_len, slo_header = hdrs
         check_header_len(header_len, body)
         t_first = _first_byte(scope, self.gw)
         if variant is None:  # priced before the decode (issue 13: tidal.dataplane.early)
@@ -323,11 +382,12 @@ class OIPApp:
         sig = sig_of(info)
         req = parse_rest(body, header_len, sig)
         slo = request_slo(req, slo_header, self.cfg.max_slo_ms)
+        hook = disconnect_hook(scope)
+        if hook is not None and variant is None:  # the server's hook (the usual case)
+            return await self._infer_watched(scope, info, req, sig, slo, t_first, hook)
         try:  # a client that hangs up cancels its request (tidal.dataplane.disconnect)
             named, res, sig = await until_disconnect(
-                receive,
-                oip_serve.infer(self.gw, info, req, variant, slo, t_first),
-                disconnect_hook(scope),
+                receive, oip_serve.infer(self.gw, info, req, variant, slo, t_first), hook
             )
         except ClientGone:
             return 499, b'{"error": "client closed the connection"}', []
@@ -337,6 +397,47 @@ class OIPApp:
             if e.status == 503:
                 scope.setdefault("state", {})["tidal.refused"] = "admission"
             return refusal_answer(e)
+        default = self.gw.config.default_slo_ms
+        return infer_answer(info.name, sig, named, req, res, slo if slo is not None else default)
+
+    async def _infer_watched(
+        self,
+        scope: Scope,
+        info: Any,
+        req: Any,
+        sig: Any,
+        slo: float | None,
+        t_first: float | None,
+        hook: Any,
+    ) -> tuple[int, bytes, list[Any]]:
+        """`_infer_body`'s run for an unpinned request with the server's disconnect hook:
+        `until_disconnect` and `oip_serve.infer` inlined (the same cancellation, refusal
+        conversion and answer; two coroutine layers less, resumed once per answer)."""
+        me = asyncio.current_task()
+        gone = False
+
+        def hang_up() -> None:
+            nonlocal gone
+            gone = True
+            if me is not None:
+                me.cancel()
+
+        undo = hook(hang_up)
+        try:
+            res = await self.gw.infer(info.name, req.rows(), slo, arrival=t_first)
+        except asyncio.CancelledError:
+            if gone and me is not None:
+                me.uncancel()
+                return 499, b'{"error": "client closed the connection"}', []
+            raise
+        except Refused as e:
+            err = oip_serve.refused_error(e)
+            if err.status == 503:
+                scope["state"]["tidal.refused"] = "admission"
+            return refusal_answer(err)
+        finally:
+            undo()
+        named = as_named(res.output, [m.name for m in sig.outputs])
         default = self.gw.config.default_slo_ms
         return infer_answer(info.name, sig, named, req, res, slo if slo is not None else default)
 

@@ -42,6 +42,7 @@ class Server(Protocol):
     limits: Any  # ServerLimits
     app: Any
     at_headers: Callable[[dict[str, Any]], Any] | None
+    direct: Callable[[dict[str, Any], bytes], Any] | None
     stopping: bool
     wait: LoopWait  # the socket wait before a request is read (its `estimate_s`)
 
@@ -304,6 +305,11 @@ class Conn(asyncio.Protocol):
             if not self.closed and self.transport is not None:
                 self.transport.write(req.answer)
             return req.keep_alive
+        direct = self.srv.direct
+        if direct is not None:
+            coro = direct(req.scope, req.body)
+            if coro is not None:
+                return await self._direct(req, coro)
         st = _Exchange(req.keep_alive and not self.srv.stopping)
 
         async def receive() -> dict[str, Any]:
@@ -355,6 +361,24 @@ class Conn(asyncio.Protocol):
                 self.transport.write(_error(500, "the app sent no response"))
             return False
         return st.keep
+
+    async def _direct(self, req: _Request, coro: Any) -> bool:
+        """The app's direct answer (status, headers, body) to `req`, framed and written
+        (the server docstring's direct path); True when the connection stays open."""
+        try:
+            status, body, headers = await coro
+        except Exception as e:  # a bug in the app must not take the server down
+            log.exception("direct app call failed on %s", req.scope["path"])
+            if not self.closed and self.transport is not None:
+                self.transport.write(_error(500, f"internal error: {e!r}"))
+            return False
+        if self.closed or self.transport is None:
+            return False
+        keep = req.keep_alive and not self.srv.stopping
+        self.transport.write(_response_head(status, headers, len(body), not keep) + body)
+        if self.write_ok is not None and not self.write_ok.is_set():
+            await self.write_ok.wait()
+        return keep
 
     def fail(self, status: int, message: str) -> None:
         """Answer `status` (unless a response is in progress) and close."""

@@ -195,6 +195,10 @@ def _finite(name: str, x: np.ndarray, sig: ModelSig) -> None:
         )
 
 
+_FLOAT_MAX = {2: 65504.0, 4: float(np.finfo(np.float32).max), 8: float(np.finfo(np.float64).max)}
+"""The largest finite value of the float datatypes, by item size."""
+
+
 def decode_values(sig: ModelSig, meta: TensorMeta, shape: list[int], values: Any) -> np.ndarray:
     """The array of JSON `values` (flat or nested row-major) for input `meta`."""
     name, dt = meta.name, meta.datatype
@@ -240,6 +244,15 @@ def decode_values(sig: ModelSig, meta: TensorMeta, shape: list[int], values: Any
             raise OIPError(
                 400, f"input {name!r}: value {lo if lo < info.min else hi} out of range for {dt}"
             )
+    # The usual case in one reduction (issue 14): every value is finite and within `want`'s
+    # range iff the largest magnitude is (NaN propagates through the max, inf exceeds any
+    # range), so the cast cannot overflow and no NaN/inf is left to refuse.
+    if (
+        kind == "f"
+        and raw.size
+        and float(np.maximum.reduce(np.abs(raw), axis=None)) <= _FLOAT_MAX[want.itemsize]
+    ):
+        return raw.astype(want, copy=False).reshape(shape)  # fmt: skip
     with np.errstate(over="ignore"):  # an FP16/FP32 overflow becomes inf: refused just below
         x = raw.astype(want, copy=False).reshape(shape)
     _finite(name, x, sig)

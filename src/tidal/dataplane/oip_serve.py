@@ -213,15 +213,21 @@ async def infer(
     try:
         res = await gw.infer(info.name, req.rows(), slo_ms, **kwargs)
     except Refused as e:
-        headers: list[tuple[bytes, bytes]] = []
-        if e.retry_after_s is not None:  # before OIPError(): it copies an empty list
-            headers.append((b"retry-after", str(max(1, math.ceil(e.retry_after_s))).encode()))
-        err = OIPError(e.status, e.reason, headers)
-        err.cause = e.cause  # type: ignore[attr-defined]
-        err.retry_after_s = e.retry_after_s  # type: ignore[attr-defined]
-        raise err from None
+        raise refused_error(e) from None
     named = as_named(res.output, [m.name for m in sig.outputs])
     return named, res, sig
+
+
+def refused_error(e: Refused) -> OIPError:
+    """A scheduler refusal as the OIPError `infer` raises (503 + Retry-After | 504 | 5xx,
+    `cause` and `retry_after_s` on the error)."""
+    headers: list[tuple[bytes, bytes]] = []
+    if e.retry_after_s is not None:  # before OIPError(): it copies an empty list
+        headers.append((b"retry-after", str(max(1, math.ceil(e.retry_after_s))).encode()))
+    err = OIPError(e.status, e.reason, headers)
+    err.cause = e.cause  # type: ignore[attr-defined]
+    err.retry_after_s = e.retry_after_s  # type: ignore[attr-defined]
+    return err
 
 
 def version_of(model: str, variant: str) -> str:

@@ -29,6 +29,11 @@ Contract:
 - The descriptor limit is raised at start (`raise_fd_limit`) where allowed; the default cap
   is 90% of it.
 - TLS when `ssl_certfile`/`ssl_keyfile` are given (an `ssl.SSLContext` on the listener).
+- The direct path: an app with a `direct(scope, body)` method (or a wrapper whose `oip_app`
+  has one, for the routes the wrapper passes through unchanged) is asked first for each
+  request; a coroutine it returns answers (status, headers, body) and the ASGI call is
+  skipped (no `receive`/`send` messages: the OIP infer route, `tidal.dataplane.http.OIPApp`);
+  None means the ASGI call. The same scope, pipelining order, keep-alive and disconnect hook.
 - `scope["state"]["tidal.t_first_byte"]`: `time.monotonic()` when the request's first byte
   was parsed (its arrival: a large body's read and parse happen after it);
   `scope["state"]["tidal.on_disconnect"]`: the disconnect hook of tidal.dataplane.disconnect
@@ -102,6 +107,13 @@ class Server:
     def __init__(self, app: ASGIApp, limits: ServerLimits) -> None:
         self.app = app
         self.at_headers: Callable[[dict[str, Any]], Any] | None = getattr(app, "at_headers", None)
+        # The direct path (issue 14): the app's, or that of the OIP app a wrapper passes the
+        # infer route through to unchanged (`tidal.control.closedloop.ClosedLoop.oip_app`).
+        direct = getattr(app, "direct", None) or getattr(getattr(app, "oip_app", None),
+                                                         "direct", None)  # fmt: skip
+        self.direct: Callable[[dict[str, Any], bytes], Any] | None = (
+            direct if callable(direct) else None
+        )
         self.limits = limits
         self.loop = asyncio.get_running_loop()
         self.conns: set[_Conn] = set()

@@ -184,3 +184,33 @@ def test_element_kinds_and_ranges(dt: str, data: list[Any], msg: str) -> None:
     body = _json([{"name": "x", "datatype": dt, "shape": [1, 3], "data": data}])
     with pytest.raises(OIPError, match=msg.replace("[", "\\[")):
         parse_rest(body, None, _sig(dt))
+
+
+@pytest.mark.parametrize(
+    ("dt", "data", "ok"),
+    [
+        ("FP16", [65504.0, -65504.0, 0.0], True),  # the largest finite FP16, both signs
+        ("FP16", [70000.0, 0.0, 0.0], False),  # -> inf in FP16
+        ("FP16", [40000.0, 40000.0, 0.0], True),  # magnitudes sum past the range, each fits
+        ("FP32", [3.4e38, -3.4e38, 1.0], True),
+        ("FP32", [1e39, 0.0, 0.0], False),
+        ("FP64", [1.7e308, 1.7e308, -1.0], True),  # no overflow (or warning) on the way
+        ("FP32", [0.5, -0.25, 1e-45], True),
+    ],
+)
+def test_json_float_range_and_finiteness(dt: str, data: list[float], ok: bool) -> None:
+    """The JSON float decode's one-reduction fast path (issue 14) accepts exactly what the
+    cast-then-check path accepts: values in range are kept as the cast gives them, an
+    overflow to inf is refused (and kept as inf when the model allows NaN/inf)."""
+    body = _json([{"name": "x", "datatype": dt, "shape": [1, 3], "data": data}])
+    with np.errstate(over="ignore"):
+        want = np.asarray(data).astype(DATATYPES[dt]).reshape(1, 3)
+    if ok:
+        got = parse_rest(body, None, _sig(dt)).inputs["x"]
+        assert got.dtype == DATATYPES[dt] and np.array_equal(got, want)
+        return
+    with pytest.raises(OIPError, match="NaN or infinity"):
+        parse_rest(body, None, _sig(dt))
+    allow = ModelSig("m", _sig(dt).inputs, _sig(dt).outputs, ("1",), allow_nan=True)
+    got = parse_rest(body, None, allow).inputs["x"]
+    assert np.isinf(got[0, 0]) and np.array_equal(got[0, 1:], want[0, 1:])
