@@ -36,7 +36,7 @@ Each decision (every second):
    0.5-core step doubles a small replica), and in the same change start the cheaper target's
    replicas (the bridged cores, on the coarse grid, shrink once they are ready; if that
    target no longer carries the fast rate by then, the replicas in force are resized in
-   place for it instead, `tidal_down.follow_up`); if the node has no room in place,
+   place for the observed level instead, `tidal_down.follow_up`); if the node has no room in place,
    the target, or more replicas of today's size. Still at risk within a cold start of the
    last urgent change, the next one carries `escalate` (2) x more (a surge outruns the 3-s
    rate: one change per second behind it was measured); an escalated rate no plan carries
@@ -53,7 +53,8 @@ Each decision (every second):
    a bridge), and needs change budget: `max_changes_per_hour` pro rata since the first
    decision over a first hour (a 5-minute run: 5; urgent changes count too), then per hour.
    A scale-down that needs two changes (replicas one way, cores the other) is made as one
-   (today's replicas or today's cores) when that is within `down_gain` of it. Growth towards
+   (today's replicas resized in place on the `in_place_step` grid, or today's cores) when
+   that is within `down_gain` of it. Growth towards
    the target is non-urgent and goes straight to the target. No move dips: added replicas
    keep the larger cores until ready, removed replicas wait for the larger cores, and a move
    whose running replicas would carry less than today's rate meanwhile is not made while

@@ -76,8 +76,9 @@ def one_step(
     t: Tidal, ctx: PlanContext, chosen: list[VariantProfile], lam: float, level: float, target: Plan
 ) -> Plan:
     """A scale-down whose consolidation needs an interim plan (two changes: replicas one
-    way, cores the other) becomes the cheapest one-change plan (today's replicas, or
-    today's cores) when that saves `down_gain` too and costs within `down_gain` of it."""
+    way, cores the other) becomes the cheapest one-change plan (today's replicas resized
+    in place on the in-place grid, `in_place_step`, or today's cores) when that saves
+    `down_gain` too and costs within `down_gain` of it."""
     cur = ctx.current
     reps = [current_stage(ctx, s.stage) for s in ctx.stages]
     if cur is None or any(r is None for r in reps) or not moves.two_step(ctx, target):
@@ -87,7 +88,7 @@ def one_step(
     alts = [
         p
         for p in (
-            t.solve(ctx, chosen, lam, replicas=n, wait_rate=level),
+            t.solve(ctx, chosen, lam, replicas=n, wait_rate=level, fine=True),
             t.solve(ctx, chosen, lam, cores=c, wait_rate=level),
         )
         if p is not None

@@ -8,6 +8,7 @@ import dataclasses
 
 from tidal.core.plan import Plan
 from tidal.planners import Capacity
+from tidal.planners import tidal_down as down
 from tidal.planners.common import stage_plan
 from tidal.planners.synthetic import synthetic_context
 from tidal.planners.tidal import Tidal, TidalState
@@ -69,3 +70,19 @@ def test_a_follow_up_is_sized_for_the_fast_rate_not_hedged_again() -> None:
     sp = plan.stages[0]
     assert sp.replicas == 9 and plan.total_cores < hedged.total_cores
     assert not planner.at_risk(ctx, plan, [v], r)
+
+
+def test_a_two_change_scale_down_may_be_an_in_place_resize_on_the_fine_grid() -> None:
+    base = synthetic_context(1, rps=40.0, capacity=Capacity(1, 16.0))
+    v = base.stages[0].variants[0]
+    cur = Plan(stages=(stage_plan("s0", v.name, 3, 1.0, 8),))
+    lam = 72.0  # 3 x 0.75 cores (81.9 req/s at batch 8) carry it; 0.5-core grid: 5 x 0.5
+    ctx = dataclasses.replace(base, now=300.0, rate_history=(lam,) * 300, forecast=None,
+                              current=cur, state=TidalState(start=0.0))  # fmt: skip
+    planner = Tidal()
+    target = planner.solve(ctx, [v], lam, wait_rate=lam)
+    assert target is not None and target.stages[0].replicas > 3  # replicas up, cores down
+    plan = down.one_step(planner, ctx, [v], lam, lam, target)
+    sp = plan.stages[0]
+    assert sp.replicas == 3 and sp.cores == 0.75  # one change, in place
+    assert plan.total_cores <= target.total_cores
