@@ -363,10 +363,12 @@ class Conn(asyncio.Protocol):
         return st.keep
 
     async def _direct(self, req: _Request, coro: Any) -> bool:
-        """The app's direct answer (status, headers, body) to `req`, framed and written
+        """The app's direct answer (status, body, headers) to `req`, framed and written
         (the server docstring's direct path); True when the connection stays open."""
+        keep = req.keep_alive and not self.srv.stopping
         try:
             status, body, headers = await coro
+            data = _response_head(status, headers, len(body), not keep) + body
         except Exception as e:  # a bug in the app must not take the server down
             log.exception("direct app call failed on %s", req.scope["path"])
             if not self.closed and self.transport is not None:
@@ -374,8 +376,7 @@ class Conn(asyncio.Protocol):
             return False
         if self.closed or self.transport is None:
             return False
-        keep = req.keep_alive and not self.srv.stopping
-        self.transport.write(_response_head(status, headers, len(body), not keep) + body)
+        self.transport.write(data)
         if self.write_ok is not None and not self.write_ok.is_set():
             await self.write_ok.wait()
         return keep

@@ -31,7 +31,7 @@ Contract:
 - TLS when `ssl_certfile`/`ssl_keyfile` are given (an `ssl.SSLContext` on the listener).
 - The direct path: an app with a `direct(scope, body)` method (or a wrapper whose `oip_app`
   has one, for the routes the wrapper passes through unchanged) is asked first for each
-  request; a coroutine it returns answers (status, headers, body) and the ASGI call is
+  request; a coroutine it returns answers (status, body, headers) and the ASGI call is
   skipped (no `receive`/`send` messages: the OIP infer route, `tidal.dataplane.http.OIPApp`);
   None means the ASGI call. The same scope, pipelining order, keep-alive and disconnect hook.
 - `scope["state"]["tidal.t_first_byte"]`: `time.monotonic()` when the request's first byte

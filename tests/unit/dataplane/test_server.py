@@ -287,3 +287,61 @@ async def test_at_headers_answers_before_the_body_and_a_failing_hook_is_ignored(
         assert (await read_response(r))[2] == b"POST /boom x"  # the normal path
         assert (await read_response(r))[2] == b"POST /ok y"
         w.close()
+
+
+class _DirectApp:
+    """echo_app plus a direct path for /d* (and /boom: a direct call that fails)."""
+
+    def __init__(self) -> None:
+        self.direct_calls = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await echo_app(scope, receive, send)
+
+    def direct(self, scope: dict[str, Any], body: bytes) -> Any:
+        if not scope["path"].startswith(("/d", "/boom")):
+            return None
+        self.direct_calls += 1
+        return self._answer(scope, body)
+
+    async def _answer(self, scope: dict[str, Any], body: bytes) -> Any:
+        await asyncio.sleep(0.01 if scope["path"] == "/d-slow" else 0)
+        if scope["path"] == "/boom":
+            raise RuntimeError("bug")
+        assert callable(scope["state"]["tidal.on_disconnect"])  # the same scope as ASGI's
+        return 201, b"D " + body, [(b"x-d", b"1")]
+
+
+class _Wrapper:
+    """A wrapper app passing everything to `oip_app` (as tidal.control's ClosedLoop does)."""
+
+    def __init__(self, inner: _DirectApp) -> None:
+        self.oip_app = inner
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await self.oip_app(scope, receive, send)
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+@on_uvloop
+async def test_direct_path_keeps_pipeline_order_keepalive_and_fails_closed(wrapped: bool) -> None:
+    inner = _DirectApp()
+    app: Any = _Wrapper(inner) if wrapped else inner
+    async with running(LIM, app=app) as port:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(req("/d-slow", b"1") + req("/a", b"2") + req("/d", b"3"))
+        got = [await read_response(r) for _ in range(3)]
+        assert [(g[0], g[2]) for g in got] == [(201, b"D 1"), (200, b"POST /a 2"), (201, b"D 3")]
+        assert got[0][1][b"x-d"] == b"1" and b"connection" not in got[0][1]
+        w.write(req("/d", b"z", "Connection: close\r\n"))
+        s, h, b = await read_response(r)
+        assert (s, b, h[b"connection"]) == (201, b"D z", b"close")
+        assert await asyncio.wait_for(r.read(), 5) == b""
+        w.close()
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(req("/boom"))
+        s, _, b = await read_response(r)
+        assert s == 500 and b"internal error" in b
+        assert await asyncio.wait_for(r.read(), 5) == b""  # a failed app call closes
+        w.close()
+    assert inner.direct_calls == 4
