@@ -3,7 +3,7 @@ arrivals (JSON lines, one per rate): is a fractional-core replica's batch time a
 its load (a batch that finds its quota runs at a whole CPU's speed, one that does not waits
 for the next period)? `tidal.sim.latency.quota_run` models this; docs/simulator.md compares.
 
-    flock /tmp/team/bench.lock .venv/bin/python benchmarks/bench_quota.py \\
+    .venv/bin/python benchmarks/bench_quota.py \\
         [--variant resnet18] [--cores 0.5] [--rates 2,5,8,10] [--seconds 15] [--batch 1]
 
 Requests wait in arrival order for the one worker (a batch at a time); the time of each
