@@ -21,7 +21,8 @@ KEYS = {
     "covert_recall", "benign_false_positive_rate", "flow_accuracy", "f1", "packet_accuracy",
     "benign_packet_accuracy", "return_flagged_rate", "bit_exact", "switches",
     "max_stages_per_switch", "header_bits", "register_bytes", "flows", "covert_flows",
-    "benign_flows", "return_flows", "packets", "k", "mean_packets_to_decision", "per_direction",
+    "benign_flows", "return_flows", "packets", "k", "mean_packets_to_decision",
+        "need", "per_direction",
     "split", "synthetic_benign",
 }  # fmt: skip
 
