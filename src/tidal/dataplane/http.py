@@ -168,16 +168,25 @@ class OIPApp:
             self.grpc = None
 
     async def _http(self, scope: Scope, receive: Any, send: Any) -> None:
-        try:
-            status, body, headers = await self._route(scope, receive)
-        except OIPError as e:
-            status, body, headers = error_answer(e)
-        except Exception as e:  # a bug must not take the server down: 500 with the reason
-            log.exception("internal error on %s", scope.get("path"))
-            status, body, headers = internal_answer(e)
-        headers = with_content_type(headers)
+        status, body, headers = await self._answer(scope, self._route(scope, receive))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+        self._record_refusal(scope)
+
+    async def _answer(self, scope: Scope, route: Coroutine[Any, Any, Any]) -> Answer:
+        """`route`'s answer with its Content-Type: an OIPError as its error answer, any other
+        exception as a 500 naming it (a bug must not take the server down)."""
+        try:
+            status, body, headers = await route
+        except OIPError as e:
+            status, body, headers = error_answer(e)
+        except Exception as e:
+            log.exception("internal error on %s", scope.get("path"))
+            status, body, headers = internal_answer(e)
+        return status, body, with_content_type(headers)
+
+    def _record_refusal(self, scope: Scope) -> None:
+        """Record where the answered request was refused, if it was (`tidal.refused`)."""
         where = (scope.get("state") or {}).get("tidal.refused")
         if where is not None:
             self.refusals.record(
@@ -254,20 +263,9 @@ class OIPApp:
         return self._direct(scope, body, info)
 
     async def _direct(self, scope: Scope, body: bytes, info: Any) -> Answer:
-        try:
-            hdrs = infer_headers(scope["headers"])
-            status, out, headers = await self._infer_body(scope, None, body, info, None, hdrs)
-        except OIPError as e:
-            status, out, headers = error_answer(e)
-        except Exception as e:  # a bug must not take the server down: 500 with the reason
-            log.exception("internal error on %s", scope.get("path"))
-            status, out, headers = internal_answer(e)
-        where = scope["state"].get("tidal.refused")
-        if where is not None:
-            self.refusals.record(
-                where, _stamp(scope, "tidal.t_headers"), _stamp(scope, "tidal.t_first_byte")
-            )
-        return status, out, with_content_type(headers)
+        ans = await self._answer(scope, self._infer_body(scope, None, body, info, None, None))
+        self._record_refusal(scope)
+        return ans
 
     async def _body(self, scope: Scope, receive: Any) -> bytes:
         return await read_body(scope, receive, self.cfg.max_body_bytes)
@@ -365,11 +363,12 @@ class OIPApp:
         body: bytes,
         info: Any,
         variant: str | None,
-        hdrs: tuple[int | None, bytes | None],
+        hdrs: tuple[int | None, bytes | None] | None,
     ) -> tuple[int, bytes, list[Any]]:
         """The infer request once its body is read (`receive`: None on the direct path,
-        where the server's disconnect hook is always in the scope; `hdrs`: `infer_headers`)."""
-        header_len, slo_header = hdrs
+        where the server's disconnect hook is always in the scope; `hdrs`: `infer_headers`,
+        read here when None)."""
+        header_len, slo_header = infer_headers(scope["headers"]) if hdrs is None else hdrs
         check_header_len(header_len, body)
         t_first = _first_byte(scope, self.gw)
         if variant is None:  # priced before the decode (issue 13: tidal.dataplane.early)
