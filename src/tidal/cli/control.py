@@ -188,16 +188,14 @@ def _validate(
     from_live: Path | None = None,
 ) -> None:
     console = Console(stderr=as_json)
-    if from_live is None:
-        console.print(f"validate: {policy} on {trace} ({duration:g} s), live then simulated")
-    else:
-        console.print(f"validate: the live run saved in {from_live}, simulated")
     if from_live is not None:
         from tidal.apps.validate import revalidate
 
+        console.print(f"validate: the live run saved in {from_live}, simulated")
         cmp = revalidate(from_live)
         policy = str(cmp.live.get("policy", policy))
     else:
+        console.print(f"validate: {policy} on {trace} ({duration:g} s), live then simulated")
         cmp = _validate_live(
             trace, policy, pipeline, slo_ms, damping, compress, duration, seed, console, save_live
         )
