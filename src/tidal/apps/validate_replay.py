@@ -28,40 +28,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tidal.core.plan import Plan, StagePlan, VariantWeight
+from tidal.control.decisions import plan_from_summary
+from tidal.core.plan import Plan
 from tidal.planners.base import RESIZE_IN_PLACE, PlanContext
 from tidal.planners.wrapper import Governance
 
 ALIGN_TOL_S = 0.25
 """A live decision stands for the simulated tick within this of its trace time."""
-
-
-def plan_from_summary(
-    summary: list[dict[str, Any]], feasible: bool = True, reason: str = ""
-) -> Plan:
-    """The `Plan` of a decision log's `output` (`tidal.control.decisions.plan_summary`).
-    Per-variant cores are not in the summary: every variant runs the stage's cores."""
-    stages = []
-    for s in summary:
-        vs = s["variants"]
-        multi = len(vs) > 1
-        stages.append(
-            StagePlan(
-                stage=s["stage"],
-                variants=tuple(
-                    VariantWeight(
-                        name=v["name"],
-                        weight=float(v["weight"]) if multi else 1.0,
-                        replicas=int(v["replicas"]) if multi else None,
-                    )
-                    for v in vs
-                ),
-                replicas=int(s["replicas"]),
-                cores=float(s["cores"]),
-                batch=int(s["batch"]),
-            )
-        )
-    return Plan(stages=tuple(stages), feasible=feasible, reason=reason)
 
 
 def trace_times(decisions: list[dict[str, Any]], lead_s: float) -> list[float]:

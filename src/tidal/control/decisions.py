@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tidal.core.plan import Plan
+from tidal.core.plan import Plan, StagePlan, VariantWeight
 
 
 def plan_summary(plan: Plan | None) -> list[dict[str, Any]] | None:
@@ -35,6 +35,34 @@ def plan_summary(plan: Plan | None) -> list[dict[str, Any]] | None:
         }
         for s in plan.stages
     ]
+
+
+def plan_from_summary(
+    summary: list[dict[str, Any]], feasible: bool = True, reason: str = ""
+) -> Plan:
+    """The `Plan` of a decision log's `output`: the inverse of `plan_summary`.
+    Per-variant cores are not in the summary: every variant runs the stage's cores."""
+    stages = []
+    for s in summary:
+        vs = s["variants"]
+        multi = len(vs) > 1
+        stages.append(
+            StagePlan(
+                stage=s["stage"],
+                variants=tuple(
+                    VariantWeight(
+                        name=v["name"],
+                        weight=float(v["weight"]) if multi else 1.0,
+                        replicas=int(v["replicas"]) if multi else None,
+                    )
+                    for v in vs
+                ),
+                replicas=int(s["replicas"]),
+                cores=float(s["cores"]),
+                batch=int(s["batch"]),
+            )
+        )
+    return Plan(stages=tuple(stages), feasible=feasible, reason=reason)
 
 
 @dataclass

@@ -15,9 +15,8 @@ from tidal.apps.validate_replay import (
     ReplayPlanner,
     actions_differ,
     divergence,
-    plan_from_summary,
 )
-from tidal.control.decisions import DecisionLog, plan_summary
+from tidal.control.decisions import DecisionLog, plan_from_summary, plan_summary
 from tidal.core.pipeline import PipelineSpec, StageSpec
 from tidal.core.plan import Plan, StagePlan, VariantWeight
 from tidal.core.profile import LatencyFit, ProfileSet, VariantProfile
