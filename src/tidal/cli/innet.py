@@ -137,9 +137,10 @@ def evaluate(
     if split not in ("", "test", "train", "all"):
         raise TidalError(f"split must be test, train or all, got {split!r}")
     model_path = model or ev.DEFAULT_MODEL
+    saved_k, saved_need = ev.model_rule(model_path)
     if not k and not need:  # the model's validated decision rule (its k and quorum)
-        need = ev.model_need(model_path) or 0
-    k = k or ev.model_k(model_path)
+        need = saved_need or 0
+    k = k or saved_k
     if need > k:
         raise TidalError(f"need must be at most k={k}, got {need}")
     budget = _budget(stages, header_bits, register_bytes, ops_per_action, strict)

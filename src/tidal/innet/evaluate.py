@@ -71,20 +71,25 @@ def save_model(m: NetNN, path: Path, k: int = DEFAULT_K, need: int | None = None
     torch.save(blob, path)
 
 
+def model_rule(path: Path = DEFAULT_MODEL) -> tuple[int, int | None]:
+    """The decision rule a saved model was validated for, read in one load: its window k
+    (voting packets; `DEFAULT_K` when not stored or no file) and its quorum (None: not
+    stored, 3/4 of k)."""
+    if not path.exists():
+        return DEFAULT_K, None
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    k = int(blob["k"]) if "k" in blob else DEFAULT_K
+    return k, int(blob["need"]) if "need" in blob else None
+
+
 def model_k(path: Path = DEFAULT_MODEL) -> int:
     """The decision window (k voting packets) a saved model was validated for."""
-    if not path.exists():
-        return DEFAULT_K
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    return int(blob["k"]) if "k" in blob else DEFAULT_K
+    return model_rule(path)[0]
 
 
 def model_need(path: Path = DEFAULT_MODEL) -> int | None:
     """The quorum a saved model was validated for (None: not stored, 3/4 of its k)."""
-    if not path.exists():
-        return None
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    return int(blob["need"]) if "need" in blob else None
+    return model_rule(path)[1]
 
 
 def select(
