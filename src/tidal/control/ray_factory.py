@@ -1,6 +1,6 @@
 """The Ray substrate's executor factory: one per gateway (`tidal.control.ray_substrate`
 describes how replicas hold their cores). It connects once, keeps the cluster's view (alive
-nodes and their cores, the node holds beyond ``cores_per_node``, warm standby actors per
+nodes and their cores, the node holds beyond ``cores_per_node``, one warm standby actor per
 node, the starts and growths in flight from this gateway). `tidal.control.ray_substrate`'s
 `RayFactory` builds `RayExecutor`s on it; this module never imports that one.
 """
@@ -75,10 +75,7 @@ class RayFactoryBase:
         pending_timeout_s: float = 600.0,
         worker_bind: str | None = None,
         clock: Clock | None = None,
-        standbys_per_node: int = 2,
     ) -> None:
-        if not 0 <= standbys_per_node <= 8:
-            raise TidalError(f"standbys_per_node must be 0..8 (got {standbys_per_node})")
         bind = worker_bind or os.environ.get("TIDAL_RAY_WORKER_BIND") or "loopback"
         if bind not in WORKER_BINDS:
             raise TidalError(
@@ -99,8 +96,7 @@ class RayFactoryBase:
         self._fillers: dict[str, Any] = {}  # node -> hold of its CPUs beyond cores_per_node
         self._fill_lock = threading.Lock()
         self._claims: dict[str, float] = {}  # node -> cores of the starts in flight from here
-        self._standby: dict[str, list[Any]] = {}  # node -> idle replica actors, started
-        self.standbys_per_node = standbys_per_node
+        self._standby: dict[str, Any] = {}  # node -> an idle replica actor, already started
         self._starts = 0  # replica starts in flight from this gateway
         self._quiet_since = float("-inf")  # when the last of them ended
         self.standby_quiet_s = 2.0
@@ -201,13 +197,9 @@ class RayFactoryBase:
                 self._quiet_since = self.clock.now()
 
     def _spare(self, node: str) -> None:
-        """Keep `standbys_per_node` idle replica actors per node (no cores: ``num_cpus=0``, no
-        worker process), so a start on that node skips Ray's worker-process start-up (the
-        Python process, `import ray`, the runtime env): measured in `tidal bench ray-cluster`.
-        More than one (default 2), because a surge's plan starts several replicas on one node
-        at once: with one standby the second start made its own actor, 6.8 s of a 11.8 s
-        start on a 2/3-core node (docs/deploy.md). One is added per call (the node watch calls
-        once a second), so their start-ups do not run all at once.
+        """Keep one idle replica actor per node (no cores: ``num_cpus=0``, no worker process),
+        so a start on that node skips Ray's worker-process start-up (the Python process,
+        `import ray`, the runtime env): measured in `tidal bench ray-cluster`, below.
 
         Not while a start from this gateway is in flight, nor within `standby_quiet_s` of the
         last: the new actor's process (Python, `import ray`) runs under no quota, so it took
@@ -215,21 +207,19 @@ class RayFactoryBase:
         replaced a standby at once, mid-start). The node watch (once a second) replaces it
         once the starts are over."""
         with self._lock:
-            spares = self._standby.setdefault(node, [])
-            if len(spares) >= self.standbys_per_node or self._closing.is_set():
+            if node in self._standby or self._closing.is_set():
                 return
             if self._starts or self.clock.now() - self._quiet_since < self.standby_quiet_s:
                 return
             strategy = _node_affinity(node)
-            spares.append(_actor_class().options(scheduling_strategy=strategy).remote())
+            self._standby[node] = _actor_class().options(scheduling_strategy=strategy).remote()
 
     def take_standby(self, node: str) -> Any:
-        """An idle actor on `node` (a new one if there is none); the node watch replaces it
+        """The idle actor on `node` (a new one if there is none); the node watch replaces it
         once no start is in flight (`_spare`; not here: its start-up would compete with this
         replica's)."""
         with self._lock:
-            spares = self._standby.get(node) or []
-            actor = spares.pop(0) if spares else None
+            actor = self._standby.pop(node, None)
         if actor is None:
             actor = _actor_class().options(scheduling_strategy=_node_affinity(node)).remote()
         return actor
@@ -317,8 +307,7 @@ class RayFactoryBase:
             return
         ray = _ray()
         with self._lock:
-            spares = [a for node in self._standby.values() for a in node]
-            self._standby = {}
+            spares, self._standby = list(self._standby.values()), {}
         for actor in spares:
             try:
                 ray.kill(actor, no_restart=True)

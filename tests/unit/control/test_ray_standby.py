@@ -12,7 +12,6 @@ import pytest
 from tidal.control import ray_factory
 from tidal.control.ray_factory import RayFactoryBase
 from tidal.core.clock import SimClock
-from tidal.core.errors import TidalError
 
 
 class FakeActorClass:
@@ -29,14 +28,12 @@ class FakeActorClass:
         return name
 
 
-def _factory(
-    monkeypatch: pytest.MonkeyPatch, per_node: int = 1
-) -> tuple[RayFactoryBase, FakeActorClass, SimClock]:
+def _factory(monkeypatch: pytest.MonkeyPatch) -> tuple[RayFactoryBase, FakeActorClass, SimClock]:
     cls = FakeActorClass()
     monkeypatch.setattr(ray_factory, "_actor_class", lambda: cls)
     monkeypatch.setattr(ray_factory, "_node_affinity", lambda node: node)
     clock = SimClock()
-    fac = RayFactoryBase(None, clock=clock, standbys_per_node=per_node)
+    fac = RayFactoryBase(None, clock=clock)
     clock.advance(10.0)
     return fac, cls, clock
 
@@ -61,31 +58,8 @@ def test_a_taken_standby_is_replaced_only_after_the_starts(
     clock.advance(1.0)
     fac._spare("n1")
     assert cls.created == ["actor-0@n1", "actor-1@n1"]
-    fac._spare("n1")  # standbys_per_node=1: one standby per node
+    fac._spare("n1")  # one standby per node
     assert len(cls.created) == 2
-
-
-def test_two_starts_on_one_node_both_take_a_warm_actor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The default keeps 2 per node, added one per node-watch call; a surge's two starts on
-    one node both skip the actor start-up, and a third makes its own."""
-    fac, cls, clock = _factory(monkeypatch, per_node=2)
-    fac._spare("n1")
-    assert cls.created == ["actor-0@n1"]  # one per call
-    fac._spare("n1")
-    fac._spare("n1")
-    assert cls.created == ["actor-0@n1", "actor-1@n1"]
-    with fac.starting(), fac.starting():
-        assert fac.take_standby("n1") == "actor-0@n1"
-        assert fac.take_standby("n1") == "actor-1@n1"
-        assert fac.take_standby("n1") == "actor-2@n1"  # none left: made on demand
-    clock.advance(fac.standby_quiet_s + 0.1)
-    fac._spare("n1")
-    assert cls.created[-1] == "actor-3@n1"
-
-
-def test_standbys_per_node_is_bounded() -> None:
-    with pytest.raises(TidalError, match="standbys_per_node must be 0..8"):
-        RayFactoryBase(None, standbys_per_node=9)
 
 
 def test_a_start_waiting_for_room_does_not_hold_replacements(
@@ -103,4 +77,4 @@ def test_without_a_standby_a_start_makes_its_own_actor(monkeypatch: pytest.Monke
     fac, cls, _ = _factory(monkeypatch)
     with fac.starting():
         assert fac.take_standby("n3") == "actor-0@n3"
-    assert fac._standby.get("n3", []) == []
+    assert fac._standby == {}
