@@ -102,6 +102,8 @@ from tidal.planners.dp import Option, min_cost
 
 MAX_COMBOS = 256
 """`variants="auto"`: most version combinations ranked per decision (each costs one DP)."""
+RANGE_POINTS = 8
+"""Rates checked by `Themis.capable_over` before a switch to a more accurate version."""
 
 
 def amdahl_cap(
@@ -409,6 +411,20 @@ class Themis:
         target = self.solve(replace(ctx, forecast=rate), combo)
         return target is not None and fits(target, ctx.capacity)
 
+    def capable_over(
+        self, ctx: PlanContext, combo: list[VariantProfile], lo: float, hi: float
+    ) -> bool:
+        """`capable` at every rate of a geometric grid from `lo` to `hi` (both included, at
+        most `RANGE_POINTS`). Capability is not monotone in the rate (a larger batch becomes
+        feasible as a higher rate fills it faster), so a version that carries `hi` may not
+        carry the rate in between: switching to it on `hi` alone flapped (v2 "carries" 156
+        req/s, then "cannot carry" 120 a second later, four switches in 35 s)."""
+        if hi <= lo * (1.0 + 1e-9):
+            return self.capable(ctx, combo, hi)
+        lo = max(lo, hi / 4.0)  # idle (lo = 0): from a quarter of the peak up
+        n = RANGE_POINTS
+        return all(self.capable(ctx, combo, lo * (hi / lo) ** (i / (n - 1))) for i in range(n))
+
     def ranked(self, ctx: PlanContext) -> list[list[VariantProfile]]:
         """Combinations of one version per stage, most accurate (sum over stages) first; ties:
         the versions in force, then candidate order. At most `MAX_COMBOS` for pipelines of up
@@ -459,7 +475,7 @@ class Themis:
             for combo in ranked:
                 if _accuracy(combo) <= _accuracy(cur) + 1e-9:
                     break
-                if self.capable(ctx, combo, up):
+                if self.capable_over(ctx, combo, rate, up):
                     why = (
                         f"carries {1 + self.variant_margin:g} x {peak:.4g} req/s (the peak of the "
                         f"last {self.variant_hold_s} s)"

@@ -11,7 +11,7 @@ import pytest
 
 from tidal.core.plan import Plan
 from tidal.core.profile import LatencyFit, VariantProfile
-from tidal.planners import Capacity, Pending, PlanContext, StageCandidates, create
+from tidal.planners import Capacity, Pending, PlanContext, StageCandidates, create, themis
 from tidal.planners.common import fits, pick_variants
 from tidal.planners.synthetic import synthetic_context
 from tidal.planners.themis import Themis, ThemisState, amdahl_cap
@@ -301,3 +301,24 @@ def test_overload_plans_the_most_that_fits_the_nodes() -> None:
         assert fits(p1, cap) and not p1.feasible
         assert "the most that fits" in p1.reason
         assert p1.total_cores == pytest.approx(2.0)
+
+
+def test_a_switch_up_needs_every_rate_up_to_the_margin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Capability is not monotone in the rate, so `capable_over` checks the rates between:
+    a version that carries 156 req/s but not 120 is not switched to at 115 (it flapped)."""
+    th = Themis(variants="auto")
+    seen: list[float] = []
+
+    def capable(ctx: Any, combo: Any, rate: float) -> bool:
+        seen.append(rate)
+        return not 118.0 <= rate <= 126.0
+
+    monkeypatch.setattr(th, "capable", capable)
+    assert th.capable(None, [], 156.0)  # type: ignore[arg-type]
+    assert not th.capable_over(None, [], 115.0, 156.0)  # type: ignore[arg-type]
+    assert min(seen) == pytest.approx(115.0)
+    seen.clear()
+    assert th.capable_over(None, [], 130.0, 156.0)  # type: ignore[arg-type]
+    assert min(seen) == pytest.approx(130.0) and max(seen) == pytest.approx(156.0)
+    assert len(seen) == themis.RANGE_POINTS
+    assert th.capable_over(None, [], 0.0, 0.0)  # type: ignore[arg-type]
