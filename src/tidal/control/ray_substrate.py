@@ -267,7 +267,7 @@ class RayExecutor:
             self._dead = True
             raise
 
-    def progress(self) -> tuple[str, int] | None:
+    def progress(self) -> tuple[str, int, int] | None:
         """The watchdog's probe where this gateway shares the worker's pid namespace."""
         return self.direct.progress() if self.direct is not None else None
 

@@ -378,7 +378,7 @@ class DirectWorker(WorkerHandle):
     def alive(self) -> bool:
         return not self._stopped and self._async.dead is None
 
-    def progress(self) -> tuple[str, int] | None:
+    def progress(self) -> tuple[str, int, int] | None:
         """The watchdog's /proc probe, only where this pid names the worker (same kernel and
         pid namespace); elsewhere None: the overdue rule alone judges its batches."""
         return proc_progress(self.pid) if self.local_pid and self.pid and self.alive() else None

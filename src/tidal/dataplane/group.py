@@ -335,8 +335,8 @@ class VariantGroup:
             rep.applied_cores,
             e,
         )
-        if rep.applied_cores is not None:
-            self.sched.set_cores(rep.id, rep.applied_cores)
+        if rep.applied_cores is not None and rep.id in self.sched.replicas:
+            self.sched.set_cores(rep.id, rep.applied_cores)  # (it may have died meanwhile)
 
     async def _resize_idle(self, rep: Replica) -> None:
         now = self.clock.now()

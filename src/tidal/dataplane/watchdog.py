@@ -3,11 +3,26 @@ and the worker's progress are passed in), plus one thin probe of /proc.
 
 A batch is *overdue* once it has run past ``max(start + factor x predicted, deadline +
 grace)`` (`deadline`: the earliest deadline in the batch): its replica is sick. A batch is
-*stalled* when its worker made no CPU progress (its utime + stime did not move, or it is
-stopped: state ``T``, e.g. SIGSTOP) for ``stall_s`` past ``start + predicted``: sick too. With
-the driver probing every `PROBE_S`, a SIGSTOPped worker is found within ``predicted + stall_s
-+ PROBE_S`` of the stop (defaults: predicted + 0.75 s + 0.1 s, inside the issue's 1 s +
-predicted).
+*stalled* when its worker made no progress for ``stall_s`` past ``start + predicted``: it is
+stopped (state ``T``, e.g. SIGSTOP), or it neither ran (its utime + stime did not move) nor
+waited to run (the run-queue wait of its threads, /proc schedstat, did not grow by
+`WAIT_SHARE` of the time): asleep, e.g. deadlocked. Sick too. With the driver probing every
+`PROBE_S`, a SIGSTOPped worker is found within ``predicted + stall_s + PROBE_S`` of the stop
+(defaults: predicted + 0.75 s + 0.1 s, inside the issue's 1 s + predicted).
+
+*Starvation is not sickness.* A worker that is runnable but not given the CPU (its run-queue
+wait grew by `WAIT_SHARE` of the last probe interval) while it received under
+`STARVED_SHARE` of its CPU allocation (`cores`, when the driver knows it) since the batch was
+first probed, or while the node itself is saturated (the driver's reading of /proc/stat:
+idle under `STARVED_IDLE` of its CPUs over the last `NODE_WINDOW_S`), is slow because of its
+neighbours, and killing it only adds a cold start to
+the node's load. Such a batch is *spared* past its overdue time for up to
+``starved_grace_s``; it is judged again as soon as the node has idle CPU or the worker stops
+waiting, and it is sick at ``overdue + starved_grace_s`` whatever the node does (a worker
+spinning forever on a saturated node is still found). The stall rule needs no such care: a
+starved worker is waiting to run, which counts as progress. Without a run-queue reading
+(a probe that returns only state and ticks, or no probe: a worker on another machine) no
+batch is spared.
 
 An *idle* replica (ready, no batch watched on it) has no batch to be late: its worker is
 probed too (`check_idle`), and one found stopped (state ``T``/``t``) on every probe for
@@ -31,24 +46,37 @@ verdict, `batch_id == IDLE`, has nothing to retry: the replica is replaced).
 from __future__ import annotations
 
 import math
+import os
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 PROBE_S = 0.1
+WAIT_SHARE = 0.1
+"""A worker whose threads' run-queue wait grew by this share of the interval was runnable."""
+STARVED_IDLE = 0.05
+"""The node is saturated when under this share of its CPUs was idle over `NODE_WINDOW_S`."""
+NODE_WINDOW_S = 0.5
+STARVED_SHARE = 0.5
+"""A worker that received under this share of its cores since its batch began was starved."""
+TICKS_PER_S = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
 IDLE = -1
 """`Sick.batch_id` of a verdict on an idle replica (no batch)."""
-Probe = Callable[[int], "tuple[str, int] | None"]
-"""pid -> (process state letter, cumulative CPU ticks) or None when the process is gone."""
+Probe = Callable[[int], "tuple[str, int] | tuple[str, int, int] | None"]
+"""pid -> (process state letter, cumulative CPU ticks[, cumulative run-queue wait in ns of all
+its threads]) or None when the process is gone."""
 
 
 @dataclass(frozen=True, slots=True)
 class WatchdogConfig:
-    """`factor` x predicted, `grace_s` past the deadline, `stall_s` without CPU progress."""
+    """`factor` x predicted, `grace_s` past the deadline, `stall_s` without CPU progress,
+    `starved_grace_s` spared past overdue while the node starves the worker."""
 
     factor: float = 3.0
     grace_s: float = 0.5
     stall_s: float = 0.75
+    starved_grace_s: float = 10.0
 
 
 @dataclass(slots=True)
@@ -60,6 +88,14 @@ class _Watch:
     deadline: float
     ticks: int = -1
     progress_t: float = 0.0
+    waited: int = -1  # run-queue ns at the last probe (-1: none yet)
+    probe_t: float = 0.0
+    waiting: bool = False  # runnable and waiting over the last probe interval
+    spared: bool = False
+    cores: float = 0.0  # its CPU allocation (0: unknown)
+    ticks0: int = -1  # CPU ticks and time at the first probe
+    t0: float = 0.0
+    share: float = -1.0  # CPU received since t0 over `cores` (-1: not known)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,43 +133,87 @@ class Watchdog:
         start: float,
         predicted_end: float,
         deadline: float,
+        cores: float = 0.0,
     ) -> None:
-        """Start watching a dispatched batch (`pid` None: no process to probe)."""
-        self._w[batch_id] = _Watch(pid or 0, replica, start, predicted_end, deadline, -1, start)
+        """Start watching a dispatched batch (`pid` None: no process to probe; `cores`: the
+        worker's CPU allocation, 0 when unknown)."""
+        self._w[batch_id] = _Watch(
+            pid or 0, replica, start, predicted_end, deadline, -1, start, cores=cores
+        )
 
     def forget(self, batch_id: int) -> None:
         self._w.pop(batch_id, None)
 
-    def check(self, now: float, probe: Probe | None = None) -> list[Sick]:
-        """The batches found sick at `now` (each reported once, then forgotten)."""
+    def check(
+        self, now: float, probe: Probe | None = None, node_starved: bool = False
+    ) -> list[Sick]:
+        """The batches found sick at `now` (each reported once, then forgotten).
+        `node_starved`: the node had (almost) no idle CPU lately (see the module docstring)."""
         out: list[Sick] = []
         cfg = self.cfg
         for bid, w in list(self._w.items()):
             reason = ""
             ran = now - w.start
             pred = max(0.0, w.predicted_end - w.start)
-            if now >= overdue_at(w.start, w.predicted_end, w.deadline, cfg):
+            state = self._observe(w, now, probe)
+            overdue = overdue_at(w.start, w.predicted_end, w.deadline, cfg)
+            if now >= overdue:
+                starved = node_starved or 0 <= w.share < STARVED_SHARE
+                if starved and w.waiting and now < overdue + cfg.starved_grace_s:
+                    w.spared = True  # slow because of the neighbours: not sick (yet)
+                    continue
                 reason = (
                     f"batch ran {ran:.3f} s, past max({cfg.factor:g} x predicted {pred:.3f} s, "
                     f"deadline + {cfg.grace_s:g} s)"
                 )
-            elif probe is not None and w.pid:
-                got = probe(w.pid)
-                if got is not None:
-                    state, ticks = got
-                    if ticks != w.ticks and state not in ("T", "t"):
-                        w.ticks, w.progress_t = ticks, now
-                    idle_from = max(w.predicted_end, w.progress_t)
-                    if now - idle_from >= cfg.stall_s:
-                        what = "stopped (state T)" if state in ("T", "t") else "no CPU progress"
-                        reason = (
-                            f"worker {w.pid} {what} for {now - w.progress_t:.3f} s; batch ran "
-                            f"{ran:.3f} s against a predicted {pred:.3f} s"
-                        )
+                if w.spared:
+                    reason += f" (spared up to {cfg.starved_grace_s:g} s while starved of CPU)"
+                elif state is not None:
+                    got = f"{w.share:.0%} of its {w.cores:g} cores" if w.share >= 0 else "?"
+                    reason += (
+                        f"; not starved: it received {got}, "
+                        f"{'waiting' if w.waiting else 'not waiting'} to run, node "
+                        f"{'saturated' if node_starved else 'not saturated'}"
+                    )
+            elif state is not None and now - max(w.predicted_end, w.progress_t) >= cfg.stall_s:
+                what = (
+                    "stopped (state T)"
+                    if state in ("T", "t")
+                    else "asleep: no CPU progress and no run-queue wait"
+                )
+                reason = (
+                    f"worker {w.pid} {what} for {now - w.progress_t:.3f} s; batch ran "
+                    f"{ran:.3f} s against a predicted {pred:.3f} s"
+                )
             if reason:
                 out.append(Sick(bid, w.replica, w.pid, reason))
                 del self._w[bid]
         return out
+
+    @staticmethod
+    def _observe(w: _Watch, now: float, probe: Probe | None) -> str | None:
+        """Probe `w`'s worker: update its progress time and whether it waited to run; its
+        state letter, or None without a probe or once the process is gone."""
+        if probe is None or not w.pid:
+            return None
+        got = probe(w.pid)
+        if got is None:
+            return None
+        state, ticks = got[0], got[1]
+        stopped = state in ("T", "t")
+        waited = got[2] if len(got) > 2 else -1
+        dt_ns = (now - w.probe_t) * 1e9
+        w.waiting = (
+            not stopped and waited >= 0 <= w.waited and waited - w.waited >= WAIT_SHARE * dt_ns
+        )
+        if not stopped and (ticks != w.ticks or w.waiting):
+            w.progress_t = now
+        if w.ticks0 < 0:
+            w.ticks0, w.t0 = ticks, now
+        elif w.cores > 0 and now - w.t0 >= NODE_WINDOW_S:
+            w.share = (ticks - w.ticks0) / TICKS_PER_S / (now - w.t0) / w.cores
+        w.ticks, w.waited, w.probe_t = ticks, waited, now
+        return state
 
     def check_idle(self, now: float, idle: Mapping[int, int], probe: Probe) -> list[Sick]:
         """Idle replicas (`idle`: replica id -> worker pid) whose worker every probe found
@@ -199,13 +279,23 @@ class LaneWatchdog:
         self.idle = idle
         self._execs: dict[int, Any] = {}
         self._timer: Any = None
+        self.node = NodeCpu()
 
     def on_dispatch(
         self, batch_id: int, replica: int, executor: Any, start: float, end: float, due: float
     ) -> None:
         pid = int(getattr(executor, "pid", 0) or 0)
+        cores = getattr(executor, "cores", 0.0)
         self._execs[batch_id] = executor
-        self.dog.watch(batch_id, replica, pid, start, end, due)
+        self.dog.watch(
+            batch_id,
+            replica,
+            pid,
+            start,
+            end,
+            due,
+            float(cores or 0.0) if isinstance(cores, (int, float)) else 0.0,
+        )
         if self._timer is None:
             self._timer = self.timers.call_at(start + PROBE_S, self._tick)
 
@@ -228,7 +318,7 @@ class LaneWatchdog:
         self.dog.forget(batch_id)
         self._execs.pop(batch_id, None)
 
-    def _probe_for(self, pid: int) -> tuple[str, int] | None:
+    def _probe_for(self, pid: int) -> tuple[str, int] | tuple[str, int, int] | None:
         for ex in self._execs.values():
             if int(getattr(ex, "pid", 0) or 0) == pid:
                 fn = getattr(ex, "progress", None)
@@ -238,7 +328,8 @@ class LaneWatchdog:
     def _tick(self) -> None:
         self._timer = None
         now = self.clock.now()
-        for sick in self.dog.check(now, self._probe_for):
+        self.node.sample(now)
+        for sick in self.dog.check(now, self._probe_for, self.node.starved()):
             self._execs.pop(sick.batch_id, None)
             self.on_sick(sick)
         idle = self._idle_probes()
@@ -256,8 +347,10 @@ class LaneWatchdog:
             self._timer = None
 
 
-def proc_progress(pid: int) -> tuple[str, int] | None:
-    """(state letter, utime + stime ticks) of `pid` from /proc, None when it is gone."""
+def proc_progress(pid: int) -> tuple[str, int, int] | None:
+    """(state letter, utime + stime ticks, run-queue wait in ns summed over its threads) of
+    `pid` from /proc, None when it is gone. The wait is -1 where schedstat is not readable
+    (a kernel without it): then no batch is spared for starvation."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -266,9 +359,64 @@ def proc_progress(pid: int) -> tuple[str, int] | None:
     # comm may contain spaces and parentheses: the fields start after the last ')'.
     fields = raw[raw.rfind(b")") + 2 :].split()
     try:
-        return fields[0].decode(), int(fields[11]) + int(fields[12])
+        state, ticks = fields[0].decode(), int(fields[11]) + int(fields[12])
     except (IndexError, ValueError):
         return None
+    return state, ticks, run_queue_wait_ns(pid)
+
+
+def run_queue_wait_ns(pid: int) -> int:
+    """Nanoseconds `pid`'s threads have spent runnable but not running (waiting on a run
+    queue, or throttled by a CPU quota): the second field of each /proc/PID/task/TID/schedstat,
+    summed. -1 when it cannot be read."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return -1
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a thread that just exited
+    return total
+
+
+class NodeCpu:
+    """Whether this machine's CPUs were saturated lately: the idle share of /proc/stat's
+    ``cpu`` line over the last `window_s` (a thin probe; `sample(now)` once per watchdog
+    tick, `starved()` after it). Unreadable /proc/stat: never starved."""
+
+    def __init__(self, window_s: float = NODE_WINDOW_S, path: str = "/proc/stat") -> None:
+        self.window_s = window_s
+        self.path = path
+        self._samples: deque[tuple[float, int, int]] = deque()
+
+    def sample(self, now: float) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                cols = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return
+        if len(cols) < 5:
+            return
+        idle = cols[3] + cols[4]  # idle + iowait
+        total = sum(cols[:8])  # user nice system idle iowait irq softirq steal (not guest)
+        self._samples.append((now, idle, total))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+
+    def idle_share(self) -> float | None:
+        """Idle share of all CPUs over the window, None until two samples span some time."""
+        if len(self._samples) < 2:
+            return None
+        (_, i0, t0), (_, i1, t1) = self._samples[0], self._samples[-1]
+        return (i1 - i0) / (t1 - t0) if t1 > t0 else None
+
+    def starved(self) -> bool:
+        share = self.idle_share()
+        return share is not None and share < STARVED_IDLE
 
 
 __all__ = [
@@ -276,9 +424,11 @@ __all__ = [
     "PROBE_S",
     "IdleReplicas",
     "LaneWatchdog",
+    "NodeCpu",
     "Sick",
     "Watchdog",
     "WatchdogConfig",
     "overdue_at",
     "proc_progress",
+    "run_queue_wait_ns",
 ]

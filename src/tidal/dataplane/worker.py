@@ -345,9 +345,9 @@ class WorkerHandle:
             with contextlib.suppress(OSError):
                 self._proc.kill()
 
-    def progress(self) -> tuple[str, int] | None:
-        """(state letter, CPU ticks) of the worker process from /proc (the watchdog's probe);
-        None once it exited."""
+    def progress(self) -> tuple[str, int, int] | None:
+        """(state letter, CPU ticks, run-queue wait ns) of the worker process from /proc (the
+        watchdog's probe); None once it exited."""
         if self._proc.poll() is not None:
             return None
         return proc_progress(self.pid)

@@ -78,3 +78,23 @@ def test_without_a_standby_a_start_makes_its_own_actor(monkeypatch: pytest.Monke
     with fac.starting():
         assert fac.take_standby("n3") == "actor-0@n3"
     assert fac._standby == {}
+
+
+def test_a_start_prefers_a_node_with_room_and_an_unclaimed_standby(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The bench's surge: n1 full, n2 1/3 free with a standby, n3 empty with a standby. Two
+    starts of 1/3 core go to n3 then n2 (each takes a warm actor), not both to n3 (the second
+    would pay a fresh Ray worker process); with no standby left, the most free cores win."""
+    fac, _, _ = _factory(monkeypatch)
+    third = 1 / 3
+    monkeypatch.setattr(fac, "nodes", lambda: {"n1": 2 * third, "n2": 2 * third, "n3": 2 * third})
+    monkeypatch.setattr(fac, "used", lambda: {"n1": 2 * third, "n2": third})
+    fac._spare("n2")
+    fac._spare("n3")
+    assert fac.claim(third) == "n3"  # both warm: the most free cores
+    assert fac.claim(third) == "n2"  # n3's standby is claimed; n2's is not
+    assert fac.claim(third) == "n3"  # no unclaimed standby with room: the most free (n3 1/3)
+    assert fac.claim(third) is None  # nothing left
+    fac.unclaim("n2", third)
+    assert fac.claim(2 * third) is None  # n2 has 1/3 free
