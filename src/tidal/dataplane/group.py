@@ -263,7 +263,16 @@ class VariantGroup:
         t0 = self.clock.now()
         try:
             if rep.applied_cores != rep.cores:
+                # The resize is not the worker's batch: unwatched while it runs (a Ray growth
+                # can wait seconds for room; killed as "overdue" meanwhile, measured), then
+                # watched afresh from when the batch reaches the worker, with its predicted
+                # latency and a deadline no earlier than that.
+                self.watchdog.on_end(b.id)
                 await self._resize_or_keep(rep)
+                t1 = self.clock.now()
+                end = t1 + max(0.0, b.predicted_end - t0)
+                due = max(min((r.deadline for r in batch), default=end), end)
+                self.watchdog.on_dispatch(b.id, rep.id, ex, t1, end, due)
             x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])
             y = await ex.infer_async(x)
         except WorkerDied as e:

@@ -166,14 +166,12 @@ class Watchdog:
                     f"batch ran {ran:.3f} s, past max({cfg.factor:g} x predicted {pred:.3f} s, "
                     f"deadline + {cfg.grace_s:g} s)"
                 )
-                if w.spared:
-                    reason += f" (spared up to {cfg.starved_grace_s:g} s while starved of CPU)"
-                elif state is not None:
+                if state is not None:
                     got = f"{w.share:.0%} of its {w.cores:g} cores" if w.share >= 0 else "?"
                     reason += (
-                        f"; not starved: it received {got}, "
-                        f"{'waiting' if w.waiting else 'not waiting'} to run, node "
-                        f"{'saturated' if node_starved else 'not saturated'}"
+                        f"; {'spared while starved of CPU, now ' if w.spared else ''}it "
+                        f"received {got}, {'waiting' if w.waiting else 'not waiting'} to run, "
+                        f"node {'saturated' if node_starved else 'not saturated'}"
                     )
             elif state is not None and now - max(w.predicted_end, w.progress_t) >= cfg.stall_s:
                 what = (
@@ -279,6 +277,7 @@ class LaneWatchdog:
         self.idle = idle
         self._execs: dict[int, Any] = {}
         self._timer: Any = None
+        self._closed = False
         self.node = NodeCpu()
 
     def on_dispatch(
@@ -330,8 +329,7 @@ class LaneWatchdog:
         now = self.clock.now()
         self.node.sample(now)
         for sick in self.dog.check(now, self._probe_for, self.node.starved()):
-            self._execs.pop(sick.batch_id, None)
-            self.on_sick(sick)
+            self._confirm(sick, hops=2)
         idle = self._idle_probes()
         if idle:
             pids = {rid: int(ex.pid) for rid, ex in idle.items()}
@@ -341,7 +339,22 @@ class LaneWatchdog:
         if len(self.dog) or self._idle_probes():
             self._timer = self.timers.call_at(now + PROBE_S, self._tick)
 
+    def _confirm(self, sick: Sick, hops: int) -> None:
+        """Act on a batch verdict only if the batch is still running `hops` timer turns
+        later: a reply that reached the gateway's socket in the same loop turn as this tick
+        (a gateway lagging on a saturated node) ends the batch first, one or two turns on;
+        the worker was not sick (measured on Ray: killed with 0% CPU since its batch)."""
+        if sick.batch_id not in self._execs or self._closed:
+            return  # it ended meanwhile
+        if hops > 0:
+            now = self.clock.now()
+            self.timers.call_at(now, lambda: self._confirm(sick, hops - 1))
+            return
+        self._execs.pop(sick.batch_id, None)
+        self.on_sick(sick)
+
     def close(self) -> None:
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

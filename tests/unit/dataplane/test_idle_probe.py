@@ -120,3 +120,40 @@ def test_a_long_batch_making_progress_is_not_killed_by_the_idle_probe() -> None:
         await gw.stop()
 
     asyncio.run(main())
+
+
+def test_a_batch_waiting_on_its_replicas_resize_is_not_overdue() -> None:
+    """A resize that waits (on Ray a growth can wait seconds for room) runs before the
+    replica's next batch; that wait is not the worker's batch, so the watchdog does not count
+    it: no kill though the batch reaches the worker 3 s after its dispatch (measured: killed
+    as overdue before, each kill a cold start)."""
+    from tidal.core import Plan
+
+    fac = ProbedFactory(base=0.5, per_item=0.0)
+
+    async def slow_offload(fn: Any, *args: Any) -> Any:
+        if getattr(fn, "__name__", "") == "resize":
+            assert fac.timers is not None
+            await fac.timers.sleep(3.0)  # 3 s on the scripted clock: waiting for room
+        return fn(*args)
+
+    async def main() -> None:
+        gw = _gw(fac, batch=1)
+        await gw.start()
+        gw.stages["m"].groups["digits-mlp"].offload = slow_offload
+        await advance(fac, 0.5)
+        first = asyncio.ensure_future(gw.infer("m", _x(), 60_000))
+        await advance(fac, 0.1)  # the first batch runs
+        plan = Plan.single("m", "digits-mlp", replicas=1, cores=2.0, batch=1)
+        applied = asyncio.ensure_future(gw.apply_plan(plan))
+        await advance(fac, 0.05)
+        second = asyncio.ensure_future(gw.infer("m", _x(), 60_000))
+        await advance(fac, 2.0)  # the first ended; the second's batch waits on the resize
+        assert fac.started[0].batches == [1] and fac.started[0].resizes == []
+        await finish(fac, first, second, applied)
+        snap = gw.metrics_snapshot()["m"]
+        assert snap.watchdog_kills == 0 and len(fac.started) == 1, snap
+        assert fac.started[0].resizes == [2.0] and fac.started[0].batches == [1, 1]
+        await gw.stop()
+
+    asyncio.run(main())
