@@ -49,7 +49,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 PROBE_S = 0.1
@@ -350,7 +350,11 @@ class LaneWatchdog:
             now = self.clock.now()
             self.timers.call_at(now, lambda: self._confirm(sick, hops - 1))
             return
-        self._execs.pop(sick.batch_id, None)
+        ex = self._execs.pop(sick.batch_id, None)
+        if ex is not None and sick.pid and callable(getattr(ex, "progress", None)):
+            where = proc_wchan(sick.pid)  # a worker on this machine: where it sleeps
+            if where:
+                sick = replace(sick, reason=f"{sick.reason}; its threads sleep in {where}")
         self.on_sick(sick)
 
     def close(self) -> None:
@@ -394,6 +398,30 @@ def run_queue_wait_ns(pid: int) -> int:
         except (OSError, IndexError, ValueError):
             continue  # a thread that just exited
     return total
+
+
+def proc_wchan(pid: int) -> str:
+    """Where `pid`'s threads sleep in the kernel (/proc/PID/task/TID/wchan), as "main:
+    WCHAN, N x WCHAN, ..." ("" when unreadable): says whether a worker past its batch's time
+    waits for the batch (a socket read), on a lock (futex) or elsewhere."""
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except (OSError, ValueError):
+        return ""
+    seen: dict[str, int] = {}
+    main = ""
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                w = f.read().strip() or "0"
+        except OSError:
+            continue
+        if tid == str(pid):
+            main = w
+        else:
+            seen[w] = seen.get(w, 0) + 1
+    rest = ", ".join(f"{n} x {w}" for w, n in sorted(seen.items(), key=lambda kv: -kv[1]))
+    return f"main: {main}" + (f"; others: {rest}" if rest else "") if main or rest else ""
 
 
 class NodeCpu:
@@ -443,5 +471,6 @@ __all__ = [
     "WatchdogConfig",
     "overdue_at",
     "proc_progress",
+    "proc_wchan",
     "run_queue_wait_ns",
 ]

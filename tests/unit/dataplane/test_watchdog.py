@@ -183,3 +183,22 @@ def test_a_verdict_is_dropped_when_the_batch_ends_in_the_same_loop_turn() -> Non
     lw.on_end(1)  # batch 1's reply, processed right after the tick
     asyncio.run(timers.run_until(0.7))  # the deferred confirmations, same clock reading
     assert killed == [2]
+
+
+def test_proc_wchan_names_where_a_sleeping_worker_waits() -> None:
+    from tidal.dataplane.watchdog import proc_wchan
+
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while (w := proc_wchan(p.pid)) in ("", "main: 0") and time.monotonic() < deadline:
+            time.sleep(0.05)  # until it sleeps in its read
+        assert w.startswith("main: ") and "pipe" in w, w
+    finally:
+        p.kill()
+        p.wait()
+        assert p.stdin is not None
+        p.stdin.close()
+    assert proc_wchan(p.pid) == ""  # gone
