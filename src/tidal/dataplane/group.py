@@ -50,7 +50,7 @@ from tidal.dataplane.scheduler import (
     WakeAt,
 )
 from tidal.dataplane.timers import LoopTimers, Offload, TimerHandle, Timers
-from tidal.dataplane.watchdog import IDLE, LaneWatchdog, Sick, WatchdogConfig
+from tidal.dataplane.watchdog import IDLE, LAG_SLACK_S, LaneWatchdog, Sick, WatchdogConfig
 from tidal.dataplane.worker import WorkerDied
 
 log = logging.getLogger("tidal.dataplane")
@@ -232,7 +232,7 @@ class VariantGroup:
                 self.counters.in_flight += len(b.requests)
                 due = min((r.deadline for r in b.requests), default=b.predicted_end)
                 self.watchdog.on_dispatch(b.id, rep.id, rep.executor, now, b.predicted_end, due)
-                self._spawn(self._run_batch(rep, b))
+                self._spawn(self._run_batch(rep, b, now))
             elif isinstance(a, Expired):
                 for req in a.requests:
                     self.counters.violations["expired"] += 1
@@ -249,28 +249,31 @@ class VariantGroup:
                     self._timer.cancel()
                 self._timer = self.timers.call_at(a.t, self._on_timer)
 
-    async def _run_batch(self, rep: Replica, b: Batch) -> None:
+    async def _run_batch(self, rep: Replica, b: Batch, dispatched: float) -> None:
         try:
-            await self._run_batch_inner(rep, b)
+            await self._run_batch_inner(rep, b, dispatched)
         finally:
             self.watchdog.on_end(b.id)
             self.counters.in_flight -= len(b.requests)
 
-    async def _run_batch_inner(self, rep: Replica, b: Batch) -> None:
+    async def _run_batch_inner(self, rep: Replica, b: Batch, dispatched: float) -> None:
         ex = rep.executor
         assert ex is not None
         batch: list[LiveRequest] = b.requests  # type: ignore[assignment]
         t0 = self.clock.now()
         try:
-            if rep.applied_cores != rep.cores:
+            resized = rep.applied_cores != rep.cores
+            if resized:
                 # The resize is not the worker's batch: unwatched while it runs (a Ray growth
-                # can wait seconds for room; killed as "overdue" meanwhile, measured), then
-                # watched afresh from when the batch reaches the worker, with its predicted
-                # latency and a deadline no earlier than that.
+                # can wait seconds for room; killed as "overdue" meanwhile, measured).
                 self.watchdog.on_end(b.id)
                 await self._resize_or_keep(rep)
-                t1 = self.clock.now()
-                end = t1 + max(0.0, b.predicted_end - t0)
+            t1 = self.clock.now()
+            if resized or t1 - dispatched > LAG_SLACK_S:
+                # Watched afresh from when the batch goes to the worker (after a resize, or
+                # a task that started late on a lagging loop), with its predicted latency and
+                # a deadline no earlier than that.
+                end = t1 + max(0.0, b.predicted_end - dispatched)
                 due = max(min((r.deadline for r in batch), default=end), end)
                 self.watchdog.on_dispatch(b.id, rep.id, ex, t1, end, due)
             x = batch[0].x if len(batch) == 1 else np.concatenate([r.x for r in batch])

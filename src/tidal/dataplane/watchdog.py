@@ -58,6 +58,8 @@ WAIT_SHARE = 0.1
 STARVED_IDLE = 0.05
 """The node is saturated when under this share of its CPUs was idle over `NODE_WINDOW_S`."""
 NODE_WINDOW_S = 0.5
+LAG_SLACK_S = 0.02
+"""A driver check later than this past its due time counts as the gateway's own lag."""
 STARVED_SHARE = 0.5
 """A worker that received under this share of its cores since its batch began was starved."""
 TICKS_PER_S = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
@@ -96,6 +98,7 @@ class _Watch:
     ticks0: int = -1  # CPU ticks and time at the first probe
     t0: float = 0.0
     share: float = -1.0  # CPU received since t0 over `cores` (-1: not known)
+    lag: float = 0.0  # the driver's lateness summed over the checks since it began
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,18 +148,26 @@ class Watchdog:
         self._w.pop(batch_id, None)
 
     def check(
-        self, now: float, probe: Probe | None = None, node_starved: bool = False
+        self,
+        now: float,
+        probe: Probe | None = None,
+        node_starved: bool = False,
+        lag_s: float = 0.0,
     ) -> list[Sick]:
         """The batches found sick at `now` (each reported once, then forgotten).
-        `node_starved`: the node had (almost) no idle CPU lately (see the module docstring)."""
+        `node_starved`: the node had (almost) no idle CPU lately (see the module docstring).
+        `lag_s`: how late the driver's own check ran (its event loop was not scheduled):
+        time the gateway could not run is not the worker's, so every batch in flight gets it
+        as an allowance on both rules."""
         out: list[Sick] = []
         cfg = self.cfg
         for bid, w in list(self._w.items()):
             reason = ""
+            w.lag += max(0.0, lag_s)
             ran = now - w.start
             pred = max(0.0, w.predicted_end - w.start)
             state = self._observe(w, now, probe)
-            overdue = overdue_at(w.start, w.predicted_end, w.deadline, cfg)
+            overdue = overdue_at(w.start, w.predicted_end, w.deadline, cfg) + w.lag
             if now >= overdue:
                 starved = node_starved or 0 <= w.share < STARVED_SHARE
                 if starved and w.waiting and now < overdue + cfg.starved_grace_s:
@@ -165,6 +176,7 @@ class Watchdog:
                 reason = (
                     f"batch ran {ran:.3f} s, past max({cfg.factor:g} x predicted {pred:.3f} s, "
                     f"deadline + {cfg.grace_s:g} s)"
+                    + (f" + the gateway's own lag {w.lag:.3f} s" if w.lag > 0 else "")
                 )
                 if state is not None:
                     got = f"{w.share:.0%} of its {w.cores:g} cores" if w.share >= 0 else "?"
@@ -173,7 +185,10 @@ class Watchdog:
                         f"received {got}, {'waiting' if w.waiting else 'not waiting'} to run, "
                         f"node {'saturated' if node_starved else 'not saturated'}"
                     )
-            elif state is not None and now - max(w.predicted_end, w.progress_t) >= cfg.stall_s:
+            elif (
+                state is not None
+                and now - max(w.predicted_end + w.lag, w.progress_t) >= cfg.stall_s
+            ):
                 what = (
                     "stopped (state T)"
                     if state in ("T", "t")
@@ -277,6 +292,7 @@ class LaneWatchdog:
         self.idle = idle
         self._execs: dict[int, Any] = {}
         self._timer: Any = None
+        self._due = 0.0  # when the running timer was due
         self._closed = False
         self.node = NodeCpu()
 
@@ -296,12 +312,14 @@ class LaneWatchdog:
             float(cores or 0.0) if isinstance(cores, (int, float)) else 0.0,
         )
         if self._timer is None:
-            self._timer = self.timers.call_at(start + PROBE_S, self._tick)
+            self._due = start + PROBE_S
+            self._timer = self.timers.call_at(self._due, self._tick)
 
     def arm(self) -> None:
         """Start the timer if it is not running (a replica became ready: probe it idle)."""
         if self._timer is None and self._idle_probes():
-            self._timer = self.timers.call_at(self.clock.now() + PROBE_S, self._tick)
+            self._due = self.clock.now() + PROBE_S
+            self._timer = self.timers.call_at(self._due, self._tick)
 
     def _idle_probes(self) -> dict[int, Any]:
         """replica id -> executor, for the idle replicas whose executor can be probed."""
@@ -328,7 +346,8 @@ class LaneWatchdog:
         self._timer = None
         now = self.clock.now()
         self.node.sample(now)
-        for sick in self.dog.check(now, self._probe_for, self.node.starved()):
+        lag = max(0.0, now - self._due - LAG_SLACK_S)
+        for sick in self.dog.check(now, self._probe_for, self.node.starved(), lag):
             self._confirm(sick, hops=2)
         idle = self._idle_probes()
         if idle:
@@ -337,7 +356,8 @@ class LaneWatchdog:
             for sick in self.dog.check_idle(now, pids, lambda pid: by_pid[pid].progress()):
                 self.on_sick(sick)
         if len(self.dog) or self._idle_probes():
-            self._timer = self.timers.call_at(now + PROBE_S, self._tick)
+            self._due = now + PROBE_S
+            self._timer = self.timers.call_at(self._due, self._tick)
 
     def _confirm(self, sick: Sick, hops: int) -> None:
         """Act on a batch verdict only if the batch is still running `hops` timer turns

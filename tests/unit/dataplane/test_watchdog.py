@@ -179,6 +179,7 @@ def test_a_verdict_is_dropped_when_the_batch_ends_in_the_same_loop_turn() -> Non
     lw.on_dispatch(1, 0, object(), 0.0, 0.1, 0.2)  # overdue at 0.7 s
     lw.on_dispatch(2, 1, object(), 0.0, 0.1, 0.2)
     clock.advance(0.7)
+    lw._due = 0.7  # this tick runs on time (no gateway lag)
     lw._tick()  # both overdue: verdicts deferred
     lw.on_end(1)  # batch 1's reply, processed right after the tick
     asyncio.run(timers.run_until(0.7))  # the deferred confirmations, same clock reading
@@ -202,3 +203,16 @@ def test_proc_wchan_names_where_a_sleeping_worker_waits() -> None:
         assert p.stdin is not None
         p.stdin.close()
     assert proc_wchan(p.pid) == ""  # gone
+
+
+def test_the_gateways_own_lag_is_not_the_workers() -> None:
+    """A check that runs 0.5 s late (the gateway's loop was not scheduled) gives every batch
+    in flight 0.5 s more on both rules: overdue at 0.7 + 0.5 - slack, not 0.7."""
+    from tidal.dataplane.watchdog import LAG_SLACK_S
+
+    w = Watchdog(CFG)
+    w.watch(1, replica=1, pid=None, start=0.0, predicted_end=0.1, deadline=0.2)
+    assert w.check(0.1) == [] and w.check(0.65, lag_s=0.5 - LAG_SLACK_S) == []
+    assert w.check(1.1) == []
+    (s,) = w.check(1.2)
+    assert "the gateway's own lag 0.480 s" in s.reason
